@@ -1,0 +1,1385 @@
+/* The node's configuration: reads the spec's YAML entries file, expands ${VAR}, applies RELAY_*. */
+#include "rl_config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <yaml.h>
+
+#include "rl_log.h"
+
+/* Bounds on what a config file may hold. The file is trusted more than a peer, but a mistake
+   (a binary file, a runaway ${VAR}) should fail with a message, not eat the machine. */
+#define CFG_MAX_FILE_BYTES  (1u << 20)  /* the YAML file itself */
+#define CFG_MAX_VALUE_BYTES (64u << 10) /* one scalar after ${VAR} expansion */
+#define CFG_MAX_ENTRIES     4096
+#define CFG_MAX_PLUGINS     256
+#define CFG_MAX_LIST        256         /* modules, allowed_origins */
+#define CFG_MAX_NAME        128         /* entry names, namespace, command prefixes */
+#define CFG_MAX_HOST        255
+#define CFG_MAX_MS          (366ULL * 24 * 3600 * 1000) /* longest duration a setting takes */
+#define CFG_MAX_HUB_QUEUE   10000000ULL /* max_connections_per_user * queue_multiplier */
+
+#define MOD "config"
+
+/* ------------------------------------------------------------------------------------------ */
+/* Durations */
+
+typedef struct dur_unit {
+    const char *name;
+    uint64_t ns;
+} dur_unit;
+
+/* Longer names first so "ms" is not read as "m" followed by junk. */
+static const dur_unit dur_units[] = {
+    {"ns", 1ULL},
+    {"us", 1000ULL},
+    {"\xc2\xb5s", 1000ULL}, /* U+00B5 micro sign */
+    {"\xce\xbcs", 1000ULL}, /* U+03BC greek mu */
+    {"ms", 1000000ULL},
+    {"s", 1000000000ULL},
+    {"m", 60ULL * 1000000000ULL},
+    {"h", 3600ULL * 1000000000ULL},
+};
+
+/* Go's time.ParseDuration grammar without a sign; a string that is only a number is seconds.
+   Computed in nanoseconds (so "1.5s" and "1h30m" are exact), returned in milliseconds; a positive
+   duration under 1 ms rounds up to 1 ms rather than turning into 0 (which often means "off"). */
+int rl_duration_parse(const char *s, uint64_t *ms)
+{
+    if (!s || !*s)
+        return -EINVAL;
+    uint64_t total = 0;
+    const char *p = s;
+    while (*p) {
+        uint64_t whole = 0;
+        int digits = 0;
+        for (; *p >= '0' && *p <= '9'; p++, digits++) {
+            if (whole > (UINT64_MAX - 9) / 10)
+                return -EINVAL;
+            whole = whole * 10 + (uint64_t)(*p - '0');
+        }
+        const char *frac = NULL;
+        int nfrac = 0;
+        if (*p == '.') {
+            frac = ++p;
+            for (; *p >= '0' && *p <= '9'; p++)
+                nfrac++;
+        }
+        if (digits + nfrac == 0)
+            return -EINVAL;
+        uint64_t unit = 0;
+        for (size_t i = 0; i < sizeof dur_units / sizeof dur_units[0]; i++) {
+            size_t n = strlen(dur_units[i].name);
+            if (strncmp(p, dur_units[i].name, n) == 0) {
+                unit = dur_units[i].ns;
+                p += n;
+                break;
+            }
+        }
+        if (unit == 0) {
+            if (*p != '\0' || total != 0 || p - s != (digits + nfrac + (frac ? 1 : 0)))
+                return -EINVAL;
+            unit = dur_units[5].ns; /* bare number: seconds */
+        }
+        if (whole != 0 && unit > UINT64_MAX / whole)
+            return -EINVAL;
+        uint64_t add = whole * unit;
+        uint64_t scale = unit;
+        for (int i = 0; i < nfrac; i++) { /* digits below 1 ns are dropped */
+            scale /= 10;
+            add += (uint64_t)(frac[i] - '0') * scale;
+        }
+        if (add > UINT64_MAX - total)
+            return -EINVAL;
+        total += add;
+    }
+    uint64_t r = total / 1000000ULL;
+    if (r == 0 && total != 0)
+        r = 1;
+    *ms = r;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Typed settings: one table per place settings come from (relay.node, its auth map, the
+   ns.dependency parameters); RELAY_* variables name rows of these tables. */
+
+typedef enum {
+    F_STR,      /* char *; "" means unset (NULL) unless a check refuses it */
+    F_INT,      /* int in [min, max] */
+    F_SIZE,     /* size_t in [min, max]; K/KiB, M/MiB, G/GiB suffixes allowed */
+    F_U64,      /* uint64_t in [min, max] */
+    F_DUR,      /* uint64_t milliseconds in [min, max] */
+    F_BOOL,     /* int 0/1 */
+    F_LISTEN,   /* "host:port" into listen_host/listen_port */
+    F_AUTHMODE, /* jwt | insecure */
+    F_STRLIST,  /* char ** at off, size_t count at off_n (YAML list only) */
+    F_AUTH,     /* a nested map described by auth_fields (YAML only) */
+} cfg_type;
+
+typedef int (*cfg_check_fn)(const char *v, char *why, size_t whylen);
+
+typedef struct cfg_field {
+    const char *key;
+    cfg_type type;
+    size_t off;
+    size_t off_n;
+    uint64_t min, max;
+    int required;       /* ns.dependency parameters only */
+    cfg_check_fn check; /* F_STR: refuses a value with a reason */
+} cfg_field;
+
+static int check_nonempty(const char *v, char *why, size_t whylen)
+{
+    if (*v)
+        return 0;
+    snprintf(why, whylen, "must not be empty");
+    return -EINVAL;
+}
+
+static int check_ws_path(const char *v, char *why, size_t whylen)
+{
+    if (v[0] == '/' && strlen(v) < 256 && !strpbrk(v, " ?#\t\r\n"))
+        return 0;
+    snprintf(why, whylen, "'%s' is not a path starting with '/'", v);
+    return -EINVAL;
+}
+
+/* Only the scheme is checked here; the cluster module parses the rest when it connects. */
+static int check_redis_url(const char *v, char *why, size_t whylen)
+{
+    if (!*v || strncasecmp(v, "redis://", 8) == 0)
+        return 0;
+    snprintf(why, whylen, "'%s' is not a redis:// URL", v);
+    return -EINVAL;
+}
+
+/* "namespace:name", e.g. app:processes or app.security:user_scope. */
+static int check_ref(const char *v, char *why, size_t whylen)
+{
+    const char *colon = strrchr(v, ':');
+    if (colon && colon != v && colon[1] && !strchr(v, ' '))
+        return 0;
+    snprintf(why, whylen, "'%s' is not namespace:name", v);
+    return -EINVAL;
+}
+
+#define OFF(f) offsetof(rl_config, f)
+
+static const cfg_field param_fields[] = {
+    {"application_host", F_STR, OFF(application_host), 0, 0, 0, 1, check_ref},
+    {"env_storage", F_STR, OFF(env_storage), 0, 0, 0, 0, check_ref},
+    {"user_security_scope", F_STR, OFF(user_security_scope), 0, 0, 0, 1, check_ref},
+    {"max_connections_per_user", F_INT, OFF(max_connections_per_user), 0, 1, 100000, 0, NULL},
+    {"queue_multiplier", F_INT, OFF(queue_multiplier), 0, 1, 100000, 0, NULL},
+    {"user_hub_inactivity_timeout", F_DUR, OFF(user_hub_inactivity_timeout_ms), 0, 1, CFG_MAX_MS, 0,
+     NULL},
+    {NULL, F_STR, 0, 0, 0, 0, 0, NULL},
+};
+
+static const cfg_field auth_fields[] = {
+    {"mode", F_AUTHMODE, OFF(auth_mode), 0, 0, 0, 0, NULL},
+    {"secret", F_STR, OFF(jwt_secret), 0, 0, 0, 0, NULL},
+    {"issuer", F_STR, OFF(jwt_issuer), 0, 0, 0, 0, NULL},
+    {"audience", F_STR, OFF(jwt_audience), 0, 0, 0, 0, NULL},
+    {NULL, F_STR, 0, 0, 0, 0, 0, NULL},
+};
+
+static const cfg_field node_fields[] = {
+    {"listen", F_LISTEN, 0, 0, 0, 0, 0, NULL},
+    {"ws_path", F_STR, OFF(ws_path), 0, 0, 0, 0, check_ws_path},
+    {"node_id", F_STR, OFF(node_id), 0, 0, 0, 0, check_nonempty},
+    {"redis", F_STR, OFF(redis_url), 0, 0, 0, 0, check_redis_url},
+    {"redis_prefix", F_STR, OFF(redis_prefix), 0, 0, 0, 0, check_nonempty},
+    {"auth", F_AUTH, 0, 0, 0, 0, 0, NULL},
+    {"allowed_origins", F_STRLIST, OFF(allowed_origins), OFF(norigins), 0, 0, 0, NULL},
+    {"max_message_bytes", F_SIZE, OFF(max_message_bytes), 0, 16, 1ULL << 30, 0, NULL},
+    {"max_outbound_bytes", F_SIZE, OFF(max_outbound_bytes), 0, 1024, 1ULL << 32, 0, NULL},
+    {"ping_interval", F_DUR, OFF(ping_interval_ms), 0, 0, CFG_MAX_MS, 0, NULL}, /* 0 = no pings */
+    {"ping_timeout", F_DUR, OFF(ping_timeout_ms), 0, 1, CFG_MAX_MS, 0, NULL},
+    {"handshake_timeout", F_DUR, OFF(handshake_timeout_ms), 0, 1, CFG_MAX_MS, 0, NULL},
+    {"drain_timeout", F_DUR, OFF(drain_timeout_ms), 0, 0, CFG_MAX_MS, 0, NULL},
+    {"node_ttl", F_DUR, OFF(node_ttl_ms), 0, 100, CFG_MAX_MS, 0, NULL},
+    {"lease_ttl", F_DUR, OFF(lease_ttl_ms), 0, 100, CFG_MAX_MS, 0, NULL},
+    {"console", F_BOOL, OFF(console), 0, 0, 0, 0, NULL},
+    {"lua_instruction_budget", F_U64, OFF(lua_instruction_budget), 0, 1000, 1ULL << 40, 0, NULL},
+    {"lua_memory_limit", F_SIZE, OFF(lua_memory_limit), 0, 1ULL << 20, 1ULL << 40, 0, NULL},
+    {"plugin_queue", F_SIZE, OFF(plugin_queue), 0, 1, 1000000, 0, NULL},
+    {NULL, F_STR, 0, 0, 0, 0, 0, NULL},
+};
+
+typedef struct cfg_env_var {
+    const char *var;
+    const cfg_field *table;
+    const char *key;
+} cfg_env_var;
+
+static const cfg_env_var env_vars[] = {
+    {"RELAY_LISTEN", node_fields, "listen"},
+    {"RELAY_NODE_ID", node_fields, "node_id"},
+    {"RELAY_REDIS_URL", node_fields, "redis"},
+    {"RELAY_AUTH_MODE", auth_fields, "mode"},
+    {"RELAY_JWT_SECRET", auth_fields, "secret"},
+    {"RELAY_MAX_CONNECTIONS_PER_USER", param_fields, "max_connections_per_user"},
+    {"RELAY_QUEUE_MULTIPLIER", param_fields, "queue_multiplier"},
+    {"RELAY_USER_HUB_INACTIVITY_TIMEOUT", param_fields, "user_hub_inactivity_timeout"},
+};
+
+static const cfg_field *field_find(const cfg_field *table, const char *key)
+{
+    for (; table->key; table++)
+        if (strcmp(table->key, key) == 0)
+            return table;
+    return NULL;
+}
+
+/* Digits only, no sign, no spaces; 0 or -EINVAL (also on overflow). */
+static int parse_u64(const char *s, uint64_t *out)
+{
+    uint64_t v = 0;
+    if (!*s)
+        return -EINVAL;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9' || v > (UINT64_MAX - 9) / 10)
+            return -EINVAL;
+        v = v * 10 + (uint64_t)(*s - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+static const struct {
+    const char *suffix;
+    uint64_t mult;
+} size_suffixes[] = {
+    {"KiB", 1ULL << 10}, {"K", 1ULL << 10}, {"MiB", 1ULL << 20},
+    {"M", 1ULL << 20},   {"GiB", 1ULL << 30}, {"G", 1ULL << 30},
+};
+
+/* A byte count: digits, optionally followed by a binary suffix ("64KiB", "1M"). */
+static int parse_size(const char *s, uint64_t *out)
+{
+    char digits[32];
+    size_t n = strspn(s, "0123456789");
+    if (n == 0 || n >= sizeof digits)
+        return -EINVAL;
+    memcpy(digits, s, n);
+    digits[n] = '\0';
+    uint64_t v, mult = 1;
+    if (parse_u64(digits, &v) < 0)
+        return -EINVAL;
+    if (s[n]) {
+        mult = 0;
+        for (size_t i = 0; i < sizeof size_suffixes / sizeof size_suffixes[0]; i++)
+            if (strcmp(s + n, size_suffixes[i].suffix) == 0)
+                mult = size_suffixes[i].mult;
+        if (mult == 0 || (v && mult > UINT64_MAX / v))
+            return -EINVAL;
+    }
+    *out = v * mult;
+    return 0;
+}
+
+/* YAML 1.1 booleans, which is what people write in YAML files. */
+static int parse_bool(const char *s, int *out)
+{
+    static const char *const yes[] = {"true", "yes", "on"};
+    static const char *const no[] = {"false", "no", "off"};
+    for (int i = 0; i < 3; i++) {
+        if (strcasecmp(s, yes[i]) == 0) {
+            *out = 1;
+            return 0;
+        }
+        if (strcasecmp(s, no[i]) == 0) {
+            *out = 0;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+/* "host:port", "[v6addr]:port" or ":port" (all interfaces). On success *host is malloc'd. */
+static int parse_hostport(const char *s, char **host, int *port, char *why, size_t whylen)
+{
+    const char *colon, *hs = s;
+    size_t hl;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (!close || close[1] != ':') {
+            snprintf(why, whylen, "'%s' is not [host]:port", s);
+            return -EINVAL;
+        }
+        hs = s + 1;
+        hl = (size_t)(close - hs);
+        colon = close + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon || memchr(s, ':', (size_t)(colon - s))) {
+            snprintf(why, whylen, "'%s' is not host:port", s);
+            return -EINVAL;
+        }
+        hl = (size_t)(colon - s);
+    }
+    uint64_t p;
+    if (parse_u64(colon + 1, &p) < 0 || p < 1 || p > 65535) {
+        snprintf(why, whylen, "'%s': port must be 1..65535", s);
+        return -EINVAL;
+    }
+    if (hl > CFG_MAX_HOST || memchr(hs, ' ', hl)) {
+        snprintf(why, whylen, "'%s': bad host", s);
+        return -EINVAL;
+    }
+    char *h = hl ? strndup(hs, hl) : strdup("0.0.0.0");
+    if (!h) {
+        snprintf(why, whylen, "out of memory");
+        return -ENOMEM;
+    }
+    *host = h;
+    *port = (int)p;
+    return 0;
+}
+
+int rl_config_set_listen(rl_config *c, const char *hostport, char *err, size_t errlen)
+{
+    char why[320];
+    char *host;
+    int port;
+    int rc = parse_hostport(hostport, &host, &port, why, sizeof why);
+    if (rc < 0) {
+        snprintf(err, errlen, "listen: %s", why);
+        return rc;
+    }
+    free(c->listen_host);
+    c->listen_host = host;
+    c->listen_port = port;
+    return 0;
+}
+
+/* Sets the scalar-valued field f of c from s. On error writes the reason (without the key) into
+   why. Strings are copied; c keeps owning what it owned before for other fields. */
+static int field_set(rl_config *c, const cfg_field *f, const char *s, char *why, size_t whylen)
+{
+    char *base = (char *)c;
+    uint64_t v;
+    int b;
+    switch (f->type) {
+    case F_STR: {
+        if (f->check && f->check(s, why, whylen) < 0)
+            return -EINVAL;
+        char *copy = NULL;
+        if (*s && !(copy = strdup(s))) {
+            snprintf(why, whylen, "out of memory");
+            return -ENOMEM;
+        }
+        char **slot = (char **)(base + f->off);
+        free(*slot);
+        *slot = copy;
+        return 0;
+    }
+    case F_INT:
+    case F_U64:
+    case F_SIZE:
+        if ((f->type == F_SIZE ? parse_size(s, &v) : parse_u64(s, &v)) < 0) {
+            snprintf(why, whylen, "'%s' is not %s", s,
+                     f->type == F_SIZE ? "a byte count" : "a non-negative integer");
+            return -EINVAL;
+        }
+        if (v < f->min || v > f->max) {
+            snprintf(why, whylen, "%llu is out of range %llu..%llu", (unsigned long long)v,
+                     (unsigned long long)f->min, (unsigned long long)f->max);
+            return -EINVAL;
+        }
+        if (f->type == F_INT)
+            *(int *)(base + f->off) = (int)v;
+        else if (f->type == F_SIZE)
+            *(size_t *)(base + f->off) = (size_t)v;
+        else
+            *(uint64_t *)(base + f->off) = v;
+        return 0;
+    case F_DUR:
+        if (rl_duration_parse(s, &v) < 0) {
+            snprintf(why, whylen, "'%s' is not a duration (like 150ms, 2s, 1h30m)", s);
+            return -EINVAL;
+        }
+        if (v < f->min || v > f->max) {
+            snprintf(why, whylen, "'%s' is out of range (%llu ms..%llu ms)", s,
+                     (unsigned long long)f->min, (unsigned long long)f->max);
+            return -EINVAL;
+        }
+        *(uint64_t *)(base + f->off) = v;
+        return 0;
+    case F_BOOL:
+        if (parse_bool(s, &b) < 0) {
+            snprintf(why, whylen, "'%s' is not true or false", s);
+            return -EINVAL;
+        }
+        *(int *)(base + f->off) = b;
+        return 0;
+    case F_LISTEN: {
+        char *host;
+        int port;
+        int rc = parse_hostport(s, &host, &port, why, whylen);
+        if (rc < 0)
+            return rc;
+        free(c->listen_host);
+        c->listen_host = host;
+        c->listen_port = port;
+        return 0;
+    }
+    case F_AUTHMODE:
+        if (strcasecmp(s, "jwt") == 0)
+            c->auth_mode = RL_AUTH_JWT;
+        else if (strcasecmp(s, "insecure") == 0)
+            c->auth_mode = RL_AUTH_INSECURE;
+        else {
+            snprintf(why, whylen, "'%s' is not jwt or insecure", s);
+            return -EINVAL;
+        }
+        return 0;
+    case F_STRLIST:
+    case F_AUTH:
+        break;
+    }
+    snprintf(why, whylen, "expected a %s", f->type == F_AUTH ? "map" : "list");
+    return -EINVAL;
+}
+
+/* Limits that involve several settings; checked after the file and after the environment. */
+static int config_check(const rl_config *c, char *why, size_t whylen)
+{
+    if (!c->listen_host || !c->ws_path || !c->node_id || !c->redis_prefix) {
+        snprintf(why, whylen, "out of memory");
+        return -ENOMEM;
+    }
+    if ((uint64_t)c->max_connections_per_user * (uint64_t)c->queue_multiplier > CFG_MAX_HUB_QUEUE) {
+        snprintf(why, whylen,
+                 "max_connections_per_user * queue_multiplier (%d * %d) is over %llu",
+                 c->max_connections_per_user, c->queue_multiplier,
+                 (unsigned long long)CFG_MAX_HUB_QUEUE);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Defaults, environment, free */
+
+void rl_config_defaults(rl_config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->max_connections_per_user = 5;
+    c->queue_multiplier = 100;
+    c->user_hub_inactivity_timeout_ms = 7200ULL * 1000;
+    /* A failed strdup leaves NULL; load and apply_env report it as out of memory. */
+    c->listen_host = strdup("127.0.0.1");
+    c->listen_port = 8080;
+    c->ws_path = strdup("/ws");
+    c->node_id = strdup("n1");
+    c->redis_prefix = strdup("relay:");
+    c->auth_mode = RL_AUTH_JWT;
+    c->max_message_bytes = 65536;
+    c->max_outbound_bytes = 1u << 20;
+    c->ping_interval_ms = 30000;
+    c->ping_timeout_ms = 60000;
+    c->handshake_timeout_ms = 10000;
+    c->drain_timeout_ms = 10000;
+    c->node_ttl_ms = 5000;
+    c->lease_ttl_ms = 5000;
+    c->console = 0;
+    c->lua_instruction_budget = 10000000;
+    c->lua_memory_limit = 256u << 20;
+    c->plugin_queue = 1024;
+}
+
+/* An empty RELAY_* variable counts as unset, except RELAY_REDIS_URL="" which forces standalone. */
+int rl_config_apply_env(rl_config *c, char *err, size_t errlen)
+{
+    char why[384];
+    for (size_t i = 0; i < sizeof env_vars / sizeof env_vars[0]; i++) {
+        const char *v = getenv(env_vars[i].var);
+        const cfg_field *f = field_find(env_vars[i].table, env_vars[i].key);
+        if (!v || (!*v && strcmp(env_vars[i].var, "RELAY_REDIS_URL") != 0))
+            continue;
+        if (strlen(v) > CFG_MAX_VALUE_BYTES) {
+            snprintf(err, errlen, "environment %s: value too long", env_vars[i].var);
+            return -EINVAL;
+        }
+        int rc = field_set(c, f, v, why, sizeof why);
+        if (rc < 0) {
+            snprintf(err, errlen, "environment %s: %s", env_vars[i].var, why);
+            return rc;
+        }
+    }
+    int rc = config_check(c, why, sizeof why);
+    if (rc < 0)
+        snprintf(err, errlen, "environment: %s", why);
+    return rc;
+}
+
+static void plugin_free(rl_plugin_def *p)
+{
+    free(p->name);
+    free(p->id);
+    free(p->prefix);
+    free(p->default_host);
+    free(p->source_path);
+    free(p->method);
+    for (size_t i = 0; i < p->nmodules; i++)
+        free(p->modules[i]);
+    free(p->modules);
+    memset(p, 0, sizeof *p);
+}
+
+void rl_config_free(rl_config *c)
+{
+    free(c->path);
+    free(c->namespace_);
+    free(c->application_host);
+    free(c->env_storage);
+    free(c->user_security_scope);
+    for (size_t i = 0; i < c->nplugins; i++)
+        plugin_free(&c->plugins[i]);
+    free(c->plugins);
+    free(c->listen_host);
+    free(c->ws_path);
+    free(c->node_id);
+    free(c->redis_url);
+    free(c->redis_prefix);
+    free(c->jwt_secret);
+    free(c->jwt_issuer);
+    free(c->jwt_audience);
+    for (size_t i = 0; i < c->norigins; i++)
+        free(c->allowed_origins[i]);
+    free(c->allowed_origins);
+    memset(c, 0, sizeof *c);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The YAML file */
+
+typedef struct cfg_entry_ref {
+    const char *name; /* both point into the loaded document */
+    const char *kind;
+} cfg_entry_ref;
+
+typedef struct cfg_loader {
+    rl_config *c;
+    const char *path;
+    const char *entry; /* name of the entry being read, NULL outside entries */
+    char dir[PATH_MAX];
+    yaml_document_t doc;
+    cfg_entry_ref *entries;
+    size_t nentries;
+    const char *dep_entry;  /* the ns.dependency entry seen, if any */
+    const char *node_entry; /* the relay.node entry seen, if any */
+    char *err;
+    size_t errlen;
+} cfg_loader;
+
+static int cfg_fail(cfg_loader *ld, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Writes "FILE: entry NAME: reason" (or "FILE: reason") and returns rc. */
+static int cfg_fail(cfg_loader *ld, int rc, const char *fmt, ...)
+{
+    char why[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    if (ld->entry)
+        snprintf(ld->err, ld->errlen, "%s: entry %s: %s", ld->path, ld->entry, why);
+    else
+        snprintf(ld->err, ld->errlen, "%s: %s", ld->path, why);
+    return rc;
+}
+
+static yaml_node_t *node_at(cfg_loader *ld, int idx)
+{
+    return yaml_document_get_node(&ld->doc, idx);
+}
+
+static const char *scalar_text(const yaml_node_t *n) { return (const char *)n->data.scalar.value; }
+
+static int is_null(const yaml_node_t *n)
+{
+    static const char *const nulls[] = {"", "~", "null", "Null", "NULL"};
+    if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
+        return 0;
+    for (int i = 0; i < 5; i++)
+        if (strcmp(scalar_text(n), nulls[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* Checks n is a map with scalar keys, none repeated. */
+static int map_check(cfg_loader *ld, const yaml_node_t *n, const char *what)
+{
+    if (!n || n->type != YAML_MAPPING_NODE)
+        return cfg_fail(ld, -EINVAL, "%s must be a map", what);
+    for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+        yaml_node_t *k = node_at(ld, p->key);
+        if (!k || k->type != YAML_SCALAR_NODE)
+            return cfg_fail(ld, -EINVAL, "%s has a key that is not a string", what);
+        for (yaml_node_pair_t *q = n->data.mapping.pairs.start; q < p; q++)
+            if (strcmp(scalar_text(node_at(ld, q->key)), scalar_text(k)) == 0)
+                return cfg_fail(ld, -EINVAL, "%s has key '%s' twice", what, scalar_text(k));
+    }
+    return 0;
+}
+
+/* The value under key in map m (already map_check'ed), or NULL. */
+static yaml_node_t *map_get(cfg_loader *ld, const yaml_node_t *m, const char *key)
+{
+    for (yaml_node_pair_t *p = m->data.mapping.pairs.start; p < m->data.mapping.pairs.top; p++)
+        if (strcmp(scalar_text(node_at(ld, p->key)), key) == 0)
+            return node_at(ld, p->value);
+    return NULL;
+}
+
+static int valid_var_name(const char *s, size_t n)
+{
+    if (n == 0 || (s[0] >= '0' && s[0] <= '9'))
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!(s[i] == '_' || (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+              (s[i] >= '0' && s[i] <= '9')))
+            return 0;
+    return 1;
+}
+
+/* Appends n bytes to a growing buffer; -ENOMEM or -E2BIG past CFG_MAX_VALUE_BYTES. */
+static int buf_put(char **buf, size_t *len, size_t *cap, const char *s, size_t n)
+{
+    if (*len + n > CFG_MAX_VALUE_BYTES)
+        return -E2BIG;
+    if (*len + n + 1 > *cap) {
+        size_t ncap = (*len + n + 1) * 2;
+        char *nb = realloc(*buf, ncap);
+        if (!nb)
+            return -ENOMEM;
+        *buf = nb;
+        *cap = ncap;
+    }
+    memcpy(*buf + *len, s, n);
+    *len += n;
+    (*buf)[*len] = '\0';
+    return 0;
+}
+
+/* Expands ${VAR} and ${VAR:-default} from the environment storage (the process environment)
+   into a malloc'd string. An undefined VAR without a default is an error, not "" : a missing
+   secret should stop the node, not start it open. A '$' not followed by '{' is kept as is;
+   values taken from the environment are not expanded again. */
+static int expand_vars(cfg_loader *ld, const char *what, const char *s, char **out)
+{
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    int rc = buf_put(&buf, &len, &cap, "", 0);
+    while (rc == 0 && *s) {
+        const char *d = strstr(s, "${");
+        if (!d) {
+            rc = buf_put(&buf, &len, &cap, s, strlen(s));
+            break;
+        }
+        rc = buf_put(&buf, &len, &cap, s, (size_t)(d - s));
+        if (rc < 0)
+            break;
+        const char *close = strchr(d + 2, '}');
+        if (!close) {
+            free(buf);
+            return cfg_fail(ld, -EINVAL, "%s: unterminated ${ in '%s'", what, d);
+        }
+        const char *name = d + 2;
+        const char *dflt = strstr(name, ":-");
+        size_t nlen = (dflt && dflt < close) ? (size_t)(dflt - name) : (size_t)(close - name);
+        if (!valid_var_name(name, nlen)) {
+            free(buf);
+            return cfg_fail(ld, -EINVAL, "%s: bad variable reference '%.*s'", what,
+                            (int)(close - d + 1), d);
+        }
+        char var[256];
+        if (nlen >= sizeof var) {
+            free(buf);
+            return cfg_fail(ld, -EINVAL, "%s: variable name too long", what);
+        }
+        memcpy(var, name, nlen);
+        var[nlen] = '\0';
+        const char *val = getenv(var);
+        if (val)
+            rc = buf_put(&buf, &len, &cap, val, strlen(val));
+        else if (dflt && dflt < close)
+            rc = buf_put(&buf, &len, &cap, dflt + 2, (size_t)(close - dflt - 2));
+        else {
+            free(buf);
+            return cfg_fail(ld, -EINVAL, "%s: environment variable %s is not defined", what, var);
+        }
+        s = close + 1;
+    }
+    if (rc < 0) {
+        free(buf);
+        return rc == -ENOMEM ? cfg_fail(ld, rc, "out of memory")
+                             : cfg_fail(ld, -EINVAL, "%s: value longer than %u bytes", what,
+                                        CFG_MAX_VALUE_BYTES);
+    }
+    *out = buf;
+    return 0;
+}
+
+/* A scalar value with ${VAR} expanded, malloc'd into *out; a YAML null reads as "". */
+static int value_get(cfg_loader *ld, const yaml_node_t *n, const char *what, char **out)
+{
+    if (!n || n->type != YAML_SCALAR_NODE)
+        return cfg_fail(ld, -EINVAL, "%s must be a single value, not a %s", what,
+                        n && n->type == YAML_SEQUENCE_NODE ? "list" : "map");
+    if (is_null(n)) {
+        *out = strdup("");
+        return *out ? 0 : cfg_fail(ld, -ENOMEM, "out of memory");
+    }
+    return expand_vars(ld, what, scalar_text(n), out);
+}
+
+/* A scalar used as-is (names, kinds): must be a non-null plain string. */
+static int literal_get(cfg_loader *ld, const yaml_node_t *n, const char *what, const char **out)
+{
+    if (!n || n->type != YAML_SCALAR_NODE || is_null(n))
+        return cfg_fail(ld, -EINVAL, "%s must be a non-empty string", what);
+    *out = scalar_text(n);
+    return 0;
+}
+
+/* Names and prefixes appear in pids, logs and JSON: keep them short and printable. */
+static int name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > CFG_MAX_NAME)
+        return 0;
+    for (; *s; s++)
+        if (!(*s == '_' || *s == '-' || *s == '.' || (*s >= 'a' && *s <= 'z') ||
+              (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9')))
+            return 0;
+    return 1;
+}
+
+/* Sets field f from YAML node n; the error names the key. */
+static int field_set_node(cfg_loader *ld, const cfg_field *f, const yaml_node_t *n,
+                          const char *key);
+
+/* Reads a map whose keys are all rows of table (plus `skip` keys the caller reads itself). */
+static int map_fields(cfg_loader *ld, const yaml_node_t *m, const char *what,
+                      const cfg_field *table, const char *const *skip)
+{
+    int rc = map_check(ld, m, what);
+    if (rc < 0)
+        return rc;
+    for (yaml_node_pair_t *p = m->data.mapping.pairs.start; p < m->data.mapping.pairs.top; p++) {
+        const char *key = scalar_text(node_at(ld, p->key));
+        int skipped = 0;
+        for (const char *const *s = skip; s && *s; s++)
+            skipped |= strcmp(*s, key) == 0;
+        if (skipped)
+            continue;
+        const cfg_field *f = field_find(table, key);
+        if (!f)
+            return cfg_fail(ld, -EINVAL, "unknown key '%s' in %s", key, what);
+        char label[64];
+        snprintf(label, sizeof label, "%s%s", table == auth_fields ? "auth." : "", key);
+        rc = field_set_node(ld, f, node_at(ld, p->value), label);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* Reads a list of non-empty strings (a single string counts as a list of one). */
+static int strlist_get(cfg_loader *ld, const yaml_node_t *n, const char *what, char ***out,
+                       size_t *nout)
+{
+    char **list = NULL;
+    size_t len = 0;
+    int rc = 0;
+    if (n->type == YAML_SCALAR_NODE) {
+        if (!is_null(n)) {
+            if (!(list = calloc(1, sizeof *list)))
+                return cfg_fail(ld, -ENOMEM, "out of memory");
+            if ((rc = value_get(ld, n, what, &list[0])) < 0)
+                goto fail;
+            len = 1;
+        }
+    } else if (n->type == YAML_SEQUENCE_NODE) {
+        size_t cnt = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+        if (cnt > CFG_MAX_LIST)
+            return cfg_fail(ld, -EINVAL, "%s has more than %d items", what, CFG_MAX_LIST);
+        if (cnt && !(list = calloc(cnt, sizeof *list)))
+            return cfg_fail(ld, -ENOMEM, "out of memory");
+        for (size_t i = 0; i < cnt; i++) {
+            const yaml_node_t *item = node_at(ld, n->data.sequence.items.start[i]);
+            if ((rc = value_get(ld, item, what, &list[i])) < 0)
+                goto fail;
+            len++;
+        }
+    } else {
+        return cfg_fail(ld, -EINVAL, "%s must be a list", what);
+    }
+    for (size_t i = 0; i < len; i++) {
+        if (!list[i][0]) {
+            rc = cfg_fail(ld, -EINVAL, "%s has an empty item", what);
+            goto fail;
+        }
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(list[i], list[j]) == 0) {
+                rc = cfg_fail(ld, -EINVAL, "%s has '%s' twice", what, list[i]);
+                goto fail;
+            }
+    }
+    *out = list;
+    *nout = len;
+    return 0;
+fail:
+    for (size_t i = 0; i < len; i++)
+        free(list[i]);
+    free(list);
+    return rc;
+}
+
+static int field_set_node(cfg_loader *ld, const cfg_field *f, const yaml_node_t *n, const char *key)
+{
+    if (f->type == F_AUTH)
+        return map_fields(ld, n, key, auth_fields, NULL);
+    if (f->type == F_STRLIST) {
+        char ***slot = (char ***)((char *)ld->c + f->off);
+        size_t *nslot = (size_t *)((char *)ld->c + f->off_n);
+        char **list;
+        size_t len;
+        int rc = strlist_get(ld, n, key, &list, &len);
+        if (rc < 0)
+            return rc;
+        for (size_t i = 0; i < *nslot; i++)
+            free((*slot)[i]);
+        free(*slot);
+        *slot = list;
+        *nslot = len;
+        return 0;
+    }
+    char *v, why[384];
+    int rc = value_get(ld, n, key, &v);
+    if (rc < 0)
+        return rc;
+    rc = field_set(ld->c, f, v, why, sizeof why);
+    free(v);
+    return rc < 0 ? cfg_fail(ld, rc, "%s: %s", key, why) : 0;
+}
+
+/* Keys every entry may carry; kinds that read more list theirs. */
+static const char *const entry_common_keys[] = {"name", "kind", "meta", "lifecycle", NULL};
+
+static int key_in(const char *key, const char *const *list)
+{
+    for (; list && *list; list++)
+        if (strcmp(*list, key) == 0)
+            return 1;
+    return 0;
+}
+
+/* Refuses any key of entry e that is neither common nor in `extra`. */
+static int entry_keys_check(cfg_loader *ld, const yaml_node_t *e, const char *const *extra)
+{
+    for (yaml_node_pair_t *p = e->data.mapping.pairs.start; p < e->data.mapping.pairs.top; p++) {
+        const char *key = scalar_text(node_at(ld, p->key));
+        if (!key_in(key, entry_common_keys) && !key_in(key, extra))
+            return cfg_fail(ld, -EINVAL, "unknown key '%s'", key);
+    }
+    return 0;
+}
+
+static int entry_dependency(cfg_loader *ld, const yaml_node_t *e)
+{
+    static const char *const keys[] = {"component", "version", "parameters", NULL};
+    const char *component = NULL;
+    int rc = entry_keys_check(ld, e, keys);
+    if (rc < 0 || (rc = literal_get(ld, map_get(ld, e, "component"), "component", &component)) < 0)
+        return rc;
+    if (strcmp(component, "wippy/relay") != 0)
+        return cfg_fail(ld, -EINVAL, "component '%s' is not supported (only wippy/relay)",
+                        component);
+    if (ld->dep_entry)
+        return cfg_fail(ld, -EINVAL, "a second ns.dependency for wippy/relay (the first is %s)",
+                        ld->dep_entry);
+    ld->dep_entry = ld->entry;
+    const yaml_node_t *ver = map_get(ld, e, "version");
+    if (ver && ver->type != YAML_SCALAR_NODE)
+        return cfg_fail(ld, -EINVAL, "version must be a string");
+
+    const yaml_node_t *params = map_get(ld, e, "parameters");
+    if (!params || is_null(params))
+        return cfg_fail(ld, -EINVAL, "missing parameters (application_host and user_security_scope "
+                                     "are required)");
+    if (params->type != YAML_SEQUENCE_NODE)
+        return cfg_fail(ld, -EINVAL, "parameters must be a list of {name, value}");
+    unsigned seen = 0;
+    const yaml_node_item_t *items = params->data.sequence.items.start;
+    for (const yaml_node_item_t *it = items; it < params->data.sequence.items.top; it++) {
+        static const char *const pkeys[] = {"name", "value", NULL};
+        const yaml_node_t *p = node_at(ld, *it);
+        const char *pname;
+        if ((rc = map_check(ld, p, "a parameter")) < 0)
+            return rc;
+        if ((rc = literal_get(ld, map_get(ld, p, "name"), "parameter name", &pname)) < 0)
+            return rc;
+        for (yaml_node_pair_t *q = p->data.mapping.pairs.start; q < p->data.mapping.pairs.top; q++)
+            if (!key_in(scalar_text(node_at(ld, q->key)), pkeys))
+                return cfg_fail(ld, -EINVAL, "parameter %s: unknown key '%s'", pname,
+                                scalar_text(node_at(ld, q->key)));
+        const cfg_field *f = field_find(param_fields, pname);
+        if (!f)
+            return cfg_fail(ld, -EINVAL, "unknown parameter '%s'", pname);
+        unsigned bit = 1u << (f - param_fields);
+        if (seen & bit)
+            return cfg_fail(ld, -EINVAL, "parameter %s given twice", pname);
+        seen |= bit;
+        const yaml_node_t *v = map_get(ld, p, "value");
+        if (!v)
+            return cfg_fail(ld, -EINVAL, "parameter %s has no value", pname);
+        if ((rc = field_set_node(ld, f, v, pname)) < 0)
+            return rc;
+    }
+    for (const cfg_field *f = param_fields; f->key; f++) {
+        char **slot = (char **)((char *)ld->c + f->off);
+        if (f->required && (!(seen & (1u << (f - param_fields))) || !*slot))
+            return cfg_fail(ld, -EINVAL, "missing required parameter %s", f->key);
+    }
+    return 0;
+}
+
+/* Resolves a file:// source against the config's directory; checks it is a readable file. */
+static int plugin_source(cfg_loader *ld, const yaml_node_t *n, char **out)
+{
+    char *src, joined[PATH_MAX], resolved[PATH_MAX];
+    int rc = value_get(ld, n, "source", &src);
+    if (rc < 0)
+        return rc;
+    if (strncmp(src, "file://", 7) != 0 || !src[7]) {
+        rc = cfg_fail(ld, -EINVAL, "source '%s' is not file://PATH", src);
+        free(src);
+        return rc;
+    }
+    const char *rel = src + 7;
+    int n_ = rel[0] == '/' ? snprintf(joined, sizeof joined, "%s", rel)
+                           : snprintf(joined, sizeof joined, "%s/%s", ld->dir, rel);
+    free(src);
+    if (n_ < 0 || (size_t)n_ >= sizeof joined)
+        return cfg_fail(ld, -EINVAL, "source path too long");
+    int fd = open(joined, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0)
+        return cfg_fail(ld, -EINVAL, "source %s: %s", joined, strerror(errno));
+    rc = fstat(fd, &st);
+    close(fd);
+    if (rc < 0 || !S_ISREG(st.st_mode))
+        return cfg_fail(ld, -EINVAL, "source %s: not a regular file", joined);
+    /* An absolute path keeps working if the node changes directory; keep the joined one if
+       realpath fails for a reason open did not hit. */
+    *out = strdup(realpath(joined, resolved) ? resolved : joined);
+    return *out ? 0 : cfg_fail(ld, -ENOMEM, "out of memory");
+}
+
+static int plugin_add(cfg_loader *ld, rl_plugin_def **out)
+{
+    rl_config *c = ld->c;
+    if (c->nplugins >= CFG_MAX_PLUGINS)
+        return cfg_fail(ld, -EINVAL, "more than %d plugins", CFG_MAX_PLUGINS);
+    rl_plugin_def *np = realloc(c->plugins, (c->nplugins + 1) * sizeof *np);
+    if (!np)
+        return cfg_fail(ld, -ENOMEM, "out of memory");
+    c->plugins = np;
+    *out = &np[c->nplugins++];
+    memset(*out, 0, sizeof **out);
+    return 0;
+}
+
+/* A process.lua entry: a relay plugin when meta.type is relay.plugin, otherwise ignored. */
+static int entry_process_lua(cfg_loader *ld, const yaml_node_t *e)
+{
+    static const char *const keys[] = {"source", "modules", "method", NULL};
+    const yaml_node_t *meta = map_get(ld, e, "meta");
+    const yaml_node_t *type = NULL;
+    int rc;
+    if (meta && meta->type == YAML_MAPPING_NODE) {
+        if ((rc = map_check(ld, meta, "meta")) < 0)
+            return rc;
+        type = map_get(ld, meta, "type");
+    }
+    if (!type || type->type != YAML_SCALAR_NODE || strcmp(scalar_text(type), "relay.plugin") != 0) {
+        rl_debug(MOD, "%s: entry %s: process.lua without meta.type relay.plugin, ignored", ld->path,
+                 ld->entry);
+        return 0;
+    }
+    if ((rc = entry_keys_check(ld, e, keys)) < 0)
+        return rc;
+    rl_plugin_def *p = NULL;
+    if ((rc = plugin_add(ld, &p)) < 0)
+        return rc;
+    char *v;
+    size_t idlen = strlen(ld->c->namespace_) + 1 + strlen(ld->entry) + 1;
+    p->name = strdup(ld->entry);
+    p->id = malloc(idlen);
+    p->method = strdup("run");
+    if (!p->name || !p->id || !p->method)
+        return cfg_fail(ld, -ENOMEM, "out of memory");
+    snprintf(p->id, idlen, "%s:%s", ld->c->namespace_, ld->entry);
+
+    const yaml_node_t *n = map_get(ld, meta, "command_prefix");
+    if (!n)
+        return cfg_fail(ld, -EINVAL, "missing meta.command_prefix");
+    if ((rc = value_get(ld, n, "meta.command_prefix", &p->prefix)) < 0)
+        return rc;
+    if (!p->prefix[0])
+        return cfg_fail(ld, -EINVAL, "meta.command_prefix must not be empty");
+    if (strlen(p->prefix) > CFG_MAX_NAME || strpbrk(p->prefix, " \t\r\n"))
+        return cfg_fail(ld, -EINVAL, "meta.command_prefix '%s' is too long or has spaces",
+                        p->prefix);
+    for (size_t i = 0; i + 1 < ld->c->nplugins; i++)
+        if (strcmp(ld->c->plugins[i].prefix, p->prefix) == 0)
+            return cfg_fail(ld, -EINVAL, "duplicate command_prefix '%s' (also used by %s)",
+                            p->prefix, ld->c->plugins[i].name);
+    if ((n = map_get(ld, meta, "auto_start"))) {
+        if ((rc = value_get(ld, n, "meta.auto_start", &v)) < 0)
+            return rc;
+        rc = parse_bool(v, &p->auto_start);
+        if (rc < 0)
+            cfg_fail(ld, rc, "meta.auto_start: '%s' is not true or false", v);
+        free(v);
+        if (rc < 0)
+            return rc;
+    }
+    if ((n = map_get(ld, meta, "default_host"))) {
+        if ((rc = value_get(ld, n, "meta.default_host", &v)) < 0)
+            return rc;
+        p->default_host = v;
+        if (!v[0]) {
+            free(v);
+            p->default_host = NULL;
+        } else {
+            char why[320];
+            if (check_ref(v, why, sizeof why) < 0)
+                return cfg_fail(ld, -EINVAL, "meta.default_host: %s", why);
+        }
+    }
+    /* Other meta keys are free-form metadata (descriptions, tags) and pass through. */
+
+    if (!(n = map_get(ld, e, "source")))
+        return cfg_fail(ld, -EINVAL, "missing source (file://PATH)");
+    if ((rc = plugin_source(ld, n, &p->source_path)) < 0)
+        return rc;
+    if ((n = map_get(ld, e, "modules")) &&
+        (rc = strlist_get(ld, n, "modules", &p->modules, &p->nmodules)) < 0)
+        return rc;
+    if ((n = map_get(ld, e, "method"))) {
+        if ((rc = value_get(ld, n, "method", &v)) < 0)
+            return rc;
+        if (!name_ok(v) || strchr(v, '.') || strchr(v, '-') || (v[0] >= '0' && v[0] <= '9')) {
+            rc = cfg_fail(ld, -EINVAL, "method '%s' is not a Lua name", v);
+            free(v);
+            return rc;
+        }
+        free(p->method);
+        p->method = v;
+    }
+    return 0;
+}
+
+static int entry_node(cfg_loader *ld, const yaml_node_t *e)
+{
+    if (ld->node_entry)
+        return cfg_fail(ld, -EINVAL, "a second relay.node entry (the first is %s)", ld->node_entry);
+    ld->node_entry = ld->entry;
+    return map_fields(ld, e, "relay.node", node_fields, entry_common_keys);
+}
+
+/* Entry kinds this node reads; a NULL handler accepts the kind (and any keys) and ignores it.
+   Ignored entries still count as names that references (application_host...) may point to. */
+static const struct {
+    const char *kind;
+    int (*read)(cfg_loader *ld, const yaml_node_t *e);
+} entry_kinds[] = {
+    {"env.storage.os", NULL},
+    {"process.host", NULL},
+    {"ns.dependency", entry_dependency},
+    {"process.lua", entry_process_lua},
+    {"security.scope", NULL},
+    {"security.policy", NULL},
+    {"relay.node", entry_node},
+};
+
+static int read_entry(cfg_loader *ld, const yaml_node_t *e, size_t index)
+{
+    const char *name, *kind = NULL;
+    char what[48];
+    snprintf(what, sizeof what, "entry #%zu", index + 1);
+    if (!e || e->type != YAML_MAPPING_NODE)
+        return cfg_fail(ld, -EINVAL, "%s must be a map", what);
+    /* The name first, so that every later error (repeated keys included) can name the entry. */
+    const yaml_node_t *nn = NULL;
+    for (yaml_node_pair_t *p = e->data.mapping.pairs.start; p < e->data.mapping.pairs.top; p++) {
+        const yaml_node_t *k = node_at(ld, p->key);
+        if (k && k->type == YAML_SCALAR_NODE && strcmp(scalar_text(k), "name") == 0 && !nn)
+            nn = node_at(ld, p->value);
+    }
+    if (!nn || nn->type != YAML_SCALAR_NODE || is_null(nn))
+        return cfg_fail(ld, -EINVAL, "%s: missing name", what);
+    name = scalar_text(nn);
+    if (!name_ok(name))
+        return cfg_fail(ld, -EINVAL, "%s: name '%.*s' is not letters, digits, '.', '_' or '-' "
+                                     "(at most %d)", what, CFG_MAX_NAME, name, CFG_MAX_NAME);
+    ld->entry = name;
+    int rc = map_check(ld, e, "the entry");
+    if (rc < 0)
+        return rc;
+    if ((rc = literal_get(ld, map_get(ld, e, "kind"), "kind", &kind)) < 0)
+        return rc;
+    for (size_t i = 0; i < ld->nentries; i++)
+        if (strcmp(ld->entries[i].name, name) == 0)
+            return cfg_fail(ld, -EINVAL, "a second entry with this name");
+    ld->entries[ld->nentries].name = name;
+    ld->entries[ld->nentries].kind = kind;
+    ld->nentries++;
+    const yaml_node_t *lc = map_get(ld, e, "lifecycle");
+    if (lc && !is_null(lc) && lc->type != YAML_MAPPING_NODE)
+        return cfg_fail(ld, -EINVAL, "lifecycle must be a map");
+    for (size_t i = 0; i < sizeof entry_kinds / sizeof entry_kinds[0]; i++) {
+        if (strcmp(entry_kinds[i].kind, kind) == 0) {
+            rc = entry_kinds[i].read ? entry_kinds[i].read(ld, e) : 0;
+            ld->entry = NULL;
+            return rc;
+        }
+    }
+    return cfg_fail(ld, -EINVAL, "unknown kind '%s'", kind);
+}
+
+/* The kind of entry `ref` (namespace:name) names in this file, or NULL when it names an entry of
+   this namespace that does not exist. *other is set when it names another namespace. */
+static const char *ref_kind(cfg_loader *ld, const char *ref, int *other)
+{
+    const char *colon = strrchr(ref, ':');
+    size_t nslen = strlen(ld->c->namespace_);
+    *other = !colon || (size_t)(colon - ref) != nslen ||
+             strncmp(ref, ld->c->namespace_, nslen) != 0;
+    if (*other)
+        return NULL;
+    for (size_t i = 0; i < ld->nentries; i++)
+        if (strcmp(ld->entries[i].name, colon + 1) == 0)
+            return ld->entries[i].kind;
+    return NULL;
+}
+
+/* Checks a reference: an entry of this namespace must exist with the kind wanted; one into
+   another namespace cannot be checked from this file and is only logged. */
+static int ref_check(cfg_loader *ld, const char *key, const char *ref, const char *want)
+{
+    int other;
+    const char *kind = ref_kind(ld, ref, &other);
+    if (other) {
+        rl_warn(MOD, "%s: entry %s: %s %s is outside namespace %s; not checked", ld->path,
+                ld->entry, key, ref, ld->c->namespace_);
+        return 0;
+    }
+    if (!kind)
+        return cfg_fail(ld, -EINVAL, "%s %s names no entry in this file", key, ref);
+    if (strcmp(kind, want) != 0)
+        return cfg_fail(ld, -EINVAL, "%s %s is of kind %s, not %s", key, ref, kind, want);
+    return 0;
+}
+
+static int check_refs(cfg_loader *ld)
+{
+    rl_config *c = ld->c;
+    int rc, other;
+    ld->entry = ld->dep_entry;
+    if ((rc = ref_check(ld, "application_host", c->application_host, "process.host")) < 0)
+        return rc;
+    if (c->env_storage && (rc = ref_check(ld, "env_storage", c->env_storage, "env.storage.os")) < 0)
+        return rc;
+    const char *kind = ref_kind(ld, c->user_security_scope, &other);
+    if (!kind || strcmp(kind, "security.scope") != 0)
+        rl_warn(MOD, "%s: user_security_scope %s is not defined in this file; user hubs run with "
+                     "the default user policy", ld->path, c->user_security_scope);
+    for (size_t i = 0; i < c->nplugins; i++) {
+        ld->entry = c->plugins[i].name;
+        const char *host = c->plugins[i].default_host;
+        if (host && (rc = ref_check(ld, "meta.default_host", host, "process.host")) < 0)
+            return rc;
+    }
+    ld->entry = NULL;
+    return 0;
+}
+
+/* Longest prefix first so the router can take the first match; stable so that equal lengths
+   keep the file's order (insertion sort: n is small and bounded). */
+static void plugins_sort(rl_config *c)
+{
+    for (size_t i = 1; i < c->nplugins; i++) {
+        rl_plugin_def t = c->plugins[i];
+        size_t tl = strlen(t.prefix), j = i;
+        for (; j > 0 && strlen(c->plugins[j - 1].prefix) < tl; j--)
+            c->plugins[j] = c->plugins[j - 1];
+        c->plugins[j] = t;
+    }
+}
+
+/* Reads at most CFG_MAX_FILE_BYTES of path into a malloc'd buffer. */
+static int read_file(cfg_loader *ld, char **out, size_t *len)
+{
+    FILE *f = fopen(ld->path, "rb");
+    if (!f)
+        return cfg_fail(ld, -errno, "cannot open: %s", strerror(errno));
+    char *buf = malloc(CFG_MAX_FILE_BYTES + 1);
+    if (!buf) {
+        fclose(f);
+        return cfg_fail(ld, -ENOMEM, "out of memory");
+    }
+    size_t n = fread(buf, 1, CFG_MAX_FILE_BYTES + 1, f);
+    int bad = ferror(f);
+    fclose(f);
+    if (bad || n > CFG_MAX_FILE_BYTES) {
+        free(buf);
+        return bad ? cfg_fail(ld, -EIO, "read error")
+                   : cfg_fail(ld, -EFBIG, "larger than %u bytes", CFG_MAX_FILE_BYTES);
+    }
+    buf[n] = '\0';
+    *out = buf;
+    *len = n;
+    return 0;
+}
+
+static int yaml_fail(cfg_loader *ld, yaml_parser_t *ps)
+{
+    if (ps->error == YAML_MEMORY_ERROR)
+        return cfg_fail(ld, -ENOMEM, "out of memory");
+    return cfg_fail(ld, -EINVAL, "YAML error at line %zu column %zu: %s%s%s",
+                    ps->problem_mark.line + 1, ps->problem_mark.column + 1,
+                    ps->problem ? ps->problem : "syntax error", ps->context ? " " : "",
+                    ps->context ? ps->context : "");
+}
+
+/* Parses the loaded document's top level into ld->c. */
+static int read_document(cfg_loader *ld)
+{
+    rl_config *c = ld->c;
+    yaml_node_t *root = yaml_document_get_root_node(&ld->doc);
+    const char *ns = NULL;
+    int rc;
+    if (!root)
+        return cfg_fail(ld, -EINVAL, "empty file (expected version, namespace, entries)");
+    if ((rc = map_check(ld, root, "the top level")) < 0)
+        return rc;
+    static const char *const top_keys[] = {"version", "namespace", "entries", NULL};
+    const yaml_node_pair_t *pairs = root->data.mapping.pairs.start;
+    for (const yaml_node_pair_t *p = pairs; p < root->data.mapping.pairs.top; p++) {
+        const char *key = scalar_text(node_at(ld, p->key));
+        if (!key_in(key, top_keys))
+            return cfg_fail(ld, -EINVAL, "unknown top-level key '%s'", key);
+    }
+    const yaml_node_t *ver = map_get(ld, root, "version");
+    if (ver && ver->type != YAML_SCALAR_NODE)
+        return cfg_fail(ld, -EINVAL, "version must be a string");
+    if ((rc = literal_get(ld, map_get(ld, root, "namespace"), "namespace", &ns)) < 0)
+        return rc;
+    if (!name_ok(ns))
+        return cfg_fail(ld, -EINVAL, "namespace '%.*s' is not letters, digits, '.', '_' or '-'",
+                        CFG_MAX_NAME, ns);
+    free(c->namespace_);
+    if (!(c->namespace_ = strdup(ns)))
+        return cfg_fail(ld, -ENOMEM, "out of memory");
+
+    const yaml_node_t *entries = map_get(ld, root, "entries");
+    if (!entries || entries->type != YAML_SEQUENCE_NODE)
+        return cfg_fail(ld, -EINVAL, "entries must be a list");
+    size_t n = (size_t)(entries->data.sequence.items.top - entries->data.sequence.items.start);
+    if (n > CFG_MAX_ENTRIES)
+        return cfg_fail(ld, -EINVAL, "more than %d entries", CFG_MAX_ENTRIES);
+    if (n && !(ld->entries = calloc(n, sizeof *ld->entries)))
+        return cfg_fail(ld, -ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++)
+        if ((rc = read_entry(ld, node_at(ld, entries->data.sequence.items.start[i]), i)) < 0)
+            return rc;
+    if (!ld->dep_entry)
+        return cfg_fail(ld, -EINVAL, "no ns.dependency entry for component wippy/relay");
+    if ((rc = check_refs(ld)) < 0)
+        return rc;
+    plugins_sort(c);
+    char why[384];
+    if ((rc = config_check(c, why, sizeof why)) < 0)
+        return cfg_fail(ld, rc, "%s", why);
+    return 0;
+}
+
+int rl_config_load(rl_config *c, const char *path, char *err, size_t errlen)
+{
+    cfg_loader ld;
+    yaml_parser_t ps;
+    char *text = NULL;
+    size_t len = 0;
+    int rc, have_parser = 0, have_doc = 0;
+
+    memset(&ld, 0, sizeof ld);
+    ld.c = c;
+    ld.path = path;
+    ld.err = err;
+    ld.errlen = errlen;
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        snprintf(ld.dir, sizeof ld.dir, ".");
+    else if (slash == path)
+        snprintf(ld.dir, sizeof ld.dir, "/");
+    else if ((size_t)(slash - path) < sizeof ld.dir)
+        snprintf(ld.dir, sizeof ld.dir, "%.*s", (int)(slash - path), path);
+    else
+        return cfg_fail(&ld, -EINVAL, "path too long");
+
+    free(c->path);
+    if (!(c->path = strdup(path)))
+        return cfg_fail(&ld, -ENOMEM, "out of memory");
+    if ((rc = read_file(&ld, &text, &len)) < 0)
+        goto fail;
+    if (!yaml_parser_initialize(&ps)) {
+        rc = cfg_fail(&ld, -ENOMEM, "out of memory");
+        goto fail;
+    }
+    have_parser = 1;
+    yaml_parser_set_input_string(&ps, (const unsigned char *)text, len);
+    if (!yaml_parser_load(&ps, &ld.doc)) {
+        rc = yaml_fail(&ld, &ps);
+        goto fail;
+    }
+    have_doc = 1;
+    {
+        yaml_document_t next;
+        if (!yaml_parser_load(&ps, &next)) {
+            rc = yaml_fail(&ld, &ps);
+            goto fail;
+        }
+        int more = yaml_document_get_root_node(&next) != NULL;
+        yaml_document_delete(&next);
+        if (more) {
+            rc = cfg_fail(&ld, -EINVAL, "more than one YAML document");
+            goto fail;
+        }
+    }
+    rc = read_document(&ld);
+fail:
+    if (have_doc)
+        yaml_document_delete(&ld.doc);
+    if (have_parser)
+        yaml_parser_delete(&ps);
+    free(ld.entries);
+    free(text);
+    return rc;
+}

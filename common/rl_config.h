@@ -1,0 +1,83 @@
+/* The node's configuration: the spec's YAML entries file, environment storage, RELAY_* overrides. */
+#ifndef RL_CONFIG_H
+#define RL_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { RL_AUTH_JWT = 0, RL_AUTH_INSECURE = 1 } rl_auth_mode;
+
+typedef struct rl_plugin_def {
+    char *name;          /* entry name, e.g. "session_plugin" */
+    char *id;            /* namespace:name, e.g. "app:session_plugin" (the welcome's process_id) */
+    char *prefix;        /* meta.command_prefix, non-empty */
+    int auto_start;      /* meta.auto_start */
+    char *default_host;  /* meta.default_host or NULL */
+    char *source_path;   /* source: file://X resolved against the config file's directory */
+    char *method;        /* "run" by default */
+    char **modules;      /* modules: [...] */
+    size_t nmodules;
+} rl_plugin_def;
+
+typedef struct rl_config {
+    char *path;      /* the file read (NULL for built-in defaults) */
+    char *namespace_;
+
+    /* ns.dependency wippy/relay parameters */
+    char *application_host;
+    char *env_storage;
+    char *user_security_scope;
+    int max_connections_per_user;          /* default 5 */
+    int queue_multiplier;                  /* default 100 */
+    uint64_t user_hub_inactivity_timeout_ms; /* default 7200 s */
+
+    /* process.lua entries with meta.type relay.plugin, sorted by prefix length, longest first */
+    rl_plugin_def *plugins;
+    size_t nplugins;
+
+    /* relay.node entry (all optional) and overrides */
+    char *listen_host;        /* default "127.0.0.1" */
+    int listen_port;          /* default 8080 */
+    char *ws_path;            /* default "/ws" */
+    char *node_id;            /* default "n1" */
+    char *redis_url;          /* NULL = standalone */
+    char *redis_prefix;       /* default "relay:" */
+    rl_auth_mode auth_mode;   /* default jwt */
+    char *jwt_secret;         /* HS256 secret */
+    char *jwt_issuer;         /* checked when set */
+    char *jwt_audience;       /* checked when set */
+    char **allowed_origins;   /* empty = any origin */
+    size_t norigins;
+    size_t max_message_bytes;      /* default 65536 */
+    size_t max_outbound_bytes;     /* default 1 MiB per connection */
+    uint64_t ping_interval_ms;     /* default 30000 */
+    uint64_t ping_timeout_ms;      /* dead-peer timeout, default 60000 */
+    uint64_t handshake_timeout_ms; /* default 10000 */
+    uint64_t drain_timeout_ms;     /* default 10000 */
+    uint64_t node_ttl_ms;          /* default 5000 */
+    uint64_t lease_ttl_ms;         /* default 5000 */
+    int console;                   /* serve the console page at / (default 0) */
+    uint64_t lua_instruction_budget; /* per resume, default 10,000,000 */
+    size_t lua_memory_limit;         /* bytes for the node's Lua state, default 256 MiB */
+    size_t plugin_queue;             /* plugin mailbox size, default 1024 */
+} rl_config;
+
+/* Fills c with the defaults above (no plugins). */
+void rl_config_defaults(rl_config *c);
+/* Reads the YAML file into c (already defaulted). On error returns negative and writes
+   "FILE: entry NAME: reason" into err. Resolves plugin sources, checks they are readable.
+   Lua syntax is checked by the plugin host, not here. */
+int rl_config_load(rl_config *c, const char *path, char *err, size_t errlen);
+/* Applies RELAY_* environment overrides (RELAY_LISTEN, RELAY_NODE_ID, RELAY_REDIS_URL,
+   RELAY_AUTH_MODE, RELAY_JWT_SECRET, RELAY_MAX_CONNECTIONS_PER_USER, RELAY_QUEUE_MULTIPLIER,
+   RELAY_USER_HUB_INACTIVITY_TIMEOUT). Same error convention. */
+int rl_config_apply_env(rl_config *c, char *err, size_t errlen);
+/* "HOST:PORT" -> listen_host/listen_port. */
+int rl_config_set_listen(rl_config *c, const char *hostport, char *err, size_t errlen);
+/* Frees everything c owns. */
+void rl_config_free(rl_config *c);
+
+/* Parses "2s", "150ms", "7200s", "1m", "1h30m", "1.5s" into milliseconds; -EINVAL if bad. */
+int rl_duration_parse(const char *s, uint64_t *ms);
+
+#endif

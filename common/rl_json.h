@@ -1,0 +1,18 @@
+/* JSON helpers on cJSON shared by the node's modules. */
+#ifndef RL_JSON_H
+#define RL_JSON_H
+
+#include <cjson/cJSON.h>
+#include <stddef.h>
+
+/* Client messages nest at most this deep: plugins decode them again (the Lua json module stops
+   at 128 levels), so deeper input is refused at the hub, where the client gets an answer. */
+#define RL_JSON_MAX_DEPTH 100
+
+/* Parses exactly one JSON value from buf[0..len): only whitespace may follow it (cJSON bounds
+   nesting at CJSON_NESTING_LIMIT). Returns the tree (cJSON_Delete) or NULL. */
+cJSON *rl_json_parse(const char *buf, size_t len);
+/* 1 when no container nests more than max levels below v. */
+int rl_json_depth_ok(const cJSON *v, int max);
+
+#endif

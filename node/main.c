@@ -1,0 +1,225 @@
+/* relay-node: command line, start-up, signals and the ordered shutdown of one node. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "rl_central.h"
+#include "rl_cluster.h"
+#include "rl_config.h"
+#include "rl_gateway.h"
+#include "rl_log.h"
+#include "rl_lua.h"
+#include "rl_proc.h"
+#include "rl_version.h"
+
+
+static struct {
+    uv_loop_t loop;
+    rl_config cfg;
+    uv_signal_t sigterm, sigint, sighup;
+    uv_timer_t drain;
+    uv_timer_t ready; /* cluster: admission follows the Redis round trip */
+    uint64_t drain_deadline;
+    int draining;
+} app;
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: relay-node -c FILE [--check] [--listen HOST:PORT] [--node-id ID] [--redis URL]\n"
+            "  -c, --config FILE   YAML config (the spec's entries format)\n"
+            "      --check         validate the config and the plugin sources, then exit\n"
+            "      --listen H:P    listen address (RELAY_LISTEN)\n"
+            "      --node-id ID    node id (RELAY_NODE_ID)\n"
+            "      --redis URL     redis://host:port[/db]: join a cluster (RELAY_REDIS_URL)\n"
+            "  -V, --version       print the version\n");
+}
+
+static void stop_loop_handles(void)
+{
+    uv_close((uv_handle_t *)&app.sigterm, NULL);
+    uv_close((uv_handle_t *)&app.sigint, NULL);
+    uv_close((uv_handle_t *)&app.sighup, NULL);
+    uv_close((uv_handle_t *)&app.drain, NULL);
+    uv_close((uv_handle_t *)&app.ready, NULL);
+}
+
+static void ready_tick(uv_timer_t *t)
+{
+    (void)t;
+    rl_gateway_set_accepting(!app.draining && rl_cluster_ready());
+}
+
+/* Polls the drain: done when every client is gone or the deadline passed. */
+static void drain_tick(uv_timer_t *t)
+{
+    size_t left = rl_gateway_conn_count();
+    if (left > 0 && rl_now_ms() < app.drain_deadline)
+        return;
+    if (left > 0)
+        rl_warn("node", "drain timeout: %zu connections still open", left);
+    uv_timer_stop(t);
+    rl_central_stop();
+    rl_cluster_stop();
+    rl_lua_close();
+    rl_gateway_stop();
+    stop_loop_handles();
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    (void)s;
+    if (signum == SIGHUP) {
+        rl_warn("node", "SIGHUP: plugin reload is not supported yet; ignoring");
+        return;
+    }
+    if (app.draining) {
+        rl_warn("node", "second signal: stopping now");
+        app.drain_deadline = 0;
+        return;
+    }
+    app.draining = 1;
+    uv_timer_stop(&app.ready);
+    rl_info("node", "%s: draining (timeout %llu ms)", signum == SIGTERM ? "SIGTERM" : "SIGINT",
+            (unsigned long long)app.cfg.drain_timeout_ms);
+    app.drain_deadline = rl_now_ms() + app.cfg.drain_timeout_ms;
+    rl_central_drain();
+    rl_gateway_close_all(1001, "going away");
+    uv_timer_start(&app.drain, drain_tick, 0, 20);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'}, {"check", no_argument, NULL, 'k'},
+        {"listen", required_argument, NULL, 'l'}, {"node-id", required_argument, NULL, 'n'},
+        {"redis", required_argument, NULL, 'r'},  {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+    };
+    const char *path = NULL, *listen = NULL, *node_id = NULL, *redis = NULL;
+    int check = 0, c;
+    while ((c = getopt_long(argc, argv, "c:Vh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': path = optarg; break;
+        case 'k': check = 1; break;
+        case 'l': listen = optarg; break;
+        case 'n': node_id = optarg; break;
+        case 'r': redis = optarg; break;
+        case 'V': printf("relay-node %s\n", RL_VERSION); return 0;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (!path || optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    const char *lvl = getenv("RELAY_LOG_LEVEL");
+    rl_log_level level;
+    if (lvl && rl_log_level_parse(lvl, &level) == 0)
+        rl_log_set_level(level);
+
+    char err[512];
+    rl_config_defaults(&app.cfg);
+    if (rl_config_load(&app.cfg, path, err, sizeof err) < 0 ||
+        rl_config_apply_env(&app.cfg, err, sizeof err) < 0 ||
+        (listen && rl_config_set_listen(&app.cfg, listen, err, sizeof err) < 0)) {
+        fprintf(stderr, "relay-node: %s\n", err);
+        rl_config_free(&app.cfg);
+        return 1;
+    }
+    if (node_id) {
+        free(app.cfg.node_id);
+        app.cfg.node_id = strdup(node_id);
+    }
+    if (redis) {
+        free(app.cfg.redis_url);
+        app.cfg.redis_url = strdup(redis);
+    }
+    if (app.cfg.auth_mode == RL_AUTH_JWT && (!app.cfg.jwt_secret || !app.cfg.jwt_secret[0])) {
+        fprintf(stderr, "relay-node: %s: auth mode jwt needs a secret (relay.node auth.secret or "
+                        "RELAY_JWT_SECRET); refusing to start\n", path);
+        rl_config_free(&app.cfg);
+        return 1;
+    }
+
+    uv_loop_init(&app.loop);
+    int rc = rl_node_init(&app.loop, app.cfg.node_id);
+    if (rc < 0) {
+        fprintf(stderr, "relay-node: %s: invalid node id '%s' (letters, digits, _ and -)\n", path,
+                app.cfg.node_id);
+        rl_config_free(&app.cfg);
+        return 1;
+    }
+    int status = 0;
+    if (rl_lua_init(&app.cfg, err, sizeof err) < 0) {
+        fprintf(stderr, "relay-node: %s\n", err);
+        status = 1;
+        goto out_node;
+    }
+    if (check) {
+        printf("%s: ok (%zu plugins)\n", path, app.cfg.nplugins);
+        goto out_lua;
+    }
+    if (app.cfg.redis_url && rl_cluster_start(&app.cfg, err, sizeof err) < 0) {
+        fprintf(stderr, "relay-node: %s: redis: %s\n", path, err);
+        status = 1;
+        goto out_lua;
+    }
+    if (app.cfg.auth_mode == RL_AUTH_INSECURE)
+        rl_warn("node", "auth mode insecure: any client can claim any user_id (development only)");
+    if ((rc = rl_central_start(&app.cfg)) < 0) {
+        fprintf(stderr, "relay-node: cannot start the central hub (%d)\n", rc);
+        rl_cluster_stop();
+        status = 1;
+        goto out_lua;
+    }
+    if (rl_gateway_start(&app.loop, &app.cfg, err, sizeof err) < 0) {
+        fprintf(stderr, "relay-node: %s\n", err);
+        rl_central_stop();
+        rl_cluster_stop();
+        rl_lua_close();
+        rl_gateway_stop();
+        uv_run(&app.loop, UV_RUN_DEFAULT);
+        rl_gateway_free();
+        status = 1;
+        goto out_node;
+    }
+    uv_signal_init(&app.loop, &app.sigterm);
+    uv_signal_init(&app.loop, &app.sigint);
+    uv_signal_init(&app.loop, &app.sighup);
+    uv_timer_init(&app.loop, &app.drain);
+    uv_timer_init(&app.loop, &app.ready);
+    if (rl_cluster_enabled()) {
+        rl_gateway_set_ready_fn(rl_cluster_ready);
+        rl_gateway_set_accepting(0);
+        uv_timer_start(&app.ready, ready_tick, 0, 250);
+    }
+    uv_signal_start(&app.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&app.sigint, on_signal, SIGINT);
+    uv_signal_start(&app.sighup, on_signal, SIGHUP);
+    rl_info("node", "relay-node %s node %s.%s listening on %s:%d%s (%zu plugins, auth %s, %s)",
+            RL_VERSION, rl_node_id(), rl_node_incarnation(), app.cfg.listen_host,
+            app.cfg.listen_port, app.cfg.ws_path, app.cfg.nplugins,
+            app.cfg.auth_mode == RL_AUTH_JWT ? "jwt" : "insecure",
+            app.cfg.redis_url ? "cluster" : "standalone");
+    uv_run(&app.loop, UV_RUN_DEFAULT);
+    rl_gateway_free();
+    rl_info("node", "stopped");
+    goto out_node;
+
+out_lua:
+    rl_lua_close();
+out_node:
+    rl_node_close();
+    uv_run(&app.loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&app.loop) != 0)
+        rl_warn("node", "loop closed with handles left");
+    rl_config_free(&app.cfg);
+    return status;
+}

@@ -1,0 +1,752 @@
+/* The central hub: admission (exact per-user limit), user hub placement, idle hub collection.
+ *
+ * One per node. It keeps a record per user with connections on this node or a hub here: the
+ * admitted local connections and where the user's hub is (pid and lease epoch). Standalone, the
+ * hub is always local and admission is a local count. In cluster mode admission is one atomic
+ * script in Redis (exact across nodes), and the hub lives where the user's lease is: this node
+ * creates a hub only when it wins the lease, otherwise it attaches its connections to the holder's
+ * hub through the stream transport. Every second (cluster tick) it renews the leases of its hubs,
+ * notices dead holders and re-places those users, so their connections stay open. */
+#include "rl_central.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rl_cluster.h"
+#include "rl_errors.h"
+#include "rl_hub.h"
+#include "rl_log.h"
+#include "rl_map.h"
+#include "rl_metrics.h"
+#include "rl_proc.h"
+
+#define RL_HUB_CANCEL_MS 10000
+
+typedef struct local_conn {
+    char pid[RL_PID_MAX];
+    char *metadata;               /* the join's metadata object, JSON */
+    char attached[RL_PID_MAX];    /* hub it was last attached to ("" = none) */
+    uint64_t attached_epoch;
+} local_conn;
+
+typedef struct central_user {
+    char *id;
+    local_conn *conns;      /* admitted connections on this node */
+    size_t nconns, capconns;
+    size_t admitting;       /* cluster admissions in flight */
+    char hub[RL_PID_MAX];   /* the user's hub ("" = not placed) */
+    uint64_t epoch;         /* its lease epoch (0 standalone) */
+    int hub_local;          /* the hub is ours (we hold the lease) */
+    uint64_t valid_until;   /* local hub in cluster mode: lease certainly ours until then */
+    int placing;            /* a lease acquisition is in flight */
+    size_t hub_clients;     /* the hub's client count on all nodes (local hub only) */
+    uint64_t idle_since;    /* loop ms when the last client left */
+    char *metadata;         /* user_metadata of the latest join (JSON) for hub creation */
+    char *scope;
+} central_user;
+
+static struct {
+    rl_proc proc;
+    const rl_config *cfg;
+    rl_map users;      /* user_id -> central_user */
+    rl_map conn_user;  /* conn pid -> central_user (admitted, local) */
+    rl_map cancelling; /* hub pid -> (void *)1, cancelled and not yet exited */
+    uv_timer_t gc;
+    int started;
+    int draining;
+} central;
+
+const char *rl_central_pid(void) { return central.proc.pid; }
+size_t rl_central_user_count(void) { return central.users.len; }
+
+static int clustered(void) { return rl_cluster_enabled(); }
+
+static void send_json(const char *to, const char *topic, cJSON *o, uint64_t epoch)
+{
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    rl_msg *m = s ? rl_msg_new(central.proc.pid, topic, s, strlen(s)) : NULL;
+    free(s);
+    if (!m) {
+        rl_metric_inc(RL_M_MSGS_DROPPED);
+        return;
+    }
+    m->epoch = epoch;
+    if (rl_send_msg(to, m) < 0) {
+        rl_msg_free(m);
+        rl_metric_inc(RL_M_MSGS_DROPPED);
+    }
+}
+
+static void refuse(const char *conn, rl_err_code e, const char *msg)
+{
+    char *payload = rl_err_payload(e, msg, NULL);
+    rl_metric_error(e);
+    if (payload)
+        rl_send(central.proc.pid, conn, "error", payload, strlen(payload));
+    free(payload);
+    char close[128];
+    int n = snprintf(close, sizeof close, "{\"code\":%d,\"reason\":\"%s\"}", rl_err_close_code(e),
+                     rl_err_name(e));
+    rl_send(central.proc.pid, conn, "ws.close", close, (size_t)n);
+}
+
+/* ---- user records ---- */
+
+static central_user *user_find(const char *id) { return rl_map_get(&central.users, id); }
+
+static central_user *user_get(const char *id)
+{
+    central_user *u = user_find(id);
+    if (u)
+        return u;
+    u = calloc(1, sizeof *u);
+    if (!u || !(u->id = strdup(id)) || rl_map_set(&central.users, id, u) < 0) {
+        if (u)
+            free(u->id);
+        free(u);
+        return NULL;
+    }
+    u->idle_since = rl_now_ms();
+    return u;
+}
+
+static void user_free(central_user *u)
+{
+    for (size_t i = 0; i < u->nconns; i++)
+        free(u->conns[i].metadata);
+    free(u->conns);
+    free(u->metadata);
+    free(u->scope);
+    free(u->id);
+    free(u);
+}
+
+/* Drops the record when nothing refers to it any more. */
+static void user_maybe_drop(central_user *u)
+{
+    if (u->nconns || u->admitting || u->placing || (u->hub[0] && u->hub_local))
+        return;
+    rl_map_del(&central.users, u->id);
+    user_free(u);
+}
+
+static void set_str(char **dst, const char *src)
+{
+    free(*dst);
+    *dst = src ? strdup(src) : NULL;
+}
+
+/* ---- attaching connections to the hub ---- */
+
+static void attach(central_user *u, local_conn *lc)
+{
+    if (strcmp(lc->attached, u->hub) == 0 && lc->attached_epoch == u->epoch)
+        return;
+    cJSON *join = cJSON_CreateObject();
+    cJSON_AddStringToObject(join, "client_pid", lc->pid);
+    cJSON *meta = lc->metadata ? cJSON_Parse(lc->metadata) : NULL;
+    cJSON_AddItemToObject(join, "metadata", meta ? meta : cJSON_CreateObject());
+    /* The hub learns of the connection before the connection learns of the hub: the join is
+       queued (or streamed) ahead of the connection's first message. */
+    send_json(u->hub, "ws.join", join, u->epoch);
+    cJSON *ctl = cJSON_CreateObject();
+    cJSON_AddStringToObject(ctl, "target_pid", u->hub);
+    if (u->epoch)
+        cJSON_AddNumberToObject(ctl, "epoch", (double)u->epoch);
+    send_json(lc->pid, "ws.control", ctl, 0);
+    snprintf(lc->attached, sizeof lc->attached, "%s", u->hub);
+    lc->attached_epoch = u->epoch;
+}
+
+static void attach_all(central_user *u)
+{
+    if (!u->hub[0])
+        return;
+    for (size_t i = 0; i < u->nconns; i++)
+        attach(u, &u->conns[i]);
+}
+
+static void place(central_user *u);
+
+/* A lease is only as good as this node's registration: once our node key may have expired,
+   another node may take the lease (its holder looks dead). */
+static uint64_t lease_until(uint64_t lease_valid_until)
+{
+    uint64_t node_until = rl_cluster_node_valid_until();
+    return lease_valid_until < node_until ? lease_valid_until : node_until;
+}
+
+static void clear_placement(central_user *u)
+{
+    u->hub[0] = '\0';
+    u->epoch = 0;
+    u->hub_local = 0;
+    u->hub_clients = 0;
+    u->valid_until = 0;
+}
+
+/* ---- placement ---- */
+
+typedef struct place_req {
+    char *user;
+    char hub[RL_PID_MAX];
+} place_req;
+
+static void on_lease(const rl_lease *l, void *ud)
+{
+    place_req *r = ud;
+    central_user *u = central.started ? user_find(r->user) : NULL;
+    int keep = 0;
+    if (u)
+        u->placing = 0;
+    if (!u || central.draining) {
+        if (l->status == RL_LEASE_WON)
+            rl_cluster_lease_release(r->user, l->epoch, r->hub);
+    } else if (l->status == RL_LEASE_WON) {
+        keep = rl_hub_activate(r->hub, l->epoch, lease_until(l->valid_until)) == 0;
+        if (keep) {
+            rl_map_del(&central.cancelling, r->hub);
+            snprintf(u->hub, sizeof u->hub, "%s", r->hub);
+            u->epoch = l->epoch;
+            u->hub_local = 1;
+            u->valid_until = lease_until(l->valid_until);
+            rl_info("central", "user %s: hub %s here, lease epoch %llu", u->id, u->hub,
+                    (unsigned long long)u->epoch);
+            rl_cluster_hub_info(u->id, u->hub, u->epoch, 0);
+            attach_all(u);
+        }
+    } else if (l->status == RL_LEASE_OTHER || l->status == RL_LEASE_MINE) {
+        rl_proc *old = l->status == RL_LEASE_MINE ? rl_proc_find(l->hub_pid) : NULL;
+        if (l->status == RL_LEASE_MINE && !old) {
+            /* Our lease names a hub that is gone: give it up and place again next tick. */
+            rl_cluster_lease_release(u->id, l->epoch, l->hub_pid);
+        } else if (l->hub_pid[0]) {
+            snprintf(u->hub, sizeof u->hub, "%s", l->hub_pid);
+            u->epoch = l->epoch;
+            u->hub_local = old != NULL;
+            u->valid_until = l->valid_until;
+            attach_all(u);
+        }
+    } else {
+        rl_warn("central", "user %s: lease unavailable (redis); retrying", r->user);
+    }
+    if (!keep)
+        rl_cancel(r->hub, 0); /* the deferred hub has no plugins: it exits at once */
+    if (u)
+        user_maybe_drop(u);
+    free(r->user);
+    free(r);
+}
+
+/* Finds or creates the user's hub and attaches every local connection to it. */
+static void place(central_user *u)
+{
+    if (u->placing || central.draining)
+        return;
+    if (u->hub[0]) {
+        attach_all(u);
+        return;
+    }
+    if (!clustered()) {
+        if (rl_hub_start(central.cfg, u->id, u->metadata, u->scope, 0, 0, u->hub) < 0 ||
+            rl_monitor(central.proc.pid, u->hub) < 0) {
+            rl_error("central", "user %s: hub creation failed", u->id);
+            u->hub[0] = '\0';
+            while (u->nconns) {
+                local_conn *lc = &u->conns[u->nconns - 1];
+                refuse(lc->pid, RL_E_HUB_CREATION_FAILED, NULL);
+                rl_map_del(&central.conn_user, lc->pid);
+                free(lc->metadata);
+                u->nconns--;
+            }
+            return;
+        }
+        u->hub_local = 1;
+        u->valid_until = UINT64_MAX;
+        attach_all(u);
+        return;
+    }
+    /* Cluster: a hub that only has a pid bids for the lease; it starts its plugins if it wins. */
+    place_req *r = calloc(1, sizeof *r);
+    if (!r || !(r->user = strdup(u->id))) {
+        free(r);
+        return;
+    }
+    if (rl_hub_start(central.cfg, u->id, u->metadata, u->scope, 0, 1, r->hub) < 0 ||
+        rl_monitor(central.proc.pid, r->hub) < 0) {
+        free(r->user);
+        free(r);
+        return;
+    }
+    rl_map_set(&central.cancelling, r->hub, (void *)1); /* until it wins, its exit is expected */
+    if (rl_cluster_lease_acquire(u->id, r->hub, on_lease, r) < 0) {
+        rl_cancel(r->hub, 0);
+        free(r->user);
+        free(r);
+        return;
+    }
+    u->placing = 1;
+}
+
+/* ---- joins and leaves ---- */
+
+static int add_conn(central_user *u, const char *conn, const cJSON *meta)
+{
+    if (u->nconns == u->capconns) {
+        size_t ncap = u->capconns ? u->capconns * 2 : 2;
+        local_conn *nc = realloc(u->conns, ncap * sizeof *nc);
+        if (!nc)
+            return -ENOMEM;
+        u->conns = nc;
+        u->capconns = ncap;
+    }
+    local_conn *lc = &u->conns[u->nconns];
+    memset(lc, 0, sizeof *lc);
+    snprintf(lc->pid, sizeof lc->pid, "%s", conn);
+    lc->metadata = meta ? cJSON_PrintUnformatted(meta) : NULL;
+    if (rl_map_set(&central.conn_user, conn, u) < 0) {
+        free(lc->metadata);
+        return -ENOMEM;
+    }
+    u->nconns++;
+    const cJSON *um = cJSON_GetObjectItemCaseSensitive(meta, "user_metadata");
+    const cJSON *scope = cJSON_GetObjectItemCaseSensitive(meta, "scope");
+    if (cJSON_IsObject(um)) {
+        char *s = cJSON_PrintUnformatted(um);
+        free(u->metadata);
+        u->metadata = s;
+    }
+    if (cJSON_IsString(scope))
+        set_str(&u->scope, scope->valuestring);
+    return 0;
+}
+
+static void remove_conn(central_user *u, const char *conn)
+{
+    for (size_t i = 0; i < u->nconns; i++) {
+        if (strcmp(u->conns[i].pid, conn) != 0)
+            continue;
+        free(u->conns[i].metadata);
+        u->conns[i] = u->conns[--u->nconns];
+        break;
+    }
+    rl_map_del(&central.conn_user, conn);
+    if (u->nconns == 0)
+        u->idle_since = rl_now_ms();
+}
+
+typedef struct admit_req {
+    char *user;
+    char conn[RL_PID_MAX];
+    char *meta; /* JSON */
+} admit_req;
+
+static void admit_done(central_user *u, const char *conn, const char *meta_json)
+{
+    cJSON *meta = meta_json ? cJSON_Parse(meta_json) : NULL;
+    int rc = add_conn(u, conn, meta);
+    cJSON_Delete(meta);
+    if (rc < 0) {
+        if (clustered())
+            rl_cluster_release_conn(u->id, conn);
+        refuse(conn, RL_E_HUB_CREATION_FAILED, NULL);
+        return;
+    }
+    place(u);
+}
+
+static void on_admit(int result, void *ud)
+{
+    admit_req *r = ud;
+    central_user *u = central.started ? user_find(r->user) : NULL;
+    if (u)
+        u->admitting--;
+    if (!u) {
+        if (result == 1 && central.started)
+            rl_cluster_release_conn(r->user, r->conn);
+    } else if (!rl_proc_find(r->conn)) {
+        if (result == 1) /* the connection left while Redis answered */
+            rl_cluster_release_conn(r->user, r->conn);
+    } else if (result == 1) {
+        admit_done(u, r->conn, r->meta);
+    } else if (result == 0) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "Maximum connection limit reached (%d connections)",
+                 central.cfg->max_connections_per_user);
+        refuse(r->conn, RL_E_MAX_CONNECTIONS, msg);
+    } else {
+        refuse(r->conn, RL_E_UNAVAILABLE, "Cluster registry unavailable");
+    }
+    if (u)
+        user_maybe_drop(u);
+    free(r->user);
+    free(r->meta);
+    free(r);
+}
+
+static void on_join(rl_msg *m, const cJSON *payload)
+{
+    const cJSON *cp = cJSON_GetObjectItemCaseSensitive(payload, "client_pid");
+    const char *conn = cJSON_IsString(cp) ? cp->valuestring : m->from;
+    if (!conn[0] || !rl_pid_is_local(conn))
+        return;
+    const cJSON *meta = cJSON_GetObjectItemCaseSensitive(payload, "metadata");
+    const cJSON *uid = cJSON_GetObjectItemCaseSensitive(meta, "user_id");
+    if (!cJSON_IsString(uid) || !uid->valuestring[0]) {
+        refuse(conn, RL_E_MISSING_USER_ID, NULL);
+        return;
+    }
+    if (central.draining) {
+        refuse(conn, RL_E_UNAVAILABLE, NULL);
+        return;
+    }
+    central_user *u = user_get(uid->valuestring);
+    if (!u) {
+        refuse(conn, RL_E_HUB_CREATION_FAILED, NULL);
+        return;
+    }
+    int limit = central.cfg->max_connections_per_user;
+    if (!clustered()) {
+        if (u->nconns >= (size_t)limit) {
+            char msg[96];
+            snprintf(msg, sizeof msg, "Maximum connection limit reached (%d connections)", limit);
+            refuse(conn, RL_E_MAX_CONNECTIONS, msg);
+            user_maybe_drop(u);
+            return;
+        }
+        char *mj = meta ? cJSON_PrintUnformatted(meta) : NULL;
+        admit_done(u, conn, mj);
+        free(mj);
+        return;
+    }
+    admit_req *r = calloc(1, sizeof *r);
+    if (!r || !(r->user = strdup(u->id))) {
+        free(r);
+        refuse(conn, RL_E_HUB_CREATION_FAILED, NULL);
+        return;
+    }
+    snprintf(r->conn, sizeof r->conn, "%s", conn);
+    r->meta = meta ? cJSON_PrintUnformatted(meta) : NULL;
+    if (rl_cluster_admit(u->id, conn, limit, on_admit, r) < 0) {
+        free(r->user);
+        free(r->meta);
+        free(r);
+        refuse(conn, RL_E_UNAVAILABLE, "Cluster registry unavailable");
+        user_maybe_drop(u);
+        return;
+    }
+    u->admitting++;
+}
+
+static void on_leave(const cJSON *payload)
+{
+    const cJSON *cp = cJSON_GetObjectItemCaseSensitive(payload, "client_pid");
+    if (!cJSON_IsString(cp))
+        return;
+    central_user *u = rl_map_get(&central.conn_user, cp->valuestring);
+    if (!u)
+        return; /* never admitted */
+    if (clustered())
+        rl_cluster_release_conn(u->id, cp->valuestring);
+    remove_conn(u, cp->valuestring);
+    user_maybe_drop(u);
+}
+
+/* ws.rehome {"client_pid":C,"hub_pid":H}: C's hub H is gone or handed over. */
+static void on_rehome(const cJSON *payload)
+{
+    const cJSON *cp = cJSON_GetObjectItemCaseSensitive(payload, "client_pid");
+    const cJSON *hp = cJSON_GetObjectItemCaseSensitive(payload, "hub_pid");
+    if (!cJSON_IsString(cp) || !cJSON_IsString(hp))
+        return;
+    central_user *u = rl_map_get(&central.conn_user, cp->valuestring);
+    if (!u)
+        return;
+    if (strcmp(u->hub, hp->valuestring) == 0) {
+        rl_info("central", "user %s: hub %s gone, placing again", u->id, u->hub);
+        if (u->hub_local)
+            rl_cancel(u->hub, RL_HUB_CANCEL_MS);
+        clear_placement(u);
+    }
+    for (size_t i = 0; i < u->nconns; i++)
+        if (strcmp(u->conns[i].pid, cp->valuestring) == 0)
+            u->conns[i].attached[0] = '\0';
+    place(u);
+}
+
+static void on_activity(const cJSON *payload)
+{
+    const cJSON *uid = cJSON_GetObjectItemCaseSensitive(payload, "user_id");
+    const cJSON *n = cJSON_GetObjectItemCaseSensitive(payload, "client_count");
+    central_user *u = cJSON_IsString(uid) ? user_find(uid->valuestring) : NULL;
+    if (!u || !cJSON_IsNumber(n) || !u->hub_local)
+        return;
+    u->hub_clients = (size_t)n->valuedouble;
+    if (u->hub_clients == 0)
+        u->idle_since = rl_now_ms();
+    if (clustered())
+        rl_cluster_hub_info(u->id, u->hub, u->epoch, u->hub_clients);
+}
+
+static void on_hub_exit(const cJSON *payload)
+{
+    const cJSON *pid = cJSON_GetObjectItemCaseSensitive(payload, "pid");
+    if (!cJSON_IsString(pid))
+        return;
+    if (rl_map_del(&central.cancelling, pid->valuestring))
+        return;
+    const char *k;
+    void *v;
+    for (size_t it = 0; rl_map_next(&central.users, &it, &k, &v);) {
+        central_user *u = v;
+        if (strcmp(u->hub, pid->valuestring) == 0) {
+            rl_warn("central", "user %s: hub %s exited unexpectedly", k, u->hub);
+            if (clustered())
+                rl_cluster_lease_release(u->id, u->epoch, u->hub);
+            clear_placement(u);
+            if (u->nconns)
+                place(u);
+            else
+                user_maybe_drop(u);
+            break;
+        }
+    }
+}
+
+static void central_handle(rl_proc *p, rl_msg *m)
+{
+    (void)p;
+    cJSON *payload = cJSON_ParseWithLength(m->payload, m->len);
+    if (!payload)
+        rl_warn("central", "dropping %s with a malformed payload", m->topic);
+    else if (strcmp(m->topic, "ws.join") == 0)
+        on_join(m, payload);
+    else if (strcmp(m->topic, "ws.leave") == 0)
+        on_leave(payload);
+    else if (strcmp(m->topic, "ws.rehome") == 0)
+        on_rehome(payload);
+    else if (strcmp(m->topic, "hub.activity") == 0)
+        on_activity(payload);
+    else if (strcmp(m->topic, "pid.exit") == 0)
+        on_hub_exit(payload);
+    cJSON_Delete(payload);
+    rl_msg_free(m);
+}
+
+/* ---- collection of idle hubs ---- */
+
+/* Cancels a local hub (10 s grace for its plugins); a join meanwhile gets a fresh hub. */
+static void retire_hub(central_user *u, const char *why)
+{
+    rl_info("central", "user %s: %s hub %s", u->id, why, u->hub);
+    rl_map_set(&central.cancelling, u->hub, (void *)1);
+    if (clustered())
+        rl_cluster_lease_release(u->id, u->epoch, u->hub);
+    rl_cancel(u->hub, RL_HUB_CANCEL_MS);
+    clear_placement(u);
+}
+
+static void gc_tick(uv_timer_t *t)
+{
+    (void)t;
+    uint64_t now = rl_now_ms(), timeout = central.cfg->user_hub_inactivity_timeout_ms;
+    const char *k;
+    void *v;
+    for (size_t it = 0; rl_map_next(&central.users, &it, &k, &v);) {
+        central_user *u = v;
+        if (u->nconns > 0 || u->hub_clients > 0 || u->placing || u->admitting ||
+            now - u->idle_since <= timeout)
+            continue;
+        if (u->hub[0] && u->hub_local) {
+            rl_metric_inc(RL_M_HUBS_COLLECTED);
+            retire_hub(u, "collecting idle");
+        }
+        user_maybe_drop(u);
+    }
+}
+
+/* ---- cluster reconciliation, every tick ---- */
+
+typedef struct renew_req {
+    char *user;
+    char hub[RL_PID_MAX];
+} renew_req;
+
+static void on_renew(const rl_lease *l, void *ud)
+{
+    renew_req *r = ud;
+    central_user *u = central.started ? user_find(r->user) : NULL;
+    if (u && strcmp(u->hub, r->hub) == 0 && u->hub_local) {
+        if (l->status == RL_LEASE_WON) {
+            u->valid_until = lease_until(l->valid_until);
+            rl_hub_set_valid_until(u->hub, u->valid_until);
+        } else if (l->status == RL_LEASE_OTHER) {
+            rl_warn("central", "user %s: lease of hub %s lost", u->id, u->hub);
+            rl_send(central.proc.pid, u->hub, "hub.handover", "{}", 2);
+            rl_map_set(&central.cancelling, u->hub, (void *)1);
+            clear_placement(u);
+            place(u);
+        }
+    }
+    free(r->user);
+    free(r);
+}
+
+/* After a lapse of our registration: add our connections back; those over the limit now
+   (others took the slots meanwhile) are closed, so the limit stays exact. */
+static void on_readmit(int result, void *ud)
+{
+    admit_req *r = ud;
+    if (result == 0 && central.started && rl_proc_find(r->conn)) {
+        central_user *u = rl_map_get(&central.conn_user, r->conn);
+        refuse(r->conn, RL_E_MAX_CONNECTIONS, "Maximum connection limit reached after a registry outage");
+        if (u) {
+            remove_conn(u, r->conn);
+            user_maybe_drop(u);
+        }
+    }
+    free(r->user);
+    free(r);
+}
+
+static void readmit_all(void)
+{
+    const char *k;
+    void *v;
+    for (size_t it = 0; rl_map_next(&central.conn_user, &it, &k, &v);) {
+        central_user *u = v;
+        admit_req *r = calloc(1, sizeof *r);
+        if (!r || !(r->user = strdup(u->id))) {
+            free(r);
+            continue;
+        }
+        snprintf(r->conn, sizeof r->conn, "%s", k);
+        if (rl_cluster_admit(u->id, k, central.cfg->max_connections_per_user, on_readmit, r) < 0) {
+            free(r->user);
+            free(r);
+        }
+    }
+}
+
+static void cluster_tick(void)
+{
+    if (!central.started)
+        return;
+    if (rl_cluster_reregistered())
+        readmit_all();
+    uint64_t now = rl_now_ms();
+    const char **dead;
+    size_t ndead = rl_cluster_dead_since_last_tick(&dead);
+    const char *k;
+    void *v;
+    for (size_t it = 0; rl_map_next(&central.users, &it, &k, &v);) {
+        central_user *u = v;
+        if (u->placing)
+            continue;
+        if (u->hub[0] && u->hub_local) {
+            if (now >= u->valid_until) { /* not renewed in time: it may be someone else's now */
+                rl_warn("central", "user %s: lease of hub %s expired", u->id, u->hub);
+                rl_map_set(&central.cancelling, u->hub, (void *)1);
+                rl_send(central.proc.pid, u->hub, "hub.handover", "{}", 2);
+                clear_placement(u);
+            } else {
+                for (size_t i = 0; i < ndead; i++) {
+                    cJSON *nd = cJSON_CreateObject();
+                    cJSON_AddStringToObject(nd, "node", dead[i]);
+                    send_json(u->hub, "node.down", nd, 0);
+                }
+                renew_req *r = calloc(1, sizeof *r);
+                if (r && (r->user = strdup(u->id))) {
+                    snprintf(r->hub, sizeof r->hub, "%s", u->hub);
+                    if (rl_cluster_lease_renew(u->id, u->epoch, u->hub, on_renew, r) < 0) {
+                        free(r->user);
+                        free(r);
+                    }
+                } else {
+                    free(r);
+                }
+            }
+        } else if (u->hub[0] && !rl_cluster_pid_alive(u->hub)) {
+            rl_warn("central", "user %s: hub %s's node is gone, placing again", u->id, u->hub);
+            clear_placement(u);
+        }
+        if (!u->hub[0] && u->nconns > 0)
+            place(u);
+        else if (!u->hub[0])
+            user_maybe_drop(u);
+    }
+}
+
+/* ---- start, drain, stop ---- */
+
+static void central_free(rl_proc *p) { (void)p; }
+
+static const rl_proc_ops central_ops = {
+    .kind = "central", .letter = 'x', .handle = central_handle, .free = central_free,
+};
+
+int rl_central_start(const rl_config *c)
+{
+    memset(&central, 0, sizeof central);
+    central.cfg = c;
+    rl_map_init(&central.users);
+    rl_map_init(&central.conn_user);
+    rl_map_init(&central.cancelling);
+    int rc = rl_proc_start(&central.proc, &central_ops, 0);
+    if (rc < 0)
+        return rc;
+    uint64_t every = c->user_hub_inactivity_timeout_ms * 2 / 5;
+    if (every < 100)
+        every = 100;
+    uv_timer_init(rl_node_loop(), &central.gc);
+    uv_timer_start(&central.gc, gc_tick, every, every);
+    rl_cluster_set_tick_cb(cluster_tick);
+    central.started = 1;
+    return 0;
+}
+
+void rl_central_drain(void)
+{
+    if (!central.started || central.draining)
+        return;
+    central.draining = 1;
+    const char *k;
+    void *v;
+    for (size_t it = 0; rl_map_next(&central.users, &it, &k, &v);) {
+        central_user *u = v;
+        if (!u->hub[0] || !u->hub_local)
+            continue;
+        /* Release first, so the connections the hub sends away find the lease free. */
+        if (clustered())
+            rl_cluster_lease_release(u->id, u->epoch, u->hub);
+        rl_map_set(&central.cancelling, u->hub, (void *)1);
+        rl_send(central.proc.pid, u->hub, "hub.handover", "{}", 2);
+        clear_placement(u);
+    }
+}
+
+void rl_central_stop(void)
+{
+    if (!central.started)
+        return;
+    central.started = 0;
+    rl_cluster_set_tick_cb(NULL);
+    uv_timer_stop(&central.gc);
+    uv_close((uv_handle_t *)&central.gc, NULL);
+    const char *k;
+    void *v;
+    for (size_t it = 0; rl_map_next(&central.users, &it, &k, &v);) {
+        central_user *u = v;
+        if (u->hub[0] && u->hub_local)
+            rl_cancel(u->hub, RL_HUB_CANCEL_MS);
+        user_free(u);
+    }
+    rl_map_close(&central.users);
+    rl_map_close(&central.conn_user);
+    rl_map_close(&central.cancelling);
+    rl_proc_exit(&central.proc, NULL);
+}

@@ -1,0 +1,655 @@
+/* Cluster mode: node registry and heartbeats, the Redis-stream transport between nodes, and the
+ * Redis operations the central hub needs (admission, leases), all on the node's loop.
+ *
+ * Transport: one stream per node, <prefix>inbox:<node>. Messages for another node are queued per
+ * destination while the loop turn runs and flushed at its end (uv_check) as one XADD per batch of
+ * up to RL_BATCH messages: each message is one field/value pair of the entry, the field holding
+ * "to\nfrom\ntopic\nepoch" and the value the payload. All XADDs go over one connection in order,
+ * so per sender->receiver order holds, and hiredis pipelines everything written in one turn.
+ * The reader is a second connection looping on XREAD BLOCK from the last id it saw. */
+#include "rl_cluster.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "rl_cluster_scripts.h"
+#include "rl_version.h"
+#include "rl_log.h"
+#include "rl_map.h"
+#include "rl_metrics.h"
+#include "rl_redis.h"
+
+#define RL_BATCH 256                /* messages per stream entry */
+#define RL_OUTBOX_MAX 65536         /* queued messages per destination node before -EAGAIN */
+#define RL_STREAM_MAXLEN "100000"   /* approximate trim of each inbox stream (entries) */
+#define RL_READ_COUNT "256"         /* entries per XREAD */
+#define RL_READ_BLOCK_MS 1000
+#define RL_TICK_MS 1000
+#define RL_SAFETY_MS 300            /* stop trusting a TTL this long before Redis would expire it */
+
+typedef struct out_msg {
+    struct out_msg *next;
+    rl_msg *m;
+    char to[RL_PID_MAX];
+} out_msg;
+
+typedef struct outbox {
+    out_msg *head, *tail;
+    size_t len;
+} outbox;
+
+static struct {
+    const rl_config *cfg;
+    rl_redis *cmd, *blk;
+    char inbox_key[128];
+    char node_key[128];
+    char last_id[64];       /* last stream id read ("" until the stream's tail is known) */
+    int reading;
+    rl_map outboxes;        /* node id -> outbox */
+    size_t queued;
+    uv_check_t flush;
+    uv_idle_t kick;
+    uv_timer_t tick;
+    uint64_t node_valid_until;
+    int ready;
+    rl_map live;            /* "<node>.<incarnation>" -> (void *)1, as of the last tick */
+    rl_map live_ids;        /* node id -> (void *)1 */
+    int registered;         /* a heartbeat succeeded once */
+    int reregistered;       /* the last heartbeat found our key gone: entries need re-adding */
+    const char **dead;      /* nodes that went away at the last tick */
+    size_t ndead;
+    rl_cluster_tick_cb tick_cb;
+    int started;
+    rl_redis_script_def live_script;
+    uint64_t started_at;
+} cl;
+
+int rl_cluster_enabled(void) { return cl.started; }
+int rl_cluster_ready(void) { return cl.started && cl.ready && rl_now_ms() < cl.node_valid_until; }
+uint64_t rl_cluster_node_valid_until(void) { return cl.node_valid_until; }
+void rl_cluster_set_tick_cb(rl_cluster_tick_cb cb) { cl.tick_cb = cb; }
+size_t rl_cluster_dead_since_last_tick(const char ***nodes)
+{
+    *nodes = cl.dead;
+    return cl.ndead;
+}
+
+/* ---- transport: sending ---- */
+
+static void kick_cb(uv_idle_t *h);
+
+static int remote_send(const char *to, rl_msg *m, void *ud)
+{
+    (void)ud;
+    char node[RL_NODE_ID_MAX];
+    if (rl_pid_node(to, node) < 0)
+        return -EINVAL;
+    if (!rl_redis_connected(cl.cmd))
+        return -EHOSTUNREACH;
+    outbox *ob = rl_map_get(&cl.outboxes, node);
+    if (!ob) {
+        ob = calloc(1, sizeof *ob);
+        if (!ob || rl_map_set(&cl.outboxes, node, ob) < 0) {
+            free(ob);
+            return -ENOMEM;
+        }
+    }
+    if (ob->len >= RL_OUTBOX_MAX)
+        return -EAGAIN;
+    out_msg *om = malloc(sizeof *om);
+    if (!om)
+        return -ENOMEM;
+    om->next = NULL;
+    om->m = m;
+    snprintf(om->to, sizeof om->to, "%s", to);
+    if (ob->tail)
+        ob->tail->next = om;
+    else
+        ob->head = om;
+    ob->tail = om;
+    ob->len++;
+    cl.queued++;
+    uv_idle_start(&cl.kick, kick_cb);
+    return 0;
+}
+
+static void on_xadd(const redisReply *r, void *ud)
+{
+    size_t n = (size_t)(uintptr_t)ud;
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+        rl_metric_inc(RL_M_REDIS_ERRORS);
+        rl_metric_add(RL_M_MSGS_DROPPED, n);
+        rl_warn("cluster", "XADD failed: %s; %zu messages lost", r ? r->str : "no reply", n);
+    }
+}
+
+/* Sends up to RL_BATCH messages of ob as one stream entry. */
+static void flush_batch(const char *node, outbox *ob)
+{
+    const char *argv[6 + 2 * RL_BATCH];
+    size_t lens[6 + 2 * RL_BATCH];
+    char headers[RL_BATCH][RL_PID_MAX * 2 + 128];
+    out_msg *sent[RL_BATCH];
+    char key[160];
+    int k = snprintf(key, sizeof key, "%sinbox:%s", cl.cfg->redis_prefix, node);
+    int argc = 0;
+    argv[argc] = "XADD", lens[argc++] = 4;
+    argv[argc] = key, lens[argc++] = (size_t)k;
+    argv[argc] = "MAXLEN", lens[argc++] = 6;
+    argv[argc] = "~", lens[argc++] = 1;
+    argv[argc] = RL_STREAM_MAXLEN, lens[argc++] = strlen(RL_STREAM_MAXLEN);
+    argv[argc] = "*", lens[argc++] = 1;
+    size_t n = 0;
+    while (ob->head && n < RL_BATCH) {
+        out_msg *om = ob->head;
+        ob->head = om->next;
+        int hl = snprintf(headers[n], sizeof headers[n], "%s\n%s\n%s\n%" PRIu64, om->to,
+                          om->m->from, om->m->topic, om->m->epoch);
+        if (hl < 0 || (size_t)hl >= sizeof headers[n]) { /* topic too long to carry: drop */
+            rl_metric_inc(RL_M_MSGS_DROPPED);
+            rl_msg_free(om->m);
+            free(om);
+            ob->len--;
+            cl.queued--;
+            continue;
+        }
+        argv[argc] = headers[n], lens[argc++] = (size_t)hl;
+        argv[argc] = om->m->payload, lens[argc++] = om->m->len;
+        sent[n++] = om;
+    }
+    if (!ob->head)
+        ob->tail = NULL;
+    if (n > 0) {
+        int rc = rl_redis_commandargv(cl.cmd, 0, on_xadd, (void *)(uintptr_t)n, argc, argv, lens);
+        if (rc < 0)
+            rl_metric_add(RL_M_MSGS_DROPPED, n);
+        else
+            rl_metric_add(RL_M_FORWARDED_OUT, n);
+    }
+    for (size_t i = 0; i < n; i++) {
+        rl_msg_free(sent[i]->m);
+        free(sent[i]);
+    }
+    ob->len -= n;
+    cl.queued -= n;
+}
+
+/* End of a loop turn: everything queued for other nodes goes out, pipelined. */
+static void flush_cb(uv_check_t *h)
+{
+    (void)h;
+    if (cl.queued == 0)
+        return;
+    const char *node;
+    void *v;
+    for (size_t it = 0; rl_map_next(&cl.outboxes, &it, &node, &v);) {
+        outbox *ob = v;
+        while (ob->head)
+            flush_batch(node, ob);
+    }
+}
+
+/* ---- transport: receiving ---- */
+
+static void read_next(void);
+
+static void deliver_entry(const redisReply *fields)
+{
+    for (size_t i = 0; i + 1 < fields->elements; i += 2) {
+        const redisReply *h = fields->element[i], *p = fields->element[i + 1];
+        if (h->type != REDIS_REPLY_STRING || p->type != REDIS_REPLY_STRING)
+            continue;
+        char hdr[RL_PID_MAX * 2 + 128];
+        if (h->len >= sizeof hdr)
+            continue;
+        memcpy(hdr, h->str, h->len);
+        hdr[h->len] = '\0';
+        char *to = hdr, *from = strchr(to, '\n'), *topic, *epoch;
+        if (!from || !(topic = strchr(from + 1, '\n')) || !(epoch = strchr(topic + 1, '\n')))
+            continue;
+        *from++ = '\0';
+        *topic++ = '\0';
+        *epoch++ = '\0';
+        rl_msg *m = rl_msg_new(from, topic, p->str, p->len);
+        if (!m)
+            continue;
+        m->epoch = strtoull(epoch, NULL, 10);
+        rl_metric_inc(RL_M_FORWARDED_IN);
+        if (!rl_pid_is_local(to) || rl_send_msg(to, m) < 0) {
+            rl_metric_inc(RL_M_MSGS_DROPPED);
+            rl_msg_free(m);
+        }
+    }
+}
+
+static void on_xread(const redisReply *r, void *ud)
+{
+    (void)ud;
+    cl.reading = 0;
+    if (!cl.started)
+        return;
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+        if (r)
+            rl_warn("cluster", "XREAD: %s", r->str);
+        rl_metric_inc(RL_M_REDIS_ERRORS);
+        return; /* the state callback restarts reading on reconnect */
+    }
+    /* [[key, [[id, [f, v, ...]], ...]]] */
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->elements == 2) {
+        const redisReply *entries = r->element[0]->element[1];
+        for (size_t i = 0; i < entries->elements; i++) {
+            const redisReply *e = entries->element[i];
+            if (e->type != REDIS_REPLY_ARRAY || e->elements != 2)
+                continue;
+            if (e->element[0]->type == REDIS_REPLY_STRING && e->element[0]->len < sizeof cl.last_id) {
+                memcpy(cl.last_id, e->element[0]->str, e->element[0]->len);
+                cl.last_id[e->element[0]->len] = '\0';
+            }
+            if (e->element[1]->type == REDIS_REPLY_ARRAY)
+                deliver_entry(e->element[1]);
+        }
+    }
+    read_next();
+}
+
+static void read_next(void)
+{
+    if (cl.reading || !cl.last_id[0] || !rl_redis_connected(cl.blk))
+        return;
+    char block[16];
+    snprintf(block, sizeof block, "%d", RL_READ_BLOCK_MS);
+    const char *argv[] = {"XREAD", "COUNT", RL_READ_COUNT, "BLOCK", block, "STREAMS",
+                          cl.inbox_key, cl.last_id};
+    if (rl_redis_commandargv(cl.blk, RL_READ_BLOCK_MS + 2000, on_xread, NULL, 8, argv, NULL) == 0)
+        cl.reading = 1;
+}
+
+/* The stream's current tail, so reading starts exactly after what exists now. */
+static void on_tail(const redisReply *r, void *ud)
+{
+    (void)ud;
+    if (r && r->type == REDIS_REPLY_STRING && r->len < sizeof cl.last_id) {
+        memcpy(cl.last_id, r->str, r->len);
+        cl.last_id[r->len] = '\0';
+        read_next();
+    }
+}
+
+static void on_blk_state(rl_redis *r, int connected, void *ud)
+{
+    (void)r;
+    (void)ud;
+    if (!connected)
+        return;
+    if (!cl.last_id[0])
+        rl_redis_command(cl.blk, on_tail, NULL, "XADD %s MAXLEN ~ %s * hello %s", cl.inbox_key,
+                         RL_STREAM_MAXLEN, rl_node_incarnation());
+    else
+        read_next();
+}
+
+/* ---- heartbeat and node liveness ---- */
+
+/* Live node incarnations: "<node>.<incarnation>" of every registered node whose key exists. */
+static const char live_nodes_src[] =
+    "local out = {}\n"
+    "for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do\n"
+    "  local v = redis.call('GET', ARGV[1] .. id)\n"
+    "  if v then\n"
+    "    local ok, info = pcall(cjson.decode, v)\n"
+    "    if ok and type(info) == 'table' and info.incarnation then\n"
+    "      out[#out + 1] = id .. '.' .. info.incarnation\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
+
+int rl_cluster_node_alive(const char *node)
+{
+    return strcmp(node, rl_node_id()) == 0 || rl_map_get(&cl.live_ids, node) != NULL;
+}
+
+int rl_cluster_pid_alive(const char *pid)
+{
+    if (rl_pid_is_local(pid))
+        return 1;
+    const char *dot = strchr(pid, '.');
+    dot = dot ? strchr(dot + 1, '.') : NULL;
+    if (!dot || (size_t)(dot - pid) >= RL_NODE_ID_MAX * 2)
+        return 0;
+    char inc[RL_NODE_ID_MAX * 2];
+    memcpy(inc, pid, (size_t)(dot - pid));
+    inc[dot - pid] = '\0';
+    return rl_map_get(&cl.live, inc) != NULL;
+}
+
+static void run_tick_cb(void)
+{
+    if (cl.tick_cb)
+        cl.tick_cb();
+    cl.reregistered = 0;
+}
+
+int rl_cluster_reregistered(void) { return cl.reregistered; }
+
+void rl_cluster_hub_info(const char *user, const char *hub_pid, uint64_t epoch, size_t clients)
+{
+    char key[RL_CKEY_MAX], ep[24], cn[24], now[24];
+    if (rl_ckey_user(key, sizeof key, cl.cfg->redis_prefix, user, "hub") < 0)
+        return;
+    snprintf(ep, sizeof ep, "%llu", (unsigned long long)epoch);
+    snprintf(cn, sizeof cn, "%zu", clients);
+    snprintf(now, sizeof now, "%llu", (unsigned long long)time(NULL));
+    const char *argv[] = {"HSET", key, "node", rl_node_id(), "pid", hub_pid, "epoch", ep,
+                          "clients", cn, "last_active", now};
+    if (rl_redis_commandargv(cl.cmd, 0, NULL, NULL, 12, argv, NULL) < 0)
+        rl_metric_inc(RL_M_REDIS_ERRORS);
+}
+
+static void on_live_nodes(const redisReply *r, void *ud)
+{
+    (void)ud;
+    if (!r || r->type != REDIS_REPLY_ARRAY) {
+        run_tick_cb();
+        return;
+    }
+    rl_map now, now_ids;
+    rl_map_init(&now);
+    rl_map_init(&now_ids);
+    for (size_t i = 0; i < r->elements; i++) {
+        const redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_STRING)
+            continue;
+        rl_map_set(&now, e->str, (void *)1);
+        char id[RL_NODE_ID_MAX];
+        if (rl_pid_node(e->str, id) == 0 || (strchr(e->str, '.') &&
+                                             (size_t)(strchr(e->str, '.') - e->str) < sizeof id)) {
+            size_t n = (size_t)(strchr(e->str, '.') - e->str);
+            memcpy(id, e->str, n);
+            id[n] = '\0';
+            rl_map_set(&now_ids, id, (void *)1);
+        }
+    }
+    for (size_t i = 0; i < cl.ndead; i++)
+        free((char *)cl.dead[i]);
+    cl.ndead = 0;
+    const char *k;
+    for (size_t it = 0; rl_map_next(&cl.live, &it, &k, NULL);) {
+        if (rl_map_get(&now, k))
+            continue;
+        const char **nd = realloc(cl.dead, (cl.ndead + 1) * sizeof *nd);
+        if (!nd)
+            break;
+        cl.dead = nd;
+        cl.dead[cl.ndead++] = strdup(k);
+        rl_warn("cluster", "node %s is gone", k);
+    }
+    for (size_t it = 0; rl_map_next(&now, &it, &k, NULL);)
+        if (!rl_map_get(&cl.live, k))
+            rl_info("cluster", "node %s is up", k);
+    rl_map_close(&cl.live);
+    rl_map_close(&cl.live_ids);
+    cl.live = now;
+    cl.live_ids = now_ids;
+    run_tick_cb();
+}
+
+static void on_heartbeat(const redisReply *r, void *ud)
+{
+    uint64_t sent = (uint64_t)(uintptr_t)ud;
+    long long v;
+    if (!cl.started)
+        return;
+    if (rl_cs_parse_int(r, &v) < 0) {
+        if (cl.ready)
+            rl_warn("cluster", "heartbeat failed: %s", r && r->type == REDIS_REPLY_ERROR ? r->str : "no reply");
+        rl_metric_inc(RL_M_REDIS_ERRORS);
+        cl.ready = 0;
+        run_tick_cb(); /* hubs past their validity are stopped */
+        return;
+    }
+    if (!cl.ready)
+        rl_info("cluster", "registered in redis as %s.%s", rl_node_id(), rl_node_incarnation());
+    if (v == 3)
+        rl_warn("cluster", "node id %s was registered by another live incarnation: replaced", rl_node_id());
+    if (v != 1 && cl.registered) {
+        /* Our key had expired (Redis outage): other nodes may have reclaimed our entries. */
+        rl_warn("cluster", "registration had lapsed: re-registering connections and leases");
+        cl.reregistered = 1;
+    }
+    cl.registered = 1;
+    cl.ready = 1;
+    cl.node_valid_until = sent + cl.cfg->node_ttl_ms - RL_SAFETY_MS;
+    rl_metric_set(RL_M_REDIS_RTT_US, (rl_now_ms() - sent) * 1000);
+    char nodes[RL_CKEY_MAX], prefix[RL_CKEY_MAX];
+    rl_ckey_nodes(nodes, sizeof nodes, cl.cfg->redis_prefix);
+    rl_ckey_node(prefix, sizeof prefix, cl.cfg->redis_prefix, "");
+    const char *args[] = {nodes, prefix};
+    if (rl_redis_script(cl.cmd, &cl.live_script, on_live_nodes, NULL, 1, 1, args, NULL) < 0)
+        run_tick_cb();
+}
+
+static void tick(uv_timer_t *t)
+{
+    (void)t;
+    char addr[128];
+    snprintf(addr, sizeof addr, "%s:%d", cl.cfg->listen_host, cl.cfg->listen_port);
+    uint64_t sent = rl_now_ms();
+    if (rl_cs_heartbeat(cl.cmd, cl.cfg->redis_prefix, rl_node_id(), rl_node_incarnation(), addr,
+                        cl.started_at, RL_VERSION, cl.cfg->node_ttl_ms, on_heartbeat,
+                        (void *)(uintptr_t)sent) < 0) {
+        if (cl.ready)
+            rl_warn("cluster", "redis unreachable: not ready");
+        cl.ready = 0;
+        run_tick_cb();
+    }
+}
+
+static void on_cmd_state(rl_redis *r, int connected, void *ud)
+{
+    (void)r;
+    (void)ud;
+    if (connected) {
+        rl_info("cluster", "redis connected");
+        tick(&cl.tick); /* register at once */
+    } else {
+        rl_warn("cluster", "redis connection lost");
+        cl.ready = 0;
+    }
+}
+
+/* ---- operations for the central hub ---- */
+
+typedef struct op {
+    union {
+        rl_cluster_admit_cb admit;
+        rl_cluster_lease_cb lease;
+    } cb;
+    void *ud;
+    uint64_t sent;
+} op;
+
+static op *op_new(void *cb, void *ud)
+{
+    op *o = malloc(sizeof *o);
+    if (!o)
+        return NULL;
+    o->cb.admit = (rl_cluster_admit_cb)cb;
+    o->ud = ud;
+    o->sent = rl_now_ms();
+    return o;
+}
+
+static void on_admit(const redisReply *r, void *ud)
+{
+    op *o = ud;
+    int flag;
+    long long count;
+    int res = -1;
+    if (rl_cs_parse_pair(r, &flag, &count) == 0)
+        res = flag ? 1 : 0;
+    else
+        rl_metric_inc(RL_M_REDIS_ERRORS);
+    o->cb.admit(res, o->ud);
+    free(o);
+}
+
+int rl_cluster_admit(const char *user, const char *conn, int limit, rl_cluster_admit_cb cb, void *ud)
+{
+    op *o = op_new((void *)cb, ud);
+    if (!o)
+        return -ENOMEM;
+    int rc = rl_cs_admit(cl.cmd, cl.cfg->redis_prefix, user, conn, rl_node_id(), limit, on_admit, o);
+    if (rc < 0)
+        free(o);
+    return rc;
+}
+
+void rl_cluster_release_conn(const char *user, const char *conn)
+{
+    if (rl_cs_release_conn(cl.cmd, cl.cfg->redis_prefix, user, conn, NULL, NULL) < 0)
+        rl_metric_inc(RL_M_REDIS_ERRORS);
+}
+
+static void on_lease(const redisReply *r, void *ud)
+{
+    op *o = ud;
+    rl_lease l = {.status = RL_LEASE_ERROR};
+    rl_lease_reply lr;
+    if (rl_cs_parse_lease(r, &lr) == 0) {
+        l.status = lr.code == RL_LEASE_NEW ? RL_LEASE_WON : lr.code == RL_LEASE_OURS ? RL_LEASE_MINE : RL_LEASE_OTHER;
+        l.epoch = lr.epoch;
+        snprintf(l.holder, sizeof l.holder, "%s", lr.node);
+        snprintf(l.hub_pid, sizeof l.hub_pid, "%s", lr.hub_pid);
+        l.valid_until = o->sent + cl.cfg->lease_ttl_ms - RL_SAFETY_MS;
+    } else {
+        if (r && r->type == REDIS_REPLY_ERROR)
+            rl_warn("cluster", "lease script: %s", r->str);
+        rl_metric_inc(RL_M_REDIS_ERRORS);
+    }
+    o->cb.lease(&l, o->ud);
+    free(o);
+}
+
+int rl_cluster_lease_acquire(const char *user, const char *hub_pid, rl_cluster_lease_cb cb, void *ud)
+{
+    op *o = op_new((void *)cb, ud);
+    if (!o)
+        return -ENOMEM;
+    int rc = rl_cs_lease_acquire(cl.cmd, cl.cfg->redis_prefix, user, rl_node_id(),
+                                 rl_node_incarnation(), hub_pid, cl.cfg->lease_ttl_ms, on_lease, o);
+    if (rc < 0)
+        free(o);
+    return rc;
+}
+
+static void on_renew(const redisReply *r, void *ud)
+{
+    op *o = ud;
+    rl_lease l = {.status = RL_LEASE_ERROR};
+    long long v;
+    if (rl_cs_parse_int(r, &v) == 0) {
+        l.status = v == 1 ? RL_LEASE_WON : RL_LEASE_OTHER;
+        l.valid_until = o->sent + cl.cfg->lease_ttl_ms - RL_SAFETY_MS;
+    } else {
+        rl_metric_inc(RL_M_REDIS_ERRORS);
+    }
+    o->cb.lease(&l, o->ud);
+    free(o);
+}
+
+int rl_cluster_lease_renew(const char *user, uint64_t epoch, const char *hub_pid,
+                           rl_cluster_lease_cb cb, void *ud)
+{
+    (void)hub_pid;
+    op *o = op_new((void *)cb, ud);
+    if (!o)
+        return -ENOMEM;
+    int rc = rl_cs_lease_renew(cl.cmd, cl.cfg->redis_prefix, user, rl_node_id(),
+                               rl_node_incarnation(), epoch, cl.cfg->lease_ttl_ms, on_renew, o);
+    if (rc < 0)
+        free(o);
+    return rc;
+}
+
+void rl_cluster_lease_release(const char *user, uint64_t epoch, const char *hub_pid)
+{
+    (void)hub_pid;
+    if (rl_cs_lease_release(cl.cmd, cl.cfg->redis_prefix, user, rl_node_id(),
+                            rl_node_incarnation(), epoch, NULL, NULL) < 0)
+        rl_metric_inc(RL_M_REDIS_ERRORS);
+}
+
+/* ---- start and stop ---- */
+
+static void kick_cb(uv_idle_t *h) { uv_idle_stop(h); }
+
+int rl_cluster_start(const rl_config *c, char *err, size_t errlen)
+{
+    memset(&cl, 0, sizeof cl);
+    cl.cfg = c;
+    rl_cluster_scripts_init();
+    rl_redis_script_init(&cl.live_script, "live_nodes", live_nodes_src);
+    rl_ckey_inbox(cl.inbox_key, sizeof cl.inbox_key, c->redis_prefix, rl_node_id());
+    rl_map_init(&cl.outboxes);
+    rl_map_init(&cl.live);
+    rl_map_init(&cl.live_ids);
+    cl.started_at = (uint64_t)time(NULL) * 1000;
+    cl.cmd = rl_redis_new(rl_node_loop(), c->redis_url, "main", err, errlen);
+    if (!cl.cmd)
+        return -EINVAL;
+    cl.blk = rl_redis_new(rl_node_loop(), c->redis_url, "block", err, errlen);
+    if (!cl.blk) {
+        rl_redis_free(cl.cmd);
+        return -EINVAL;
+    }
+    rl_redis_set_state_cb(cl.cmd, on_cmd_state, NULL);
+    rl_redis_set_state_cb(cl.blk, on_blk_state, NULL);
+    uv_check_init(rl_node_loop(), &cl.flush);
+    uv_check_start(&cl.flush, flush_cb);
+    uv_unref((uv_handle_t *)&cl.flush);
+    uv_idle_init(rl_node_loop(), &cl.kick);
+    uv_timer_init(rl_node_loop(), &cl.tick);
+    uv_timer_start(&cl.tick, tick, RL_TICK_MS, RL_TICK_MS);
+    rl_router_set_remote(remote_send, NULL);
+    cl.started = 1;
+    return 0;
+}
+
+void rl_cluster_stop(void)
+{
+    if (!cl.started)
+        return;
+    flush_cb(NULL); /* what is queued goes out before the connection closes */
+    cl.started = 0;
+    rl_router_set_remote(NULL, NULL);
+    rl_cs_node_leave(cl.cmd, cl.cfg->redis_prefix, rl_node_id(), rl_node_incarnation(), NULL, NULL);
+    uv_timer_stop(&cl.tick);
+    uv_close((uv_handle_t *)&cl.tick, NULL);
+    uv_close((uv_handle_t *)&cl.flush, NULL);
+    uv_close((uv_handle_t *)&cl.kick, NULL);
+    rl_redis_free(cl.blk);
+    rl_redis_close(cl.cmd, 1000); /* the last XADDs and node_leave still go out */
+    const char *k;
+    void *v;
+    for (size_t it = 0; rl_map_next(&cl.outboxes, &it, &k, &v);) {
+        outbox *ob = v;
+        while (ob->head) {
+            out_msg *om = ob->head;
+            ob->head = om->next;
+            rl_msg_free(om->m);
+            free(om);
+        }
+        free(ob);
+    }
+    rl_map_close(&cl.outboxes);
+    rl_map_close(&cl.live);
+    rl_map_close(&cl.live_ids);
+    for (size_t i = 0; i < cl.ndead; i++)
+        free((char *)cl.dead[i]);
+    free(cl.dead);
+}

@@ -1,0 +1,71 @@
+/* Cluster mode: node registry and heartbeats, the Redis-stream transport between nodes, and the
+ * Redis operations the central hub needs (admission, leases), all on the node's loop. */
+#ifndef RL_CLUSTER_H
+#define RL_CLUSTER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rl_config.h"
+#include "rl_proc.h"
+
+/* Connects to c->redis_url and installs the stream transport as the router's remote hook.
+   Returns 0 or negative with a reason in err (bad URL). Connection failures are retried forever. */
+int rl_cluster_start(const rl_config *c, char *err, size_t errlen);
+int rl_cluster_enabled(void);
+/* 1 while the node's last heartbeat round trip succeeded and is fresh (admission, /readyz). */
+int rl_cluster_ready(void);
+/* Loop ms until which this node's registration is certainly alive in Redis (0 when unknown). */
+uint64_t rl_cluster_node_valid_until(void);
+/* Called every tick (1 s) after the heartbeat answered; the central reconciles its users. */
+typedef void (*rl_cluster_tick_cb)(void);
+void rl_cluster_set_tick_cb(rl_cluster_tick_cb cb);
+/* During the tick callback: 1 when this node's registration had lapsed (a Redis outage longer
+   than node_ttl), so other nodes may have reclaimed its connection entries: re-admit them. */
+int rl_cluster_reregistered(void);
+/* Writes the user's <prefix>{user}:hub hash (node, pid, epoch, clients, last_active), for people. */
+void rl_cluster_hub_info(const char *user, const char *hub_pid, uint64_t epoch, size_t clients);
+/* Closes the Redis clients and timers (shutdown; the loop must run once more). */
+void rl_cluster_stop(void);
+
+/* Every callback below runs exactly once (with a failure status when Redis did not answer),
+   never inside the call; on a negative return it never runs. Strings are copied. */
+
+/* Exact admission: 1 admitted, 0 user at the limit, -1 Redis unavailable. Entries of dead nodes
+   are reclaimed first. */
+typedef void (*rl_cluster_admit_cb)(int result, void *ud);
+int rl_cluster_admit(const char *user, const char *conn, int limit, rl_cluster_admit_cb cb, void *ud);
+/* Forgets an admitted connection (fire and forget). */
+void rl_cluster_release_conn(const char *user, const char *conn);
+
+typedef enum {
+    RL_LEASE_ERROR = -1, /* Redis did not answer */
+    RL_LEASE_OTHER = 0,  /* held by another live node: holder, epoch, hub_pid */
+    RL_LEASE_WON = 1,    /* taken by us with a new epoch for hub_pid */
+    RL_LEASE_MINE = 2,   /* already held by this node incarnation: epoch, hub_pid */
+} rl_lease_status;
+
+typedef struct rl_lease {
+    rl_lease_status status;
+    uint64_t epoch;
+    char holder[RL_NODE_ID_MAX];
+    char hub_pid[RL_PID_MAX];
+    uint64_t valid_until; /* WON/OURS: loop ms until which the lease is certainly ours */
+} rl_lease;
+
+typedef void (*rl_cluster_lease_cb)(const rl_lease *l, void *ud);
+/* Takes the user's lease for hub_pid when it is free or its holder node is gone. */
+int rl_cluster_lease_acquire(const char *user, const char *hub_pid, rl_cluster_lease_cb cb, void *ud);
+/* Renews our lease: l->status WON (valid_until set) when still ours, OTHER when lost, ERROR. */
+int rl_cluster_lease_renew(const char *user, uint64_t epoch, const char *hub_pid,
+                           rl_cluster_lease_cb cb, void *ud);
+/* Releases our lease (drain); fire and forget. */
+void rl_cluster_lease_release(const char *user, uint64_t epoch, const char *hub_pid);
+/* As of the last tick: 1 when the node id is registered (any incarnation). */
+int rl_cluster_node_alive(const char *node);
+/* As of the last tick: 1 when the pid's node incarnation is registered (local pids: 1). */
+int rl_cluster_pid_alive(const char *pid);
+/* Node incarnations ("<node>.<incarnation>") that went away at the last tick. */
+size_t rl_cluster_dead_since_last_tick(const char ***nodes);
+
+#endif

@@ -1,0 +1,329 @@
+/* The cluster's atomic Redis scripts, key names and reply parsers (see rl_cluster_scripts.h). */
+#include "rl_cluster_scripts.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+/* alive(prefix, node, inc): the node key exists and, when inc is given, holds that incarnation.
+   Values that are not our JSON count as alive (never reclaim what we cannot read). */
+#define LUA_ALIVE                                                                                 \
+    "local function alive(prefix, node, inc)\n"                                                   \
+    "  local v = redis.call('GET', prefix .. node)\n"                                            \
+    "  if not v then return false end\n"                                                          \
+    "  if not inc or inc == '' then return true end\n"                                            \
+    "  local ok, t = pcall(cjson.decode, v)\n"                                                    \
+    "  if ok and type(t) == 'table' and type(t.incarnation) == 'string' then\n"                   \
+    "    return t.incarnation == inc\n"                                                           \
+    "  end\n"                                                                                     \
+    "  return true\n"                                                                             \
+    "end\n"
+
+static const char src_admit[] =
+    LUA_ALIVE
+    "local conns, pid, node, limit, prefix = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]\n"
+    "local all = redis.call('HGETALL', conns)\n"
+    "local cache, n, present = {}, 0, false\n"
+    "for i = 1, #all, 2 do\n"
+    "  local p, nd = all[i], all[i + 1]\n"
+    "  local inc = string.match(p, '^[^.]+%.([^.]+)%.') or ''\n"
+    "  local k = nd .. '|' .. inc\n"
+    "  local ok = cache[k]\n"
+    "  if ok == nil then ok = alive(prefix, nd, inc); cache[k] = ok end\n"
+    "  if ok then\n"
+    "    n = n + 1\n"
+    "    if p == pid then present = true end\n"
+    "  else\n"
+    "    redis.call('HDEL', conns, p)\n"
+    "  end\n"
+    "end\n"
+    "if present then return {1, n} end\n"
+    "if limit == nil or limit <= 0 or n < limit then\n"
+    "  redis.call('HSET', conns, pid, node)\n"
+    "  return {1, n + 1}\n"
+    "end\n"
+    "return {0, n}\n";
+
+static const char src_release_conn[] =
+    "local removed = redis.call('HDEL', KEYS[1], ARGV[1])\n"
+    "return {removed, redis.call('HLEN', KEYS[1])}\n";
+
+static const char src_lease_acquire[] =
+    LUA_ALIVE
+    "local lease, epoch = KEYS[1], KEYS[2]\n"
+    "local node, inc, hub, ttl, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]\n"
+    "local v = redis.call('GET', lease)\n"
+    "if v then\n"
+    "  local hn, hi, he, hp = string.match(v, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')\n"
+    "  if hn == node and hi == inc then\n"
+    "    redis.call('PEXPIRE', lease, ttl)\n"
+    "    return {2, tonumber(he) or 0, hp, hn, hi}\n"
+    "  end\n"
+    "  if hn and alive(prefix, hn, hi) then\n"
+    "    return {0, tonumber(he) or 0, hp, hn, hi}\n"
+    "  end\n"
+    "end\n"
+    "local e = redis.call('INCR', epoch)\n"
+    "redis.call('SET', lease, node .. '|' .. inc .. '|' .. e .. '|' .. hub, 'PX', ttl)\n"
+    "return {1, e, hub, node, inc}\n";
+
+static const char src_lease_renew[] =
+    "local want = ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3] .. '|'\n"
+    "local v = redis.call('GET', KEYS[1])\n"
+    "if v and string.sub(v, 1, #want) == want then\n"
+    "  redis.call('PEXPIRE', KEYS[1], ARGV[4])\n"
+    "  return 1\n"
+    "end\n"
+    "return 0\n";
+
+static const char src_lease_release[] =
+    "local want = ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3] .. '|'\n"
+    "local v = redis.call('GET', KEYS[1])\n"
+    "if v and string.sub(v, 1, #want) == want then\n"
+    "  redis.call('DEL', KEYS[1])\n"
+    "  if redis.call('HGET', KEYS[2], 'epoch') == ARGV[3] then redis.call('DEL', KEYS[2]) end\n"
+    "  return 1\n"
+    "end\n"
+    "return 0\n";
+
+static const char src_heartbeat[] =
+    "local key, nodes = KEYS[1], KEYS[2]\n"
+    "local node, inc = ARGV[1], ARGV[2]\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local res = 2\n"
+    "local old = redis.call('GET', key)\n"
+    "if old then\n"
+    "  res = 1\n"
+    "  local ok, o = pcall(cjson.decode, old)\n"
+    "  if not ok or type(o) ~= 'table' or o.incarnation ~= inc then res = 3 end\n"
+    "end\n"
+    "local info = cjson.encode({addr = ARGV[3], incarnation = inc,\n"
+    "                           started_at = tonumber(ARGV[4]), version = ARGV[5]})\n"
+    "redis.call('SET', key, info, 'PX', ARGV[6])\n"
+    "redis.call('ZADD', nodes, now, node)\n"
+    "redis.call('ZREMRANGEBYSCORE', nodes, '-inf', now - 3600000)\n"
+    "return res\n";
+
+static const char src_node_leave[] =
+    "local old = redis.call('GET', KEYS[1])\n"
+    "if old then\n"
+    "  local ok, o = pcall(cjson.decode, old)\n"
+    "  if ok and type(o) == 'table' and o.incarnation ~= ARGV[2] then return 0 end\n"
+    "  redis.call('DEL', KEYS[1])\n"
+    "end\n"
+    "redis.call('ZREM', KEYS[2], ARGV[1])\n"
+    "return 1\n";
+
+static const struct {
+    const char *name, *src;
+    int nkeys;
+} defs[RL_CS_COUNT] = {
+#define RL_CS_ROW(id, name, nkeys) [RL_CS_##id] = {#name, src_##name, nkeys},
+    RL_CLUSTER_SCRIPTS(RL_CS_ROW)
+#undef RL_CS_ROW
+};
+
+static rl_redis_script_def scripts[RL_CS_COUNT];
+static int scripts_ready;
+
+void rl_cluster_scripts_init(void)
+{
+    if (scripts_ready)
+        return;
+    for (int i = 0; i < RL_CS_COUNT; i++)
+        rl_redis_script_init(&scripts[i], defs[i].name, defs[i].src);
+    scripts_ready = 1;
+}
+
+const rl_redis_script_def *rl_cluster_script(rl_cs_id id)
+{
+    rl_cluster_scripts_init();
+    return (unsigned)id < RL_CS_COUNT ? &scripts[id] : NULL;
+}
+
+int rl_cluster_script_nkeys(rl_cs_id id) { return (unsigned)id < RL_CS_COUNT ? defs[id].nkeys : -1; }
+
+/* ------------------------------------------------------------------------------------------ */
+
+static int fmt_key(char *out, size_t n, int len)
+{
+    if (len < 0 || (size_t)len >= n) {
+        if (n)
+            out[0] = 0;
+        return -ENAMETOOLONG;
+    }
+    return len;
+}
+
+int rl_ckey_user(char *out, size_t n, const char *prefix, const char *user, const char *what)
+{
+    return fmt_key(out, n, snprintf(out, n, "%s{%s}:%s", prefix, user, what));
+}
+
+int rl_ckey_node(char *out, size_t n, const char *prefix, const char *node)
+{
+    return fmt_key(out, n, snprintf(out, n, "%snode:%s", prefix, node));
+}
+
+int rl_ckey_nodes(char *out, size_t n, const char *prefix)
+{
+    return fmt_key(out, n, snprintf(out, n, "%snodes", prefix));
+}
+
+int rl_ckey_inbox(char *out, size_t n, const char *prefix, const char *node)
+{
+    return fmt_key(out, n, snprintf(out, n, "%sinbox:%s", prefix, node));
+}
+
+static int run(rl_redis *r, rl_cs_id id, rl_redis_cb cb, void *ud, int nargs, const char **args)
+{
+    return rl_redis_script(r, rl_cluster_script(id), cb, ud, defs[id].nkeys, nargs, args, NULL);
+}
+
+int rl_cs_admit(rl_redis *r, const char *prefix, const char *user, const char *conn_pid,
+                const char *node, int limit, rl_redis_cb cb, void *ud)
+{
+    char conns[RL_CKEY_MAX], np[RL_CKEY_MAX], lim[16];
+    if (rl_ckey_user(conns, sizeof conns, prefix, user, "conns") < 0 ||
+        rl_ckey_node(np, sizeof np, prefix, "") < 0)
+        return -ENAMETOOLONG;
+    snprintf(lim, sizeof lim, "%d", limit);
+    const char *a[] = {conns, conn_pid, node, lim, np};
+    return run(r, RL_CS_ADMIT, cb, ud, 5, a);
+}
+
+int rl_cs_release_conn(rl_redis *r, const char *prefix, const char *user, const char *conn_pid,
+                       rl_redis_cb cb, void *ud)
+{
+    char conns[RL_CKEY_MAX];
+    if (rl_ckey_user(conns, sizeof conns, prefix, user, "conns") < 0)
+        return -ENAMETOOLONG;
+    const char *a[] = {conns, conn_pid};
+    return run(r, RL_CS_RELEASE_CONN, cb, ud, 2, a);
+}
+
+int rl_cs_lease_acquire(rl_redis *r, const char *prefix, const char *user, const char *node,
+                        const char *incarnation, const char *hub_pid, uint64_t ttl_ms,
+                        rl_redis_cb cb, void *ud)
+{
+    char lease[RL_CKEY_MAX], epoch[RL_CKEY_MAX], np[RL_CKEY_MAX], ttl[24];
+    if (rl_ckey_user(lease, sizeof lease, prefix, user, "lease") < 0 ||
+        rl_ckey_user(epoch, sizeof epoch, prefix, user, "epoch") < 0 ||
+        rl_ckey_node(np, sizeof np, prefix, "") < 0)
+        return -ENAMETOOLONG;
+    snprintf(ttl, sizeof ttl, "%" PRIu64, ttl_ms ? ttl_ms : 1);
+    const char *a[] = {lease, epoch, node, incarnation, hub_pid, ttl, np};
+    return run(r, RL_CS_LEASE_ACQUIRE, cb, ud, 7, a);
+}
+
+int rl_cs_lease_renew(rl_redis *r, const char *prefix, const char *user, const char *node,
+                      const char *incarnation, uint64_t epoch, uint64_t ttl_ms, rl_redis_cb cb,
+                      void *ud)
+{
+    char lease[RL_CKEY_MAX], ep[24], ttl[24];
+    if (rl_ckey_user(lease, sizeof lease, prefix, user, "lease") < 0)
+        return -ENAMETOOLONG;
+    snprintf(ep, sizeof ep, "%" PRIu64, epoch);
+    snprintf(ttl, sizeof ttl, "%" PRIu64, ttl_ms ? ttl_ms : 1);
+    const char *a[] = {lease, node, incarnation, ep, ttl};
+    return run(r, RL_CS_LEASE_RENEW, cb, ud, 5, a);
+}
+
+int rl_cs_lease_release(rl_redis *r, const char *prefix, const char *user, const char *node,
+                        const char *incarnation, uint64_t epoch, rl_redis_cb cb, void *ud)
+{
+    char lease[RL_CKEY_MAX], hub[RL_CKEY_MAX], ep[24];
+    if (rl_ckey_user(lease, sizeof lease, prefix, user, "lease") < 0 ||
+        rl_ckey_user(hub, sizeof hub, prefix, user, "hub") < 0)
+        return -ENAMETOOLONG;
+    snprintf(ep, sizeof ep, "%" PRIu64, epoch);
+    const char *a[] = {lease, hub, node, incarnation, ep};
+    return run(r, RL_CS_LEASE_RELEASE, cb, ud, 5, a);
+}
+
+int rl_cs_heartbeat(rl_redis *r, const char *prefix, const char *node, const char *incarnation,
+                    const char *addr, uint64_t started_at_ms, const char *version, uint64_t ttl_ms,
+                    rl_redis_cb cb, void *ud)
+{
+    char key[RL_CKEY_MAX], nodes[RL_CKEY_MAX], st[24], ttl[24];
+    if (rl_ckey_node(key, sizeof key, prefix, node) < 0 || rl_ckey_nodes(nodes, sizeof nodes, prefix) < 0)
+        return -ENAMETOOLONG;
+    snprintf(st, sizeof st, "%" PRIu64, started_at_ms);
+    snprintf(ttl, sizeof ttl, "%" PRIu64, ttl_ms ? ttl_ms : 1);
+    const char *a[] = {key, nodes, node, incarnation, addr ? addr : "", st, version ? version : "", ttl};
+    return run(r, RL_CS_HEARTBEAT, cb, ud, 8, a);
+}
+
+int rl_cs_node_leave(rl_redis *r, const char *prefix, const char *node, const char *incarnation,
+                     rl_redis_cb cb, void *ud)
+{
+    char key[RL_CKEY_MAX], nodes[RL_CKEY_MAX];
+    if (rl_ckey_node(key, sizeof key, prefix, node) < 0 || rl_ckey_nodes(nodes, sizeof nodes, prefix) < 0)
+        return -ENAMETOOLONG;
+    const char *a[] = {key, nodes, node, incarnation};
+    return run(r, RL_CS_NODE_LEAVE, cb, ud, 4, a);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+int rl_cs_parse_int(const redisReply *reply, long long *out)
+{
+    if (reply == NULL)
+        return -EIO;
+    if (reply->type != REDIS_REPLY_INTEGER)
+        return -EPROTO;
+    *out = reply->integer;
+    return 0;
+}
+
+int rl_cs_parse_pair(const redisReply *reply, int *flag, long long *count)
+{
+    if (reply == NULL)
+        return -EIO;
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+        reply->element[0]->type != REDIS_REPLY_INTEGER || reply->element[1]->type != REDIS_REPLY_INTEGER)
+        return -EPROTO;
+    *flag = (int)reply->element[0]->integer;
+    *count = reply->element[1]->integer;
+    return 0;
+}
+
+static int copy_str(char *dst, size_t n, const redisReply *e)
+{
+    if (e->type == REDIS_REPLY_NIL) {
+        dst[0] = 0;
+        return 0;
+    }
+    if (e->type != REDIS_REPLY_STRING || e->len >= n)
+        return -EPROTO;
+    memcpy(dst, e->str, e->len);
+    dst[e->len] = 0;
+    return 0;
+}
+
+int rl_cs_parse_lease(const redisReply *reply, rl_lease_reply *out)
+{
+    memset(out, 0, sizeof *out);
+    if (reply == NULL)
+        return -EIO;
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 5 ||
+        reply->element[0]->type != REDIS_REPLY_INTEGER)
+        return -EPROTO;
+    long long code = reply->element[0]->integer;
+    if (code < 0 || code > 2)
+        return -EPROTO;
+    out->code = (rl_lease_code)code;
+    /* epoch: integer; nil if a foreign lease value had a non-numeric epoch (then 0) */
+    const redisReply *e = reply->element[1];
+    if (e->type == REDIS_REPLY_INTEGER && e->integer >= 0)
+        out->epoch = (uint64_t)e->integer;
+    else if (e->type != REDIS_REPLY_NIL)
+        return -EPROTO;
+    if (copy_str(out->hub_pid, sizeof out->hub_pid, reply->element[2]) < 0 ||
+        copy_str(out->node, sizeof out->node, reply->element[3]) < 0 ||
+        copy_str(out->incarnation, sizeof out->incarnation, reply->element[4]) < 0)
+        return -EPROTO;
+    return 0;
+}

@@ -1,0 +1,107 @@
+/* The cluster's atomic Redis operations (Lua scripts), key names and reply parsers.
+ *
+ * Key layout (DESIGN.md §5, prefix P, default "relay:"; per-user keys share the hash tag {user}):
+ *   P node:<node>       string PX node_ttl: {"addr","incarnation","started_at","version"} (JSON)
+ *   P nodes             zset: node -> last heartbeat (Redis TIME, ms); dead members pruned after 1 h
+ *   P {<user>}:lease    string PX lease_ttl: "<node>|<incarnation>|<epoch>|<hub_pid>"
+ *   P {<user>}:epoch    counter: fencing token, INCR on every new lease
+ *   P {<user>}:conns    hash conn_pid -> node; HLEN = the user's connections, cluster-wide
+ *   P {<user>}:hub      hash node, pid, epoch, ... (for people; lease_release deletes it)
+ *   P inbox:<node>      stream: messages for that node's processes
+ *
+ * Liveness: a node is alive while its node key exists and, when the incarnation is known (from a
+ * pid "<node>.<incarnation>.<x>" or a lease value), the key's incarnation matches. So a node
+ * restarted under the same id does not keep its previous life's connections or leases alive.
+ *
+ * The per-user scripts read node keys (other hash slots) named from a prefix argument: this needs
+ * one Redis (optionally with replicas), not Redis Cluster. Every reply is at most 1 level deep. */
+#ifndef RL_CLUSTER_SCRIPTS_H
+#define RL_CLUSTER_SCRIPTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rl_proc.h"
+#include "rl_redis.h"
+
+/* X(ID, name, number of KEYS)
+ *
+ * admit          KEYS conns; ARGV conn_pid, node, limit, node_key_prefix ("relay:node:")
+ *                Removes conns entries whose node is dead, then: conn_pid already there or
+ *                HLEN < limit (limit <= 0: no limit) -> HSET, {1, count}; else {0, count}.
+ * release_conn   KEYS conns; ARGV conn_pid -> {removed 0|1, count}
+ * lease_acquire  KEYS lease, epoch; ARGV node, incarnation, hub_pid, ttl_ms, node_key_prefix
+ *                -> {code, epoch, hub_pid, holder_node, holder_incarnation}
+ *                code 1: new lease for us (no lease, or its holder is dead): INCR epoch, SET PX.
+ *                code 2: already ours (same node and incarnation): TTL refreshed, stored hub_pid.
+ *                code 0: held by another live node (its epoch and hub_pid).
+ * lease_renew    KEYS lease; ARGV node, incarnation, epoch, ttl_ms -> 1 renewed | 0 not ours
+ * lease_release  KEYS lease, hub; ARGV node, incarnation, epoch -> 1 deleted | 0 not ours
+ *                (the hub hash is deleted too when its "epoch" field is ours)
+ * heartbeat      KEYS node key, nodes; ARGV node, incarnation, addr, started_at_ms, version,
+ *                ttl_ms -> 1 refreshed | 2 created | 3 replaced another incarnation's live key
+ * node_leave     KEYS node key, nodes; ARGV node, incarnation -> 1 removed | 0 not ours */
+#define RL_CLUSTER_SCRIPTS(X)                                                                     \
+    X(ADMIT, admit, 1)                                                                            \
+    X(RELEASE_CONN, release_conn, 1)                                                              \
+    X(LEASE_ACQUIRE, lease_acquire, 2)                                                            \
+    X(LEASE_RENEW, lease_renew, 1)                                                                \
+    X(LEASE_RELEASE, lease_release, 2)                                                            \
+    X(HEARTBEAT, heartbeat, 2)                                                                    \
+    X(NODE_LEAVE, node_leave, 2)
+
+typedef enum {
+#define RL_CS_ENUM(id, name, nkeys) RL_CS_##id,
+    RL_CLUSTER_SCRIPTS(RL_CS_ENUM)
+#undef RL_CS_ENUM
+    RL_CS_COUNT
+} rl_cs_id;
+
+/* Computes the scripts' SHA1s (idempotent; the wrappers below call it). */
+void rl_cluster_scripts_init(void);
+const rl_redis_script_def *rl_cluster_script(rl_cs_id id);
+int rl_cluster_script_nkeys(rl_cs_id id);
+
+/* Key names. Each returns the length written (NUL-terminated) or -ENAMETOOLONG. */
+#define RL_CKEY_MAX 384
+int rl_ckey_user(char *out, size_t n, const char *prefix, const char *user, const char *what);
+int rl_ckey_node(char *out, size_t n, const char *prefix, const char *node);
+int rl_ckey_nodes(char *out, size_t n, const char *prefix);
+int rl_ckey_inbox(char *out, size_t n, const char *prefix, const char *node);
+
+/* Typed calls (same return/callback contract as rl_redis_script; -ENAMETOOLONG for huge ids). */
+int rl_cs_admit(rl_redis *r, const char *prefix, const char *user, const char *conn_pid,
+                const char *node, int limit, rl_redis_cb cb, void *ud);
+int rl_cs_release_conn(rl_redis *r, const char *prefix, const char *user, const char *conn_pid,
+                       rl_redis_cb cb, void *ud);
+int rl_cs_lease_acquire(rl_redis *r, const char *prefix, const char *user, const char *node,
+                        const char *incarnation, const char *hub_pid, uint64_t ttl_ms,
+                        rl_redis_cb cb, void *ud);
+int rl_cs_lease_renew(rl_redis *r, const char *prefix, const char *user, const char *node,
+                      const char *incarnation, uint64_t epoch, uint64_t ttl_ms, rl_redis_cb cb,
+                      void *ud);
+int rl_cs_lease_release(rl_redis *r, const char *prefix, const char *user, const char *node,
+                        const char *incarnation, uint64_t epoch, rl_redis_cb cb, void *ud);
+int rl_cs_heartbeat(rl_redis *r, const char *prefix, const char *node, const char *incarnation,
+                    const char *addr, uint64_t started_at_ms, const char *version, uint64_t ttl_ms,
+                    rl_redis_cb cb, void *ud);
+int rl_cs_node_leave(rl_redis *r, const char *prefix, const char *node, const char *incarnation,
+                     rl_redis_cb cb, void *ud);
+
+/* Reply parsers: 0, or -EIO (NULL reply: no answer), -EPROTO (error reply or unexpected shape;
+   an error reply is logged by the caller from reply->str). */
+int rl_cs_parse_int(const redisReply *reply, long long *out);
+/* admit and release_conn: {flag, count} */
+int rl_cs_parse_pair(const redisReply *reply, int *flag, long long *count);
+
+typedef enum { RL_LEASE_BUSY = 0, RL_LEASE_NEW = 1, RL_LEASE_OURS = 2 } rl_lease_code;
+typedef struct rl_lease_reply {
+    rl_lease_code code;
+    uint64_t epoch;
+    char hub_pid[RL_PID_MAX];
+    char node[RL_NODE_ID_MAX];
+    char incarnation[RL_NODE_ID_MAX];
+} rl_lease_reply;
+int rl_cs_parse_lease(const redisReply *reply, rl_lease_reply *out);
+
+#endif

@@ -1,0 +1,50 @@
+/* Node metrics: counters and gauges, rendered in the Prometheus text format at /metrics. */
+#ifndef RL_METRICS_H
+#define RL_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rl_errors.h"
+
+/* X(name, prometheus name, type, help) */
+#define RL_METRICS(X)                                                                             \
+    X(CONNS_ACCEPTED, "relay_connections_accepted_total", "counter", "WebSocket upgrades accepted") \
+    X(CONNS_REJECTED, "relay_connections_rejected_total", "counter", "Handshakes refused (auth, origin, unavailable)") \
+    X(CONNS_OPEN, "relay_connections", "gauge", "Open WebSocket connections")                     \
+    X(MSGS_IN, "relay_messages_in_total", "counter", "Client frames received")                    \
+    X(MSGS_OUT, "relay_messages_out_total", "counter", "Frames sent to clients")                  \
+    X(MSGS_ROUTED, "relay_messages_routed_total", "counter", "Client messages routed to plugins") \
+    X(MSGS_DROPPED, "relay_messages_dropped_total", "counter", "Messages dropped (target gone or mailbox discarded)") \
+    X(FORWARDED_OUT, "relay_forwarded_out_total", "counter", "Messages forwarded to other nodes") \
+    X(FORWARDED_IN, "relay_forwarded_in_total", "counter", "Messages received from other nodes") \
+    X(EPOCH_DROPPED, "relay_epoch_dropped_total", "counter", "Forwarded messages dropped for a stale lease epoch") \
+    X(HUBS_CREATED, "relay_hubs_created_total", "counter", "User hubs created")                  \
+    X(HUBS_COLLECTED, "relay_hubs_collected_total", "counter", "Idle user hubs collected")       \
+    X(PLUGINS_STARTED, "relay_plugins_started_total", "counter", "Plugin processes started")     \
+    X(PLUGINS_CRASHED, "relay_plugins_crashed_total", "counter", "Plugin processes that crashed") \
+    X(REDIS_ERRORS, "relay_redis_errors_total", "counter", "Redis command or connection errors") \
+    X(REDIS_RTT_US, "relay_redis_rtt_microseconds", "gauge", "Last measured Redis round trip")  \
+    X(LUA_BYTES, "relay_lua_memory_bytes", "gauge", "Bytes allocated by the Lua state")
+
+typedef enum {
+#define RL_METRIC_ENUM(name, pname, type, help) RL_M_##name,
+    RL_METRICS(RL_METRIC_ENUM)
+#undef RL_METRIC_ENUM
+    RL_M_COUNT
+} rl_metric;
+
+extern uint64_t rl_metric_values[RL_M_COUNT];
+extern uint64_t rl_metric_errors[RL_E_COUNT];
+
+static inline void rl_metric_inc(rl_metric m) { rl_metric_values[m]++; }
+static inline void rl_metric_add(rl_metric m, uint64_t n) { rl_metric_values[m] += n; }
+static inline void rl_metric_dec(rl_metric m) { rl_metric_values[m]--; }
+static inline void rl_metric_set(rl_metric m, uint64_t v) { rl_metric_values[m] = v; }
+static inline void rl_metric_error(rl_err_code e) { rl_metric_errors[e]++; }
+
+/* Renders every metric (plus live gauges: users, hubs, plugins by status) into a malloc'd
+   string; *len gets its length. Caller frees. */
+char *rl_metrics_render(size_t *len);
+
+#endif

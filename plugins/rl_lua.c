@@ -1,0 +1,879 @@
+/* The Lua plugin host: one lua_State per node; every plugin instance is a coroutine with its own
+ * _ENV running the plugin's chunk (compiled once per source), scheduled from the node's loop.
+ *
+ * Shape of an instance: an rl_proc (mailbox, pid) + a coroutine anchored by a registry ref.
+ * The coroutine starts in the prelude's boot(chunk, env, method, args_json), which runs the
+ * shared chunk with the instance's env as its only argument ("local _ENV = ...;" is prepended
+ * to every source, on the first line so line numbers stay) and then calls method(args).
+ * Resumes happen only from the run queue's uv_idle callback, never nested inside another
+ * instance: blocking calls (channel receive/select/send, time.sleep) yield with a continuation
+ * and are woken by the channel or timer they wait on. A count hook enforces the instruction
+ * budget per resume; the allocator enforces the state's memory cap. */
+#include "rl_lua.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rl_log.h"
+#include "rl_lua_int.h"
+#include "rl_metrics.h"
+
+rl_lua_host rl_lua_g;
+#define H rl_lua_g
+
+static uv_idle_t *run_idle_handle;
+static uint64_t hook_step;
+
+/* Trusted setup code, run once with the full standard library: builds the sandbox (safe
+   globals, read-only library proxies, require, logger, security) and boot(). */
+static const char prelude[] =
+    "local host, G, json, time, process, channel = ...\n"
+    "local type, pairs, next, error, rawset, rawget, tostring, select =\n"
+    "  G.type, G.pairs, G.next, G.error, G.rawset, G.rawget, G.tostring, G.select\n"
+    "local setmetatable, getmetatable = G.setmetatable, G.getmetatable\n"
+    "local ro = setmetatable({}, {__mode = 'k'})\n"
+    "local function deny() error('attempt to modify a read-only table', 2) end\n"
+    "local function readonly(t)\n"
+    "  local p = setmetatable({}, {__index = t, __newindex = deny,\n"
+    "    __len = function() return #t end,\n"
+    "    __pairs = function() return next, t, nil end, __metatable = false})\n"
+    "  ro[p] = true\n"
+    "  return p\n"
+    "end\n"
+    "local function copy(t, skip)\n"
+    "  local c = {}\n"
+    "  for k, v in pairs(t) do if not (skip and skip[k]) then c[k] = v end end\n"
+    "  return c\n"
+    "end\n"
+    "local safe = {}\n"
+    "for _, k in G.ipairs({'assert', 'error', 'ipairs', 'next', 'pairs', 'pcall', 'rawequal',\n"
+    "    'rawget', 'rawlen', 'select', 'tonumber', 'tostring', 'type', 'xpcall',\n"
+    "    'getmetatable', '_VERSION'}) do safe[k] = G[k] end\n"
+    "safe.setmetatable = function(t, mt)\n"
+    "  if type(mt) == 'table' and rawget(mt, '__gc') ~= nil then\n"
+    "    error('__gc metamethods are not allowed', 2) end\n"
+    "  return setmetatable(t, mt)\n"
+    "end\n"
+    "safe.rawset = function(t, k, v)\n"
+    "  if ro[t] then error('attempt to modify a read-only table', 2) end\n"
+    "  return rawset(t, k, v)\n"
+    "end\n"
+    "safe.load = function(chunk, name, mode, env)\n"
+    "  if type(chunk) ~= 'string' then return nil, 'load: only text chunks (strings) are accepted' end\n"
+    "  if mode ~= nil and mode ~= 't' then return nil, 'load: binary chunks are not allowed' end\n"
+    "  if env == nil then env = host.env() end\n"
+    "  return G.load(chunk, name or '=(load)', 't', env)\n"
+    "end\n"
+    "safe.print = function(...)\n"
+    "  local parts = {}\n"
+    "  for i = 1, select('#', ...) do parts[i] = tostring((select(i, ...))) end\n"
+    "  host.log('info', 'print', G.table.concat(parts, '\\t'))\n"
+    "end\n"
+    "safe.collectgarbage = function(opt)\n"
+    "  if opt == 'count' then return G.collectgarbage('count') end\n"
+    "  return 0\n"
+    "end\n"
+    "local strlib = copy(G.string, {dump = true})\n"
+    "safe.string = readonly(strlib)\n"
+    "local smt = getmetatable('')\n"
+    "smt.__index = strlib\n"
+    "smt.__metatable = false\n"
+    "safe.table = readonly(copy(G.table))\n"
+    "safe.math = readonly(copy(G.math, {randomseed = true}))\n"
+    "safe.utf8 = readonly(copy(G.utf8))\n"
+    "safe.coroutine = readonly(copy(G.coroutine))\n"
+    "safe.os = readonly({time = G.os.time, clock = G.os.clock, date = G.os.date,\n"
+    "  difftime = G.os.difftime})\n"
+    /* durations are numbers of milliseconds; give them Go-like accessors */
+    "G.debug.setmetatable(0, {__metatable = false, __index = readonly({\n"
+    "  hours = function(d) return d / 3600000 end, minutes = function(d) return d / 60000 end,\n"
+    "  seconds = function(d) return d / 1000 end, milliseconds = function(d) return d end,\n"
+    "  microseconds = function(d) return d * 1000 end,\n"
+    "  nanoseconds = function(d) return d * 1000000 end})})\n"
+    "process.event = readonly({CANCEL = 'pid.cancel', EXIT = 'pid.exit',\n"
+    "  LINK_DOWN = 'pid.link.down'})\n"
+    "process.registry = readonly(process.registry)\n"
+    "safe.process = readonly(process)\n"
+    "safe.channel = readonly(channel)\n"
+    "local Logger = {}\n"
+    "local LMT = {__index = Logger, __metatable = false}\n"
+    "local function mklogger(name, fields)\n"
+    "  return setmetatable({name = name, fields = fields}, LMT)\n"
+    "end\n"
+    "local function merge(a, b)\n"
+    "  if type(b) ~= 'table' then return a end\n"
+    "  local r = {}\n"
+    "  if a then for k, v in pairs(a) do r[k] = v end end\n"
+    "  for k, v in pairs(b) do r[k] = v end\n"
+    "  return r\n"
+    "end\n"
+    "function Logger:named(n)\n"
+    "  n = tostring(n)\n"
+    "  return mklogger(self.name and (self.name .. '.' .. n) or n, self.fields)\n"
+    "end\n"
+    "function Logger:with(f) return mklogger(self.name, merge(self.fields, f)) end\n"
+    "for _, lvl in G.ipairs({'debug', 'info', 'warn', 'error'}) do\n"
+    "  Logger[lvl] = function(self, msg, f)\n"
+    "    host.log(lvl, self.name, tostring(msg), merge(self.fields, f))\n"
+    "  end\n"
+    "end\n"
+    "local Actor = {}\n"
+    "local AMT = {__index = Actor, __metatable = false}\n"
+    "function Actor:id() return self.id_ end\n"
+    "function Actor:meta() return self.meta_ end\n"
+    "local function mkactor(id, meta) return setmetatable({id_ = id, meta_ = meta or {}}, AMT) end\n"
+    "local security = {\n"
+    "  actor = function() local id, meta = host.actor(); if id == nil then return nil end\n"
+    "    return mkactor(id, meta) end,\n"
+    "  new_actor = function(id, meta) return mkactor(id, meta) end,\n"
+    "  scope = function() return nil end,\n"
+    "  named_scope = function(name) return nil, 'security scopes are not supported' end,\n"
+    "  can = function(action, resource) return true end,\n"
+    "}\n"
+    "local modules = {json = readonly(json), time = readonly(time),\n"
+    "  logger = readonly(mklogger(nil, nil)), security = readonly(security)}\n"
+    "safe.require = function(name)\n"
+    "  local m = modules[name]\n"
+    "  if m == nil then error(\"module '\" .. tostring(name) .. \"' not found\", 2) end\n"
+    "  return m\n"
+    "end\n"
+    "local function boot(chunk, env, method, args_json)\n"
+    "  local args = host.decode_args(args_json)\n"
+    "  local mod = chunk(env)\n"
+    "  local f\n"
+    "  if type(mod) == 'table' then f = mod[method] end\n"
+    "  if f == nil then f = rawget(env, method) end\n"
+    "  if type(f) ~= 'function' then\n"
+    "    error(\"plugin has no function '\" .. method .. \"'\", 0) end\n"
+    "  return f(args)\n"
+    "end\n"
+    "return safe, {__index = safe, __metatable = false}, boot\n";
+
+/* ---- memory ---------------------------------------------------------------------------- */
+
+static void *host_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    (void)ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        free(ptr);
+        H.bytes -= old;
+        rl_metric_set(RL_M_LUA_BYTES, H.bytes);
+        return NULL;
+    }
+    if (nsize > old && H.limit) {
+        /* Host work (spawning) gets a little headroom so a plugin at the cap fails first. */
+        size_t cap = H.limit + (H.current ? 0 : H.headroom);
+        if (H.bytes - old + nsize > cap) {
+            /* Lua retries once after an emergency collection: a second refusal in a row
+               means the running instance really is out of memory. */
+            if (H.current && ++H.current->oom_refusals >= 2)
+                H.current->oom = 1;
+            return NULL;
+        }
+    }
+    void *np = realloc(ptr, nsize);
+    if (!np)
+        return NULL;
+    H.bytes = H.bytes - old + nsize;
+    if (H.current && nsize > old)
+        H.current->oom_refusals = 0;
+    rl_metric_set(RL_M_LUA_BYTES, H.bytes);
+    return np;
+}
+
+static int host_panic(lua_State *L)
+{
+    const char *msg = lua_tostring(L, -1);
+    RL_PANIC("unprotected Lua error: %s", msg ? msg : "?");
+}
+
+size_t rl_lua_memory(void) { return H.bytes; }
+
+/* ---- helpers shared with the other modules --------------------------------------------- */
+
+rl_lua_inst *rl_lua_current(lua_State *L)
+{
+    if (!H.current)
+        luaL_error(L, "not inside a plugin process");
+    return H.current;
+}
+
+void rl_lua_check_block(lua_State *L, rl_lua_inst *I)
+{
+    if (L != I->co)
+        luaL_error(L, "blocking call inside a coroutine created by the plugin is not supported");
+    if (!lua_isyieldable(L))
+        luaL_error(L, "attempt to block across a C-call boundary (inside a metamethod, an "
+                      "iterator or a callback of a C function)");
+}
+
+void *rl_lua_ref_udata(int ref)
+{
+    if (!H.L || ref < 0)
+        return NULL;
+    lua_rawgeti(H.L, LUA_REGISTRYINDEX, ref);
+    void *p = lua_touserdata(H.L, -1);
+    lua_pop(H.L, 1);
+    return p;
+}
+
+uint64_t rl_lua_rand(void)
+{
+    uint64_t x = H.rng ? H.rng : 0x9e3779b97f4a7c15ull;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return H.rng = x;
+}
+
+const rl_plugin_def *rl_lua_find_def(const char *s)
+{
+    if (!H.cfg)
+        return NULL;
+    for (size_t i = 0; i < H.cfg->nplugins; i++) {
+        const rl_plugin_def *d = &H.cfg->plugins[i];
+        if ((d->id && strcmp(d->id, s) == 0) || (d->name && strcmp(d->name, s) == 0))
+            return d;
+    }
+    return NULL;
+}
+
+static ssize_t def_index(const rl_plugin_def *def)
+{
+    for (size_t i = 0; i < H.cfg->nplugins; i++)
+        if (&H.cfg->plugins[i] == def)
+            return (ssize_t)i;
+    for (size_t i = 0; i < H.cfg->nplugins; i++)
+        if (def->id && H.cfg->plugins[i].id && strcmp(H.cfg->plugins[i].id, def->id) == 0)
+            return (ssize_t)i;
+    return -1;
+}
+
+/* ---- run queue ------------------------------------------------------------------------- */
+
+static void run_idle(uv_idle_t *h);
+
+static void runq_push(rl_lua_inst *I)
+{
+    if (I->in_runq || I->torn)
+        return;
+    I->in_runq = 1;
+    I->runq_next = NULL;
+    if (H.runq_tail)
+        H.runq_tail->runq_next = I;
+    else
+        H.runq_head = I;
+    H.runq_tail = I;
+    if (!H.idle_started && run_idle_handle) {
+        uv_idle_start(run_idle_handle, run_idle);
+        H.idle_started = 1;
+    }
+}
+
+static void runq_remove(rl_lua_inst *I)
+{
+    if (!I->in_runq)
+        return;
+    rl_lua_inst **pp = &H.runq_head, *prev = NULL;
+    while (*pp && *pp != I) {
+        prev = *pp;
+        pp = &(*pp)->runq_next;
+    }
+    if (*pp) {
+        *pp = I->runq_next;
+        if (H.runq_tail == I)
+            H.runq_tail = prev;
+    }
+    I->in_runq = 0;
+    I->runq_next = NULL;
+}
+
+void rl_lua_wake(rl_lua_inst *I)
+{
+    rl_lua_unwait(I);
+    if (I->state != RL_INST_BLOCKED)
+        return;
+    I->state = RL_INST_READY;
+    runq_push(I);
+}
+
+/* ---- instance life --------------------------------------------------------------------- */
+
+static void list_remove(rl_lua_inst *I)
+{
+    if (!I->listed)
+        return;
+    if (I->prev)
+        I->prev->next = I->next;
+    else
+        H.insts = I->next;
+    if (I->next)
+        I->next->prev = I->prev;
+    I->listed = 0;
+}
+
+/* Releases everything Lua-side and on the loop; the struct stays until ops->free. */
+static void inst_teardown(rl_lua_inst *I)
+{
+    if (I->torn)
+        return;
+    I->torn = 1;
+    I->state = RL_INST_DEAD;
+    runq_remove(I);
+    rl_lua_unwait(I);
+    while (I->timers)
+        rl_lua_timer_close(I->timers);
+    I->deadline = NULL;
+    rl_lua_names_release(I->proc.pid);
+    if (H.L) {
+        /* The coroutine is left to the collector: lua_resetthread would run pending __close
+           handlers outside any budget. */
+        luaL_unref(H.L, LUA_REGISTRYINDEX, I->co_ref);
+        luaL_unref(H.L, LUA_REGISTRYINDEX, I->env_ref);
+        luaL_unref(H.L, LUA_REGISTRYINDEX, I->inbox_ref);
+        luaL_unref(H.L, LUA_REGISTRYINDEX, I->events_ref);
+    }
+    I->co_ref = I->env_ref = I->inbox_ref = I->events_ref = LUA_NOREF;
+    I->co = NULL;
+}
+
+/* Ends I: tears it down and exits its process (monitors get "pid.exit" with error). */
+static void inst_finish(rl_lua_inst *I, const char *error, int quiet)
+{
+    if (I->torn)
+        return;
+    if (error && !quiet)
+        rl_warn("lua", "plugin %s (%s) crashed: %s", I->def && I->def->id ? I->def->id : "?",
+                I->proc.pid, error);
+    else
+        rl_debug("lua", "plugin %s (%s) exited%s%s", I->def && I->def->id ? I->def->id : "?",
+                 I->proc.pid, error ? ": " : "", error ? error : "");
+    inst_teardown(I);
+    rl_proc_exit(&I->proc, error);
+}
+
+void rl_lua_kill(rl_lua_inst *I, const char *error)
+{
+    if (I->torn)
+        return;
+    if (I == H.current) { /* exits when its resume returns */
+        if (!I->exit_pending_set) {
+            I->exit_pending_set = 1;
+            I->exit_pending = error ? strdup(error) : NULL;
+        }
+        return;
+    }
+    inst_finish(I, error, 0);
+}
+
+/* Copies the error object on top of co into buf without allocating in Lua. */
+static const char *error_text(lua_State *co, char *buf, size_t n)
+{
+    int t = lua_type(co, -1);
+    if (t == LUA_TSTRING)
+        snprintf(buf, n, "%s", lua_tostring(co, -1));
+    else if (t == LUA_TNUMBER && lua_isinteger(co, -1))
+        snprintf(buf, n, "%lld", (long long)lua_tointeger(co, -1));
+    else if (t == LUA_TNUMBER)
+        snprintf(buf, n, "%.14g", (double)lua_tonumber(co, -1));
+    else
+        snprintf(buf, n, "(error object is a %s value)", lua_typename(co, t));
+    return buf;
+}
+
+static void count_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    rl_lua_inst *I = H.current;
+    if (!I)
+        return;
+    I->used += hook_step;
+    if (I->used < H.cfg->lua_instruction_budget)
+        return;
+    I->budget_hit = 1;
+    /* Yielding cannot be caught by a pcall in the plugin; raising can, so raise only where a
+       yield is impossible (a coroutine of the plugin, inside a C call) and let the next hook
+       in the instance's own coroutine yield. */
+    if (L == I->co && lua_isyieldable(L)) {
+        lua_yield(L, 0);
+        return;
+    }
+    luaL_error(L, "instruction budget exceeded");
+}
+
+static void inst_resume(rl_lua_inst *I)
+{
+    lua_State *co = I->co;
+    int nres = 0;
+    H.current = I;
+    I->state = RL_INST_RUNNING;
+    I->used = 0;
+    I->oom_refusals = 0;
+    int st = lua_resume(co, H.L, I->nargs, &nres);
+    H.current = NULL;
+    I->nargs = 0;
+    if (I->torn)
+        return;
+    char buf[512];
+    const char *err = NULL;
+    int done = 1;
+    if (st == LUA_YIELD || st == LUA_OK) {
+        lua_pop(co, nres);
+        if (I->exit_pending_set)
+            err = I->exit_pending;
+        else if (I->oom)
+            err = "not enough memory";
+        else if (I->budget_hit)
+            err = "instruction budget exceeded";
+        else if (st == LUA_YIELD)
+            done = 0;
+    } else if (I->exit_pending_set) {
+        err = I->exit_pending;
+    } else if (st == LUA_ERRMEM || I->oom) {
+        err = "not enough memory";
+    } else if (I->budget_hit) {
+        err = "instruction budget exceeded";
+    } else {
+        err = error_text(co, buf, sizeof buf);
+    }
+    if (done) {
+        int quiet = I->exit_pending_set;
+        if (err && err != buf) {
+            snprintf(buf, sizeof buf, "%s", err);
+            err = buf;
+        }
+        free(I->exit_pending);
+        I->exit_pending = NULL;
+        inst_finish(I, err, quiet);
+        return;
+    }
+    if (I->state == RL_INST_RUNNING) { /* coroutine.yield() or a long slice: run again later */
+        I->state = RL_INST_READY;
+        runq_push(I);
+    }
+}
+
+static void run_idle(uv_idle_t *h)
+{
+    (void)h;
+    for (int i = 0; i < RL_LUA_RUN_BATCH && H.runq_head; i++) {
+        rl_lua_inst *I = H.runq_head;
+        H.runq_head = I->runq_next;
+        if (!H.runq_head)
+            H.runq_tail = NULL;
+        I->in_runq = 0;
+        I->runq_next = NULL;
+        if (!I->torn)
+            inst_resume(I);
+    }
+    if (!H.runq_head && H.idle_started) {
+        uv_idle_stop(run_idle_handle);
+        H.idle_started = 0;
+    }
+}
+
+/* ---- rl_proc operations ---------------------------------------------------------------- */
+
+static int is_linked(rl_lua_inst *I, const char *pid)
+{
+    for (size_t i = 0; i < I->nlinks; i++)
+        if (strcmp(I->links[i], pid) == 0)
+            return 1;
+    return 0;
+}
+
+static void push_event(rl_lua_inst *I, rl_lua_ev_kind kind, const char *from, const char *error,
+                       uint64_t deadline)
+{
+    rl_lua_event *e = calloc(1, sizeof *e);
+    if (!e || (error && !(e->error = strdup(error)))) {
+        rl_error("lua", "plugin %s: out of memory, event dropped", I->proc.pid);
+        rl_lua_event_free(e);
+        rl_metric_inc(RL_M_MSGS_DROPPED);
+        return;
+    }
+    e->kind = kind;
+    e->deadline_ms = deadline;
+    snprintf(e->from, sizeof e->from, "%s", from ? from : "");
+    rl_lua_chan_push_event(rl_lua_ref_udata(I->events_ref), e);
+}
+
+static void inst_handle(rl_proc *p, rl_msg *m)
+{
+    rl_lua_inst *I = (rl_lua_inst *)p;
+    if (I->torn) {
+        rl_msg_free(m);
+        return;
+    }
+    if (strcmp(m->topic, "pid.exit") == 0) {
+        cJSON *j = cJSON_ParseWithLength(m->payload, m->len);
+        const cJSON *pid = cJSON_GetObjectItemCaseSensitive(j, "pid");
+        const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
+        const char *from = cJSON_IsString(pid) ? pid->valuestring : m->from;
+        const char *error = cJSON_IsString(e) ? e->valuestring : NULL;
+        push_event(I, RL_EV_EXIT, from, error, 0);
+        if (error && is_linked(I, from))
+            push_event(I, RL_EV_LINK_DOWN, from, error, 0);
+        cJSON_Delete(j);
+        rl_msg_free(m);
+        return;
+    }
+    rl_lua_chan_push_msg(rl_lua_ref_udata(I->inbox_ref), m);
+    /* The scheduler took m out of the mailbox count; until the plugin receives it, it still
+       counts against the mailbox bound, so a plugin that does not keep up makes senders see
+       -EAGAIN (overloaded) instead of growing the inbox without limit. */
+    p->qlen++;
+}
+
+static void inst_cancel(rl_proc *p, uint64_t deadline_ms)
+{
+    rl_lua_inst *I = (rl_lua_inst *)p;
+    if (I->torn)
+        return;
+    push_event(I, RL_EV_CANCEL, NULL, NULL, deadline_ms);
+    if (!I->deadline) {
+        I->deadline = rl_lua_timer_start(I, RL_TIMER_DEADLINE, deadline_ms, 0, LUA_NOREF);
+        if (!I->deadline)
+            rl_lua_kill(I, "cancelled");
+    }
+}
+
+static void inst_free(rl_proc *p)
+{
+    rl_lua_inst *I = (rl_lua_inst *)p;
+    inst_teardown(I);
+    list_remove(I);
+    free(I->waits);
+    free(I->user_id);
+    free(I->user_meta);
+    free(I->exit_pending);
+    for (size_t i = 0; i < I->nlinks; i++)
+        free(I->links[i]);
+    free(I->links);
+    free(I);
+}
+
+static const rl_proc_ops inst_ops = {
+    .kind = "plugin",
+    .letter = 'p',
+    .handle = inst_handle,
+    .cancel = inst_cancel,
+    .free = inst_free,
+};
+
+rl_lua_inst *rl_lua_inst_of(const char *pid)
+{
+    rl_proc *p = rl_proc_find(pid);
+    return p && p->ops == &inst_ops ? (rl_lua_inst *)p : NULL;
+}
+
+/* ---- spawning -------------------------------------------------------------------------- */
+
+typedef struct spawn_ctx {
+    rl_lua_inst *I;
+    int chunk_ref;
+    const char *args_json;
+} spawn_ctx;
+
+static int spawn_p(lua_State *L)
+{
+    spawn_ctx *s = lua_touserdata(L, 1);
+    rl_lua_inst *I = s->I;
+    lua_State *co = lua_newthread(L);
+    I->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    I->co = co;
+
+    lua_createtable(L, 0, 4);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -2, "_G");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, H.env_mt_ref);
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    I->env_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+
+    rl_lua_chan *in = rl_lua_chan_new(L, RL_CH_INBOX, 0);
+    rl_lua_chan_set_owner(in, I->proc.pid);
+    I->inbox_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    rl_lua_chan_new(L, RL_CH_EVENTS, 0);
+    I->events_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+
+    int env = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, H.boot_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->chunk_ref);
+    lua_pushvalue(L, env);
+    lua_pushstring(L, I->def->method && I->def->method[0] ? I->def->method : "run");
+    lua_pushstring(L, s->args_json && s->args_json[0] ? s->args_json : "{}");
+    if (!lua_checkstack(co, 5))
+        return luaL_error(L, "not enough memory");
+    lua_xmove(L, co, 5);
+    I->nargs = 4;
+    if (hook_step)
+        lua_sethook(co, count_hook, LUA_MASKCOUNT, (int)hook_step);
+    return 0;
+}
+
+/* Reads user_id and user_metadata out of the spawn arguments (registry scope, security). */
+static void read_identity(rl_lua_inst *I, const char *args_json)
+{
+    cJSON *j = args_json ? cJSON_Parse(args_json) : NULL;
+    const cJSON *u = cJSON_GetObjectItemCaseSensitive(j, "user_id");
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(j, "user_metadata");
+    if (cJSON_IsString(u))
+        I->user_id = strdup(u->valuestring);
+    if (m)
+        I->user_meta = cJSON_PrintUnformatted(m);
+    cJSON_Delete(j);
+}
+
+int rl_lua_spawn_from(lua_State *L, const rl_plugin_def *def, const char *args_json,
+                      const char *parent_pid, char pid_out[RL_PID_MAX], char *err, size_t errlen)
+{
+    if (!H.open) {
+        snprintf(err, errlen, "the plugin host is closed");
+        return -ESHUTDOWN;
+    }
+    ssize_t idx = def_index(def);
+    if (idx < 0) {
+        snprintf(err, errlen, "plugin %s was not loaded", def->id ? def->id : "?");
+        return -ENOENT;
+    }
+    rl_lua_inst *I = calloc(1, sizeof *I);
+    if (!I) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    I->def = &H.cfg->plugins[idx];
+    I->co_ref = I->env_ref = I->inbox_ref = I->events_ref = LUA_NOREF;
+    I->state = RL_INST_READY;
+    if (rl_proc_start(&I->proc, &inst_ops, H.cfg->plugin_queue) < 0) {
+        free(I);
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    I->listed = 1;
+    I->next = H.insts;
+    if (H.insts)
+        H.insts->prev = I;
+    H.insts = I;
+    read_identity(I, args_json);
+
+    spawn_ctx s = {I, H.chunk_refs[idx], args_json};
+    lua_pushcfunction(L, spawn_p);
+    lua_pushlightuserdata(L, &s);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+        snprintf(err, errlen, "cannot create the instance: %s",
+                 lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "error");
+        lua_pop(L, 1);
+        inst_finish(I, err, 1);
+        return -ENOMEM;
+    }
+    if (parent_pid && parent_pid[0] && rl_monitor(parent_pid, I->proc.pid) < 0) {
+        snprintf(err, errlen, "cannot monitor the instance: out of memory");
+        inst_finish(I, err, 1);
+        return -ENOMEM;
+    }
+    snprintf(pid_out, RL_PID_MAX, "%s", I->proc.pid);
+    runq_push(I);
+    return 0;
+}
+
+int rl_lua_spawn(const rl_plugin_def *def, const char *args_json, const char *parent_pid,
+                 char pid_out[RL_PID_MAX], char *err, size_t errlen)
+{
+    if (!H.L) {
+        snprintf(err, errlen, "the plugin host is closed");
+        return -ESHUTDOWN;
+    }
+    return rl_lua_spawn_from(H.L, def, args_json, parent_pid, pid_out, err, errlen);
+}
+
+/* ---- init / close ---------------------------------------------------------------------- */
+
+typedef struct init_ctx {
+    char *err;
+    size_t errlen;
+} init_ctx;
+
+static char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        n += fread(buf + n, 1, cap - n, f);
+        if (n < cap)
+            break;
+        char *nb = realloc(buf, cap *= 2);
+        if (!nb) {
+            free(buf);
+            buf = NULL;
+        }
+        buf = nb;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(buf);
+        return NULL;
+    }
+    *len = n;
+    return buf;
+}
+
+/* Compiles plugin i (or reuses the chunk of an earlier plugin with the same source). */
+static int compile_plugin(lua_State *L, size_t i, init_ctx *c)
+{
+    const rl_plugin_def *d = &H.cfg->plugins[i];
+    const char *file = H.cfg->path ? H.cfg->path : (d->source_path ? d->source_path : "?");
+    for (size_t j = 0; j < i; j++) {
+        if (d->source_path && H.cfg->plugins[j].source_path &&
+            strcmp(d->source_path, H.cfg->plugins[j].source_path) == 0) {
+            H.chunk_refs[i] = H.chunk_refs[j];
+            return 0;
+        }
+    }
+    size_t len = 0;
+    char *src = d->source_path ? read_file(d->source_path, &len) : NULL;
+    if (!src) {
+        snprintf(c->err, c->errlen, "%s: entry %s: cannot read source %s: %s", file,
+                 d->name ? d->name : "?", d->source_path ? d->source_path : "(none)",
+                 strerror(errno ? errno : ENOENT));
+        return -1;
+    }
+    /* On the first line, so error line numbers match the file; a "#!" line becomes a comment. */
+    static const char pre[] = "local _ENV = ...; ";
+    static const char pre_hash[] = "local _ENV = ...; --";
+    const char *p = src[0] == '#' ? pre_hash : pre;
+    size_t plen = strlen(p);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    luaL_addlstring(&b, p, plen);
+    luaL_addlstring(&b, src, len);
+    free(src); /* no error can be raised between read_file and here except by the buffer */
+    luaL_pushresult(&b);
+    size_t total;
+    const char *all = lua_tolstring(L, -1, &total);
+    char name[512];
+    snprintf(name, sizeof name, "@%s", d->source_path);
+    if (luaL_loadbufferx(L, all, total, name, "t") != LUA_OK) {
+        snprintf(c->err, c->errlen, "%s: entry %s: %s", file, d->name ? d->name : "?",
+                 lua_tostring(L, -1));
+        lua_pop(L, 2);
+        return -1;
+    }
+    lua_remove(L, -2);
+    lua_newtable(L); /* the chunk's own _ENV upvalue is never used: make sure it is harmless */
+    lua_setupvalue(L, -2, 1);
+    H.chunk_refs[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+}
+
+static int init_p(lua_State *L)
+{
+    init_ctx *c = lua_touserdata(L, 1);
+    luaL_openlibs(L);
+
+    rl_lua_host_open(L); /* 2: host helpers */
+    lua_pushglobaltable(L);
+    rl_lua_json_open(L);
+    rl_lua_time_open(L);
+    rl_lua_proc_open(L);
+    lua_newtable(L);
+    rl_lua_chan_open(L);
+    if (luaL_loadbufferx(L, prelude, sizeof prelude - 1, "=relay-prelude", "t") != LUA_OK)
+        return lua_error(L);
+    lua_insert(L, 2);
+    lua_call(L, 6, 3);
+    H.boot_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    H.env_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    H.safe_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+
+    for (size_t i = 0; i < H.cfg->nplugins; i++)
+        H.chunk_refs[i] = LUA_NOREF;
+    for (size_t i = 0; i < H.cfg->nplugins; i++)
+        if (compile_plugin(L, i, c) < 0) {
+            lua_pushinteger(L, -1);
+            return 1;
+        }
+    lua_pushinteger(L, 0);
+    return 1;
+}
+
+static void idle_closed(uv_handle_t *h) { free(h); }
+
+int rl_lua_init(const rl_config *c, char *err, size_t errlen)
+{
+    if (H.L)
+        rl_lua_close();
+    memset(&H, 0, sizeof H);
+    H.cfg = c;
+    H.limit = c->lua_memory_limit;
+    H.headroom = H.limit / 16;
+    H.rng = uv_hrtime() | 1;
+    uint64_t budget = c->lua_instruction_budget;
+    hook_step = budget == 0 ? 0 : (budget < RL_LUA_HOOK_STEP ? budget : RL_LUA_HOOK_STEP);
+    H.chunk_refs = calloc(c->nplugins ? c->nplugins : 1, sizeof *H.chunk_refs);
+    run_idle_handle = malloc(sizeof *run_idle_handle);
+    if (!H.chunk_refs || !run_idle_handle || !(H.L = lua_newstate(host_alloc, NULL))) {
+        snprintf(err, errlen, "%s: cannot create the Lua state: out of memory",
+                 c->path ? c->path : "config");
+        free(H.chunk_refs);
+        free(run_idle_handle);
+        run_idle_handle = NULL;
+        H.chunk_refs = NULL;
+        return -ENOMEM;
+    }
+    lua_atpanic(H.L, host_panic);
+    uv_idle_init(rl_node_loop(), run_idle_handle);
+    H.open = 1;
+    init_ctx ictx = {err, errlen};
+    lua_pushcfunction(H.L, init_p);
+    lua_pushlightuserdata(H.L, &ictx);
+    int st = lua_pcall(H.L, 1, 1, 0);
+    int rc = 0;
+    if (st != LUA_OK) {
+        snprintf(err, errlen, "%s: plugin host setup failed: %s", c->path ? c->path : "config",
+                 lua_type(H.L, -1) == LUA_TSTRING ? lua_tostring(H.L, -1) : "error");
+        rc = st == LUA_ERRMEM ? -ENOMEM : -EINVAL;
+    } else if (lua_tointeger(H.L, -1) < 0) {
+        rc = -EINVAL;
+    }
+    lua_pop(H.L, 1);
+    if (rc < 0) {
+        rl_lua_close();
+        return rc;
+    }
+    lua_gc(H.L, LUA_GCCOLLECT);
+    rl_info("lua", "plugin host ready: %zu plugins, %zu bytes", c->nplugins, H.bytes);
+    return 0;
+}
+
+void rl_lua_close(void)
+{
+    if (!H.L)
+        return;
+    H.open = 0;
+    for (rl_lua_inst *I = H.insts; I; I = I->next)
+        inst_finish(I, "node shutdown", 1);
+    H.runq_head = H.runq_tail = NULL;
+    if (run_idle_handle) {
+        uv_idle_stop(run_idle_handle);
+        uv_close((uv_handle_t *)run_idle_handle, idle_closed);
+        run_idle_handle = NULL;
+    }
+    H.idle_started = 0;
+    rl_lua_names_close();
+    lua_close(H.L);
+    H.L = NULL;
+    free(H.chunk_refs);
+    H.chunk_refs = NULL;
+    rl_metric_set(RL_M_LUA_BYTES, 0);
+    H.bytes = 0;
+}

@@ -1,0 +1,26 @@
+/* The Lua plugin host: one lua_State per node, each plugin instance a coroutine with its own
+ * _ENV running the plugin chunk (compiled once per source). Instances are rl_proc processes. */
+#ifndef RL_LUA_H
+#define RL_LUA_H
+
+#include <stddef.h>
+
+#include "rl_config.h"
+#include "rl_proc.h"
+
+/* Creates the state and compiles every plugin of c (c must outlive the host). On a syntax
+   error returns negative with "FILE: entry NAME: reason" in err. */
+int rl_lua_init(const rl_config *c, char *err, size_t errlen);
+/* Starts an instance of def: its method (def->method, "run") is called with args decoded from
+   args_json ({"user_id":..,"user_metadata":{..},"user_hub_pid":..,"config":{..}}).
+   parent_pid (may be NULL) monitors it: it gets "pid.exit" {"pid":P,"error":null|"reason"}
+   when the instance returns (error null) or crashes (error text). Writes the new pid.
+   Returns 0, or negative with a reason in err. */
+int rl_lua_spawn(const rl_plugin_def *def, const char *args_json, const char *parent_pid,
+                 char pid_out[RL_PID_MAX], char *err, size_t errlen);
+/* Bytes allocated by the state. */
+size_t rl_lua_memory(void);
+/* Ends every instance and closes the state (shutdown). */
+void rl_lua_close(void);
+
+#endif

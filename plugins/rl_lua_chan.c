@@ -1,0 +1,595 @@
+/* Channels of the Lua plugin host: channel.new/select, ch:send/receive/close/case_*, plus the
+ * host-fed channels (inbox of messages, events, timer ticks) and message objects.
+ *
+ * A blocked operation links one waiter per case into the channels and yields the instance's
+ * coroutine (lua_yieldk); any change to a channel wakes its waiters, which retry the whole
+ * operation from their continuation. Retrying instead of handing values over keeps every value
+ * inside Lua (the buffer is the channel's uservalue table) and is cheap because a channel is
+ * in practice used by one instance only (channels cannot be sent across processes). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rl_lua_int.h"
+
+#define CHAN_MT "rl.channel"
+#define MSG_MT "rl.message"
+#define PAYLOAD_MT "rl.payload"
+
+enum { OP_RECV = 0, OP_SEND = 1 };
+enum { MODE_SELECT = 0, MODE_RECV = 1, MODE_SEND = 2 };
+
+struct rl_lua_chan {
+    int kind, closed;
+    size_t cap, head, count; /* RL_CH_LUA: ring of max(cap,1) slots in uservalue 1 */
+    rl_lua_waiter *waiters;
+    rl_msg *mhead, *mtail;        /* RL_CH_INBOX */
+    rl_lua_event *ehead, *etail;  /* RL_CH_EVENTS */
+    int fired;                    /* RL_CH_TIMER: a tick is pending (capacity one) */
+    int64_t fire_ns;
+    char owner[RL_PID_MAX];       /* RL_CH_INBOX: whose mailbox count a receive gives back */
+};
+
+typedef struct msg_ud {
+    rl_msg *m;
+} msg_ud;
+
+typedef struct sel_case {
+    rl_lua_chan *ch;
+    int op;
+    int idx; /* MODE_SELECT: index in the cases table */
+} sel_case;
+
+void rl_lua_event_free(rl_lua_event *e)
+{
+    if (!e)
+        return;
+    free(e->error);
+    free(e);
+}
+
+static void notify(rl_lua_chan *ch)
+{
+    while (ch->waiters)
+        rl_lua_wake(ch->waiters->inst);
+}
+
+void rl_lua_unwait(rl_lua_inst *I)
+{
+    for (size_t i = 0; i < I->nwaits; i++) {
+        rl_lua_waiter *w = &I->waits[i];
+        if (!w->ch)
+            continue;
+        if (w->prev)
+            w->prev->next = w->next;
+        else
+            w->ch->waiters = w->next;
+        if (w->next)
+            w->next->prev = w->prev;
+        w->ch = NULL;
+        w->prev = w->next = NULL;
+    }
+    I->nwaits = 0;
+}
+
+rl_lua_chan *rl_lua_chan_new(lua_State *L, int kind, size_t cap)
+{
+    rl_lua_chan *ch = lua_newuserdatauv(L, sizeof *ch, 1);
+    memset(ch, 0, sizeof *ch);
+    ch->kind = kind;
+    ch->cap = cap;
+    luaL_setmetatable(L, CHAN_MT);
+    if (kind == RL_CH_LUA) {
+        lua_createtable(L, cap ? (int)(cap < 64 ? cap : 64) : 1, 0);
+        lua_setiuservalue(L, -2, 1);
+    }
+    return ch;
+}
+
+void rl_lua_chan_set_owner(rl_lua_chan *ch, const char *pid)
+{
+    snprintf(ch->owner, sizeof ch->owner, "%s", pid);
+}
+
+void rl_lua_chan_push_msg(rl_lua_chan *ch, rl_msg *m)
+{
+    m->next = NULL;
+    if (ch->mtail)
+        ch->mtail->next = m;
+    else
+        ch->mhead = m;
+    ch->mtail = m;
+    notify(ch);
+}
+
+void rl_lua_chan_push_event(rl_lua_chan *ch, rl_lua_event *e)
+{
+    e->next = NULL;
+    if (ch->etail)
+        ch->etail->next = e;
+    else
+        ch->ehead = e;
+    ch->etail = e;
+    notify(ch);
+}
+
+void rl_lua_chan_fire(rl_lua_chan *ch, int64_t unix_ns)
+{
+    if (ch->closed || ch->fired)
+        return; /* a tick nobody took yet: this one is dropped (Go tickers do the same) */
+    ch->fired = 1;
+    ch->fire_ns = unix_ns;
+    notify(ch);
+}
+
+static rl_lua_chan *check_chan(lua_State *L, int idx)
+{
+    return luaL_checkudata(L, idx, CHAN_MT);
+}
+
+static int has_recv_waiter(const rl_lua_chan *ch)
+{
+    for (const rl_lua_waiter *w = ch->waiters; w; w = w->next)
+        if (w->op == OP_RECV)
+            return 1;
+    return 0;
+}
+
+static int can_recv(const rl_lua_chan *ch)
+{
+    if (ch->closed)
+        return 1;
+    switch (ch->kind) {
+    case RL_CH_LUA: return ch->count > 0;
+    case RL_CH_INBOX: return ch->mhead != NULL;
+    case RL_CH_EVENTS: return ch->ehead != NULL;
+    default: return ch->fired;
+    }
+}
+
+static int can_send(const rl_lua_chan *ch)
+{
+    if (ch->closed)
+        return 1; /* the send raises */
+    if (ch->cap)
+        return ch->count < ch->cap;
+    return ch->count == 0 && has_recv_waiter(ch);
+}
+
+/* Pushes a message object owning m. */
+static void push_msg(lua_State *L, rl_msg *m)
+{
+    msg_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
+    u->m = m;
+    luaL_setmetatable(L, MSG_MT);
+}
+
+static void push_event(lua_State *L, const rl_lua_event *e)
+{
+    static const char *const kinds[] = {"pid.cancel", "pid.exit", "pid.link.down"};
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, kinds[e->kind]);
+    lua_setfield(L, -2, "kind");
+    if (e->from[0]) {
+        lua_pushstring(L, e->from);
+        lua_setfield(L, -2, "from");
+    }
+    if (e->kind == RL_EV_CANCEL) {
+        lua_pushinteger(L, (lua_Integer)e->deadline_ms);
+        lua_setfield(L, -2, "deadline");
+    } else {
+        lua_createtable(L, 0, 1);
+        if (e->error) {
+            lua_pushstring(L, e->error);
+            lua_setfield(L, -2, "error");
+        }
+        lua_setfield(L, -2, "result");
+    }
+}
+
+/* Receives from ch (userdata at chidx), known ready: pushes value and ok. */
+static void do_recv(lua_State *L, rl_lua_chan *ch, int chidx)
+{
+    switch (ch->kind) {
+    case RL_CH_LUA:
+        if (ch->count == 0)
+            break;
+        lua_getiuservalue(L, chidx, 1);
+        lua_rawgeti(L, -1, (lua_Integer)ch->head + 1);
+        lua_pushnil(L);
+        lua_rawseti(L, -3, (lua_Integer)ch->head + 1);
+        lua_remove(L, -2);
+        ch->head = (ch->head + 1) % (ch->cap ? ch->cap : 1);
+        ch->count--;
+        lua_pushboolean(L, 1);
+        notify(ch); /* senders waiting for room */
+        return;
+    case RL_CH_INBOX:
+        if (!ch->mhead)
+            break;
+        push_msg(L, NULL); /* allocate first: a raised OOM must not lose the message */
+        {
+            rl_msg *m = ch->mhead;
+            ch->mhead = m->next;
+            if (!ch->mhead)
+                ch->mtail = NULL;
+            m->next = NULL;
+            ((msg_ud *)lua_touserdata(L, -1))->m = m;
+            rl_proc *p = ch->owner[0] ? rl_proc_find(ch->owner) : NULL;
+            if (p && p->qlen)
+                p->qlen--; /* the message leaves the mailbox bound (see rl_lua.c handle) */
+        }
+        lua_pushboolean(L, 1);
+        return;
+    case RL_CH_EVENTS:
+        if (!ch->ehead)
+            break;
+        push_event(L, ch->ehead);
+        {
+            rl_lua_event *e = ch->ehead;
+            ch->ehead = e->next;
+            if (!ch->ehead)
+                ch->etail = NULL;
+            rl_lua_event_free(e);
+        }
+        lua_pushboolean(L, 1);
+        return;
+    default:
+        if (!ch->fired)
+            break;
+        rl_lua_time_push(L, ch->fire_ns);
+        ch->fired = 0;
+        lua_pushboolean(L, 1);
+        return;
+    }
+    lua_pushnil(L); /* closed and drained */
+    lua_pushboolean(L, 0);
+}
+
+/* Sends the value at vidx into ch (userdata at chidx), known ready. */
+static void do_send(lua_State *L, rl_lua_chan *ch, int chidx, int vidx)
+{
+    if (ch->closed)
+        luaL_error(L, "send on closed channel");
+    size_t ring = ch->cap ? ch->cap : 1;
+    lua_getiuservalue(L, chidx, 1);
+    lua_pushvalue(L, vidx);
+    lua_rawseti(L, -2, (lua_Integer)((ch->head + ch->count) % ring) + 1);
+    lua_pop(L, 1);
+    ch->count++;
+    notify(ch); /* receivers */
+}
+
+static int chan_do(lua_State *L, int mode);
+
+static int chan_k(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    return chan_do(L, (int)ctx);
+}
+
+/* Reads the cases of a select (table at 1) into cs; returns their number. */
+static int parse_cases(lua_State *L, sel_case *cs, int *dflt)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_getfield(L, 1, "default");
+    *dflt = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    int n = (int)lua_rawlen(L, 1);
+    if (n > RL_LUA_SELECT_MAX)
+        luaL_error(L, "select: more than %d cases", RL_LUA_SELECT_MAX);
+    for (int i = 0; i < n; i++) {
+        if (lua_rawgeti(L, 1, i + 1) != LUA_TTABLE)
+            luaL_error(L, "select: case %d is not a case (use ch:case_receive() or ch:case_send(v))",
+                       i + 1);
+        lua_rawgeti(L, -1, 1);
+        rl_lua_chan *ch = luaL_testudata(L, -1, CHAN_MT);
+        lua_rawgeti(L, -2, 2);
+        int op = (int)lua_tointeger(L, -1);
+        lua_pop(L, 3);
+        if (!ch || (op != OP_RECV && op != OP_SEND))
+            luaL_error(L, "select: case %d is not a case", i + 1);
+        if (op == OP_SEND && ch->kind != RL_CH_LUA)
+            luaL_error(L, "select: case %d sends on a receive-only channel", i + 1);
+        cs[i].ch = ch;
+        cs[i].op = op;
+        cs[i].idx = i + 1;
+    }
+    return n;
+}
+
+/* One attempt of a channel operation; blocks (yields with chan_k as continuation) when no case
+   is ready. MODE_SELECT: select(cases); MODE_RECV: ch:receive(); MODE_SEND: ch:send(v). */
+static int chan_do(lua_State *L, int mode)
+{
+    rl_lua_inst *I = rl_lua_current(L);
+    sel_case cs[RL_LUA_SELECT_MAX];
+    int n, dflt = 0;
+    if (mode == MODE_SELECT) {
+        n = parse_cases(L, cs, &dflt);
+    } else {
+        cs[0].ch = check_chan(L, 1);
+        cs[0].op = mode == MODE_RECV ? OP_RECV : OP_SEND;
+        cs[0].idx = 0;
+        if (mode == MODE_SEND && cs[0].ch->kind != RL_CH_LUA)
+            return luaL_error(L, "send on a receive-only channel");
+        if (mode == MODE_SEND)
+            lua_settop(L, 2);
+        n = 1;
+    }
+    if (I->used >= RL_LUA_SLICE_MAX && L == I->co && lua_isyieldable(L))
+        return lua_yieldk(L, 0, mode, chan_k); /* long slice: let others run first */
+    int ready[RL_LUA_SELECT_MAX], nready = 0;
+    for (int i = 0; i < n; i++)
+        if (cs[i].op == OP_RECV ? can_recv(cs[i].ch) : can_send(cs[i].ch))
+            ready[nready++] = i;
+    if (nready > 0) {
+        int i = ready[nready > 1 ? rl_lua_rand() % (uint64_t)nready : 0];
+        sel_case *c = &cs[i];
+        if (mode != MODE_SELECT) {
+            if (c->op == OP_RECV) {
+                do_recv(L, c->ch, 1);
+                return 2;
+            }
+            do_send(L, c->ch, 1, 2);
+            return 0;
+        }
+        lua_createtable(L, 0, 3);
+        int res = lua_gettop(L);
+        lua_rawgeti(L, 1, c->idx); /* the case table */
+        lua_rawgeti(L, -1, 1);     /* its channel */
+        int chidx = lua_gettop(L);
+        if (c->op == OP_RECV) {
+            do_recv(L, c->ch, chidx);
+            lua_setfield(L, res, "ok");
+            lua_setfield(L, res, "value");
+        } else {
+            lua_rawgeti(L, chidx - 1, 3);
+            do_send(L, c->ch, chidx, lua_gettop(L));
+            lua_pop(L, 1);
+            lua_pushboolean(L, 1);
+            lua_setfield(L, res, "ok");
+        }
+        lua_pushvalue(L, chidx);
+        lua_setfield(L, res, "channel");
+        lua_settop(L, res);
+        return 1;
+    }
+    if (dflt) {
+        lua_createtable(L, 0, 2);
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, "default");
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, "ok");
+        return 1;
+    }
+    rl_lua_check_block(L, I);
+    if (I->wcap < (size_t)n) {
+        rl_lua_waiter *w = realloc(I->waits, (size_t)n * sizeof *w);
+        if (!w)
+            return luaL_error(L, "not enough memory");
+        I->waits = w;
+        I->wcap = (size_t)n;
+    }
+    /* Receive cases make an unbuffered channel writable (rendezvous); send cases are woken
+       when a receive makes room. */
+    I->nwaits = 0;
+    for (int i = 0; i < n; i++) {
+        rl_lua_waiter *w = &I->waits[I->nwaits++];
+        w->ch = cs[i].ch;
+        w->inst = I;
+        w->op = cs[i].op;
+        w->prev = NULL;
+        w->next = cs[i].ch->waiters;
+        if (w->next)
+            w->next->prev = w;
+        cs[i].ch->waiters = w;
+    }
+    I->state = RL_INST_BLOCKED;
+    return lua_yieldk(L, 0, mode, chan_k);
+}
+
+static int l_select(lua_State *L) { return chan_do(L, MODE_SELECT); }
+static int l_receive(lua_State *L) { return chan_do(L, MODE_RECV); }
+static int l_send(lua_State *L)
+{
+    luaL_checkany(L, 2);
+    return chan_do(L, MODE_SEND);
+}
+
+static int l_new(lua_State *L)
+{
+    lua_Integer n = luaL_optinteger(L, 1, 0);
+    luaL_argcheck(L, n >= 0 && n <= RL_LUA_CHAN_MAX, 1, "size out of range");
+    rl_lua_chan_new(L, RL_CH_LUA, (size_t)n);
+    return 1;
+}
+
+static int l_close(lua_State *L)
+{
+    rl_lua_chan *ch = check_chan(L, 1);
+    if (ch->kind != RL_CH_LUA)
+        return luaL_error(L, "cannot close a receive-only channel");
+    if (ch->closed)
+        return luaL_error(L, "close of closed channel");
+    ch->closed = 1;
+    notify(ch);
+    return 0;
+}
+
+static int make_case(lua_State *L, int op)
+{
+    check_chan(L, 1);
+    lua_createtable(L, 3, 0);
+    lua_pushvalue(L, 1);
+    lua_rawseti(L, -2, 1);
+    lua_pushinteger(L, op);
+    lua_rawseti(L, -2, 2);
+    if (op == OP_SEND) {
+        lua_pushvalue(L, 2);
+        lua_rawseti(L, -2, 3);
+    }
+    return 1;
+}
+
+static int l_case_receive(lua_State *L) { return make_case(L, OP_RECV); }
+static int l_case_send(lua_State *L)
+{
+    luaL_checkany(L, 2);
+    rl_lua_chan *ch = check_chan(L, 1);
+    if (ch->kind != RL_CH_LUA)
+        return luaL_error(L, "send on a receive-only channel");
+    return make_case(L, OP_SEND);
+}
+
+static int l_len(lua_State *L)
+{
+    rl_lua_chan *ch = check_chan(L, 1);
+    lua_Integer n = (lua_Integer)ch->count;
+    if (ch->kind == RL_CH_INBOX) {
+        n = 0;
+        for (rl_msg *m = ch->mhead; m; m = m->next)
+            n++;
+    }
+    lua_pushinteger(L, n);
+    return 1;
+}
+
+static int l_chan_gc(lua_State *L)
+{
+    rl_lua_chan *ch = lua_touserdata(L, 1);
+    while (ch->mhead) {
+        rl_msg *m = ch->mhead;
+        ch->mhead = m->next;
+        rl_msg_free(m);
+    }
+    while (ch->ehead) {
+        rl_lua_event *e = ch->ehead;
+        ch->ehead = e->next;
+        rl_lua_event_free(e);
+    }
+    ch->mtail = NULL;
+    ch->etail = NULL;
+    while (ch->waiters) /* only at lua_close: instances were torn down first */
+        rl_lua_unwait(ch->waiters->inst);
+    return 0;
+}
+
+static int l_chan_tostring(lua_State *L)
+{
+    lua_pushfstring(L, "channel: %p", lua_touserdata(L, 1));
+    return 1;
+}
+
+/* Messages: msg:topic(), msg:from(), msg:payload():data(). */
+static rl_msg *check_msg(lua_State *L)
+{
+    msg_ud *u = luaL_checkudata(L, 1, MSG_MT);
+    if (!u->m)
+        luaL_error(L, "message is gone");
+    return u->m;
+}
+
+static int l_msg_topic(lua_State *L)
+{
+    lua_pushstring(L, check_msg(L)->topic);
+    return 1;
+}
+
+static int l_msg_from(lua_State *L)
+{
+    rl_msg *m = check_msg(L);
+    if (m->from[0])
+        lua_pushstring(L, m->from);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+static int l_msg_payload(lua_State *L)
+{
+    check_msg(L);
+    lua_newuserdatauv(L, 0, 1);
+    lua_pushvalue(L, 1);
+    lua_setiuservalue(L, -2, 1); /* anchors the message */
+    luaL_setmetatable(L, PAYLOAD_MT);
+    return 1;
+}
+
+static int l_msg_gc(lua_State *L)
+{
+    msg_ud *u = lua_touserdata(L, 1);
+    rl_msg_free(u->m);
+    u->m = NULL;
+    return 0;
+}
+
+/* payload:data(): the JSON payload decoded (lazily, on each call); a payload that is not JSON
+   (a raw frame) comes back as a string; an empty one as nil. */
+static int l_payload_data(lua_State *L)
+{
+    luaL_checkudata(L, 1, PAYLOAD_MT);
+    lua_getiuservalue(L, 1, 1);
+    msg_ud *u = lua_touserdata(L, -1);
+    if (!u || !u->m || u->m->len == 0)
+        return 0;
+    if (rl_lua_json_decode(L, u->m->payload, u->m->len))
+        return 1;
+    lua_pop(L, 1);
+    lua_pushlstring(L, u->m->payload, u->m->len);
+    return 1;
+}
+
+void rl_lua_chan_open(lua_State *L)
+{
+    static const luaL_Reg chan_methods[] = {
+        {"send", l_send},
+        {"receive", l_receive},
+        {"close", l_close},
+        {"case_receive", l_case_receive},
+        {"case_send", l_case_send},
+        {"len", l_len},
+        {NULL, NULL},
+    };
+    static const luaL_Reg msg_methods[] = {
+        {"topic", l_msg_topic},
+        {"from", l_msg_from},
+        {"payload", l_msg_payload},
+        {NULL, NULL},
+    };
+    static const luaL_Reg payload_methods[] = {{"data", l_payload_data}, {NULL, NULL}};
+    int t = lua_gettop(L);
+
+    luaL_newmetatable(L, CHAN_MT);
+    luaL_newlib(L, chan_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_chan_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, l_chan_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);
+
+    luaL_newmetatable(L, MSG_MT);
+    luaL_newlib(L, msg_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_msg_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);
+
+    luaL_newmetatable(L, PAYLOAD_MT);
+    luaL_newlib(L, payload_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);
+
+    lua_pushcfunction(L, l_new);
+    lua_setfield(L, t, "new");
+    lua_pushcfunction(L, l_select);
+    lua_setfield(L, t, "select");
+}

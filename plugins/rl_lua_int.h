@@ -1,0 +1,164 @@
+/* Internals shared by the modules of the Lua plugin host (rl_lua*.c); nothing outside plugins/
+ * includes this. */
+#ifndef RL_LUA_INT_H
+#define RL_LUA_INT_H
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "rl_lua.h"
+#include "rl_proc.h"
+
+/* Bounds on what a plugin controls (STYLE: named constants in one place). */
+#define RL_LUA_JSON_DEPTH 128     /* json.encode / decode nesting */
+#define RL_LUA_SELECT_MAX 64      /* cases in one channel.select */
+#define RL_LUA_RUN_BATCH 256      /* resumes per loop wake-up */
+#define RL_LUA_HOOK_STEP 1000     /* instructions between two count-hook calls */
+#define RL_LUA_SLICE_MAX 200000   /* instructions after which a blocking-capable call yields */
+#define RL_LUA_CHAN_MAX 1000000   /* channel.new(size) upper bound */
+
+typedef struct rl_lua_inst rl_lua_inst;
+typedef struct rl_lua_timer rl_lua_timer;
+typedef struct rl_lua_chan rl_lua_chan;
+
+/* One case of a blocked select: links the instance into the channel's waiter list. */
+typedef struct rl_lua_waiter {
+    struct rl_lua_waiter *prev, *next;
+    rl_lua_chan *ch; /* anchored by the blocked coroutine's stack (the select arguments) */
+    rl_lua_inst *inst;
+    int op; /* 0 receive, 1 send */
+} rl_lua_waiter;
+
+typedef enum {
+    RL_INST_READY,   /* in the run queue or about to be */
+    RL_INST_RUNNING, /* inside lua_resume */
+    RL_INST_BLOCKED, /* waiting on channels or a sleep timer */
+    RL_INST_DEAD     /* torn down; waiting for rl_proc to free it */
+} rl_lua_inst_state;
+
+/* Events of the events channel (C side until received). */
+typedef enum { RL_EV_CANCEL, RL_EV_EXIT, RL_EV_LINK_DOWN } rl_lua_ev_kind;
+typedef struct rl_lua_event {
+    struct rl_lua_event *next;
+    rl_lua_ev_kind kind;
+    uint64_t deadline_ms; /* CANCEL */
+    char *error;          /* EXIT / LINK_DOWN: NULL = normal exit */
+    char from[RL_PID_MAX];
+} rl_lua_event;
+
+struct rl_lua_inst {
+    rl_proc proc; /* first member: (rl_lua_inst *)p */
+    const rl_plugin_def *def;
+    rl_lua_inst_state state;
+    lua_State *co; /* the instance's coroutine, anchored by co_ref */
+    int co_ref, env_ref, inbox_ref, events_ref;
+    int nargs;     /* values on co's stack for the next resume */
+    uint64_t used; /* instructions counted in the current resume */
+    unsigned in_runq : 1, budget_hit : 1, oom : 1, torn : 1, listed : 1;
+    int oom_refusals;  /* consecutive refused allocations while running */
+    char *exit_pending; /* process.terminate(self): exit with this once the resume returns */
+    int exit_pending_set;
+    rl_lua_inst *runq_next;
+    rl_lua_inst *prev, *next; /* host list of instances not yet freed */
+    rl_lua_waiter *waits;     /* nwaits linked while BLOCKED */
+    size_t nwaits, wcap;
+    rl_lua_timer *timers; /* every live timer this instance owns */
+    rl_lua_timer *deadline;
+    char *user_id;   /* from the spawn args, NULL if none */
+    char *user_meta; /* JSON text of args.user_metadata, NULL if none */
+    char **links;    /* children started linked: their error exits also give LINK_DOWN */
+    size_t nlinks;
+};
+
+typedef struct rl_lua_host {
+    lua_State *L;
+    const rl_config *cfg;
+    size_t bytes, limit, headroom;
+    int *chunk_refs; /* per cfg->plugins[i]: the compiled chunk */
+    int safe_ref, env_mt_ref, boot_ref;
+    rl_lua_inst *current; /* the instance inside lua_resume */
+    rl_lua_inst *insts;
+    rl_lua_inst *runq_head, *runq_tail;
+    uv_idle_t idle;
+    int idle_started, open;
+    uint64_t rng;
+} rl_lua_host;
+
+extern rl_lua_host rl_lua_g;
+
+/* rl_lua.c */
+/* The running instance; raises a Lua error when called outside one. */
+rl_lua_inst *rl_lua_current(lua_State *L);
+/* Raises unless L may block: it must be the instance's own coroutine (not one the plugin
+   created) and yieldable (not inside a C call such as a table.sort comparator). */
+void rl_lua_check_block(lua_State *L, rl_lua_inst *I);
+/* Makes a blocked instance runnable (unlinks its waiters). */
+void rl_lua_wake(rl_lua_inst *I);
+/* Ends I with error (NULL = normal) from outside its resume; safe to call for the running
+   instance too (the exit happens when its resume returns). */
+void rl_lua_kill(rl_lua_inst *I, const char *error);
+/* Value of a registry ref pushed and its userdata returned (no allocation, no error). */
+void *rl_lua_ref_udata(int ref);
+/* Random 64-bit number (xorshift). */
+uint64_t rl_lua_rand(void);
+/* The instance with that pid, or NULL (not local, gone, or not a plugin). */
+rl_lua_inst *rl_lua_inst_of(const char *pid);
+/* rl_lua_spawn from inside Lua (L is the calling coroutine) or from C (L = the main state). */
+int rl_lua_spawn_from(lua_State *L, const rl_plugin_def *def, const char *args_json,
+                      const char *parent_pid, char pid_out[RL_PID_MAX], char *err, size_t errlen);
+/* The plugin def whose id or name is s, or NULL. */
+const rl_plugin_def *rl_lua_find_def(const char *s);
+
+/* rl_lua_chan.c */
+enum { RL_CH_LUA, RL_CH_INBOX, RL_CH_EVENTS, RL_CH_TIMER };
+/* Pushes a new channel userdata; raises on OOM. */
+rl_lua_chan *rl_lua_chan_new(lua_State *L, int kind, size_t cap);
+/* Pushes channel.* functions and methods into the table on top. */
+void rl_lua_chan_open(lua_State *L);
+/* Host-fed channels (they never block the feeder). */
+void rl_lua_chan_push_msg(rl_lua_chan *ch, rl_msg *m);
+void rl_lua_chan_push_event(rl_lua_chan *ch, rl_lua_event *e);
+void rl_lua_chan_fire(rl_lua_chan *ch, int64_t unix_ns);
+/* Stores the pid whose mailbox count an inbox channel gives back on receive. */
+void rl_lua_chan_set_owner(rl_lua_chan *ch, const char *pid);
+/* Unlinks every waiter of I. */
+void rl_lua_unwait(rl_lua_inst *I);
+void rl_lua_event_free(rl_lua_event *e);
+
+/* rl_lua_json.c */
+/* Encodes the value at idx: pushes the JSON text and returns 1, or pushes an error message
+   and returns 0. Raises only on OOM. */
+int rl_lua_json_encode(lua_State *L, int idx);
+/* Decodes s[0..len) (NUL at s[len]): pushes the value and returns 1, or pushes an error
+   message and returns 0. Raises only on OOM. */
+int rl_lua_json_decode(lua_State *L, const char *s, size_t len);
+void rl_lua_json_open(lua_State *L); /* pushes the json module table */
+
+/* rl_lua_time.c */
+enum { RL_TIMER_SLEEP, RL_TIMER_DEADLINE, RL_TIMER_ONCE, RL_TIMER_TICKER };
+/* Starts a timer owned by I firing after ms (every period_ms when > 0). chan_ref (taken over,
+   may be LUA_NOREF) is the channel it feeds. NULL on OOM (chan_ref released). */
+rl_lua_timer *rl_lua_timer_start(rl_lua_inst *I, int kind, uint64_t ms, uint64_t period_ms,
+                                 int chan_ref);
+/* Stops and closes t (freed in the close callback); releases its channel ref. */
+void rl_lua_timer_close(rl_lua_timer *t);
+void rl_lua_time_open(lua_State *L); /* pushes the time module table */
+/* Duration argument in ms: a number (milliseconds) or a Go duration string. Raises if bad. */
+double rl_lua_duration_arg(lua_State *L, int idx);
+/* Go-style duration "1h2m3.5s", "150ms", "10us", "5ns" -> ms; -1 if malformed. */
+int rl_lua_duration_parse(const char *s, double *ms);
+int64_t rl_lua_unix_ns(void);
+void rl_lua_time_push(lua_State *L, int64_t unix_ns);
+
+/* rl_lua_proc.c */
+void rl_lua_proc_open(lua_State *L); /* pushes the process module table */
+/* Pushes the host helper table used by the prelude (log, env, actor, decode_args). */
+void rl_lua_host_open(lua_State *L);
+/* Drops every registry name owned by pid. */
+void rl_lua_names_release(const char *pid);
+void rl_lua_names_close(void);
+
+#endif

@@ -1,0 +1,243 @@
+"""Gateway: HTTP endpoints, identity (jwt / insecure), origins, listen override."""
+import json
+import socket
+import time
+
+import websockets
+import websockets.exceptions
+
+import harness
+from harness import (Config, Node, RawWS, check, connect, connect_welcomed, expect_close,
+                     expect_error, http_get, http_status_of_upgrade, jwt_claims, jwt_sign,
+                     metric_sum, recv_json, send_json)
+
+SECRET = "integration-secret-0123456789abcdef"
+
+
+def jwt_config(**kw):
+    return Config(auth={"mode": "jwt", "secret": SECRET}, **kw)
+
+
+async def test_healthz_readyz_metrics():
+    with Node() as n:
+        for path in ("/healthz", "/readyz"):
+            st, _, _ = http_get(n.port, path)
+            check(st == 200, f"{path} answered {st}")
+        st, hdrs, body = http_get(n.port, "/metrics")
+        check(st == 200, f"/metrics answered {st}")
+        check(hdrs.get("content-type", "").startswith("text/plain"),
+              f"/metrics content-type {hdrs.get('content-type')!r}")
+        text = body.decode()
+        for name in ("relay_connections", "relay_messages_in_total"):
+            check(metric_sum(text, name) is not None, f"/metrics has no {name}:\n{text[:1500]}")
+        ws, _ = await connect_welcomed(n, "alice")
+        await send_json(ws, {"type": "echo_x"})
+        await recv_json(ws)
+        text = n.metrics()
+        check(metric_sum(text, "relay_connections") == 1,
+              f"relay_connections = {metric_sum(text, 'relay_connections')} with one client open")
+        check(metric_sum(text, "relay_messages_in_total") >= 1,
+              f"relay_messages_in_total = {metric_sum(text, 'relay_messages_in_total')} after one message")
+        await ws.close()
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and metric_sum(n.metrics(), "relay_connections") != 0:
+            time.sleep(0.05)
+        check(metric_sum(n.metrics(), "relay_connections") == 0, "relay_connections did not return to 0")
+
+
+async def test_unknown_http_path_is_404():
+    with Node() as n:
+        st, _, _ = http_get(n.port, "/no-such-page")
+        check(st == 404, f"/no-such-page answered {st}")
+
+
+async def test_jwt_bearer_header_accepted_with_meta():
+    with Node(jwt_config()) as n:
+        tok = jwt_sign(jwt_claims("alice", meta={"plan": "pro", "n": 3}), SECRET)
+        ws, d = await connect_welcomed(n, token=tok)
+        check(d["user_id"] == "alice", f"welcome user_id {d['user_id']!r}, token sub alice")
+        await send_json(ws, {"type": "echo_whoami"})
+        f = await recv_json(ws)
+        check(f.get("type") == "whoami", f"whoami reply {f!r}")
+        check(f.get("user_id") == "alice", f"plugin args.user_id {f.get('user_id')!r}")
+        check(f.get("user_metadata") == {"plan": "pro", "n": 3},
+              f"plugin args.user_metadata {f.get('user_metadata')!r}, token meta {{'plan':'pro','n':3}}")
+        check(f.get("has_hub_pid") is True, "plugin args.user_hub_pid missing")
+        await ws.close()
+
+
+async def test_jwt_query_param_accepted():
+    with Node(jwt_config()) as n:
+        tok = jwt_sign(jwt_claims("qalice"), SECRET)
+        ws, d = await connect_welcomed(n, user=None, query="x-auth-token=" + tok)
+        check(d["user_id"] == "qalice", f"welcome user_id {d['user_id']!r}")
+        await ws.close()
+
+
+async def test_jwt_cookie_accepted():
+    with Node(jwt_config()) as n:
+        tok = jwt_sign(jwt_claims("calice"), SECRET)
+        ws, d = await connect_welcomed(n, user=None, cookie=f"theme=dark; x-auth-token={tok}; other=1")
+        check(d["user_id"] == "calice", f"welcome user_id {d['user_id']!r}")
+        await ws.close()
+
+
+async def test_jwt_mode_ignores_user_id_query():
+    with Node(jwt_config()) as n:
+        tok = jwt_sign(jwt_claims("alice"), SECRET)
+        ws, d = await connect_welcomed(n, user="mallory", token=tok)
+        check(d["user_id"] == "alice", f"?user_id=mallory overrode the token's sub: {d['user_id']!r}")
+        await ws.close()
+        st = await http_status_of_upgrade(n, user="bob")
+        check(st == 401, f"jwt mode, ?user_id=bob and no token: status {st} (None = upgraded), expected 401")
+
+
+def _refusal_cases():
+    now = int(time.time())
+    good = jwt_sign(jwt_claims("alice"), SECRET)
+    h, p, s = good.split(".")
+    tampered_payload = harness.b64url(json.dumps({"sub": "root", "exp": now + 3600}))
+    return [
+        ("no token", None),
+        ("malformed", "not-a-jwt"),
+        ("three garbage segments", "aaa.bbb.ccc"),
+        ("expired (1h ago)", jwt_sign({"sub": "alice", "exp": now - 3600}, SECRET)),
+        ("nbf in 1h", jwt_sign({"sub": "alice", "exp": now + 7200, "nbf": now + 3600}, SECRET)),
+        ("alg none", jwt_sign({"sub": "alice", "exp": now + 3600}, SECRET, alg="none")),
+        ("alg NONE upper", jwt_sign({"sub": "alice", "exp": now + 3600}, SECRET, alg="none",
+                                    header={"alg": "NONE"})),
+        ("HS256 header, empty signature", f"{h}.{p}."),
+        ("HS256 header, two segments", f"{h}.{p}"),
+        ("wrong secret", jwt_sign(jwt_claims("alice"), SECRET + "x")),
+        ("HS512 with the right secret", jwt_sign(jwt_claims("alice"), SECRET, alg="HS512")),
+        ("tampered payload", f"{h}.{tampered_payload}.{s}"),
+        ("signature of another token", f"{h}.{p}.{jwt_sign(jwt_claims('bob'), SECRET).split('.')[2]}"),
+    ]
+
+
+async def test_jwt_refusals_are_401():
+    with Node(jwt_config()) as n:
+        bad = []
+        for label, tok in _refusal_cases():
+            for via in ("header", "query"):
+                if tok is None and via == "query":
+                    continue
+                kw = {"token": tok} if via == "header" else {"query": "x-auth-token=" + tok}
+                try:
+                    st = await http_status_of_upgrade(n, **kw)
+                except Exception as e:  # noqa: BLE001
+                    st = f"{type(e).__name__}: {e}"
+                if st != 401:
+                    bad.append(f"{label} via {via}: {st if st is not None else 'UPGRADED'}")
+        check(not bad, "tokens not refused with 401:\n  " + "\n  ".join(bad))
+        # the node is fine afterwards
+        tok = jwt_sign(jwt_claims("alice"), SECRET)
+        ws, _ = await connect_welcomed(n, token=tok)
+        await ws.close()
+
+
+async def test_jwt_cookie_refusal_is_401():
+    with Node(jwt_config()) as n:
+        tok = jwt_sign(jwt_claims("alice"), SECRET + "wrong")
+        st = await http_status_of_upgrade(n, cookie=f"x-auth-token={tok}")
+        check(st == 401, f"badly signed cookie token: status {st}")
+
+
+async def test_401_has_json_body_and_no_upgrade():
+    with Node(jwt_config()) as n:
+        for label, headers in (("no token", {}),
+                               ("expired", {"Authorization": "Bearer " + jwt_sign(
+                                   {"sub": "a", "exp": int(time.time()) - 3600}, SECRET)})):
+            r = RawWS(n.port, "/ws", headers=headers, timeout=3)
+            try:
+                check(r.status == 401, f"{label}: status line {r.status_line!r}")
+                check("upgrade" not in r.headers.get("connection", "").lower(),
+                      f"{label}: 401 with Connection: {r.headers.get('connection')}")
+                try:
+                    body = json.loads(r.body.decode())
+                except ValueError:
+                    raise harness.TestFailure(f"{label}: 401 body is not JSON: {r.body[:300]!r}")
+                check(isinstance(body, dict), f"{label}: 401 body is not an object: {body!r}")
+                check("json" in r.headers.get("content-type", ""),
+                      f"{label}: 401 content-type {r.headers.get('content-type')!r}")
+            finally:
+                r.close()
+
+
+async def test_jwt_without_sub_gets_missing_user_id():
+    with Node(jwt_config()) as n:
+        tok = jwt_sign(jwt_claims(None, meta={"x": 1}), SECRET)
+        ws = await connect(n, token=tok)
+        await expect_error(ws, "missing_user_id", request_id=None)
+        await expect_close(ws, 1008, "missing_user_id")
+
+
+async def test_insecure_without_user_id_gets_missing_user_id():
+    with Node() as n:
+        ws = await connect(n)
+        await expect_error(ws, "missing_user_id", request_id=None)
+        await expect_close(ws, 1008, "missing_user_id")
+        ws = await connect(n, query="user_id=")
+        await expect_error(ws, "missing_user_id", request_id=None)
+        await expect_close(ws, 1008, "missing_user_id")
+
+
+async def test_allowed_origins_enforced():
+    with Node(Config(node={"allowed_origins": ["http://good.example", "https://app.example"]})) as n:
+        ws, d = await connect_welcomed(n, "alice", origin="http://good.example")
+        await ws.close()
+        ws, d = await connect_welcomed(n, "alice", origin="https://app.example")
+        await ws.close()
+        for origin in ("http://evil.example", "http://good.example.evil.com", "null"):
+            st = await http_status_of_upgrade(n, user="alice", origin=origin)
+            check(st is not None and 400 <= st < 500,
+                  f"Origin {origin} not refused: status {st if st is not None else 'UPGRADED'}")
+
+
+async def test_no_allowed_origins_accepts_any_origin():
+    with Node() as n:
+        ws, _ = await connect_welcomed(n, "alice", origin="http://anything.example")
+        await ws.close()
+
+
+async def test_env_jwt_secret_override():
+    cfg = Config(auth={"mode": "jwt"})
+    with Node(cfg, env={"RELAY_JWT_SECRET": "from-env-secret"}) as n:
+        ws, d = await connect_welcomed(n, token=jwt_sign(jwt_claims("envy"), "from-env-secret"))
+        check(d["user_id"] == "envy", f"welcome user_id {d['user_id']!r}")
+        await ws.close()
+        st = await http_status_of_upgrade(n, token=jwt_sign(jwt_claims("envy"), SECRET))
+        check(st == 401, f"token signed with another secret: status {st}")
+
+
+async def test_listen_flag_overrides_config():
+    cfg = Config()
+    other = harness.free_port()
+    with Node(cfg, args=["--listen", f"127.0.0.1:{other}"], port=other) as n:
+        ws, _ = await connect_welcomed(n, "alice")
+        await ws.close()
+        s = socket.socket()
+        s.settimeout(0.5)
+        try:
+            refused = s.connect_ex(("127.0.0.1", cfg.port)) != 0
+        finally:
+            s.close()
+        check(refused, f"the node still listens on the config's port {cfg.port} despite --listen")
+
+
+async def test_client_offering_permessage_deflate():
+    """A client offering permessage-deflate (browsers do) still works (the node may decline it)."""
+    with Node() as n:
+        ws = await connect(n, user="alice", compression="deflate")
+        await harness.welcome(ws)
+        big = "y" * 30000
+        await send_json(ws, {"type": "echo_big", "data": big})
+        f = await recv_json(ws)
+        check(f.get("payload", {}).get("data") == big, "30 KB echo through a deflate-offering client failed")
+        await ws.close()
+
+
+async def test_ws_path_other_than_ws_is_not_upgraded():
+    with Node() as n:
+        st = await http_status_of_upgrade(n, user="alice", path="/not-ws")
+        check(st is not None and st >= 400, f"upgrade on /not-ws: status {st if st is not None else 'UPGRADED'}")

@@ -1,0 +1,671 @@
+/* Unit tests for the Lua plugin host (rl_lua): instances on a real loop, talking to a fake
+ * parent process that records what it receives. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "rl_config.h"
+#include "rl_lua.h"
+#include "rl_proc.h"
+
+/* ---- a parent process that records messages -------------------------------------------- */
+
+#define REC_MAX 256
+
+typedef struct rec {
+    rl_proc proc;
+    int n;
+    char *topic[REC_MAX], *payload[REC_MAX], *from[REC_MAX];
+    int freed;
+} rec;
+
+static void rec_handle(rl_proc *p, rl_msg *m)
+{
+    rec *r = (rec *)p;
+    if (r->n < REC_MAX) {
+        r->topic[r->n] = strdup(m->topic);
+        r->payload[r->n] = strdup(m->payload);
+        r->from[r->n] = strdup(m->from);
+        r->n++;
+    }
+    rl_msg_free(m);
+}
+
+static void rec_free(rl_proc *p) { ((rec *)p)->freed = 1; }
+
+static const rl_proc_ops rec_ops = {.kind = "rec", .letter = 'r', .handle = rec_handle, .free = rec_free};
+
+/* Index of the k-th (0-based) message with topic (and from, when not NULL), or -1. */
+static int rec_find(const rec *r, const char *topic, const char *from, int k)
+{
+    for (int i = 0; i < r->n; i++)
+        if (strcmp(r->topic[i], topic) == 0 && (!from || strcmp(r->from[i], from) == 0) && k-- == 0)
+            return i;
+    return -1;
+}
+
+static void rec_clear(rec *r)
+{
+    for (int i = 0; i < r->n; i++) {
+        free(r->topic[i]);
+        free(r->payload[i]);
+        free(r->from[i]);
+    }
+    r->n = 0;
+}
+
+/* ---- fixture --------------------------------------------------------------------------- */
+
+static uv_loop_t loop;
+static uv_timer_t tick;
+static rl_config cfg;
+static rl_plugin_def defs[4];
+static char tmpdir[64];
+static rec parent;
+
+static const char probe_src[] =
+    "local json = require('json')\n"
+    "local time = require('time')\n"
+    "local log = require('logger'):named('probe'):with({t = 1})\n"
+    "local hub\n"
+    "local function reply(v) process.send(hub, 'reply', v) end\n"
+    "local cmds = {}\n"
+    "function cmds.set_global(p)\n"
+    "  evil_global = 'set by A'\n"
+    "  local ok1 = pcall(function() string.evil = function() end end)\n"
+    "  local ok2 = pcall(rawset, string, 'evil', 1)\n"
+    "  local ok3 = pcall(function() getmetatable('').__index.evil = 1 end)\n"
+    "  local ok4 = pcall(function() math.pi = 3 end)\n"
+    "  local ok5 = pcall(setmetatable, {}, {__gc = function() end})\n"
+    "  reply({ok1 = ok1, ok2 = ok2, ok3 = ok3, ok4 = ok4, ok5 = ok5, g = evil_global})\n"
+    "end\n"
+    "function cmds.get_global(p)\n"
+    "  reply({g = evil_global == nil, s = string.evil == nil, pi = math.pi > 3.14,\n"
+    "    up = ('x'):upper(), io = io == nil, debug = debug == nil, package = package == nil,\n"
+    "    exec = os.execute == nil, dump = string.dump == nil, t = type(os.time()),\n"
+    "    req = pcall(require, 'io') == false, bin = load(string.char(27) .. 'Lua') == nil,\n"
+    "    txt = load('return 1 + 1')(), has_process = process ~= nil and channel ~= nil})\n"
+    "end\n"
+    "function cmds.crash() error('boom') end\n"
+    "function cmds.finish() return 'done' end\n"
+    "function cmds.spin() while true do end end\n"
+    "function cmds.spin_pcall() while true do pcall(function() while true do end end) end end\n"
+    "function cmds.hog()\n"
+    "  local t = {}\n"
+    "  for i = 1, 1e9 do t[i] = string.rep('x', 64) .. i end\n"
+    "end\n"
+    "function cmds.sleep(p)\n"
+    "  local t0 = time.now()\n"
+    "  time.sleep(p.ms)\n"
+    "  time.sleep('5ms')\n"
+    "  reply({elapsed = time.now():sub(t0)})\n"
+    "end\n"
+    "function cmds.select2()\n"
+    "  local a, b = channel.new(1), channel.new(1)\n"
+    "  local got = {}\n"
+    "  b:send('from b')\n"
+    "  local r = channel.select({a:case_receive(), b:case_receive()})\n"
+    "  got.v1 = r.value; got.c1 = r.channel == b; got.ok1 = r.ok\n"
+    "  local t = time.after(20)\n"
+    "  local r2 = channel.select({a:case_receive(), t:case_receive()})\n"
+    "  got.c2 = r2.channel == t\n"
+    "  local r3 = channel.select({a:case_receive(), default = true})\n"
+    "  got.d = r3.default == true\n"
+    "  local c = channel.new(1)\n"
+    "  local r4 = channel.select({c:case_send(42)})\n"
+    "  got.sent = r4.ok\n"
+    "  got.v4 = c:receive()\n"
+    "  a:close()\n"
+    "  local r5 = channel.select({a:case_receive()})\n"
+    "  got.ok5 = r5.ok\n"
+    "  local v6, ok6 = a:receive()\n"
+    "  got.ok6 = ok6 == false and v6 == nil\n"
+    "  local tk = time.ticker('5ms')\n"
+    "  for i = 1, 3 do tk:channel():receive() end\n"
+    "  got.stopped = tk:stop()\n"
+    "  local tm = time.timer(5)\n"
+    "  got.timer = getmetatable(tm:channel():receive()) == false\n"
+    "  -- a producer coroutine filling a buffered channel, drained by the instance\n"
+    "  local q = channel.new(4)\n"
+    "  for i = 1, 4 do q:send(i) end\n"
+    "  local sum = 0\n"
+    "  for i = 1, 4 do sum = sum + q:receive() end\n"
+    "  got.sum = sum\n"
+    "  got.nested = select(2, pcall(function()\n"
+    "    local co = coroutine.wrap(function() return q:receive() end)\n"
+    "    return co()\n"
+    "  end)):find('coroutine') ~= nil\n"
+    "  reply(got)\n"
+    "end\n"
+    "function cmds.json()\n"
+    "  assert(json.encode({}) == '[]')\n"
+    "  assert(json.encode({1, 2, 3}) == '[1,2,3]')\n"
+    "  assert(json.encode({b = {true, false}, a = 1}) == '{\"a\":1,\"b\":[true,false]}')\n"
+    "  assert(json.encode('x\"y\\n') == '\"x\\\\\"y\\\\n\"')\n"
+    "  assert(json.encode(1.5) == '1.5' and json.encode(nil) == 'null')\n"
+    "  local v, err = json.encode({1, 2, x = 3})\n"
+    "  assert(v == nil and err:find('mix'))\n"
+    "  assert(json.encode({[1] = 1, [3] = 3}) == nil)\n"
+    "  assert(json.encode(function() end) == nil)\n"
+    "  assert(json.encode(0/0) == nil)\n"
+    "  local deep = {}\n"
+    "  local cur = deep\n"
+    "  for i = 1, 200 do cur.x = {}; cur = cur.x end\n"
+    "  assert(json.encode(deep) == nil)\n"
+    "  local cyc = {}; cyc.self = cyc\n"
+    "  assert(json.encode(cyc) == nil)\n"
+    "  local src = {user = 'alice', n = 42, f = 2.25, list = {1, 'two', {three = 3}},\n"
+    "    nested = {ok = true, no = false}}\n"
+    "  local back = json.decode(json.encode(src))\n"
+    "  assert(back.user == 'alice' and back.n == 42 and math.type(back.n) == 'integer')\n"
+    "  assert(back.f == 2.25 and back.list[2] == 'two' and back.list[3].three == 3)\n"
+    "  assert(back.nested.ok == true and back.nested.no == false)\n"
+    "  local bad, derr = json.decode('{bad')\n"
+    "  assert(bad == nil and type(derr) == 'string')\n"
+    "  assert(json.decode('[1] x') == nil)\n"
+    "  assert(json.decode('null') == nil)\n"
+    "  assert(json.decode(string.rep('[', 300) .. string.rep(']', 300)) == nil)\n"
+    "  assert(json.decode('\"\\\\u00e9\"') == '\\195\\169')\n"
+    "  assert(json.encode('\\255') == '\"\\\\ufffd\"')\n"
+    "  assert(time.parse_duration('1m30s') == 90000 and time.parse_duration('1.5s'):seconds() == 1.5)\n"
+    "  assert(time.parse_duration('bogus') == nil and time.SECOND == 1000)\n"
+    "  local t = time.parse(time.RFC3339, '2024-01-02T03:04:05Z')\n"
+    "  assert(t:unix() == 1704164645 and t:format_rfc3339() == '2024-01-02T03:04:05Z')\n"
+    "  log:info('json ok', {x = 1})\n"
+    "  reply({ok = true})\n"
+    "end\n"
+    "function cmds.registry()\n"
+    "  assert(process.registry.register('me'))\n"
+    "  assert(process.registry.lookup('me') == process.pid())\n"
+    "  assert(process.send('me', 'self_note', {}))\n"
+    "  local _, e = process.send(hub, '@x', 1)\n"
+    "  local _, e2 = process.send((process.pid():gsub('p%d+$', 'p999')), 'x', 1)\n"
+    "  reply({e = e, e2 = e2})\n"
+    "end\n"
+    "function cmds.flood(p) time.sleep(p.ms) end\n"
+    "function cmds.ignore_cancel() while true do time.sleep(1000) end end\n"
+    "function cmds.spawn(p)\n"
+    "  local child = process.spawn_monitored('app:probe', 'app:processes', {user_hub_pid = hub})\n"
+    "  process.send(child, 'crash', {})\n"
+    "  local ev = process.events():receive()\n"
+    "  reply({kind = ev.kind, from_ok = ev.from == child, err = ev.result.error})\n"
+    "end\n"
+    "local function run(args)\n"
+    "  hub = args.user_hub_pid\n"
+    "  local inbox, events = process.inbox(), process.events()\n"
+    "  while true do\n"
+    "    local r = channel.select({inbox:case_receive(), events:case_receive()})\n"
+    "    if not r.ok then break end\n"
+    "    if r.channel == events then\n"
+    "      if r.value.kind == process.event.CANCEL then\n"
+    "        reply({cancelled = true, deadline = r.value.deadline})\n"
+    "        return\n"
+    "      end\n"
+    "    else\n"
+    "      local msg = r.value\n"
+    "      local f = cmds[msg:topic()]\n"
+    "      if f then\n"
+    "        local out = f(msg:payload():data())\n"
+    "        if out then return out end\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return { run = run }\n";
+
+static char *write_tmp(const char *name, const char *src)
+{
+    char path[128];
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(src, f);
+    fclose(f);
+    return strdup(path);
+}
+
+static void set_def(rl_plugin_def *d, const char *name, const char *id, const char *prefix,
+                    char *path)
+{
+    d->name = strdup(name);
+    d->id = strdup(id);
+    d->prefix = strdup(prefix);
+    d->source_path = path;
+    d->method = strdup("run");
+}
+
+static void free_defs(void)
+{
+    for (size_t i = 0; i < sizeof defs / sizeof defs[0]; i++) {
+        free(defs[i].name);
+        free(defs[i].id);
+        free(defs[i].prefix);
+        if (defs[i].source_path)
+            unlink(defs[i].source_path);
+        free(defs[i].source_path);
+        free(defs[i].method);
+    }
+    memset(defs, 0, sizeof defs);
+}
+
+static void tick_cb(uv_timer_t *t) { (void)t; }
+
+static int setup_with(size_t mem_limit, size_t queue)
+{
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/rl_lua_test_XXXXXX");
+    if (!mkdtemp(tmpdir))
+        return -1;
+    uv_loop_init(&loop);
+    uv_timer_init(&loop, &tick);
+    if (rl_node_init(&loop, "t1") < 0)
+        return -1;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.path = strdup("test.yaml");
+    cfg.lua_instruction_budget = 1000000;
+    cfg.lua_memory_limit = mem_limit;
+    cfg.plugin_queue = queue;
+    FILE *f = fopen("plugins/lua/session.lua", "r");
+    char session[4096] = {0};
+    if (f) {
+        size_t n = fread(session, 1, sizeof session - 1, f);
+        session[n] = '\0';
+        fclose(f);
+    }
+    if (!session[0])
+        return -1; /* run from the repository root */
+    set_def(&defs[0], "session_plugin", "app:session_plugin", "session_",
+            write_tmp("session.lua", session));
+    set_def(&defs[1], "probe", "app:probe", "probe_", write_tmp("probe.lua", probe_src));
+    f = fopen("plugins/lua/echo.lua", "r");
+    char echo[4096] = {0};
+    if (f) {
+        size_t n = fread(echo, 1, sizeof echo - 1, f);
+        echo[n] = '\0';
+        fclose(f);
+    }
+    set_def(&defs[2], "echo", "app:echo", "echo_", write_tmp("echo.lua", echo));
+    cfg.plugins = defs;
+    cfg.nplugins = 3;
+    char err[512];
+    if (rl_lua_init(&cfg, err, sizeof err) < 0) {
+        fprintf(stderr, "init: %s\n", err);
+        return -1;
+    }
+    memset(&parent, 0, sizeof parent);
+    return rl_proc_start(&parent.proc, &rec_ops, 0);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    return setup_with(64u << 20, 64);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    rl_lua_close();
+    rl_proc_exit(&parent.proc, NULL);
+    rl_node_close();
+    uv_close((uv_handle_t *)&tick, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    assert_true(parent.freed);
+    rec_clear(&parent);
+    free_defs();
+    free(cfg.path);
+    rmdir(tmpdir);
+    return 0;
+}
+
+/* Runs the loop until the parent has `count` messages with topic, or timeout_ms passes. */
+static int wait_for(const char *topic, int count, int timeout_ms)
+{
+    uv_timer_start(&tick, tick_cb, 5, 5);
+    uint64_t end = uv_now(&loop) + (uint64_t)timeout_ms;
+    while (rec_find(&parent, topic, NULL, count - 1) < 0 && uv_now(&loop) < end)
+        uv_run(&loop, UV_RUN_ONCE);
+    uv_timer_stop(&tick);
+    return rec_find(&parent, topic, NULL, count - 1);
+}
+
+static void spawn(int def, char pid[RL_PID_MAX])
+{
+    char args[256], err[256];
+    snprintf(args, sizeof args,
+             "{\"user_id\":\"alice\",\"user_metadata\":{\"plan\":\"pro\"},\"user_hub_pid\":\"%s\","
+             "\"config\":{}}",
+             parent.proc.pid);
+    int rc = rl_lua_spawn(&defs[def], args, parent.proc.pid, pid, err, sizeof err);
+    if (rc < 0)
+        fprintf(stderr, "spawn: %s\n", err);
+    assert_int_equal(rc, 0);
+}
+
+static void send_cmd(const char *pid, const char *topic, const char *extra)
+{
+    char payload[512];
+    snprintf(payload, sizeof payload, "{\"conn_pid\":\"%s\"%s%s}", parent.proc.pid,
+             extra ? "," : "", extra ? extra : "");
+    assert_int_equal(rl_send(parent.proc.pid, pid, topic, payload, strlen(payload)), 0);
+}
+
+static cJSON *reply_json(int k)
+{
+    int i = wait_for("reply", k + 1, 3000);
+    assert_true(i >= 0);
+    cJSON *j = cJSON_Parse(parent.payload[i]);
+    assert_non_null(j);
+    return j;
+}
+
+static int jtrue(const cJSON *j, const char *key)
+{
+    return cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, key));
+}
+
+/* The exit report of pid: its "error" (NULL for a normal exit) in *error; -1 if none came. */
+static int exit_of(const char *pid, char *error, size_t n, int timeout_ms)
+{
+    uv_timer_start(&tick, tick_cb, 5, 5);
+    uint64_t end = uv_now(&loop) + (uint64_t)timeout_ms;
+    int i;
+    while ((i = rec_find(&parent, "pid.exit", pid, 0)) < 0 && uv_now(&loop) < end)
+        uv_run(&loop, UV_RUN_ONCE);
+    uv_timer_stop(&tick);
+    if (i < 0)
+        return -1;
+    cJSON *j = cJSON_Parse(parent.payload[i]);
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
+    if (cJSON_IsString(e))
+        snprintf(error, n, "%s", e->valuestring);
+    else
+        error[0] = '\0';
+    int is_null = cJSON_IsNull(e);
+    cJSON_Delete(j);
+    return is_null ? 0 : 1;
+}
+
+/* ---- tests ----------------------------------------------------------------------------- */
+
+static void test_spec_example(void **state)
+{
+    (void)state;
+    char pid[RL_PID_MAX];
+    spawn(0, pid);
+    assert_int_equal(rl_proc_count('p'), 1);
+    assert_int_equal(rl_send(parent.proc.pid, pid, "resume", "{}", 2), 0);
+    send_cmd(pid, "get_state", "\"type\":\"session_get_state\",\"data\":{\"key\":\"value\"}");
+    int i = wait_for("ws.message", 1, 3000);
+    assert_true(i >= 0);
+    assert_string_equal(parent.from[i], pid);
+    cJSON *outer = cJSON_Parse(parent.payload[i]);
+    assert_true(cJSON_IsString(outer)); /* json.encode gave a string: sent as a JSON string */
+    assert_string_equal(outer->valuestring, "{\"data\":{\"status\":\"active\"},\"type\":\"session_state\"}");
+    cJSON *inner = cJSON_Parse(outer->valuestring);
+    assert_string_equal(cJSON_GetObjectItem(inner, "type")->valuestring, "session_state");
+    assert_string_equal(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(inner, "data"), "status")->valuestring, "active");
+    cJSON_Delete(inner);
+    cJSON_Delete(outer);
+    /* CANCEL makes the spec's loop break and run() return: a normal exit. */
+    assert_int_equal(rl_cancel(pid, 1000), 0);
+    char err[256];
+    assert_int_equal(exit_of(pid, err, sizeof err, 3000), 0);
+    assert_int_equal(rl_proc_count('p'), 0);
+    assert_true(rl_lua_memory() > 0);
+}
+
+static void test_echo(void **state)
+{
+    (void)state;
+    char pid[RL_PID_MAX], err[256];
+    spawn(2, pid);
+    send_cmd(pid, "ping", "\"type\":\"echo_ping\",\"request_id\":\"r1\",\"data\":{\"x\":[1,2]}");
+    int i = wait_for("ws.message", 1, 3000);
+    assert_true(i >= 0);
+    assert_string_equal(parent.payload[i],
+                        "{\"data\":{\"x\":[1,2]},\"request_id\":\"r1\",\"type\":\"echo_pong\"}");
+    assert_int_equal(rl_cancel(pid, 1000), 0);
+    assert_int_equal(exit_of(pid, err, sizeof err, 3000), 0);
+}
+
+static void test_isolation(void **state)
+{
+    (void)state;
+    char a[RL_PID_MAX], b[RL_PID_MAX];
+    spawn(1, a);
+    spawn(1, b);
+    send_cmd(a, "set_global", NULL);
+    cJSON *ra = reply_json(0);
+    assert_false(jtrue(ra, "ok1"));
+    assert_false(jtrue(ra, "ok2"));
+    assert_false(jtrue(ra, "ok3"));
+    assert_false(jtrue(ra, "ok4"));
+    assert_false(jtrue(ra, "ok5"));
+    assert_string_equal(cJSON_GetObjectItem(ra, "g")->valuestring, "set by A");
+    cJSON_Delete(ra);
+    send_cmd(b, "get_global", NULL);
+    cJSON *rb = reply_json(1);
+    const char *keys[] = {"g", "s", "pi", "io", "debug", "package", "exec", "dump", "req", "bin",
+                          "has_process"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        if (!jtrue(rb, keys[i]))
+            fail_msg("isolation check %s failed: %s", keys[i], cJSON_PrintUnformatted(rb));
+    }
+    assert_string_equal(cJSON_GetObjectItem(rb, "up")->valuestring, "X");
+    assert_string_equal(cJSON_GetObjectItem(rb, "t")->valuestring, "number");
+    assert_int_equal(cJSON_GetObjectItem(rb, "txt")->valueint, 2);
+    cJSON_Delete(rb);
+}
+
+static void test_crash_and_return(void **state)
+{
+    (void)state;
+    char a[RL_PID_MAX], b[RL_PID_MAX], err[256];
+    spawn(1, a);
+    spawn(1, b);
+    send_cmd(a, "crash", NULL);
+    send_cmd(b, "finish", NULL);
+    assert_int_equal(exit_of(a, err, sizeof err, 3000), 1);
+    assert_non_null(strstr(err, "boom"));
+    assert_non_null(strstr(err, "probe.lua:")); /* file and line of the error */
+    assert_int_equal(exit_of(b, err, sizeof err, 3000), 0);
+    /* Sending to an exited instance fails. */
+    assert_int_equal(rl_send(parent.proc.pid, a, "x", "{}", 2), -ENOENT);
+}
+
+static void test_budget(void **state)
+{
+    (void)state;
+    char a[RL_PID_MAX], b[RL_PID_MAX], c[RL_PID_MAX], err[256];
+    spawn(1, a);
+    spawn(1, b);
+    spawn(1, c);
+    send_cmd(a, "spin", NULL);
+    send_cmd(b, "spin_pcall", NULL);
+    assert_int_equal(exit_of(a, err, sizeof err, 5000), 1);
+    assert_string_equal(err, "instruction budget exceeded");
+    assert_int_equal(exit_of(b, err, sizeof err, 5000), 1);
+    assert_string_equal(err, "instruction budget exceeded");
+    /* the others keep running */
+    send_cmd(c, "json", NULL);
+    cJSON *r = reply_json(0);
+    assert_true(jtrue(r, "ok"));
+    cJSON_Delete(r);
+}
+
+static void test_sleep_and_select(void **state)
+{
+    (void)state;
+    char a[RL_PID_MAX], b[RL_PID_MAX];
+    spawn(1, a);
+    spawn(1, b);
+    send_cmd(a, "sleep", "\"ms\":40");
+    send_cmd(b, "select2", NULL);
+    int got_a = 0, got_b = 0;
+    for (int k = 0; k < 2; k++) {
+        cJSON *r = reply_json(k);
+        if (cJSON_GetObjectItem(r, "elapsed")) {
+            got_a = 1;
+            assert_true(cJSON_GetObjectItem(r, "elapsed")->valuedouble >= 44);
+        } else {
+            got_b = 1;
+            const char *keys[] = {"c1", "ok1", "c2", "d", "sent", "ok6", "stopped", "timer",
+                                  "nested"};
+            for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+                if (!jtrue(r, keys[i]))
+                    fail_msg("select check %s failed: %s", keys[i], cJSON_PrintUnformatted(r));
+            assert_false(jtrue(r, "ok5"));
+            assert_string_equal(cJSON_GetObjectItem(r, "v1")->valuestring, "from b");
+            assert_int_equal(cJSON_GetObjectItem(r, "v4")->valueint, 42);
+            assert_int_equal(cJSON_GetObjectItem(r, "sum")->valueint, 10);
+        }
+        cJSON_Delete(r);
+    }
+    assert_true(got_a && got_b);
+}
+
+static void test_cancel(void **state)
+{
+    (void)state;
+    char a[RL_PID_MAX], b[RL_PID_MAX], err[256];
+    spawn(1, a);
+    spawn(1, b);
+    assert_int_equal(rl_cancel(a, 5000), 0);
+    cJSON *r = reply_json(0);
+    assert_true(jtrue(r, "cancelled"));
+    assert_int_equal(cJSON_GetObjectItem(r, "deadline")->valueint, 5000);
+    cJSON_Delete(r);
+    assert_int_equal(exit_of(a, err, sizeof err, 3000), 0);
+    /* One that ignores CANCEL is killed at the deadline. */
+    send_cmd(b, "ignore_cancel", NULL);
+    wait_for("never", 1, 20);
+    uint64_t t0 = uv_now(&loop);
+    assert_int_equal(rl_cancel(b, 50), 0);
+    assert_int_equal(exit_of(b, err, sizeof err, 3000), 1);
+    assert_string_equal(err, "cancelled");
+    assert_true(uv_now(&loop) - t0 >= 45);
+}
+
+static void test_json_registry_spawn(void **state)
+{
+    (void)state;
+    char a[RL_PID_MAX], err[256];
+    spawn(1, a);
+    send_cmd(a, "json", NULL);
+    cJSON *r = reply_json(0);
+    if (!jtrue(r, "ok"))
+        fail_msg("json: %s", parent.payload[0]);
+    cJSON_Delete(r);
+    send_cmd(a, "registry", NULL);
+    r = reply_json(1);
+    assert_string_equal(cJSON_GetObjectItem(r, "e")->valuestring, "cannot send to @ topics");
+    assert_string_equal(cJSON_GetObjectItem(r, "e2")->valuestring, "process not found");
+    cJSON_Delete(r);
+    send_cmd(a, "spawn", NULL);
+    r = reply_json(2);
+    assert_string_equal(cJSON_GetObjectItem(r, "kind")->valuestring, "pid.exit");
+    assert_true(jtrue(r, "from_ok"));
+    assert_non_null(strstr(cJSON_GetObjectItem(r, "err")->valuestring, "boom"));
+    cJSON_Delete(r);
+    assert_int_equal(exit_of(a, err, sizeof err, 100), -1); /* still alive */
+}
+
+static void test_mailbox_bound(void **state)
+{
+    (void)state;
+    char a[RL_PID_MAX];
+    spawn(1, a);
+    send_cmd(a, "flood", "\"ms\":2000"); /* sleeps: messages pile up unreceived */
+    wait_for("never", 1, 30);
+    int ok = 0, rc = 0;
+    for (int i = 0; i < 200 && rc == 0; i++) {
+        rc = rl_send(parent.proc.pid, a, "noop", "{}", 2);
+        if (rc == 0)
+            ok++;
+        uv_run(&loop, UV_RUN_NOWAIT); /* the scheduler hands them to the instance's inbox */
+    }
+    assert_int_equal(rc, -EAGAIN);
+    assert_true(ok >= 60 && ok <= 64);
+}
+
+static void test_memory_cap(void **state)
+{
+    (void)state;
+    char a[RL_PID_MAX], b[RL_PID_MAX], err[256];
+    spawn(1, a);
+    spawn(1, b);
+    send_cmd(a, "hog", NULL);
+    assert_int_equal(exit_of(a, err, sizeof err, 10000), 1);
+    assert_string_equal(err, "not enough memory");
+    send_cmd(b, "json", NULL); /* the node and the other instance survive */
+    cJSON *r = reply_json(0);
+    assert_true(jtrue(r, "ok"));
+    cJSON_Delete(r);
+}
+
+static int setup_small(void **state)
+{
+    (void)state;
+    return setup_with(4u << 20, 64);
+}
+
+static void test_close_with_live_instances(void **state)
+{
+    (void)state;
+    char a[RL_PID_MAX], b[RL_PID_MAX], c[RL_PID_MAX];
+    spawn(1, a);
+    spawn(1, b);
+    spawn(0, c);
+    send_cmd(a, "ignore_cancel", NULL); /* sleeping */
+    send_cmd(b, "select2", NULL);       /* timers and tickers */
+    wait_for("never", 1, 10);
+    /* teardown closes the host with all three alive */
+}
+
+static void test_syntax_error(void **state)
+{
+    (void)state;
+    rl_lua_close();
+    set_def(&defs[3], "bad_plugin", "app:bad_plugin", "bad_",
+            write_tmp("bad.lua", "local x = 1\nlocal function (\n"));
+    cfg.nplugins = 4;
+    char err[512];
+    assert_true(rl_lua_init(&cfg, err, sizeof err) < 0);
+    assert_non_null(strstr(err, "test.yaml: entry bad_plugin: "));
+    assert_non_null(strstr(err, "bad.lua:2:"));
+    /* a missing source file */
+    unlink(defs[3].source_path);
+    assert_true(rl_lua_init(&cfg, err, sizeof err) < 0);
+    assert_non_null(strstr(err, "entry bad_plugin: cannot read source"));
+    cfg.nplugins = 3;
+    assert_int_equal(rl_lua_init(&cfg, err, sizeof err), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_spec_example, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_echo, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_isolation, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_crash_and_return, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_budget, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sleep_and_select, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_json_registry_spawn, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_mailbox_bound, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_memory_cap, setup_small, teardown),
+        cmocka_unit_test_setup_teardown(test_close_with_live_instances, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_syntax_error, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
