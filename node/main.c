@@ -44,6 +44,11 @@ static void stop_loop_handles(void)
     uv_close((uv_handle_t *)&app.sigterm, NULL);
     uv_close((uv_handle_t *)&app.sigint, NULL);
     uv_close((uv_handle_t *)&app.sighup, NULL);
+    /* libuv restored the default dispositions: a late signal must not kill the process while
+       it finishes its shutdown. */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
     uv_close((uv_handle_t *)&app.drain, NULL);
     uv_close((uv_handle_t *)&app.ready, NULL);
 }

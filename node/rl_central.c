@@ -217,14 +217,20 @@ static void on_lease(const rl_lease *l, void *ud)
             rl_info("central", "user %s: hub %s here, lease epoch %llu", u->id, u->hub,
                     (unsigned long long)u->epoch);
             rl_cluster_hub_info(u->id, u->hub, u->epoch, 0);
+            rl_cluster_purge_conns(u->id); /* a previous holder may have died with clients */
             attach_all(u);
         }
     } else if (l->status == RL_LEASE_OTHER || l->status == RL_LEASE_MINE) {
-        rl_proc *old = l->status == RL_LEASE_MINE ? rl_proc_find(l->hub_pid) : NULL;
+        rl_proc *old = l->status == RL_LEASE_MINE && !rl_map_get(&central.cancelling, l->hub_pid)
+                           ? rl_proc_find(l->hub_pid)
+                           : NULL;
         if (l->status == RL_LEASE_MINE && !old) {
             /* Our lease names a hub that is gone: give it up and place again next tick. */
             rl_cluster_lease_release(u->id, l->epoch, l->hub_pid);
         } else if (l->hub_pid[0]) {
+            if (l->status == RL_LEASE_OTHER)
+                rl_info("central", "user %s: hub %s on node %s, lease epoch %llu", u->id,
+                        l->hub_pid, l->holder, (unsigned long long)l->epoch);
             snprintf(u->hub, sizeof u->hub, "%s", l->hub_pid);
             u->epoch = l->epoch;
             u->hub_local = old != NULL;
@@ -636,8 +642,17 @@ static void cluster_tick(void)
 {
     if (!central.started)
         return;
-    if (rl_cluster_reregistered())
+    if (rl_cluster_reregistered()) {
         readmit_all();
+        /* Notices sent during the outage may be lost: look every remote hub up again. */
+        const char *k2;
+        void *v2;
+        for (size_t it = 0; rl_map_next(&central.users, &it, &k2, &v2);) {
+            central_user *u = v2;
+            if (u->hub[0] && !u->hub_local && !u->placing)
+                clear_placement(u);
+        }
+    }
     uint64_t now = rl_now_ms();
     const char **dead;
     size_t ndead = rl_cluster_dead_since_last_tick(&dead);
@@ -659,6 +674,8 @@ static void cluster_tick(void)
                     cJSON_AddStringToObject(nd, "node", dead[i]);
                     send_json(u->hub, "node.down", nd, 0);
                 }
+                if (ndead)
+                    rl_cluster_purge_conns(u->id);
                 renew_req *r = calloc(1, sizeof *r);
                 if (r && (r->user = strdup(u->id))) {
                     snprintf(r->hub, sizeof r->hub, "%s", u->hub);

@@ -17,6 +17,8 @@
 #include <time.h>
 
 #include "rl_cluster_scripts.h"
+#include "rl_errors.h"
+#include "rl_json.h"
 #include "rl_version.h"
 #include "rl_log.h"
 #include "rl_map.h"
@@ -197,6 +199,36 @@ static void flush_cb(uv_check_t *h)
 
 static void read_next(void);
 
+/* A forwarded message could not be delivered here: answer where a client is waiting, so nothing
+   is lost silently. A full hub answers "overloaded"; a hub that is gone (it moved or was
+   collected) sends the connection to its node to be placed again. */
+static void bounce(const char *to, const rl_msg *m, int rc)
+{
+    char buf[RL_PID_MAX + 32];
+    int n = snprintf(buf, sizeof buf, "{\"hub_pid\":\"%s\"}", to);
+    if (strcmp(m->topic, "ws.message") == 0 && m->from[0]) {
+        cJSON *req = rl_json_parse(m->payload, m->len);
+        const cJSON *rid = cJSON_IsObject(req) ? cJSON_GetObjectItemCaseSensitive(req, "request_id") : NULL;
+        char *rid_json = rid ? cJSON_PrintUnformatted(rid) : NULL;
+        rl_err_code e = rc == -EAGAIN ? RL_E_OVERLOADED : RL_E_PLUGIN_FAILED;
+        char *err = rl_err_payload(e, rc == -EAGAIN ? NULL : "User hub unavailable, try again", rid_json);
+        rl_metric_error(e);
+        if (err)
+            rl_send(to, m->from, "error", err, strlen(err));
+        free(err);
+        free(rid_json);
+        cJSON_Delete(req);
+        if (rc == -ENOENT)
+            rl_send(to, m->from, "ws.rehome", buf, (size_t)n);
+    } else if (strcmp(m->topic, "ws.join") == 0 && rc == -ENOENT) {
+        cJSON *join = rl_json_parse(m->payload, m->len);
+        const cJSON *cp = cJSON_GetObjectItemCaseSensitive(join, "client_pid");
+        if (cJSON_IsString(cp))
+            rl_send(to, cp->valuestring, "ws.rehome", buf, (size_t)n);
+        cJSON_Delete(join);
+    }
+}
+
 static void deliver_entry(const redisReply *fields)
 {
     for (size_t i = 0; i + 1 < fields->elements; i += 2) {
@@ -219,8 +251,10 @@ static void deliver_entry(const redisReply *fields)
             continue;
         m->epoch = strtoull(epoch, NULL, 10);
         rl_metric_inc(RL_M_FORWARDED_IN);
-        if (!rl_pid_is_local(to) || rl_send_msg(to, m) < 0) {
+        int rc = rl_pid_is_local(to) ? rl_send_msg(to, m) : -ENOENT;
+        if (rc < 0) {
             rl_metric_inc(RL_M_MSGS_DROPPED);
+            bounce(to, m, rc);
             rl_msg_free(m);
         }
     }
@@ -354,6 +388,9 @@ static void on_live_nodes(const redisReply *r, void *ud)
 {
     (void)ud;
     if (!r || r->type != REDIS_REPLY_ARRAY) {
+        if (r && r->type == REDIS_REPLY_ERROR)
+            rl_warn("cluster", "live_nodes: %s", r->str);
+        rl_metric_inc(RL_M_REDIS_ERRORS);
         run_tick_cb();
         return;
     }
@@ -429,7 +466,7 @@ static void on_heartbeat(const redisReply *r, void *ud)
     rl_ckey_nodes(nodes, sizeof nodes, cl.cfg->redis_prefix);
     rl_ckey_node(prefix, sizeof prefix, cl.cfg->redis_prefix, "");
     const char *args[] = {nodes, prefix};
-    if (rl_redis_script(cl.cmd, &cl.live_script, on_live_nodes, NULL, 1, 1, args, NULL) < 0)
+    if (rl_redis_script(cl.cmd, &cl.live_script, on_live_nodes, NULL, 1, 2, args, NULL) < 0)
         run_tick_cb();
 }
 
@@ -440,7 +477,7 @@ static void tick(uv_timer_t *t)
     snprintf(addr, sizeof addr, "%s:%d", cl.cfg->listen_host, cl.cfg->listen_port);
     uint64_t sent = rl_now_ms();
     if (rl_cs_heartbeat(cl.cmd, cl.cfg->redis_prefix, rl_node_id(), rl_node_incarnation(), addr,
-                        cl.started_at, RL_VERSION, cl.cfg->node_ttl_ms, on_heartbeat,
+                        cl.started_at, RL_VERSION, cl.cfg->node_ttl_ms, cl.registered, on_heartbeat,
                         (void *)(uintptr_t)sent) < 0) {
         if (cl.ready)
             rl_warn("cluster", "redis unreachable: not ready");
@@ -507,6 +544,12 @@ int rl_cluster_admit(const char *user, const char *conn, int limit, rl_cluster_a
     if (rc < 0)
         free(o);
     return rc;
+}
+
+void rl_cluster_purge_conns(const char *user)
+{
+    if (rl_cs_purge_conns(cl.cmd, cl.cfg->redis_prefix, user, NULL, NULL) < 0)
+        rl_metric_inc(RL_M_REDIS_ERRORS);
 }
 
 void rl_cluster_release_conn(const char *user, const char *conn)

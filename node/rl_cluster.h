@@ -35,6 +35,8 @@ void rl_cluster_stop(void);
    are reclaimed first. */
 typedef void (*rl_cluster_admit_cb)(int result, void *ud);
 int rl_cluster_admit(const char *user, const char *conn, int limit, rl_cluster_admit_cb cb, void *ud);
+/* Drops the user's connection entries of dead nodes (fire and forget). */
+void rl_cluster_purge_conns(const char *user);
 /* Forgets an admitted connection (fire and forget). */
 void rl_cluster_release_conn(const char *user, const char *conn);
 

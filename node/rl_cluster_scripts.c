@@ -38,6 +38,7 @@ static const char src_admit[] =
     "    redis.call('HDEL', conns, p)\n"
     "  end\n"
     "end\n"
+    "if pid == '' then return {0, n} end\n"
     "if present then return {1, n} end\n"
     "if limit == nil or limit <= 0 or n < limit then\n"
     "  redis.call('HSET', conns, pid, node)\n"
@@ -51,8 +52,10 @@ static const char src_release_conn[] =
 
 static const char src_lease_acquire[] =
     LUA_ALIVE
-    "local lease, epoch = KEYS[1], KEYS[2]\n"
+    "local lease, epoch, registry = KEYS[1], KEYS[2], KEYS[3]\n"
     "local node, inc, hub, ttl, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local v = redis.call('GET', lease)\n"
     "if v then\n"
     "  local hn, hi, he, hp = string.match(v, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')\n"
@@ -64,7 +67,10 @@ static const char src_lease_acquire[] =
     "    return {0, tonumber(he) or 0, hp, hn, hi}\n"
     "  end\n"
     "end\n"
+    "local reg = tonumber(redis.call('GET', registry) or '0') or 0\n"
+    "if now - reg < tonumber(ttl) then return {0, 0, '', '', ''} end\n"
     "local e = redis.call('INCR', epoch)\n"
+    "if e < now then e = now; redis.call('SET', epoch, e) end\n"
     "redis.call('SET', lease, node .. '|' .. inc .. '|' .. e .. '|' .. hub, 'PX', ttl)\n"
     "return {1, e, hub, node, inc}\n";
 
@@ -92,6 +98,9 @@ static const char src_heartbeat[] =
     "local node, inc = ARGV[1], ARGV[2]\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "if redis.call('EXISTS', KEYS[3]) == 0 then\n"
+    "  redis.call('SET', KEYS[3], ARGV[7] == '1' and now or 0)\n"
+    "end\n"
     "local res = 2\n"
     "local old = redis.call('GET', key)\n"
     "if old then\n"
@@ -172,6 +181,11 @@ int rl_ckey_nodes(char *out, size_t n, const char *prefix)
     return fmt_key(out, n, snprintf(out, n, "%snodes", prefix));
 }
 
+int rl_ckey_registry(char *out, size_t n, const char *prefix)
+{
+    return fmt_key(out, n, snprintf(out, n, "%sregistry", prefix));
+}
+
 int rl_ckey_inbox(char *out, size_t n, const char *prefix, const char *node)
 {
     return fmt_key(out, n, snprintf(out, n, "%sinbox:%s", prefix, node));
@@ -194,6 +208,11 @@ int rl_cs_admit(rl_redis *r, const char *prefix, const char *user, const char *c
     return run(r, RL_CS_ADMIT, cb, ud, 5, a);
 }
 
+int rl_cs_purge_conns(rl_redis *r, const char *prefix, const char *user, rl_redis_cb cb, void *ud)
+{
+    return rl_cs_admit(r, prefix, user, "", "", 0, cb, ud);
+}
+
 int rl_cs_release_conn(rl_redis *r, const char *prefix, const char *user, const char *conn_pid,
                        rl_redis_cb cb, void *ud)
 {
@@ -208,14 +227,14 @@ int rl_cs_lease_acquire(rl_redis *r, const char *prefix, const char *user, const
                         const char *incarnation, const char *hub_pid, uint64_t ttl_ms,
                         rl_redis_cb cb, void *ud)
 {
-    char lease[RL_CKEY_MAX], epoch[RL_CKEY_MAX], np[RL_CKEY_MAX], ttl[24];
+    char lease[RL_CKEY_MAX], epoch[RL_CKEY_MAX], reg[RL_CKEY_MAX], np[RL_CKEY_MAX], ttl[24];
     if (rl_ckey_user(lease, sizeof lease, prefix, user, "lease") < 0 ||
         rl_ckey_user(epoch, sizeof epoch, prefix, user, "epoch") < 0 ||
-        rl_ckey_node(np, sizeof np, prefix, "") < 0)
+        rl_ckey_registry(reg, sizeof reg, prefix) < 0 || rl_ckey_node(np, sizeof np, prefix, "") < 0)
         return -ENAMETOOLONG;
     snprintf(ttl, sizeof ttl, "%" PRIu64, ttl_ms ? ttl_ms : 1);
-    const char *a[] = {lease, epoch, node, incarnation, hub_pid, ttl, np};
-    return run(r, RL_CS_LEASE_ACQUIRE, cb, ud, 7, a);
+    const char *a[] = {lease, epoch, reg, node, incarnation, hub_pid, ttl, np};
+    return run(r, RL_CS_LEASE_ACQUIRE, cb, ud, 8, a);
 }
 
 int rl_cs_lease_renew(rl_redis *r, const char *prefix, const char *user, const char *node,
@@ -245,15 +264,17 @@ int rl_cs_lease_release(rl_redis *r, const char *prefix, const char *user, const
 
 int rl_cs_heartbeat(rl_redis *r, const char *prefix, const char *node, const char *incarnation,
                     const char *addr, uint64_t started_at_ms, const char *version, uint64_t ttl_ms,
-                    rl_redis_cb cb, void *ud)
+                    int was_registered, rl_redis_cb cb, void *ud)
 {
-    char key[RL_CKEY_MAX], nodes[RL_CKEY_MAX], st[24], ttl[24];
-    if (rl_ckey_node(key, sizeof key, prefix, node) < 0 || rl_ckey_nodes(nodes, sizeof nodes, prefix) < 0)
+    char key[RL_CKEY_MAX], nodes[RL_CKEY_MAX], reg[RL_CKEY_MAX], st[24], ttl[24];
+    if (rl_ckey_node(key, sizeof key, prefix, node) < 0 || rl_ckey_nodes(nodes, sizeof nodes, prefix) < 0 ||
+        rl_ckey_registry(reg, sizeof reg, prefix) < 0)
         return -ENAMETOOLONG;
     snprintf(st, sizeof st, "%" PRIu64, started_at_ms);
     snprintf(ttl, sizeof ttl, "%" PRIu64, ttl_ms ? ttl_ms : 1);
-    const char *a[] = {key, nodes, node, incarnation, addr ? addr : "", st, version ? version : "", ttl};
-    return run(r, RL_CS_HEARTBEAT, cb, ud, 8, a);
+    const char *a[] = {key, nodes, reg, node, incarnation, addr ? addr : "", st,
+                       version ? version : "", ttl, was_registered ? "1" : "0"};
+    return run(r, RL_CS_HEARTBEAT, cb, ud, 10, a);
 }
 
 int rl_cs_node_leave(rl_redis *r, const char *prefix, const char *node, const char *incarnation,

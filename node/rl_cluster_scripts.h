@@ -8,6 +8,7 @@
  *   P {<user>}:conns    hash conn_pid -> node; HLEN = the user's connections, cluster-wide
  *   P {<user>}:hub      hash node, pid, epoch, ... (for people; lease_release deletes it)
  *   P inbox:<node>      stream: messages for that node's processes
+ *   P registry          string: ms (Redis TIME) when the data was found lost, 0 for a fresh start
  *
  * Liveness: a node is alive while its node key exists and, when the incarnation is known (from a
  * pid "<node>.<incarnation>.<x>" or a lease value), the key's incarnation matches. So a node
@@ -29,8 +30,12 @@
  * admit          KEYS conns; ARGV conn_pid, node, limit, node_key_prefix ("relay:node:")
  *                Removes conns entries whose node is dead, then: conn_pid already there or
  *                HLEN < limit (limit <= 0: no limit) -> HSET, {1, count}; else {0, count}.
+ *                conn_pid "" only reclaims: {0, live count}.
  * release_conn   KEYS conns; ARGV conn_pid -> {removed 0|1, count}
- * lease_acquire  KEYS lease, epoch; ARGV node, incarnation, hub_pid, ttl_ms, node_key_prefix
+ * lease_acquire  KEYS lease, epoch, registry; ARGV node, incarnation, hub_pid, ttl_ms, node_key_prefix
+ *                No new lease within ttl_ms of the registry's (re)birth (Redis lost its data:
+ *                leases granted before may still be held): code 0 with no holder, retry later.
+ *                Epochs never repeat, even across a data loss: max(INCR, Redis TIME in ms).
  *                -> {code, epoch, hub_pid, holder_node, holder_incarnation}
  *                code 1: new lease for us (no lease, or its holder is dead): INCR epoch, SET PX.
  *                code 2: already ours (same node and incarnation): TTL refreshed, stored hub_pid.
@@ -38,16 +43,19 @@
  * lease_renew    KEYS lease; ARGV node, incarnation, epoch, ttl_ms -> 1 renewed | 0 not ours
  * lease_release  KEYS lease, hub; ARGV node, incarnation, epoch -> 1 deleted | 0 not ours
  *                (the hub hash is deleted too when its "epoch" field is ours)
- * heartbeat      KEYS node key, nodes; ARGV node, incarnation, addr, started_at_ms, version,
- *                ttl_ms -> 1 refreshed | 2 created | 3 replaced another incarnation's live key
+ * heartbeat      KEYS node key, nodes, registry; ARGV node, incarnation, addr, started_at_ms,
+ *                version, ttl_ms, was_registered -> 1 refreshed | 2 created | 3 replaced another
+ *                incarnation's live key. Creates the registry key when missing: "now" when this
+ *                node was registered before (so Redis lost its data: leases wait out a grace),
+ *                else 0 (a fresh cluster: no grace).
  * node_leave     KEYS node key, nodes; ARGV node, incarnation -> 1 removed | 0 not ours */
 #define RL_CLUSTER_SCRIPTS(X)                                                                     \
     X(ADMIT, admit, 1)                                                                            \
     X(RELEASE_CONN, release_conn, 1)                                                              \
-    X(LEASE_ACQUIRE, lease_acquire, 2)                                                            \
+    X(LEASE_ACQUIRE, lease_acquire, 3)                                                            \
     X(LEASE_RENEW, lease_renew, 1)                                                                \
     X(LEASE_RELEASE, lease_release, 2)                                                            \
-    X(HEARTBEAT, heartbeat, 2)                                                                    \
+    X(HEARTBEAT, heartbeat, 3)                                                                    \
     X(NODE_LEAVE, node_leave, 2)
 
 typedef enum {
@@ -67,11 +75,14 @@ int rl_cluster_script_nkeys(rl_cs_id id);
 int rl_ckey_user(char *out, size_t n, const char *prefix, const char *user, const char *what);
 int rl_ckey_node(char *out, size_t n, const char *prefix, const char *node);
 int rl_ckey_nodes(char *out, size_t n, const char *prefix);
+int rl_ckey_registry(char *out, size_t n, const char *prefix);
 int rl_ckey_inbox(char *out, size_t n, const char *prefix, const char *node);
 
 /* Typed calls (same return/callback contract as rl_redis_script; -ENAMETOOLONG for huge ids). */
 int rl_cs_admit(rl_redis *r, const char *prefix, const char *user, const char *conn_pid,
                 const char *node, int limit, rl_redis_cb cb, void *ud);
+/* admit's reclaim alone: drops the user's entries of dead nodes; {0, live count}. */
+int rl_cs_purge_conns(rl_redis *r, const char *prefix, const char *user, rl_redis_cb cb, void *ud);
 int rl_cs_release_conn(rl_redis *r, const char *prefix, const char *user, const char *conn_pid,
                        rl_redis_cb cb, void *ud);
 int rl_cs_lease_acquire(rl_redis *r, const char *prefix, const char *user, const char *node,
@@ -84,7 +95,7 @@ int rl_cs_lease_release(rl_redis *r, const char *prefix, const char *user, const
                         const char *incarnation, uint64_t epoch, rl_redis_cb cb, void *ud);
 int rl_cs_heartbeat(rl_redis *r, const char *prefix, const char *node, const char *incarnation,
                     const char *addr, uint64_t started_at_ms, const char *version, uint64_t ttl_ms,
-                    rl_redis_cb cb, void *ud);
+                    int was_registered, rl_redis_cb cb, void *ud);
 int rl_cs_node_leave(rl_redis *r, const char *prefix, const char *node, const char *incarnation,
                      rl_redis_cb cb, void *ud);
 

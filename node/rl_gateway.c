@@ -710,11 +710,15 @@ static void conn_forward(rl_conn *c, const char *data, size_t len)
     conn_rehome(c);
 }
 
-/* ws.rehome {"hub_pid":H}: the hub handed the user over; ask the central for the new one. */
+/* ws.rehome {"hub_pid":H}: hub H handed the user over or is gone; when H is still this
+   connection's hub, ask the central for the new one (a late notice from an old hub is ignored). */
 static int conn_on_rehome(rl_conn *c, const rl_msg *m)
 {
-    (void)m;
-    conn_rehome(c);
+    cJSON *o = cJSON_ParseWithLength(m->payload, m->len);
+    const cJSON *h = cJSON_GetObjectItemCaseSensitive(o, "hub_pid");
+    if (cJSON_IsString(h) && strcmp(h->valuestring, c->target) == 0)
+        conn_rehome(c);
+    cJSON_Delete(o);
     return 0;
 }
 

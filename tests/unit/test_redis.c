@@ -756,7 +756,7 @@ static long long heartbeat(fx *f, rl_redis *r, const char *node, const char *inc
 {
     int_cap c = {0};
     assert_int_equal(rl_cs_heartbeat(r, P, node, inc, "127.0.0.1:8080", 1764000000000ULL, "0.1",
-                                     ttl, int_cb, &c),
+                                     ttl, 0, int_cb, &c),
                      0);
     assert_true(run_until(f, &c.done, 2000));
     assert_int_equal(c.rc, 0);
