@@ -1250,13 +1250,17 @@ int rl_gateway_start(uv_loop_t *loop, const rl_config *c, char *err, size_t errl
                             ? c->ping_timeout_ms
                             : c->ping_interval_ms + c->ping_timeout_ms;
         gw.retry.secs_since_valid_hangup = secs16(hang);
+        /* lws counts whole seconds: a sub-second interval and timeout round to the same second,
+           and the hangup would fire before any ping went out */
+        if (gw.retry.secs_since_valid_hangup <= gw.retry.secs_since_valid_ping)
+            gw.retry.secs_since_valid_hangup = (uint16_t)(gw.retry.secs_since_valid_ping + 1);
     }
 
     void *foreign[1] = {loop};
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);
     info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_DISABLE_IPV6 |
-                   LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
+                   LWS_SERVER_OPTION_EXPLICIT_VHOSTS | LWS_SERVER_OPTION_VALIDATE_UTF8;
     info.foreign_loops = foreign;
     info.pcontext = &gw.ctx;
     info.port = c->listen_port;

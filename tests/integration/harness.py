@@ -324,6 +324,12 @@ class Node:
 
     def __exit__(self, et, ev, tb):
         rc = self.stop()
+        if et is None:
+            text = self.log_text()
+            for mark in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+                if mark in text:
+                    raise TestFailure(f"{self.name}: sanitizer report in its log ({mark})\n"
+                                      + self.log_tail(80))
         if et is None and rc is not None and rc != 0:
             raise TestFailure(f"{self.name} exited with {rc} on SIGTERM\n" + self.log_tail())
         if et is None and rc is None:
