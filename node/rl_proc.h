@@ -55,7 +55,10 @@ struct rl_proc {
     const rl_proc_ops *ops;
     char pid[RL_PID_MAX];
     rl_msg *head, *tail;
-    size_t qlen, qcap; /* qcap 0 = unbounded (only for trusted internal processes) */
+    size_t qlen, qcap; /* qcap 0 = unbounded (only for trusted internal processes). A process
+                          that keeps taken messages in a queue of its own (the Lua host's
+                          inbox) counts them in qlen too, so the bound covers what it has not
+                          consumed; rl_proc_exit sets qlen to 0. */
     rl_proc *next_ready;
     unsigned scheduled : 1, exited : 1;
     char **monitors; /* pids to tell with "pid.exit" when this one exits */

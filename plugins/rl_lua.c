@@ -877,3 +877,18 @@ void rl_lua_close(void)
     rl_metric_set(RL_M_LUA_BYTES, 0);
     H.bytes = 0;
 }
+
+void rl_lua_new_class(lua_State *L, const char *name, const luaL_Reg *methods, const luaL_Reg *meta)
+{
+    luaL_newmetatable(L, name);
+    if (methods) {
+        lua_newtable(L);
+        luaL_setfuncs(L, methods, 0);
+        lua_setfield(L, -2, "__index");
+    }
+    if (meta)
+        luaL_setfuncs(L, meta, 0);
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);
+}

@@ -561,32 +561,11 @@ void rl_lua_chan_open(lua_State *L)
     static const luaL_Reg payload_methods[] = {{"data", l_payload_data}, {NULL, NULL}};
     int t = lua_gettop(L);
 
-    luaL_newmetatable(L, CHAN_MT);
-    luaL_newlib(L, chan_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_chan_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, l_chan_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pushboolean(L, 0);
-    lua_setfield(L, -2, "__metatable");
-    lua_pop(L, 1);
-
-    luaL_newmetatable(L, MSG_MT);
-    luaL_newlib(L, msg_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_msg_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushboolean(L, 0);
-    lua_setfield(L, -2, "__metatable");
-    lua_pop(L, 1);
-
-    luaL_newmetatable(L, PAYLOAD_MT);
-    luaL_newlib(L, payload_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushboolean(L, 0);
-    lua_setfield(L, -2, "__metatable");
-    lua_pop(L, 1);
+    static const luaL_Reg chan_meta[] = {{"__gc", l_chan_gc}, {"__tostring", l_chan_tostring}, {NULL, NULL}};
+    static const luaL_Reg msg_meta[] = {{"__gc", l_msg_gc}, {NULL, NULL}};
+    rl_lua_new_class(L, CHAN_MT, chan_methods, chan_meta);
+    rl_lua_new_class(L, MSG_MT, msg_methods, msg_meta);
+    rl_lua_new_class(L, PAYLOAD_MT, payload_methods, NULL);
 
     lua_pushcfunction(L, l_new);
     lua_setfield(L, t, "new");

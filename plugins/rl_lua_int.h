@@ -94,6 +94,10 @@ extern rl_lua_host rl_lua_g;
 rl_lua_inst *rl_lua_current(lua_State *L);
 /* Raises unless L may block: it must be the instance's own coroutine (not one the plugin
    created) and yieldable (not inside a C call such as a table.sort comparator). */
+/* Registers the metatable `name` for a userdata class: methods (may be NULL) as __index, the
+   metamethods meta (may be NULL, e.g. __gc, __tostring), and a locked __metatable so plugins
+   cannot read or replace it. Leaves the stack as it was. */
+void rl_lua_new_class(lua_State *L, const char *name, const luaL_Reg *methods, const luaL_Reg *meta);
 void rl_lua_check_block(lua_State *L, rl_lua_inst *I);
 /* Makes a blocked instance runnable (unlinks its waiters). */
 void rl_lua_wake(rl_lua_inst *I);

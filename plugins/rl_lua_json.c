@@ -385,14 +385,10 @@ static int l_decode(lua_State *L)
 
 void rl_lua_json_open(lua_State *L)
 {
-    luaL_newmetatable(L, JBUF_MT);
-    lua_pushcfunction(L, jbuf_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
-    luaL_newmetatable(L, JTREE_MT);
-    lua_pushcfunction(L, jtree_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
+    static const luaL_Reg jbuf_meta[] = {{"__gc", jbuf_gc}, {NULL, NULL}};
+    static const luaL_Reg jtree_meta[] = {{"__gc", jtree_gc}, {NULL, NULL}};
+    rl_lua_new_class(L, JBUF_MT, NULL, jbuf_meta);
+    rl_lua_new_class(L, JTREE_MT, NULL, jtree_meta);
     static const luaL_Reg fns[] = {{"encode", l_encode}, {"decode", l_decode}, {NULL, NULL}};
     luaL_newlib(L, fns);
 }

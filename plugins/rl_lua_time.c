@@ -504,31 +504,13 @@ void rl_lua_time_open(lua_State *L)
         {"parse_duration", l_parse_duration},
         {NULL, NULL},
     };
-    luaL_newmetatable(L, TIME_MT);
-    luaL_newlib(L, time_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, t_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pushcfunction(L, t_equal);
-    lua_setfield(L, -2, "__eq");
-    lua_pushcfunction(L, t_before);
-    lua_setfield(L, -2, "__lt");
-    lua_pushcfunction(L, t_le);
-    lua_setfield(L, -2, "__le");
-    lua_pushcfunction(L, t_sub);
-    lua_setfield(L, -2, "__sub");
-    lua_pushboolean(L, 0);
-    lua_setfield(L, -2, "__metatable");
-    lua_pop(L, 1);
-
-    luaL_newmetatable(L, TIMER_MT);
-    luaL_newlib(L, timer_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_timer_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushboolean(L, 0);
-    lua_setfield(L, -2, "__metatable");
-    lua_pop(L, 1);
+    static const luaL_Reg time_meta[] = {
+        {"__tostring", t_tostring}, {"__eq", t_equal}, {"__lt", t_before},
+        {"__le", t_le},             {"__sub", t_sub},  {NULL, NULL},
+    };
+    static const luaL_Reg timer_meta[] = {{"__gc", l_timer_gc}, {NULL, NULL}};
+    rl_lua_new_class(L, TIME_MT, time_methods, time_meta);
+    rl_lua_new_class(L, TIMER_MT, timer_methods, timer_meta);
 
     luaL_newlib(L, fns);
     static const struct {
