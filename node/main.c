@@ -79,7 +79,11 @@ static void on_signal(uv_signal_t *s, int signum)
 {
     (void)s;
     if (signum == SIGHUP) {
-        rl_warn("node", "SIGHUP: plugin reload is not supported yet; ignoring");
+        char err[512];
+        if (rl_lua_reload(err, sizeof err) == 0)
+            rl_info("node", "SIGHUP: plugin sources reloaded; new plugin processes run them");
+        else
+            rl_error("node", "SIGHUP: reload failed, keeping the running code: %s", err);
         return;
     }
     if (app.draining) {

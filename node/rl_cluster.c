@@ -27,6 +27,7 @@
 
 #define RL_BATCH 256                /* messages per stream entry */
 #define RL_OUTBOX_MAX 65536         /* queued messages per destination node before -EAGAIN */
+#define RL_OUTBOX_BYTES (32u << 20) /* and queued payload bytes: memory stays bounded in a flood */
 #define RL_STREAM_MAXLEN "100000"   /* approximate trim of each inbox stream (entries) */
 #define RL_READ_COUNT "256"         /* entries per XREAD */
 #define RL_READ_BLOCK_MS 1000
@@ -42,6 +43,7 @@ typedef struct out_msg {
 typedef struct outbox {
     out_msg *head, *tail;
     size_t len;
+    size_t bytes;
 } outbox;
 
 static struct {
@@ -100,7 +102,7 @@ static int remote_send(const char *to, rl_msg *m, void *ud)
             return -ENOMEM;
         }
     }
-    if (ob->len >= RL_OUTBOX_MAX)
+    if (ob->len >= RL_OUTBOX_MAX || ob->bytes + m->len > RL_OUTBOX_BYTES)
         return -EAGAIN;
     out_msg *om = malloc(sizeof *om);
     if (!om)
@@ -114,6 +116,7 @@ static int remote_send(const char *to, rl_msg *m, void *ud)
         ob->head = om;
     ob->tail = om;
     ob->len++;
+    ob->bytes += m->len;
     cl.queued++;
     uv_idle_start(&cl.kick, kick_cb);
     return 0;
@@ -153,6 +156,7 @@ static void flush_batch(const char *node, outbox *ob)
                           om->m->from, om->m->topic, om->m->epoch);
         if (hl < 0 || (size_t)hl >= sizeof headers[n]) { /* topic too long to carry: drop */
             rl_metric_inc(RL_M_MSGS_DROPPED);
+            ob->bytes -= om->m->len;
             rl_msg_free(om->m);
             free(om);
             ob->len--;
@@ -173,6 +177,7 @@ static void flush_batch(const char *node, outbox *ob)
             rl_metric_add(RL_M_FORWARDED_OUT, n);
     }
     for (size_t i = 0; i < n; i++) {
+        ob->bytes -= sent[i]->m->len;
         rl_msg_free(sent[i]->m);
         free(sent[i]);
     }

@@ -806,6 +806,58 @@ static int init_p(lua_State *L)
     return 1;
 }
 
+/* Drops the registry refs of refs[0..n), each once (plugins sharing a source share a ref). */
+static void unref_chunks(lua_State *L, int *refs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        int dup = 0;
+        for (size_t j = 0; j < i && !dup; j++)
+            dup = refs[j] == refs[i];
+        if (!dup && refs[i] != LUA_NOREF)
+            luaL_unref(L, LUA_REGISTRYINDEX, refs[i]);
+    }
+}
+
+static int reload_p(lua_State *L)
+{
+    init_ctx *c = lua_touserdata(L, 1);
+    for (size_t i = 0; i < H.cfg->nplugins; i++)
+        if (compile_plugin(L, i, c) < 0) {
+            lua_pushinteger(L, -1);
+            return 1;
+        }
+    lua_pushinteger(L, 0);
+    return 1;
+}
+
+int rl_lua_reload(char *err, size_t errlen)
+{
+    if (!H.L || !H.open)
+        return -ESHUTDOWN;
+    size_t n = H.cfg->nplugins;
+    int *old = H.chunk_refs, *fresh = malloc((n ? n : 1) * sizeof *fresh);
+    if (!fresh) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++)
+        fresh[i] = LUA_NOREF;
+    H.chunk_refs = fresh; /* compile_plugin fills H.chunk_refs */
+    init_ctx ictx = {err, errlen};
+    lua_pushcfunction(H.L, reload_p);
+    lua_pushlightuserdata(H.L, &ictx);
+    int st = lua_pcall(H.L, 1, 1, 0);
+    int ok = st == LUA_OK && lua_tointeger(H.L, -1) == 0;
+    if (st != LUA_OK)
+        snprintf(err, errlen, "%s", lua_type(H.L, -1) == LUA_TSTRING ? lua_tostring(H.L, -1) : "error");
+    lua_pop(H.L, 1);
+    /* Running instances hold their chunk themselves: only new ones see the swap. */
+    H.chunk_refs = ok ? fresh : old;
+    unref_chunks(H.L, ok ? old : fresh, n);
+    free(ok ? old : fresh);
+    return ok ? 0 : -EINVAL;
+}
+
 static void idle_closed(uv_handle_t *h) { free(h); }
 
 int rl_lua_init(const rl_config *c, char *err, size_t errlen)

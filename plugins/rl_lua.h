@@ -18,6 +18,10 @@ int rl_lua_init(const rl_config *c, char *err, size_t errlen);
    Returns 0, or negative with a reason in err. */
 int rl_lua_spawn(const rl_plugin_def *def, const char *args_json, const char *parent_pid,
                  char pid_out[RL_PID_MAX], char *err, size_t errlen);
+/* Reads and compiles every plugin source again (SIGHUP): instances started from now on run the
+   new code, running ones keep theirs. On any error nothing changes and err says which file,
+   entry and why. Returns 0 or negative. */
+int rl_lua_reload(char *err, size_t errlen);
 /* Bytes allocated by the state. */
 size_t rl_lua_memory(void);
 /* Ends every instance and closes the state (shutdown). */
