@@ -141,9 +141,24 @@ typedef struct skey {
     size_t n;
 } skey;
 
+/* Lua tables keep no key order, so objects come out in a fixed one: the keys that say what a
+   message is ("type", then "topic") first, as people write them, then the rest sorted by bytes.
+   So the spec's example plugin sends exactly {"type":"session_state","data":{...}}. */
+static int skey_rank(const skey *k)
+{
+    if (k->n == 4 && memcmp(k->s, "type", 4) == 0)
+        return 0;
+    if (k->n == 5 && memcmp(k->s, "topic", 5) == 0)
+        return 1;
+    return 2;
+}
+
 static int skey_cmp(const void *a, const void *b)
 {
     const skey *x = a, *y = b;
+    int rx = skey_rank(x), ry = skey_rank(y);
+    if (rx != ry)
+        return rx - ry;
     int c = memcmp(x->s, y->s, x->n < y->n ? x->n : y->n);
     return c ? c : (x->n > y->n) - (x->n < y->n);
 }
