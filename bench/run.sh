@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Relay benchmark: echo round trips at 1 and 100 connections and idle memory per connection against
-# a standalone node with the echo plugin; writes bench/REPORT.md. Builds nothing (`make bench` does).
+# a standalone node with the echo plugin, then (BENCH_CLUSTER=1) the same echo round trips on a
+# two-node cluster over a private redis-server, same-node vs cross-node; writes bench/REPORT.md.
+# Builds nothing (`make bench` does).
 #
 # Environment (all optional):
 #   BUILD=build               build directory holding relay-node and relay-bench
@@ -13,6 +15,9 @@
 #   BENCH_PIN=auto            pin node to CPU 0 and client to CPU 1 (auto: when >= 2 CPUs)
 #   BENCH_REPORT=bench/REPORT.md   where the report goes
 #   BENCH_KEEP=1              keep the temp dir (configs, node logs, raw results)
+#   BENCH_CLUSTER=1           cluster section (0: skip); skipped with a note without redis-server
+#   REDIS_SERVER_BIN=redis-server   the redis-server the cluster section starts (its own, on a
+#                             free loopback port, no persistence, in the temp dir)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,6 +32,8 @@ SIZE=${BENCH_SIZE:-100}
 IDLE=${BENCH_IDLE:-2000}
 PIN=${BENCH_PIN:-auto}
 REPORT=${BENCH_REPORT:-$ROOT/bench/REPORT.md}
+CLUSTER=${BENCH_CLUSTER:-1}
+REDIS_SERVER=${REDIS_SERVER_BIN:-redis-server}
 PLUGIN=$ROOT/plugins/lua/echo.lua
 PY=/usr/bin/python3
 
@@ -57,9 +64,14 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 TMP=$(mktemp -d /tmp/relay-bench.XXXXXX)
 NODE_PID=""
 BENCH_PID=""
+HOLD_PID="" N1_PID="" N2_PID="" REDIS_PID=""
 cleanup() {
     [ -n "$BENCH_PID" ] && kill "$BENCH_PID" 2>/dev/null || true
     stop_node
+    stop_pid "$HOLD_PID"
+    stop_pid "$N1_PID"
+    stop_pid "$N2_PID"
+    stop_pid "$REDIS_PID" # after the nodes: they release their leases on SIGTERM
     if [ "${BENCH_KEEP:-0}" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
@@ -154,6 +166,18 @@ stop_node() {
     NODE_PID=""
 }
 
+# SIGTERM, up to 15 s to exit, then SIGKILL; only for pids this script started.
+stop_pid() { # pid
+    [ -n "$1" ] || return 0
+    kill -TERM "$1" 2>/dev/null || true
+    for _ in $(seq 1 150); do
+        kill -0 "$1" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
@@ -215,10 +239,141 @@ for run in $(seq 1 "$RUNS"); do
     stop_node
 done
 
+# ---- cluster: cross-node vs same-node ----------------------------------------------------------
+# Two nodes (n1, n2) sharing a private redis-server; the same echo runs as above. Nothing is
+# pinned here: two nodes, redis and the client would not fit one core each on a 2-core machine.
+#
+# Where hubs live: a user's hub is created on the node that admits the user's first connection
+# (it takes the lease) and stays there until user_hub_inactivity_timeout (default 7200 s) after
+# the user's last connection, far longer than this script runs. Only n1 ever admits a user first:
+#   same-node: clients on n1 with users bench0..C-1 -> their hubs are created on n1, next to them;
+#   cross-node: first an idle holder on n1 keeps one connection per user open (so the hub is on
+#     n1 even if it had been collected), then the measured clients connect to n2 with the same
+#     users: client -> n2 -> Redis stream -> hub and plugin on n1 -> Redis stream -> n2 -> client.
+# The same-node runs for a connection count come before its cross-node runs; the forwarded
+# counters (expected 0 in the same-node runs) and the hub gauges (expected 0 on n2) check this.
+CLUSTER_NOTE=""
+metric() { # port name: the value of an unlabelled metric
+    curl -sf --max-time 2 "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m { print $2; f = 1 } END { if (!f) print 0 }'
+}
+forwarded() { # sum of relay_forwarded_out_total over both nodes
+    local a b
+    a=$(metric "$N1_PORT" relay_forwarded_out_total) || die "cannot read n1 /metrics"
+    b=$(metric "$N2_PORT" relay_forwarded_out_total) || die "cannot read n2 /metrics"
+    echo $((${a%.*} + ${b%.*}))
+}
+wait_ready() { # pid port log: until GET /readyz answers 200 (cluster nodes: once registered)
+    for _ in $(seq 1 150); do
+        if ! kill -0 "$1" 2>/dev/null; then
+            tail -20 "$3" >&2
+            die "cluster node exited at start (log above)"
+        fi
+        [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$2/readyz")" = 200 ] && return 0
+        sleep 0.1
+    done
+    tail -20 "$3" >&2
+    die "cluster node on 127.0.0.1:$2 not ready within 15 s"
+}
+start_cluster_node() { # id -> CN_PID, CN_PORT
+    CN_PORT=$(free_port)
+    local cfg="$TMP/relay-$1.yaml" logf="$TMP/node-$1.log"
+    write_config "$cfg" "$CN_PORT"
+    "$NODE" -c "$cfg" --listen "127.0.0.1:$CN_PORT" --node-id "$1" \
+        --redis "redis://127.0.0.1:$REDIS_PORT" >"$logf" 2>&1 &
+    CN_PID=$!
+}
+cluster_cpu() { # -> "n1 n2 redis" ticks
+    echo "$(cpu_ticks "$N1_PID") $(cpu_ticks "$N2_PID") $(cpu_ticks "$REDIS_PID")"
+}
+# One measured client run; appends a record. kind cluster_same|cluster_cross.
+cluster_run() { # kind port conns run
+    local f0 f1 c0 c1 t0 t1 out extra h1 h2
+    f0=$(forwarded)
+    c0=$(cluster_cpu)
+    t0=$(date +%s.%N)
+    out=$("$BENCH" --url "ws://127.0.0.1:$2/ws" --conns "$3" --users "$3" --duration "$DURATION" \
+              --size "$SIZE" --type echo_ping) || true
+    t1=$(date +%s.%N)
+    c1=$(cluster_cpu)
+    f1=$(forwarded)
+    h1=$(metric "$N1_PORT" relay_hubs) h2=$(metric "$N2_PORT" relay_hubs)
+    [ -n "$out" ] || die "relay-bench printed nothing ($1, conns $3, run $4)"
+    extra=$("$PY" -c '
+import json, sys
+c0, c1 = [list(map(int, x.split())) for x in sys.argv[1:3]]
+hz, wall, fwd = float(sys.argv[3]), float(sys.argv[5]) - float(sys.argv[4]), int(sys.argv[6])
+pct = lambda i: round(100.0 * (c1[i] - c0[i]) / hz / wall, 1)
+print(json.dumps({"wall_seconds": round(wall, 3), "forwarded": fwd,
+                  "forwarded_per_sec": round(fwd / wall), "n1_cpu_pct": pct(0),
+                  "n2_cpu_pct": pct(1), "redis_cpu_pct": pct(2),
+                  "hubs_n1": int(float(sys.argv[7])), "hubs_n2": int(float(sys.argv[8]))}))' \
+        "$c0" "$c1" "$HZ" "$t0" "$t1" $((f1 - f0)) "$h1" "$h2")
+    record "$1" "$4" "$out" "$extra"
+    log "$1 conns=$3 run=$4: $out $extra"
+}
+
+if [ "$CLUSTER" != 1 ]; then
+    CLUSTER_NOTE="Skipped (BENCH_CLUSTER=$CLUSTER)."
+elif ! command -v "$REDIS_SERVER" >/dev/null; then
+    CLUSTER_NOTE="Skipped: no \`$REDIS_SERVER\` on this machine (install redis-server, or set REDIS_SERVER_BIN)."
+    log "cluster section skipped: $REDIS_SERVER not found"
+else
+    REDIS_PORT=$(free_port)
+    "$REDIS_SERVER" --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+        --dir "$TMP" >"$TMP/redis.log" 2>&1 &
+    REDIS_PID=$!
+    for _ in $(seq 1 100); do
+        "$PY" -c '
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1)
+s.sendall(b"PING\r\n")
+sys.exit(0 if s.recv(16).startswith(b"+PONG") else 1)' "$REDIS_PORT" 2>/dev/null && break
+        kill -0 "$REDIS_PID" 2>/dev/null || { tail -20 "$TMP/redis.log" >&2; die "redis-server exited at start"; }
+        sleep 0.1
+    done
+    REDIS_VERSION=$("$REDIS_SERVER" --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')
+    start_cluster_node n1
+    N1_PID=$CN_PID N1_PORT=$CN_PORT
+    start_cluster_node n2
+    N2_PID=$CN_PID N2_PORT=$CN_PORT
+    wait_ready "$N1_PID" "$N1_PORT" "$TMP/node-n1.log"
+    wait_ready "$N2_PID" "$N2_PORT" "$TMP/node-n2.log"
+    log "cluster: redis $REDIS_VERSION on :$REDIS_PORT, n1 on :$N1_PORT, n2 on :$N2_PORT, no pinning"
+    for conns in $CONN_SETS; do
+        for run in $(seq 1 "$RUNS"); do
+            cluster_run cluster_same "$N1_PORT" "$conns" "$run"
+        done
+        hold="$TMP/hold-$conns.out"
+        "$BENCH" --url "ws://127.0.0.1:$N1_PORT/ws" --idle "$conns" --users "$conns" --hold 3600 \
+            --timeout 30 >"$hold" &
+        HOLD_PID=$!
+        ready=""
+        for _ in $(seq 1 600); do
+            ready=$(head -n 1 "$hold" 2>/dev/null || true)
+            [ -n "$ready" ] && break
+            kill -0 "$HOLD_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        [ -n "$ready" ] || die "idle holder on n1 did not get its connections open (conns $conns)"
+        "$PY" -c 'import json, sys; r = json.loads(sys.argv[1]); sys.exit(r["open"] != int(sys.argv[2]) or r["errors"])' \
+            "$ready" "$conns" || die "idle holder on n1: $ready"
+        for run in $(seq 1 "$RUNS"); do
+            cluster_run cluster_cross "$N2_PORT" "$conns" "$run"
+        done
+        stop_pid "$HOLD_PID"
+        HOLD_PID=""
+    done
+    stop_pid "$N1_PID"
+    stop_pid "$N2_PID"
+    N1_PID="" N2_PID=""
+    stop_pid "$REDIS_PID"
+    REDIS_PID=""
+fi
+
 # ---- report ------------------------------------------------------------------------------------
 MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 MEM=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
-"$PY" - "$RESULTS" "$REPORT" <<EOF
+"$PY" - "$RESULTS" "$REPORT" "$CLUSTER_NOTE" "${REDIS_VERSION:-}" <<EOF
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 med = lambda xs: statistics.median(xs) if xs else float("nan")
@@ -278,6 +433,64 @@ w("")
 w("For reference, \`notes/stack.md\` measured 2.1 KB per idle connection for bare lws with")
 w("rx_buffer_size 512 and 5.7 KB with 4096; the design goal is at most 6 KiB per idle user.")
 w("")
+w("## Cluster: cross-node vs same-node")
+w("")
+cl_note, redis_version = sys.argv[3], sys.argv[4]
+same = [r for r in rows if r["kind"] == "cluster_same"]
+cross = [r for r in rows if r["kind"] == "cluster_cross"]
+if cl_note or not (same or cross):
+    w(cl_note or "No cluster runs.")
+else:
+    w("Two nodes \`n1\` and \`n2\` (the config above, \`--node-id n1|n2\`) sharing a private")
+    w("\`redis-server\` %s (loopback, no persistence), on the same machine: $NCPU CPUs (nproc)," % redis_version)
+    w("${MODEL:-unknown CPU}, $MEM, kernel $(uname -r). **Nothing is pinned** in this section: two")
+    w("nodes, Redis and the client do not fit one core each, so the scheduler places them; the")
+    w("same-node figures are therefore not comparable with the pinned standalone table above.")
+    w("Same echo traffic as above (${SIZE}-byte \`echo_ping\`, one in flight per connection, one user")
+    w("per connection, ${DURATION} s measured after 0.5 s warm-up), median of $RUNS runs.")
+    w("")
+    w("- **same-node**: clients on n1; each user's hub and plugin are on n1 too (n1 admitted the")
+    w("  user's first connection, so it holds the lease). Nothing crosses Redis.")
+    w("- **cross-node**: an idle connection per user is held open on n1 (so every hub stays on n1),")
+    w("  and the measured clients connect to n2 with the same user names. Each round trip crosses")
+    w("  Redis twice: n2 -> \`relay:inbox:n1\` stream -> hub and plugin on n1 -> \`relay:inbox:n2\`")
+    w("  -> n2 -> client.")
+    w("")
+    w("| connections | setup | round trips/s | p50 | p90 | p99 | errors | forwarded msgs/s | CPU n1 / n2 / redis |")
+    w("|---|---|---|---|---|---|---|---|---|")
+    for conns in sorted({r["conns"] for r in same + cross}):
+        for name, rs in (("same-node", same), ("cross-node", cross)):
+            rs = [r for r in rs if r["conns"] == conns]
+            if not rs:
+                continue
+            w("| %d | %s | %.0f | %.0f us | %.0f us | %.0f us | %d | %.0f | %.0f%% / %.0f%% / %.0f%% |" % (
+                conns, name, med([r["msgs_per_sec"] for r in rs]), med([r["p50_us"] for r in rs]),
+                med([r["p90_us"] for r in rs]), med([r["p99_us"] for r in rs]),
+                sum(r["errors"] + r["error_replies"] for r in rs), med([r["forwarded_per_sec"] for r in rs]),
+                med([r["n1_cpu_pct"] for r in rs]), med([r["n2_cpu_pct"] for r in rs]),
+                med([r["redis_cpu_pct"] for r in rs])))
+    w("")
+    w("| connections | p50 cross/same | p99 cross/same | round trips/s cross/same | forwarded msgs per cross round trip |")
+    w("|---|---|---|---|---|")
+    for conns in sorted({r["conns"] for r in cross}):
+        s_ = [r for r in same if r["conns"] == conns]
+        c_ = [r for r in cross if r["conns"] == conns]
+        if not s_ or not c_:
+            continue
+        ratio = lambda k: med([r[k] for r in c_]) / max(med([r[k] for r in s_]), 1e-9)
+        per_rt = med([r["forwarded"] / max(r["msgs"] * r["wall_seconds"] / max(r["seconds"], 1e-9), 1) for r in c_])
+        w("| %d | %.2fx | %.2fx | %.2fx | %.2f |" % (conns, ratio("p50_us"), ratio("p99_us"),
+                                                    ratio("msgs_per_sec"), per_rt))
+    w("")
+    bad_same = sum(r["forwarded"] for r in same)
+    bad_hubs = max([r["hubs_n2"] for r in same + cross] or [0])
+    w("Forwarded msgs/s is the increase of \`relay_forwarded_out_total\`, summed over both nodes' \`/metrics\`")
+    w("read just before and after each client run, divided by the client's wall time (connection")
+    w("set-up, warm-up and measured seconds); two per round trip are expected. The last column")
+    w("scales the measured round trips to that wall time, so it is approximate. CPU is each")
+    w("process's user+system time over the same wall time (100% is one core).")
+    w("Checks: forwarded messages during the same-node runs: %d (expected 0); largest \`relay_hubs\` on n2: %d (expected 0)." % (bad_same, bad_hubs))
+w("")
 w("## Raw runs")
 w("")
 w("\`\`\`")
@@ -286,8 +499,8 @@ for r in rows:
 w("\`\`\`")
 w("")
 w("Reproduce: \`make bench\` (or \`bench/run.sh\` with built binaries; see the variables at the top of")
-w("the script). Cross-node round trips: \`relay-bench --url ws://A/ws --url2 ws://B/ws --users U\`")
-w("against two nodes sharing one Redis.")
+w("the script; \`BENCH_CLUSTER=0\` skips the cluster section). A user whose connections alternate")
+w("between two nodes: \`relay-bench --url ws://A/ws --url2 ws://B/ws --users U\`.")
 open(sys.argv[2], "w").write("\n".join(out) + "\n")
 EOF
 log "wrote $REPORT"
