@@ -234,7 +234,9 @@ static void on_lease(const rl_lease *l, void *ud)
             snprintf(u->hub, sizeof u->hub, "%s", l->hub_pid);
             u->epoch = l->epoch;
             u->hub_local = old != NULL;
-            u->valid_until = l->valid_until;
+            u->valid_until = old ? lease_until(l->valid_until) : 0;
+            if (old) /* the lease script refreshed our TTL: so is the hub's validity */
+                rl_hub_set_valid_until(u->hub, u->valid_until);
             attach_all(u);
         }
     } else {

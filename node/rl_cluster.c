@@ -40,6 +40,8 @@ typedef struct out_msg {
     char to[RL_PID_MAX];
 } out_msg;
 
+typedef struct renew_op renew_op;
+
 typedef struct outbox {
     out_msg *head, *tail;
     size_t len;
@@ -70,6 +72,8 @@ static struct {
     int started;
     rl_redis_script_def live_script;
     uint64_t started_at;
+    renew_op *renew;        /* lease renewals waiting for the end of the loop turn */
+    size_t nrenew, caprenew;
 } cl;
 
 int rl_cluster_enabled(void) { return cl.started; }
@@ -186,9 +190,13 @@ static void flush_batch(const char *node, outbox *ob)
 }
 
 /* End of a loop turn: everything queued for other nodes goes out, pipelined. */
+static void flush_renewals(void);
+
 static void flush_cb(uv_check_t *h)
 {
     (void)h;
+    if (cl.nrenew)
+        flush_renewals();
     if (cl.queued == 0)
         return;
     const char *node;
@@ -595,33 +603,88 @@ int rl_cluster_lease_acquire(const char *user, const char *hub_pid, rl_cluster_l
     return rc;
 }
 
-static void on_renew(const redisReply *r, void *ud)
+/* Renewals asked for during a loop turn go out together at its end, RL_CS_RENEW_MAX per script
+   run: a node with many hubs pays one round trip per batch, not one per user. */
+struct renew_op {
+    char *user;
+    uint64_t epoch;
+    op *o;
+};
+
+typedef struct renew_batch {
+    size_t n;
+    renew_op ops[RL_CS_RENEW_MAX];
+} renew_batch;
+
+static void renew_done(renew_op *ro, const redisReply *v)
 {
-    op *o = ud;
     rl_lease l = {.status = RL_LEASE_ERROR};
-    long long v;
-    if (rl_cs_parse_int(r, &v) == 0) {
-        l.status = v == 1 ? RL_LEASE_WON : RL_LEASE_OTHER;
-        l.valid_until = o->sent + cl.cfg->lease_ttl_ms - RL_SAFETY_MS;
-    } else {
-        rl_metric_inc(RL_M_REDIS_ERRORS);
+    if (v && v->type == REDIS_REPLY_INTEGER) {
+        l.status = v->integer == 1 ? RL_LEASE_WON : RL_LEASE_OTHER;
+        l.valid_until = ro->o->sent + cl.cfg->lease_ttl_ms - RL_SAFETY_MS;
     }
-    o->cb.lease(&l, o->ud);
-    free(o);
+    ro->o->cb.lease(&l, ro->o->ud);
+    free(ro->o);
+    free(ro->user);
+}
+
+static void on_renew_batch(const redisReply *r, void *ud)
+{
+    renew_batch *b = ud;
+    int ok = r && r->type == REDIS_REPLY_ARRAY && r->elements == b->n;
+    if (!ok)
+        rl_metric_inc(RL_M_REDIS_ERRORS);
+    for (size_t i = 0; i < b->n; i++)
+        renew_done(&b->ops[i], ok ? r->element[i] : NULL);
+    free(b);
+}
+
+static void flush_renewals(void)
+{
+    while (cl.nrenew > 0) {
+        renew_batch *b = calloc(1, sizeof *b);
+        if (!b)
+            return;
+        size_t n = cl.nrenew < RL_CS_RENEW_MAX ? cl.nrenew : RL_CS_RENEW_MAX;
+        const char *users[RL_CS_RENEW_MAX];
+        uint64_t epochs[RL_CS_RENEW_MAX];
+        for (size_t i = 0; i < n; i++) {
+            b->ops[i] = cl.renew[cl.nrenew - n + i];
+            users[i] = b->ops[i].user;
+            epochs[i] = b->ops[i].epoch;
+        }
+        cl.nrenew -= n;
+        b->n = n;
+        if (rl_cs_lease_renew_many(cl.cmd, cl.cfg->redis_prefix, n, users, epochs, rl_node_id(),
+                                   rl_node_incarnation(), cl.cfg->lease_ttl_ms, on_renew_batch, b) < 0)
+            on_renew_batch(NULL, b); /* every callback runs once, with an error */
+    }
 }
 
 int rl_cluster_lease_renew(const char *user, uint64_t epoch, const char *hub_pid,
                            rl_cluster_lease_cb cb, void *ud)
 {
     (void)hub_pid;
+    if (!rl_redis_connected(cl.cmd))
+        return -ENOTCONN;
+    if (cl.nrenew == cl.caprenew) {
+        size_t ncap = cl.caprenew ? cl.caprenew * 2 : 64;
+        renew_op *nr = realloc(cl.renew, ncap * sizeof *nr);
+        if (!nr)
+            return -ENOMEM;
+        cl.renew = nr;
+        cl.caprenew = ncap;
+    }
     op *o = op_new((void *)cb, ud);
-    if (!o)
-        return -ENOMEM;
-    int rc = rl_cs_lease_renew(cl.cmd, cl.cfg->redis_prefix, user, rl_node_id(),
-                               rl_node_incarnation(), epoch, cl.cfg->lease_ttl_ms, on_renew, o);
-    if (rc < 0)
+    char *u = strdup(user);
+    if (!o || !u) {
         free(o);
-    return rc;
+        free(u);
+        return -ENOMEM;
+    }
+    cl.renew[cl.nrenew++] = (renew_op){u, epoch, o};
+    uv_idle_start(&cl.kick, kick_cb);
+    return 0;
 }
 
 void rl_cluster_lease_release(const char *user, uint64_t epoch, const char *hub_pid)
@@ -695,6 +758,11 @@ void rl_cluster_stop(void)
         free(ob);
     }
     rl_map_close(&cl.outboxes);
+    for (size_t i = 0; i < cl.nrenew; i++) { /* the central hub has stopped: nobody waits */
+        free(cl.renew[i].o);
+        free(cl.renew[i].user);
+    }
+    free(cl.renew);
     rl_map_close(&cl.live);
     rl_map_close(&cl.live_ids);
     for (size_t i = 0; i < cl.ndead; i++)

@@ -75,13 +75,18 @@ static const char src_lease_acquire[] =
     "return {1, e, hub, node, inc}\n";
 
 static const char src_lease_renew[] =
-    "local want = ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3] .. '|'\n"
-    "local v = redis.call('GET', KEYS[1])\n"
-    "if v and string.sub(v, 1, #want) == want then\n"
-    "  redis.call('PEXPIRE', KEYS[1], ARGV[4])\n"
-    "  return 1\n"
+    "local out = {}\n"
+    "for i, key in ipairs(KEYS) do\n"
+    "  local want = ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3 + i] .. '|'\n"
+    "  local v = redis.call('GET', key)\n"
+    "  if v and string.sub(v, 1, #want) == want then\n"
+    "    redis.call('PEXPIRE', key, ARGV[3])\n"
+    "    out[i] = 1\n"
+    "  else\n"
+    "    out[i] = 0\n"
+    "  end\n"
     "end\n"
-    "return 0\n";
+    "return out\n";
 
 static const char src_lease_release[] =
     "local want = ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3] .. '|'\n"
@@ -241,13 +246,30 @@ int rl_cs_lease_renew(rl_redis *r, const char *prefix, const char *user, const c
                       const char *incarnation, uint64_t epoch, uint64_t ttl_ms, rl_redis_cb cb,
                       void *ud)
 {
-    char lease[RL_CKEY_MAX], ep[24], ttl[24];
-    if (rl_ckey_user(lease, sizeof lease, prefix, user, "lease") < 0)
-        return -ENAMETOOLONG;
-    snprintf(ep, sizeof ep, "%" PRIu64, epoch);
+    return rl_cs_lease_renew_many(r, prefix, 1, &user, &epoch, node, incarnation, ttl_ms, cb, ud);
+}
+
+int rl_cs_lease_renew_many(rl_redis *r, const char *prefix, size_t n, const char *const *users,
+                           const uint64_t *epochs, const char *node, const char *incarnation,
+                           uint64_t ttl_ms, rl_redis_cb cb, void *ud)
+{
+    if (n == 0 || n > RL_CS_RENEW_MAX)
+        return -EINVAL;
+    char keys[RL_CS_RENEW_MAX][RL_CKEY_MAX], eps[RL_CS_RENEW_MAX][24], ttl[24];
+    const char *a[2 * RL_CS_RENEW_MAX + 3];
+    for (size_t i = 0; i < n; i++) {
+        if (rl_ckey_user(keys[i], sizeof keys[i], prefix, users[i], "lease") < 0)
+            return -ENAMETOOLONG;
+        snprintf(eps[i], sizeof eps[i], "%" PRIu64, epochs[i]);
+        a[i] = keys[i];
+        a[n + 3 + i] = eps[i];
+    }
     snprintf(ttl, sizeof ttl, "%" PRIu64, ttl_ms ? ttl_ms : 1);
-    const char *a[] = {lease, node, incarnation, ep, ttl};
-    return run(r, RL_CS_LEASE_RENEW, cb, ud, 5, a);
+    a[n] = node;
+    a[n + 1] = incarnation;
+    a[n + 2] = ttl;
+    return rl_redis_script(r, rl_cluster_script(RL_CS_LEASE_RENEW), cb, ud, (int)n, (int)(2 * n + 3),
+                           a, NULL);
 }
 
 int rl_cs_lease_release(rl_redis *r, const char *prefix, const char *user, const char *node,
@@ -293,6 +315,8 @@ int rl_cs_parse_int(const redisReply *reply, long long *out)
 {
     if (reply == NULL)
         return -EIO;
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 1)
+        reply = reply->element[0];
     if (reply->type != REDIS_REPLY_INTEGER)
         return -EPROTO;
     *out = reply->integer;

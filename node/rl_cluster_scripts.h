@@ -40,7 +40,9 @@
  *                code 1: new lease for us (no lease, or its holder is dead): INCR epoch, SET PX.
  *                code 2: already ours (same node and incarnation): TTL refreshed, stored hub_pid.
  *                code 0: held by another live node (its epoch and hub_pid).
- * lease_renew    KEYS lease; ARGV node, incarnation, epoch, ttl_ms -> 1 renewed | 0 not ours
+ * lease_renew    KEYS lease_1..lease_n; ARGV node, incarnation, ttl_ms, epoch_1..epoch_n
+ *                -> {1 renewed | 0 not ours, ...} one per key (a node renews all its leases in
+ *                batches of up to RL_CS_RENEW_MAX: one round trip, not one per user)
  * lease_release  KEYS lease, hub; ARGV node, incarnation, epoch -> 1 deleted | 0 not ours
  *                (the hub hash is deleted too when its "epoch" field is ours)
  * heartbeat      KEYS node key, nodes, registry; ARGV node, incarnation, addr, started_at_ms,
@@ -88,6 +90,11 @@ int rl_cs_release_conn(rl_redis *r, const char *prefix, const char *user, const 
 int rl_cs_lease_acquire(rl_redis *r, const char *prefix, const char *user, const char *node,
                         const char *incarnation, const char *hub_pid, uint64_t ttl_ms,
                         rl_redis_cb cb, void *ud);
+#define RL_CS_RENEW_MAX 128
+/* Renews n <= RL_CS_RENEW_MAX leases in one script run; the reply is an array of 1/0. */
+int rl_cs_lease_renew_many(rl_redis *r, const char *prefix, size_t n, const char *const *users,
+                           const uint64_t *epochs, const char *node, const char *incarnation,
+                           uint64_t ttl_ms, rl_redis_cb cb, void *ud);
 int rl_cs_lease_renew(rl_redis *r, const char *prefix, const char *user, const char *node,
                       const char *incarnation, uint64_t epoch, uint64_t ttl_ms, rl_redis_cb cb,
                       void *ud);
@@ -101,6 +108,7 @@ int rl_cs_node_leave(rl_redis *r, const char *prefix, const char *node, const ch
 
 /* Reply parsers: 0, or -EIO (NULL reply: no answer), -EPROTO (error reply or unexpected shape;
    an error reply is logged by the caller from reply->str). */
+/* An integer, or an array holding one integer (lease_renew of one lease). */
 int rl_cs_parse_int(const redisReply *reply, long long *out);
 /* admit and release_conn: {flag, count} */
 int rl_cs_parse_pair(const redisReply *reply, int *flag, long long *count);

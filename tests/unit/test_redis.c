@@ -976,6 +976,65 @@ static void test_dead_node_reclaim(void **state)
     rl_redis_free(r);
 }
 
+/* lease_renew renews several leases in one run and says, per lease, whether it was still ours. */
+static void test_lease_renew_many(void **state)
+{
+    NEED_REDIS();
+    fx *f = *state;
+    state_rec st = {0};
+    rl_redis *r = connect_ok(f, &st);
+    sync_cmd(f, r, "FLUSHALL");
+    heartbeat(f, r, "n1", "i1", 10000);
+    heartbeat(f, r, "n2", "i2", 10000);
+    lease_cap a = acquire(f, r, "u1", "n1", "i1", "n1.i1.h1", 5000);
+    lease_cap b = acquire(f, r, "u2", "n1", "i1", "n1.i1.h2", 5000);
+    lease_cap o = acquire(f, r, "u3", "n2", "i2", "n2.i2.h1", 5000); /* not ours */
+    const char *users[] = {"u1", "u2", "u3"};
+    uint64_t epochs[] = {a.l.epoch, b.l.epoch, o.l.epoch};
+    cap c;
+    memset(&c, 0, sizeof c);
+    sync_cmd(f, r, "PEXPIRE " P "{u1}:lease 1000");
+    assert_int_equal(rl_cs_lease_renew_many(r, P, 3, users, epochs, "n1", "i1", 7000, cap_cb, &c), 0);
+    assert_true(run_until(f, &c.done, 2000));
+    assert_int_equal(c.type, REDIS_REPLY_ARRAY);
+    assert_int_equal(c.n, 3);
+    assert_int_equal(c.el[0].integer, 1);
+    assert_int_equal(c.el[1].integer, 1);
+    assert_int_equal(c.el[2].integer, 0);
+    c = sync_cmd(f, r, "PTTL " P "{u1}:lease");
+    assert_true(c.integer > 6000); /* renewed to the new TTL */
+    assert_int_equal(rl_cs_lease_renew_many(r, P, 0, users, epochs, "n1", "i1", 7000, cap_cb, &c), -EINVAL);
+    rl_redis_free(r);
+}
+
+/* Redis lost its data: a node that was registered before re-creates the registry key with the
+   time, and no lease is granted for lease_ttl after it; epochs still grow past the old ones. */
+static void test_lease_grace_after_data_loss(void **state)
+{
+    NEED_REDIS();
+    fx *f = *state;
+    state_rec st = {0};
+    rl_redis *r = connect_ok(f, &st);
+    sync_cmd(f, r, "FLUSHALL");
+    heartbeat(f, r, "n1", "i1", 10000); /* fresh cluster: registry 0, no grace */
+    lease_cap l = acquire(f, r, "dora", "n1", "i1", "n1.i1.h1", 800);
+    assert_int_equal(l.l.code, RL_LEASE_NEW);
+    uint64_t e1 = l.l.epoch;
+    sync_cmd(f, r, "FLUSHALL"); /* Redis restarted empty */
+    int_cap c = {0};
+    assert_int_equal(rl_cs_heartbeat(r, P, "n2", "i2", "127.0.0.1:8081", 1, "0.1", 10000, 1,
+                                     int_cb, &c), 0); /* n2 was registered before */
+    assert_true(run_until(f, &c.done, 2000));
+    l = acquire(f, r, "dora", "n2", "i2", "n2.i2.h1", 800);
+    assert_int_equal(l.l.code, RL_LEASE_BUSY); /* within the grace: refused, no holder */
+    assert_string_equal(l.l.hub_pid, "");
+    uv_sleep(900);
+    l = acquire(f, r, "dora", "n2", "i2", "n2.i2.h1", 800);
+    assert_int_equal(l.l.code, RL_LEASE_NEW);
+    assert_true(l.l.epoch > e1); /* never reused, though the counter was lost */
+    rl_redis_free(r);
+}
+
 static void test_lease_lifecycle(void **state)
 {
     NEED_REDIS();
@@ -1129,6 +1188,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dead_node_reclaim, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_lifecycle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_race, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lease_renew_many, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lease_grace_after_data_loss, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reconnect_after_restart, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
