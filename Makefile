@@ -76,4 +76,51 @@ bench: deps
 clean:
 	rm -rf $(BUILD)
 
+# Fuzzing (libFuzzer; tests/fuzz/README.md). The library is built again with clang and the
+# sanitizers into $(BUILD)/fuzz/, apart from the normal objects. Each target runs FUZZ_SECONDS on
+# its seed corpus plus what it found before; a crash or leak fails the make and leaves the input in
+# $(BUILD)/fuzz/artifacts/.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 20
+FUZZ_MAX_LEN ?= 8192
+FUZZ_FLAGS   ?=
+FUZZ_SAN      = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZ_SRC      = $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BIN      = $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
+FUZZ_LIB_OBJ  = $(LIB_SRC:%.c=$(BUILD)/fuzz/obj/%.o)
+
+.PHONY: fuzz fuzz-deps
+.SECONDARY: $(FUZZ_SRC:%.c=$(BUILD)/fuzz/obj/%.o)
+
+# Installs clang and libFuzzer (as root, only when a fuzz target cannot be linked).
+fuzz-deps:
+	@t=$$(mktemp -d); \
+	printf 'int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n);\nint LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) { (void)d; (void)n; return 0; }\n' > $$t/probe.c; \
+	if ! $(FUZZ_CC) -fsanitize=fuzzer,address,undefined $$t/probe.c -o $$t/probe >/dev/null 2>&1; then \
+	  echo "installing: clang libclang-rt-14-dev"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang libclang-rt-14-dev >/dev/null; \
+	fi; rm -rf $$t
+
+$(BUILD)/fuzz/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  FUZZCC  $<"
+	@$(FUZZ_CC) $(CFLAGS) $(FUZZ_SAN) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(BUILD)/fuzz/librelay.a: $(FUZZ_LIB_OBJ)
+	@rm -f $@
+	@ar rcs $@ $^
+
+$(BUILD)/fuzz/fuzz_%: $(BUILD)/fuzz/obj/tests/fuzz/fuzz_%.o $(BUILD)/fuzz/librelay.a
+	$(FUZZ_CC) $(FUZZ_SAN) -fsanitize=fuzzer $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+fuzz: deps fuzz-deps
+	$(MAKE) $(FUZZ_BIN)
+	@rc=0; for t in $(FUZZ_BIN); do n=$$(basename $$t); \
+	  mkdir -p $(BUILD)/fuzz/corpus/$$n $(BUILD)/fuzz/artifacts; \
+	  echo "== $$n ($(FUZZ_SECONDS)s)"; \
+	  $$t -max_total_time=$(FUZZ_SECONDS) -max_len=$(FUZZ_MAX_LEN) -print_final_stats=1 \
+	    -artifact_prefix=$(BUILD)/fuzz/artifacts/$$n- $(FUZZ_FLAGS) \
+	    $(BUILD)/fuzz/corpus/$$n tests/fuzz/corpus/$$n || { echo "!! $$n failed"; rc=1; }; \
+	done; exit $$rc
+
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -977,7 +977,7 @@ static int plugin_source(cfg_loader *ld, const yaml_node_t *n, char **out)
     free(src);
     if (n_ < 0 || (size_t)n_ >= sizeof joined)
         return cfg_fail(ld, -EINVAL, "source path too long");
-    int fd = open(joined, O_RDONLY | O_CLOEXEC);
+    int fd = open(joined, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block the load */
     struct stat st;
     if (fd < 0)
         return cfg_fail(ld, -EINVAL, "source %s: %s", joined, strerror(errno));

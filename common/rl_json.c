@@ -1,6 +1,8 @@
 /* JSON helpers on cJSON shared by the node's modules. */
 #include "rl_json.h"
 
+#include <string.h>
+
 int rl_json_depth_ok(const cJSON *v, int max)
 {
     if (max < 0)
@@ -11,8 +13,33 @@ int rl_json_depth_ok(const cJSON *v, int max)
     return 1;
 }
 
+/* cJSON keeps strings as C strings and lets raw control bytes through: refuse what it would
+   silently cut or accept against RFC 8259 (a raw byte below 0x20 or a \u0000 escape inside a
+   string), so the hub and the plugins never read one message two ways. */
+static int strings_clean(const char *buf, size_t len)
+{
+    int in_string = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)buf[i];
+        if (!in_string) {
+            in_string = c == '"';
+        } else if (c == '"') {
+            in_string = 0;
+        } else if (c < 0x20) {
+            return 0;
+        } else if (c == '\\' && i + 1 < len) {
+            if (buf[i + 1] == 'u' && i + 5 < len && memcmp(buf + i + 2, "0000", 4) == 0)
+                return 0;
+            i++; /* the escaped character is not a quote that ends the string */
+        }
+    }
+    return 1;
+}
+
 cJSON *rl_json_parse(const char *buf, size_t len)
 {
+    if (!strings_clean(buf, len))
+        return NULL;
     const char *end = NULL;
     cJSON *v = cJSON_ParseWithLengthOpts(buf, len, &end, 0);
     if (!v)

@@ -10,7 +10,8 @@
 #define RL_JSON_MAX_DEPTH 100
 
 /* Parses exactly one JSON value from buf[0..len): only whitespace may follow it (cJSON bounds
-   nesting at CJSON_NESTING_LIMIT). Returns the tree (cJSON_Delete) or NULL. */
+   nesting at CJSON_NESTING_LIMIT), and no string holds a raw control byte or a \u0000 escape
+   (cJSON would cut the string there). Returns the tree (cJSON_Delete) or NULL. */
 cJSON *rl_json_parse(const char *buf, size_t len);
 /* 1 when no container nests more than max levels below v. */
 int rl_json_depth_ok(const cJSON *v, int max);

@@ -328,6 +328,12 @@ static int push_json(lua_State *L, const cJSON *j, int depth)
         lua_createtable(L, 0, 4);
         for (const cJSON *c = j->child; c; c = c->next) {
             lua_pushstring(L, c->string ? c->string : "");
+            lua_pushvalue(L, -1);
+            if (lua_rawget(L, -3) != LUA_TNIL) { /* a repeated key: the first value wins, as */
+                lua_pop(L, 2);                   /* in the hub, which routes on the first "type" */
+                continue;
+            }
+            lua_pop(L, 1);
             if (push_json(L, c, depth + 1) < 0)
                 return -1;
             lua_rawset(L, -3);
