@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Relay benchmark: echo round trips at 1 and 100 connections and idle memory per connection against
-# a standalone node with the echo plugin, then (BENCH_CLUSTER=1) the same echo round trips on a
-# two-node cluster over a private redis-server, same-node vs cross-node; writes bench/REPORT.md.
-# Builds nothing (`make bench` does).
+# a standalone node with the echo plugin, then (BENCH_BASELINE=1) the same figures, same client and
+# same pinning, against a Node.js `ws` echo server (bench/node-baseline/server.js) for ratios, then
+# (BENCH_CLUSTER=1) the same echo round trips on a two-node cluster over a private redis-server,
+# same-node vs cross-node; writes bench/REPORT.md. Builds nothing (`make bench` does).
 #
 # Environment (all optional):
 #   BUILD=build               build directory holding relay-node and relay-bench
@@ -15,6 +16,11 @@
 #   BENCH_PIN=auto            pin node to CPU 0 and client to CPU 1 (auto: when >= 2 CPUs)
 #   BENCH_REPORT=bench/REPORT.md   where the report goes
 #   BENCH_KEEP=1              keep the temp dir (configs, node logs, raw results)
+#   BENCH_BASELINE=1          Node.js `ws` baseline section (0: skip); skipped with a note without
+#                             node, or without npm while bench/node-baseline/node_modules lacks ws
+#   NODEJS_BIN=node, NPM_BIN=npm   the Node.js and npm the baseline uses; the pinned `ws` (see
+#                             bench/node-baseline/package.json) is installed into
+#                             bench/node-baseline/node_modules on first use
 #   BENCH_CLUSTER=1           cluster section (0: skip); skipped with a note without redis-server
 #   REDIS_SERVER_BIN=redis-server   the redis-server the cluster section starts (its own, on a
 #                             free loopback port, no persistence, in the temp dir)
@@ -33,6 +39,10 @@ IDLE=${BENCH_IDLE:-2000}
 PIN=${BENCH_PIN:-auto}
 REPORT=${BENCH_REPORT:-$ROOT/bench/REPORT.md}
 CLUSTER=${BENCH_CLUSTER:-1}
+BASELINE=${BENCH_BASELINE:-1}
+NODEJS=${NODEJS_BIN:-node}
+NPM=${NPM_BIN:-npm}
+BASE_DIR=$ROOT/bench/node-baseline
 REDIS_SERVER=${REDIS_SERVER_BIN:-redis-server}
 PLUGIN=$ROOT/plugins/lua/echo.lua
 PY=/usr/bin/python3
@@ -138,20 +148,35 @@ start_node() { # tag
     write_config "$cfg" "$PORT"
     "${NODE_PIN[@]}" "$NODE" -c "$cfg" >"$logf" 2>&1 &
     NODE_PID=$!
+    wait_http "$logf" "node" "config $cfg"
+}
+
+# Until NODE_PID answers HTTP on PORT (any status: /healthz per DESIGN.md section 7 for Relay, 426
+# from the ws baseline); dies with the log's tail if it exits or does not answer within 10 s.
+wait_http() { # log what context
     for _ in $(seq 1 100); do
         if ! kill -0 "$NODE_PID" 2>/dev/null; then
-            tail -20 "$logf" >&2
+            tail -20 "$1" >&2
             NODE_PID=""
-            die "node exited at start (log above, config $cfg)"
+            die "$2 exited at start (log above, $3)"
         fi
-        # any HTTP answer means the listener is up (/healthz per DESIGN.md section 7)
         if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$PORT/healthz"; then
             return 0
         fi
         sleep 0.1
     done
-    tail -20 "$logf" >&2
-    die "node did not answer on 127.0.0.1:$PORT within 10 s"
+    tail -20 "$1" >&2
+    die "$2 did not answer on 127.0.0.1:$PORT within 10 s"
+}
+
+# Starts the Node.js ws baseline server on a free port, pinned like the node; sets NODE_PID and
+# PORT (so stop_node and cleanup handle it too).
+start_baseline() { # tag
+    PORT=$(free_port)
+    local logf="$TMP/baseline-$1.log"
+    "${NODE_PIN[@]}" "$NODEJS" "$BASE_DIR/server.js" "$PORT" >"$logf" 2>&1 &
+    NODE_PID=$!
+    wait_http "$logf" "node.js baseline" "$BASE_DIR/server.js"
 }
 
 stop_node() {
@@ -193,51 +218,101 @@ print(json.dumps(r))' "$1" "$2" "$3" "$4" >>"$RESULTS"
 }
 
 # ---- echo round trips ------------------------------------------------------------------------
+HZ=$(getconf CLK_TCK)
+# The echo runs against the server at NODE_PID/PORT (started by the caller); kind echo|base_echo.
+echo_runs() { # kind
+    local conns run c0 c1 t0 t1 out cpu
+    for conns in $CONN_SETS; do
+        for run in $(seq 1 "$RUNS"); do
+            c0=$(cpu_ticks "$NODE_PID")
+            t0=$(date +%s.%N)
+            out=$("${BENCH_PIN_CMD[@]}" "$BENCH" --url "ws://127.0.0.1:$PORT/ws" --conns "$conns" \
+                      --users "$conns" --duration "$DURATION" --size "$SIZE" --type echo_ping) || true
+            t1=$(date +%s.%N)
+            c1=$(cpu_ticks "$NODE_PID")
+            [ -n "$out" ] || die "relay-bench printed nothing ($1, conns $conns, run $run)"
+            cpu=$("$PY" -c "print(round(100.0 * ($c1 - $c0) / $HZ / ($t1 - $t0), 1))")
+            record "$1" "$run" "$out" "{\"node_cpu_pct\": $cpu}"
+            log "$1 conns=$conns run=$run: $out (server cpu ${cpu}% over the whole run)"
+        done
+    done
+}
 log "node $NODE, client $BENCH, $RUNS runs x ${DURATION}s, ${SIZE} B frames, pinning $PIN"
 start_node echo
-HZ=$(getconf CLK_TCK)
-for conns in $CONN_SETS; do
-    for run in $(seq 1 "$RUNS"); do
-        c0=$(cpu_ticks "$NODE_PID")
-        t0=$(date +%s.%N)
-        out=$("${BENCH_PIN_CMD[@]}" "$BENCH" --url "ws://127.0.0.1:$PORT/ws" --conns "$conns" \
-                  --users "$conns" --duration "$DURATION" --size "$SIZE" --type echo_ping) || true
-        t1=$(date +%s.%N)
-        c1=$(cpu_ticks "$NODE_PID")
-        [ -n "$out" ] || die "relay-bench printed nothing (conns $conns, run $run)"
-        cpu=$("$PY" -c "print(round(100.0 * ($c1 - $c0) / $HZ / ($t1 - $t0), 1))")
-        record echo "$run" "$out" "{\"node_cpu_pct\": $cpu}"
-        log "echo conns=$conns run=$run: $out (node cpu ${cpu}% over the whole run)"
-    done
-done
+echo_runs echo
 stop_node
 
 # ---- idle memory per connection ---------------------------------------------------------------
-for run in $(seq 1 "$RUNS"); do
-    start_node "idle$run"
-    sleep 1
-    before=$(rss_kb "$NODE_PID")
-    out="$TMP/idle-$run.out"
-    "${BENCH_PIN_CMD[@]}" "$BENCH" --url "ws://127.0.0.1:$PORT/ws" --idle "$IDLE" --users "$IDLE" \
-        --hold 4 --timeout 30 >"$out" &
-    BENCH_PID=$!
-    ready=""
-    for _ in $(seq 1 600); do # the client prints its first line once every welcome is in
-        ready=$(head -n 1 "$out" 2>/dev/null || true)
-        [ -n "$ready" ] && break
-        kill -0 "$BENCH_PID" 2>/dev/null || break
-        sleep 0.1
+# One fresh server per run, started by the given function (start_node|start_baseline); kind
+# idle|base_idle.
+idle_runs() { # kind start-function
+    local run before after out ready final
+    for run in $(seq 1 "$RUNS"); do
+        "$2" "idle$run"
+        sleep 1
+        before=$(rss_kb "$NODE_PID")
+        out="$TMP/$1-$run.out"
+        "${BENCH_PIN_CMD[@]}" "$BENCH" --url "ws://127.0.0.1:$PORT/ws" --idle "$IDLE" --users "$IDLE" \
+            --hold 4 --timeout 30 >"$out" &
+        BENCH_PID=$!
+        ready=""
+        for _ in $(seq 1 600); do # the client prints its first line once every welcome is in
+            ready=$(head -n 1 "$out" 2>/dev/null || true)
+            [ -n "$ready" ] && break
+            kill -0 "$BENCH_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        [ -n "$ready" ] || die "idle client did not get its connections open ($1, run $run)"
+        sleep 1 # let the node settle (allocator, lazy buffers)
+        after=$(rss_kb "$NODE_PID")
+        wait "$BENCH_PID" || true
+        BENCH_PID=""
+        final=$(tail -n 1 "$out")
+        record "$1" "$run" "$final" "{\"rss_before_kb\": $before, \"rss_after_kb\": $after}"
+        log "$1 run=$run: rss ${before} -> ${after} kB, $final"
+        stop_node
     done
-    [ -n "$ready" ] || die "idle client did not get its connections open (run $run)"
-    sleep 1 # let the node settle (allocator, lazy buffers)
-    after=$(rss_kb "$NODE_PID")
-    wait "$BENCH_PID" || true
-    BENCH_PID=""
-    final=$(tail -n 1 "$out")
-    record idle "$run" "$final" "{\"rss_before_kb\": $before, \"rss_after_kb\": $after}"
-    log "idle run=$run: rss ${before} -> ${after} kB, $final"
+}
+idle_runs idle start_node
+
+# ---- baseline: Node.js ws --------------------------------------------------------------------
+# bench/node-baseline/server.js: one process doing the echo path in spirit (welcome frame, then
+# JSON.parse, type check, JSON.stringify reply) without hub, plugin or limits; pinned like the node.
+BASELINE_NOTE="" NODEJS_VERSION="" WS_VERSION=""
+ws_version() { # -> version of the installed ws, or nothing
+    "$NODEJS" -e 'try { process.stdout.write(require(process.argv[1] + "/node_modules/ws/package.json").version) } catch (e) {}' \
+        "$BASE_DIR" 2>/dev/null || true
+}
+if [ "$BASELINE" != 1 ]; then
+    BASELINE_NOTE="Skipped (BENCH_BASELINE=$BASELINE)."
+elif ! command -v "$NODEJS" >/dev/null; then
+    BASELINE_NOTE="Skipped: no \`$NODEJS\` (Node.js) on this machine (install it, or set NODEJS_BIN)."
+else
+    NODEJS_VERSION=$("$NODEJS" --version 2>/dev/null || true)
+    WANT_WS=$("$NODEJS" -e 'process.stdout.write(require(process.argv[1] + "/package.json").dependencies.ws)' "$BASE_DIR")
+    WS_VERSION=$(ws_version)
+    if [ "$WS_VERSION" != "$WANT_WS" ]; then
+        if ! command -v "$NPM" >/dev/null; then
+            BASELINE_NOTE="Skipped: \`ws\` $WANT_WS is not installed in bench/node-baseline/node_modules and there is no \`$NPM\` to install it (set NPM_BIN)."
+        else
+            log "installing ws $WANT_WS into $BASE_DIR/node_modules"
+            "$NPM" install --no-audit --no-fund --prefix "$BASE_DIR" >"$TMP/npm.log" 2>&1 ||
+                { tail -20 "$TMP/npm.log" >&2; log "npm install failed (log above)"; }
+            WS_VERSION=$(ws_version)
+            [ "$WS_VERSION" = "$WANT_WS" ] ||
+                BASELINE_NOTE="Skipped: \`npm install\` in bench/node-baseline did not install \`ws\` $WANT_WS (no registry access?)."
+        fi
+    fi
+fi
+if [ -n "$BASELINE_NOTE" ]; then
+    log "baseline section: $BASELINE_NOTE"
+else
+    log "baseline: node.js $NODEJS_VERSION, ws $WS_VERSION, $BASE_DIR/server.js"
+    start_baseline echo
+    echo_runs base_echo
     stop_node
-done
+    idle_runs base_idle start_baseline
+fi
 
 # ---- cluster: cross-node vs same-node ----------------------------------------------------------
 # Two nodes (n1, n2) sharing a private redis-server; the same echo runs as above. Nothing is
@@ -373,7 +448,8 @@ fi
 # ---- report ------------------------------------------------------------------------------------
 MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 MEM=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
-"$PY" - "$RESULTS" "$REPORT" "$CLUSTER_NOTE" "${REDIS_VERSION:-}" <<EOF
+"$PY" - "$RESULTS" "$REPORT" "$CLUSTER_NOTE" "${REDIS_VERSION:-}" "$BASELINE_NOTE" \
+    "$NODEJS_VERSION" "$WS_VERSION" <<EOF
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 med = lambda xs: statistics.median(xs) if xs else float("nan")
@@ -432,6 +508,70 @@ if ids:
 w("")
 w("For reference, \`notes/stack.md\` measured 2.1 KB per idle connection for bare lws with")
 w("rx_buffer_size 512 and 5.7 KB with 4096; the design goal is at most 6 KiB per idle user.")
+w("")
+w("## Baseline: Node.js ws")
+w("")
+bl_note, node_version, ws_version = sys.argv[5], sys.argv[6], sys.argv[7]
+b_echo = [r for r in rows if r["kind"] == "base_echo"]
+b_idle = [r for r in rows if r["kind"] == "base_idle"]
+echo = [r for r in rows if r["kind"] == "echo"]
+if bl_note or not (b_echo or b_idle):
+    w(bl_note or "No baseline runs.")
+else:
+    w("The same runs as the two sections above, in the same run of this script, against")
+    w("\`bench/node-baseline/server.js\`: Node.js %s with \`ws\` %s (no permessage-deflate), a" % (node_version, ws_version))
+    w("single process pinned like the node (server on CPU 0, \`relay-bench\` on CPU 1) when pinning")
+    w("is on. Same client, same options (%d-byte \`echo_ping\`, one in flight per connection, one" % $SIZE)
+    w("user per connection, ${DURATION} s measured after 0.5 s warm-up, $IDLE idle connections for the")
+    w("memory figure, a fresh server per idle run), median of $RUNS runs. The server sends a")
+    w("\`{\"topic\":\"welcome\",...}\` frame on connect, then per text frame \`JSON.parse\`, checks for an")
+    w("object with a string \`type\` (prefix \`echo_\`) and sends \`JSON.stringify\` of")
+    w("\`{\"type\":\"echo_pong\",\"request_id\":..,\"data\":..}\`.")
+    w("")
+    w("| connections | round trips/s | p50 | p90 | p99 | errors | server CPU |")
+    w("|---|---|---|---|---|---|---|")
+    for conns in sorted({r["conns"] for r in b_echo}):
+        rs = [r for r in b_echo if r["conns"] == conns]
+        w("| %d | %.0f | %.0f us | %.0f us | %.0f us | %d | %.0f%% |" % (
+            conns, med([r["msgs_per_sec"] for r in rs]), med([r["p50_us"] for r in rs]),
+            med([r["p90_us"] for r in rs]), med([r["p99_us"] for r in rs]),
+            sum(r["errors"] for r in rs), med([r["node_cpu_pct"] for r in rs])))
+    w("")
+    b_per = [(r["rss_after_kb"] - r["rss_before_kb"]) * 1024.0 / max(r["open"], 1) for r in b_idle]
+    if b_idle:
+        w("| idle connections | RSS before | RSS with connections | per connection | errors |")
+        w("|---|---|---|---|---|")
+        w("| %d | %.1f MB | %.1f MB | **%.0f B** | %d |" % (
+            med([r["open"] for r in b_idle]), med([r["rss_before_kb"] for r in b_idle]) / 1024.0,
+            med([r["rss_after_kb"] for r in b_idle]) / 1024.0, med(b_per), sum(r["errors"] for r in b_idle)))
+        w("")
+    w("Ratios Relay / Node.js ws (medians above). Round trips/s: above 1 means Relay is faster;")
+    w("latency and memory: below 1 means Relay is lower (better).")
+    w("")
+    w("| figure | Relay | Node.js ws | Relay / Node |")
+    w("|---|---|---|---|")
+    fmt = lambda v, unit: ("%.0f%s" % (v, unit))
+    for conns in sorted({r["conns"] for r in b_echo} & {r["conns"] for r in echo}):
+        ra = [r for r in echo if r["conns"] == conns]
+        nb = [r for r in b_echo if r["conns"] == conns]
+        for key, label, unit in (("msgs_per_sec", "round trips/s", ""), ("p50_us", "p50", " us"),
+                                 ("p99_us", "p99", " us")):
+            a, b = med([r[key] for r in ra]), med([r[key] for r in nb])
+            w("| %s, %d conn%s | %s | %s | **%.2fx** |" % (label, conns, "" if conns == 1 else "s",
+                fmt(a, unit), fmt(b, unit), a / b if b else float("nan")))
+    if ids and b_idle:
+        a, b = med(per), med(b_per)
+        w("| idle bytes per connection | %.0f B | %.0f B | **%.2fx** |" % (a, b, a / b if b else float("nan")))
+    w("")
+    w("Read the ratios with care. The Node server does **less work** than Relay: no per-user hub")
+    w("(Relay's idle figure includes one per connection), no Lua plugin process and no message")
+    w("hop to it, no connection or size limits, no metrics; it is a lower bound for what a relay")
+    w("written on Node with \`ws\` would cost, not an equivalent. Client and server share this")
+    w("$NCPU-CPU machine (one core each when pinned), so a server below 100% CPU was waiting on the")
+    w("client or the loopback, not at its own limit; where both servers are at 100% the ratio")
+    w("compares their cost per round trip. Node's idle RSS also depends on when V8 last collected")
+    w("garbage (no GC is forced before either reading), and its RSS before connections (the")
+    w("runtime itself) is not part of the per-connection figure.")
 w("")
 w("## Cluster: cross-node vs same-node")
 w("")
@@ -499,8 +639,9 @@ for r in rows:
 w("\`\`\`")
 w("")
 w("Reproduce: \`make bench\` (or \`bench/run.sh\` with built binaries; see the variables at the top of")
-w("the script; \`BENCH_CLUSTER=0\` skips the cluster section). A user whose connections alternate")
-w("between two nodes: \`relay-bench --url ws://A/ws --url2 ws://B/ws --users U\`.")
+w("the script; \`BENCH_BASELINE=0\` skips the Node.js baseline, \`BENCH_CLUSTER=0\` the cluster")
+w("section). A user whose connections alternate between two nodes:")
+w("\`relay-bench --url ws://A/ws --url2 ws://B/ws --users U\`.")
 open(sys.argv[2], "w").write("\n".join(out) + "\n")
 EOF
 log "wrote $REPORT"
