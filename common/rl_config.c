@@ -121,8 +121,9 @@ typedef enum {
     F_BOOL,     /* int 0/1 */
     F_LISTEN,   /* "host:port" into listen_host/listen_port */
     F_AUTHMODE, /* jwt | insecure */
+    F_PATH,     /* char *; a readable regular file, stored as an absolute path; "" = unset */
     F_STRLIST,  /* char ** at off, size_t count at off_n (YAML list only) */
-    F_AUTH,     /* a nested map described by auth_fields (YAML only) */
+    F_MAP,      /* a nested map: the rows of the submaps table under this key (YAML only) */
 } cfg_type;
 
 typedef int (*cfg_check_fn)(const char *v, char *why, size_t whylen);
@@ -193,13 +194,22 @@ static const cfg_field auth_fields[] = {
     {NULL, F_STR, 0, 0, 0, 0, 0, NULL},
 };
 
+/* relay.node tls: both or neither (checked by entry_node and config_check). In the file, relative
+   paths are against the file's directory; from RELAY_TLS_* against the working directory. */
+static const cfg_field tls_fields[] = {
+    {"cert", F_PATH, OFF(tls_cert), 0, 0, 0, 0, NULL},
+    {"key", F_PATH, OFF(tls_key), 0, 0, 0, 0, NULL},
+    {NULL, F_STR, 0, 0, 0, 0, 0, NULL},
+};
+
 static const cfg_field node_fields[] = {
     {"listen", F_LISTEN, 0, 0, 0, 0, 0, NULL},
     {"ws_path", F_STR, OFF(ws_path), 0, 0, 0, 0, check_ws_path},
     {"node_id", F_STR, OFF(node_id), 0, 0, 0, 0, check_nonempty},
     {"redis", F_STR, OFF(redis_url), 0, 0, 0, 0, check_redis_url},
     {"redis_prefix", F_STR, OFF(redis_prefix), 0, 0, 0, 0, check_nonempty},
-    {"auth", F_AUTH, 0, 0, 0, 0, 0, NULL},
+    {"auth", F_MAP, 0, 0, 0, 0, 0, NULL},
+    {"tls", F_MAP, 0, 0, 0, 0, 0, NULL},
     {"allowed_origins", F_STRLIST, OFF(allowed_origins), OFF(norigins), 0, 0, 0, NULL},
     {"max_message_bytes", F_SIZE, OFF(max_message_bytes), 0, 16, 1ULL << 30, 0, NULL},
     {"max_outbound_bytes", F_SIZE, OFF(max_outbound_bytes), 0, 1024, 1ULL << 32, 0, NULL},
@@ -216,6 +226,15 @@ static const cfg_field node_fields[] = {
     {NULL, F_STR, 0, 0, 0, 0, 0, NULL},
 };
 
+/* The table each F_MAP key of relay.node reads its nested map with. */
+static const struct {
+    const char *key;
+    const cfg_field *table;
+} submaps[] = {
+    {"auth", auth_fields},
+    {"tls", tls_fields},
+};
+
 typedef struct cfg_env_var {
     const char *var;
     const cfg_field *table;
@@ -228,6 +247,8 @@ static const cfg_env_var env_vars[] = {
     {"RELAY_REDIS_URL", node_fields, "redis"},
     {"RELAY_AUTH_MODE", auth_fields, "mode"},
     {"RELAY_JWT_SECRET", auth_fields, "secret"},
+    {"RELAY_TLS_CERT", tls_fields, "cert"},
+    {"RELAY_TLS_KEY", tls_fields, "key"},
     {"RELAY_MAX_CONNECTIONS_PER_USER", param_fields, "max_connections_per_user"},
     {"RELAY_QUEUE_MULTIPLIER", param_fields, "queue_multiplier"},
     {"RELAY_USER_HUB_INACTIVITY_TIMEOUT", param_fields, "user_hub_inactivity_timeout"},
@@ -347,6 +368,31 @@ static int parse_hostport(const char *s, char **host, int *port, char *why, size
     return 0;
 }
 
+/* Checks path names a regular file this process can open for reading, and returns a malloc'd
+   absolute copy in *out (the joined path if realpath fails for a reason open did not hit). On
+   error writes "PATH: reason" into why. */
+static int file_resolve(const char *path, char **out, char *why, size_t whylen)
+{
+    char resolved[PATH_MAX];
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block the load */
+    struct stat st;
+    if (fd < 0) {
+        snprintf(why, whylen, "%s: %s", path, strerror(errno));
+        return -EINVAL;
+    }
+    int rc = fstat(fd, &st);
+    close(fd);
+    if (rc < 0 || !S_ISREG(st.st_mode)) {
+        snprintf(why, whylen, "%s: not a regular file", path);
+        return -EINVAL;
+    }
+    if (!(*out = strdup(realpath(path, resolved) ? resolved : path))) {
+        snprintf(why, whylen, "out of memory");
+        return -ENOMEM;
+    }
+    return 0;
+}
+
 int rl_config_set_listen(rl_config *c, const char *hostport, char *err, size_t errlen)
 {
     char why[320];
@@ -382,6 +428,16 @@ static int field_set(rl_config *c, const cfg_field *f, const char *s, char *why,
         char **slot = (char **)(base + f->off);
         free(*slot);
         *slot = copy;
+        return 0;
+    }
+    case F_PATH: {
+        char *abs = NULL;
+        int rc = *s ? file_resolve(s, &abs, why, whylen) : 0;
+        if (rc < 0)
+            return rc;
+        char **slot = (char **)(base + f->off);
+        free(*slot);
+        *slot = abs;
         return 0;
     }
     case F_INT:
@@ -445,10 +501,10 @@ static int field_set(rl_config *c, const cfg_field *f, const char *s, char *why,
         }
         return 0;
     case F_STRLIST:
-    case F_AUTH:
+    case F_MAP:
         break;
     }
-    snprintf(why, whylen, "expected a %s", f->type == F_AUTH ? "map" : "list");
+    snprintf(why, whylen, "expected a %s", f->type == F_MAP ? "map" : "list");
     return -EINVAL;
 }
 
@@ -458,6 +514,11 @@ static int config_check(const rl_config *c, char *why, size_t whylen)
     if (!c->listen_host || !c->ws_path || !c->node_id || !c->redis_prefix) {
         snprintf(why, whylen, "out of memory");
         return -ENOMEM;
+    }
+    if (!c->tls_cert != !c->tls_key) {
+        snprintf(why, whylen, "tls.cert and tls.key must be given together (only tls.%s is set)",
+                 c->tls_cert ? "cert" : "key");
+        return -EINVAL;
     }
     if ((uint64_t)c->max_connections_per_user * (uint64_t)c->queue_multiplier > CFG_MAX_HUB_QUEUE) {
         snprintf(why, whylen,
@@ -556,6 +617,8 @@ void rl_config_free(rl_config *c)
     free(c->jwt_secret);
     free(c->jwt_issuer);
     free(c->jwt_audience);
+    free(c->tls_cert);
+    free(c->tls_key);
     for (size_t i = 0; i < c->norigins; i++)
         free(c->allowed_origins[i]);
     free(c->allowed_origins);
@@ -773,9 +836,10 @@ static int name_ok(const char *s)
 static int field_set_node(cfg_loader *ld, const cfg_field *f, const yaml_node_t *n,
                           const char *key);
 
-/* Reads a map whose keys are all rows of table (plus `skip` keys the caller reads itself). */
+/* Reads a map whose keys are all rows of table (plus `skip` keys the caller reads itself). Errors
+   name a key as "what.key" when the map is nested (prefix set), else as "key". */
 static int map_fields(cfg_loader *ld, const yaml_node_t *m, const char *what,
-                      const cfg_field *table, const char *const *skip)
+                      const cfg_field *table, const char *const *skip, const char *prefix)
 {
     int rc = map_check(ld, m, what);
     if (rc < 0)
@@ -791,7 +855,7 @@ static int map_fields(cfg_loader *ld, const yaml_node_t *m, const char *what,
         if (!f)
             return cfg_fail(ld, -EINVAL, "unknown key '%s' in %s", key, what);
         char label[64];
-        snprintf(label, sizeof label, "%s%s", table == auth_fields ? "auth." : "", key);
+        snprintf(label, sizeof label, "%s%s%s", prefix ? prefix : "", prefix ? "." : "", key);
         rc = field_set_node(ld, f, node_at(ld, p->value), label);
         if (rc < 0)
             return rc;
@@ -852,8 +916,12 @@ fail:
 
 static int field_set_node(cfg_loader *ld, const cfg_field *f, const yaml_node_t *n, const char *key)
 {
-    if (f->type == F_AUTH)
-        return map_fields(ld, n, key, auth_fields, NULL);
+    if (f->type == F_MAP) {
+        for (size_t i = 0; i < sizeof submaps / sizeof submaps[0]; i++)
+            if (strcmp(submaps[i].key, f->key) == 0)
+                return map_fields(ld, n, key, submaps[i].table, NULL, key);
+        return cfg_fail(ld, -EINVAL, "%s: no table for this map", key); /* a bug in the tables */
+    }
     if (f->type == F_STRLIST) {
         char ***slot = (char ***)((char *)ld->c + f->off);
         size_t *nslot = (size_t *)((char *)ld->c + f->off_n);
@@ -873,6 +941,17 @@ static int field_set_node(cfg_loader *ld, const cfg_field *f, const yaml_node_t 
     int rc = value_get(ld, n, key, &v);
     if (rc < 0)
         return rc;
+    if (f->type == F_PATH && v[0] && v[0] != '/') { /* relative to the file, like sources */
+        size_t jlen = strlen(ld->dir) + 1 + strlen(v) + 1;
+        char *joined = malloc(jlen);
+        if (!joined) {
+            free(v);
+            return cfg_fail(ld, -ENOMEM, "out of memory");
+        }
+        snprintf(joined, jlen, "%s/%s", ld->dir, v);
+        free(v);
+        v = joined;
+    }
     rc = field_set(ld->c, f, v, why, sizeof why);
     free(v);
     return rc < 0 ? cfg_fail(ld, rc, "%s: %s", key, why) : 0;
@@ -962,7 +1041,7 @@ static int entry_dependency(cfg_loader *ld, const yaml_node_t *e)
 /* Resolves a file:// source against the config's directory; checks it is a readable file. */
 static int plugin_source(cfg_loader *ld, const yaml_node_t *n, char **out)
 {
-    char *src, joined[PATH_MAX], resolved[PATH_MAX];
+    char *src, joined[PATH_MAX], why[PATH_MAX + 64];
     int rc = value_get(ld, n, "source", &src);
     if (rc < 0)
         return rc;
@@ -977,18 +1056,10 @@ static int plugin_source(cfg_loader *ld, const yaml_node_t *n, char **out)
     free(src);
     if (n_ < 0 || (size_t)n_ >= sizeof joined)
         return cfg_fail(ld, -EINVAL, "source path too long");
-    int fd = open(joined, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block the load */
-    struct stat st;
-    if (fd < 0)
-        return cfg_fail(ld, -EINVAL, "source %s: %s", joined, strerror(errno));
-    rc = fstat(fd, &st);
-    close(fd);
-    if (rc < 0 || !S_ISREG(st.st_mode))
-        return cfg_fail(ld, -EINVAL, "source %s: not a regular file", joined);
-    /* An absolute path keeps working if the node changes directory; keep the joined one if
-       realpath fails for a reason open did not hit. */
-    *out = strdup(realpath(joined, resolved) ? resolved : joined);
-    return *out ? 0 : cfg_fail(ld, -ENOMEM, "out of memory");
+    /* An absolute path keeps working if the node changes directory. */
+    if ((rc = file_resolve(joined, out, why, sizeof why)) < 0)
+        return cfg_fail(ld, rc, "source %s", why);
+    return 0;
 }
 
 static int plugin_add(cfg_loader *ld, rl_plugin_def **out)
@@ -1101,7 +1172,11 @@ static int entry_node(cfg_loader *ld, const yaml_node_t *e)
     if (ld->node_entry)
         return cfg_fail(ld, -EINVAL, "a second relay.node entry (the first is %s)", ld->node_entry);
     ld->node_entry = ld->entry;
-    return map_fields(ld, e, "relay.node", node_fields, entry_common_keys);
+    int rc = map_fields(ld, e, "relay.node", node_fields, entry_common_keys, NULL);
+    if (rc == 0 && !ld->c->tls_cert != !ld->c->tls_key)
+        return cfg_fail(ld, -EINVAL, "tls.cert and tls.key must be given together (only tls.%s is "
+                                     "set)", ld->c->tls_cert ? "cert" : "key");
+    return rc;
 }
 
 /* Entry kinds this node reads; a NULL handler accepts the kind (and any keys) and ignores it.

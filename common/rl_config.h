@@ -46,6 +46,8 @@ typedef struct rl_config {
     char *jwt_secret;         /* HS256 secret */
     char *jwt_issuer;         /* checked when set */
     char *jwt_audience;       /* checked when set */
+    char *tls_cert;           /* tls.cert: absolute path of a readable PEM file; NULL = plain */
+    char *tls_key;            /* tls.key: set exactly when tls_cert is */
     char **allowed_origins;   /* empty = any origin */
     size_t norigins;
     size_t max_message_bytes;      /* default 65536 */
@@ -65,11 +67,13 @@ typedef struct rl_config {
 /* Fills c with the defaults above (no plugins). */
 void rl_config_defaults(rl_config *c);
 /* Reads the YAML file into c (already defaulted). On error returns negative and writes
-   "FILE: entry NAME: reason" into err. Resolves plugin sources, checks they are readable.
+   "FILE: entry NAME: reason" into err. Resolves plugin sources and tls.cert/tls.key, checks
+   they are readable (their contents are checked by the gateway when it starts).
    Lua syntax is checked by the plugin host, not here. */
 int rl_config_load(rl_config *c, const char *path, char *err, size_t errlen);
 /* Applies RELAY_* environment overrides (RELAY_LISTEN, RELAY_NODE_ID, RELAY_REDIS_URL,
-   RELAY_AUTH_MODE, RELAY_JWT_SECRET, RELAY_MAX_CONNECTIONS_PER_USER, RELAY_QUEUE_MULTIPLIER,
+   RELAY_AUTH_MODE, RELAY_JWT_SECRET, RELAY_TLS_CERT, RELAY_TLS_KEY (paths relative to the working
+   directory), RELAY_MAX_CONNECTIONS_PER_USER, RELAY_QUEUE_MULTIPLIER,
    RELAY_USER_HUB_INACTIVITY_TIMEOUT). Same error convention. */
 int rl_config_apply_env(rl_config *c, char *err, size_t errlen);
 /* "HOST:PORT" -> listen_host/listen_port. */

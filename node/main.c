@@ -172,6 +172,11 @@ int main(int argc, char **argv)
         goto out_node;
     }
     if (check) {
+        if (rl_gateway_check_tls(&app.cfg, err, sizeof err) < 0) {
+            fprintf(stderr, "relay-node: %s: %s\n", path, err);
+            status = 1;
+            goto out_lua;
+        }
         printf("%s: ok (%zu plugins)\n", path, app.cfg.nplugins);
         goto out_lua;
     }

@@ -5,6 +5,10 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <libwebsockets.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h> /* SSL_OP_* only: lws owns the SSL_CTX */
+#include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +35,7 @@
 #define RL_GW_CLOSE_REASON_MAX 123    /* RFC 6455: 125-byte close payload minus the code */
 #define RL_GW_HTTP_HEADROOM 512       /* response header bytes */
 #define RL_GW_CLOSE_FLUSH_S 5         /* a closing client gets this long to take queued frames */
+#define RL_GW_LWS_ERR_MAX 256         /* the first lws error line kept during start */
 
 /* ---------------------------------------------------------------------------------------------
  * Connection state */
@@ -88,6 +93,8 @@ static struct {
     size_t console_len;
     unsigned char *tx; /* frame scratch: LWS_PRE headroom + frame, reused for every frame */
     size_t txcap;
+    int starting;                      /* inside rl_gateway_start: keep the first lws error */
+    char lws_err[RL_GW_LWS_ERR_MAX];   /* that error ("" = none), for start's own message */
 } gw = {.accepting = 1};
 
 static const char *central_pid(void) { return gw.central[0] ? gw.central : rl_central_pid(); }
@@ -1178,6 +1185,84 @@ static void lws_log_emit(int level, const char *line)
     while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
         n--;
     rl_log(level & LLL_ERR ? RL_LOG_ERROR : RL_LOG_WARN, "lws", "%.*s", (int)n, line);
+    if (gw.starting && (level & LLL_ERR) && !gw.lws_err[0])
+        snprintf(gw.lws_err, sizeof gw.lws_err, "%.*s", (int)n, line);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * TLS: the cert and key are checked here before lws sees them. lws 4.1.6 reports a bad pair
+   only as log lines and a NULL vhost, and with OpenSSL 3 it never calls SSL_CTX_check_private_key:
+   a key of another type than the cert (an EC key with an RSA cert) is accepted and every
+   handshake then fails. */
+
+/* Refuses to decrypt, so an encrypted key fails the start instead of OpenSSL prompting on a
+   terminal from inside the event loop. */
+static int tls_no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+    (void)buf, (void)size, (void)rwflag, (void)u;
+    return -1;
+}
+
+/* The reason of OpenSSL's last queued error (or "no PEM data"), and clears the queue. */
+static const char *tls_reason(char *buf, size_t len)
+{
+    unsigned long e = ERR_peek_last_error();
+    const char *r = e ? ERR_reason_error_string(e) : NULL;
+    snprintf(buf, len, "%s", r ? r : "no PEM data");
+    ERR_clear_error();
+    return buf;
+}
+
+/* Reads c->tls_cert and c->tls_key (PEM) and checks the key is the cert's. Returns 0, or
+   -EINVAL with "tls.cert PATH: reason" / "tls.key PATH: reason" in err. */
+int rl_gateway_check_tls(const rl_config *c, char *err, size_t errlen)
+{
+    if (!c->tls_cert && !c->tls_key)
+        return 0; /* TLS off */
+    X509 *x = NULL;
+    EVP_PKEY *k = NULL;
+    char why[160];
+    int rc = -EINVAL;
+    FILE *f = fopen(c->tls_cert, "r");
+    if (!f) {
+        snprintf(err, errlen, "tls.cert %s: %s", c->tls_cert, strerror(errno));
+        return -EINVAL;
+    }
+    x = PEM_read_X509(f, NULL, tls_no_passphrase, NULL);
+    fclose(f);
+    if (!x) {
+        snprintf(err, errlen, "tls.cert %s: not a PEM certificate (%s)", c->tls_cert,
+                 tls_reason(why, sizeof why));
+        goto out;
+    }
+    if (!(f = fopen(c->tls_key, "r"))) {
+        snprintf(err, errlen, "tls.key %s: %s", c->tls_key, strerror(errno));
+        goto out;
+    }
+    k = PEM_read_PrivateKey(f, NULL, tls_no_passphrase, NULL);
+    fclose(f);
+    if (!k) {
+        unsigned long e = ERR_peek_last_error();
+        int encrypted =
+            ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_BAD_PASSWORD_READ;
+        snprintf(err, errlen, "tls.key %s: %s (%s)", c->tls_key,
+                 encrypted ? "encrypted keys are not supported" : "not a PEM private key",
+                 tls_reason(why, sizeof why));
+        goto out;
+    }
+    if (X509_check_private_key(x, k) != 1) {
+        snprintf(err, errlen, "tls.key %s does not match tls.cert %s (%s)", c->tls_key,
+                 c->tls_cert, tls_reason(why, sizeof why));
+        goto out;
+    }
+    if (X509_cmp_current_time(X509_get0_notAfter(x)) < 0)
+        rl_warn("gateway", "tls.cert %s has expired: clients will refuse it", c->tls_cert);
+    rc = 0;
+out:
+    ERR_clear_error();
+    EVP_PKEY_free(k);
+    X509_free(x);
+    return rc;
 }
 
 /* The console page with the WS path as a JavaScript string body (", \ and < escaped). */
@@ -1233,6 +1318,9 @@ int rl_gateway_start(uv_loop_t *loop, const rl_config *c, char *err, size_t errl
     gw.accepting = 1;
     gw.conns = NULL;
     gw.nconns = 0;
+    int rc;
+    if (c->tls_cert && (rc = rl_gateway_check_tls(c, err, errlen)) < 0)
+        return rc;
     if (c->console && console_build(c->ws_path) < 0) {
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
@@ -1277,20 +1365,49 @@ int rl_gateway_start(uv_loop_t *loop, const rl_config *c, char *err, size_t errl
     info.gid = -1;
     info.uid = -1;
     /* No info.extensions: permessage-deflate stalls on this lws build's uv backend (stack.md). */
+    if (c->tls_cert) {
+        /* Without DO_SSL_GLOBAL_INIT lws ignores the cert and serves plain ("SSL disabled").
+           A TLS port takes TLS only (no ALLOW_NON_SSL_ON_SSL_PORT). ALPN offers http/1.1 alone:
+           lws's default "h2,http/1.1" would put browsers on HTTP/2 (and WebSockets over h2),
+           which the handshake refusals here (raw HTTP/1.1) do not speak. */
+        info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+        info.ssl_cert_filepath = c->tls_cert;
+        info.ssl_private_key_filepath = c->tls_key;
+        info.ssl_options_set = (long)(SSL_OP_NO_TLSv1 | SSL_OP_NO_TLSv1_1);
+        info.alpn = "http/1.1";
+    }
 
+    gw.lws_err[0] = '\0';
+    gw.starting = 1;
     gw.ctx = lws_create_context(&info);
     if (!gw.ctx) {
+        gw.starting = 0;
         snprintf(err, errlen, "cannot create the lws context (is libwebsockets-evlib-uv installed?)");
         free(gw.console);
         gw.console = NULL;
         return -EIO;
     }
     if (!lws_create_vhost(gw.ctx, &info)) {
-        snprintf(err, errlen, "cannot listen on %s:%d", c->listen_host, c->listen_port);
+        gw.starting = 0;
+        /* lws sets up TLS before it binds: a TLS failure leaves an lws error line naming it */
+        if (c->tls_cert && (strstr(gw.lws_err, "cert") || strstr(gw.lws_err, "key") ||
+                            strstr(gw.lws_err, "ssl") || strstr(gw.lws_err, "SSL"))) {
+            snprintf(err, errlen, "cannot set up TLS with tls.cert %s and tls.key %s (lws: %s)",
+                     c->tls_cert, c->tls_key, gw.lws_err);
+            rc = -EINVAL;
+        } else {
+            snprintf(err, errlen, "cannot listen on %s:%d", c->listen_host, c->listen_port);
+            rc = -EADDRINUSE;
+        }
         lws_context_destroy(gw.ctx); /* destroy #1; rl_gateway_free does #2 */
         gw.destroying = 1;
-        return -EADDRINUSE;
+        return rc;
     }
+    gw.starting = 0;
+    if (c->tls_cert)
+        rl_info("gateway", "TLS on (https, wss): cert %s, key %s", c->tls_cert, c->tls_key);
+    else
+        rl_info("gateway", "TLS off (plain http, ws)");
     return 0;
 }
 

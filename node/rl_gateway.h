@@ -1,5 +1,5 @@
 /* The gateway: HTTP and WebSocket on libwebsockets (on the node's libuv loop); one connection
- * process per WebSocket. */
+ * process per WebSocket. With tls_cert/tls_key set the port serves only https and wss. */
 #ifndef RL_GATEWAY_H
 #define RL_GATEWAY_H
 
@@ -13,6 +13,11 @@
    Also on failure the caller runs the loop dry and then calls rl_gateway_free() (lws has already
    begun tearing the half-made context down; rl_gateway_stop() is then a no-op). */
 int rl_gateway_start(uv_loop_t *loop, const rl_config *c, char *err, size_t errlen);
+/* Checks c's TLS pair without starting anything: both PEMs readable, the key unencrypted and
+   the certificate's (lws itself lets an EC key with an RSA certificate through on OpenSSL 3 and
+   then fails every handshake). 0 when TLS is off or the pair is good; else negative with the
+   reason in err. rl_gateway_start runs it too; --check calls it. */
+int rl_gateway_check_tls(const rl_config *c, char *err, size_t errlen);
 /* Readiness hook for /readyz and admission (cluster mode: Redis round trip ok). NULL = ready.
    While it returns 0, new WebSockets are refused like rl_gateway_set_accepting(0). */
 void rl_gateway_set_ready_fn(int (*ready)(void));

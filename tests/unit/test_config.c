@@ -168,6 +168,8 @@ static void test_defaults(void **state)
     assert_int_equal(c.lua_instruction_budget, 10000000);
     assert_int_equal(c.lua_memory_limit, 256u << 20);
     assert_int_equal(c.plugin_queue, 1024);
+    assert_null(c.tls_cert);
+    assert_null(c.tls_key);
     assert_int_equal(c.nplugins, 0);
     rl_config_free(&c);
     rl_config_free(&c); /* free leaves c empty: a second free is harmless */
@@ -499,6 +501,7 @@ static void test_plugins_sorted_longest_prefix_first(void **state)
 static const char *const relay_vars[] = {
     "RELAY_LISTEN", "RELAY_NODE_ID", "RELAY_REDIS_URL", "RELAY_AUTH_MODE", "RELAY_JWT_SECRET",
     "RELAY_MAX_CONNECTIONS_PER_USER", "RELAY_QUEUE_MULTIPLIER", "RELAY_USER_HUB_INACTIVITY_TIMEOUT",
+    "RELAY_TLS_CERT", "RELAY_TLS_KEY",
 };
 
 static void clear_relay_env(void)
@@ -571,6 +574,99 @@ static void test_env_overrides(void **state)
     setenv("RELAY_QUEUE_MULTIPLIER", "100000", 1);
     assert_true(rl_config_apply_env(&c, err, sizeof err) < 0);
     assert_non_null(strstr(err, "queue_multiplier"));
+    clear_relay_env();
+    rl_config_free(&c);
+}
+
+/* tmpdir/name made absolute the way the loader does it (tmpdir may sit behind a symlink). */
+static void real(const char *name, char *out)
+{
+    char p[PATH_MAX + 64];
+    snprintf(p, sizeof p, "%s/%s", tmpdir, name);
+    assert_non_null(realpath(p, out));
+}
+
+/* relay.node tls: paths against the config's directory (or absolute, or from ${VAR}), both or
+   neither, files readable; RELAY_TLS_CERT / RELAY_TLS_KEY. The contents are the gateway's. */
+static void test_tls_keys(void **state)
+{
+    (void)state;
+    rl_config c;
+    char err[512], cert[PATH_MAX], key[PATH_MAX], yaml[PATH_MAX * 2 + 1024];
+    write_file("c.pem", "not checked here\n");
+    write_file("adir/k.pem", "not checked here\n");
+    real("c.pem", cert);
+    real("adir/k.pem", key);
+
+    assert_int_equal(load(HEAD P_REQ NODE("    tls:\n      cert: c.pem\n      key: adir/k.pem\n"),
+                          &c, err, sizeof err), 0);
+    assert_string_equal(c.tls_cert, cert);
+    assert_string_equal(c.tls_key, key);
+    rl_config_free(&c);
+
+    snprintf(yaml, sizeof yaml, HEAD P_REQ NODE("    tls: {cert: \"%s\", key: \"${RL_T_KEY}\"}\n"),
+             cert);
+    setenv("RL_T_KEY", key, 1);
+    assert_int_equal(load(yaml, &c, err, sizeof err), 0);
+    unsetenv("RL_T_KEY");
+    assert_string_equal(c.tls_cert, cert);
+    assert_string_equal(c.tls_key, key);
+    rl_config_free(&c);
+
+    /* empty values (e.g. ${VAR:-}) mean plain, as for other strings */
+    assert_int_equal(load(HEAD P_REQ NODE("    tls: {cert: \"\", key: \"\"}\n"), &c, err,
+                          sizeof err), 0);
+    assert_null(c.tls_cert);
+    assert_null(c.tls_key);
+    rl_config_free(&c);
+
+    static const struct {
+        const char *node, *reason;
+    } bad[] = {
+        {"    tls: {cert: c.pem, key: nope.pem}\n", "tls.key: "},
+        {"    tls: {cert: c.pem, key: nope.pem}\n", "/nope.pem: No such file or directory"},
+        {"    tls: {cert: missing/c.pem, key: adir/k.pem}\n", "tls.cert: "},
+        {"    tls: {cert: c.pem, key: adir}\n", "adir: not a regular file"},
+        {"    tls: {cert: c.pem}\n", "must be given together (only tls.cert"},
+        {"    tls: {key: adir/k.pem}\n", "must be given together (only tls.key"},
+        {"    tls: {cert: c.pem, key: \"\"}\n", "must be given together"},
+        {"    tls: {cert: c.pem, key: adir/k.pem, ca: c.pem}\n", "unknown key 'ca' in tls"},
+        {"    tls: [c.pem, adir/k.pem]\n", "tls must be a map"},
+        {"    tls: {cert: [c.pem], key: adir/k.pem}\n", "tls.cert must be a single value"},
+        {"    tls: {cert: c.pem, key: \"${RL_T_UNSET}\"}\n", "RL_T_UNSET is not defined"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(yaml, sizeof yaml, "%s%s", HEAD P_REQ NODE(""), bad[i].node);
+        expect_error(yaml, "node", bad[i].reason);
+    }
+    if (geteuid() != 0) { /* root opens anything */
+        write_file("locked.pem", "x\n");
+        char p[PATH_MAX + 64];
+        snprintf(p, sizeof p, "%s/locked.pem", tmpdir);
+        assert_int_equal(chmod(p, 0), 0);
+        expect_error(HEAD P_REQ NODE("    tls: {cert: c.pem, key: locked.pem}\n"), "node",
+                     "locked.pem: Permission denied");
+    }
+
+    /* RELAY_TLS_*: paths as given (the working directory for relative ones), both or neither */
+    clear_relay_env();
+    assert_int_equal(load(HEAD P_REQ NODE(""), &c, err, sizeof err), 0);
+    setenv("RELAY_TLS_CERT", cert, 1);
+    setenv("RELAY_TLS_KEY", key, 1);
+    assert_int_equal(rl_config_apply_env(&c, err, sizeof err), 0);
+    assert_string_equal(c.tls_cert, cert);
+    assert_string_equal(c.tls_key, key);
+    setenv("RELAY_TLS_KEY", "/nonexistent/k.pem", 1);
+    assert_true(rl_config_apply_env(&c, err, sizeof err) < 0);
+    assert_non_null(strstr(err, "RELAY_TLS_KEY"));
+    assert_non_null(strstr(err, "/nonexistent/k.pem: No such file"));
+    assert_string_equal(c.tls_key, key); /* a refused value changes nothing */
+    rl_config_free(&c);
+    clear_relay_env();
+    assert_int_equal(load(HEAD P_REQ NODE(""), &c, err, sizeof err), 0);
+    setenv("RELAY_TLS_CERT", cert, 1);
+    assert_true(rl_config_apply_env(&c, err, sizeof err) < 0);
+    assert_non_null(strstr(err, "tls.cert and tls.key must be given together"));
     clear_relay_env();
     rl_config_free(&c);
 }
@@ -684,6 +780,7 @@ int main(void)
         cmocka_unit_test(test_var_expansion),
         cmocka_unit_test(test_plugins_sorted_longest_prefix_first),
         cmocka_unit_test(test_env_overrides),
+        cmocka_unit_test(test_tls_keys),
         cmocka_unit_test(test_set_listen),
         cmocka_unit_test(test_durations),
         cmocka_unit_test(test_failed_load_frees_and_truncates),
