@@ -10,6 +10,7 @@ redis-server and haproxy are registered with the harness like nodes, so run.py s
 prints their logs when a test fails.
 """
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -22,8 +23,8 @@ import websockets
 import websockets.exceptions
 
 import harness
-from harness import (Config, Node, Plugin, TestFailure, check, connect, drain_until_closed, free_port,
-                     http_get, recv_json, send_json, temp_dir, welcome)
+from harness import (Config, Node, Plugin, TestFailure, check, connect, drain_until_closed, expect_close,
+                     free_port, http_get, recv_json, send_json, temp_dir, welcome)
 
 NODE_TTL = 2.0   # seconds; node_ttl and lease_ttl of most tests
 LEASE_TTL = 2.0
@@ -40,53 +41,32 @@ def note(msg):
 # Redis and haproxy processes (duck-typed like harness.Node: stop(timeout=), log_tail(), name)
 
 
-class RedisServer:
-    def __init__(self, port=None, directory=None):
-        self.port = port or free_port()
-        self.dir = directory or temp_dir("relay-redis-")
-        self.name = f"redis-server:{self.port}"
-        self.log_path = os.path.join(self.dir, "redis.log")
-        self.proc = None
-        self._log = None
+class HelperProcess:
+    """redis-server or haproxy: its output goes to log_path, and it is registered with the harness
+    (LIVE_NODES, STARTED_NODES) from spawn until stopped. Subclasses set name, dir, log_path."""
+    proc = None
+    _log = None
 
-    @property
-    def url(self):
-        return f"redis://127.0.0.1:{self.port}"
-
-    def start(self, timeout=5.0):
+    def _spawn(self, cmd):
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, "--daemonize", "no"],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.dir)
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=self.dir)
         harness.LIVE_NODES.append(self)
         harness.STARTED_NODES.append(self)
+
+    def _wait_up(self, probe, timeout, what):
+        """Polls probe() until true (it may raise OSError or SubprocessError meanwhile); returns self."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise TestFailure(f"{self.name} exited with {self.proc.returncode} at start\n" + self.log_tail())
             try:
-                if self.cli("PING", timeout=1) == "PONG":
+                if probe():
                     return self
             except (subprocess.SubprocessError, OSError):
                 pass
             time.sleep(0.05)
-        raise TestFailure(f"{self.name} did not answer PING within {timeout}s\n" + self.log_tail())
-
-    def cli(self, *args, timeout=3):
-        p = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), "--raw"] + [str(a) for a in args],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
-        out = p.stdout.decode("utf-8", "replace")
-        if out.endswith("\n"):
-            out = out[:-1]
-        return out
-
-    def kill(self):
-        """SIGKILL (no goodbye): the nodes see their connections reset."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._close()
+        raise TestFailure(f"{self.name} did not {what} within {timeout}s\n" + self.log_tail())
 
     def stop(self, sig=signal.SIGTERM, timeout=5):
         if self.proc and self.proc.poll() is None:
@@ -115,7 +95,39 @@ class RedisServer:
         return f"--- {self.name} log tail ({self.log_path}):\n" + "\n".join("    " + l for l in lines[-n:])
 
 
-class HAProxy:
+class RedisServer(HelperProcess):
+    def __init__(self, port=None, directory=None):
+        self.port = port or free_port()
+        self.dir = directory or temp_dir("relay-redis-")
+        self.name = f"redis-server:{self.port}"
+        self.log_path = os.path.join(self.dir, "redis.log")
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self, timeout=5.0):
+        self._spawn(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "no", "--dir", self.dir, "--daemonize", "no"])
+        return self._wait_up(lambda: self.cli("PING", timeout=1) == "PONG", timeout, "answer PING")
+
+    def cli(self, *args, timeout=3):
+        p = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), "--raw"] + [str(a) for a in args],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+        out = p.stdout.decode("utf-8", "replace")
+        if out.endswith("\n"):
+            out = out[:-1]
+        return out
+
+    def kill(self):
+        """SIGKILL (no goodbye): the nodes see their connections reset."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._close()
+
+
+class HAProxy(HelperProcess):
     def __init__(self, backends):
         self.port = free_port()
         self.dir = temp_dir("relay-haproxy-")
@@ -139,55 +151,16 @@ backend nodes
     balance roundrobin
 {servers}
 """)
-        self.proc = None
-        self._log = None
 
     def start(self, timeout=5.0):
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(["haproxy", "-db", "-f", self.cfg_path], stdout=self._log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.dir)
-        harness.LIVE_NODES.append(self)
-        harness.STARTED_NODES.append(self)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise TestFailure(f"haproxy exited with {self.proc.returncode}\n" + self.log_tail())
-            try:
-                st, _, _ = http_get(self.port, "/healthz", timeout=0.5)
-                if st == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise TestFailure(f"haproxy on {self.port} did not proxy /healthz within {timeout}s\n" + self.log_tail())
+        self._spawn(["haproxy", "-db", "-f", self.cfg_path])
+        return self._wait_up(lambda: http_get(self.port, "/healthz", timeout=0.5)[0] == 200, timeout,
+                             "proxy /healthz")
 
     # a Node look-alike for harness.connect()
     def ws_url(self, user=None, query=None, path="/ws"):
         q = (["user_id=" + user] if user is not None else []) + ([query] if query else [])
         return f"ws://127.0.0.1:{self.port}{path}" + ("?" + "&".join(q) if q else "")
-
-    def stop(self, sig=signal.SIGTERM, timeout=5):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self._log:
-            self._log.close()
-            self._log = None
-        if self in harness.LIVE_NODES:
-            harness.LIVE_NODES.remove(self)
-        return 0
-
-    def log_tail(self, n=20):
-        try:
-            with open(self.log_path, "rb") as f:
-                lines = f.read().decode("utf-8", "replace").splitlines()
-        except OSError:
-            return f"--- {self.name}: no log"
-        return f"--- {self.name} log tail:\n" + "\n".join("    " + l for l in lines[-n:])
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,6 +186,8 @@ class Cluster:
         self.node_ttl, self.lease_ttl = node_ttl, lease_ttl
         self.nodes = []
         self.n = n
+        self.socks = []    # client sockets, closed quietly by shut()
+        self.extras = []   # other processes (haproxy): stopped by shut() after the sockets, before the nodes
 
     def make_node(self, node_id):
         cfg = Config(plugins=cluster_plugins(), params=dict(self.params), node=dict(self.node_opts))
@@ -256,6 +231,44 @@ class Cluster:
         out = [x for x in out if x != ""]
         return dict(zip(out[0::2], out[1::2]))
 
+    def track(self, ws):
+        """Adds a client socket to the ones shut() closes; returns it."""
+        self.socks.append(ws)
+        return ws
+
+    def attach(self, proc):
+        """Adds a process (duck-typed stop()) for shut() to stop; returns it."""
+        self.extras.append(proc)
+        return proc
+
+    def lease_on(self, user, node_id):
+        """The user's lease, which must be held by node_id."""
+        lease = self.lease(user)
+        check(lease is not None and lease[0] == node_id, f"{user}: lease {lease}, expected one held by {node_id}")
+        return lease
+
+    async def wait_lease(self, user, pred, timeout, what):
+        """Polls the user's lease until there is one and pred(lease) holds; returns it."""
+        return await wait_for(lambda: (lambda l: l if l and pred(l) else None)(self.lease(user)), timeout, what)
+
+    async def wait_hlen(self, user, n, what, timeout=3):
+        """Polls until the user's conns hash counts n connections."""
+        await wait_for(lambda: self.hlen(user) == n, timeout, what)
+
+    def restart_redis(self, ready_timeout=8):
+        """A new, empty redis-server on the port and in the directory of the (killed) one; then
+        every node must answer /readyz 200 again within ready_timeout."""
+        self.redis = RedisServer(port=self.redis.port, directory=self.redis.dir).start()
+        for nd in self.nodes:
+            wait_ready(nd, timeout=ready_timeout)
+
+    async def shut(self, check_exit=False):
+        """Closes the tracked sockets quietly, stops the attached processes, then close(check_exit)."""
+        await closed_quietly(*self.socks)
+        for proc in self.extras:
+            proc.stop()
+        self.close(check_exit=check_exit)
+
     def close(self, check_exit=False):
         """Stops every node (SIGTERM, in parallel), then Redis. With check_exit, nodes must exit 0."""
         live = [nd for nd in self.nodes if nd.alive()]
@@ -273,6 +286,19 @@ class Cluster:
         self.redis.stop()
         if check_exit and bad:
             raise TestFailure("\n".join(bad))
+
+
+@contextlib.asynccontextmanager
+async def running_cluster(*args, **kw):
+    """`async with running_cluster(n, ...) as cl`: a started Cluster(n, ...). On the way out the
+    sockets in cl.socks are closed quietly and cl.extras stopped; after a normal exit the nodes must
+    exit 0 on SIGTERM (close(check_exit=True)), after an exception the cluster is just stopped."""
+    cl = Cluster(*args, **kw).start()
+    try:
+        yield cl
+        await cl.shut(check_exit=True)
+    finally:
+        await cl.shut()
 
 
 def wait_ready(node, timeout=READY_TIMEOUT, want=200):
@@ -388,28 +414,66 @@ async def closed_quietly(*wss):
             pass
 
 
+async def join_each(nodes, user):
+    """Joins user on each node in turn: the i-th welcome must count i connections. Returns the sockets."""
+    wss = []
+    for nd in nodes:
+        ws, _ = await join(nd, user, want_count=len(wss) + 1)
+        wss.append(ws)
+    return wss
+
+
+def kill9(node):
+    """kill -9 of a node (no goodbye), reaped."""
+    node.proc.kill()
+    node.proc.wait()
+
+
+async def exits_0(node, timeout=8):
+    """Waits (off the event loop) for a signalled node to exit: it must exit 0 within timeout."""
+    rc = await asyncio.get_running_loop().run_in_executor(None, node.wait_exit, timeout)
+    check(rc == 0, f"{node.name} exited {rc} after SIGTERM\n" + node.log_tail())
+
+
+async def broadcast_reaches(sender, wss, data, what):
+    """bc_send of data from sender: each of wss gets a news frame with that data within 5 s."""
+    await send_json(sender, {"type": "bc_send", "data": data})
+    for ws in wss:
+        f, _ = await until_frame(ws, lambda f: isinstance(f, dict) and f.get("topic") == "news", 5, what)
+        check(f["data"] == data, f"broadcast {f}")
+
+
 WIN_RE = re.compile(r"user (\S+): hub (\S+) here, lease epoch (\d+)")
 
 
-def hub_wins(nodes, user):
-    """[(ts, node, hub, epoch)] of every 'hub H here, lease epoch E' log line for user, by time."""
-    wins = []
+def log_matches(nodes, regex, user):
+    """(ts, node name, match) of each JSON log line of the nodes whose msg matches regex, the
+    regex's first group being user; node by node, in log order."""
     for nd in nodes:
         for line in nd.log_text().splitlines():
             try:
                 o = json.loads(line)
             except ValueError:
                 continue
-            m = WIN_RE.search(str(o.get("msg", "")))
+            m = regex.search(str(o.get("msg", "")))
             if m and m.group(1) == user:
-                wins.append((o.get("ts", ""), nd.name, m.group(2), int(m.group(3))))
+                yield o.get("ts", ""), nd.name, m
+
+
+def hub_wins(nodes, user):
+    """[(ts, node, hub, epoch)] of every 'hub H here, lease epoch E' log line for user, by time."""
+    wins = [(ts, name, m.group(2), int(m.group(3))) for ts, name, m in log_matches(nodes, WIN_RE, user)]
     wins.sort(key=lambda w: (w[0], w[3]))
     return wins
 
 
+def describe_wins(wins):
+    return "\n".join(f"  {w[0]} {w[1]} hub {w[2]} epoch {w[3]}" for w in wins)
+
+
 def check_epochs_ordered(nodes, user, expect_wins=None, final_epoch=None):
     wins = hub_wins(nodes, user)
-    desc = "\n".join(f"  {w[0]} {w[1]} hub {w[2]} epoch {w[3]}" for w in wins)
+    desc = describe_wins(wins)
     epochs = [w[3] for w in wins]
     check(len(set(epochs)) == len(epochs), f"two hubs of {user} won the same lease epoch:\n{desc}")
     check(all(a < b for a, b in zip(epochs, epochs[1:])),
@@ -427,19 +491,15 @@ def check_epochs_ordered(nodes, user, expect_wins=None, final_epoch=None):
 
 
 async def test_cluster_cross_node_routing_both_ways():
-    cl = Cluster(2).start()
-    a, b = cl.nodes
-    socks = []
-    try:
+    async with running_cluster(2) as cl:
+        a, b = cl.nodes
         # alice's hub on n1 (first join there), bob's on n2; each also has a connection on the other node
         for user, home, away in (("alice", a, b), ("bob", b, a)):
             h, dh = await join(home, user, want_count=1)
-            socks.append(h)
-            lease = cl.lease(user)
-            check(lease is not None and lease[0] == home.name,
-                  f"{user}: lease {lease} after the first join on {home.name}")
+            cl.track(h)
+            lease = cl.lease_on(user, home.name)
             r, dr = await join(away, user, want_count=2)
-            socks.append(r)
+            cl.track(r)
             check(dr["plugins"].keys() == dh["plugins"].keys(),
                   f"remote welcome plugins {dr['plugins']} vs {dh['plugins']}")
             # remote connection -> hub -> plugin -> back to the remote connection
@@ -466,11 +526,6 @@ async def test_cluster_cross_node_routing_both_ways():
             # the user's messages stay the user's: the two users' hubs differ
         la, lb = cl.lease("alice"), cl.lease("bob")
         check(la[3] != lb[3], "alice and bob share a hub")
-        await closed_quietly(*socks)
-        cl.close(check_exit=True)
-    finally:
-        await closed_quietly(*socks)
-        cl.close()
 
 
 async def test_cluster_remote_ordering_10000():
@@ -478,14 +533,10 @@ async def test_cluster_remote_ordering_10000():
     plugin once, in order, and each reply comes back once, in order."""
     N = 10000
     # queues large enough that nothing is legitimately refused (hub inbox 5 * 4000)
-    cl = Cluster(2, params={"max_connections_per_user": "5", "queue_multiplier": "4000"}).start()
-    a, b = cl.nodes
-    socks = []
-    try:
-        h, _ = await join(a, "alice", want_count=1)
-        r, _ = await join(b, "alice", want_count=2)
-        socks += [h, r]
-        check(cl.lease("alice")[0] == "n1", f"lease {cl.lease('alice')}")
+    async with running_cluster(2, params={"max_connections_per_user": "5", "queue_multiplier": "4000"}) as cl:
+        h, r = await join_each(cl.nodes, "alice")
+        cl.socks += [h, r]
+        cl.lease_on("alice", "n1")
 
         got, errors = [], []
 
@@ -525,11 +576,6 @@ async def test_cluster_remote_ordering_10000():
         check(f["count"] == N and f["ooo"] == 0 and f["first"] == 1 and f["last"] == N,
               f"plugin saw {f} for {N} in-order messages")
         check(dt < 60, f"took {dt:.1f}s")
-        await closed_quietly(*socks)
-        cl.close(check_exit=True)
-    finally:
-        await closed_quietly(*socks)
-        cl.close()
 
 
 test_cluster_remote_ordering_10000.timeout = 150
@@ -539,13 +585,10 @@ async def test_cluster_remote_overload_is_answered():
     """With the default (small) hub inbox, a flood from a remote connection may be refused, but
     every message is answered: a reply or an `overloaded` error, never silence."""
     N = 3000
-    cl = Cluster(2, params={"max_connections_per_user": "3"}).start()  # hub inbox 3 * 100
-    a, b = cl.nodes
-    socks = []
-    try:
-        h, _ = await join(a, "alice", want_count=1)
-        r, _ = await join(b, "alice", want_count=2)
-        socks += [h, r]
+    async with running_cluster(2, params={"max_connections_per_user": "3"}) as cl:  # hub inbox 3 * 100
+        a, b = cl.nodes
+        h, r = await join_each(cl.nodes, "alice")
+        cl.socks += [h, r]
         replies, overloaded, other = set(), set(), []
         for i in range(1, N + 1):
             await r.send('{"type":"cl_n","n":%d,"request_id":%d}' % (i, i))
@@ -568,11 +611,6 @@ async def test_cluster_remote_overload_is_answered():
         check(answered == N, f"{N - answered} of {N} messages from a remote connection got no answer "
                              f"({len(replies)} replies, {len(overloaded)} overloaded, {len(other)} other: "
                              f"{other[:3]}; dropped counter on both nodes: {dropped})")
-        await closed_quietly(*socks)
-        cl.close(check_exit=True)
-    finally:
-        await closed_quietly(*socks)
-        cl.close()
 
 
 test_cluster_remote_overload_is_answered.timeout = 60
@@ -607,11 +645,10 @@ async def _attempt(node, user):
 
 
 async def test_cluster_exact_limit_50_connects_3_nodes():
-    cl = Cluster(3, params={"max_connections_per_user": "5"}).start()
-    welcomed = []
-    try:
+    async with running_cluster(3, params={"max_connections_per_user": "5"}) as cl:
+        welcomed = cl.socks   # the admitted connections: closed on the way out
         res = await asyncio.gather(*[_attempt(cl.nodes[i % 3], "carol") for i in range(50)])
-        welcomed = [v[0] for k, v in res if k == "welcome"]
+        welcomed += [v[0] for k, v in res if k == "welcome"]
         refused = [v for k, v in res if k == "refused"]
         other = [v for k, v in res if k == "other"]
         check(not other, f"{len(other)} attempts neither welcomed nor refused: {other[:3]}")
@@ -625,7 +662,7 @@ async def test_cluster_exact_limit_50_connects_3_nodes():
             await echo_ok(ws, f"ok{i}")
         # one leaves: exactly one more is admitted, on any node
         await welcomed.pop().close()
-        await wait_for(lambda: cl.hlen("carol") == 4, 3, "HLEN back to 4 after a close")
+        await cl.wait_hlen("carol", 4, "HLEN back to 4 after a close")
         res = await asyncio.gather(*[_attempt(cl.nodes[i % 3], "carol") for i in range(6)])
         more = [v[0] for k, v in res if k == "welcome"]
         welcomed += more
@@ -633,47 +670,37 @@ async def test_cluster_exact_limit_50_connects_3_nodes():
               f"after one close, 6 attempts: {[k for k, _ in res]}")
         check(cl.hlen("carol") == 5, f"HLEN {cl.hlen('carol')}")
         await closed_quietly(*welcomed)
-        await wait_for(lambda: cl.hlen("carol") == 0, 3, "HLEN 0 after every connection closed")
-        cl.close(check_exit=True)
-    finally:
-        await closed_quietly(*welcomed)
-        cl.close()
+        await cl.wait_hlen("carol", 0, "HLEN 0 after every connection closed")
 
 
 test_cluster_exact_limit_50_connects_3_nodes.timeout = 60
 
 
 async def test_cluster_conns_hash_tracks_open_connections():
-    cl = Cluster(2, params={"max_connections_per_user": "10"}).start()
-    a, b = cl.nodes
-    socks = []
-    try:
+    async with running_cluster(2, params={"max_connections_per_user": "10"}) as cl:
+        a, b = cl.nodes
         for nd in (a, b, a, b):
             ws, _ = await join(nd, "dave")
-            socks.append(ws)
+            cl.track(ws)
         check(cl.hlen("dave") == 4, f"HLEN {cl.hlen('dave')} with 4 open connections")
         conns = cl.conns("dave")
         for pid, node in conns.items():
             check(node_of_pid(pid) == node and node in ("n1", "n2"), f"conns entry {pid} -> {node}")
         check(sorted(conns.values()) == ["n1", "n1", "n2", "n2"], f"conns {conns}")
         # closes on each node are reflected
-        await socks.pop().close()           # on n2
-        await wait_for(lambda: cl.hlen("dave") == 3, 3, "HLEN 3 after a close on n2")
-        await socks.pop().close()           # on n1
-        await wait_for(lambda: cl.hlen("dave") == 2, 3, "HLEN 2 after a close on n1")
+        await cl.socks.pop().close()           # on n2
+        await cl.wait_hlen("dave", 3, "HLEN 3 after a close on n2")
+        await cl.socks.pop().close()           # on n1
+        await cl.wait_hlen("dave", 2, "HLEN 2 after a close on n1")
         # a client that vanishes without a close frame is removed too
         raw = harness.RawWS(b.port, path="/ws?user_id=dave")
         check(raw.status == 101, f"raw upgrade {raw.status}")
         raw.recv_message()  # welcome
-        await wait_for(lambda: cl.hlen("dave") == 3, 3, "HLEN 3 with the raw client")
+        await cl.wait_hlen("dave", 3, "HLEN 3 with the raw client")
         raw.close()
-        await wait_for(lambda: cl.hlen("dave") == 2, 5, "HLEN 2 after the raw client vanished")
-        await closed_quietly(*socks)
-        await wait_for(lambda: cl.hlen("dave") == 0, 3, "HLEN 0 after every close")
-        cl.close(check_exit=True)
-    finally:
-        await closed_quietly(*socks)
-        cl.close()
+        await cl.wait_hlen("dave", 2, "HLEN 2 after the raw client vanished", timeout=5)
+        await closed_quietly(*cl.socks)
+        await cl.wait_hlen("dave", 0, "HLEN 0 after every close")
 
 
 # --------------------------------------------------------------------------------------------
@@ -681,21 +708,15 @@ async def test_cluster_conns_hash_tracks_open_connections():
 
 
 async def test_cluster_failover_kill9_of_hub_node():
-    cl = Cluster(3).start()
-    a, b, c = cl.nodes
-    socks = []
-    try:
-        wa, _ = await join(a, "alice", want_count=1)
-        wb, _ = await join(b, "alice", want_count=2)
-        wc, _ = await join(c, "alice", want_count=3)
-        socks += [wb, wc]
-        old = cl.lease("alice")
-        check(old and old[0] == "n1", f"lease {old}")
+    async with running_cluster(3) as cl:
+        a, b, c = cl.nodes
+        wa, wb, wc = await join_each(cl.nodes, "alice")
+        cl.socks += [wb, wc]
+        old = cl.lease_on("alice", "n1")
         check(await session_events(wb) == ["resume"], "session plugin did not get resume at first join")
 
         t0 = time.monotonic()
-        a.proc.kill()                        # kill -9 the hub's node
-        a.proc.wait()
+        kill9(a)                             # the hub's node
         limit = cl.node_ttl + 3.0
         times, counts = [], []
         for ws in (wb, wc):
@@ -708,32 +729,22 @@ async def test_cluster_failover_kill9_of_hub_node():
         check(max(times) <= cl.node_ttl + 2.5,
               f"re-welcomed after {max(times):.2f}s (node_ttl {cl.node_ttl}s)")
         # the new hub lives on a surviving node, under a newer epoch, and both connections use it
-        new = await wait_for(lambda: (lambda l: l if l and l[0] in ("n2", "n3") else None)(cl.lease("alice")),
-                             2, "lease on a surviving node")
+        new = await cl.wait_lease("alice", lambda l: l[0] in ("n2", "n3"), 2, "lease on a surviving node")
         check(new[2] > old[2], f"epoch {old[2]} -> {new[2]}")
         check(cl.epoch("alice") == new[2], f"epoch key {cl.epoch('alice')} vs lease {new}")
         wwb, wwc = await where(wb, "b"), await where(wc, "c")
         check(wwb["hub"] == wwc["hub"] == new[3], f"hubs after failover: {wwb['hub']} {wwc['hub']} lease {new}")
         await echo_ok(wb, "after-b")
         await echo_ok(wc, "after-c")
-        await send_json(wb, {"type": "bc_send", "data": "back"})
-        for ws in (wb, wc):
-            f, _ = await until_frame(ws, lambda f: isinstance(f, dict) and f.get("topic") == "news", 5,
-                                     "broadcast after failover")
-            check(f["data"] == "back", f"broadcast {f}")
+        await broadcast_reaches(wb, (wb, wc), "back", "broadcast after failover")
         check(max(counts) == 2, f"welcome client_count after failover: {counts}, expected the last to be 2")
         check("resume" in await session_events(wb), "new hub's session plugin did not get resume")
         # the dead node's connection no longer counts once someone joins (admission prunes it)
         wd, d = await join(c, "alice")
-        socks.append(wd)
+        cl.track(wd)
         check(d["client_count"] == 3, f"client_count {d['client_count']} with 3 live connections")
         check(cl.hlen("alice") == 3, f"HLEN {cl.hlen('alice')} with 3 live connections")
         check_epochs_ordered(cl.nodes, "alice", expect_wins=2, final_epoch=cl.epoch("alice"))
-        await closed_quietly(*socks)
-        cl.close(check_exit=True)
-    finally:
-        await closed_quietly(*socks)
-        cl.close()
 
 
 test_cluster_failover_kill9_of_hub_node.timeout = 45
@@ -741,16 +752,12 @@ test_cluster_failover_kill9_of_hub_node.timeout = 45
 
 async def test_cluster_sigterm_hands_over_at_once():
     # long TTLs: a handover that waited for expiry instead of the release would be seen
-    cl = Cluster(2, node_ttl=5.0, lease_ttl=5.0, node={"drain_timeout": "5s"}).start()
-    a, b = cl.nodes
-    socks = []
-    try:
-        wa, _ = await join(a, "alice", want_count=1)
-        wb, _ = await join(b, "alice", want_count=2)
+    async with running_cluster(2, node_ttl=5.0, lease_ttl=5.0, node={"drain_timeout": "5s"}) as cl:
+        a, b = cl.nodes
+        wa, wb = await join_each(cl.nodes, "alice")
         wbob, _ = await join(a, "bob", want_count=1)
-        socks += [wa, wb, wbob]
-        old = cl.lease("alice")
-        check(old and old[0] == "n1", f"lease {old}")
+        cl.socks += [wa, wb, wbob]
+        old = cl.lease_on("alice", "n1")
 
         t0 = time.monotonic()
         a.proc.send_signal(signal.SIGTERM)
@@ -760,11 +767,9 @@ async def test_cluster_sigterm_hands_over_at_once():
         check(dt < 2.0, f"remote connection re-welcomed {dt:.2f}s after SIGTERM (node_ttl 5 s): "
                         "the lease was not released at once")
         check(f["data"]["client_count"] == 1, f"welcome after handover {f}")
-        for ws in (wa, wbob):
-            await drain_until_closed(ws, timeout=6)
-            check(ws.close_code == 1001, f"n1's own client closed {ws.close_code} {ws.close_reason!r}, expected 1001")
-        rc = await asyncio.get_running_loop().run_in_executor(None, a.wait_exit, 8)
-        check(rc == 0, f"n1 exited {rc} after SIGTERM\n" + a.log_tail())
+        for ws in (wa, wbob):   # n1's own clients
+            await expect_close(ws, 1001, timeout=6)
+        await exits_0(a, 8)
         a.stop()
         new = cl.lease("alice")
         check(new and new[0] == "n2" and new[2] > old[2], f"lease {old} -> {new}")
@@ -777,11 +782,6 @@ async def test_cluster_sigterm_hands_over_at_once():
         check(cl.lease("bob") is None, f"bob's lease survived n1's exit: {cl.lease('bob')}")
         check(cl.hlen("alice") == 1, f"HLEN {cl.hlen('alice')} with one connection left")
         check_epochs_ordered(cl.nodes, "alice", expect_wins=2, final_epoch=cl.epoch("alice"))
-        await closed_quietly(*socks)
-        cl.close(check_exit=True)
-    finally:
-        await closed_quietly(*socks)
-        cl.close()
 
 
 test_cluster_sigterm_hands_over_at_once.timeout = 45
@@ -801,14 +801,10 @@ async def _refused_while_not_ready(node, user):
 
 
 async def test_cluster_redis_outage_and_restart():
-    cl = Cluster(2).start()
-    a, b = cl.nodes
-    socks = []
-    try:
-        wa, _ = await join(a, "alice", want_count=1)
-        wb, _ = await join(b, "alice", want_count=2)
-        socks += [wa, wb]
-        port, rdir = cl.redis.port, cl.redis.dir
+    async with running_cluster(2) as cl:
+        a, b = cl.nodes
+        wa, wb = await join_each(cl.nodes, "alice")
+        cl.socks += [wa, wb]
         t0 = time.monotonic()
         cl.redis.kill()
         for nd in (a, b):
@@ -825,15 +821,13 @@ async def test_cluster_redis_outage_and_restart():
             check(st == 503, f"{nd.name}: /readyz {st} while Redis is down")
         await _refused_while_not_ready(a, "newbie2")
 
-        cl.redis = RedisServer(port=port, directory=rdir).start()
-        for nd in (a, b):
-            wait_ready(nd, timeout=8)
+        cl.restart_redis(ready_timeout=8)
         # new connections are served, messages route (also across nodes)
         we, _ = await join(a, "erin", want_count=1)
-        socks.append(we)
+        cl.track(we)
         await echo_ok(we, "erin")
         we2, _ = await join(b, "erin", want_count=2)
-        socks.append(we2)
+        cl.track(we2)
         await echo_ok(we2, "erin-remote")
         w1, w2 = await where(we), await where(we2)
         check(w1["hub"] == w2["hub"], f"erin's connections on two hubs: {w1['hub']} {w2['hub']}")
@@ -847,16 +841,10 @@ async def test_cluster_redis_outage_and_restart():
         wwa, wwb = await where(wa, "a"), await where(wb, "b")
         check(wwa["hub"] == wwb["hub"], f"alice's connections on two hubs after the outage: {wwa} {wwb}")
         # and they count again toward the cluster-wide limit (Redis lost its data)
-        await wait_for(lambda: cl.hlen("alice") == 2, 3,
-                       "HLEN of alice's conns == her 2 open connections after Redis restarted empty")
+        await cl.wait_hlen("alice", 2, "HLEN of alice's conns == her 2 open connections after Redis restarted empty")
         # alice's hub moved (or was re-created) after the outage: a new lease, a new epoch, even
         # though Redis came back empty (epochs are fencing tokens: never reused)
         check_epochs_ordered([a, b], "alice")
-        await closed_quietly(*socks)
-        cl.close(check_exit=True)
-    finally:
-        await closed_quietly(*socks)
-        cl.close()
 
 
 test_cluster_redis_outage_and_restart.timeout = 60
@@ -865,43 +853,34 @@ test_cluster_redis_outage_and_restart.timeout = 60
 async def test_cluster_epochs_never_overlap_across_takeovers():
     """kill -9 of the hub's node, then SIGTERM of the next one: the epoch key increases at each
     takeover, and the nodes' logs show distinct, strictly increasing epochs over time."""
-    cl = Cluster(3).start()
-    socks = []
-    try:
+    async with running_cluster(3) as cl:
+        named = []   # (node name, socket)
         for nd in cl.nodes:
             ws, _ = await join(nd, "alice")
-            socks.append((nd.name, ws))
+            named.append((nd.name, cl.track(ws)))
         e1 = cl.epoch("alice")
         l1 = cl.lease("alice")
         check(l1[0] == "n1" and e1 == l1[2] and e1 >= 1, f"lease {l1}, epoch {e1}")
 
-        cl.node("n1").proc.kill()
-        cl.node("n1").proc.wait()
-        for name, ws in socks[1:]:
+        kill9(cl.node("n1"))
+        for name, ws in named[1:]:
             await until_frame(ws, is_welcome, cl.node_ttl + 3, f"welcome on {name} after kill -9 of n1")
-        l2 = await wait_for(lambda: (lambda l: l if l and l[0] != "n1" else None)(cl.lease("alice")), 2,
-                            "lease moved off n1")
+        l2 = await cl.wait_lease("alice", lambda l: l[0] != "n1", 2, "lease moved off n1")
         e2 = cl.epoch("alice")
         check(e2 > e1 and l2[2] == e2, f"after kill -9: epoch {e1} -> {e2}, lease {l2}")
 
         holder = l2[0]
         survivor = "n3" if holder == "n2" else "n2"
-        sws = dict(socks)[survivor]
+        sws = dict(named)[survivor]
         cl.node(holder).proc.send_signal(signal.SIGTERM)
         await until_frame(sws, is_welcome, 3, f"welcome on {survivor} after SIGTERM of {holder}")
-        rc = await asyncio.get_running_loop().run_in_executor(None, cl.node(holder).wait_exit, 8)
-        check(rc == 0, f"{holder} exited {rc}")
+        await exits_0(cl.node(holder), 8)
         l3 = cl.lease("alice")
         e3 = cl.epoch("alice")
         check(l3 and l3[0] == survivor and e3 > e2 and l3[2] == e3, f"after SIGTERM: epoch {e2} -> {e3}, lease {l3}")
         await echo_ok(sws, "last")
         wins = check_epochs_ordered(cl.nodes, "alice", expect_wins=3, final_epoch=e3)
         note("hub wins: " + ", ".join(f"{w[1]}@{w[3]}" for w in wins))
-        await closed_quietly(*[ws for _, ws in socks])
-        cl.close(check_exit=True)
-    finally:
-        await closed_quietly(*[ws for _, ws in socks])
-        cl.close()
 
 
 test_cluster_epochs_never_overlap_across_takeovers.timeout = 45
@@ -913,15 +892,8 @@ STOP_RE = re.compile(r"user (\S+): lease of hub (\S+) (lost|expired)")
 def hub_stops(nodes, user):
     """{hub_pid: ts} of the first 'lease of hub H lost|expired' log line per hub of user."""
     out = {}
-    for nd in nodes:
-        for line in nd.log_text().splitlines():
-            try:
-                o = json.loads(line)
-            except ValueError:
-                continue
-            m = STOP_RE.search(str(o.get("msg", "")))
-            if m and m.group(1) == user and m.group(2) not in out:
-                out[m.group(2)] = o.get("ts", "")
+    for ts, _, m in log_matches(nodes, STOP_RE, user):
+        out.setdefault(m.group(2), ts)
     return out
 
 
@@ -929,20 +901,14 @@ async def test_cluster_short_redis_restart_never_two_hubs():
     """Redis restarts empty after a blip shorter than lease_ttl. The hub of before still believes
     in its lease until it fails to renew it, so no other node may win a lease for the user (and
     no epoch may be reused) before that hub has stopped."""
-    cl = Cluster(2, node_ttl=4.0, lease_ttl=4.0).start()
-    a, b = cl.nodes
-    socks = []
-    try:
-        wa, _ = await join(a, "alice", want_count=1)
-        wb, _ = await join(b, "alice", want_count=2)
-        socks += [wa, wb]
-        check(cl.lease("alice")[0] == "n1", f"lease {cl.lease('alice')}")
-        port, rdir = cl.redis.port, cl.redis.dir
+    async with running_cluster(2, node_ttl=4.0, lease_ttl=4.0) as cl:
+        a, b = cl.nodes
+        wa, wb = await join_each(cl.nodes, "alice")
+        cl.socks += [wa, wb]
+        cl.lease_on("alice", "n1")
         cl.redis.kill()
         await asyncio.sleep(0.3)
-        cl.redis = RedisServer(port=port, directory=rdir).start()
-        for nd in (a, b):
-            wait_ready(nd, timeout=8)
+        cl.restart_redis(ready_timeout=8)
         # both connections end up on one hub again and work
         deadline = time.monotonic() + 10
         while True:
@@ -955,85 +921,58 @@ async def test_cluster_short_redis_restart_never_two_hubs():
         await echo_ok(wb, "b")
         wins = hub_wins([a, b], "alice")
         stops = hub_stops([a, b], "alice")
-        desc = "\n".join(f"  {w[0]} {w[1]} hub {w[2]} epoch {w[3]}" for w in wins) + \
-            "\n  stops: " + json.dumps(stops)
+        desc = describe_wins(wins) + "\n  stops: " + json.dumps(stops)
         for prev, nxt in zip(wins, wins[1:]):
             end = stops.get(prev[2])
             check(end is not None and end <= nxt[0],
                   f"hub {nxt[2]} won alice's lease at {nxt[0]} while hub {prev[2]} had not stopped "
                   f"(stopped at {end}): two hubs accepted messages at once\n{desc}")
         check_epochs_ordered([a, b], "alice")
-        await closed_quietly(*socks)
-        cl.close(check_exit=True)
-    finally:
-        await closed_quietly(*socks)
-        cl.close()
 
 
 test_cluster_short_redis_restart_never_two_hubs.timeout = 45
 
 
 async def test_cluster_idle_hub_collected_and_lease_released():
-    cl = Cluster(2, params={"user_hub_inactivity_timeout": "1s"}).start()
-    a, b = cl.nodes
-    socks = []
-    try:
-        wa, _ = await join(a, "gina", want_count=1)
-        wb, _ = await join(b, "gina", want_count=2)
-        first = cl.lease("gina")
-        check(first and first[0] == "n1", f"lease {first}")
+    async with running_cluster(2, params={"user_hub_inactivity_timeout": "1s"}) as cl:
+        a, b = cl.nodes
+        wa, wb = await join_each(cl.nodes, "gina")
+        first = cl.lease_on("gina", "n1")
         await wa.close()
         await wb.close()
-        await wait_for(lambda: cl.hlen("gina") == 0, 3, "HLEN 0 after both closed")
+        await cl.wait_hlen("gina", 0, "HLEN 0 after both closed")
         # collected after the inactivity timeout (checked every 0.4 s): lease and hub hash released
         await wait_for(lambda: cl.lease("gina") is None, 4, "gina's lease released after the idle timeout")
         check(cl.redis.cli("EXISTS", "relay:{gina}:hub") == "0", "relay:{gina}:hub left after collection")
         # a later join gets a fresh hub where it lands, under a newer epoch
         w2, d = await join(b, "gina", want_count=1)
-        socks.append(w2)
+        cl.track(w2)
         second = cl.lease("gina")
         check(second and second[0] == "n2" and second[2] > first[2], f"lease {first} -> {second}")
         await echo_ok(w2, "again")
-        await closed_quietly(*socks)
-        cl.close(check_exit=True)
-    finally:
-        await closed_quietly(*socks)
-        cl.close()
 
 
 async def test_cluster_non_hub_node_leaving_frees_its_connections():
     """SIGTERM, then kill -9, of nodes that only hold connections: the hub forgets them and the
     conns hash no longer counts them."""
-    cl = Cluster(3, params={"max_connections_per_user": "3"}).start()
-    a, b, c = cl.nodes
-    socks = []
-    try:
-        wa, _ = await join(a, "hank", want_count=1)
-        wb, _ = await join(b, "hank", want_count=2)
-        wc, _ = await join(c, "hank", want_count=3)
-        socks += [wa, wb, wc]
+    async with running_cluster(3, params={"max_connections_per_user": "3"}) as cl:
+        a, b, c = cl.nodes
+        wa, wb, wc = await join_each(cl.nodes, "hank")
+        cl.socks += [wa, wb, wc]
         b.proc.send_signal(signal.SIGTERM)
-        await drain_until_closed(wb, timeout=6)
-        check(wb.close_code == 1001, f"n2's client closed {wb.close_code}")
-        rc = await asyncio.get_running_loop().run_in_executor(None, b.wait_exit, 8)
-        check(rc == 0, f"n2 exited {rc}")
+        await expect_close(wb, 1001, timeout=6)   # n2's client
+        await exits_0(b, 8)
         b.stop()
-        await wait_for(lambda: cl.hlen("hank") == 2, 3, "HLEN 2 after n2 (one connection) exited")
+        await cl.wait_hlen("hank", 2, "HLEN 2 after n2 (one connection) exited")
         w1, d = await join(a, "hank")        # at the limit (3) again: n2's slot must be free
-        socks.append(w1)
+        cl.track(w1)
         check(d["client_count"] == 3, f"client_count {d['client_count']} after n2 left, expected 3")
-        c.proc.kill()
-        c.proc.wait()
+        kill9(c)
         await asyncio.sleep(cl.node_ttl + 1.5)  # n3's key expires; the hub hears node.down
         w2, d = await join(a, "hank")        # admission prunes n3's dead entry
-        socks.append(w2)
+        cl.track(w2)
         check(d["client_count"] == 3, f"client_count {d['client_count']} after n3 died, expected 3")
         check(cl.hlen("hank") == 3, f"HLEN {cl.hlen('hank')} with 3 live connections")
-        await closed_quietly(*socks)
-        cl.close(check_exit=True)
-    finally:
-        await closed_quietly(*socks)
-        cl.close()
 
 
 test_cluster_non_hub_node_leaving_frees_its_connections.timeout = 45
@@ -1045,17 +984,15 @@ test_cluster_non_hub_node_leaving_frees_its_connections.timeout = 45
 
 async def test_cluster_haproxy_one_hub_per_user():
     check(shutil.which("haproxy") is not None, "haproxy is not installed")
-    cl = Cluster(3).start()
-    hp = HAProxy([nd.port for nd in cl.nodes])
-    socks = []
-    try:
+    async with running_cluster(3) as cl:
+        hp = cl.attach(HAProxy([nd.port for nd in cl.nodes]))   # stopped after the sockets, before the nodes
         hp.start()
         for i in range(6):
             ws = await connect(hp, user="frank")
             d = await welcome(ws, timeout=5)
-            socks.append(ws)
+            cl.track(ws)
             check(d["client_count"] == i + 1, f"connection {i + 1} through haproxy: client_count {d['client_count']}")
-        ws_where = [await where(ws, f"f{i}") for i, ws in enumerate(socks)]
+        ws_where = [await where(ws, f"f{i}") for i, ws in enumerate(cl.socks)]
         hubs = {w["hub"] for w in ws_where}
         nodes = {node_of_pid(w["conn"]) for w in ws_where}
         check(len(hubs) == 1, f"frank's connections see {len(hubs)} hubs: {hubs}")
@@ -1063,15 +1000,4 @@ async def test_cluster_haproxy_one_hub_per_user():
         lease = cl.lease("frank")
         check(lease and lease[3] in hubs, f"lease {lease} vs hub {hubs}")
         check(cl.hlen("frank") == 6, f"HLEN {cl.hlen('frank')}")
-        await send_json(socks[-1], {"type": "bc_send", "data": "all"})
-        for ws in socks:
-            f, _ = await until_frame(ws, lambda f: isinstance(f, dict) and f.get("topic") == "news", 5,
-                                     "broadcast through haproxy")
-            check(f["data"] == "all", f"broadcast {f}")
-        await closed_quietly(*socks)
-        hp.stop()
-        cl.close(check_exit=True)
-    finally:
-        await closed_quietly(*socks)
-        hp.stop()
-        cl.close()
+        await broadcast_reaches(cl.socks[-1], cl.socks, "all", "broadcast through haproxy")
