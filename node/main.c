@@ -22,7 +22,6 @@ static struct {
     rl_config cfg;
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t drain;
-    uv_timer_t ready; /* cluster: admission follows the Redis round trip */
     uint64_t drain_deadline;
     int draining;
 } app;
@@ -50,13 +49,6 @@ static void stop_loop_handles(void)
     signal(SIGINT, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
     uv_close((uv_handle_t *)&app.drain, NULL);
-    uv_close((uv_handle_t *)&app.ready, NULL);
-}
-
-static void ready_tick(uv_timer_t *t)
-{
-    (void)t;
-    rl_gateway_set_accepting(!app.draining && rl_cluster_ready());
 }
 
 /* Polls the drain: done when every client is gone or the deadline passed. */
@@ -92,7 +84,6 @@ static void on_signal(uv_signal_t *s, int signum)
         return;
     }
     app.draining = 1;
-    uv_timer_stop(&app.ready);
     rl_info("node", "%s: draining (timeout %llu ms)", signum == SIGTERM ? "SIGTERM" : "SIGINT",
             (unsigned long long)app.cfg.drain_timeout_ms);
     app.drain_deadline = rl_now_ms() + app.cfg.drain_timeout_ms;
@@ -208,12 +199,8 @@ int main(int argc, char **argv)
     uv_signal_init(&app.loop, &app.sigint);
     uv_signal_init(&app.loop, &app.sighup);
     uv_timer_init(&app.loop, &app.drain);
-    uv_timer_init(&app.loop, &app.ready);
-    if (rl_cluster_enabled()) {
+    if (rl_cluster_enabled()) /* admission and /readyz follow the Redis round trip */
         rl_gateway_set_ready_fn(rl_cluster_ready);
-        rl_gateway_set_accepting(0);
-        uv_timer_start(&app.ready, ready_tick, 0, 250);
-    }
     uv_signal_start(&app.sigterm, on_signal, SIGTERM);
     uv_signal_start(&app.sigint, on_signal, SIGINT);
     uv_signal_start(&app.sighup, on_signal, SIGHUP);

@@ -83,11 +83,7 @@ static void send_json(const char *to, const char *topic, cJSON *o, uint64_t epoc
 
 static void refuse(const char *conn, rl_err_code e, const char *msg)
 {
-    char *payload = rl_err_payload(e, msg, NULL);
-    rl_metric_error(e);
-    if (payload)
-        rl_send(central.proc.pid, conn, "error", payload, strlen(payload));
-    free(payload);
+    rl_err_send(central.proc.pid, conn, e, msg, NULL);
     char close[128];
     int n = snprintf(close, sizeof close, "{\"code\":%d,\"reason\":\"%s\"}", rl_err_close_code(e),
                      rl_err_name(e));
@@ -205,7 +201,7 @@ static void on_lease(const rl_lease *l, void *ud)
         u->placing = 0;
     if (!u || central.draining) {
         if (l->status == RL_LEASE_WON)
-            rl_cluster_lease_release(r->user, l->epoch, r->hub);
+            rl_cluster_lease_release(r->user, l->epoch);
     } else if (l->status == RL_LEASE_WON) {
         keep = rl_hub_activate(r->hub, l->epoch, lease_until(l->valid_until)) == 0;
         if (keep) {
@@ -226,7 +222,7 @@ static void on_lease(const rl_lease *l, void *ud)
                            : NULL;
         if (l->status == RL_LEASE_MINE && !old) {
             /* Our lease names a hub that is gone: give it up and place again next tick. */
-            rl_cluster_lease_release(u->id, l->epoch, l->hub_pid);
+            rl_cluster_lease_release(u->id, l->epoch);
         } else if (l->hub_pid[0]) {
             if (l->status == RL_LEASE_OTHER)
                 rl_info("central", "user %s: hub %s on node %s, lease epoch %llu", u->id,
@@ -514,7 +510,7 @@ static void on_hub_exit(const cJSON *payload)
         if (strcmp(u->hub, pid->valuestring) == 0) {
             rl_warn("central", "user %s: hub %s exited unexpectedly", k, u->hub);
             if (clustered())
-                rl_cluster_lease_release(u->id, u->epoch, u->hub);
+                rl_cluster_lease_release(u->id, u->epoch);
             clear_placement(u);
             if (u->nconns)
                 place(u);
@@ -553,8 +549,17 @@ static void retire_hub(central_user *u, const char *why)
     rl_info("central", "user %s: %s hub %s", u->id, why, u->hub);
     rl_map_set(&central.cancelling, u->hub, (void *)1);
     if (clustered())
-        rl_cluster_lease_release(u->id, u->epoch, u->hub);
+        rl_cluster_lease_release(u->id, u->epoch);
     rl_cancel(u->hub, RL_HUB_CANCEL_MS);
+    clear_placement(u);
+}
+
+/* The user's local hub may no longer (or soon not) hold the lease: it tells every connection
+   to re-home ("hub.handover") and stops; the user is placed again from scratch. */
+static void hand_over_hub(central_user *u)
+{
+    rl_map_set(&central.cancelling, u->hub, (void *)1);
+    rl_send(central.proc.pid, u->hub, "hub.handover", "{}", 2);
     clear_placement(u);
 }
 
@@ -594,9 +599,7 @@ static void on_renew(const rl_lease *l, void *ud)
             rl_hub_set_valid_until(u->hub, u->valid_until);
         } else if (l->status == RL_LEASE_OTHER) {
             rl_warn("central", "user %s: lease of hub %s lost", u->id, u->hub);
-            rl_send(central.proc.pid, u->hub, "hub.handover", "{}", 2);
-            rl_map_set(&central.cancelling, u->hub, (void *)1);
-            clear_placement(u);
+            hand_over_hub(u);
             place(u);
         }
     }
@@ -667,9 +670,7 @@ static void cluster_tick(void)
         if (u->hub[0] && u->hub_local) {
             if (now >= u->valid_until) { /* not renewed in time: it may be someone else's now */
                 rl_warn("central", "user %s: lease of hub %s expired", u->id, u->hub);
-                rl_map_set(&central.cancelling, u->hub, (void *)1);
-                rl_send(central.proc.pid, u->hub, "hub.handover", "{}", 2);
-                clear_placement(u);
+                hand_over_hub(u);
             } else {
                 for (size_t i = 0; i < ndead; i++) {
                     cJSON *nd = cJSON_CreateObject();
@@ -681,7 +682,7 @@ static void cluster_tick(void)
                 renew_req *r = calloc(1, sizeof *r);
                 if (r && (r->user = strdup(u->id))) {
                     snprintf(r->hub, sizeof r->hub, "%s", u->hub);
-                    if (rl_cluster_lease_renew(u->id, u->epoch, u->hub, on_renew, r) < 0) {
+                    if (rl_cluster_lease_renew(u->id, u->epoch, on_renew, r) < 0) {
                         free(r->user);
                         free(r);
                     }
@@ -741,10 +742,8 @@ void rl_central_drain(void)
             continue;
         /* Release first, so the connections the hub sends away find the lease free. */
         if (clustered())
-            rl_cluster_lease_release(u->id, u->epoch, u->hub);
-        rl_map_set(&central.cancelling, u->hub, (void *)1);
-        rl_send(central.proc.pid, u->hub, "hub.handover", "{}", 2);
-        clear_placement(u);
+            rl_cluster_lease_release(u->id, u->epoch);
+        hand_over_hub(u);
     }
 }
 

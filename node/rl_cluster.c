@@ -63,7 +63,6 @@ static struct {
     uint64_t node_valid_until;
     int ready;
     rl_map live;            /* "<node>.<incarnation>" -> (void *)1, as of the last tick */
-    rl_map live_ids;        /* node id -> (void *)1 */
     int registered;         /* a heartbeat succeeded once */
     int reregistered;       /* the last heartbeat found our key gone: entries need re-adding */
     const char **dead;      /* nodes that went away at the last tick */
@@ -221,15 +220,10 @@ static void bounce(const char *to, const rl_msg *m, int rc)
     int n = snprintf(buf, sizeof buf, "{\"hub_pid\":\"%s\"}", to);
     if (strcmp(m->topic, "ws.message") == 0 && m->from[0]) {
         cJSON *req = rl_json_parse(m->payload, m->len);
-        const cJSON *rid = cJSON_IsObject(req) ? cJSON_GetObjectItemCaseSensitive(req, "request_id") : NULL;
-        char *rid_json = rid ? cJSON_PrintUnformatted(rid) : NULL;
-        rl_err_code e = rc == -EAGAIN ? RL_E_OVERLOADED : RL_E_PLUGIN_FAILED;
-        char *err = rl_err_payload(e, rc == -EAGAIN ? NULL : "User hub unavailable, try again", rid_json);
-        rl_metric_error(e);
-        if (err)
-            rl_send(to, m->from, "error", err, strlen(err));
-        free(err);
-        free(rid_json);
+        if (rc == -EAGAIN)
+            rl_err_send(to, m->from, RL_E_OVERLOADED, NULL, req);
+        else
+            rl_err_send(to, m->from, RL_E_PLUGIN_FAILED, "User hub unavailable, try again", req);
         cJSON_Delete(req);
         if (rc == -ENOENT)
             rl_send(to, m->from, "ws.rehome", buf, (size_t)n);
@@ -355,11 +349,6 @@ static const char live_nodes_src[] =
     "end\n"
     "return out\n";
 
-int rl_cluster_node_alive(const char *node)
-{
-    return strcmp(node, rl_node_id()) == 0 || rl_map_get(&cl.live_ids, node) != NULL;
-}
-
 int rl_cluster_pid_alive(const char *pid)
 {
     if (rl_pid_is_local(pid))
@@ -407,23 +396,11 @@ static void on_live_nodes(const redisReply *r, void *ud)
         run_tick_cb();
         return;
     }
-    rl_map now, now_ids;
+    rl_map now;
     rl_map_init(&now);
-    rl_map_init(&now_ids);
-    for (size_t i = 0; i < r->elements; i++) {
-        const redisReply *e = r->element[i];
-        if (e->type != REDIS_REPLY_STRING)
-            continue;
-        rl_map_set(&now, e->str, (void *)1);
-        char id[RL_NODE_ID_MAX];
-        if (rl_pid_node(e->str, id) == 0 || (strchr(e->str, '.') &&
-                                             (size_t)(strchr(e->str, '.') - e->str) < sizeof id)) {
-            size_t n = (size_t)(strchr(e->str, '.') - e->str);
-            memcpy(id, e->str, n);
-            id[n] = '\0';
-            rl_map_set(&now_ids, id, (void *)1);
-        }
-    }
+    for (size_t i = 0; i < r->elements; i++)
+        if (r->element[i]->type == REDIS_REPLY_STRING)
+            rl_map_set(&now, r->element[i]->str, (void *)1);
     for (size_t i = 0; i < cl.ndead; i++)
         free((char *)cl.dead[i]);
     cl.ndead = 0;
@@ -442,9 +419,7 @@ static void on_live_nodes(const redisReply *r, void *ud)
         if (!rl_map_get(&cl.live, k))
             rl_info("cluster", "node %s is up", k);
     rl_map_close(&cl.live);
-    rl_map_close(&cl.live_ids);
     cl.live = now;
-    cl.live_ids = now_ids;
     run_tick_cb();
 }
 
@@ -661,10 +636,8 @@ static void flush_renewals(void)
     }
 }
 
-int rl_cluster_lease_renew(const char *user, uint64_t epoch, const char *hub_pid,
-                           rl_cluster_lease_cb cb, void *ud)
+int rl_cluster_lease_renew(const char *user, uint64_t epoch, rl_cluster_lease_cb cb, void *ud)
 {
-    (void)hub_pid;
     if (!rl_redis_connected(cl.cmd))
         return -ENOTCONN;
     if (cl.nrenew == cl.caprenew) {
@@ -687,9 +660,8 @@ int rl_cluster_lease_renew(const char *user, uint64_t epoch, const char *hub_pid
     return 0;
 }
 
-void rl_cluster_lease_release(const char *user, uint64_t epoch, const char *hub_pid)
+void rl_cluster_lease_release(const char *user, uint64_t epoch)
 {
-    (void)hub_pid;
     if (rl_cs_lease_release(cl.cmd, cl.cfg->redis_prefix, user, rl_node_id(),
                             rl_node_incarnation(), epoch, NULL, NULL) < 0)
         rl_metric_inc(RL_M_REDIS_ERRORS);
@@ -708,7 +680,6 @@ int rl_cluster_start(const rl_config *c, char *err, size_t errlen)
     rl_ckey_inbox(cl.inbox_key, sizeof cl.inbox_key, c->redis_prefix, rl_node_id());
     rl_map_init(&cl.outboxes);
     rl_map_init(&cl.live);
-    rl_map_init(&cl.live_ids);
     cl.started_at = (uint64_t)time(NULL) * 1000;
     cl.cmd = rl_redis_new(rl_node_loop(), c->redis_url, "main", err, errlen);
     if (!cl.cmd)
@@ -764,7 +735,6 @@ void rl_cluster_stop(void)
     }
     free(cl.renew);
     rl_map_close(&cl.live);
-    rl_map_close(&cl.live_ids);
     for (size_t i = 0; i < cl.ndead; i++)
         free((char *)cl.dead[i]);
     free(cl.dead);

@@ -59,12 +59,9 @@ typedef void (*rl_cluster_lease_cb)(const rl_lease *l, void *ud);
 /* Takes the user's lease for hub_pid when it is free or its holder node is gone. */
 int rl_cluster_lease_acquire(const char *user, const char *hub_pid, rl_cluster_lease_cb cb, void *ud);
 /* Renews our lease: l->status WON (valid_until set) when still ours, OTHER when lost, ERROR. */
-int rl_cluster_lease_renew(const char *user, uint64_t epoch, const char *hub_pid,
-                           rl_cluster_lease_cb cb, void *ud);
+int rl_cluster_lease_renew(const char *user, uint64_t epoch, rl_cluster_lease_cb cb, void *ud);
 /* Releases our lease (drain); fire and forget. */
-void rl_cluster_lease_release(const char *user, uint64_t epoch, const char *hub_pid);
-/* As of the last tick: 1 when the node id is registered (any incarnation). */
-int rl_cluster_node_alive(const char *node);
+void rl_cluster_lease_release(const char *user, uint64_t epoch);
 /* As of the last tick: 1 when the pid's node incarnation is registered (local pids: 1). */
 int rl_cluster_pid_alive(const char *pid);
 /* Node incarnations ("<node>.<incarnation>") that went away at the last tick. */

@@ -5,6 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "rl_metrics.h"
+#include "rl_proc.h"
+
 static const struct {
     const char *name;
     int close;
@@ -34,4 +37,16 @@ char *rl_err_payload(rl_err_code e, const char *msg, const char *rid_json)
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     return s;
+}
+
+void rl_err_send(const char *from, const char *to, rl_err_code e, const char *msg, const cJSON *req)
+{
+    const cJSON *r = cJSON_IsObject(req) ? cJSON_GetObjectItemCaseSensitive(req, "request_id") : NULL;
+    char *rid = r ? cJSON_PrintUnformatted(r) : NULL;
+    char *payload = rl_err_payload(e, msg, rid);
+    free(rid);
+    rl_metric_error(e);
+    if (!payload || rl_send(from, to, "error", payload, strlen(payload)) < 0)
+        rl_metric_inc(RL_M_MSGS_DROPPED);
+    free(payload);
 }

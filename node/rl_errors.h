@@ -31,4 +31,10 @@ const char *rl_err_default_message(rl_err_code e);
    rid_json is raw JSON, e.g. "\"r1\"" or "42"). Returns a malloc'd string (caller frees) or NULL. */
 char *rl_err_payload(rl_err_code e, const char *msg, const char *rid_json);
 
+struct cJSON;
+/* Sends `to` an "error" message from `from`, echoing the request_id of req (the client's parsed
+   message, or NULL), and counts the code; an error that cannot be sent is counted as dropped. */
+void rl_err_send(const char *from, const char *to, rl_err_code e, const char *msg,
+                 const struct cJSON *req);
+
 #endif

@@ -54,16 +54,7 @@ static void set_status(hub_plugin *hp, rl_plugin_status s)
 /* Sends an error to `to`, echoing the request id of the client's message when there was one. */
 static void send_error(rl_hub *h, const char *to, rl_err_code e, const char *msg, const cJSON *req)
 {
-    char *rid = NULL;
-    const cJSON *r = req && cJSON_IsObject(req) ? cJSON_GetObjectItemCaseSensitive(req, "request_id") : NULL;
-    if (r)
-        rid = cJSON_PrintUnformatted(r);
-    char *payload = rl_err_payload(e, msg, rid);
-    free(rid);
-    rl_metric_error(e);
-    if (payload && rl_send(h->proc.pid, to, "error", payload, strlen(payload)) < 0)
-        rl_metric_inc(RL_M_MSGS_DROPPED);
-    free(payload);
+    rl_err_send(h->proc.pid, to, e, msg, req);
 }
 
 static int spawn_plugin(rl_hub *h, size_t i)

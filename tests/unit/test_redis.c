@@ -763,6 +763,16 @@ static long long heartbeat(fx *f, rl_redis *r, const char *node, const char *inc
     return c.v;
 }
 
+/* A connected client on an empty Redis where nodes n1 (incarnation i1) and n2 (i2) are alive. */
+static rl_redis *two_live_nodes(fx *f, state_rec *st)
+{
+    rl_redis *r = connect_ok(f, st);
+    sync_cmd(f, r, "FLUSHALL");
+    heartbeat(f, r, "n1", "i1", 10000);
+    heartbeat(f, r, "n2", "i2", 10000);
+    return r;
+}
+
 static lease_cap acquire(fx *f, rl_redis *r, const char *user, const char *node, const char *inc,
                          const char *hub, uint64_t ttl)
 {
@@ -982,10 +992,7 @@ static void test_lease_renew_many(void **state)
     NEED_REDIS();
     fx *f = *state;
     state_rec st = {0};
-    rl_redis *r = connect_ok(f, &st);
-    sync_cmd(f, r, "FLUSHALL");
-    heartbeat(f, r, "n1", "i1", 10000);
-    heartbeat(f, r, "n2", "i2", 10000);
+    rl_redis *r = two_live_nodes(f, &st);
     lease_cap a = acquire(f, r, "u1", "n1", "i1", "n1.i1.h1", 5000);
     lease_cap b = acquire(f, r, "u2", "n1", "i1", "n1.i1.h2", 5000);
     lease_cap o = acquire(f, r, "u3", "n2", "i2", "n2.i2.h1", 5000); /* not ours */
@@ -1040,10 +1047,7 @@ static void test_lease_lifecycle(void **state)
     NEED_REDIS();
     fx *f = *state;
     state_rec st = {0};
-    rl_redis *r = connect_ok(f, &st);
-    sync_cmd(f, r, "FLUSHALL");
-    heartbeat(f, r, "n1", "i1", 10000);
-    heartbeat(f, r, "n2", "i2", 10000);
+    rl_redis *r = two_live_nodes(f, &st);
 
     lease_cap l = acquire(f, r, "carol", "n1", "i1", "n1.i1.h1", 5000);
     assert_int_equal(l.l.code, RL_LEASE_NEW);
