@@ -1,7 +1,9 @@
 # Relay: build, run, test, bench. `make run` and `make test` install what is missing first.
 CC       ?= gcc
-BUILD    ?= build
 SANITIZE ?=
+comma    := ,
+# One build directory per flag set: a sanitized build never reuses plain objects (or the reverse).
+BUILD    ?= build$(if $(SANITIZE),-san-$(subst $(comma),-,$(SANITIZE)))
 PKGS      = libwebsockets libuv hiredis libcjson lua5.4 yaml-0.1 libcrypto
 DEB_PKGS  = libwebsockets-dev libuv1-dev libhiredis-dev libcjson-dev liblua5.4-dev libyaml-dev \
             libssl-dev libcmocka-dev redis-server haproxy pkg-config python3-websockets
@@ -62,6 +64,10 @@ unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
 
 integration: $(BUILD)/relay-node
+ifneq ($(SANITIZE),)
+	@# The binaries under test really carry the sanitizer runtime (not objects of another build).
+	@nm -D $(BUILD)/relay-node | grep -q __asan_init\|__ubsan_handle || { echo "!! $(BUILD)/relay-node is not sanitized"; exit 1; }
+endif
 	/usr/bin/python3 tests/integration/run.py --node $(BUILD)/relay-node
 
 test: deps
@@ -74,7 +80,7 @@ bench: deps
 	bench/run.sh
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf build build-san-*
 
 # Fuzzing (libFuzzer; tests/fuzz/README.md). The library is built again with clang and the
 # sanitizers into $(BUILD)/fuzz/, apart from the normal objects. Each target runs FUZZ_SECONDS on
