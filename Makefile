@@ -10,7 +10,7 @@ DEB_PKGS  = libwebsockets-dev libuv1-dev libhiredis-dev libcjson-dev liblua5.4-d
 
 CFLAGS  += -std=c11 -D_GNU_SOURCE -O2 -g -MMD -MP \
            -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wwrite-strings -Werror \
-           -Icommon -Inode -Iplugins
+           -Icommon -Icore -Iedge -Ihub -Icluster -Iplugins -Inode
 CFLAGS  += $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
 ifneq ($(SANITIZE),)
@@ -18,7 +18,8 @@ CFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=
 LDFLAGS += -fsanitize=$(SANITIZE)
 endif
 
-LIB_SRC  = $(wildcard common/*.c) $(filter-out node/main.c,$(wildcard node/*.c)) $(wildcard plugins/*.c)
+LAYERS   = common core edge hub cluster plugins
+LIB_SRC  = $(foreach d,$(LAYERS),$(wildcard $(d)/*.c))
 LIB_OBJ  = $(LIB_SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC = $(wildcard tests/unit/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
