@@ -25,7 +25,9 @@
     X(PLUGINS_CRASHED, "relay_plugins_crashed_total", "counter", "Plugin processes that crashed") \
     X(REDIS_ERRORS, "relay_redis_errors_total", "counter", "Redis command or connection errors") \
     X(REDIS_RTT_US, "relay_redis_rtt_microseconds", "gauge", "Last measured Redis round trip")  \
-    X(LUA_BYTES, "relay_lua_memory_bytes", "gauge", "Bytes allocated by the Lua state")
+    X(LUA_BYTES, "relay_lua_memory_bytes", "gauge", "Bytes allocated by the Lua state")         \
+    X(JSON_DECODES, "relay_json_decodes_total", "counter", "JSON documents decoded into Lua values") \
+    X(JSON_ENCODES, "relay_json_encodes_total", "counter", "Lua values encoded to JSON")
 
 typedef enum {
 #define RL_METRIC_ENUM(name, pname, type, help) RL_M_##name,

@@ -940,6 +940,7 @@ void rl_lua_close(void)
     rl_lua_names_close();
     lua_close(H.L);
     H.L = NULL;
+    rl_lua_json_close();
     free(H.chunk_refs);
     H.chunk_refs = NULL;
     rl_metric_set(RL_M_LUA_BYTES, 0);

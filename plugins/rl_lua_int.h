@@ -13,7 +13,8 @@
 #include "rl_proc.h"
 
 /* Bounds on what a plugin controls (STYLE: named constants in one place). */
-#define RL_LUA_JSON_DEPTH 128     /* json.encode / decode nesting */
+#define RL_LUA_JSON_DEPTH 128     /* json.encode / decode nesting (containers) */
+#define RL_LUA_JSON_SCRATCH_KEEP (1u << 20) /* encode scratch kept between calls, bytes */
 #define RL_LUA_SELECT_MAX 64      /* cases in one channel.select */
 #define RL_LUA_RUN_BATCH 256      /* resumes per loop wake-up */
 #define RL_LUA_HOOK_STEP 1000     /* instructions between two count-hook calls */
@@ -136,10 +137,17 @@ void rl_lua_event_free(rl_lua_event *e);
 /* Encodes the value at idx: pushes the JSON text and returns 1, or pushes an error message
    and returns 0. Raises only on OOM. */
 int rl_lua_json_encode(lua_State *L, int idx);
-/* Decodes s[0..len) (NUL at s[len]): pushes the value and returns 1, or pushes an error
-   message and returns 0. Raises only on OOM. */
+/* Like rl_lua_json_encode, but the text is left in the module's C scratch buffer instead of a
+   Lua string: returns 1 with *text / *len set (no NUL; valid until the next encode call of
+   either kind, owned by the module), or pushes an error message and returns 0. The stack is
+   otherwise as it was. Raises only on OOM. */
+int rl_lua_json_encode_scratch(lua_State *L, int idx, const char **text, size_t *len);
+/* Decodes s[0..len) (nothing is read at or past s[len]): pushes the value and returns 1, or
+   pushes an error message and returns 0. Raises only on OOM. */
 int rl_lua_json_decode(lua_State *L, const char *s, size_t len);
 void rl_lua_json_open(lua_State *L); /* pushes the json module table */
+/* Frees the encode scratch (any state may encode again afterwards: it is allocated anew). */
+void rl_lua_json_close(void);
 
 /* rl_lua_time.c */
 enum { RL_TIMER_SLEEP, RL_TIMER_DEADLINE, RL_TIMER_ONCE, RL_TIMER_TICKER };

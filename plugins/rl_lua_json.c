@@ -1,76 +1,58 @@
-/* The json module of the Lua plugin host: Lua values <-> JSON text.
+/* The json module of the Lua plugin host: JSON text <-> Lua values, exactly.
  *
- * Encoding (own writer, so the rules are ours): nil -> null; an empty table -> []; a table
- * whose keys are exactly 1..n -> array; a table with only string keys -> object with keys in
- * byte order (deterministic output); mixed or sparse keys, NaN/inf, functions, userdata and
- * nesting deeper than RL_LUA_JSON_DEPTH (which also catches cycles) are errors. Invalid UTF-8
- * in strings becomes U+FFFD, as Go's encoder does. Decoding uses cJSON; JSON null decodes to
- * nil, integral numbers to Lua integers. */
-#include <cjson/cJSON.h>
+ * Decoding is one pass from the bytes straight into Lua values (no tree; strings without escapes
+ * go to Lua straight from the input). The language is strict RFC 8259, also that of the gateway's
+ * envelope scanner, so that the hub and the plugins never read one message two ways: no comments,
+ * trailing commas, NaN or leading zeros, nothing but whitespace after the value; strings are valid
+ * UTF-8 without raw control bytes, escapes become their exact bytes (a surrogate pair one 4-byte
+ * sequence); a lone surrogate and \u0000 are errors (the hub refuses \u0000 too). A number without
+ * '.' or exponent that fits in int64 becomes that Lua integer; any other a float from strtod (the
+ * node runs in the "C" locale; out of range gives +-math.huge, as strtod does). null becomes nil:
+ * a null member is absent, a null array item leaves its index empty (a hole: [1,null,3] gives
+ * t[1] = 1, t[3] = 3), as the cJSON decoder did. Of repeated keys the first wins (as in the hub,
+ * which routes on the first "type"); a first null also wins. An object that decodes to an empty
+ * table gets the shared marker metatable "json.object", so that it encodes back as {}
+ * (json.object() makes one); the marker is locked by __metatable: getmetatable gives the string
+ * "json.object" and setmetatable on such a table raises. At most RL_LUA_JSON_DEPTH containers
+ * nest (C recursion to that depth is fine).
+ *
+ * Encoding: nil -> null; integers exact; a float as the first of %.15g, %.16g, %.17g that reads
+ * back as the same double, ".0" appended when that looks like an integer so that it decodes as a
+ * float again; NaN and +-inf -> null (as the original platform's encoder). An empty table -> []
+ * unless it carries the object marker ({}); keys exactly 1..n -> array; only string keys ->
+ * object with "type", then "topic", then the other keys in byte order (deterministic, and the
+ * spec's example frame comes out as written). Strings byte for byte, except that '"', '\' and
+ * bytes below 0x20 are escaped and invalid UTF-8 becomes U+FFFD (as Go's encoder does; the text
+ * goes into WebSocket text frames). Mixed or sparse keys, functions, userdata and nesting deeper
+ * than RL_LUA_JSON_DEPTH (which also catches cycles) are errors. The text is built in one C
+ * scratch buffer reused by every call (encoding never runs Lua code, so calls never nest). */
+#include <float.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "rl_lua_int.h"
+#include "rl_metrics.h"
 
-#define JBUF_MT "rl.jsonbuf"
-#define JTREE_MT "rl.jsontree"
+#define JOBJECT_MT "json.object" /* registry name of the marker; also what getmetatable says */
 
-typedef struct jbuf {
-    char *p;
-    size_t len, cap;
-} jbuf;
+/* Bytes a string holds as is, both ways: printable ASCII other than '"' and '\'. The others
+   (controls, quote, backslash, and >= 0x80, which is checked as UTF-8) take the slow path. */
+static const unsigned char plain[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0x00 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0x10 */
+    1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x20: '"' */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x30 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x40 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, /* 0x50: '\' */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x60 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x70 */
+};
 
-static void jb_free(lua_State *L, jbuf *b)
-{
-    if (b->p) {
-        void *ud;
-        lua_Alloc f = lua_getallocf(L, &ud);
-        f(ud, b->p, b->cap, 0);
-        b->p = NULL;
-        b->cap = b->len = 0;
-    }
-}
-
-static int jbuf_gc(lua_State *L)
-{
-    jb_free(L, lua_touserdata(L, 1));
-    return 0;
-}
-
-/* The buffer lives in Lua memory (counted against the cap) and is freed by the collector if an
-   error interrupts encoding. */
-static void jb_reserve(lua_State *L, jbuf *b, size_t more)
-{
-    if (b->len + more <= b->cap)
-        return;
-    size_t ncap = b->cap ? b->cap : 256;
-    while (ncap < b->len + more)
-        ncap *= 2;
-    void *ud;
-    lua_Alloc f = lua_getallocf(L, &ud);
-    char *np = f(ud, b->p, b->p ? b->cap : 0, ncap);
-    if (!np)
-        luaL_error(L, "not enough memory");
-    b->p = np;
-    b->cap = ncap;
-}
-
-static void jb_add(lua_State *L, jbuf *b, const char *s, size_t n)
-{
-    jb_reserve(L, b, n);
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-}
-
-static void jb_addc(lua_State *L, jbuf *b, char c)
-{
-    jb_reserve(L, b, 1);
-    b->p[b->len++] = c;
-}
-
-/* Length of the valid UTF-8 sequence at s (n bytes left), 0 if invalid. */
+/* Length of the valid UTF-8 sequence at s (n >= 1 bytes left), 0 if invalid (overlong forms,
+   surrogates and code points past U+10FFFF are invalid). */
 static size_t utf8_len(const unsigned char *s, size_t n)
 {
     unsigned c = s[0];
@@ -103,52 +85,166 @@ static size_t utf8_len(const unsigned char *s, size_t n)
     return k;
 }
 
-static void put_string(lua_State *L, jbuf *b, const char *s, size_t n)
+/* ---- encoding -------------------------------------------------------------------------- */
+
+/* The scratch the text is written into. Grows by doubling; a call that finds it grown past
+   RL_LUA_JSON_SCRATCH_KEEP frees it first (one huge message does not pin its size). It lives in
+   the C heap rather than in Lua memory because rl_lua_json_encode_scratch hands it out after
+   the call; only the Lua string rl_lua_json_encode makes from it counts against the cap. */
+static struct {
+    char *p;
+    size_t len, cap;
+} out;
+
+static void out_begin(void)
 {
-    jb_reserve(L, b, n + 2);
-    jb_addc(L, b, '"');
-    const unsigned char *u = (const unsigned char *)s;
-    for (size_t i = 0; i < n;) {
-        unsigned char c = u[i];
-        if (c == '"' || c == '\\') {
-            char e[2] = {'\\', (char)c};
-            jb_add(L, b, e, 2);
-            i++;
-        } else if (c < 0x20) {
-            char e[8];
-            const char *m = c == '\n' ? "\\n" : c == '\r' ? "\\r" : c == '\t' ? "\\t" : NULL;
-            if (m)
-                jb_add(L, b, m, 2);
-            else
-                jb_add(L, b, e, (size_t)snprintf(e, sizeof e, "\\u%04x", c));
-            i++;
-        } else {
-            size_t k = utf8_len(u + i, n - i);
-            if (k == 0) {
-                jb_add(L, b, "\\ufffd", 6);
-                i++;
+    if (out.cap > RL_LUA_JSON_SCRATCH_KEEP) {
+        free(out.p);
+        out.p = NULL;
+        out.cap = 0;
+    }
+    out.len = 0;
+}
+
+static void out_grow(lua_State *L, size_t more)
+{
+    size_t ncap = out.cap ? out.cap : 1024;
+    while (ncap - out.len < more) {
+        if (ncap > SIZE_MAX / 2)
+            luaL_error(L, "not enough memory");
+        ncap *= 2;
+    }
+    char *np = realloc(out.p, ncap);
+    if (!np)
+        luaL_error(L, "not enough memory");
+    out.p = np;
+    out.cap = ncap;
+}
+
+static inline void out_reserve(lua_State *L, size_t n)
+{
+    if (out.cap - out.len < n)
+        out_grow(L, n);
+}
+
+static inline void out_add(lua_State *L, const void *s, size_t n)
+{
+    out_reserve(L, n);
+    memcpy(out.p + out.len, s, n);
+    out.len += n;
+}
+
+static inline void out_addc(lua_State *L, char c)
+{
+    out_reserve(L, 1);
+    out.p[out.len++] = c;
+}
+
+static void put_string(lua_State *L, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *u = (const unsigned char *)s, *e = u + n;
+    out_reserve(L, n + 2); /* exact unless something needs escaping */
+    out.p[out.len++] = '"';
+    while (u < e) {
+        const unsigned char *run = u;
+        while (u < e && plain[*u])
+            u++;
+        out_add(L, run, (size_t)(u - run));
+        if (u == e)
+            break;
+        unsigned c = *u;
+        char esc[6] = {'\\', 0, 0, 0, 0, 0};
+        size_t k = 2;
+        switch (c) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        case '\b': esc[1] = 'b'; break;
+        case '\f': esc[1] = 'f'; break;
+        default:
+            if (c < 0x20) {
+                memcpy(esc + 1, "u00", 3);
+                esc[4] = hex[c >> 4];
+                esc[5] = hex[c & 15];
+                k = 6;
+            } else if ((k = utf8_len(u, (size_t)(e - u))) != 0) {
+                out_add(L, u, k);
+                u += k;
+                continue;
             } else {
-                jb_add(L, b, s + i, k);
-                i += k;
+                memcpy(esc + 1, "ufffd", 5);
+                k = 6;
             }
         }
+        out_add(L, esc, k);
+        u++;
     }
-    jb_addc(L, b, '"');
+    out_addc(L, '"');
+}
+
+static void put_integer(lua_State *L, lua_Integer v)
+{
+    char buf[24], *q = buf + sizeof buf;
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do {
+        *--q = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        *--q = '-';
+    out_add(L, q, (size_t)(buf + sizeof buf - q));
+}
+
+/* The first of %.15g, %.16g, %.17g that strtod reads back as d. Any decimal of up to 15 digits
+   survives the trip through a normal double (DBL_DIG), so when a shorter one reads back as d,
+   %.15g writes it; subnormals hold fewer digits, so for them every precision from 1 is tried
+   (5e-324, not 4.94065645841247e-324). */
+static void put_float(lua_State *L, double d)
+{
+    if (!isfinite(d)) {
+        out_add(L, "null", 4); /* what the original platform's encoder writes */
+        return;
+    }
+    if (fabs(d) < 1e15 && d == (double)(int64_t)d) { /* what %.15g writes, without printf */
+        if (d == 0 && signbit(d))
+            out_addc(L, '-'); /* -0.0 stays a negative zero */
+        put_integer(L, (lua_Integer)d);
+        out_add(L, ".0", 2);
+        return;
+    }
+    char num[48];
+    int n = 0;
+    int prec = d != 0 && fabs(d) < DBL_MIN ? 1 : 15;
+    for (; prec <= 17; prec++) {
+        n = snprintf(num, sizeof num - 2, "%.*g", prec, d);
+        if (prec == 17 || strtod(num, NULL) == d)
+            break;
+    }
+    if (strspn(num, "-0123456789") == (size_t)n) { /* 42.0 -> "42.0", not the integer 42 */
+        memcpy(num + n, ".0", 2);
+        n += 2;
+    }
+    out_add(L, num, (size_t)n);
 }
 
 typedef struct skey {
     const char *s;
     size_t n;
+    int rank;
+    int slot; /* stack index of the value, 0 when it must be looked up */
 } skey;
 
 /* Lua tables keep no key order, so objects come out in a fixed one: the keys that say what a
    message is ("type", then "topic") first, as people write them, then the rest sorted by bytes.
    So the spec's example plugin sends exactly {"type":"session_state","data":{...}}. */
-static int skey_rank(const skey *k)
+static int skey_rank(const char *s, size_t n)
 {
-    if (k->n == 4 && memcmp(k->s, "type", 4) == 0)
+    if (n == 4 && memcmp(s, "type", 4) == 0)
         return 0;
-    if (k->n == 5 && memcmp(k->s, "topic", 5) == 0)
+    if (n == 5 && memcmp(s, "topic", 5) == 0)
         return 1;
     return 2;
 }
@@ -156,232 +252,674 @@ static int skey_rank(const skey *k)
 static int skey_cmp(const void *a, const void *b)
 {
     const skey *x = a, *y = b;
-    int rx = skey_rank(x), ry = skey_rank(y);
-    if (rx != ry)
-        return rx - ry;
+    if (x->rank != y->rank)
+        return x->rank - y->rank;
     int c = memcmp(x->s, y->s, x->n < y->n ? x->n : y->n);
     return c ? c : (x->n > y->n) - (x->n < y->n);
 }
 
-static const char *encode(lua_State *L, jbuf *b, int idx, int depth);
+#define SMALL_OBJECT 16 /* keys sorted in place on the C stack; more go into a userdata */
 
-static const char *encode_table(lua_State *L, jbuf *b, int idx, int depth)
+static void sort_keys(skey *k, size_t n)
+{
+    if (n > SMALL_OBJECT) {
+        qsort(k, n, sizeof *k, skey_cmp);
+        return;
+    }
+    for (size_t i = 1; i < n; i++) { /* insertion sort: a message has a handful of keys */
+        skey t = k[i];
+        size_t j = i;
+        for (; j > 0 && skey_cmp(&k[j - 1], &t) > 0; j--)
+            k[j] = k[j - 1];
+        k[j] = t;
+    }
+}
+
+static int is_object_marked(lua_State *L, int idx)
+{
+    if (!lua_getmetatable(L, idx))
+        return 0;
+    luaL_getmetatable(L, JOBJECT_MT);
+    int r = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    return r;
+}
+
+static const char *encode(lua_State *L, int idx, int depth);
+
+static const char *encode_table(lua_State *L, int idx, int depth)
 {
     if (depth >= RL_LUA_JSON_DEPTH)
         return "nested too deep (or a cycle)";
-    if (!lua_checkstack(L, 6))
+    if (!lua_checkstack(L, 2 * SMALL_OBJECT + 8))
         return "nested too deep";
-    size_t n = 0, nint = 0, nstr = 0;
+    skey small[SMALL_OBJECT], *keys = small;
+    size_t nstr = 0, nint = 0, cap = SMALL_OBJECT;
     lua_Integer maxk = 0;
+    int top = lua_gettop(L);
+    lua_pushnil(L); /* top + 1: the keys' userdata once they outgrow small[] */
     lua_pushnil(L);
     while (lua_next(L, idx)) {
-        n++;
+        int isint;
+        lua_Integer ik;
         if (lua_type(L, -2) == LUA_TSTRING) {
-            nstr++;
-        } else if (lua_isinteger(L, -2) && lua_tointeger(L, -2) >= 1) {
+            if (nstr == cap) { /* a big object: the keys move to Lua memory (collected if we raise) */
+                skey *nk = lua_newuserdatauv(L, 2 * cap * sizeof *nk, 0);
+                memcpy(nk, keys, nstr * sizeof *nk);
+                lua_replace(L, top + 1);
+                keys = nk;
+                cap *= 2;
+            }
+            skey *k = &keys[nstr];
+            k->s = lua_tolstring(L, -2, &k->n); /* a string key: no conversion */
+            k->rank = skey_rank(k->s, k->n);
+            k->slot = 0;
+            if (nstr++ < SMALL_OBJECT) { /* leave the pair on the stack: no lookup later */
+                k->slot = lua_gettop(L);
+                lua_pushvalue(L, -2);
+                continue;
+            }
+        } else if ((ik = lua_tointegerx(L, -2, &isint), isint) && ik >= 1 && lua_isinteger(L, -2)) {
             nint++;
-            if (lua_tointeger(L, -2) > maxk)
-                maxk = lua_tointeger(L, -2);
+            if (ik > maxk)
+                maxk = ik;
         } else {
-            lua_pop(L, 2);
+            lua_settop(L, top);
             return "table keys must be strings or a sequence 1..n";
         }
         lua_pop(L, 1);
     }
+    size_t n = nstr + nint;
     if (n == 0) {
-        jb_add(L, b, "[]", 2);
+        lua_settop(L, top);
+        if (is_object_marked(L, idx))
+            out_add(L, "{}", 2);
+        else
+            out_add(L, "[]", 2);
         return NULL;
     }
     if (nint == n) {
+        lua_settop(L, top);
         if ((size_t)maxk != n)
             return "sparse array";
-        jb_addc(L, b, '[');
-        for (size_t i = 1; i <= n; i++) {
+        out_addc(L, '[');
+        for (lua_Integer i = 1; i <= maxk; i++) {
             if (i > 1)
-                jb_addc(L, b, ',');
-            lua_rawgeti(L, idx, (lua_Integer)i);
-            const char *e = encode(L, b, lua_gettop(L), depth + 1);
+                out_addc(L, ',');
+            lua_rawgeti(L, idx, i);
+            const char *e = encode(L, top + 1, depth + 1);
             lua_pop(L, 1);
             if (e)
                 return e;
         }
-        jb_addc(L, b, ']');
+        out_addc(L, ']');
         return NULL;
     }
-    if (nstr != n)
+    if (nint != 0) {
+        lua_settop(L, top);
         return "table mixes string keys and array items";
-    skey *keys = lua_newuserdatauv(L, n * sizeof *keys, 0); /* collected if we raise */
-    size_t k = 0;
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        keys[k].s = lua_tolstring(L, -2, &keys[k].n); /* a string key: no conversion */
-        k++;
-        lua_pop(L, 1);
     }
-    qsort(keys, n, sizeof *keys, skey_cmp);
-    jb_addc(L, b, '{');
+    sort_keys(keys, n);
+    out_addc(L, '{');
+    int vtop = lua_gettop(L);
     for (size_t i = 0; i < n; i++) {
         if (i)
-            jb_addc(L, b, ',');
-        put_string(L, b, keys[i].s, keys[i].n);
-        jb_addc(L, b, ':');
-        lua_pushlstring(L, keys[i].s, keys[i].n);
-        lua_rawget(L, idx);
-        const char *e = encode(L, b, lua_gettop(L), depth + 1);
-        lua_pop(L, 1);
+            out_addc(L, ',');
+        put_string(L, keys[i].s, keys[i].n);
+        out_addc(L, ':');
+        int slot = keys[i].slot;
+        if (!slot) {
+            lua_pushlstring(L, keys[i].s, keys[i].n);
+            lua_rawget(L, idx);
+            slot = vtop + 1;
+        }
+        const char *e = encode(L, slot, depth + 1);
+        lua_settop(L, vtop);
         if (e) {
-            lua_pop(L, 1);
+            lua_settop(L, top);
             return e;
         }
     }
-    lua_pop(L, 1);
-    jb_addc(L, b, '}');
+    lua_settop(L, top);
+    out_addc(L, '}');
     return NULL;
 }
 
-static const char *encode(lua_State *L, jbuf *b, int idx, int depth)
+static const char *encode(lua_State *L, int idx, int depth)
 {
-    char num[64];
     switch (lua_type(L, idx)) {
-    case LUA_TNIL: jb_add(L, b, "null", 4); return NULL;
+    case LUA_TNIL: out_add(L, "null", 4); return NULL;
     case LUA_TBOOLEAN:
         if (lua_toboolean(L, idx))
-            jb_add(L, b, "true", 4);
+            out_add(L, "true", 4);
         else
-            jb_add(L, b, "false", 5);
+            out_add(L, "false", 5);
         return NULL;
     case LUA_TNUMBER:
-        if (lua_isinteger(L, idx)) {
-            jb_add(L, b, num, (size_t)snprintf(num, sizeof num, "%lld",
-                                               (long long)lua_tointeger(L, idx)));
-        } else {
-            double d = (double)lua_tonumber(L, idx);
-            if (!isfinite(d))
-                return "cannot encode NaN or infinity";
-            int n = snprintf(num, sizeof num, "%.15g", d);
-            if (strtod(num, NULL) != d)
-                n = snprintf(num, sizeof num, "%.17g", d);
-            jb_add(L, b, num, (size_t)n);
-        }
+        if (lua_isinteger(L, idx))
+            put_integer(L, lua_tointeger(L, idx));
+        else
+            put_float(L, (double)lua_tonumber(L, idx));
         return NULL;
     case LUA_TSTRING: {
         size_t n;
         const char *s = lua_tolstring(L, idx, &n);
-        put_string(L, b, s, n);
+        put_string(L, s, n);
         return NULL;
     }
-    case LUA_TTABLE: return encode_table(L, b, idx, depth);
+    case LUA_TTABLE: return encode_table(L, idx, depth);
     default: return lua_typename(L, lua_type(L, idx));
     }
 }
 
+/* Writes the value at idx into the scratch; on error pushes the message and returns 0. */
+static int encode_top(lua_State *L, int idx)
+{
+    rl_metric_inc(RL_M_JSON_ENCODES);
+    idx = lua_absindex(L, idx);
+    out_begin();
+    out_reserve(L, 64); /* never hand memcpy a NULL scratch */
+    int top = lua_gettop(L);
+    const char *e = encode(L, idx, 0);
+    lua_settop(L, top);
+    if (!e)
+        return 1;
+    if (strchr(e, ' '))
+        lua_pushfstring(L, "json: %s", e);
+    else
+        lua_pushfstring(L, "json: cannot encode a %s value", e);
+    return 0;
+}
+
+int rl_lua_json_encode_scratch(lua_State *L, int idx, const char **text, size_t *len)
+{
+    if (!encode_top(L, idx))
+        return 0;
+    *text = out.p;
+    *len = out.len;
+    return 1;
+}
+
 int rl_lua_json_encode(lua_State *L, int idx)
 {
-    idx = lua_absindex(L, idx);
-    jbuf *b = lua_newuserdatauv(L, sizeof *b, 0);
-    memset(b, 0, sizeof *b);
-    luaL_setmetatable(L, JBUF_MT);
-    int top = lua_gettop(L);
-    const char *e = encode(L, b, idx, 0);
-    lua_settop(L, top);
-    if (e) {
-        if (strchr(e, ' '))
-            lua_pushfstring(L, "json: %s", e);
-        else
-            lua_pushfstring(L, "json: cannot encode a %s value", e);
-    } else {
-        lua_pushlstring(L, b->p ? b->p : "", b->len);
-    }
-    jb_free(L, b); /* at once, rather than when the collector gets to the userdata */
-    lua_remove(L, top);
-    return e == NULL;
+    if (!encode_top(L, idx))
+        return 0;
+    lua_pushlstring(L, out.p, out.len);
+    out_begin(); /* nothing points into the scratch now: trim it at once */
+    return 1;
+}
+
+void rl_lua_json_close(void)
+{
+    free(out.p);
+    out.p = NULL;
+    out.cap = out.len = 0;
 }
 
 /* ---- decoding -------------------------------------------------------------------------- */
 
-static int push_json(lua_State *L, const cJSON *j, int depth)
+typedef struct jdec {
+    lua_State *L;
+    const unsigned char *p, *end; /* p: next byte to read; never read at or past end */
+    const char *err;              /* what is wrong at p, once something is */
+} jdec;
+
+/* Stands for a null member while its object is being built, so that a later repeat of the key
+   does not win over it; removed before the object is handed out. */
+static const char null_member;
+
+static int fail(jdec *d, const unsigned char *at, const char *what)
+{
+    d->p = at;
+    d->err = what;
+    return -1;
+}
+
+static inline const unsigned char *skip_ws(const unsigned char *p, const unsigned char *e)
+{
+    while (p < e && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+        p++;
+    return p;
+}
+
+static int hex4(const unsigned char *p, unsigned *v)
+{
+    unsigned r = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned c = p[i], x;
+        if (c - '0' < 10)
+            x = c - '0';
+        else if ((c | 0x20) - 'a' < 6)
+            x = (c | 0x20) - 'a' + 10;
+        else
+            return 0;
+        r = r << 4 | x;
+    }
+    *v = r;
+    return 1;
+}
+
+/* The rest of a string that has escapes: run is its first byte, p the first backslash. Kept out
+   of dec_string so that the common string without escapes needs no buffer. */
+static int dec_string_escaped(jdec *d, const unsigned char *run, const unsigned char *p)
+{
+    const unsigned char *e = d->end;
+    luaL_Buffer b;
+    luaL_buffinit(d->L, &b);
+    for (;;) {
+        while (p < e && plain[*p])
+            p++;
+        if (p == e)
+            return fail(d, p, "unterminated string");
+        unsigned c = *p;
+        if (c == '"') {
+            luaL_addlstring(&b, (const char *)run, (size_t)(p - run));
+            luaL_pushresult(&b);
+            d->p = p + 1;
+            return 1;
+        }
+        if (c < 0x20)
+            return fail(d, p, "control character in string");
+        if (c >= 0x80) {
+            size_t k = utf8_len(p, (size_t)(e - p));
+            if (!k)
+                return fail(d, p, "invalid UTF-8 in string");
+            p += k;
+            continue;
+        }
+        luaL_addlstring(&b, (const char *)run, (size_t)(p - run)); /* c is the backslash */
+        if (e - p < 2)
+            return fail(d, p, "unterminated string");
+        char one = 0;
+        switch (p[1]) {
+        case '"': one = '"'; break;
+        case '\\': one = '\\'; break;
+        case '/': one = '/'; break;
+        case 'b': one = '\b'; break;
+        case 'f': one = '\f'; break;
+        case 'n': one = '\n'; break;
+        case 'r': one = '\r'; break;
+        case 't': one = '\t'; break;
+        case 'u': break;
+        default: return fail(d, p, "bad escape in string");
+        }
+        if (one) {
+            luaL_addchar(&b, one);
+            p += 2;
+            run = p;
+            continue;
+        }
+        unsigned cp, lo;
+        if (e - p < 6 || !hex4(p + 2, &cp))
+            return fail(d, p, "bad \\u escape in string");
+        if (cp == 0)
+            return fail(d, p, "\\u0000 in string");
+        if (cp >= 0xdc00 && cp <= 0xdfff)
+            return fail(d, p, "lone surrogate in string");
+        if (cp >= 0xd800 && cp <= 0xdbff) {
+            if (e - p < 12 || p[6] != '\\' || p[7] != 'u' || !hex4(p + 8, &lo) || lo < 0xdc00 ||
+                lo > 0xdfff)
+                return fail(d, p, "lone surrogate in string");
+            cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+            p += 6;
+        }
+        p += 6;
+        char u8[4];
+        size_t k;
+        if (cp < 0x80) {
+            u8[0] = (char)cp;
+            k = 1;
+        } else if (cp < 0x800) {
+            u8[0] = (char)(0xc0 | cp >> 6);
+            u8[1] = (char)(0x80 | (cp & 0x3f));
+            k = 2;
+        } else if (cp < 0x10000) {
+            u8[0] = (char)(0xe0 | cp >> 12);
+            u8[1] = (char)(0x80 | (cp >> 6 & 0x3f));
+            u8[2] = (char)(0x80 | (cp & 0x3f));
+            k = 3;
+        } else {
+            u8[0] = (char)(0xf0 | cp >> 18);
+            u8[1] = (char)(0x80 | (cp >> 12 & 0x3f));
+            u8[2] = (char)(0x80 | (cp >> 6 & 0x3f));
+            u8[3] = (char)(0x80 | (cp & 0x3f));
+            k = 4;
+        }
+        luaL_addlstring(&b, u8, k);
+        run = p;
+    }
+}
+
+/* d->p is just past the opening quote; pushes the string. Without escapes the bytes go to Lua
+   straight from the input. */
+static int dec_string(jdec *d)
+{
+    const unsigned char *p = d->p, *e = d->end, *run = p;
+    for (;;) {
+        while (p < e && plain[*p])
+            p++;
+        if (p == e)
+            return fail(d, p, "unterminated string");
+        unsigned c = *p;
+        if (c == '"') {
+            lua_pushlstring(d->L, (const char *)run, (size_t)(p - run));
+            d->p = p + 1;
+            return 1;
+        }
+        if (c == '\\')
+            return dec_string_escaped(d, run, p);
+        if (c < 0x20)
+            return fail(d, p, "control character in string");
+        size_t k = utf8_len(p, (size_t)(e - p));
+        if (!k)
+            return fail(d, p, "invalid UTF-8 in string");
+        p += k;
+    }
+}
+
+/* A number that is not an int64 literal: strtod on a NUL-terminated copy (the input has no NUL
+   at its end, and strtod would read on past the JSON number, e.g. "0x1"). */
+static void push_strtod(lua_State *L, const unsigned char *s, size_t n)
+{
+    char small[64];
+    if (n < sizeof small) {
+        memcpy(small, s, n);
+        small[n] = '\0';
+        lua_pushnumber(L, (lua_Number)strtod(small, NULL));
+        return;
+    }
+    luaL_Buffer b; /* hundreds of digits: rare, Lua memory */
+    char *big = luaL_buffinitsize(L, &b, n + 1);
+    memcpy(big, s, n);
+    big[n] = '\0';
+    double v = strtod(big, NULL);
+    lua_pop(L, 1); /* the buffer's placeholder or box */
+    lua_pushnumber(L, (lua_Number)v);
+}
+
+static inline int is_digit(unsigned c)
+{
+    return c - '0' < 10u;
+}
+
+static int dec_number(jdec *d)
+{
+    const unsigned char *s = d->p, *p = s, *e = d->end;
+    int neg = *p == '-', isfloat = 0, big = 0;
+    uint64_t u = 0;
+    if (neg)
+        p++;
+    if (p == e || !is_digit(*p))
+        return fail(d, p, "bad number");
+    if (*p == '0') {
+        p++;
+        if (p < e && is_digit(*p))
+            return fail(d, p, "leading zero in number");
+    } else {
+        for (; p < e && is_digit(*p); p++) {
+            unsigned dg = (unsigned)*p - '0';
+            if (u > (UINT64_MAX - dg) / 10)
+                big = 1;
+            else
+                u = u * 10 + dg;
+        }
+    }
+    if (p < e && *p == '.') {
+        isfloat = 1;
+        if (++p == e || !is_digit(*p))
+            return fail(d, p, "bad number");
+        while (p < e && is_digit(*p))
+            p++;
+    }
+    if (p < e && (*p == 'e' || *p == 'E')) {
+        isfloat = 1;
+        if (++p < e && (*p == '+' || *p == '-'))
+            p++;
+        if (p == e || !is_digit(*p))
+            return fail(d, p, "bad number");
+        while (p < e && is_digit(*p))
+            p++;
+    }
+    d->p = p;
+    if (!isfloat && !big && u <= (uint64_t)INT64_MAX + neg)
+        lua_pushinteger(d->L, neg ? (u ? -(lua_Integer)(u - 1) - 1 : 0) : (lua_Integer)u);
+    else
+        push_strtod(d->L, s, (size_t)(p - s));
+    return 1;
+}
+
+static int dec_literal(jdec *d, const char *word, size_t n)
+{
+    if ((size_t)(d->end - d->p) < n || memcmp(d->p, word, n) != 0)
+        return fail(d, d->p, "unexpected character");
+    d->p += n;
+    return 1;
+}
+
+static int dec_value(jdec *d, int depth);
+
+/* Items (array) or members (object) are gathered on the Lua stack until the container closes,
+   so that its table is made once at its final size instead of growing through several rehashes;
+   past DEC_BATCH the table is made and the rest go straight into it (bounded stack use). */
+#define DEC_BATCH 32
+
+static int enter(jdec *d, int depth)
 {
     if (depth >= RL_LUA_JSON_DEPTH)
-        return -1;
-    luaL_checkstack(L, 4, "json");
-    if (cJSON_IsNull(j) || cJSON_IsInvalid(j)) {
-        lua_pushnil(L);
-    } else if (cJSON_IsBool(j)) {
-        lua_pushboolean(L, cJSON_IsTrue(j));
-    } else if (cJSON_IsNumber(j)) {
-        double d = j->valuedouble;
-        if (d == floor(d) && fabs(d) < 9.2e18)
-            lua_pushinteger(L, (lua_Integer)d);
-        else
-            lua_pushnumber(L, d);
-    } else if (cJSON_IsString(j)) {
-        lua_pushstring(L, j->valuestring);
-    } else if (cJSON_IsArray(j)) {
-        lua_createtable(L, cJSON_GetArraySize(j), 0);
-        lua_Integer i = 1;
-        for (const cJSON *c = j->child; c; c = c->next, i++) {
-            if (push_json(L, c, depth + 1) < 0)
-                return -1;
-            lua_rawseti(L, -2, i);
-        }
-    } else if (cJSON_IsObject(j)) {
-        lua_createtable(L, 0, 4);
-        for (const cJSON *c = j->child; c; c = c->next) {
-            lua_pushstring(L, c->string ? c->string : "");
-            lua_pushvalue(L, -1);
-            if (lua_rawget(L, -3) != LUA_TNIL) { /* a repeated key: the first value wins, as */
-                lua_pop(L, 2);                   /* in the hub, which routes on the first "type" */
-                continue;
-            }
-            lua_pop(L, 1);
-            if (push_json(L, c, depth + 1) < 0)
-                return -1;
-            lua_rawset(L, -3);
-        }
-    } else {
-        lua_pushnil(L);
-    }
+        return fail(d, d->p, "nested too deep");
+    /* the table's slot, the batch, a string buffer */
+    if (!lua_checkstack(d->L, 2 * DEC_BATCH + 8))
+        return fail(d, d->p, "out of Lua stack");
     return 0;
 }
 
-static int jtree_gc(lua_State *L)
+static void mark_object(lua_State *L)
 {
-    cJSON **t = lua_touserdata(L, 1);
-    cJSON_Delete(*t);
-    *t = NULL;
-    return 0;
+    luaL_setmetatable(L, JOBJECT_MT);
+}
+
+/* Makes the table in slot t (a placeholder below the n items above it) and stores the items
+   (a nil leaves a hole). */
+static void flush_items(lua_State *L, int t, lua_Integer n, int narr)
+{
+    lua_createtable(L, narr, 0);
+    lua_replace(L, t);
+    for (lua_Integer i = n; i >= 1; i--)
+        lua_rawseti(L, t, i);
+}
+
+/* Makes the table in slot t (a placeholder below the n key/value pairs above it) and stores
+   the pairs, the last first, so that of repeated keys the first stays; a nil value (null) then removes a later
+   repeat and is itself not stored. With hold_nulls (more members follow), a null is stored as
+   null_member instead, so the members still to come can see the key is taken. */
+static void flush_members(lua_State *L, int t, int n, int nrec, int hold_nulls)
+{
+    lua_createtable(L, 0, nrec);
+    lua_replace(L, t);
+    for (int i = 0; i < n; i++) {
+        if (hold_nulls && lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            lua_pushlightuserdata(L, (void *)&null_member);
+        }
+        lua_rawset(L, t);
+    }
+}
+
+static int dec_object(jdec *d, int depth)
+{
+    lua_State *L = d->L;
+    const unsigned char *e = d->end;
+    if (enter(d, depth) < 0)
+        return -1;
+    int t = lua_gettop(L) + 1, n = 0, direct = 0, nulls = 0;
+    const unsigned char *p = skip_ws(d->p + 1, e);
+    if (p < e && *p == '}') {
+        d->p = p + 1;
+        lua_createtable(L, 0, 0);
+        mark_object(L);
+        return 1;
+    }
+    lua_pushnil(L); /* slot t: the table, once it is made */
+    for (;;) {
+        if (p == e || *p != '"')
+            return fail(d, p, p == e ? "unexpected end" : "expected a string key");
+        d->p = p + 1;
+        if (dec_string(d) < 0)
+            return -1;
+        p = skip_ws(d->p, e);
+        if (p == e || *p != ':')
+            return fail(d, p, p == e ? "unexpected end" : "expected ':'");
+        d->p = skip_ws(p + 1, e);
+        int r = dec_value(d, depth + 1);
+        if (r < 0)
+            return -1;
+        nulls += r == 0;
+        if (!direct) {
+            if (r == 0)
+                lua_pushnil(L);
+            if (++n == DEC_BATCH) {
+                flush_members(L, t, n, 2 * DEC_BATCH, 1);
+                direct = 1;
+            }
+        } else {
+            if (r == 0)
+                lua_pushlightuserdata(L, (void *)&null_member);
+            lua_pushvalue(L, -2);
+            if (lua_rawget(L, t) == LUA_TNIL) { /* the first of repeated keys wins */
+                lua_pop(L, 1);
+                lua_rawset(L, t);
+            } else {
+                lua_pop(L, 3);
+            }
+        }
+        p = skip_ws(d->p, e);
+        if (p < e && *p == ',') {
+            p = skip_ws(p + 1, e);
+            continue;
+        }
+        if (p < e && *p == '}')
+            break;
+        return fail(d, p, p == e ? "unexpected end" : "expected ',' or '}'");
+    }
+    d->p = p + 1;
+    if (!direct)
+        flush_members(L, t, n, n, 0);
+    if (!nulls)
+        return 1;
+    if (direct) { /* drop the held nulls; clearing fields during a traversal is allowed */
+        lua_pushnil(L);
+        while (lua_next(L, t)) {
+            if (lua_touserdata(L, -1) == &null_member) {
+                lua_pushvalue(L, -2);
+                lua_pushnil(L);
+                lua_rawset(L, t);
+            }
+            lua_pop(L, 1);
+        }
+    }
+    lua_pushnil(L);
+    if (lua_next(L, t))
+        lua_pop(L, 2);
+    else
+        mark_object(L); /* only nulls: still an object */
+    return 1;
+}
+
+static int dec_array(jdec *d, int depth)
+{
+    lua_State *L = d->L;
+    const unsigned char *e = d->end;
+    if (enter(d, depth) < 0)
+        return -1;
+    int t = lua_gettop(L) + 1, direct = 0;
+    const unsigned char *p = skip_ws(d->p + 1, e);
+    if (p < e && *p == ']') {
+        d->p = p + 1;
+        lua_createtable(L, 0, 0);
+        return 1;
+    }
+    lua_pushnil(L); /* slot t: the table, once it is made */
+    for (lua_Integer n = 1;; n++) {
+        d->p = p;
+        int r = dec_value(d, depth + 1);
+        if (r < 0)
+            return -1;
+        if (direct) {
+            if (r > 0) /* a null leaves a hole, as before */
+                lua_rawseti(L, t, n);
+        } else {
+            if (r == 0)
+                lua_pushnil(L);
+            if (n == DEC_BATCH) {
+                flush_items(L, t, n, 4 * DEC_BATCH);
+                direct = 1;
+            }
+        }
+        p = skip_ws(d->p, e);
+        if (p < e && *p == ',') {
+            p = skip_ws(p + 1, e);
+            continue;
+        }
+        if (p < e && *p == ']') {
+            d->p = p + 1;
+            if (!direct)
+                flush_items(L, t, n, (int)n);
+            return 1;
+        }
+        return fail(d, p, p == e ? "unexpected end" : "expected ',' or ']'");
+    }
+}
+
+/* Reads one value at d->p (no whitespace before it): pushes it and returns 1; returns 0 for null
+   (nothing pushed); -1 on error. */
+static int dec_value(jdec *d, int depth)
+{
+    if (d->p == d->end)
+        return fail(d, d->p, "unexpected end");
+    switch (*d->p) {
+    case '{': return dec_object(d, depth);
+    case '[': return dec_array(d, depth);
+    case '"': d->p++; return dec_string(d);
+    case 't':
+        if (dec_literal(d, "true", 4) < 0)
+            return -1;
+        lua_pushboolean(d->L, 1);
+        return 1;
+    case 'f':
+        if (dec_literal(d, "false", 5) < 0)
+            return -1;
+        lua_pushboolean(d->L, 0);
+        return 1;
+    case 'n': return dec_literal(d, "null", 4) < 0 ? -1 : 0;
+    case '-':
+    case '0': case '1': case '2': case '3': case '4':
+    case '5': case '6': case '7': case '8': case '9': return dec_number(d);
+    default: return fail(d, d->p, "unexpected character");
+    }
 }
 
 int rl_lua_json_decode(lua_State *L, const char *s, size_t len)
 {
-    /* The tree is held by a userdata so that an error raised while building Lua values (out of
-       memory) does not leak it. */
-    cJSON **t = lua_newuserdatauv(L, sizeof *t, 0);
-    *t = NULL;
-    luaL_setmetatable(L, JTREE_MT);
+    rl_metric_inc(RL_M_JSON_DECODES);
     int top = lua_gettop(L);
-    const char *end = NULL;
-    *t = cJSON_ParseWithLengthOpts(s, len + 1, &end, 1); /* s[len] is the NUL */
-    if (!*t || end != s + len) {
-        size_t off = *t ? (size_t)(end - s) : (end ? (size_t)(end - s) : 0);
-        cJSON_Delete(*t);
-        *t = NULL;
-        lua_pop(L, 1);
-        lua_pushfstring(L, "json: invalid JSON near byte %d", (int)off);
+    const unsigned char *u = (const unsigned char *)s;
+    jdec d = {L, skip_ws(u, u + len), u + len, NULL};
+    int r = -1;
+    if (!lua_checkstack(L, 8)) /* the value, a string buffer */
+        fail(&d, d.p, "out of Lua stack");
+    else if ((r = dec_value(&d, 0)) >= 0 && (d.p = skip_ws(d.p, d.end)) != d.end)
+        r = fail(&d, d.p, "trailing data");
+    if (r < 0) {
+        lua_settop(L, top);
+        lua_pushfstring(L, "json: %s at byte %I", d.err, (lua_Integer)(d.p - u));
         return 0;
     }
-    if (push_json(L, *t, 0) < 0) {
-        cJSON_Delete(*t);
-        *t = NULL;
-        lua_settop(L, top - 1);
-        lua_pushstring(L, "json: nested too deep");
-        return 0;
-    }
-    cJSON_Delete(*t);
-    *t = NULL;
-    lua_remove(L, top);
+    if (r == 0)
+        lua_pushnil(L);
     return 1;
 }
+
+/* ---- the module ------------------------------------------------------------------------ */
 
 static int l_encode(lua_State *L)
 {
@@ -404,12 +942,27 @@ static int l_decode(lua_State *L)
     return 2;
 }
 
+/* json.object(): a new empty table that encodes as {} (keys added later make it an ordinary
+   object; the marker only matters while it is empty). */
+static int l_object(lua_State *L)
+{
+    lua_createtable(L, 0, 0);
+    mark_object(L);
+    return 1;
+}
+
 void rl_lua_json_open(lua_State *L)
 {
-    static const luaL_Reg jbuf_meta[] = {{"__gc", jbuf_gc}, {NULL, NULL}};
-    static const luaL_Reg jtree_meta[] = {{"__gc", jtree_gc}, {NULL, NULL}};
-    rl_lua_new_class(L, JBUF_MT, NULL, jbuf_meta);
-    rl_lua_new_class(L, JTREE_MT, NULL, jtree_meta);
-    static const luaL_Reg fns[] = {{"encode", l_encode}, {"decode", l_decode}, {NULL, NULL}};
+    if (luaL_newmetatable(L, JOBJECT_MT)) { /* shared by every marked table: locked */
+        lua_pushliteral(L, JOBJECT_MT);
+        lua_setfield(L, -2, "__metatable");
+    }
+    lua_pop(L, 1);
+    static const luaL_Reg fns[] = {
+        {"encode", l_encode},
+        {"decode", l_decode},
+        {"object", l_object},
+        {NULL, NULL},
+    };
     luaL_newlib(L, fns);
 }
