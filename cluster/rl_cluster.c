@@ -3,8 +3,10 @@
  *
  * Transport: one stream per node, <prefix>inbox:<node>. Messages for another node are queued per
  * destination while the loop turn runs and flushed at its end (uv_check) as one XADD per batch of
- * up to RL_BATCH messages: each message is one field/value pair of the entry, the field holding
- * "to\nfrom\ntopic\nepoch" and the value the payload. All XADDs go over one connection in order,
+ * up to RL_BATCH messages: each message is one field/value pair of the entry, the field its
+ * header (wire_header: lengths, then to, from, topic name, owner) and the value its body's bytes
+ * as they are, or the fields of an internal topic's struct (wire_ctl). This is the one place that
+ * serialises a message. All XADDs go over one connection in order,
  * so per sender->receiver order holds, and hiredis pipelines everything written in one turn.
  * The reader is a second connection looping on XREAD BLOCK from the last id it saw. */
 #include "rl_cluster.h"
@@ -38,7 +40,11 @@ typedef struct out_msg {
     struct out_msg *next;
     rl_msg *m;
     char to[RL_PID_MAX];
+    char *ctl;      /* the serialised struct of an internal topic (malloc'd), or NULL */
+    size_t ctl_len;
 } out_msg;
+
+#define RL_WIRE_HDR_MAX (3 * RL_PID_MAX + 640) /* header bytes before a topic name and owner */
 
 typedef struct renew_op renew_op;
 
@@ -57,8 +63,6 @@ static struct {
     int reading;
     rl_map outboxes;        /* node id -> outbox */
     size_t queued;
-    uv_check_t flush;
-    uv_idle_t kick;
     uv_timer_t tick;
     uint64_t node_valid_until;
     int ready;
@@ -87,7 +91,60 @@ size_t rl_cluster_dead_since_last_tick(const char ***nodes)
 
 /* ---- transport: sending ---- */
 
-static void kick_cb(uv_idle_t *h);
+/* Appends "len:" + bytes of s[0..n) to b (a netstring without the comma). */
+static size_t put_field(char *b, size_t cap, size_t at, const char *s, size_t n)
+{
+    int k = snprintf(at < cap ? b + at : NULL, at < cap ? cap - at : 0, "%zu:", n);
+    at += (size_t)k;
+    if (at + n <= cap)
+        memcpy(b + at, s, n);
+    return at + n;
+}
+
+/* Serialises the struct of an internal topic that may cross nodes into a malloc'd string.
+   Returns 0, -EINVAL for a topic that never leaves its node, -ENOMEM. */
+static int wire_ctl(const rl_msg *m, char **out, size_t *len)
+{
+    char buf[4 * RL_PID_MAX + RL_CLOSE_REASON_MAX + 64];
+    const rl_body *meta = NULL, *scope = NULL;
+    size_t n = 0;
+    switch (m->topic) {
+    case RL_T_WS_JOIN:
+        meta = m->ctl.join.meta;
+        scope = m->ctl.join.scope;
+        n = put_field(buf, sizeof buf, 0, m->ctl.join.conn, strlen(m->ctl.join.conn));
+        break;
+    case RL_T_WS_LEAVE:
+        n = put_field(buf, sizeof buf, 0, m->ctl.conn.conn, strlen(m->ctl.conn.conn));
+        break;
+    case RL_T_WS_REHOME:
+        n = put_field(buf, sizeof buf, 0, m->ctl.rehome.conn, strlen(m->ctl.rehome.conn));
+        n = put_field(buf, sizeof buf, n, m->ctl.rehome.hub, strlen(m->ctl.rehome.hub));
+        break;
+    case RL_T_WS_CLOSE:
+        n = (size_t)snprintf(buf, sizeof buf, "%d:", m->ctl.close.code);
+        n = put_field(buf, sizeof buf, n, m->ctl.close.reason, strlen(m->ctl.close.reason));
+        break;
+    case RL_T_WS_CONTROL:
+        n = put_field(buf, sizeof buf, 0, m->ctl.control.target, strlen(m->ctl.control.target));
+        n += (size_t)snprintf(buf + n, sizeof buf - n, "%" PRIu64 ":", m->ctl.control.epoch);
+        break;
+    default:
+        return -EINVAL;
+    }
+    size_t extra = (meta ? meta->len + 24 : 2) + (scope ? scope->len + 24 : 2);
+    char *o = malloc(n + extra);
+    if (!o)
+        return -ENOMEM;
+    memcpy(o, buf, n);
+    if (m->topic == RL_T_WS_JOIN) {
+        n = meta ? put_field(o, n + extra, n, meta->data, meta->len) : n + (size_t)sprintf(o + n, "-:");
+        n = scope ? put_field(o, n + extra, n, scope->data, scope->len) : n + (size_t)sprintf(o + n, "-:");
+    }
+    *out = o;
+    *len = n;
+    return 0;
+}
 
 static int remote_send(const char *to, rl_msg *m, void *ud)
 {
@@ -105,13 +162,30 @@ static int remote_send(const char *to, rl_msg *m, void *ud)
             return -ENOMEM;
         }
     }
-    if (ob->len >= RL_OUTBOX_MAX || ob->bytes + m->len > RL_OUTBOX_BYTES)
+    char *ctl = NULL;
+    size_t ctl_len = 0;
+    if (!m->body) {
+        int rc = wire_ctl(m, &ctl, &ctl_len);
+        if (rc < 0) {
+            if (rc == -EINVAL)
+                rl_warn("cluster", "%s to %s cannot cross nodes", rl_topic_name((rl_topic)m->topic), to);
+            return rc;
+        }
+    }
+    size_t bytes = m->body ? m->body->len : ctl_len;
+    if (ob->len >= RL_OUTBOX_MAX || ob->bytes + bytes > RL_OUTBOX_BYTES) {
+        free(ctl);
         return -EAGAIN;
+    }
     out_msg *om = malloc(sizeof *om);
-    if (!om)
+    if (!om) {
+        free(ctl);
         return -ENOMEM;
+    }
     om->next = NULL;
     om->m = m;
+    om->ctl = ctl;
+    om->ctl_len = ctl_len;
     snprintf(om->to, sizeof om->to, "%s", to);
     if (ob->tail)
         ob->tail->next = om;
@@ -119,10 +193,42 @@ static int remote_send(const char *to, rl_msg *m, void *ud)
         ob->head = om;
     ob->tail = om;
     ob->len++;
-    ob->bytes += m->len;
+    ob->bytes += bytes;
     cl.queued++;
-    uv_idle_start(&cl.kick, kick_cb);
+    rl_turn_request();
     return 0;
+}
+
+static size_t om_bytes(const out_msg *om) { return om->m->body ? om->m->body->len : om->ctl_len; }
+
+static void om_free(out_msg *om)
+{
+    rl_msg_free(om->m);
+    free(om->ctl);
+    free(om);
+}
+
+/* The header of a message on the wire: "RL1 topic epoch flags type_off type_len rid_off rid_len
+   type_escaped\n" then to, from, topic name and owner as netstrings ("-:" = the system). */
+static int wire_header(char *b, size_t cap, const out_msg *om)
+{
+    const rl_msg *m = om->m;
+    int k = snprintf(b, cap, "RL1 %u %" PRIu64 " %u %u %u %u %u %u\n", (unsigned)m->topic, m->epoch,
+                     (unsigned)m->flags, m->env.type_off, m->env.type_len, m->env.rid_off,
+                     m->env.rid_len, (unsigned)m->env.type_escaped);
+    if (k < 0 || (size_t)k >= cap)
+        return -1;
+    size_t n = put_field(b, cap, (size_t)k, om->to, strlen(om->to));
+    n = put_field(b, cap, n, m->from, strlen(m->from));
+    n = put_field(b, cap, n, m->topic == RL_T_APP && m->name ? m->name : "", m->topic == RL_T_APP ? m->name_len : 0);
+    const char *user = rl_owner_user(m->owner);
+    if (user)
+        n = put_field(b, cap, n, user, strlen(user));
+    else if (n + 2 <= cap)
+        memcpy(b + n, "-:", 2), n += 2;
+    else
+        n += 2;
+    return n > cap ? -1 : (int)n;
 }
 
 static void on_xadd(const redisReply *r, void *ud)
@@ -140,7 +246,7 @@ static void flush_batch(const char *node, outbox *ob)
 {
     const char *argv[6 + 2 * RL_BATCH];
     size_t lens[6 + 2 * RL_BATCH];
-    char headers[RL_BATCH][RL_PID_MAX * 2 + 128];
+    static char headers[RL_BATCH][RL_WIRE_HDR_MAX + 1024];
     out_msg *sent[RL_BATCH];
     char key[160];
     int k = snprintf(key, sizeof key, "%sinbox:%s", cl.cfg->redis_prefix, node);
@@ -155,19 +261,22 @@ static void flush_batch(const char *node, outbox *ob)
     while (ob->head && n < RL_BATCH) {
         out_msg *om = ob->head;
         ob->head = om->next;
-        int hl = snprintf(headers[n], sizeof headers[n], "%s\n%s\n%s\n%" PRIu64, om->to,
-                          om->m->from, om->m->topic, om->m->epoch);
-        if (hl < 0 || (size_t)hl >= sizeof headers[n]) { /* topic too long to carry: drop */
+        int hl = wire_header(headers[n], sizeof headers[n], om);
+        if (hl < 0) { /* a topic name or user id too long to carry: refuse, counted */
+            rl_warn("cluster", "message to %s with a header over %zu bytes dropped", om->to,
+                    sizeof headers[n]);
             rl_metric_inc(RL_M_MSGS_DROPPED);
-            ob->bytes -= om->m->len;
-            rl_msg_free(om->m);
-            free(om);
+            ob->bytes -= om_bytes(om);
+            om_free(om);
             ob->len--;
             cl.queued--;
             continue;
         }
         argv[argc] = headers[n], lens[argc++] = (size_t)hl;
-        argv[argc] = om->m->payload, lens[argc++] = om->m->len;
+        if (om->m->body)
+            argv[argc] = om->m->body->data, lens[argc++] = om->m->body->len;
+        else
+            argv[argc] = om->ctl, lens[argc++] = om->ctl_len;
         sent[n++] = om;
     }
     if (!ob->head)
@@ -180,9 +289,8 @@ static void flush_batch(const char *node, outbox *ob)
             rl_metric_add(RL_M_FORWARDED_OUT, n);
     }
     for (size_t i = 0; i < n; i++) {
-        ob->bytes -= sent[i]->m->len;
-        rl_msg_free(sent[i]->m);
-        free(sent[i]);
+        ob->bytes -= om_bytes(sent[i]);
+        om_free(sent[i]);
     }
     ob->len -= n;
     cl.queued -= n;
@@ -191,9 +299,9 @@ static void flush_batch(const char *node, outbox *ob)
 /* End of a loop turn: everything queued for other nodes goes out, pipelined. */
 static void flush_renewals(void);
 
-static void flush_cb(uv_check_t *h)
+static void flush_cb(void *ud)
 {
-    (void)h;
+    (void)ud;
     if (cl.nrenew)
         flush_renewals();
     if (cl.queued == 0)
@@ -213,57 +321,188 @@ static void read_next(void);
 
 /* A forwarded message could not be delivered here: answer where a client is waiting, so nothing
    is lost silently. A full hub answers "overloaded"; a hub that is gone (it moved or was
-   collected) sends the connection to its node to be placed again. */
+   collected) sends the connection to its node to be placed again. The answers come from the
+   system (this node's runtime). */
+static void rehome(const char *conn, const char *hub)
+{
+    rl_msg *r = rl_msg_new(RL_T_WS_REHOME);
+    if (r) {
+        snprintf(r->ctl.rehome.conn, sizeof r->ctl.rehome.conn, "%s", conn);
+        snprintf(r->ctl.rehome.hub, sizeof r->ctl.rehome.hub, "%s", hub);
+    }
+    rl_send_or_free(NULL, conn, r);
+}
+
 static void bounce(const char *to, const rl_msg *m, int rc)
 {
-    char buf[RL_PID_MAX + 32];
-    int n = snprintf(buf, sizeof buf, "{\"hub_pid\":\"%s\"}", to);
-    if (strcmp(m->topic, "ws.message") == 0 && m->from[0]) {
-        cJSON *req = rl_json_parse(m->payload, m->len);
+    if (m->topic == RL_T_WS_CLIENT && m->from[0]) {
+        const char *rid = m->env.rid_len ? m->body->data + m->env.rid_off : NULL;
         if (rc == -EAGAIN)
-            rl_err_send(to, m->from, RL_E_OVERLOADED, NULL, req);
+            rl_err_send(NULL, m->from, RL_E_OVERLOADED, NULL, rid, m->env.rid_len);
         else
-            rl_err_send(to, m->from, RL_E_PLUGIN_FAILED, "User hub unavailable, try again", req);
-        cJSON_Delete(req);
+            rl_err_send(NULL, m->from, RL_E_PLUGIN_FAILED, "User hub unavailable, try again", rid,
+                        m->env.rid_len);
         if (rc == -ENOENT)
-            rl_send(to, m->from, "ws.rehome", buf, (size_t)n);
-    } else if (strcmp(m->topic, "ws.join") == 0 && rc == -ENOENT) {
-        cJSON *join = rl_json_parse(m->payload, m->len);
-        const cJSON *cp = cJSON_GetObjectItemCaseSensitive(join, "client_pid");
-        if (cJSON_IsString(cp))
-            rl_send(to, cp->valuestring, "ws.rehome", buf, (size_t)n);
-        cJSON_Delete(join);
+            rehome(m->from, to);
+    } else if (m->topic == RL_T_WS_JOIN && rc == -ENOENT) {
+        rehome(m->ctl.join.conn, to);
+    }
+}
+
+/* Reads a netstring field "len:bytes" at *p (end e); -1 when malformed. "-:" is absent (-2). */
+static int get_field(const char **p, const char *e, const char **s, size_t *n)
+{
+    if (e - *p >= 2 && (*p)[0] == '-' && (*p)[1] == ':') {
+        *p += 2;
+        *s = NULL;
+        *n = 0;
+        return -2;
+    }
+    size_t v = 0;
+    const char *q = *p;
+    while (q < e && *q >= '0' && *q <= '9' && v < (1u << 30))
+        v = v * 10 + (size_t)(*q++ - '0');
+    if (q == *p || q >= e || *q != ':' || (size_t)(e - q - 1) < v)
+        return -1;
+    *s = q + 1;
+    *n = v;
+    *p = q + 1 + v;
+    return 0;
+}
+
+static int get_pid(const char **p, const char *e, char out[RL_PID_MAX])
+{
+    const char *s;
+    size_t n;
+    if (get_field(p, e, &s, &n) < 0 || n >= RL_PID_MAX)
+        return -1;
+    memcpy(out, s, n);
+    out[n] = '\0';
+    return 0;
+}
+
+static int get_body(const char **p, const char *e, rl_body **out)
+{
+    const char *s;
+    size_t n;
+    int rc = get_field(p, e, &s, &n);
+    if (rc == -2)
+        return 0;
+    if (rc < 0 || !(*out = rl_body_new(s, n)))
+        return -1;
+    return 0;
+}
+
+/* The struct of an internal topic from its wire form (wire_ctl). 0 or -1. */
+static int read_ctl(rl_msg *m, const char *v, size_t len)
+{
+    const char *p = v, *e = v + len, *s;
+    size_t n;
+    switch (m->topic) {
+    case RL_T_WS_JOIN:
+        return get_pid(&p, e, m->ctl.join.conn) < 0 || get_body(&p, e, &m->ctl.join.meta) < 0 ||
+                       get_body(&p, e, &m->ctl.join.scope) < 0
+                   ? -1
+                   : 0;
+    case RL_T_WS_LEAVE:
+        return get_pid(&p, e, m->ctl.conn.conn);
+    case RL_T_WS_REHOME:
+        return get_pid(&p, e, m->ctl.rehome.conn) < 0 ? -1 : get_pid(&p, e, m->ctl.rehome.hub);
+    case RL_T_WS_CLOSE: {
+        char *end;
+        long code = strtol(p, &end, 10);
+        if (end >= e || *end != ':')
+            return -1;
+        m->ctl.close.code = (int)code;
+        p = end + 1;
+        if (get_field(&p, e, &s, &n) < 0 || n > RL_CLOSE_REASON_MAX)
+            return -1;
+        memcpy(m->ctl.close.reason, s, n);
+        m->ctl.close.reason[n] = '\0';
+        return 0;
+    }
+    case RL_T_WS_CONTROL:
+        if (get_pid(&p, e, m->ctl.control.target) < 0)
+            return -1;
+        m->ctl.control.epoch = strtoull(p, NULL, 10);
+        return 0;
+    default:
+        return -1;
+    }
+}
+
+/* One message of a stream entry: header field h, value v. Delivered as sent: the same body
+   bytes, the sender and its owner (nodes trust one another; the router checks authority). */
+static void deliver_one(const redisReply *h, const redisReply *v)
+{
+    unsigned topic, flags, toff, tlen, roff, rlen, esc;
+    uint64_t epoch;
+    int hdr_end = 0;
+    if (h->len < 4 || memcmp(h->str, "RL1 ", 4) != 0 ||
+        sscanf(h->str, "RL1 %u %" SCNu64 " %u %u %u %u %u %u\n%n", &topic, &epoch, &flags, &toff,
+               &tlen, &roff, &rlen, &esc, &hdr_end) != 8 ||
+        hdr_end <= 0 || topic >= RL_T_COUNT) {
+        rl_metric_inc(RL_M_MSGS_DROPPED);
+        rl_warn("cluster", "malformed stream entry header dropped");
+        return;
+    }
+    const char *p = h->str + hdr_end, *e = h->str + h->len, *name, *user;
+    size_t nlen, ulen;
+    char to[RL_PID_MAX], from[RL_PID_MAX];
+    int urc;
+    if (get_pid(&p, e, to) < 0 || get_pid(&p, e, from) < 0 || get_field(&p, e, &name, &nlen) < 0 ||
+        (urc = get_field(&p, e, &user, &ulen)) == -1) {
+        rl_metric_inc(RL_M_MSGS_DROPPED);
+        rl_warn("cluster", "malformed stream entry header dropped");
+        return;
+    }
+    rl_msg *m;
+    int is_data = topic == RL_T_APP || topic == RL_T_WS_CLIENT || topic == RL_T_WS_MESSAGE;
+    if (is_data) {
+        if ((toff + tlen > v->len) || (roff + rlen > v->len))
+            toff = tlen = roff = rlen = 0;
+        m = rl_msg_new_data((rl_topic)topic, name, nlen, v->str, v->len);
+    } else {
+        m = rl_msg_new((rl_topic)topic);
+        if (m && read_ctl(m, v->str, v->len) < 0) {
+            rl_msg_free(m);
+            rl_metric_inc(RL_M_MSGS_DROPPED);
+            rl_warn("cluster", "malformed %s dropped", rl_topic_name((rl_topic)topic));
+            return;
+        }
+    }
+    if (!m) {
+        rl_metric_inc(RL_M_MSGS_DROPPED);
+        return;
+    }
+    m->epoch = epoch;
+    m->flags = (uint16_t)flags;
+    m->env.type_off = toff;
+    m->env.type_len = tlen;
+    m->env.rid_off = roff;
+    m->env.rid_len = rlen;
+    m->env.type_escaped = (uint8_t)esc;
+    memcpy(m->from, from, RL_PID_MAX);
+    if (urc == 0 && !(m->owner = rl_owner_get(user, ulen))) {
+        rl_msg_free(m);
+        rl_metric_inc(RL_M_MSGS_DROPPED);
+        return;
+    }
+    rl_metric_inc(RL_M_FORWARDED_IN);
+    int rc = rl_pid_is_local(to) ? rl_send_as(to, m) : -ENOENT;
+    if (rc < 0) {
+        rl_metric_inc(RL_M_MSGS_DROPPED);
+        bounce(to, m, rc);
+        rl_msg_free(m);
     }
 }
 
 static void deliver_entry(const redisReply *fields)
 {
     for (size_t i = 0; i + 1 < fields->elements; i += 2) {
-        const redisReply *h = fields->element[i], *p = fields->element[i + 1];
-        if (h->type != REDIS_REPLY_STRING || p->type != REDIS_REPLY_STRING)
-            continue;
-        char hdr[RL_PID_MAX * 2 + 128];
-        if (h->len >= sizeof hdr)
-            continue;
-        memcpy(hdr, h->str, h->len);
-        hdr[h->len] = '\0';
-        char *to = hdr, *from = strchr(to, '\n'), *topic, *epoch;
-        if (!from || !(topic = strchr(from + 1, '\n')) || !(epoch = strchr(topic + 1, '\n')))
-            continue;
-        *from++ = '\0';
-        *topic++ = '\0';
-        *epoch++ = '\0';
-        rl_msg *m = rl_msg_new(from, topic, p->str, p->len);
-        if (!m)
-            continue;
-        m->epoch = strtoull(epoch, NULL, 10);
-        rl_metric_inc(RL_M_FORWARDED_IN);
-        int rc = rl_pid_is_local(to) ? rl_send_msg(to, m) : -ENOENT;
-        if (rc < 0) {
-            rl_metric_inc(RL_M_MSGS_DROPPED);
-            bounce(to, m, rc);
-            rl_msg_free(m);
-        }
+        const redisReply *h = fields->element[i], *v = fields->element[i + 1];
+        if (h->type == REDIS_REPLY_STRING && v->type == REDIS_REPLY_STRING)
+            deliver_one(h, v);
     }
 }
 
@@ -656,7 +895,7 @@ int rl_cluster_lease_renew(const char *user, uint64_t epoch, rl_cluster_lease_cb
         return -ENOMEM;
     }
     cl.renew[cl.nrenew++] = (renew_op){u, epoch, o};
-    uv_idle_start(&cl.kick, kick_cb);
+    rl_turn_request();
     return 0;
 }
 
@@ -669,7 +908,6 @@ void rl_cluster_lease_release(const char *user, uint64_t epoch)
 
 /* ---- start and stop ---- */
 
-static void kick_cb(uv_idle_t *h) { uv_idle_stop(h); }
 
 int rl_cluster_start(const rl_config *c, char *err, size_t errlen)
 {
@@ -691,10 +929,7 @@ int rl_cluster_start(const rl_config *c, char *err, size_t errlen)
     }
     rl_redis_set_state_cb(cl.cmd, on_cmd_state, NULL);
     rl_redis_set_state_cb(cl.blk, on_blk_state, NULL);
-    uv_check_init(rl_node_loop(), &cl.flush);
-    uv_check_start(&cl.flush, flush_cb);
-    uv_unref((uv_handle_t *)&cl.flush);
-    uv_idle_init(rl_node_loop(), &cl.kick);
+    rl_turn_set(RL_TURN_OUTBOX, flush_cb, NULL);
     uv_timer_init(rl_node_loop(), &cl.tick);
     uv_timer_start(&cl.tick, tick, RL_TICK_MS, RL_TICK_MS);
     rl_router_set_remote(remote_send, NULL);
@@ -712,8 +947,7 @@ void rl_cluster_stop(void)
     rl_cs_node_leave(cl.cmd, cl.cfg->redis_prefix, rl_node_id(), rl_node_incarnation(), NULL, NULL);
     uv_timer_stop(&cl.tick);
     uv_close((uv_handle_t *)&cl.tick, NULL);
-    uv_close((uv_handle_t *)&cl.flush, NULL);
-    uv_close((uv_handle_t *)&cl.kick, NULL);
+    rl_turn_set(RL_TURN_OUTBOX, NULL, NULL);
     rl_redis_free(cl.blk);
     rl_redis_close(cl.cmd, 1000); /* the last XADDs and node_leave still go out */
     const char *k;

@@ -52,3 +52,42 @@ cJSON *rl_json_parse(const char *buf, size_t len)
     }
     return v;
 }
+
+size_t rl_json_escape(char *out, size_t cap, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t n = 0;
+#define PUT(c)                                                                                    \
+    do {                                                                                          \
+        if (n + 1 < cap)                                                                          \
+            out[n] = (c);                                                                         \
+        n++;                                                                                      \
+    } while (0)
+    PUT('"');
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            PUT('\\');
+            PUT((char)c);
+        } else if (c < 0x20) {
+            const char *e = c == '\n' ? "n" : c == '\r' ? "r" : c == '\t' ? "t" : c == '\b' ? "b" : c == '\f' ? "f" : NULL;
+            PUT('\\');
+            if (e) {
+                PUT(e[0]);
+            } else {
+                PUT('u');
+                PUT('0');
+                PUT('0');
+                PUT(hex[c >> 4]);
+                PUT(hex[c & 15]);
+            }
+        } else {
+            PUT((char)c);
+        }
+    }
+    PUT('"');
+#undef PUT
+    if (cap)
+        out[n < cap ? n : cap - 1] = '\0';
+    return n;
+}

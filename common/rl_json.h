@@ -15,5 +15,10 @@
 cJSON *rl_json_parse(const char *buf, size_t len);
 /* 1 when no container nests more than max levels below v. */
 int rl_json_depth_ok(const cJSON *v, int max);
+/* Writes s[0..len) as a JSON string (quotes included) into out (cap bytes, NUL-terminated when
+   cap > 0): `"` `\` and bytes below 0x20 escaped, everything else as is (s should be UTF-8).
+   Returns the length it needs (without the NUL), like snprintf. */
+size_t rl_json_escape(char *out, size_t cap, const char *s, size_t len);
+
 
 #endif

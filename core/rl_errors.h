@@ -2,6 +2,8 @@
 #ifndef RL_ERRORS_H
 #define RL_ERRORS_H
 
+#include <stddef.h>
+
 /* X(name, code string, WebSocket close code or 0 = stays open, default message) */
 #define RL_ERRORS(X)                                                                              \
     X(MISSING_USER_ID, "missing_user_id", 1008, "User ID is required for connection")            \
@@ -27,14 +29,16 @@ const char *rl_err_name(rl_err_code e);
 int rl_err_close_code(rl_err_code e);
 const char *rl_err_default_message(rl_err_code e);
 
-/* Builds the payload {"error":code,"message":msg,"request_id":rid} (rid omitted when NULL;
-   rid_json is raw JSON, e.g. "\"r1\"" or "42"). Returns a malloc'd string (caller frees) or NULL. */
-char *rl_err_payload(rl_err_code e, const char *msg, const char *rid_json);
+/* Writes the error data {"error":code,"message":msg,"request_id":rid} into out (cap bytes;
+   msg NULL = the default message; rid[0..rid_len) is the raw JSON of the client's request_id,
+   omitted when rid_len is 0). Returns the length it needs, like snprintf. */
+size_t rl_err_format(char *out, size_t cap, rl_err_code e, const char *msg, const char *rid,
+                     size_t rid_len);
 
-struct cJSON;
-/* Sends `to` an "error" message from `from`, echoing the request_id of req (the client's parsed
-   message, or NULL), and counts the code; an error that cannot be sent is counted as dropped. */
-void rl_err_send(const char *from, const char *to, rl_err_code e, const char *msg,
-                 const struct cJSON *req);
+struct rl_proc;
+/* Sends `to` an "error" message from `from` (NULL = the system) with the data above, and counts
+   the code; an error that cannot be sent is counted as dropped. */
+void rl_err_send(struct rl_proc *from, const char *to, rl_err_code e, const char *msg,
+                 const char *rid, size_t rid_len);
 
 #endif

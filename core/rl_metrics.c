@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "rl_central.h"
-#include "rl_hub.h"
 #include "rl_proc.h"
+
+#define RL_METRICS_SOURCES 8
 
 uint64_t rl_metric_values[RL_M_COUNT];
 uint64_t rl_metric_errors[RL_E_COUNT];
@@ -21,13 +21,23 @@ static const struct {
 #undef RL_METRIC_ROW
 };
 
-typedef struct buf {
+struct rl_metrics_out {
     char *s;
     size_t len, cap;
-} buf;
+};
+typedef rl_metrics_out buf;
 
-static void put(buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(buf *b, const char *fmt, ...)
+static rl_metrics_fn sources[RL_METRICS_SOURCES];
+static size_t nsources;
+
+void rl_metrics_add_source(rl_metrics_fn fn)
+{
+    if (nsources < RL_METRICS_SOURCES)
+        sources[nsources++] = fn;
+}
+
+#define put rl_metrics_put
+void rl_metrics_put(buf *b, const char *fmt, ...)
 {
     for (;;) {
         va_list ap;
@@ -49,7 +59,7 @@ static void put(buf *b, const char *fmt, ...)
     }
 }
 
-static void gauge(buf *b, const char *name, const char *help, uint64_t v)
+void rl_metrics_gauge(buf *b, const char *name, const char *help, uint64_t v)
 {
     put(b, "# HELP %s %s\n# TYPE %s gauge\n%s %llu\n", name, help, name, name, (unsigned long long)v);
 }
@@ -65,14 +75,10 @@ char *rl_metrics_render(size_t *len)
     for (int e = 0; e < RL_E_COUNT; e++)
         put(&b, "relay_errors_total{code=\"%s\"} %llu\n", rl_err_name((rl_err_code)e),
             (unsigned long long)rl_metric_errors[e]);
-    gauge(&b, "relay_users", "Users with admitted connections or a hub on this node",
-          rl_central_user_count());
-    gauge(&b, "relay_hubs", "Live user hubs on this node", rl_proc_count('h'));
-    put(&b, "# HELP relay_plugins Plugin states of live hubs, by status\n# TYPE relay_plugins gauge\n");
-    for (int s = 0; s < 4; s++)
-        put(&b, "relay_plugins{status=\"%s\"} %zu\n", rl_plugin_status_name((rl_plugin_status)s),
-            rl_hub_plugin_counts[s]);
-    gauge(&b, "relay_plugin_processes", "Live plugin processes", rl_proc_count('p'));
+    rl_metrics_gauge(&b, "relay_hubs", "Live user hubs on this node", rl_proc_count('h'));
+    rl_metrics_gauge(&b, "relay_plugin_processes", "Live plugin processes", rl_proc_count('p'));
+    for (size_t i = 0; i < nsources; i++)
+        sources[i](&b);
     if (len)
         *len = b.len;
     return b.s;

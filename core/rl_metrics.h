@@ -15,6 +15,7 @@
     X(MSGS_IN, "relay_messages_in_total", "counter", "Client frames received")                    \
     X(MSGS_OUT, "relay_messages_out_total", "counter", "Frames sent to clients")                  \
     X(MSGS_ROUTED, "relay_messages_routed_total", "counter", "Client messages routed to plugins") \
+    X(MSGS_REFUSED, "relay_messages_refused_total", "counter", "Messages refused: the sender may not send that topic to that process") \
     X(MSGS_DROPPED, "relay_messages_dropped_total", "counter", "Messages dropped (target gone or mailbox discarded)") \
     X(FORWARDED_OUT, "relay_forwarded_out_total", "counter", "Messages forwarded to other nodes") \
     X(FORWARDED_IN, "relay_forwarded_in_total", "counter", "Messages received from other nodes") \
@@ -45,8 +46,16 @@ static inline void rl_metric_dec(rl_metric m) { rl_metric_values[m]--; }
 static inline void rl_metric_set(rl_metric m, uint64_t v) { rl_metric_values[m] = v; }
 static inline void rl_metric_error(rl_err_code e) { rl_metric_errors[e]++; }
 
-/* Renders every metric (plus live gauges: users, hubs, plugins by status) into a malloc'd
+/* Renders every metric (plus the live gauges of the registered sources) into a malloc'd
    string; *len gets its length. Caller frees. */
 char *rl_metrics_render(size_t *len);
+
+/* Live gauges of other layers (users, plugins by status): main registers each source, which
+   appends Prometheus text with rl_metrics_put / rl_metrics_gauge when /metrics is rendered. */
+typedef struct rl_metrics_out rl_metrics_out;
+typedef void (*rl_metrics_fn)(rl_metrics_out *out);
+void rl_metrics_add_source(rl_metrics_fn fn);
+void rl_metrics_put(rl_metrics_out *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void rl_metrics_gauge(rl_metrics_out *out, const char *name, const char *help, uint64_t v);
 
 #endif

@@ -1,4 +1,4 @@
-/* Processes, mailboxes, the router and the scheduler: the only way parts of a node talk. */
+/* Processes, messages, the router and the scheduler: the only way parts of a node talk. */
 #include "rl_proc.h"
 
 #include <errno.h>
@@ -6,16 +6,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include "rl_log.h"
 #include "rl_map.h"
 #include "rl_metrics.h"
 
-/* Messages handled per process per turn, and per wake-up in all: bounds work per loop turn so
-   sockets and timers are served while mailboxes are busy. */
+/* Messages handled per process per turn, and per turn in all: bounds work per loop turn so
+   sockets and timers are served while mailboxes are busy. A run (a Lua resume) counts as one. */
 #define RL_SCHED_BATCH 64
 #define RL_SCHED_BUDGET 4096
+#define RL_RAND_POOL 512 /* random bytes drawn at once for pids */
+
+struct rl_owner {
+    uint32_t refs;
+    size_t len;
+    char user[];
+};
 
 static struct {
     uv_loop_t *loop;
@@ -25,39 +33,252 @@ static struct {
     size_t prefix_len;
     uint64_t serial;
     rl_map procs;
+    rl_map owners; /* user -> rl_owner (interned) */
     rl_proc *ready_head, *ready_tail;
-    rl_proc *dead; /* exited, waiting for free after the current turn */
-    rl_proc *running; /* the process whose handle() runs now */
+    rl_proc *dead;    /* exited, waiting for free after the current turn */
+    rl_proc *running; /* the process whose handle() or run() runs now */
     uv_check_t check;
     uv_idle_t idle;
-    int started;
+    int started, in_turn, requested;
     size_t counts[128];
     rl_remote_send_fn remote;
     void *remote_ud;
+    struct {
+        rl_turn_fn fn;
+        void *ud;
+    } steps[RL_TURN_STEPS];
+    unsigned char rand[RL_RAND_POOL];
+    size_t rand_left;
 } node;
 
-rl_msg *rl_msg_new(const char *from, const char *topic, const char *payload, size_t len)
+/* ---- owners ------------------------------------------------------------------------------ */
+
+rl_owner *rl_owner_get(const char *user, size_t len)
 {
-    if (!from)
-        from = "";
-    size_t tl = strlen(topic), fl = strlen(from);
-    rl_msg *m = malloc(sizeof *m + tl + fl + len + 3);
+    if (memchr(user, '\0', len))
+        return NULL;
+    char key[256], *k = len < sizeof key ? key : malloc(len + 1);
+    if (!k)
+        return NULL;
+    memcpy(k, user, len);
+    k[len] = '\0';
+    rl_owner *o = rl_map_get(&node.owners, k);
+    if (o) {
+        o->refs++;
+    } else if ((o = malloc(sizeof *o + len + 1))) {
+        o->refs = 1;
+        o->len = len;
+        memcpy(o->user, k, len + 1);
+        if (rl_map_set(&node.owners, k, o) < 0) {
+            free(o);
+            o = NULL;
+        }
+    }
+    if (k != key)
+        free(k);
+    return o;
+}
+
+rl_owner *rl_owner_ref(rl_owner *o)
+{
+    if (o)
+        o->refs++;
+    return o;
+}
+
+void rl_owner_unref(rl_owner *o)
+{
+    if (!o || --o->refs)
+        return;
+    rl_map_del(&node.owners, o->user);
+    free(o);
+}
+
+const char *rl_owner_user(const rl_owner *o) { return o ? o->user : NULL; }
+
+/* ---- bodies ------------------------------------------------------------------------------ */
+
+enum { BODY_IN_MSG = 1 }; /* the body shares its message's block (rl_msg_new_data) */
+
+rl_body *rl_body_new(const void *data, size_t len)
+{
+    rl_body *b = malloc(sizeof *b + RL_BODY_HEADROOM + len + 1);
+    if (!b)
+        return NULL;
+    b->refs = 1;
+    b->flags = 0;
+    b->len = len;
+    b->data = (char *)(b + 1) + RL_BODY_HEADROOM;
+    if (data)
+        memcpy(b->data, data, len);
+    else
+        memset(b->data, 0, len);
+    b->data[len] = '\0';
+    return b;
+}
+
+rl_body *rl_body_ref(rl_body *b)
+{
+    if (b && b->refs != UINT32_MAX)
+        b->refs++;
+    return b;
+}
+
+void rl_body_unref(rl_body *b)
+{
+    if (!b || b->refs == UINT32_MAX || --b->refs)
+        return;
+    if (b->flags & BODY_IN_MSG)
+        free((char *)b - sizeof(rl_msg)); /* the message went first; the block is its */
+    else
+        free(b);
+}
+
+static char empty_object_bytes[RL_BODY_HEADROOM + 3] = {[RL_BODY_HEADROOM] = '{', '}', '\0'};
+static rl_body empty_object = {UINT32_MAX, 0, 2, empty_object_bytes + RL_BODY_HEADROOM};
+
+rl_body *rl_body_empty_object(void) { return &empty_object; }
+
+/* ---- topics -------------------------------------------------------------------------------- */
+
+typedef enum { RULE_SAME_USER, RULE_SYSTEM, RULE_OWN_CONN, RULE_CONN_SELF, RULE_HUB_LOCAL } rule;
+
+static const struct {
+    const char *name;
+    rule rule;
+} topics[] = {
+#define RL_TOPIC_ROW(id, name, r) {name, RULE_##r},
+    RL_TOPICS(RL_TOPIC_ROW)
+#undef RL_TOPIC_ROW
+};
+
+const char *rl_topic_name(rl_topic t) { return t < RL_T_COUNT ? topics[t].name : ""; }
+
+rl_topic rl_topic_find(const char *name, size_t len)
+{
+    for (int t = 1; t < RL_T_COUNT; t++)
+        if (strlen(topics[t].name) == len && memcmp(topics[t].name, name, len) == 0)
+            return (rl_topic)t;
+    return RL_T_APP;
+}
+
+int rl_topic_allowed(rl_topic t, const rl_owner *sender, const char *sender_pid,
+                     const rl_proc *target)
+{
+    if (t >= RL_T_COUNT)
+        return 0;
+    char kind = rl_pid_kind(sender_pid);
+    switch (topics[t].rule) {
+    case RULE_SAME_USER:
+        return !sender || sender == target->owner;
+    case RULE_SYSTEM:
+        return !sender;
+    case RULE_OWN_CONN:
+        return sender && sender == target->owner && kind == 'c';
+    case RULE_CONN_SELF:
+        if (!target->owner) /* to the central: a connection speaks for itself only */
+            return sender && kind == 'c';
+        return !sender || (t == RL_T_WS_REHOME && sender == target->owner && kind == 'h');
+    case RULE_HUB_LOCAL:
+        return sender && !target->owner && kind == 'h' && rl_pid_is_local(sender_pid);
+    }
+    return 0;
+}
+
+int rl_may_control(const rl_proc *caller, const rl_proc *target)
+{
+    return !caller || !caller->owner || caller->owner == target->owner;
+}
+
+/* ---- messages ------------------------------------------------------------------------------ */
+
+static rl_msg *msg_alloc(rl_topic t, size_t extra)
+{
+    rl_msg *m = malloc(sizeof *m + extra);
     if (!m)
         return NULL;
-    m->next = NULL;
-    m->epoch = 0;
-    m->len = len;
-    m->topic = m->buf;
-    memcpy(m->topic, topic, tl + 1);
-    m->from = m->topic + tl + 1;
-    memcpy(m->from, from, fl + 1);
-    m->payload = m->from + fl + 1;
-    memcpy(m->payload, payload, len);
-    m->payload[len] = '\0';
+    memset(m, 0, sizeof *m);
+    m->topic = (uint16_t)t;
     return m;
 }
 
-void rl_msg_free(rl_msg *m) { free(m); }
+rl_msg *rl_msg_new(rl_topic t) { return msg_alloc(t, 0); }
+
+/* Block layout: [rl_msg][rl_body][headroom][data][NUL][name]. */
+rl_msg *rl_msg_new_data(rl_topic t, const char *name, size_t nlen, const void *data, size_t len)
+{
+    if (t != RL_T_APP)
+        nlen = 0;
+    rl_msg *m = msg_alloc(t, sizeof(rl_body) + RL_BODY_HEADROOM + len + 1 + nlen);
+    if (!m)
+        return NULL;
+    rl_body *b = (rl_body *)(m + 1);
+    b->refs = 1;
+    b->flags = BODY_IN_MSG;
+    b->len = len;
+    b->data = (char *)(b + 1) + RL_BODY_HEADROOM;
+    if (data)
+        memcpy(b->data, data, len);
+    b->data[len] = '\0';
+    m->body = b;
+    if (nlen) {
+        char *n = b->data + len + 1;
+        memcpy(n, name, nlen);
+        m->name = n;
+        m->name_len = (uint32_t)nlen;
+    }
+    return m;
+}
+
+rl_msg *rl_msg_new_body(rl_topic t, const char *name, size_t nlen, rl_body *b)
+{
+    if (t != RL_T_APP)
+        nlen = 0;
+    rl_msg *m = msg_alloc(t, nlen);
+    if (!m)
+        return NULL;
+    m->body = rl_body_ref(b);
+    if (nlen) {
+        char *n = (char *)(m + 1);
+        memcpy(n, name, nlen);
+        m->name = n;
+        m->name_len = (uint32_t)nlen;
+    }
+    return m;
+}
+
+void rl_msg_free(rl_msg *m)
+{
+    if (!m)
+        return;
+    rl_owner_unref(m->owner);
+    if (m->topic == RL_T_WS_JOIN) {
+        rl_body_unref(m->ctl.join.meta);
+        rl_body_unref(m->ctl.join.scope);
+    } else if (m->topic == RL_T_PID_EXIT) {
+        rl_body_unref(m->ctl.exit.error);
+    }
+    rl_body *b = m->body;
+    if (b && (b->flags & BODY_IN_MSG) && b == (rl_body *)(m + 1)) {
+        rl_body_unref(b); /* frees the block with the last reference */
+        return;
+    }
+    rl_body_unref(b);
+    free(m);
+}
+
+const char *rl_msg_topic_name(const rl_msg *m, size_t *len)
+{
+    if (m->topic == RL_T_APP) {
+        *len = m->name_len;
+        return m->name ? m->name : "";
+    }
+    const char *n = rl_topic_name((rl_topic)m->topic);
+    *len = strlen(n);
+    return n;
+}
+
+/* ---- node and pids ------------------------------------------------------------------------- */
 
 static int valid_node_id(const char *id)
 {
@@ -71,20 +292,31 @@ static int valid_node_id(const char *id)
     return 1;
 }
 
-static void draw_incarnation(char *out)
+/* n bytes from the kernel's CSPRNG, drawn RL_RAND_POOL at a time. */
+static void random_bytes(unsigned char *out, size_t n)
 {
-    unsigned char b[3] = {0};
-    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-    if (fd < 0 || read(fd, b, sizeof b) != (ssize_t)sizeof b) {
-        uint64_t t = uv_hrtime() ^ (uint64_t)getpid();
-        memcpy(b, &t, sizeof b);
+    while (n) {
+        if (node.rand_left == 0) {
+            size_t got = 0;
+            while (got < sizeof node.rand) {
+                ssize_t r = getrandom(node.rand + got, sizeof node.rand - got, 0);
+                if (r < 0 && errno != EINTR)
+                    RL_PANIC("getrandom: %s", strerror(errno));
+                if (r > 0)
+                    got += (size_t)r;
+            }
+            node.rand_left = sizeof node.rand;
+        }
+        size_t k = n < node.rand_left ? n : node.rand_left;
+        memcpy(out, node.rand + sizeof node.rand - node.rand_left, k);
+        memset(node.rand + sizeof node.rand - node.rand_left, 0, k);
+        node.rand_left -= k;
+        out += k;
+        n -= k;
     }
-    if (fd >= 0)
-        close(fd);
-    snprintf(out, 16, "%02x%02x%02x", b[0], b[1], b[2]);
 }
 
-static void run_ready(uv_check_t *h);
+static void end_of_turn(uv_check_t *h);
 static void idle_cb(uv_idle_t *h) { (void)h; }
 
 int rl_node_init(uv_loop_t *loop, const char *node_id)
@@ -94,13 +326,16 @@ int rl_node_init(uv_loop_t *loop, const char *node_id)
     memset(&node, 0, sizeof node);
     node.loop = loop;
     snprintf(node.node_id, sizeof node.node_id, "%s", node_id);
-    draw_incarnation(node.incarnation);
+    unsigned char b[3];
+    random_bytes(b, sizeof b);
+    snprintf(node.incarnation, sizeof node.incarnation, "%02x%02x%02x", b[0], b[1], b[2]);
     node.prefix_len = (size_t)snprintf(node.prefix, sizeof node.prefix, "%s.%s.", node.node_id,
                                        node.incarnation);
     rl_map_init(&node.procs);
+    rl_map_init(&node.owners);
     uv_check_init(loop, &node.check);
     uv_idle_init(loop, &node.idle);
-    uv_check_start(&node.check, run_ready);
+    uv_check_start(&node.check, end_of_turn);
     uv_unref((uv_handle_t *)&node.check);
     node.started = 1;
     return 0;
@@ -114,8 +349,13 @@ static void free_dead(void)
         for (size_t i = 0; i < p->nmonitors; i++)
             free(p->monitors[i]);
         free(p->monitors);
+        p->monitors = NULL;
+        p->nmonitors = 0;
+        rl_owner *o = p->owner;
+        p->owner = NULL;
         if (p->ops->free)
             p->ops->free(p);
+        rl_owner_unref(o);
     }
 }
 
@@ -137,6 +377,9 @@ void rl_node_close(void)
     node.ready_tail = NULL;
     free_dead();
     rl_map_close(&node.procs);
+    for (size_t it = 0; rl_map_next(&node.owners, &it, &k, &v);)
+        free(v); /* leaked references (a bug elsewhere) must not outlive the node */
+    rl_map_close(&node.owners);
     uv_close((uv_handle_t *)&node.check, NULL);
     uv_close((uv_handle_t *)&node.idle, NULL);
     node.started = 0;
@@ -149,7 +392,7 @@ uint64_t rl_now_ms(void) { return node.loop ? uv_now(node.loop) : 0; }
 
 int rl_pid_is_local(const char *pid)
 {
-    return strncmp(pid, node.prefix, node.prefix_len) == 0;
+    return node.prefix_len && strncmp(pid, node.prefix, node.prefix_len) == 0;
 }
 
 int rl_pid_node(const char *pid, char *out)
@@ -162,20 +405,32 @@ int rl_pid_node(const char *pid, char *out)
     return 0;
 }
 
-int rl_proc_start(rl_proc *p, const rl_proc_ops *ops, size_t qcap)
+char rl_pid_kind(const char *pid)
+{
+    if (!pid)
+        return 0;
+    const char *d = strchr(pid, '.');
+    d = d ? strchr(d + 1, '.') : NULL;
+    return d && d[1] >= 'a' && d[1] <= 'z' ? d[1] : 0;
+}
+
+int rl_proc_start(rl_proc *p, const rl_proc_ops *ops, size_t qcap, rl_owner *owner)
 {
     p->ops = ops;
     p->qcap = qcap;
     p->head = p->tail = NULL;
     p->qlen = 0;
-    p->scheduled = p->exited = 0;
+    p->scheduled = p->exited = p->woken = 0;
     p->next_ready = NULL;
     p->monitors = NULL;
     p->nmonitors = 0;
-    snprintf(p->pid, sizeof p->pid, "%s%c%llu", node.prefix, ops->letter,
-             (unsigned long long)++node.serial);
+    unsigned char r[4];
+    random_bytes(r, sizeof r);
+    snprintf(p->pid, sizeof p->pid, "%s%c%llu.%02x%02x%02x%02x", node.prefix, ops->letter,
+             (unsigned long long)++node.serial, r[0], r[1], r[2], r[3]);
     if (rl_map_set(&node.procs, p->pid, p) < 0)
         return -ENOMEM;
+    p->owner = rl_owner_ref(owner);
     node.counts[(unsigned char)ops->letter & 127]++;
     return 0;
 }
@@ -183,6 +438,12 @@ int rl_proc_start(rl_proc *p, const rl_proc_ops *ops, size_t qcap)
 rl_proc *rl_proc_find(const char *pid) { return rl_map_get(&node.procs, pid); }
 
 size_t rl_proc_count(char letter) { return node.counts[(unsigned char)letter & 127]; }
+
+void rl_turn_request(void)
+{
+    node.requested = 1;
+    uv_idle_start(&node.idle, idle_cb);
+}
 
 static void schedule(rl_proc *p)
 {
@@ -195,7 +456,29 @@ static void schedule(rl_proc *p)
     else
         node.ready_head = p;
     node.ready_tail = p;
-    uv_idle_start(&node.idle, idle_cb); /* keep the loop from blocking in poll */
+    rl_turn_request(); /* keep the loop from blocking in poll */
+}
+
+void rl_proc_wake(rl_proc *p)
+{
+    if (p->exited)
+        return;
+    p->woken = 1;
+    schedule(p);
+}
+
+static rl_msg *exit_msg(const rl_proc *p, const char *error)
+{
+    rl_msg *m = rl_msg_new(RL_T_PID_EXIT);
+    if (!m)
+        return NULL;
+    memcpy(m->ctl.exit.pid, p->pid, RL_PID_MAX);
+    memcpy(m->from, p->pid, RL_PID_MAX); /* from the exiting pid, with the system's authority */
+    if (error && !(m->ctl.exit.error = rl_body_new(error, strlen(error)))) {
+        rl_msg_free(m);
+        return NULL;
+    }
+    return m;
 }
 
 void rl_proc_exit(rl_proc *p, const char *error)
@@ -209,47 +492,47 @@ void rl_proc_exit(rl_proc *p, const char *error)
     while (p->head) {
         rl_msg *m = p->head;
         p->head = m->next;
-        rl_msg_free(m);
-        dropped++;
+        m->next = NULL;
+        if (p->ops->orphan) {
+            p->ops->orphan(p, m);
+        } else {
+            rl_msg_free(m);
+            dropped++;
+        }
     }
     p->tail = NULL;
     p->qlen = 0;
     if (dropped)
         rl_metric_add(RL_M_MSGS_DROPPED, dropped);
-    if (p->nmonitors) {
-        char payload[512];
-        int n;
-        if (error) {
-            char esc[300];
-            size_t j = 0;
-            for (const char *s = error; *s && j + 7 < sizeof esc; s++) {
-                unsigned char c = (unsigned char)*s;
-                if (c == '"' || c == '\\') {
-                    esc[j++] = '\\';
-                    esc[j++] = (char)c;
-                } else if (c < 0x20) {
-                    j += (size_t)snprintf(esc + j, sizeof esc - j, "\\u%04x", c);
-                } else {
-                    esc[j++] = (char)c;
-                }
-            }
-            esc[j] = '\0';
-            n = snprintf(payload, sizeof payload, "{\"pid\":\"%s\",\"error\":\"%s\"}", p->pid, esc);
-        } else {
-            n = snprintf(payload, sizeof payload, "{\"pid\":\"%s\",\"error\":null}", p->pid);
+    for (size_t i = 0; i < p->nmonitors; i++) {
+        rl_msg *m = exit_msg(p, error);
+        /* The runtime tells the monitors: a system message, whoever the exiting process is. */
+        if (!m || rl_send_as(p->monitors[i], m) < 0) {
+            rl_msg_free(m);
+            rl_metric_inc(RL_M_MSGS_DROPPED);
         }
-        for (size_t i = 0; i < p->nmonitors; i++)
-            rl_send(p->pid, p->monitors[i], "pid.exit", payload, (size_t)n);
     }
     /* If it sits in the ready list the scheduler skips it; freeing waits until the turn ends. */
     if (!p->scheduled && p != node.running) {
         p->next_ready = node.dead;
         node.dead = p;
-        uv_idle_start(&node.idle, idle_cb);
+        rl_turn_request();
     }
 }
 
-int rl_send_msg(const char *to, rl_msg *m)
+static int refuse(const char *to, const rl_msg *m, const rl_proc *target)
+{
+    size_t nl;
+    const char *name = rl_msg_topic_name(m, &nl);
+    rl_metric_inc(RL_M_MSGS_REFUSED);
+    rl_warn("router", "refused %.*s from %s (%s) to %s (%s): permission denied", (int)nl, name,
+            m->from[0] ? m->from : "-", m->owner ? rl_owner_user(m->owner) : "system", to,
+            target->owner ? rl_owner_user(target->owner) : "system");
+    return -EPERM;
+}
+
+/* Local delivery (or the transport) of a message whose sender fields are set. */
+static int route(const char *to, rl_msg *m)
 {
     if (!rl_pid_is_local(to)) {
         char nid[RL_NODE_ID_MAX];
@@ -262,6 +545,8 @@ int rl_send_msg(const char *to, rl_msg *m)
     rl_proc *p = rl_map_get(&node.procs, to);
     if (!p)
         return -ENOENT;
+    if (!rl_topic_allowed((rl_topic)m->topic, m->owner, m->from, p))
+        return refuse(to, m, p);
     if (p->ops->deliver)
         return p->ops->deliver(p, m);
     if (p->qcap && p->qlen >= p->qcap)
@@ -277,40 +562,79 @@ int rl_send_msg(const char *to, rl_msg *m)
     return 0;
 }
 
-int rl_send(const char *from, const char *to, const char *topic, const char *payload, size_t len)
+int rl_send(rl_proc *from, const char *to, rl_msg *m)
 {
-    rl_msg *m = rl_msg_new(from, topic, payload, len);
-    if (!m)
-        return -ENOMEM;
-    int rc = rl_send_msg(to, m);
-    if (rc < 0)
-        rl_msg_free(m);
+    rl_owner *prev = m->owner;
+    if (from) {
+        memcpy(m->from, from->pid, RL_PID_MAX);
+        m->owner = rl_owner_ref(from->owner);
+    } else {
+        m->from[0] = '\0';
+        m->owner = NULL;
+    }
+    int rc = route(to, m);
+    if (rc < 0) { /* the caller keeps m as it was */
+        rl_owner_unref(m->owner);
+        m->owner = prev;
+    } else {
+        rl_owner_unref(prev);
+    }
     return rc;
 }
 
-int rl_monitor(const char *watcher, const char *target)
+int rl_send_or_free(rl_proc *from, const char *to, rl_msg *m)
+{
+    if (!m) {
+        rl_metric_inc(RL_M_MSGS_DROPPED);
+        return -ENOMEM;
+    }
+    int rc = rl_send(from, to, m);
+    if (rc < 0) {
+        rl_msg_free(m);
+        rl_metric_inc(RL_M_MSGS_DROPPED);
+    }
+    return rc;
+}
+
+int rl_send_as(const char *to, rl_msg *m) { return route(to, m); }
+
+int rl_monitor(rl_proc *watcher, const char *target)
 {
     rl_proc *p = rl_map_get(&node.procs, target);
     if (!p) {
-        char payload[160];
-        int n = snprintf(payload, sizeof payload, "{\"pid\":\"%s\",\"error\":\"noproc\"}", target);
-        return rl_send(target, watcher, "pid.exit", payload, (size_t)n);
+        rl_msg *m = rl_msg_new(RL_T_PID_EXIT);
+        if (!m)
+            return -ENOMEM;
+        snprintf(m->ctl.exit.pid, sizeof m->ctl.exit.pid, "%s", target);
+        memcpy(m->from, m->ctl.exit.pid, RL_PID_MAX);
+        if (!(m->ctl.exit.error = rl_body_new("noproc", 6))) {
+            rl_msg_free(m);
+            return -ENOMEM;
+        }
+        int rc = rl_send_as(watcher->pid, m);
+        if (rc < 0)
+            rl_msg_free(m);
+        return rc;
     }
+    if (!rl_may_control(watcher, p))
+        return -EPERM;
     char **nm = realloc(p->monitors, (p->nmonitors + 1) * sizeof *nm);
     if (!nm)
         return -ENOMEM;
     p->monitors = nm;
-    if (!(nm[p->nmonitors] = strdup(watcher)))
+    if (!(nm[p->nmonitors] = strdup(watcher->pid)))
         return -ENOMEM;
     p->nmonitors++;
     return 0;
 }
 
-int rl_cancel(const char *target, uint64_t deadline_ms)
+int rl_cancel(rl_proc *caller, const char *target, uint64_t deadline_ms)
 {
     rl_proc *p = rl_map_get(&node.procs, target);
     if (!p)
         return -ENOENT;
+    if (!rl_may_control(caller, p))
+        return -EPERM;
     if (p->ops->cancel)
         p->ops->cancel(p, deadline_ms);
     else
@@ -324,12 +648,19 @@ void rl_router_set_remote(rl_remote_send_fn fn, void *ud)
     node.remote_ud = ud;
 }
 
-/* One scheduler turn: each ready process handles up to RL_SCHED_BATCH messages, in ready order,
-   until RL_SCHED_BUDGET messages in all; what is left waits for the next turn (the idle handle
-   keeps the loop from blocking meanwhile). */
-static void run_ready(uv_check_t *h)
+/* ---- the end of a loop turn ---------------------------------------------------------------- */
+
+void rl_turn_set(rl_turn_step step, rl_turn_fn fn, void *ud)
 {
-    (void)h;
+    node.steps[step].fn = fn;
+    node.steps[step].ud = ud;
+}
+
+/* The scheduler: each ready process handles up to RL_SCHED_BATCH messages and then runs once
+   if it was woken, in ready order, until RL_SCHED_BUDGET units in all; what is left waits for
+   the next turn (the idle handle keeps the loop from blocking meanwhile). */
+static void run_procs(void)
+{
     size_t budget = RL_SCHED_BUDGET;
     rl_proc *stop = node.ready_tail; /* processes scheduled during this turn wait for the next */
     while (node.ready_head && budget > 0) {
@@ -339,6 +670,7 @@ static void run_ready(uv_check_t *h)
             node.ready_tail = NULL;
         p->scheduled = 0;
         p->next_ready = NULL;
+        node.running = p;
         for (int i = 0; i < RL_SCHED_BATCH && p->head && !p->exited && budget > 0; i++, budget--) {
             rl_msg *m = p->head;
             p->head = m->next;
@@ -346,22 +678,56 @@ static void run_ready(uv_check_t *h)
                 p->tail = NULL;
             p->qlen--;
             m->next = NULL;
-            node.running = p;
             p->ops->handle(p, m);
-            node.running = NULL;
         }
+        if (p->woken && !p->exited && p->ops->run && budget > 0) {
+            p->woken = 0;
+            budget--;
+            p->ops->run(p);
+        }
+        node.running = NULL;
         if (p->exited) {
             if (!p->scheduled) {
                 p->next_ready = node.dead;
                 node.dead = p;
             }
-        } else if (p->head) {
+        } else if (p->head || p->woken) {
             schedule(p);
         }
         if (p == stop)
             break;
     }
     free_dead();
-    if (!node.ready_head)
+}
+
+/* uv_check: after the loop's I/O callbacks, every turn. The steps in their documented order. */
+static void end_of_turn(uv_check_t *h)
+{
+    (void)h;
+    node.in_turn = 1;
+    run_procs();
+    node.requested = 0; /* a step that leaves work for the next turn asks again */
+    for (int s = RL_TURN_FRAMES; s < RL_TURN_STEPS; s++)
+        if (node.steps[s].fn)
+            node.steps[s].fn(node.steps[s].ud);
+    node.in_turn = 0;
+    if (!node.ready_head && !node.dead && !node.requested)
         uv_idle_stop(&node.idle);
+}
+
+/* ---- the spawner (rl_spawn.h) -------------------------------------------------------------- */
+
+#include "rl_spawn.h"
+
+static rl_spawn_fn spawner;
+
+void rl_spawner_set(rl_spawn_fn fn) { spawner = fn; }
+
+int rl_spawn(const rl_spawn_args *a, char pid_out[RL_PID_MAX], char *err, size_t errlen)
+{
+    if (!spawner) {
+        snprintf(err, errlen, "no plugin host");
+        return -ENOSYS;
+    }
+    return spawner(a, pid_out, err, errlen);
 }

@@ -32,8 +32,8 @@ void rl_gateway_stop(void);
 /* Shutdown step 2 (lws_context_destroy #2), after the loop ran dry. Safe without a start. */
 void rl_gateway_free(void);
 
-/* The pid connections send "ws.join"/"ws.leave" to. NULL (the default) = rl_central_pid().
-   For tests that stand in a fake central process; the string is copied. */
+/* The pid connections send WS_JOIN / WS_LEAVE / WS_REHOME to (the central hub; main sets it,
+   tests may stand in a process of their own). The string is copied. */
 void rl_gateway_set_central(const char *pid);
 
 /* Finds the value of cookie name in a Cookie header value (cookies separated by ';', spaces

@@ -9,7 +9,6 @@
  * notices dead holders and re-places those users, so their connections stay open. */
 #include "rl_central.h"
 
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,13 +26,13 @@
 
 typedef struct local_conn {
     char pid[RL_PID_MAX];
-    char *metadata;               /* the join's metadata object, JSON */
     char attached[RL_PID_MAX];    /* hub it was last attached to ("" = none) */
     uint64_t attached_epoch;
 } local_conn;
 
 typedef struct central_user {
     char *id;
+    rl_owner *owner;        /* the user (a reference) */
     local_conn *conns;      /* admitted connections on this node */
     size_t nconns, capconns;
     size_t admitting;       /* cluster admissions in flight */
@@ -44,8 +43,8 @@ typedef struct central_user {
     int placing;            /* a lease acquisition is in flight */
     size_t hub_clients;     /* the hub's client count on all nodes (local hub only) */
     uint64_t idle_since;    /* loop ms when the last client left */
-    char *metadata;         /* user_metadata of the latest join (JSON) for hub creation */
-    char *scope;
+    rl_body *metadata;      /* user_metadata of the latest join (JSON) for hub creation */
+    rl_body *scope;
 } central_user;
 
 static struct {
@@ -62,40 +61,40 @@ static struct {
 const char *rl_central_pid(void) { return central.proc.pid; }
 size_t rl_central_user_count(void) { return central.users.len; }
 
+void rl_central_metrics(rl_metrics_out *out)
+{
+    rl_metrics_gauge(out, "relay_users", "Users with admitted connections or a hub on this node",
+                     central.users.len);
+}
+
 static int clustered(void) { return rl_cluster_enabled(); }
 
-static void send_json(const char *to, const char *topic, cJSON *o, uint64_t epoch)
+/* Sends m (NULL = out of memory: counted) from the central hub. */
+static void send_ctl(const char *to, rl_msg *m, uint64_t epoch)
 {
-    char *s = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    rl_msg *m = s ? rl_msg_new(central.proc.pid, topic, s, strlen(s)) : NULL;
-    free(s);
-    if (!m) {
-        rl_metric_inc(RL_M_MSGS_DROPPED);
-        return;
-    }
-    m->epoch = epoch;
-    if (rl_send_msg(to, m) < 0) {
-        rl_msg_free(m);
-        rl_metric_inc(RL_M_MSGS_DROPPED);
-    }
+    if (m)
+        m->epoch = epoch;
+    rl_send_or_free(&central.proc, to, m);
 }
 
 static void refuse(const char *conn, rl_err_code e, const char *msg)
 {
-    rl_err_send(central.proc.pid, conn, e, msg, NULL);
-    char close[128];
-    int n = snprintf(close, sizeof close, "{\"code\":%d,\"reason\":\"%s\"}", rl_err_close_code(e),
-                     rl_err_name(e));
-    rl_send(central.proc.pid, conn, "ws.close", close, (size_t)n);
+    rl_err_send(&central.proc, conn, e, msg, NULL, 0);
+    rl_msg *m = rl_msg_new(RL_T_WS_CLOSE);
+    if (m) {
+        m->ctl.close.code = rl_err_close_code(e);
+        snprintf(m->ctl.close.reason, sizeof m->ctl.close.reason, "%s", rl_err_name(e));
+    }
+    send_ctl(conn, m, 0);
 }
 
 /* ---- user records ---- */
 
 static central_user *user_find(const char *id) { return rl_map_get(&central.users, id); }
 
-static central_user *user_get(const char *id)
+static central_user *user_get(rl_owner *owner)
 {
+    const char *id = rl_owner_user(owner);
     central_user *u = user_find(id);
     if (u)
         return u;
@@ -106,17 +105,17 @@ static central_user *user_get(const char *id)
         free(u);
         return NULL;
     }
+    u->owner = rl_owner_ref(owner);
     u->idle_since = rl_now_ms();
     return u;
 }
 
 static void user_free(central_user *u)
 {
-    for (size_t i = 0; i < u->nconns; i++)
-        free(u->conns[i].metadata);
     free(u->conns);
-    free(u->metadata);
-    free(u->scope);
+    rl_body_unref(u->metadata);
+    rl_body_unref(u->scope);
+    rl_owner_unref(u->owner);
     free(u->id);
     free(u);
 }
@@ -130,10 +129,11 @@ static void user_maybe_drop(central_user *u)
     user_free(u);
 }
 
-static void set_str(char **dst, const char *src)
+static void set_body(rl_body **dst, rl_body *src)
 {
-    free(*dst);
-    *dst = src ? strdup(src) : NULL;
+    rl_body *old = *dst;
+    *dst = rl_body_ref(src);
+    rl_body_unref(old);
 }
 
 /* ---- attaching connections to the hub ---- */
@@ -142,18 +142,21 @@ static void attach(central_user *u, local_conn *lc)
 {
     if (strcmp(lc->attached, u->hub) == 0 && lc->attached_epoch == u->epoch)
         return;
-    cJSON *join = cJSON_CreateObject();
-    cJSON_AddStringToObject(join, "client_pid", lc->pid);
-    cJSON *meta = lc->metadata ? cJSON_Parse(lc->metadata) : NULL;
-    cJSON_AddItemToObject(join, "metadata", meta ? meta : cJSON_CreateObject());
+    rl_msg *join = rl_msg_new(RL_T_WS_JOIN);
+    if (join) {
+        memcpy(join->ctl.join.conn, lc->pid, RL_PID_MAX);
+        join->ctl.join.meta = rl_body_ref(u->metadata);
+        join->ctl.join.scope = rl_body_ref(u->scope);
+    }
     /* The hub learns of the connection before the connection learns of the hub: the join is
        queued (or streamed) ahead of the connection's first message. */
-    send_json(u->hub, "ws.join", join, u->epoch);
-    cJSON *ctl = cJSON_CreateObject();
-    cJSON_AddStringToObject(ctl, "target_pid", u->hub);
-    if (u->epoch)
-        cJSON_AddNumberToObject(ctl, "epoch", (double)u->epoch);
-    send_json(lc->pid, "ws.control", ctl, 0);
+    send_ctl(u->hub, join, u->epoch);
+    rl_msg *ctl = rl_msg_new(RL_T_WS_CONTROL);
+    if (ctl) {
+        memcpy(ctl->ctl.control.target, u->hub, RL_PID_MAX);
+        ctl->ctl.control.epoch = u->epoch;
+    }
+    send_ctl(lc->pid, ctl, 0);
     snprintf(lc->attached, sizeof lc->attached, "%s", u->hub);
     lc->attached_epoch = u->epoch;
 }
@@ -239,7 +242,7 @@ static void on_lease(const rl_lease *l, void *ud)
         rl_warn("central", "user %s: lease unavailable (redis); retrying", r->user);
     }
     if (!keep)
-        rl_cancel(r->hub, 0); /* the deferred hub has no plugins: it exits at once */
+        rl_cancel(NULL, r->hub, 0); /* the deferred hub has no plugins: it exits at once */
     if (u)
         user_maybe_drop(u);
     free(r->user);
@@ -256,15 +259,14 @@ static void place(central_user *u)
         return;
     }
     if (!clustered()) {
-        if (rl_hub_start(central.cfg, u->id, u->metadata, u->scope, 0, 0, u->hub) < 0 ||
-            rl_monitor(central.proc.pid, u->hub) < 0) {
+        if (rl_hub_start(central.cfg, u->owner, u->metadata, u->scope, 0, 0, u->hub) < 0 ||
+            rl_monitor(&central.proc, u->hub) < 0) {
             rl_error("central", "user %s: hub creation failed", u->id);
             u->hub[0] = '\0';
             while (u->nconns) {
                 local_conn *lc = &u->conns[u->nconns - 1];
                 refuse(lc->pid, RL_E_HUB_CREATION_FAILED, NULL);
                 rl_map_del(&central.conn_user, lc->pid);
-                free(lc->metadata);
                 u->nconns--;
             }
             return;
@@ -280,15 +282,15 @@ static void place(central_user *u)
         free(r);
         return;
     }
-    if (rl_hub_start(central.cfg, u->id, u->metadata, u->scope, 0, 1, r->hub) < 0 ||
-        rl_monitor(central.proc.pid, r->hub) < 0) {
+    if (rl_hub_start(central.cfg, u->owner, u->metadata, u->scope, 0, 1, r->hub) < 0 ||
+        rl_monitor(&central.proc, r->hub) < 0) {
         free(r->user);
         free(r);
         return;
     }
     rl_map_set(&central.cancelling, r->hub, (void *)1); /* until it wins, its exit is expected */
     if (rl_cluster_lease_acquire(u->id, r->hub, on_lease, r) < 0) {
-        rl_cancel(r->hub, 0);
+        rl_cancel(NULL, r->hub, 0);
         free(r->user);
         free(r);
         return;
@@ -298,7 +300,7 @@ static void place(central_user *u)
 
 /* ---- joins and leaves ---- */
 
-static int add_conn(central_user *u, const char *conn, const cJSON *meta)
+static int add_conn(central_user *u, const char *conn, rl_body *meta, rl_body *scope)
 {
     if (u->nconns == u->capconns) {
         size_t ncap = u->capconns ? u->capconns * 2 : 2;
@@ -311,21 +313,13 @@ static int add_conn(central_user *u, const char *conn, const cJSON *meta)
     local_conn *lc = &u->conns[u->nconns];
     memset(lc, 0, sizeof *lc);
     snprintf(lc->pid, sizeof lc->pid, "%s", conn);
-    lc->metadata = meta ? cJSON_PrintUnformatted(meta) : NULL;
-    if (rl_map_set(&central.conn_user, conn, u) < 0) {
-        free(lc->metadata);
+    if (rl_map_set(&central.conn_user, conn, u) < 0)
         return -ENOMEM;
-    }
     u->nconns++;
-    const cJSON *um = cJSON_GetObjectItemCaseSensitive(meta, "user_metadata");
-    const cJSON *scope = cJSON_GetObjectItemCaseSensitive(meta, "scope");
-    if (cJSON_IsObject(um)) {
-        char *s = cJSON_PrintUnformatted(um);
-        free(u->metadata);
-        u->metadata = s;
-    }
-    if (cJSON_IsString(scope))
-        set_str(&u->scope, scope->valuestring);
+    if (meta)
+        set_body(&u->metadata, meta);
+    if (scope)
+        set_body(&u->scope, scope);
     return 0;
 }
 
@@ -334,7 +328,6 @@ static void remove_conn(central_user *u, const char *conn)
     for (size_t i = 0; i < u->nconns; i++) {
         if (strcmp(u->conns[i].pid, conn) != 0)
             continue;
-        free(u->conns[i].metadata);
         u->conns[i] = u->conns[--u->nconns];
         break;
     }
@@ -346,14 +339,20 @@ static void remove_conn(central_user *u, const char *conn)
 typedef struct admit_req {
     char *user;
     char conn[RL_PID_MAX];
-    char *meta; /* JSON */
+    rl_body *meta, *scope;
 } admit_req;
 
-static void admit_done(central_user *u, const char *conn, const char *meta_json)
+static void admit_req_free(admit_req *r)
 {
-    cJSON *meta = meta_json ? cJSON_Parse(meta_json) : NULL;
-    int rc = add_conn(u, conn, meta);
-    cJSON_Delete(meta);
+    free(r->user);
+    rl_body_unref(r->meta);
+    rl_body_unref(r->scope);
+    free(r);
+}
+
+static void admit_done(central_user *u, const char *conn, rl_body *meta, rl_body *scope)
+{
+    int rc = add_conn(u, conn, meta, scope);
     if (rc < 0) {
         if (clustered())
             rl_cluster_release_conn(u->id, conn);
@@ -376,7 +375,7 @@ static void on_admit(int result, void *ud)
         if (result == 1) /* the connection left while Redis answered */
             rl_cluster_release_conn(r->user, r->conn);
     } else if (result == 1) {
-        admit_done(u, r->conn, r->meta);
+        admit_done(u, r->conn, r->meta, r->scope);
     } else if (result == 0) {
         char msg[96];
         snprintf(msg, sizeof msg, "Maximum connection limit reached (%d connections)",
@@ -387,20 +386,18 @@ static void on_admit(int result, void *ud)
     }
     if (u)
         user_maybe_drop(u);
-    free(r->user);
-    free(r->meta);
-    free(r);
+    admit_req_free(r);
 }
 
-static void on_join(rl_msg *m, const cJSON *payload)
+/* WS_JOIN from a connection of this node (the router lets only connections send it here, each
+   about itself): the user is the connection's owner, set by the gateway from its handshake. */
+static void on_join(const rl_msg *m)
 {
-    const cJSON *cp = cJSON_GetObjectItemCaseSensitive(payload, "client_pid");
-    const char *conn = cJSON_IsString(cp) ? cp->valuestring : m->from;
-    if (!conn[0] || !rl_pid_is_local(conn))
+    const char *conn = m->from;
+    const char *user = rl_owner_user(m->owner);
+    if (!rl_pid_is_local(conn) || strcmp(m->ctl.join.conn, conn) != 0 || !user)
         return;
-    const cJSON *meta = cJSON_GetObjectItemCaseSensitive(payload, "metadata");
-    const cJSON *uid = cJSON_GetObjectItemCaseSensitive(meta, "user_id");
-    if (!cJSON_IsString(uid) || !uid->valuestring[0]) {
+    if (!user[0]) {
         refuse(conn, RL_E_MISSING_USER_ID, NULL);
         return;
     }
@@ -408,7 +405,7 @@ static void on_join(rl_msg *m, const cJSON *payload)
         refuse(conn, RL_E_UNAVAILABLE, NULL);
         return;
     }
-    central_user *u = user_get(uid->valuestring);
+    central_user *u = user_get(m->owner);
     if (!u) {
         refuse(conn, RL_E_HUB_CREATION_FAILED, NULL);
         return;
@@ -422,9 +419,7 @@ static void on_join(rl_msg *m, const cJSON *payload)
             user_maybe_drop(u);
             return;
         }
-        char *mj = meta ? cJSON_PrintUnformatted(meta) : NULL;
-        admit_done(u, conn, mj);
-        free(mj);
+        admit_done(u, conn, m->ctl.join.meta, m->ctl.join.scope);
         return;
     }
     admit_req *r = calloc(1, sizeof *r);
@@ -434,11 +429,10 @@ static void on_join(rl_msg *m, const cJSON *payload)
         return;
     }
     snprintf(r->conn, sizeof r->conn, "%s", conn);
-    r->meta = meta ? cJSON_PrintUnformatted(meta) : NULL;
+    r->meta = rl_body_ref(m->ctl.join.meta);
+    r->scope = rl_body_ref(m->ctl.join.scope);
     if (rl_cluster_admit(u->id, conn, limit, on_admit, r) < 0) {
-        free(r->user);
-        free(r->meta);
-        free(r);
+        admit_req_free(r);
         refuse(conn, RL_E_UNAVAILABLE, "Cluster registry unavailable");
         user_maybe_drop(u);
         return;
@@ -446,68 +440,66 @@ static void on_join(rl_msg *m, const cJSON *payload)
     u->admitting++;
 }
 
-static void on_leave(const cJSON *payload)
+/* WS_LEAVE from a connection about itself: forget it here and tell its hub. */
+static void on_leave(const rl_msg *m)
 {
-    const cJSON *cp = cJSON_GetObjectItemCaseSensitive(payload, "client_pid");
-    if (!cJSON_IsString(cp))
-        return;
-    central_user *u = rl_map_get(&central.conn_user, cp->valuestring);
+    const char *conn = m->from;
+    central_user *u = rl_map_get(&central.conn_user, conn);
     if (!u)
         return; /* never admitted */
+    if (u->hub[0]) {
+        rl_msg *l = rl_msg_new(RL_T_WS_LEAVE);
+        if (l)
+            memcpy(l->ctl.conn.conn, conn, RL_PID_MAX);
+        send_ctl(u->hub, l, u->epoch);
+    }
     if (clustered())
-        rl_cluster_release_conn(u->id, cp->valuestring);
-    remove_conn(u, cp->valuestring);
+        rl_cluster_release_conn(u->id, conn);
+    remove_conn(u, conn);
     user_maybe_drop(u);
 }
 
-/* ws.rehome {"client_pid":C,"hub_pid":H}: C's hub H is gone or handed over. */
-static void on_rehome(const cJSON *payload)
+/* WS_REHOME from a connection: its hub (ctl.rehome.hub) is gone or handed over. */
+static void on_rehome(const rl_msg *m)
 {
-    const cJSON *cp = cJSON_GetObjectItemCaseSensitive(payload, "client_pid");
-    const cJSON *hp = cJSON_GetObjectItemCaseSensitive(payload, "hub_pid");
-    if (!cJSON_IsString(cp) || !cJSON_IsString(hp))
-        return;
-    central_user *u = rl_map_get(&central.conn_user, cp->valuestring);
+    const char *conn = m->from;
+    central_user *u = rl_map_get(&central.conn_user, conn);
     if (!u)
         return;
-    if (strcmp(u->hub, hp->valuestring) == 0) {
+    if (strcmp(u->hub, m->ctl.rehome.hub) == 0) {
         rl_info("central", "user %s: hub %s gone, placing again", u->id, u->hub);
         if (u->hub_local)
-            rl_cancel(u->hub, RL_HUB_CANCEL_MS);
+            rl_cancel(NULL, u->hub, RL_HUB_CANCEL_MS);
         clear_placement(u);
     }
     for (size_t i = 0; i < u->nconns; i++)
-        if (strcmp(u->conns[i].pid, cp->valuestring) == 0)
+        if (strcmp(u->conns[i].pid, conn) == 0)
             u->conns[i].attached[0] = '\0';
     place(u);
 }
 
-static void on_activity(const cJSON *payload)
+/* HUB_ACTIVITY from a hub of this node: the user is its owner. */
+static void on_activity(const rl_msg *m)
 {
-    const cJSON *uid = cJSON_GetObjectItemCaseSensitive(payload, "user_id");
-    const cJSON *n = cJSON_GetObjectItemCaseSensitive(payload, "client_count");
-    central_user *u = cJSON_IsString(uid) ? user_find(uid->valuestring) : NULL;
-    if (!u || !cJSON_IsNumber(n) || !u->hub_local)
+    central_user *u = user_find(rl_owner_user(m->owner));
+    if (!u || !u->hub_local || strcmp(u->hub, m->from) != 0)
         return;
-    u->hub_clients = (size_t)n->valuedouble;
+    u->hub_clients = (size_t)m->ctl.activity.clients;
     if (u->hub_clients == 0)
         u->idle_since = rl_now_ms();
     if (clustered())
         rl_cluster_hub_info(u->id, u->hub, u->epoch, u->hub_clients);
 }
 
-static void on_hub_exit(const cJSON *payload)
+static void on_hub_exit(const char *pid)
 {
-    const cJSON *pid = cJSON_GetObjectItemCaseSensitive(payload, "pid");
-    if (!cJSON_IsString(pid))
-        return;
-    if (rl_map_del(&central.cancelling, pid->valuestring))
+    if (rl_map_del(&central.cancelling, pid))
         return;
     const char *k;
     void *v;
     for (size_t it = 0; rl_map_next(&central.users, &it, &k, &v);) {
         central_user *u = v;
-        if (strcmp(u->hub, pid->valuestring) == 0) {
+        if (strcmp(u->hub, pid) == 0) {
             rl_warn("central", "user %s: hub %s exited unexpectedly", k, u->hub);
             if (clustered())
                 rl_cluster_lease_release(u->id, u->epoch);
@@ -524,20 +516,26 @@ static void on_hub_exit(const cJSON *payload)
 static void central_handle(rl_proc *p, rl_msg *m)
 {
     (void)p;
-    cJSON *payload = cJSON_ParseWithLength(m->payload, m->len);
-    if (!payload)
-        rl_warn("central", "dropping %s with a malformed payload", m->topic);
-    else if (strcmp(m->topic, "ws.join") == 0)
-        on_join(m, payload);
-    else if (strcmp(m->topic, "ws.leave") == 0)
-        on_leave(payload);
-    else if (strcmp(m->topic, "ws.rehome") == 0)
-        on_rehome(payload);
-    else if (strcmp(m->topic, "hub.activity") == 0)
-        on_activity(payload);
-    else if (strcmp(m->topic, "pid.exit") == 0)
-        on_hub_exit(payload);
-    cJSON_Delete(payload);
+    switch (m->topic) {
+    case RL_T_WS_JOIN:
+        on_join(m);
+        break;
+    case RL_T_WS_LEAVE:
+        on_leave(m);
+        break;
+    case RL_T_WS_REHOME:
+        on_rehome(m);
+        break;
+    case RL_T_HUB_ACTIVITY:
+        on_activity(m);
+        break;
+    case RL_T_PID_EXIT:
+        on_hub_exit(m->ctl.exit.pid);
+        break;
+    default:
+        rl_debug("central", "ignoring %s from %s", rl_topic_name((rl_topic)m->topic), m->from);
+        break;
+    }
     rl_msg_free(m);
 }
 
@@ -550,7 +548,7 @@ static void retire_hub(central_user *u, const char *why)
     rl_map_set(&central.cancelling, u->hub, (void *)1);
     if (clustered())
         rl_cluster_lease_release(u->id, u->epoch);
-    rl_cancel(u->hub, RL_HUB_CANCEL_MS);
+    rl_cancel(NULL, u->hub, RL_HUB_CANCEL_MS);
     clear_placement(u);
 }
 
@@ -559,7 +557,7 @@ static void retire_hub(central_user *u, const char *why)
 static void hand_over_hub(central_user *u)
 {
     rl_map_set(&central.cancelling, u->hub, (void *)1);
-    rl_send(central.proc.pid, u->hub, "hub.handover", "{}", 2);
+    send_ctl(u->hub, rl_msg_new(RL_T_HUB_HANDOVER), 0);
     clear_placement(u);
 }
 
@@ -620,8 +618,7 @@ static void on_readmit(int result, void *ud)
             user_maybe_drop(u);
         }
     }
-    free(r->user);
-    free(r);
+    admit_req_free(r);
 }
 
 static void readmit_all(void)
@@ -636,10 +633,8 @@ static void readmit_all(void)
             continue;
         }
         snprintf(r->conn, sizeof r->conn, "%s", k);
-        if (rl_cluster_admit(u->id, k, central.cfg->max_connections_per_user, on_readmit, r) < 0) {
-            free(r->user);
-            free(r);
-        }
+        if (rl_cluster_admit(u->id, k, central.cfg->max_connections_per_user, on_readmit, r) < 0)
+            admit_req_free(r);
     }
 }
 
@@ -673,9 +668,10 @@ static void cluster_tick(void)
                 hand_over_hub(u);
             } else {
                 for (size_t i = 0; i < ndead; i++) {
-                    cJSON *nd = cJSON_CreateObject();
-                    cJSON_AddStringToObject(nd, "node", dead[i]);
-                    send_json(u->hub, "node.down", nd, 0);
+                    rl_msg *nd = rl_msg_new(RL_T_NODE_DOWN);
+                    if (nd)
+                        snprintf(nd->ctl.node.node, sizeof nd->ctl.node.node, "%s", dead[i]);
+                    send_ctl(u->hub, nd, 0);
                 }
                 if (ndead)
                     rl_cluster_purge_conns(u->id);
@@ -716,7 +712,7 @@ int rl_central_start(const rl_config *c)
     rl_map_init(&central.users);
     rl_map_init(&central.conn_user);
     rl_map_init(&central.cancelling);
-    int rc = rl_proc_start(&central.proc, &central_ops, 0);
+    int rc = rl_proc_start(&central.proc, &central_ops, 0, NULL);
     if (rc < 0)
         return rc;
     uint64_t every = c->user_hub_inactivity_timeout_ms * 2 / 5;
@@ -760,7 +756,7 @@ void rl_central_stop(void)
     for (size_t it = 0; rl_map_next(&central.users, &it, &k, &v);) {
         central_user *u = v;
         if (u->hub[0] && u->hub_local)
-            rl_cancel(u->hub, RL_HUB_CANCEL_MS);
+            rl_cancel(NULL, u->hub, RL_HUB_CANCEL_MS);
         user_free(u);
     }
     rl_map_close(&central.users);

@@ -3,6 +3,7 @@
 #define RL_CENTRAL_H
 
 #include "rl_config.h"
+#include "rl_metrics.h"
 
 /* Starts the central hub process. c must outlive it. Returns 0 or negative errno. */
 int rl_central_start(const rl_config *c);
@@ -14,5 +15,7 @@ void rl_central_drain(void);
 /* Cancels every hub and stops the GC timer (shutdown). */
 void rl_central_stop(void);
 size_t rl_central_user_count(void);
+/* /metrics source: users with connections or a hub on this node. */
+void rl_central_metrics(rl_metrics_out *out);
 
 #endif

@@ -2,7 +2,6 @@
  * client messages to plugins by the longest matching prefix, broadcasts everything else. */
 #include "rl_hub.h"
 
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,15 +9,16 @@
 
 #include "rl_central.h"
 #include "rl_errors.h"
+#include "rl_envelope.h"
 #include "rl_json.h"
 #include "rl_log.h"
-#include "rl_lua.h"
 #include "rl_metrics.h"
+#include "rl_spawn.h"
 
 #define RL_SESSION_PREFIX "session_"
 #define RL_PLUGIN_CANCEL_MS 10000
 
-size_t rl_hub_plugin_counts[4];
+static size_t plugin_counts[4]; /* plugins of all hubs of this node, by status */
 
 static const char *const status_names[] = {"pending", "running", "stopped", "failed"};
 
@@ -31,11 +31,10 @@ typedef struct hub_plugin {
 } hub_plugin;
 
 typedef struct rl_hub {
-    rl_proc proc;
+    rl_proc proc; /* owner: the user */
     const rl_config *cfg;
-    char *user_id;
-    char *user_metadata; /* JSON object text */
-    char *scope;
+    rl_body *user_metadata; /* JSON object, or NULL */
+    rl_body *scope;
     uint64_t epoch;
     char **conns; /* connection pids, at most max_connections_per_user in normal operation */
     size_t nconns, capconns;
@@ -44,17 +43,20 @@ typedef struct rl_hub {
     uint64_t valid_until; /* loop ms after which the lease may be someone else's: stop accepting */
 } rl_hub;
 
+static const char *user_of(const rl_hub *h) { return rl_owner_user(h->proc.owner); }
+
 static void set_status(hub_plugin *hp, rl_plugin_status s)
 {
-    rl_hub_plugin_counts[hp->status]--;
+    plugin_counts[hp->status]--;
     hp->status = s;
-    rl_hub_plugin_counts[s]++;
+    plugin_counts[s]++;
 }
 
-/* Sends an error to `to`, echoing the request id of the client's message when there was one. */
-static void send_error(rl_hub *h, const char *to, rl_err_code e, const char *msg, const cJSON *req)
+/* Answers the sender of a client message m with error e, echoing its request_id. */
+static void answer(rl_hub *h, const rl_msg *m, rl_err_code e, const char *msg)
 {
-    rl_err_send(h->proc.pid, to, e, msg, req);
+    const char *rid = m->body && m->env.rid_len ? m->body->data + m->env.rid_off : NULL;
+    rl_err_send(&h->proc, m->from, e, msg, rid, rid ? m->env.rid_len : 0);
 }
 
 static int spawn_plugin(rl_hub *h, size_t i)
@@ -63,31 +65,11 @@ static int spawn_plugin(rl_hub *h, size_t i)
     hub_plugin *hp = &h->plugins[i];
     if (hp->status == RL_PLUGIN_FAILED)
         return -EPERM;
-    cJSON *args = cJSON_CreateObject();
-    cJSON_AddStringToObject(args, "user_id", h->user_id);
-    cJSON *meta = h->user_metadata ? cJSON_Parse(h->user_metadata) : NULL;
-    cJSON_AddItemToObject(args, "user_metadata", meta ? meta : cJSON_CreateObject());
-    cJSON_AddStringToObject(args, "user_hub_pid", h->proc.pid);
-    cJSON *conf = cJSON_AddObjectToObject(args, "config");
-    cJSON_AddNumberToObject(conf, "max_connections_per_user", h->cfg->max_connections_per_user);
-    cJSON_AddNumberToObject(conf, "queue_multiplier", h->cfg->queue_multiplier);
-    char tmo[32];
-    snprintf(tmo, sizeof tmo, "%llus",
-             (unsigned long long)(h->cfg->user_hub_inactivity_timeout_ms / 1000));
-    cJSON_AddStringToObject(conf, "user_hub_inactivity_timeout", tmo);
-    if (h->cfg->user_security_scope)
-        cJSON_AddStringToObject(conf, "user_security_scope", h->cfg->user_security_scope);
-    cJSON_AddStringToObject(conf, "prefix", def->prefix);
-    cJSON_AddStringToObject(conf, "process_id", def->id);
-    char *json = cJSON_PrintUnformatted(args);
-    cJSON_Delete(args);
-    if (!json)
-        return -ENOMEM;
+    rl_spawn_args a = {def, h->proc.owner, &h->proc, h->user_metadata, h->cfg};
     char err[256];
-    int rc = rl_lua_spawn(def, json, h->proc.pid, hp->pid, err, sizeof err);
-    free(json);
+    int rc = rl_spawn(&a, hp->pid, err, sizeof err);
     if (rc < 0) {
-        rl_warn("hub", "user %s: plugin %s failed to start: %s", h->user_id, def->id, err);
+        rl_warn("hub", "user %s: plugin %s failed to start: %s", user_of(h), def->id, err);
         hp->pid[0] = '\0';
         set_status(hp, RL_PLUGIN_FAILED);
         return rc;
@@ -109,59 +91,61 @@ static void notify_session(rl_hub *h, const char *topic)
 {
     for (size_t i = 0; i < h->cfg->nplugins; i++) {
         if (strcmp(h->cfg->plugins[i].prefix, RL_SESSION_PREFIX) == 0 && h->plugins[i].pid[0]) {
-            if (rl_send(h->proc.pid, h->plugins[i].pid, topic, "{}", 2) < 0)
-                rl_metric_inc(RL_M_MSGS_DROPPED);
+            rl_msg *m = rl_msg_new_body(RL_T_APP, topic, strlen(topic), rl_body_empty_object());
+            rl_send_or_free(&h->proc, h->plugins[i].pid, m);
             return;
         }
     }
 }
 
-static void send_welcome(rl_hub *h, const char *conn)
+/* {"user_id":U,"client_count":N,"plugins":{P:{"status":S,"process_id":ID},...}} */
+static size_t welcome_format(const rl_hub *h, char *out, size_t cap)
 {
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "user_id", h->user_id);
-    cJSON_AddNumberToObject(o, "client_count", (double)h->nconns);
-    cJSON *pl = cJSON_AddObjectToObject(o, "plugins");
+    size_t n = 0;
+#define W(...) n += (size_t)snprintf(n < cap ? out + n : NULL, n < cap ? cap - n : 0, __VA_ARGS__)
+#define WS(s) n += rl_json_escape(n < cap ? out + n : NULL, n < cap ? cap - n : 0, (s), strlen(s))
+    W("{\"user_id\":");
+    WS(user_of(h));
+    W(",\"client_count\":%zu,\"plugins\":{", h->nconns);
     for (size_t i = 0; i < h->cfg->nplugins; i++) {
-        cJSON *e = cJSON_AddObjectToObject(pl, h->cfg->plugins[i].prefix);
-        cJSON_AddStringToObject(e, "status", status_names[h->plugins[i].status]);
-        cJSON_AddStringToObject(e, "process_id", h->cfg->plugins[i].id);
+        W(i ? "," : "");
+        WS(h->cfg->plugins[i].prefix);
+        W(":{\"status\":\"%s\",\"process_id\":", status_names[h->plugins[i].status]);
+        WS(h->cfg->plugins[i].id ? h->cfg->plugins[i].id : "");
+        W("}");
     }
-    char *s = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    if (s && rl_send(h->proc.pid, conn, "welcome", s, strlen(s)) < 0)
-        rl_metric_inc(RL_M_MSGS_DROPPED);
-    free(s);
+    W("}}");
+#undef W
+#undef WS
+    return n;
 }
 
-/* Payload {"client_pid":C,...} -> C, or NULL. */
-static const char *client_pid_of(const cJSON *o)
+static void send_welcome(rl_hub *h, const char *conn)
 {
-    const cJSON *c = cJSON_GetObjectItemCaseSensitive(o, "client_pid");
-    return cJSON_IsString(c) && c->valuestring[0] ? c->valuestring : NULL;
+    size_t need = welcome_format(h, NULL, 0);
+    rl_msg *m = rl_msg_new_data(RL_T_APP, "welcome", 7, NULL, need);
+    if (m)
+        welcome_format(h, rl_msg_data(m), need + 1);
+    rl_send_or_free(&h->proc, conn, m);
 }
 
 /* Tells the central hub of this node the hub's client count (all nodes' connections), for GC. */
 static void report_activity(rl_hub *h)
 {
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "user_id", h->user_id);
-    cJSON_AddNumberToObject(o, "client_count", (double)h->nconns);
-    char *s = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    if (!s || rl_send(h->proc.pid, rl_central_pid(), "hub.activity", s, strlen(s)) < 0)
-        rl_metric_inc(RL_M_MSGS_DROPPED);
-    free(s);
+    rl_msg *m = rl_msg_new(RL_T_HUB_ACTIVITY);
+    if (m)
+        m->ctl.activity.clients = h->nconns;
+    rl_send_or_free(&h->proc, rl_central_pid(), m);
 }
 
-static void on_join(rl_hub *h, const cJSON *payload)
+static void on_join(rl_hub *h, const rl_msg *m)
 {
-    const char *conn = client_pid_of(payload);
-    if (!conn)
+    const char *conn = m->ctl.join.conn;
+    if (!conn[0])
         return;
     if (find_conn(h, conn) < 0) {
         if (h->nconns == h->capconns) {
-            size_t ncap = h->capconns ? h->capconns * 2 : 4;
+            size_t ncap = h->capconns ? h->capconns * 2 : 2;
             char **nc = realloc(h->conns, ncap * sizeof *nc);
             if (!nc)
                 return;
@@ -179,10 +163,9 @@ static void on_join(rl_hub *h, const cJSON *payload)
     send_welcome(h, conn);
 }
 
-static void on_leave(rl_hub *h, const cJSON *payload)
+static void on_leave(rl_hub *h, const char *conn)
 {
-    const char *conn = client_pid_of(payload);
-    ssize_t i = conn ? find_conn(h, conn) : -1;
+    ssize_t i = find_conn(h, conn);
     if (i < 0)
         return;
     free(h->conns[i]);
@@ -193,71 +176,93 @@ static void on_leave(rl_hub *h, const cJSON *payload)
 }
 
 /* Longest matching prefix: cfg->plugins is sorted longest first. */
-static ssize_t match_plugin(const rl_hub *h, const char *type)
+static ssize_t match_plugin(const rl_hub *h, const char *type, size_t len)
 {
     for (size_t i = 0; i < h->cfg->nplugins; i++) {
         const char *p = h->cfg->plugins[i].prefix;
-        if (strncmp(type, p, strlen(p)) == 0)
+        size_t pl = strlen(p);
+        if (pl <= len && memcmp(type, p, pl) == 0)
             return (ssize_t)i;
     }
     return -1;
 }
 
+/* A client message (the gateway scanned it: an object with a non-empty string type). The same
+   message goes on to the plugin, topic = type minus the prefix, sender still the connection:
+   no byte of the body is copied. Takes m. */
 static void on_client_message(rl_hub *h, rl_msg *m)
 {
-    const char *conn = m->from;
-    cJSON *req = rl_json_parse(m->payload, m->len);
-    if (!req) {
-        send_error(h, conn, RL_E_INVALID_JSON, NULL, NULL);
+    if (find_conn(h, m->from) < 0) {
+        /* the router let a connection of this user through; only the hub knows its own */
+        rl_metric_inc(RL_M_MSGS_REFUSED);
+        rl_warn("hub", "user %s: client message from %s, not a connection of this hub: refused",
+                user_of(h), m->from);
+        rl_msg_free(m);
         return;
     }
-    if (!cJSON_IsObject(req)) {
-        send_error(h, conn, RL_E_UNKNOWN_COMMAND, "Message must be a JSON object", NULL);
-        goto done;
+    const char *type = m->body->data + m->env.type_off;
+    size_t tlen = m->env.type_len;
+    char ubuf[256];
+    if (m->env.type_escaped) {
+        ssize_t n = rl_env_unescape(type, tlen, ubuf, sizeof ubuf);
+        if (n < 0) {
+            answer(h, m, RL_E_UNKNOWN_COMMAND, "Message type is too long");
+            rl_msg_free(m);
+            return;
+        }
+        type = ubuf;
+        tlen = (size_t)n;
     }
-    if (!rl_json_depth_ok(req, RL_JSON_MAX_DEPTH)) {
-        send_error(h, conn, RL_E_INVALID_JSON, "JSON nests deeper than 100 levels", req);
-        goto done;
-    }
-    const cJSON *type = cJSON_GetObjectItemCaseSensitive(req, "type");
-    if (!cJSON_IsString(type) || !type->valuestring[0]) {
-        send_error(h, conn, RL_E_UNKNOWN_COMMAND, NULL, req);
-        goto done;
-    }
-    ssize_t i = match_plugin(h, type->valuestring);
+    ssize_t i = match_plugin(h, type, tlen);
     if (i < 0) {
         char msg[300];
-        snprintf(msg, sizeof msg, "No plugin found for command: %.200s", type->valuestring);
-        send_error(h, conn, RL_E_PLUGIN_NOT_FOUND, msg, req);
-        goto done;
+        snprintf(msg, sizeof msg, "No plugin found for command: %.*s", (int)(tlen > 200 ? 200 : tlen),
+                 type);
+        answer(h, m, RL_E_PLUGIN_NOT_FOUND, msg);
+        rl_msg_free(m);
+        return;
     }
     const rl_plugin_def *def = &h->cfg->plugins[i];
     hub_plugin *hp = &h->plugins[i];
     if (hp->status == RL_PLUGIN_FAILED || (!hp->pid[0] && spawn_plugin(h, (size_t)i) < 0)) {
         char msg[300];
         snprintf(msg, sizeof msg, "Plugin %s has failed permanently", def->prefix);
-        send_error(h, conn, RL_E_PLUGIN_FAILED, msg, req);
-        goto done;
+        answer(h, m, RL_E_PLUGIN_FAILED, msg);
+        rl_msg_free(m);
+        return;
     }
-    /* The plugin gets the client's object as is, plus conn_pid (never the client's own). */
-    cJSON_DeleteItemFromObjectCaseSensitive(req, "conn_pid");
-    cJSON_AddStringToObject(req, "conn_pid", conn);
-    char *payload = cJSON_PrintUnformatted(req);
-    if (!payload) {
-        send_error(h, conn, RL_E_OVERLOADED, "Out of memory", req);
-        goto done;
+    size_t plen = strlen(def->prefix);
+    rl_msg *fwd = m;
+    if (type == ubuf) { /* the suffix is not in the body as such: a message with its own name */
+        fwd = rl_msg_new_body(RL_T_APP, type + plen, tlen - plen, m->body);
+        if (!fwd) {
+            answer(h, m, RL_E_OVERLOADED, "Out of memory");
+            rl_msg_free(m);
+            return;
+        }
+        memcpy(fwd->from, m->from, RL_PID_MAX);
+        fwd->owner = rl_owner_ref(m->owner);
+        fwd->env = m->env;
+        fwd->flags = m->flags;
+    } else {
+        m->topic = RL_T_APP;
+        m->name = type + plen;
+        m->name_len = (uint32_t)(tlen - plen);
     }
-    const char *topic = type->valuestring + strlen(def->prefix);
-    int rc = rl_send(conn, hp->pid, topic, payload, strlen(payload));
-    free(payload);
-    if (rc == -EAGAIN)
-        send_error(h, conn, RL_E_OVERLOADED, "Plugin queue full, message not accepted", req);
-    else if (rc < 0)
-        send_error(h, conn, RL_E_PLUGIN_FAILED, "Plugin could not be reached", req);
-    else
+    fwd->flags |= RL_MSG_CLIENT;
+    fwd->epoch = 0;
+    int rc = rl_send_as(hp->pid, fwd);
+    if (rc == 0) {
         rl_metric_inc(RL_M_MSGS_ROUTED);
-done:
-    cJSON_Delete(req);
+        if (fwd != m)
+            rl_msg_free(m);
+        return;
+    }
+    answer(h, fwd, rc == -EAGAIN ? RL_E_OVERLOADED : RL_E_PLUGIN_FAILED,
+           rc == -EAGAIN ? "Plugin queue full, message not accepted" : "Plugin could not be reached");
+    if (fwd != m)
+        rl_msg_free(fwd);
+    rl_msg_free(m);
 }
 
 static int all_plugins_stopped(const rl_hub *h)
@@ -268,25 +273,22 @@ static int all_plugins_stopped(const rl_hub *h)
     return 1;
 }
 
-static void on_plugin_exit(rl_hub *h, const cJSON *payload)
+static void on_plugin_exit(rl_hub *h, const rl_ctl_exit *ex)
 {
-    const cJSON *pid = cJSON_GetObjectItemCaseSensitive(payload, "pid");
-    const cJSON *error = cJSON_GetObjectItemCaseSensitive(payload, "error");
-    if (!cJSON_IsString(pid))
-        return;
+    const char *error = ex->error ? ex->error->data : NULL;
     for (size_t i = 0; i < h->cfg->nplugins; i++) {
         hub_plugin *hp = &h->plugins[i];
-        if (strcmp(hp->pid, pid->valuestring) != 0)
+        if (strcmp(hp->pid, ex->pid) != 0)
             continue;
         hp->pid[0] = '\0';
         if (h->cancelling) {
             set_status(hp, RL_PLUGIN_STOPPED);
-        } else if (!cJSON_IsString(error)) {
+        } else if (!error) {
             set_status(hp, RL_PLUGIN_STOPPED); /* restarts lazily on next use */
         } else {
             rl_metric_inc(RL_M_PLUGINS_CRASHED);
-            rl_warn("hub", "user %s: plugin %s crashed: %s", h->user_id, h->cfg->plugins[i].id,
-                    error->valuestring);
+            rl_warn("hub", "user %s: plugin %s crashed: %s", user_of(h), h->cfg->plugins[i].id,
+                    error);
             if (hp->restarts >= 1) {
                 set_status(hp, RL_PLUGIN_FAILED);
             } else {
@@ -300,22 +302,25 @@ static void on_plugin_exit(rl_hub *h, const cJSON *payload)
         rl_proc_exit(&h->proc, NULL);
 }
 
+/* A topic sent to the hub by one of its user's processes goes to every connection, sharing the
+   body. Takes m. */
 static void broadcast(rl_hub *h, rl_msg *m)
 {
-    for (size_t i = 0; i < h->nconns; i++)
-        if (rl_send(m->from[0] ? m->from : h->proc.pid, h->conns[i], m->topic, m->payload, m->len) < 0)
-            rl_metric_inc(RL_M_MSGS_DROPPED);
+    for (size_t i = 0; i < h->nconns; i++) {
+        rl_msg *c = rl_msg_new_body((rl_topic)m->topic, m->name, m->name_len, m->body);
+        if (c)
+            c->flags = m->flags;
+        rl_send_or_free(&h->proc, h->conns[i], c);
+    }
+    rl_msg_free(m);
 }
 
-/* "node.down" {"node":"<node>.<incarnation>"}: forget the connections of a dead node. */
-static void on_node_down(rl_hub *h, const cJSON *payload)
+/* NODE_DOWN: forget the connections of a dead node incarnation ("<node>.<incarnation>"). */
+static void on_node_down(rl_hub *h, const char *node)
 {
-    const cJSON *n = cJSON_GetObjectItemCaseSensitive(payload, "node");
-    if (!cJSON_IsString(n))
-        return;
-    size_t before = h->nconns, plen = strlen(n->valuestring);
+    size_t before = h->nconns, plen = strlen(node);
     for (size_t i = 0; i < h->nconns;) {
-        if (strncmp(h->conns[i], n->valuestring, plen) == 0 && h->conns[i][plen] == '.') {
+        if (strncmp(h->conns[i], node, plen) == 0 && h->conns[i][plen] == '.') {
             free(h->conns[i]);
             h->conns[i] = h->conns[--h->nconns];
         } else {
@@ -330,13 +335,15 @@ static void on_node_down(rl_hub *h, const cJSON *payload)
 }
 
 /* The lease is gone or handed over: tell every connection to find the user's new hub
-   ("ws.rehome" makes its node place the user again), then stop. */
+   (WS_REHOME makes its node place the user again), then stop. */
 static void hand_over(rl_hub *h)
 {
-    char payload[RL_PID_MAX + 32];
-    int n = snprintf(payload, sizeof payload, "{\"hub_pid\":\"%s\"}", h->proc.pid);
-    for (size_t i = 0; i < h->nconns; i++)
-        rl_send(h->proc.pid, h->conns[i], "ws.rehome", payload, (size_t)n);
+    for (size_t i = 0; i < h->nconns; i++) {
+        rl_msg *m = rl_msg_new(RL_T_WS_REHOME);
+        if (m)
+            memcpy(m->ctl.rehome.hub, h->proc.pid, RL_PID_MAX);
+        rl_send_or_free(&h->proc, h->conns[i], m);
+    }
     h->valid_until = 0;
     h->proc.ops->cancel(&h->proc, RL_PLUGIN_CANCEL_MS);
 }
@@ -346,52 +353,67 @@ static void hub_handle(rl_proc *p, rl_msg *m)
     rl_hub *h = (rl_hub *)p;
     if (m->epoch && m->epoch != h->epoch) {
         rl_metric_inc(RL_M_EPOCH_DROPPED);
-        goto done;
+        rl_msg_free(m);
+        return;
     }
-    int from_node = !m->epoch && strcmp(m->from, rl_central_pid()) == 0; /* our own central */
-    if (from_node && strcmp(m->topic, "hub.handover") == 0) {
+    /* Internal topics from the system: the router let only system senders through. */
+    switch (m->topic) {
+    case RL_T_HUB_HANDOVER:
         hand_over(h);
-        goto done;
+        rl_msg_free(m);
+        return;
+    case RL_T_NODE_DOWN:
+        on_node_down(h, m->ctl.node.node);
+        rl_msg_free(m);
+        return;
+    case RL_T_PID_EXIT:
+        on_plugin_exit(h, &m->ctl.exit);
+        rl_msg_free(m);
+        return;
+    default:
+        break;
     }
-    if (from_node && strcmp(m->topic, "node.down") == 0) {
-        cJSON *nd = cJSON_ParseWithLength(m->payload, m->len);
-        if (nd)
-            on_node_down(h, nd);
-        cJSON_Delete(nd);
-        goto done;
-    }
-    if ((h->cancelling || rl_now_ms() >= h->valid_until) && strcmp(m->topic, "pid.exit") != 0) {
-        /* Fenced: another hub may own the user now. Only plugin exits still matter; a client
-           is told to retry (its node places the user again). */
-        if (strcmp(m->topic, "ws.message") == 0 && m->from[0]) {
-            cJSON *req = cJSON_ParseWithLength(m->payload, m->len);
-            send_error(h, m->from, RL_E_PLUGIN_FAILED, "User hub is moving, try again", req);
-            cJSON_Delete(req);
-        }
+    if (h->cancelling || rl_now_ms() >= h->valid_until) {
+        /* Fenced: another hub may own the user now. A client is told to retry (its node
+           places the user again). */
+        if (m->topic == RL_T_WS_CLIENT)
+            answer(h, m, RL_E_PLUGIN_FAILED, "User hub is moving, try again");
         rl_metric_inc(RL_M_EPOCH_DROPPED);
-        goto done;
+        rl_msg_free(m);
+        return;
     }
-    if (strcmp(m->topic, "ws.message") == 0 && m->from[0]) {
+    switch (m->topic) {
+    case RL_T_WS_CLIENT:
         on_client_message(h, m);
-        goto done;
+        return;
+    case RL_T_WS_JOIN:
+        on_join(h, m);
+        break;
+    case RL_T_WS_LEAVE:
+        on_leave(h, m->ctl.conn.conn);
+        break;
+    case RL_T_APP:
+    case RL_T_WS_MESSAGE:
+        broadcast(h, m);
+        return;
+    default:
+        rl_debug("hub", "user %s: ignoring %s", user_of(h), rl_topic_name((rl_topic)m->topic));
+        break;
     }
-    int join = strcmp(m->topic, "ws.join") == 0, leave = strcmp(m->topic, "ws.leave") == 0,
-        ex = strcmp(m->topic, "pid.exit") == 0;
-    if (join || leave || ex) {
-        cJSON *payload = cJSON_ParseWithLength(m->payload, m->len);
-        if (payload) {
-            if (join)
-                on_join(h, payload);
-            else if (leave)
-                on_leave(h, payload);
-            else
-                on_plugin_exit(h, payload);
-        }
-        cJSON_Delete(payload);
-        goto done;
+    rl_msg_free(m);
+}
+
+/* The hub exits with messages still queued: nothing is dropped without a word. Clients are
+   told to retry; what its plugins sent still reaches the connections. */
+static void hub_orphan(rl_proc *p, rl_msg *m)
+{
+    rl_hub *h = (rl_hub *)p;
+    if (m->topic == RL_T_WS_CLIENT) {
+        answer(h, m, RL_E_PLUGIN_FAILED, "User hub stopped, try again");
+    } else if (m->topic == RL_T_APP || m->topic == RL_T_WS_MESSAGE) {
+        broadcast(h, m);
+        return;
     }
-    broadcast(h, m);
-done:
     rl_msg_free(m);
 }
 
@@ -403,7 +425,7 @@ static void hub_cancel(rl_proc *p, uint64_t deadline_ms)
         return;
     h->cancelling = 1;
     for (size_t i = 0; i < h->cfg->nplugins; i++)
-        if (h->plugins[i].pid[0] && rl_cancel(h->plugins[i].pid, deadline_ms) < 0)
+        if (h->plugins[i].pid[0] && rl_cancel(&h->proc, h->plugins[i].pid, deadline_ms) < 0)
             h->plugins[i].pid[0] = '\0';
     if (all_plugins_stopped(h))
         rl_proc_exit(p, NULL);
@@ -413,19 +435,23 @@ static void hub_free(rl_proc *p)
 {
     rl_hub *h = (rl_hub *)p;
     for (size_t i = 0; i < h->cfg->nplugins; i++)
-        rl_hub_plugin_counts[h->plugins[i].status]--;
+        plugin_counts[h->plugins[i].status]--;
     for (size_t i = 0; i < h->nconns; i++)
         free(h->conns[i]);
     free(h->conns);
     free(h->plugins);
-    free(h->user_id);
-    free(h->user_metadata);
-    free(h->scope);
+    rl_body_unref(h->user_metadata);
+    rl_body_unref(h->scope);
     free(h);
 }
 
 static const rl_proc_ops hub_ops = {
-    .kind = "hub", .letter = 'h', .handle = hub_handle, .cancel = hub_cancel, .free = hub_free,
+    .kind = "hub",
+    .letter = 'h',
+    .handle = hub_handle,
+    .cancel = hub_cancel,
+    .orphan = hub_orphan,
+    .free = hub_free,
 };
 
 static void start_plugins(rl_hub *h)
@@ -447,27 +473,28 @@ int rl_hub_activate(const char *pid, uint64_t epoch, uint64_t valid_until)
     return 0;
 }
 
-int rl_hub_start(const rl_config *c, const char *user_id, const char *user_metadata_json,
-                 const char *scope, uint64_t epoch, int deferred, char pid_out[RL_PID_MAX])
+int rl_hub_start(const rl_config *c, rl_owner *owner, rl_body *user_metadata, rl_body *scope,
+                 uint64_t epoch, int deferred, char pid_out[RL_PID_MAX])
 {
+    if (!owner)
+        return -EINVAL; /* a hub always belongs to a user */
     rl_hub *h = calloc(1, sizeof *h);
     if (!h)
         return -ENOMEM;
     h->cfg = c;
     h->epoch = epoch;
     h->valid_until = UINT64_MAX;
-    h->user_id = strdup(user_id);
-    h->user_metadata = user_metadata_json ? strdup(user_metadata_json) : NULL;
-    h->scope = scope ? strdup(scope) : NULL;
     h->plugins = calloc(c->nplugins ? c->nplugins : 1, sizeof *h->plugins);
-    if (!h->user_id || !h->plugins || (user_metadata_json && !h->user_metadata) ||
-        (scope && !h->scope))
-        goto fail;
     size_t qcap = (size_t)c->max_connections_per_user * (size_t)c->queue_multiplier;
-    if (rl_proc_start(&h->proc, &hub_ops, qcap) < 0)
-        goto fail;
+    if (!h->plugins || rl_proc_start(&h->proc, &hub_ops, qcap, owner) < 0) {
+        free(h->plugins);
+        free(h);
+        return -ENOMEM;
+    }
+    h->user_metadata = rl_body_ref(user_metadata);
+    h->scope = rl_body_ref(scope);
     for (size_t i = 0; i < c->nplugins; i++)
-        rl_hub_plugin_counts[RL_PLUGIN_PENDING]++;
+        plugin_counts[RL_PLUGIN_PENDING]++;
     rl_metric_inc(RL_M_HUBS_CREATED);
     if (deferred)
         h->valid_until = 0;
@@ -475,13 +502,6 @@ int rl_hub_start(const rl_config *c, const char *user_id, const char *user_metad
         start_plugins(h);
     memcpy(pid_out, h->proc.pid, RL_PID_MAX);
     return 0;
-fail:
-    free(h->plugins);
-    free(h->user_id);
-    free(h->user_metadata);
-    free(h->scope);
-    free(h);
-    return -ENOMEM;
 }
 
 int rl_hub_set_valid_until(const char *pid, uint64_t until_ms)
@@ -491,4 +511,12 @@ int rl_hub_set_valid_until(const char *pid, uint64_t until_ms)
         return -ENOENT;
     ((rl_hub *)p)->valid_until = until_ms;
     return 0;
+}
+
+void rl_hub_metrics(rl_metrics_out *out)
+{
+    rl_metrics_put(out, "# HELP relay_plugins Plugin states of live hubs, by status\n"
+                        "# TYPE relay_plugins gauge\n");
+    for (int s = 0; s < 4; s++)
+        rl_metrics_put(out, "relay_plugins{status=\"%s\"} %zu\n", status_names[s], plugin_counts[s]);
 }

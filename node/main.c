@@ -11,8 +11,11 @@
 #include "rl_cluster.h"
 #include "rl_config.h"
 #include "rl_gateway.h"
+#include "rl_hub.h"
 #include "rl_log.h"
 #include "rl_lua.h"
+#include "rl_metrics.h"
+#include "rl_spawn.h"
 #include "rl_proc.h"
 #include "rl_version.h"
 
@@ -184,6 +187,12 @@ int main(int argc, char **argv)
         status = 1;
         goto out_lua;
     }
+    /* The wiring: hubs start plugins through the plugin host, connections join through the
+       central hub, /metrics shows the hubs' and the central's gauges. */
+    rl_spawner_set(rl_lua_spawn);
+    rl_gateway_set_central(rl_central_pid());
+    rl_metrics_add_source(rl_central_metrics);
+    rl_metrics_add_source(rl_hub_metrics);
     if (rl_gateway_start(&app.loop, &app.cfg, err, sizeof err) < 0) {
         fprintf(stderr, "relay-node: %s\n", err);
         rl_central_stop();

@@ -2,16 +2,15 @@
  * _ENV running the plugin's chunk (compiled once per source), scheduled from the node's loop.
  *
  * Shape of an instance: an rl_proc (mailbox, pid) + a coroutine anchored by a registry ref.
- * The coroutine starts in the prelude's boot(chunk, env, method, args_json), which runs the
+ * The coroutine starts in the prelude's boot(chunk, env, method, args), which runs the
  * shared chunk with the instance's env as its only argument ("local _ENV = ...;" is prepended
  * to every source, on the first line so line numbers stay) and then calls method(args).
- * Resumes happen only from the run queue's uv_idle callback, never nested inside another
- * instance: blocking calls (channel receive/select/send, time.sleep) yield with a continuation
+ * Resumes happen only from the node's scheduler (ops->run after rl_proc_wake), never nested
+ * inside another instance: blocking calls (channel receive/select/send, time.sleep) yield with a continuation
  * and are woken by the channel or timer they wait on. A count hook enforces the instruction
  * budget per resume; the allocator enforces the state's memory cap. */
 #include "rl_lua.h"
 
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <lualib.h>
@@ -28,7 +27,6 @@
 rl_lua_host rl_lua_g;
 #define H rl_lua_g
 
-static uv_idle_t *run_idle_handle;
 static uint64_t hook_step;
 
 /* Trusted setup code, run once with the full standard library: builds the sandbox (safe
@@ -144,8 +142,7 @@ static const char prelude[] =
     "  if m == nil then error(\"module '\" .. tostring(name) .. \"' not found\", 2) end\n"
     "  return m\n"
     "end\n"
-    "local function boot(chunk, env, method, args_json)\n"
-    "  local args = host.decode_args(args_json)\n"
+    "local function boot(chunk, env, method, args)\n"
     "  local mod = chunk(env)\n"
     "  local f\n"
     "  if type(mod) == 'table' then f = mod[method] end\n"
@@ -257,43 +254,12 @@ static ssize_t def_index(const rl_plugin_def *def)
     return -1;
 }
 
-/* ---- run queue ------------------------------------------------------------------------- */
-
-static void run_idle(uv_idle_t *h);
+/* ---- scheduling: instances are processes in the node's one run queue ---------------------- */
 
 static void runq_push(rl_lua_inst *I)
 {
-    if (I->in_runq || I->torn)
-        return;
-    I->in_runq = 1;
-    I->runq_next = NULL;
-    if (H.runq_tail)
-        H.runq_tail->runq_next = I;
-    else
-        H.runq_head = I;
-    H.runq_tail = I;
-    if (!H.idle_started && run_idle_handle) {
-        uv_idle_start(run_idle_handle, run_idle);
-        H.idle_started = 1;
-    }
-}
-
-static void runq_remove(rl_lua_inst *I)
-{
-    if (!I->in_runq)
-        return;
-    rl_lua_inst **pp = &H.runq_head, *prev = NULL;
-    while (*pp && *pp != I) {
-        prev = *pp;
-        pp = &(*pp)->runq_next;
-    }
-    if (*pp) {
-        *pp = I->runq_next;
-        if (H.runq_tail == I)
-            H.runq_tail = prev;
-    }
-    I->in_runq = 0;
-    I->runq_next = NULL;
+    if (!I->torn)
+        rl_proc_wake(&I->proc);
 }
 
 void rl_lua_wake(rl_lua_inst *I)
@@ -327,7 +293,6 @@ static void inst_teardown(rl_lua_inst *I)
         return;
     I->torn = 1;
     I->state = RL_INST_DEAD;
-    runq_remove(I);
     rl_lua_unwait(I);
     while (I->timers)
         rl_lua_timer_close(I->timers);
@@ -461,25 +426,6 @@ static void inst_resume(rl_lua_inst *I)
     }
 }
 
-static void run_idle(uv_idle_t *h)
-{
-    (void)h;
-    for (int i = 0; i < RL_LUA_RUN_BATCH && H.runq_head; i++) {
-        rl_lua_inst *I = H.runq_head;
-        H.runq_head = I->runq_next;
-        if (!H.runq_head)
-            H.runq_tail = NULL;
-        I->in_runq = 0;
-        I->runq_next = NULL;
-        if (!I->torn)
-            inst_resume(I);
-    }
-    if (!H.runq_head && H.idle_started) {
-        uv_idle_stop(run_idle_handle);
-        H.idle_started = 0;
-    }
-}
-
 /* ---- rl_proc operations ---------------------------------------------------------------- */
 
 static int is_linked(rl_lua_inst *I, const char *pid)
@@ -513,16 +459,12 @@ static void inst_handle(rl_proc *p, rl_msg *m)
         rl_msg_free(m);
         return;
     }
-    if (strcmp(m->topic, "pid.exit") == 0) {
-        cJSON *j = cJSON_ParseWithLength(m->payload, m->len);
-        const cJSON *pid = cJSON_GetObjectItemCaseSensitive(j, "pid");
-        const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
-        const char *from = cJSON_IsString(pid) ? pid->valuestring : m->from;
-        const char *error = cJSON_IsString(e) ? e->valuestring : NULL;
+    if (m->topic == RL_T_PID_EXIT) {
+        const char *from = m->ctl.exit.pid;
+        const char *error = m->ctl.exit.error ? m->ctl.exit.error->data : NULL;
         push_event(I, RL_EV_EXIT, from, error, 0);
         if (error && is_linked(I, from))
             push_event(I, RL_EV_LINK_DOWN, from, error, 0);
-        cJSON_Delete(j);
         rl_msg_free(m);
         return;
     }
@@ -552,8 +494,7 @@ static void inst_free(rl_proc *p)
     inst_teardown(I);
     list_remove(I);
     free(I->waits);
-    free(I->user_id);
-    free(I->user_meta);
+    rl_body_unref(I->user_meta);
     free(I->exit_pending);
     for (size_t i = 0; i < I->nlinks; i++)
         free(I->links[i]);
@@ -561,10 +502,19 @@ static void inst_free(rl_proc *p)
     free(I);
 }
 
+/* ops->run: the scheduler's turn for a woken instance. */
+static void inst_run(rl_proc *p)
+{
+    rl_lua_inst *I = (rl_lua_inst *)p;
+    if (!I->torn && I->state == RL_INST_READY)
+        inst_resume(I);
+}
+
 static const rl_proc_ops inst_ops = {
     .kind = "plugin",
     .letter = 'p',
     .handle = inst_handle,
+    .run = inst_run,
     .cancel = inst_cancel,
     .free = inst_free,
 };
@@ -580,8 +530,47 @@ rl_lua_inst *rl_lua_inst_of(const char *pid)
 typedef struct spawn_ctx {
     rl_lua_inst *I;
     int chunk_ref;
-    const char *args_json;
+    const char *args_json;    /* a child's run() argument (JSON), or NULL */
+    const rl_spawn_args *hub; /* or the hub's arguments */
 } spawn_ctx;
+
+/* Pushes args.config: the relay's parameters and the plugin's identity. */
+static void push_config(lua_State *L, const rl_config *c, const rl_plugin_def *def)
+{
+    lua_createtable(L, 0, 6);
+    lua_pushinteger(L, c->max_connections_per_user);
+    lua_setfield(L, -2, "max_connections_per_user");
+    lua_pushinteger(L, c->queue_multiplier);
+    lua_setfield(L, -2, "queue_multiplier");
+    lua_pushfstring(L, "%Is", (lua_Integer)(c->user_hub_inactivity_timeout_ms / 1000));
+    lua_setfield(L, -2, "user_hub_inactivity_timeout");
+    if (c->user_security_scope) {
+        lua_pushstring(L, c->user_security_scope);
+        lua_setfield(L, -2, "user_security_scope");
+    }
+    lua_pushstring(L, def->prefix ? def->prefix : "");
+    lua_setfield(L, -2, "prefix");
+    lua_pushstring(L, def->id ? def->id : "");
+    lua_setfield(L, -2, "process_id");
+}
+
+/* Pushes the run() argument of a plugin started by its hub. */
+static void push_hub_args(lua_State *L, const rl_spawn_args *a)
+{
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, rl_owner_user(a->owner));
+    lua_setfield(L, -2, "user_id");
+    if (!a->user_metadata || !rl_lua_json_decode(L, a->user_metadata->data, a->user_metadata->len)) {
+        if (a->user_metadata)
+            lua_pop(L, 1); /* the error message */
+        lua_newtable(L);
+    }
+    lua_setfield(L, -2, "user_metadata");
+    lua_pushstring(L, a->parent->pid);
+    lua_setfield(L, -2, "user_hub_pid");
+    push_config(L, a->cfg, a->def);
+    lua_setfield(L, -2, "config");
+}
 
 static int spawn_p(lua_State *L)
 {
@@ -610,7 +599,13 @@ static int spawn_p(lua_State *L)
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->chunk_ref);
     lua_pushvalue(L, env);
     lua_pushstring(L, I->def->method && I->def->method[0] ? I->def->method : "run");
-    lua_pushstring(L, s->args_json && s->args_json[0] ? s->args_json : "{}");
+    if (s->hub) {
+        push_hub_args(L, s->hub);
+    } else if (!s->args_json) {
+        lua_newtable(L);
+    } else if (!rl_lua_json_decode(L, s->args_json, strlen(s->args_json))) {
+        return luaL_error(L, "bad spawn arguments: %s", lua_tostring(L, -1));
+    }
     if (!lua_checkstack(co, 5))
         return luaL_error(L, "not enough memory");
     lua_xmove(L, co, 5);
@@ -620,21 +615,9 @@ static int spawn_p(lua_State *L)
     return 0;
 }
 
-/* Reads user_id and user_metadata out of the spawn arguments (registry scope, security). */
-static void read_identity(rl_lua_inst *I, const char *args_json)
-{
-    cJSON *j = args_json ? cJSON_Parse(args_json) : NULL;
-    const cJSON *u = cJSON_GetObjectItemCaseSensitive(j, "user_id");
-    const cJSON *m = cJSON_GetObjectItemCaseSensitive(j, "user_metadata");
-    if (cJSON_IsString(u))
-        I->user_id = strdup(u->valuestring);
-    if (m)
-        I->user_meta = cJSON_PrintUnformatted(m);
-    cJSON_Delete(j);
-}
-
-int rl_lua_spawn_from(lua_State *L, const rl_plugin_def *def, const char *args_json,
-                      const char *parent_pid, char pid_out[RL_PID_MAX], char *err, size_t errlen)
+/* Creates and starts an instance; L is the calling coroutine or the main state. */
+static int spawn(lua_State *L, const rl_plugin_def *def, rl_owner *owner, rl_body *user_meta,
+                 spawn_ctx *s, rl_proc *parent, char pid_out[RL_PID_MAX], char *err, size_t errlen)
 {
     if (!H.open) {
         snprintf(err, errlen, "the plugin host is closed");
@@ -653,7 +636,7 @@ int rl_lua_spawn_from(lua_State *L, const rl_plugin_def *def, const char *args_j
     I->def = &H.cfg->plugins[idx];
     I->co_ref = I->env_ref = I->inbox_ref = I->events_ref = LUA_NOREF;
     I->state = RL_INST_READY;
-    if (rl_proc_start(&I->proc, &inst_ops, H.cfg->plugin_queue) < 0) {
+    if (rl_proc_start(&I->proc, &inst_ops, H.cfg->plugin_queue, owner) < 0) {
         free(I);
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
@@ -663,11 +646,12 @@ int rl_lua_spawn_from(lua_State *L, const rl_plugin_def *def, const char *args_j
     if (H.insts)
         H.insts->prev = I;
     H.insts = I;
-    read_identity(I, args_json);
+    I->user_meta = rl_body_ref(user_meta);
 
-    spawn_ctx s = {I, H.chunk_refs[idx], args_json};
+    s->I = I;
+    s->chunk_ref = H.chunk_refs[idx];
     lua_pushcfunction(L, spawn_p);
-    lua_pushlightuserdata(L, &s);
+    lua_pushlightuserdata(L, s);
     if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
         snprintf(err, errlen, "cannot create the instance: %s",
                  lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "error");
@@ -675,7 +659,7 @@ int rl_lua_spawn_from(lua_State *L, const rl_plugin_def *def, const char *args_j
         inst_finish(I, err, 1);
         return -ENOMEM;
     }
-    if (parent_pid && parent_pid[0] && rl_monitor(parent_pid, I->proc.pid) < 0) {
+    if (parent && rl_monitor(parent, I->proc.pid) < 0) {
         snprintf(err, errlen, "cannot monitor the instance: out of memory");
         inst_finish(I, err, 1);
         return -ENOMEM;
@@ -685,14 +669,23 @@ int rl_lua_spawn_from(lua_State *L, const rl_plugin_def *def, const char *args_j
     return 0;
 }
 
-int rl_lua_spawn(const rl_plugin_def *def, const char *args_json, const char *parent_pid,
-                 char pid_out[RL_PID_MAX], char *err, size_t errlen)
+int rl_lua_spawn_child(lua_State *L, rl_lua_inst *parent, const rl_plugin_def *def,
+                       const char *args_json, int monitored, char pid_out[RL_PID_MAX], char *err,
+                       size_t errlen)
+{
+    spawn_ctx s = {NULL, LUA_NOREF, args_json, NULL};
+    return spawn(L, def, parent->proc.owner, parent->user_meta, &s,
+                 monitored ? &parent->proc : NULL, pid_out, err, errlen);
+}
+
+int rl_lua_spawn(const rl_spawn_args *a, char pid_out[RL_PID_MAX], char *err, size_t errlen)
 {
     if (!H.L) {
         snprintf(err, errlen, "the plugin host is closed");
         return -ESHUTDOWN;
     }
-    return rl_lua_spawn_from(H.L, def, args_json, parent_pid, pid_out, err, errlen);
+    spawn_ctx s = {NULL, LUA_NOREF, NULL, a};
+    return spawn(H.L, a->def, a->owner, a->user_metadata, &s, a->parent, pid_out, err, errlen);
 }
 
 /* ---- init / close ---------------------------------------------------------------------- */
@@ -874,8 +867,6 @@ int rl_lua_reload(char *err, size_t errlen)
     return ok ? 0 : -EINVAL;
 }
 
-static void idle_closed(uv_handle_t *h) { free(h); }
-
 int rl_lua_init(const rl_config *c, char *err, size_t errlen)
 {
     if (H.L)
@@ -888,18 +879,14 @@ int rl_lua_init(const rl_config *c, char *err, size_t errlen)
     uint64_t budget = c->lua_instruction_budget;
     hook_step = budget == 0 ? 0 : (budget < RL_LUA_HOOK_STEP ? budget : RL_LUA_HOOK_STEP);
     H.chunk_refs = calloc(c->nplugins ? c->nplugins : 1, sizeof *H.chunk_refs);
-    run_idle_handle = malloc(sizeof *run_idle_handle);
-    if (!H.chunk_refs || !run_idle_handle || !(H.L = lua_newstate(host_alloc, NULL))) {
+    if (!H.chunk_refs || !(H.L = lua_newstate(host_alloc, NULL))) {
         snprintf(err, errlen, "%s: cannot create the Lua state: out of memory",
                  c->path ? c->path : "config");
         free(H.chunk_refs);
-        free(run_idle_handle);
-        run_idle_handle = NULL;
         H.chunk_refs = NULL;
         return -ENOMEM;
     }
     lua_atpanic(H.L, host_panic);
-    uv_idle_init(rl_node_loop(), run_idle_handle);
     H.open = 1;
     init_ctx ictx = {err, errlen};
     lua_pushcfunction(H.L, init_p);
@@ -930,13 +917,6 @@ void rl_lua_close(void)
     H.open = 0;
     for (rl_lua_inst *I = H.insts; I; I = I->next)
         inst_finish(I, "node shutdown", 1);
-    H.runq_head = H.runq_tail = NULL;
-    if (run_idle_handle) {
-        uv_idle_stop(run_idle_handle);
-        uv_close((uv_handle_t *)run_idle_handle, idle_closed);
-        run_idle_handle = NULL;
-    }
-    H.idle_started = 0;
     rl_lua_names_close();
     lua_close(H.L);
     H.L = NULL;

@@ -15,7 +15,6 @@
 
 #define CHAN_MT "rl.channel"
 #define MSG_MT "rl.message"
-#define PAYLOAD_MT "rl.payload"
 
 enum { OP_RECV = 0, OP_SEND = 1 };
 enum { MODE_SELECT = 0, MODE_RECV = 1, MODE_SEND = 2 };
@@ -493,7 +492,9 @@ static rl_msg *check_msg(lua_State *L)
 
 static int l_msg_topic(lua_State *L)
 {
-    lua_pushstring(L, check_msg(L)->topic);
+    size_t len;
+    const char *name = rl_msg_topic_name(check_msg(L), &len);
+    lua_pushlstring(L, name, len);
     return 1;
 }
 
@@ -507,13 +508,11 @@ static int l_msg_from(lua_State *L)
     return 1;
 }
 
+/* msg:payload() is the message itself (it has data()): one object less per message. */
 static int l_msg_payload(lua_State *L)
 {
     check_msg(L);
-    lua_newuserdatauv(L, 0, 1);
-    lua_pushvalue(L, 1);
-    lua_setiuservalue(L, -2, 1); /* anchors the message */
-    luaL_setmetatable(L, PAYLOAD_MT);
+    lua_settop(L, 1);
     return 1;
 }
 
@@ -525,19 +524,28 @@ static int l_msg_gc(lua_State *L)
     return 0;
 }
 
-/* payload:data(): the JSON payload decoded (lazily, on each call); a payload that is not JSON
-   (a raw frame) comes back as a string; an empty one as nil. */
+/* payload:data(): the body decoded, on each call, from the bytes as they arrived (a client's
+   frame is decoded here, once, and nowhere else). A client message gets conn_pid: its sender,
+   the connection, never what the client wrote. A raw frame comes back as a string; no body as
+   nil. */
 static int l_payload_data(lua_State *L)
 {
-    luaL_checkudata(L, 1, PAYLOAD_MT);
-    lua_getiuservalue(L, 1, 1);
-    msg_ud *u = lua_touserdata(L, -1);
-    if (!u || !u->m || u->m->len == 0)
+    rl_msg *m = check_msg(L);
+    if (!m->body)
         return 0;
-    if (rl_lua_json_decode(L, u->m->payload, u->m->len))
+    if (m->flags & RL_MSG_RAW) {
+        lua_pushlstring(L, m->body->data, m->body->len);
         return 1;
-    lua_pop(L, 1);
-    lua_pushlstring(L, u->m->payload, u->m->len);
+    }
+    if (!rl_lua_json_decode(L, m->body->data, m->body->len)) {
+        lua_pop(L, 1);
+        lua_pushlstring(L, m->body->data, m->body->len);
+        return 1;
+    }
+    if ((m->flags & RL_MSG_CLIENT) && lua_type(L, -1) == LUA_TTABLE) {
+        lua_pushstring(L, m->from);
+        lua_setfield(L, -2, "conn_pid");
+    }
     return 1;
 }
 
@@ -556,16 +564,15 @@ void rl_lua_chan_open(lua_State *L)
         {"topic", l_msg_topic},
         {"from", l_msg_from},
         {"payload", l_msg_payload},
+        {"data", l_payload_data},
         {NULL, NULL},
     };
-    static const luaL_Reg payload_methods[] = {{"data", l_payload_data}, {NULL, NULL}};
     int t = lua_gettop(L);
 
     static const luaL_Reg chan_meta[] = {{"__gc", l_chan_gc}, {"__tostring", l_chan_tostring}, {NULL, NULL}};
     static const luaL_Reg msg_meta[] = {{"__gc", l_msg_gc}, {NULL, NULL}};
     rl_lua_new_class(L, CHAN_MT, chan_methods, chan_meta);
     rl_lua_new_class(L, MSG_MT, msg_methods, msg_meta);
-    rl_lua_new_class(L, PAYLOAD_MT, payload_methods, NULL);
 
     lua_pushcfunction(L, l_new);
     lua_setfield(L, t, "new");

@@ -16,7 +16,6 @@
 #define RL_LUA_JSON_DEPTH 128     /* json.encode / decode nesting (containers) */
 #define RL_LUA_JSON_SCRATCH_KEEP (1u << 20) /* encode scratch kept between calls, bytes */
 #define RL_LUA_SELECT_MAX 64      /* cases in one channel.select */
-#define RL_LUA_RUN_BATCH 256      /* resumes per loop wake-up */
 #define RL_LUA_HOOK_STEP 1000     /* instructions between two count-hook calls */
 #define RL_LUA_SLICE_MAX 200000   /* instructions after which a blocking-capable call yields */
 #define RL_LUA_CHAN_MAX 1000000   /* channel.new(size) upper bound */
@@ -58,18 +57,16 @@ struct rl_lua_inst {
     int co_ref, env_ref, inbox_ref, events_ref;
     int nargs;     /* values on co's stack for the next resume */
     uint64_t used; /* instructions counted in the current resume */
-    unsigned in_runq : 1, budget_hit : 1, oom : 1, torn : 1, listed : 1;
+    unsigned budget_hit : 1, oom : 1, torn : 1, listed : 1;
     int oom_refusals;  /* consecutive refused allocations while running */
     char *exit_pending; /* process.terminate(self): exit with this once the resume returns */
     int exit_pending_set;
-    rl_lua_inst *runq_next;
     rl_lua_inst *prev, *next; /* host list of instances not yet freed */
     rl_lua_waiter *waits;     /* nwaits linked while BLOCKED */
     size_t nwaits, wcap;
     rl_lua_timer *timers; /* every live timer this instance owns */
     rl_lua_timer *deadline;
-    char *user_id;   /* from the spawn args, NULL if none */
-    char *user_meta; /* JSON text of args.user_metadata, NULL if none */
+    rl_body *user_meta; /* args.user_metadata (JSON object), NULL if none; the user is the owner */
     char **links;    /* children started linked: their error exits also give LINK_DOWN */
     size_t nlinks;
 };
@@ -82,9 +79,7 @@ typedef struct rl_lua_host {
     int safe_ref, env_mt_ref, boot_ref;
     rl_lua_inst *current; /* the instance inside lua_resume */
     rl_lua_inst *insts;
-    rl_lua_inst *runq_head, *runq_tail;
-    uv_idle_t idle;
-    int idle_started, open;
+    int open;
     uint64_t rng;
 } rl_lua_host;
 
@@ -111,9 +106,12 @@ void *rl_lua_ref_udata(int ref);
 uint64_t rl_lua_rand(void);
 /* The instance with that pid, or NULL (not local, gone, or not a plugin). */
 rl_lua_inst *rl_lua_inst_of(const char *pid);
-/* rl_lua_spawn from inside Lua (L is the calling coroutine) or from C (L = the main state). */
-int rl_lua_spawn_from(lua_State *L, const rl_plugin_def *def, const char *args_json,
-                      const char *parent_pid, char pid_out[RL_PID_MAX], char *err, size_t errlen);
+/* Starts an instance of def from inside Lua (L is the calling coroutine, `parent` its instance):
+   the child acts for the parent's user; args_json (may be NULL) is the run() argument as JSON;
+   with monitored the parent gets PID_EXIT. Writes the pid. Returns 0, or negative with err. */
+int rl_lua_spawn_child(lua_State *L, rl_lua_inst *parent, const rl_plugin_def *def,
+                       const char *args_json, int monitored, char pid_out[RL_PID_MAX], char *err,
+                       size_t errlen);
 /* The plugin def whose id or name is s, or NULL. */
 const rl_plugin_def *rl_lua_find_def(const char *s);
 
@@ -167,7 +165,7 @@ void rl_lua_time_push(lua_State *L, int64_t unix_ns);
 
 /* rl_lua_proc.c */
 void rl_lua_proc_open(lua_State *L); /* pushes the process module table */
-/* Pushes the host helper table used by the prelude (log, env, actor, decode_args). */
+/* Pushes the host helper table used by the prelude (log, env, actor). */
 void rl_lua_host_open(lua_State *L);
 /* Drops every registry name owned by pid. */
 void rl_lua_names_release(const char *pid);

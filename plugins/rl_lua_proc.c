@@ -8,6 +8,7 @@
 #include "rl_log.h"
 #include "rl_lua_int.h"
 #include "rl_map.h"
+#include "rl_metrics.h"
 
 #define CANCEL_DEFAULT_MS 10000
 
@@ -28,9 +29,18 @@ static int fail(lua_State *L, const char *msg)
     return 2;
 }
 
+/* false, msg: the platform's answer of a refused or failed operation. */
+static int refuse(lua_State *L, const char *msg)
+{
+    lua_pushboolean(L, 0);
+    lua_pushstring(L, msg);
+    return 2;
+}
+
 static const char *send_error(int rc)
 {
     switch (rc) {
+    case -EPERM: return "permission denied";
     case -EINVAL: return "invalid pid";
     case -ENOENT: return "process not found";
     case -EAGAIN: return "mailbox full";
@@ -42,7 +52,8 @@ static const char *send_error(int rc)
 
 static void name_key(char *out, size_t n, const rl_lua_inst *I, const char *name)
 {
-    snprintf(out, n, "%s\x1f%s", I->user_id ? I->user_id : "", name);
+    const char *user = rl_owner_user(I->proc.owner);
+    snprintf(out, n, "%s\x1f%s", user ? user : "", name);
 }
 
 /* The pid a name or pid string designates for I (a registered name wins). */
@@ -62,17 +73,65 @@ static int l_pid(lua_State *L)
     return 1;
 }
 
-/* process.send(dest, topic, payload...): one message per payload (none = null). A payload is
-   JSON-encoded: a Lua string becomes a JSON string, which a connection writes as the frame. */
+/* The message for one payload of process.send: ws.message writes a string as the frame itself
+   and a table JSON-encoded; ws.close takes a reason string or {code=, reason=}; any other
+   topic carries the payload JSON-encoded (nil as null). Encoded once, straight into the
+   message. Pushes an error message and returns NULL when the value cannot be sent. */
+static rl_msg *make_msg(lua_State *L, rl_topic t, const char *name, size_t nlen, int idx)
+{
+    if (t == RL_T_WS_CLOSE) {
+        rl_msg *m = rl_msg_new(RL_T_WS_CLOSE);
+        if (!m)
+            luaL_error(L, "not enough memory");
+        m->ctl.close.code = 1000;
+        const char *reason = NULL;
+        if (lua_type(L, idx) == LUA_TSTRING) {
+            reason = lua_tostring(L, idx);
+        } else if (lua_type(L, idx) == LUA_TTABLE) {
+            if (lua_getfield(L, idx, "code") == LUA_TNUMBER)
+                m->ctl.close.code = (int)lua_tointeger(L, -1);
+            if (lua_getfield(L, idx, "reason") == LUA_TSTRING)
+                reason = lua_tostring(L, -1);
+            lua_pop(L, 2); /* reason stays valid: the table still holds the string */
+        }
+        snprintf(m->ctl.close.reason, sizeof m->ctl.close.reason, "%s", reason ? reason : "");
+        return m;
+    }
+    const char *data;
+    size_t len;
+    int raw = 0;
+    if (t == RL_T_WS_MESSAGE && lua_type(L, idx) == LUA_TSTRING) {
+        data = lua_tolstring(L, idx, &len);
+        raw = 1;
+    } else if (!rl_lua_json_encode_scratch(L, idx, &data, &len)) {
+        return NULL;
+    }
+    rl_msg *m = rl_msg_new_data(t, name, nlen, data, len);
+    if (!m)
+        luaL_error(L, "not enough memory");
+    if (raw)
+        m->flags |= RL_MSG_RAW;
+    return m;
+}
+
+/* process.send(dest, topic, payload...): one message per payload (none = null). Returns true,
+   or false and the reason (permission denied, process not found, mailbox full, ...). */
 static int l_send(lua_State *L)
 {
     rl_lua_inst *I = rl_lua_current(L);
     const char *dest = luaL_checkstring(L, 1);
-    const char *topic = luaL_checkstring(L, 2);
+    size_t nlen;
+    const char *topic = luaL_checklstring(L, 2, &nlen);
     if (topic[0] == '@')
-        return fail(L, "cannot send to @ topics");
-    if (strncmp(topic, "pid.", 4) == 0)
-        return fail(L, "cannot send to pid.* topics (reserved for the runtime)");
+        return refuse(L, "cannot send to @ topics");
+    rl_topic t = rl_topic_find(topic, nlen);
+    if ((t != RL_T_APP && t != RL_T_WS_MESSAGE && t != RL_T_WS_CLOSE) ||
+        strncmp(topic, "pid.", 4) == 0) {
+        /* internal topics carry the runtime's own structs; no plugin may forge one */
+        rl_metric_inc(RL_M_MSGS_REFUSED);
+        rl_warn("lua", "%s: refused to send %s to %s: permission denied", I->proc.pid, topic, dest);
+        return refuse(L, "permission denied");
+    }
     char to[RL_PID_MAX];
     snprintf(to, sizeof to, "%s", resolve(I, dest));
     int n = lua_gettop(L);
@@ -81,17 +140,17 @@ static int l_send(lua_State *L)
         n = 3;
     }
     for (int i = 3; i <= n; i++) {
-        if (!rl_lua_json_encode(L, i)) {
-            lua_pushnil(L);
+        rl_msg *m = make_msg(L, t, topic, nlen, i);
+        if (!m) {
+            lua_pushboolean(L, 0);
             lua_insert(L, -2);
             return 2;
         }
-        size_t len;
-        const char *s = lua_tolstring(L, -1, &len);
-        int rc = rl_send(I->proc.pid, to, topic, s, len);
-        lua_pop(L, 1);
-        if (rc < 0)
-            return fail(L, send_error(rc));
+        int rc = rl_send(&I->proc, to, m);
+        if (rc < 0) {
+            rl_msg_free(m);
+            return refuse(L, send_error(rc));
+        }
     }
     lua_pushboolean(L, 1);
     return 1;
@@ -115,7 +174,7 @@ static int l_cancel(lua_State *L)
         ms = lua_tonumber(L, 2);
     else if (lua_type(L, 2) == LUA_TSTRING && rl_lua_duration_parse(lua_tostring(L, 2), &ms) < 0)
         ms = CANCEL_DEFAULT_MS; /* a reason string (the other reading of the original API) */
-    int rc = rl_cancel(resolve(I, dest), ms > 0 ? (uint64_t)ms : 0);
+    int rc = rl_cancel(&I->proc, resolve(I, dest), ms > 0 ? (uint64_t)ms : 0);
     if (rc < 0)
         return fail(L, send_error(rc));
     lua_pushboolean(L, 1);
@@ -127,12 +186,14 @@ static int l_terminate(lua_State *L)
     rl_lua_inst *I = rl_lua_current(L);
     const char *dest = resolve(I, luaL_checkstring(L, 1));
     rl_lua_inst *T = rl_lua_inst_of(dest);
+    if (T && !rl_may_control(&I->proc, &T->proc))
+        return fail(L, send_error(-EPERM));
     if (T) {
         rl_lua_kill(T, "terminated");
         if (T == I)
             return luaL_error(L, "terminated");
     } else {
-        int rc = rl_cancel(dest, 0);
+        int rc = rl_cancel(&I->proc, dest, 0);
         if (rc < 0)
             return fail(L, send_error(rc));
     }
@@ -143,7 +204,7 @@ static int l_terminate(lua_State *L)
 static int l_monitor(lua_State *L)
 {
     rl_lua_inst *I = rl_lua_current(L);
-    int rc = rl_monitor(I->proc.pid, resolve(I, luaL_checkstring(L, 1)));
+    int rc = rl_monitor(&I->proc, resolve(I, luaL_checkstring(L, 1)));
     if (rc < 0)
         return fail(L, send_error(rc));
     lua_pushboolean(L, 1);
@@ -168,9 +229,12 @@ static int l_link(lua_State *L)
 {
     rl_lua_inst *I = rl_lua_current(L);
     const char *pid = resolve(I, luaL_checkstring(L, 1));
+    rl_proc *T = rl_proc_find(pid);
+    if (T && !rl_may_control(&I->proc, T))
+        return fail(L, send_error(-EPERM));
     int rc = add_link(I, pid);
     if (rc == 0)
-        rc = rl_monitor(I->proc.pid, pid);
+        rc = rl_monitor(&I->proc, pid);
     if (rc < 0)
         return fail(L, send_error(rc));
     lua_pushboolean(L, 1);
@@ -199,7 +263,7 @@ static int do_spawn(lua_State *L, int monitored, int linked)
     const rl_plugin_def *def = rl_lua_find_def(id);
     if (!def)
         return fail(L, "unknown process id");
-    const char *args = "{}";
+    const char *args = NULL;
     if (!lua_isnoneornil(L, 3)) {
         if (!rl_lua_json_encode(L, 3)) {
             lua_pushnil(L);
@@ -209,13 +273,10 @@ static int do_spawn(lua_State *L, int monitored, int linked)
         args = lua_tostring(L, -1);
     }
     char pid[RL_PID_MAX], err[256];
-    int rc = rl_lua_spawn_from(L, def, args, monitored || linked ? I->proc.pid : NULL, pid, err,
-                               sizeof err);
+    /* a child acts for the same user (its owner is the parent's) */
+    int rc = rl_lua_spawn_child(L, I, def, args, monitored || linked, pid, err, sizeof err);
     if (rc < 0)
         return fail(L, err);
-    rl_lua_inst *C = rl_lua_inst_of(pid);
-    if (C && !C->user_id && I->user_id) /* a child acts for the same user */
-        C->user_id = strdup(I->user_id);
     if (linked && add_link(I, pid) < 0)
         return luaL_error(L, "not enough memory");
     lua_pushstring(L, pid);
@@ -381,23 +442,15 @@ static int h_env(lua_State *L) { return push_ref(L, rl_lua_current(L)->env_ref);
 static int h_actor(lua_State *L)
 {
     rl_lua_inst *I = rl_lua_current(L);
-    if (!I->user_id)
+    const char *user = rl_owner_user(I->proc.owner);
+    if (!user)
         return 0;
-    lua_pushstring(L, I->user_id);
-    if (!I->user_meta || !rl_lua_json_decode(L, I->user_meta, strlen(I->user_meta))) {
+    lua_pushstring(L, user);
+    if (!I->user_meta || !rl_lua_json_decode(L, I->user_meta->data, I->user_meta->len)) {
         lua_settop(L, 1);
         lua_newtable(L);
     }
     return 2;
-}
-
-static int h_decode_args(lua_State *L)
-{
-    size_t len;
-    const char *s = luaL_checklstring(L, 1, &len);
-    if (!rl_lua_json_decode(L, s, len))
-        return luaL_error(L, "bad spawn arguments: %s", lua_tostring(L, -1));
-    return 1;
 }
 
 void rl_lua_host_open(lua_State *L)
@@ -406,7 +459,6 @@ void rl_lua_host_open(lua_State *L)
         {"log", h_log},
         {"env", h_env},
         {"actor", h_actor},
-        {"decode_args", h_decode_args},
         {NULL, NULL},
     };
     luaL_newlib(L, fns);

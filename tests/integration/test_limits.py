@@ -395,9 +395,10 @@ async def test_rfc6455_violations_fail_the_connection():
 
 
 async def test_hub_and_plugin_read_a_message_one_way():
-    """What cJSON would cut short or let through against RFC 8259 is refused at the hub
-    (a \\u0000 escape or a raw control byte inside a string); a repeated key is read the same
-    way by the hub and the plugin: the first value wins."""
+    """What a C reader would cut short or RFC 8259 forbids is refused at the gateway (a \\u0000
+    escape or a raw control byte inside a string); a repeated top-level "type" (or "conn_pid")
+    is invalid JSON, since the hub routes on it; any other repeated key is read the same way by
+    the hub and the plugin: the first value wins."""
     with Node() as n:
         ws, _ = await connect_welcomed(n, "alice")
         for raw in ('{"type":"echo_x","data":"a\\u0000b","request_id":"n1"}',
@@ -405,11 +406,17 @@ async def test_hub_and_plugin_read_a_message_one_way():
                     '{"type":"echo_x","data":"tab\there","request_id":"n3"}'):
             await ws.send(raw)
             await expect_error(ws, "invalid_json", request_id=None)
-        await ws.send('{"type":"echo_first","type":"echo_second","data":{"k":1,"k":2}}')
+        for raw in ('{"type":"echo_first","type":"echo_second"}',
+                    '{"type":"echo_x","conn_pid":"a","conn_pid":"b","request_id":"c1"}',
+                    '{"typ\\u0065":"echo_x","type":"echo_y"}'):
+            await ws.send(raw)
+            await expect_error(ws, "invalid_json", request_id=None)
+        await ws.send('{"type":"echo_first","data":{"k":1,"k":2},"request_id":"r1","request_id":"r2"}')
         f = await recv_json(ws)
-        check(f.get("topic") == "first", f"routed on the first type: {f}")
+        check(f.get("topic") == "first", f"routed: {f}")
         p = f.get("payload", {})
-        check(p.get("type") == "echo_first", f"the plugin reads the first type too: {p}")
+        check(p.get("type") == "echo_first", f"the plugin reads the type: {p}")
         check(p.get("data") == {"k": 1}, f"the plugin reads the first of a repeated key: {p}")
+        check(p.get("request_id") == "r1", f"the plugin reads the first request_id: {p}")
         await ws.close()
         await still_works(n)

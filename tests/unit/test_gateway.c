@@ -27,44 +27,71 @@ static uv_loop_t loop;
 static rl_config cfg;
 
 /* ---------------------------------------------------------------------------------------------
- * A fake central: answers ws.join with ws.control naming itself (so it is also the connection's
- * target), echoes ws.message back as a raw frame, counts ws.leave. With hold set it keeps the
- * joins until released. */
+ * A fake central: answers WS_JOIN with WS_CONTROL naming a fake hub of the joining user (owned by
+ * the user, so the router lets the connection's frames through), which echoes every client
+ * message back as a raw frame; counts WS_LEAVE. With hold set it keeps the joins until
+ * released. */
+
+#define FAKE_HUBS 8
 
 static struct {
     rl_proc proc;
+    rl_proc hubs[FAKE_HUBS];
+    size_t nhubs;
     int hold;
     char held[RL_PID_MAX]; /* a conn whose join waits */
+    rl_owner *held_owner;
     int joins, leaves, messages;
     char last_conn[RL_PID_MAX];
 } fake;
 
-static void fake_control(const char *conn)
+static void hub_handle(rl_proc *p, rl_msg *m)
 {
-    char ctl[RL_PID_MAX + 32];
-    int n = snprintf(ctl, sizeof ctl, "{\"target_pid\":\"%s\"}", fake.proc.pid);
-    assert_int_equal(rl_send(fake.proc.pid, conn, "ws.control", ctl, (size_t)n), 0);
+    if (m->topic == RL_T_WS_CLIENT) {
+        fake.messages++;
+        rl_msg *e = rl_msg_new_body(RL_T_WS_MESSAGE, NULL, 0, m->body);
+        assert_non_null(e);
+        assert_int_equal(rl_send(p, m->from, e), 0);
+    }
+    rl_msg_free(m);
+}
+
+static const rl_proc_ops hub_ops = {.kind = "hub", .letter = 'h', .handle = hub_handle};
+
+static rl_proc *fake_hub(rl_owner *owner)
+{
+    for (size_t i = 0; i < fake.nhubs; i++)
+        if (fake.hubs[i].owner == owner)
+            return &fake.hubs[i];
+    assert_true(fake.nhubs < FAKE_HUBS);
+    rl_proc *h = &fake.hubs[fake.nhubs++];
+    assert_int_equal(rl_proc_start(h, &hub_ops, 0, owner), 0);
+    return h;
+}
+
+static void fake_control(const char *conn, rl_owner *owner)
+{
+    rl_msg *m = rl_msg_new(RL_T_WS_CONTROL);
+    assert_non_null(m);
+    memcpy(m->ctl.control.target, fake_hub(owner)->pid, RL_PID_MAX);
+    assert_int_equal(rl_send(&fake.proc, conn, m), 0);
 }
 
 static void fake_handle(rl_proc *p, rl_msg *m)
 {
     (void)p;
-    if (strcmp(m->topic, "ws.join") == 0) {
-        cJSON *o = cJSON_Parse(m->payload);
-        const cJSON *cp = cJSON_GetObjectItemCaseSensitive(o, "client_pid");
-        assert_true(cJSON_IsString(cp));
-        snprintf(fake.last_conn, sizeof fake.last_conn, "%s", cp->valuestring);
+    if (m->topic == RL_T_WS_JOIN) {
+        assert_string_equal(m->ctl.join.conn, m->from);
+        snprintf(fake.last_conn, sizeof fake.last_conn, "%s", m->from);
         fake.joins++;
-        if (fake.hold)
-            snprintf(fake.held, sizeof fake.held, "%s", cp->valuestring);
-        else
-            fake_control(cp->valuestring);
-        cJSON_Delete(o);
-    } else if (strcmp(m->topic, "ws.leave") == 0) {
+        if (fake.hold) {
+            snprintf(fake.held, sizeof fake.held, "%s", m->from);
+            fake.held_owner = m->owner;
+        } else {
+            fake_control(m->from, m->owner);
+        }
+    } else if (m->topic == RL_T_WS_LEAVE) {
         fake.leaves++;
-    } else if (strcmp(m->topic, "ws.message") == 0) {
-        fake.messages++;
-        rl_send(fake.proc.pid, m->from, "ws.message", m->payload, m->len);
     }
     rl_msg_free(m);
 }
@@ -295,7 +322,7 @@ static int setup(void **state)
     cfg.listen_port = port;
     cfg.auth_mode = RL_AUTH_INSECURE;
     memset(&fake, 0, sizeof fake);
-    assert_int_equal(rl_proc_start(&fake.proc, &fake_ops, 0), 0);
+    assert_int_equal(rl_proc_start(&fake.proc, &fake_ops, 0, NULL), 0);
     rl_gateway_set_central(fake.proc.pid);
     return 0;
 }
@@ -305,6 +332,8 @@ static int teardown(void **state)
     (void)state;
     rl_gateway_stop();
     rl_proc_exit(&fake.proc, NULL);
+    for (size_t i = 0; i < fake.nhubs; i++)
+        rl_proc_exit(&fake.hubs[i], NULL);
     rl_node_close();
     uv_run(&loop, UV_RUN_DEFAULT);
     rl_gateway_free();
@@ -448,28 +477,40 @@ static void test_ws_roundtrip(void **state)
     ws_text(&c, "{\"type\":\"echo\",\"n\":1}");
     assert_int_equal(ws_read(&c, out, sizeof out, NULL), 1);
     assert_string_equal(out, "{\"type\":\"echo\",\"n\":1}");
-    ws_send(&c, 2, "{\"bin\":true}", 12); /* binary frames are JSON text too */
+    ws_send(&c, 2, "{\"type\":\"bin\"}", 14); /* binary frames are JSON text too */
     assert_int_equal(ws_read(&c, out, sizeof out, NULL), 1);
-    assert_string_equal(out, "{\"bin\":true}");
+    assert_string_equal(out, "{\"type\":\"bin\"}");
 
-    /* other topics are wrapped; ws.message strings go out decoded */
-    assert_int_equal(rl_send(NULL, conn->pid, "note", "{\"a\":1}", 7), 0);
+    /* application topics are wrapped; a ws.message body is the frame itself */
+    rl_msg *m = rl_msg_new_data(RL_T_APP, "note", 4, "{\"a\":1}", 7);
+    assert_int_equal(rl_send(NULL, conn->pid, m), 0);
     assert_int_equal(ws_read(&c, out, sizeof out, NULL), 1);
     assert_string_equal(out, "{\"topic\":\"note\",\"data\":{\"a\":1}}");
-    assert_int_equal(rl_send(NULL, conn->pid, "ws.message", "\"plain \\\"x\\\"\"", 13), 0);
+    m = rl_msg_new_data(RL_T_WS_MESSAGE, NULL, 0, "plain \"x\"", 9);
+    assert_int_equal(rl_send(NULL, conn->pid, m), 0);
     assert_int_equal(ws_read(&c, out, sizeof out, NULL), 1);
     assert_string_equal(out, "plain \"x\"");
 
-    /* ws.close with an object */
-    const char *cl = "{\"code\":4000,\"reason\":\"bye\"}";
-    assert_int_equal(rl_send(NULL, conn->pid, "ws.close", cl, strlen(cl)), 0);
+    /* a process of another user may not write to the connection */
+    rl_owner *mallory = rl_owner_get("mallory", 7);
+    rl_proc *mh = fake_hub(mallory);
+    rl_owner_unref(mallory);
+    m = rl_msg_new_data(RL_T_WS_MESSAGE, NULL, 0, "forged", 6);
+    assert_int_equal(rl_send(mh, conn->pid, m), -EPERM);
+    rl_msg_free(m);
+
+    /* ws.close with a code and reason */
+    m = rl_msg_new(RL_T_WS_CLOSE);
+    m->ctl.close.code = 4000;
+    snprintf(m->ctl.close.reason, sizeof m->ctl.close.reason, "bye");
+    assert_int_equal(rl_send(NULL, conn->pid, m), 0);
     size_t len;
     assert_int_equal(ws_read(&c, out, sizeof out, &len), 8);
     assert_int_equal(len, 5);
     assert_int_equal(((unsigned char)out[0] << 8) | (unsigned char)out[1], 4000);
     assert_memory_equal(out + 2, "bye", 3);
     ws_send(&c, 8, out, 2); /* answer the close */
-    WAIT_UNTIL(fake.leaves == 2); /* one to the target, one to the central (the same here) */
+    WAIT_UNTIL(fake.leaves == 1); /* to the central (which tells the hub) */
     assert_int_equal(rl_gateway_conn_count(), 0);
     client_close(&c);
 }
@@ -499,7 +540,7 @@ static void test_frames_before_join(void **state)
         cJSON_Delete(o);
     }
     assert_int_equal(fake.messages, 0);
-    fake_control(fake.held);
+    fake_control(fake.held, fake.held_owner);
     for (int i = 0; i < 16; i++) {
         assert_int_equal(ws_read(&c, out, sizeof out, NULL), 1);
         snprintf(msg, sizeof msg, "{\"type\":\"t\",\"request_id\":%d}", i);
@@ -519,6 +560,8 @@ static void test_message_too_large(void **state)
     ws_upgraded(&c);
     char *big = malloc(3000);
     memset(big, 'x', 3000);
+    memcpy(big, "{\"type\":\"t\",\"d\":\"", 17);
+    memcpy(big + 2998, "\"}", 2);
     ws_send(&c, 1, big, 3000); /* under the limit, over rx_buffer_size: reassembled */
     size_t len;
     assert_int_equal(ws_read(&c, out, sizeof out, &len), 1);

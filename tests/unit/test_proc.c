@@ -1,10 +1,11 @@
-/* Unit tests for processes, the router and the scheduler (rl_proc). */
+/* Unit tests for processes, messages, authority, the router and the scheduler (rl_proc). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,26 +14,58 @@
 typedef struct rec {
     rl_proc proc;
     char log[4096];
-    int handled;
+    int handled, runs, orphans;
     int exit_after; /* exit after handling this many */
     int freed;
+    rl_body *last_body;
 } rec;
+
+/* "topic:payload;" per message: the body, or the control struct in short. */
+static void rec_log(rec *r, const rl_msg *m)
+{
+    size_t n;
+    const char *t = rl_msg_topic_name(m, &n);
+    char line[600];
+    if (m->topic == RL_T_PID_EXIT)
+        snprintf(line, sizeof line, "pid.exit:%s=%s;", m->ctl.exit.pid,
+                 m->ctl.exit.error ? m->ctl.exit.error->data : "null");
+    else
+        snprintf(line, sizeof line, "%.*s:%s;", (int)n, t, m->body ? m->body->data : "");
+    strncat(r->log, line, sizeof r->log - strlen(r->log) - 1);
+}
 
 static void rec_handle(rl_proc *p, rl_msg *m)
 {
     rec *r = (rec *)p;
-    strncat(r->log, m->topic, sizeof r->log - strlen(r->log) - 2);
-    strcat(r->log, ":");
-    strncat(r->log, m->payload, sizeof r->log - strlen(r->log) - 2);
-    strcat(r->log, ";");
+    rec_log(r, m);
+    rl_body_unref(r->last_body);
+    r->last_body = rl_body_ref(m->body);
     rl_msg_free(m);
     if (++r->handled == r->exit_after)
         rl_proc_exit(p, "done \"quoted\"");
 }
 
-static void rec_free(rl_proc *p) { ((rec *)p)->freed = 1; }
+static void rec_run(rl_proc *p) { ((rec *)p)->runs++; }
+
+static void rec_orphan(rl_proc *p, rl_msg *m)
+{
+    ((rec *)p)->orphans++;
+    rl_msg_free(m);
+}
+
+static void rec_free(rl_proc *p)
+{
+    rec *r = (rec *)p;
+    rl_body_unref(r->last_body);
+    r->last_body = NULL;
+    r->freed = 1;
+}
 
 static const rl_proc_ops rec_ops = {.kind = "rec", .letter = 'r', .handle = rec_handle, .free = rec_free};
+static const rl_proc_ops conn_ops = {.kind = "conn", .letter = 'c', .handle = rec_handle, .free = rec_free};
+static const rl_proc_ops hub_ops = {.kind = "hub", .letter = 'h', .handle = rec_handle, .free = rec_free};
+static const rl_proc_ops plugin_ops = {.kind = "plugin", .letter = 'p', .handle = rec_handle,
+                                       .run = rec_run, .orphan = rec_orphan, .free = rec_free};
 
 static uv_loop_t loop;
 
@@ -52,39 +85,83 @@ static int teardown(void **state)
     return 0;
 }
 
+static rl_msg *app(const char *topic, const char *body)
+{
+    rl_msg *m = rl_msg_new_data(RL_T_APP, topic, strlen(topic), body, strlen(body));
+    assert_non_null(m);
+    return m;
+}
+
+/* rl_send that must succeed or fail with rc (the message is freed either way). */
+static void send_expect(rl_proc *from, const char *to, rl_msg *m, int rc)
+{
+    int got = rl_send(from, to, m);
+    if (got < 0)
+        rl_msg_free(m);
+    assert_int_equal(got, rc);
+}
+
 static void test_pids(void **state)
 {
     (void)state;
-    rec a = {0};
-    assert_int_equal(rl_proc_start(&a.proc, &rec_ops, 4), 0);
+    rec a = {0}, b = {0};
+    assert_int_equal(rl_proc_start(&a.proc, &rec_ops, 4, NULL), 0);
+    assert_int_equal(rl_proc_start(&b.proc, &rec_ops, 4, NULL), 0);
     assert_true(rl_pid_is_local(a.proc.pid));
     assert_true(strncmp(a.proc.pid, "t1.", 3) == 0);
     assert_non_null(strstr(a.proc.pid, ".r"));
+    assert_int_equal(rl_pid_kind(a.proc.pid), 'r');
+    assert_int_equal(rl_pid_kind("garbage"), 0);
+    /* an unguessable part: the pids of two processes started one after the other differ in
+       more than their serial, and knowing a's tells nothing about b's */
+    const char *ra = strrchr(a.proc.pid, '.'), *rb = strrchr(b.proc.pid, '.');
+    assert_int_equal(strlen(ra), 9);
+    assert_string_not_equal(ra, rb);
+    char guess[RL_PID_MAX];
+    snprintf(guess, sizeof guess, "%.*s%s", (int)(strrchr(b.proc.pid, '.') - b.proc.pid),
+             b.proc.pid, ra);
+    assert_null(rl_proc_find(guess));
     char nid[RL_NODE_ID_MAX];
     assert_int_equal(rl_pid_node(a.proc.pid, nid), 0);
     assert_string_equal(nid, "t1");
     assert_int_equal(rl_pid_node("garbage", nid), -EINVAL);
-    assert_false(rl_pid_is_local("n2.abcdef.h1"));
-    assert_int_equal(rl_send(NULL, "n2.abcdef.h1", "x", "1", 1), -EHOSTUNREACH);
-    assert_int_equal(rl_send(NULL, "nonsense", "x", "1", 1), -EINVAL);
-    assert_int_equal(rl_proc_count('r'), 1);
+    assert_false(rl_pid_is_local("n2.abcdef.h1.00000000"));
+    send_expect(NULL, "n2.abcdef.h1.00000000", app("x", "1"), -EHOSTUNREACH);
+    send_expect(NULL, "nonsense", app("x", "1"), -EINVAL);
+    assert_int_equal(rl_proc_count('r'), 2);
     assert_ptr_equal(rl_proc_find(a.proc.pid), &a.proc);
     rl_proc_exit(&a.proc, NULL);
+    rl_proc_exit(&b.proc, NULL);
     assert_null(rl_proc_find(a.proc.pid));
-    assert_int_equal(rl_send(NULL, a.proc.pid, "x", "1", 1), -ENOENT);
+    send_expect(NULL, a.proc.pid, app("x", "1"), -ENOENT);
     uv_run(&loop, UV_RUN_NOWAIT);
     assert_true(a.freed);
+}
+
+static void test_owners_interned(void **state)
+{
+    (void)state;
+    rl_owner *a1 = rl_owner_get("alice", 5), *a2 = rl_owner_get("alice", 5);
+    rl_owner *b = rl_owner_get("bob", 3);
+    assert_ptr_equal(a1, a2);
+    assert_ptr_not_equal(a1, b);
+    assert_string_equal(rl_owner_user(a1), "alice");
+    assert_null(rl_owner_user(NULL));
+    assert_null(rl_owner_get("a\0b", 3)); /* NUL cannot be part of a user id */
+    rl_owner_unref(a1);
+    rl_owner_unref(a2);
+    rl_owner_unref(b);
 }
 
 static void test_order_and_bound(void **state)
 {
     (void)state;
     rec a = {0};
-    assert_int_equal(rl_proc_start(&a.proc, &rec_ops, 3), 0);
-    assert_int_equal(rl_send("s", a.proc.pid, "t", "1", 1), 0);
-    assert_int_equal(rl_send("s", a.proc.pid, "t", "2", 1), 0);
-    assert_int_equal(rl_send("s", a.proc.pid, "t", "3", 1), 0);
-    assert_int_equal(rl_send("s", a.proc.pid, "t", "4", 1), -EAGAIN);
+    assert_int_equal(rl_proc_start(&a.proc, &rec_ops, 3, NULL), 0);
+    send_expect(NULL, a.proc.pid, app("t", "1"), 0);
+    send_expect(NULL, a.proc.pid, app("t", "2"), 0);
+    send_expect(NULL, a.proc.pid, app("t", "3"), 0);
+    send_expect(NULL, a.proc.pid, app("t", "4"), -EAGAIN);
     assert_string_equal(a.log, ""); /* never handled inside rl_send */
     uv_run(&loop, UV_RUN_NOWAIT);
     assert_string_equal(a.log, "t:1;t:2;t:3;");
@@ -92,51 +169,229 @@ static void test_order_and_bound(void **state)
     uv_run(&loop, UV_RUN_NOWAIT);
 }
 
+/* Handing a message on copies no payload bytes: the receiver sees the sender's body. */
+static void test_bodies_shared(void **state)
+{
+    (void)state;
+    rec a = {0}, b = {0};
+    assert_int_equal(rl_proc_start(&a.proc, &rec_ops, 0, NULL), 0);
+    assert_int_equal(rl_proc_start(&b.proc, &rec_ops, 0, NULL), 0);
+    rl_body *body = rl_body_new("{\"big\":1}", 9);
+    rl_msg *m1 = rl_msg_new_body(RL_T_APP, "x", 1, body);
+    rl_msg *m2 = rl_msg_new_body(RL_T_APP, "y", 1, body);
+    send_expect(NULL, a.proc.pid, m1, 0);
+    send_expect(NULL, b.proc.pid, m2, 0);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    assert_ptr_equal(a.last_body, body);
+    assert_ptr_equal(b.last_body, body);
+    assert_ptr_equal(a.last_body->data, body->data);
+    assert_int_equal(body->refs, 3); /* ours and the two receivers' */
+    rl_body_unref(body);
+    /* a body made together with its message outlives the message while referenced */
+    rl_msg *m3 = rl_msg_new_data(RL_T_APP, "z", 1, "kept", 4);
+    send_expect(NULL, a.proc.pid, m3, 0);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    assert_string_equal(a.last_body->data, "kept");
+    assert_int_equal(a.last_body->data[-RL_BODY_HEADROOM] == a.last_body->data[-RL_BODY_HEADROOM], 1);
+    rl_proc_exit(&a.proc, NULL);
+    rl_proc_exit(&b.proc, NULL);
+    uv_run(&loop, UV_RUN_NOWAIT);
+}
+
+/* Every rule of the topic table: a forged topic from a sender not entitled to it is refused
+   and delivers nothing. */
+static void test_authority(void **state)
+{
+    (void)state;
+    rl_owner *alice = rl_owner_get("alice", 5), *bob = rl_owner_get("bob", 3);
+    rec central = {0}, ac = {0}, ah = {0}, ap = {0}, bc = {0}, bh = {0}, bp = {0};
+    assert_int_equal(rl_proc_start(&central.proc, &rec_ops, 0, NULL), 0);
+    assert_int_equal(rl_proc_start(&ac.proc, &conn_ops, 0, alice), 0);
+    assert_int_equal(rl_proc_start(&ah.proc, &hub_ops, 0, alice), 0);
+    assert_int_equal(rl_proc_start(&ap.proc, &plugin_ops, 0, alice), 0);
+    assert_int_equal(rl_proc_start(&bc.proc, &conn_ops, 0, bob), 0);
+    assert_int_equal(rl_proc_start(&bh.proc, &hub_ops, 0, bob), 0);
+    assert_int_equal(rl_proc_start(&bp.proc, &plugin_ops, 0, bob), 0);
+
+    /* application topics and frames: the system or the target's own user */
+    send_expect(&ap.proc, ac.proc.pid, app("x", "1"), 0);
+    send_expect(&ah.proc, ac.proc.pid, rl_msg_new_data(RL_T_WS_MESSAGE, NULL, 0, "f", 1), 0);
+    send_expect(NULL, ac.proc.pid, app("error", "{}"), 0);
+    send_expect(&bp.proc, ac.proc.pid, app("x", "1"), -EPERM);
+    send_expect(&bp.proc, ac.proc.pid, rl_msg_new_data(RL_T_WS_MESSAGE, NULL, 0, "f", 1), -EPERM);
+    send_expect(&bp.proc, ah.proc.pid, app("broadcast", "1"), -EPERM);
+    send_expect(&bp.proc, ap.proc.pid, app("x", "1"), -EPERM);
+    send_expect(&ap.proc, central.proc.pid, app("x", "1"), -EPERM); /* users never reach the system */
+    send_expect(&bp.proc, ac.proc.pid, rl_msg_new(RL_T_WS_CLOSE), -EPERM);
+    send_expect(&ap.proc, ac.proc.pid, rl_msg_new(RL_T_WS_CLOSE), 0);
+
+    /* WS_CONTROL, PID_EXIT, HUB_HANDOVER, NODE_DOWN: the system only */
+    static const rl_topic sys[] = {RL_T_WS_CONTROL, RL_T_PID_EXIT, RL_T_HUB_HANDOVER, RL_T_NODE_DOWN};
+    for (size_t i = 0; i < sizeof sys / sizeof sys[0]; i++) {
+        send_expect(&ap.proc, ac.proc.pid, rl_msg_new(sys[i]), -EPERM);
+        send_expect(&ah.proc, ah.proc.pid, rl_msg_new(sys[i]), -EPERM);
+        send_expect(&bh.proc, ah.proc.pid, rl_msg_new(sys[i]), -EPERM);
+        send_expect(NULL, ah.proc.pid, rl_msg_new(sys[i]), 0);
+    }
+
+    /* a client message reaches a hub only from a connection of the hub's own user */
+    rl_msg *cm = rl_msg_new_data(RL_T_WS_CLIENT, NULL, 0, "{\"type\":\"a\"}", 12);
+    send_expect(&ac.proc, ah.proc.pid, cm, 0);
+    send_expect(&bc.proc, ah.proc.pid, rl_msg_new_data(RL_T_WS_CLIENT, NULL, 0, "{}", 2), -EPERM);
+    send_expect(&ap.proc, ah.proc.pid, rl_msg_new_data(RL_T_WS_CLIENT, NULL, 0, "{}", 2), -EPERM);
+    send_expect(NULL, ah.proc.pid, rl_msg_new_data(RL_T_WS_CLIENT, NULL, 0, "{}", 2), -EPERM);
+
+    /* joins and leaves: a connection about itself to the system; the system to a hub */
+    send_expect(&ac.proc, central.proc.pid, rl_msg_new(RL_T_WS_JOIN), 0);
+    send_expect(&ap.proc, central.proc.pid, rl_msg_new(RL_T_WS_JOIN), -EPERM);
+    send_expect(&ah.proc, central.proc.pid, rl_msg_new(RL_T_WS_JOIN), -EPERM);
+    send_expect(&ac.proc, ah.proc.pid, rl_msg_new(RL_T_WS_JOIN), -EPERM);
+    send_expect(&bp.proc, ah.proc.pid, rl_msg_new(RL_T_WS_JOIN), -EPERM);
+    send_expect(NULL, ah.proc.pid, rl_msg_new(RL_T_WS_JOIN), 0);
+    send_expect(&ac.proc, ah.proc.pid, rl_msg_new(RL_T_WS_LEAVE), -EPERM);
+    send_expect(NULL, ah.proc.pid, rl_msg_new(RL_T_WS_LEAVE), 0);
+
+    /* re-homing: the hub of the same user to its connection; a connection to the system */
+    send_expect(&ah.proc, ac.proc.pid, rl_msg_new(RL_T_WS_REHOME), 0);
+    send_expect(&bh.proc, ac.proc.pid, rl_msg_new(RL_T_WS_REHOME), -EPERM);
+    send_expect(&ap.proc, ac.proc.pid, rl_msg_new(RL_T_WS_REHOME), -EPERM);
+    send_expect(&ac.proc, central.proc.pid, rl_msg_new(RL_T_WS_REHOME), 0);
+    send_expect(&ap.proc, central.proc.pid, rl_msg_new(RL_T_WS_REHOME), -EPERM);
+
+    /* activity reports: a hub of this node to the system */
+    send_expect(&ah.proc, central.proc.pid, rl_msg_new(RL_T_HUB_ACTIVITY), 0);
+    send_expect(&ap.proc, central.proc.pid, rl_msg_new(RL_T_HUB_ACTIVITY), -EPERM);
+
+    /* control of processes: the system or the same user */
+    assert_int_equal(rl_cancel(&bp.proc, ap.proc.pid, 0), -EPERM);
+    assert_int_equal(rl_monitor(&bp.proc, ap.proc.pid), -EPERM);
+    assert_non_null(rl_proc_find(ap.proc.pid));
+    assert_int_equal(rl_monitor(&ah.proc, ap.proc.pid), 0);
+    assert_int_equal(rl_monitor(&central.proc, ap.proc.pid), 0);
+
+    for (int i = 0; i < 3; i++)
+        uv_run(&loop, UV_RUN_NOWAIT);
+    /* the refused messages delivered nothing: bob's processes saw nothing either way */
+    assert_string_equal(bc.log, "");
+    assert_string_equal(bp.log, "");
+    assert_non_null(strstr(ah.log, "ws.client:{\"type\":\"a\"};"));
+    assert_null(strstr(ac.log, "broadcast"));
+    rec *all[] = {&central, &ac, &ah, &ap, &bc, &bh, &bp};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        rl_proc_exit(&all[i]->proc, NULL);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    rl_owner_unref(alice);
+    rl_owner_unref(bob);
+}
+
 static void test_monitor_exit(void **state)
 {
     (void)state;
     rec a = {0}, w = {0};
     a.exit_after = 1;
-    assert_int_equal(rl_proc_start(&a.proc, &rec_ops, 0), 0);
-    assert_int_equal(rl_proc_start(&w.proc, &rec_ops, 0), 0);
-    assert_int_equal(rl_monitor(w.proc.pid, a.proc.pid), 0);
+    assert_int_equal(rl_proc_start(&a.proc, &rec_ops, 0, NULL), 0);
+    assert_int_equal(rl_proc_start(&w.proc, &rec_ops, 0, NULL), 0);
+    assert_int_equal(rl_monitor(&w.proc, a.proc.pid), 0);
     /* two queued: the second is dropped when the first makes it exit */
-    rl_send(NULL, a.proc.pid, "go", "1", 1);
-    rl_send(NULL, a.proc.pid, "go", "2", 1);
+    send_expect(NULL, a.proc.pid, app("go", "1"), 0);
+    send_expect(NULL, a.proc.pid, app("go", "2"), 0);
     for (int i = 0; i < 5; i++)
         uv_run(&loop, UV_RUN_NOWAIT);
     assert_string_equal(a.log, "go:1;");
     assert_true(a.freed);
     char want[256];
-    snprintf(want, sizeof want, "pid.exit:{\"pid\":\"%s\",\"error\":\"done \\\"quoted\\\"\"};", a.proc.pid);
+    snprintf(want, sizeof want, "pid.exit:%s=done \"quoted\";", a.proc.pid);
     assert_string_equal(w.log, want);
     /* monitoring a gone pid answers at once */
     w.log[0] = '\0';
-    assert_int_equal(rl_monitor(w.proc.pid, a.proc.pid), 0);
+    assert_int_equal(rl_monitor(&w.proc, a.proc.pid), 0);
     uv_run(&loop, UV_RUN_NOWAIT);
     assert_non_null(strstr(w.log, "noproc"));
     rl_proc_exit(&w.proc, NULL);
     uv_run(&loop, UV_RUN_NOWAIT);
 }
 
+/* An exiting process with an orphan op gets what is still queued (nothing dropped silently). */
+static void test_orphans_answered(void **state)
+{
+    (void)state;
+    rec p = {0};
+    assert_int_equal(rl_proc_start(&p.proc, &plugin_ops, 0, NULL), 0);
+    send_expect(NULL, p.proc.pid, app("a", "1"), 0);
+    send_expect(NULL, p.proc.pid, app("b", "2"), 0);
+    rl_proc_exit(&p.proc, NULL);
+    assert_int_equal(p.orphans, 2);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    assert_true(p.freed);
+}
+
 static void test_cancel_without_op_exits(void **state)
 {
     (void)state;
     rec a = {0};
-    assert_int_equal(rl_proc_start(&a.proc, &rec_ops, 0), 0);
-    assert_int_equal(rl_cancel(a.proc.pid, 10), 0);
+    assert_int_equal(rl_proc_start(&a.proc, &rec_ops, 0, NULL), 0);
+    assert_int_equal(rl_cancel(NULL, a.proc.pid, 10), 0);
     assert_null(rl_proc_find(a.proc.pid));
-    assert_int_equal(rl_cancel(a.proc.pid, 10), -ENOENT);
+    assert_int_equal(rl_cancel(NULL, a.proc.pid, 10), -ENOENT);
     uv_run(&loop, UV_RUN_NOWAIT);
     assert_true(a.freed);
+}
+
+/* The end of a turn: processes run first (messages, then one run of a woken process), then the
+   registered steps in their order; what a process sent is flushed in the same turn. */
+static char order[256];
+static void step_frames(void *ud)
+{
+    (void)ud;
+    strcat(order, "frames;");
+}
+static void step_outbox(void *ud)
+{
+    (void)ud;
+    strcat(order, "outbox;");
+}
+static void order_handle(rl_proc *p, rl_msg *m)
+{
+    (void)p;
+    strcat(order, "handle;");
+    rl_msg_free(m);
+}
+static void order_run(rl_proc *p)
+{
+    (void)p;
+    strcat(order, "run;");
+}
+static const rl_proc_ops order_ops = {.kind = "o", .letter = 'o', .handle = order_handle, .run = order_run};
+
+static void test_turn_order(void **state)
+{
+    (void)state;
+    rec p = {0};
+    rl_turn_set(RL_TURN_OUTBOX, step_outbox, NULL);
+    rl_turn_set(RL_TURN_FRAMES, step_frames, NULL);
+    assert_int_equal(rl_proc_start(&p.proc, &order_ops, 0, NULL), 0);
+    order[0] = '\0';
+    send_expect(NULL, p.proc.pid, app("x", "1"), 0);
+    rl_proc_wake(&p.proc);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    assert_string_equal(order, "handle;run;frames;outbox;");
+    order[0] = '\0';
+    rl_turn_request(); /* a step with work asks for a turn: nothing else runs */
+    uv_run(&loop, UV_RUN_NOWAIT);
+    assert_string_equal(order, "frames;outbox;");
+    rl_turn_set(RL_TURN_OUTBOX, NULL, NULL);
+    rl_turn_set(RL_TURN_FRAMES, NULL, NULL);
+    rl_proc_exit(&p.proc, NULL);
+    uv_run(&loop, UV_RUN_NOWAIT);
 }
 
 static int remote_calls;
 static int fake_remote(const char *to, rl_msg *m, void *ud)
 {
     (void)ud;
-    assert_string_equal(to, "n9.000000.h1");
-    assert_string_equal(m->topic, "t");
+    assert_string_equal(to, "n9.000000.h1.00000000");
+    size_t n;
+    assert_memory_equal(rl_msg_topic_name(m, &n), "t", 1);
     remote_calls++;
     rl_msg_free(m);
     return 0;
@@ -146,19 +401,35 @@ static void test_remote_hook(void **state)
 {
     (void)state;
     rl_router_set_remote(fake_remote, NULL);
-    assert_int_equal(rl_send(NULL, "n9.000000.h1", "t", "{}", 2), 0);
+    send_expect(NULL, "n9.000000.h1.00000000", app("t", "{}"), 0);
     assert_int_equal(remote_calls, 1);
     rl_router_set_remote(NULL, NULL);
+}
+
+static void test_topic_table(void **state)
+{
+    (void)state;
+    assert_int_equal(rl_topic_find("ws.join", 7), RL_T_WS_JOIN);
+    assert_int_equal(rl_topic_find("ws.joinx", 8), RL_T_APP);
+    assert_int_equal(rl_topic_find("ws.message", 10), RL_T_WS_MESSAGE);
+    assert_int_equal(rl_topic_find("", 0), RL_T_APP);
+    assert_string_equal(rl_topic_name(RL_T_PID_EXIT), "pid.exit");
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_pids, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_owners_interned, setup, teardown),
         cmocka_unit_test_setup_teardown(test_order_and_bound, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bodies_shared, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_authority, setup, teardown),
         cmocka_unit_test_setup_teardown(test_monitor_exit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_orphans_answered, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_without_op_exits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_turn_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_remote_hook, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_topic_table, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

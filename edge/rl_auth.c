@@ -1,0 +1,224 @@
+/* The handshake's checks: path, origin and identity (JWT from header, query or cookie, or the
+ * insecure ?user_id=). Refusals are answered with an HTTP status and a JSON body, before any
+ * upgrade. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "rl_edge.h"
+#include "rl_gateway.h"
+#include "rl_jwt.h"
+#include "rl_log.h"
+#include "rl_metrics.h"
+
+int rl_gateway_cookie_find(const char *hdr, size_t len, const char *name, char *out, size_t outlen)
+{
+    size_t nlen = strlen(name), i = 0;
+    while (i < len) {
+        while (i < len && (hdr[i] == ' ' || hdr[i] == '\t' || hdr[i] == ';'))
+            i++;
+        size_t ks = i;
+        while (i < len && hdr[i] != '=' && hdr[i] != ';')
+            i++;
+        size_t ke = i;
+        while (ke > ks && (hdr[ke - 1] == ' ' || hdr[ke - 1] == '\t'))
+            ke--;
+        if (i >= len || hdr[i] != '=')
+            continue; /* a bare token without '=': skip it */
+        i++;
+        size_t vs = i;
+        while (i < len && hdr[i] != ';')
+            i++;
+        size_t ve = i;
+        while (vs < ve && (hdr[vs] == ' ' || hdr[vs] == '\t'))
+            vs++;
+        while (ve > vs && (hdr[ve - 1] == ' ' || hdr[ve - 1] == '\t'))
+            ve--;
+        if (ve - vs >= 2 && hdr[vs] == '"' && hdr[ve - 1] == '"') {
+            vs++;
+            ve--;
+        }
+        if (ke - ks == nlen && memcmp(hdr + ks, name, nlen) == 0) {
+            if (ve - vs >= outlen)
+                return -1;
+            memcpy(out, hdr + vs, ve - vs);
+            out[ve - vs] = '\0';
+            return (int)(ve - vs);
+        }
+    }
+    return -1;
+}
+
+/* A malloc'd copy of header h (all fragments), or NULL when absent or empty. */
+static char *hdr_dup(struct lws *wsi, enum lws_token_indexes h)
+{
+    int n = lws_hdr_total_length(wsi, h);
+    if (n <= 0)
+        return NULL;
+    char *s = malloc((size_t)n + 1);
+    if (!s)
+        return NULL;
+    if (lws_hdr_copy(wsi, s, n + 1, h) < 0) {
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+/* A malloc'd copy of URL argument name (e.g. "user_id"), as lws decoded it; NULL if absent. */
+static char *urlarg_dup(struct lws *wsi, const char *name)
+{
+    int total = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_URI_ARGS);
+    if (total <= 0)
+        return NULL;
+    char key[64];
+    snprintf(key, sizeof key, "%s=", name);
+    char *buf = malloc((size_t)total + 1);
+    if (!buf)
+        return NULL;
+    const char *v = lws_get_urlarg_by_name(wsi, key, buf, total + 1);
+    char *s = v ? strdup(v) : NULL;
+    free(buf);
+    return s;
+}
+
+
+static int origin_allowed(struct lws *wsi)
+{
+    if (!gw.cfg->norigins)
+        return 1;
+    char *origin = hdr_dup(wsi, WSI_TOKEN_ORIGIN);
+    if (!origin)
+        return 1; /* not a browser: Origin protects browsers from cross-site pages */
+    int ok = 0;
+    for (size_t i = 0; i < gw.cfg->norigins && !ok; i++)
+        ok = strcmp(gw.cfg->allowed_origins[i], "*") == 0 ||
+             strcasecmp(gw.cfg->allowed_origins[i], origin) == 0;
+    free(origin);
+    return ok;
+}
+
+/* The token from Authorization: Bearer, else ?x-auth-token=, else the x-auth-token cookie. */
+static char *find_token(struct lws *wsi)
+{
+    char *auth = hdr_dup(wsi, WSI_TOKEN_HTTP_AUTHORIZATION);
+    if (auth) {
+        const char *p = auth;
+        while (*p == ' ')
+            p++;
+        if (strncasecmp(p, "Bearer ", 7) == 0) {
+            p += 7;
+            while (*p == ' ')
+                p++;
+            char *t = *p ? strdup(p) : NULL;
+            free(auth);
+            if (t) {
+                for (size_t n = strlen(t); n && (t[n - 1] == ' ' || t[n - 1] == '\t');)
+                    t[--n] = '\0';
+                return t;
+            }
+        } else {
+            free(auth);
+        }
+    }
+    char *t = urlarg_dup(wsi, "x-auth-token");
+    if (t && *t)
+        return t;
+    free(t);
+    char *cookie = hdr_dup(wsi, WSI_TOKEN_HTTP_COOKIE);
+    if (!cookie)
+        return NULL;
+    size_t clen = strlen(cookie);
+    t = malloc(clen + 1);
+    if (t && rl_gateway_cookie_find(cookie, clen, "x-auth-token", t, clen + 1) <= 0) {
+        free(t);
+        t = NULL;
+    }
+    free(cookie);
+    return t;
+}
+
+/* Fills c's identity from the request; returns 0, or -1 with *why set (401). */
+static int authenticate(struct lws *wsi, rl_conn *c, const char **why)
+{
+    const rl_config *cfg = gw.cfg;
+    if (cfg->auth_mode == RL_AUTH_INSECURE) {
+        c->user_id = urlarg_dup(wsi, "user_id");
+        if (c->user_id && !c->user_id[0]) {
+            free(c->user_id);
+            c->user_id = NULL;
+        }
+        return 0;
+    }
+    char *token = find_token(wsi);
+    if (!token) {
+        *why = "missing token";
+        return -1;
+    }
+    if (!cfg->jwt_secret || !cfg->jwt_secret[0]) {
+        free(token);
+        *why = "no jwt secret configured";
+        return -1;
+    }
+    rl_jwt_opts o = {
+        .secret = cfg->jwt_secret,
+        .secret_len = strlen(cfg->jwt_secret),
+        .issuer = cfg->jwt_issuer,
+        .audience = cfg->jwt_audience,
+        .leeway_s = RL_GW_JWT_LEEWAY_S,
+    };
+    rl_jwt_claims cl = {0};
+    const char *reason = NULL;
+    int rc = rl_jwt_verify(token, &o, (int64_t)time(NULL), &cl, &reason);
+    free(token);
+    if (rc < 0) {
+        *why = reason ? reason : "invalid token";
+        return -1;
+    }
+    c->user_id = cl.sub; /* ownership moves to c */
+    c->meta_json = cl.meta_json;
+    c->scope = cl.scope;
+    return 0;
+}
+
+/* LWS_CALLBACK_HTTP_CONFIRM_UPGRADE. Returns 0 to upgrade, 1 when a refusal was written, -1 to
+   hang up. On 0 the new connection hangs on the wsi's opaque user data until ESTABLISHED (or
+   WSI_DESTROY, if the handshake dies first). */
+int rl_auth_handshake(struct lws *wsi, const char *upgrade)
+{
+    if (!upgrade || strcasecmp(upgrade, "websocket") != 0)
+        return -1;
+    char *uri = hdr_dup(wsi, WSI_TOKEN_GET_URI);
+    int path_ok = uri && strcmp(uri, gw.cfg->ws_path) == 0;
+    free(uri);
+    int rc;
+    if (!path_ok) {
+        rc = rl_http_refuse_upgrade(wsi, 404, "not_found", "No WebSocket endpoint at this path");
+        goto refused;
+    }
+    if (!origin_allowed(wsi)) {
+        rc = rl_http_refuse_upgrade(wsi, 403, "forbidden", "Origin not allowed");
+        goto refused;
+    }
+    rl_conn *c = calloc(1, sizeof *c);
+    if (!c) {
+        rc = rl_http_refuse_upgrade(wsi, 503, "unavailable", "Out of memory");
+        goto refused;
+    }
+    const char *why = NULL;
+    if (authenticate(wsi, c, &why) < 0) {
+        rl_conn_free_mem(c);
+        rl_debug("gateway", "handshake refused: %s", why);
+        rc = rl_http_refuse_upgrade(wsi, 401, "unauthorized", why);
+        goto refused;
+    }
+    c->state = RL_CONN_UPGRADING;
+    lws_set_opaque_user_data(wsi, c);
+    return 0;
+refused:
+    rl_metric_inc(RL_M_CONNS_REJECTED);
+    return rc < 0 ? -1 : 1;
+}
+

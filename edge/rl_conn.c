@@ -1,0 +1,637 @@
+/* The connection process: one per WebSocket. Client frames are scanned once (rl_envelope) and
+ * go to the user hub as they came; frames for the client are queued on the connection and
+ * written at the end of the loop turn (RL_TURN_FRAMES), once per connection per turn. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rl_edge.h"
+#include "rl_envelope.h"
+#include "rl_errors.h"
+#include "rl_json.h"
+#include "rl_log.h"
+#include "rl_metrics.h"
+
+/* ---------------------------------------------------------------------------------------------
+ * Writing frames */
+
+static int tx_reserve(size_t len)
+{
+    if (LWS_PRE + len <= gw.txcap)
+        return 0;
+    size_t ncap = gw.txcap ? gw.txcap : 4096;
+    while (ncap < LWS_PRE + len)
+        ncap *= 2;
+    unsigned char *n = realloc(gw.tx, ncap);
+    if (!n)
+        return -ENOMEM;
+    gw.tx = n;
+    gw.txcap = ncap;
+    return 0;
+}
+
+static void conn_drop_queue(rl_conn *c)
+{
+    while (c->out_head) {
+        rl_msg *m = c->out_head;
+        c->out_head = m->next;
+        rl_msg_free(m);
+    }
+    c->out_tail = NULL;
+    c->out_bytes = 0;
+}
+
+static int conn_writable_state(const rl_conn *c)
+{
+    return c->wsi && (c->state == RL_CONN_JOINING || c->state == RL_CONN_ROUTED);
+}
+
+/* Bytes a queued message puts on the wire (for the outbound bound). */
+static size_t frame_size(const rl_msg *m)
+{
+    size_t n = m->body ? m->body->len : 4;
+    return m->topic == RL_T_APP ? n + m->name_len + 32 : n;
+}
+
+static void want_write(rl_conn *c)
+{
+    if (c->pending_write)
+        return;
+    c->pending_write = 1;
+    c->write_next = gw.writes;
+    gw.writes = c;
+    rl_turn_request();
+}
+
+/* The client does not read: close at once (queued frames are dropped with it). */
+static void conn_slow_consumer(rl_conn *c)
+{
+    rl_warn("gateway", "%s: outbound queue over %zu bytes: closing", c->proc.pid,
+            gw.cfg->max_outbound_bytes);
+    rl_metric_error(RL_E_SLOW_CONSUMER);
+    conn_drop_queue(c);
+    rl_conn_close(c, rl_err_close_code(RL_E_SLOW_CONSUMER), rl_err_name(RL_E_SLOW_CONSUMER), 0);
+}
+
+/* Queues m (WS_MESSAGE: the body is the frame; APP: {"topic":NAME,"data":BODY}) for the end of
+   the turn. Takes m on 0; -ENOENT when the connection no longer takes frames; -EAGAIN when the
+   queue is full (the connection is then closed as a slow consumer). */
+static int conn_queue(rl_conn *c, rl_msg *m)
+{
+    if (!conn_writable_state(c))
+        return -ENOENT;
+    size_t n = frame_size(m);
+    if (c->out_bytes + n > gw.cfg->max_outbound_bytes) {
+        conn_slow_consumer(c);
+        return -EAGAIN;
+    }
+    m->next = NULL;
+    if (c->out_tail)
+        c->out_tail->next = m;
+    else
+        c->out_head = m;
+    c->out_tail = m;
+    c->out_bytes += n;
+    want_write(c);
+    return 0;
+}
+
+/* Writes one queued frame. The body of a WS_MESSAGE is written in place (its headroom takes
+   lws's frame header); an APP message is wrapped in the scratch buffer. Returns lws_write's. */
+static int write_frame(struct lws *wsi, const rl_msg *m)
+{
+    if (m->topic == RL_T_WS_MESSAGE)
+        return lws_write(wsi, (unsigned char *)m->body->data, m->body->len, LWS_WRITE_TEXT);
+    const char *data = m->body ? m->body->data : "null";
+    size_t dlen = m->body ? m->body->len : 4;
+    size_t need = rl_json_escape(NULL, 0, m->name, m->name_len) + dlen + 20;
+    if (tx_reserve(need) < 0)
+        return -1;
+    char *start = (char *)gw.tx + LWS_PRE, *p = start;
+    memcpy(p, "{\"topic\":", 9);
+    p += 9;
+    p += rl_json_escape(p, need, m->name, m->name_len);
+    memcpy(p, ",\"data\":", 8);
+    p += 8;
+    memcpy(p, data, dlen);
+    p += dlen;
+    *p++ = '}';
+    return lws_write(wsi, (unsigned char *)start, (size_t)(p - start), LWS_WRITE_TEXT);
+}
+
+/* Writes queued frames while lws holds nothing back (no poll(): lws_partial_buffered is a flag).
+   When lws buffered part of a frame, the rest waits for WRITEABLE. Returns 0 or -1 (fatal). */
+static int conn_flush(rl_conn *c, int in_writable)
+{
+    struct lws *wsi = c->wsi;
+    if (!wsi)
+        return 0;
+    while (c->out_head && !lws_partial_buffered(wsi)) {
+        rl_msg *m = c->out_head;
+        c->out_head = m->next;
+        if (!c->out_head)
+            c->out_tail = NULL;
+        c->out_bytes -= frame_size(m);
+        int w = write_frame(wsi, m);
+        rl_msg_free(m);
+        if (w < 0)
+            return -1;
+        rl_metric_inc(RL_M_MSGS_OUT);
+    }
+    if (c->state == RL_CONN_CLOSING && !c->close_sent && !c->out_head &&
+        !lws_partial_buffered(wsi) && in_writable) {
+        /* see rl_conn_close: the one public path that sends our close frame on this build; from
+           inside lws's service, so that lws arms the kill at once */
+        lws_close_reason(wsi, (enum lws_close_status)c->close_code,
+                         (unsigned char *)c->close_reason, strlen(c->close_reason));
+        lws_set_timeout(wsi, PENDING_TIMEOUT_HTTP_KEEPALIVE_IDLE, LWS_TO_KILL_ASYNC);
+        c->close_sent = 1;
+        return 0;
+    }
+    if (c->out_head || (c->state == RL_CONN_CLOSING && !c->close_sent))
+        lws_callback_on_writable(wsi);
+    return 0;
+}
+
+void rl_conn_flush_all(void *ud)
+{
+    (void)ud;
+    while (gw.writes) {
+        rl_conn *c = gw.writes;
+        gw.writes = c->write_next;
+        c->write_next = NULL;
+        c->pending_write = 0;
+        if (conn_flush(c, 0) < 0 && c->wsi) {
+            c->state = RL_CONN_CLOSING;
+            lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        }
+    }
+}
+
+/* Answers the client with error e; rid[0..rid_len) is the raw JSON of its request_id. */
+static void conn_send_error(rl_conn *c, rl_err_code e, const char *msg, const char *rid,
+                            size_t rid_len)
+{
+    rl_metric_error(e);
+    size_t need = rl_err_format(NULL, 0, e, msg, rid, rid_len);
+    rl_msg *m = rl_msg_new_data(RL_T_APP, "error", 5, NULL, need);
+    if (m)
+        rl_err_format(rl_msg_data(m), need + 1, e, msg, rid, rid_len);
+    if (!m || conn_queue(c, m) < 0) {
+        rl_msg_free(m);
+        rl_metric_inc(RL_M_MSGS_DROPPED);
+    }
+}
+
+/* Starts lws's close handshake with our code and reason (close frame, then up to 5 s for the
+ * client's answer).
+ *
+ * Why not the documented lws_close_reason() + return -1: the Debian lws 4.1.6 is a _DEBUG build,
+ * and on the libuv backend its service loop closes a wsi twice ("close_and_handled uv repeat
+ * test", core-net/service.c); the second call finds the polite close pending and kills the
+ * socket, so the client never sees the close frame (it reports 1006). An async-kill timeout
+ * with the reason PENDING_TIMEOUT_HTTP_KEEPALIVE_IDLE is the one public path that reaches
+ * __lws_close_free_wsi once and without marking the socket unusable, so lws sends the close
+ * frame we prepared. (Writing the close frame ourselves needs LWS_WRITE_CLOSE, which 4.1 keeps
+ * private.) With output still buffered in lws (or a socket that never drains), lws flushes for
+ * up to 5 s and then cuts the socket without a close frame.
+ *
+ * With flush, frames already queued go out first (for at most RL_GW_CLOSE_FLUSH_S, then the
+ * socket is cut); without, the close starts at once. Works from any context. The first close
+ * wins. */
+void rl_conn_close(rl_conn *c, int code, const char *reason, int flush)
+{
+    if (!c->wsi || c->state == RL_CONN_CLOSING || c->state == RL_CONN_CLOSED)
+        return;
+    c->state = RL_CONN_CLOSING;
+    c->close_code = code;
+    snprintf(c->close_reason, sizeof c->close_reason, "%s", reason ? reason : "");
+    free(c->rx);
+    c->rx = NULL;
+    c->rxlen = 0;
+    if (!flush) {
+        conn_drop_queue(c);
+        lws_close_reason(c->wsi, (enum lws_close_status)c->close_code,
+                         (unsigned char *)c->close_reason, strlen(c->close_reason));
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_HTTP_KEEPALIVE_IDLE, LWS_TO_KILL_ASYNC);
+        c->close_sent = 1;
+        return;
+    }
+    lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, RL_GW_CLOSE_FLUSH_S);
+    want_write(c);
+}
+
+/* Answers with error e (its default message unless msg) and closes with e's close code and
+   its name as the reason. */
+static void conn_fail(rl_conn *c, rl_err_code e, const char *msg)
+{
+    conn_send_error(c, e, msg, NULL, 0);
+    rl_conn_close(c, rl_err_close_code(e), rl_err_name(e), 1);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Client frames */
+
+static const char *rid_of(const rl_msg *m, size_t *len)
+{
+    *len = m->env.rid_len;
+    return m->env.rid_len ? m->body->data + m->env.rid_off : NULL;
+}
+
+/* Asks the central hub to place the user again: the target is gone or unreachable. */
+static void conn_rehome(rl_conn *c)
+{
+    rl_msg *m = rl_msg_new(RL_T_WS_REHOME);
+    if (m) {
+        memcpy(m->ctl.rehome.conn, c->proc.pid, RL_PID_MAX);
+        memcpy(m->ctl.rehome.hub, c->target, RL_PID_MAX);
+    }
+    rl_send_or_free(&c->proc, rl_gw_central_pid(), m);
+}
+
+/* Sends a client message to the user hub, tagged with its lease epoch. Takes m. */
+static void conn_forward(rl_conn *c, rl_msg *m)
+{
+    m->epoch = c->epoch;
+    int rc = rl_send(&c->proc, c->target, m);
+    if (rc == 0)
+        return;
+    size_t rl;
+    const char *rid = rid_of(m, &rl);
+    if (rc == -EAGAIN || rc == -ENOMEM) {
+        conn_send_error(c, RL_E_OVERLOADED, rc == -EAGAIN ? NULL : "Out of memory", rid, rl);
+    } else {
+        /* -ENOENT, -EHOSTUNREACH, -EINVAL, -EPERM: the hub is gone or unreachable. The
+           connection stays: the central hub places the user again and sends a new WS_CONTROL
+           and welcome. */
+        rl_warn("gateway", "%s: hub %s unreachable (%d): re-homing", c->proc.pid, c->target, rc);
+        conn_send_error(c, RL_E_PLUGIN_FAILED, "User hub unavailable, try again", rid, rl);
+        conn_rehome(c);
+    }
+    rl_msg_free(m);
+}
+
+/* One whole client frame: scanned once; answered here when it cannot be routed (not UTF-8,
+   not JSON, not an object with a string type); else the same bytes go to the hub. */
+static void conn_on_frame(rl_conn *c, const char *data, size_t len)
+{
+    rl_metric_inc(RL_M_MSGS_IN);
+    if (c->state != RL_CONN_JOINING && c->state != RL_CONN_ROUTED) {
+        rl_metric_inc(RL_M_MSGS_DROPPED); /* closing: the client is told by the close */
+        return;
+    }
+    rl_envelope env;
+    int st = rl_env_scan(data, len, &env);
+    if (st == RL_ENV_BAD_UTF8 || ((st == RL_ENV_INCOMPLETE || st == RL_ENV_INVALID) && env.utf8_cut)) {
+        rl_debug("gateway", "%s: invalid UTF-8 in a text frame: closing", c->proc.pid);
+        rl_conn_close(c, 1007, "invalid UTF-8", 0);
+        return;
+    }
+    if (st < 0) {
+        char why[96];
+        snprintf(why, sizeof why, "Failed to decode JSON message: %s at byte %zu",
+                 env.why ? env.why : "invalid", env.err_off);
+        conn_send_error(c, RL_E_INVALID_JSON, why, NULL, 0);
+        return;
+    }
+    const char *rid = env.has_request_id ? data + env.request_id.off : NULL;
+    size_t rlen = env.has_request_id ? env.request_id.len : 0;
+    if (st == RL_ENV_NOT_OBJECT) {
+        conn_send_error(c, RL_E_UNKNOWN_COMMAND, "Message must be a JSON object", NULL, 0);
+        return;
+    }
+    if (!env.has_type || !env.type_is_string || env.type.len == 0) {
+        conn_send_error(c, RL_E_UNKNOWN_COMMAND, NULL, rid, rlen);
+        return;
+    }
+    rl_msg *m = rl_msg_new_data(RL_T_WS_CLIENT, NULL, 0, data, len);
+    if (!m) {
+        conn_send_error(c, RL_E_OVERLOADED, "Out of memory", rid, rlen);
+        return;
+    }
+    m->flags = RL_MSG_CLIENT;
+    m->env.type_off = (uint32_t)env.type.off;
+    m->env.type_len = (uint32_t)env.type.len;
+    m->env.type_escaped = env.type_escaped;
+    m->env.rid_off = (uint32_t)env.request_id.off;
+    m->env.rid_len = (uint32_t)rlen;
+    if (c->state == RL_CONN_ROUTED) {
+        conn_forward(c, m);
+        return;
+    }
+    if (c->npend >= RL_GW_PENDING_MAX) {
+        conn_send_error(c, RL_E_OVERLOADED, "Connection not joined yet, message not accepted",
+                        rid, rlen);
+        rl_msg_free(m);
+        return;
+    }
+    if (c->pend_tail)
+        c->pend_tail->next = m;
+    else
+        c->pend_head = m;
+    c->pend_tail = m;
+    c->npend++;
+}
+
+/* LWS_CALLBACK_RECEIVE: one chunk of at most RL_GW_RX_BUFFER bytes. Messages are reassembled
+   up to max_message_bytes; a larger one is refused as soon as its announced length shows it,
+   without buffering it. */
+void rl_conn_on_receive(rl_conn *c, struct lws *wsi, const char *in, size_t len)
+{
+    if (c->state != RL_CONN_JOINING && c->state != RL_CONN_ROUTED)
+        return;
+    size_t remaining = lws_remaining_packet_payload(wsi);
+    int final = lws_is_final_fragment(wsi);
+    size_t max = gw.cfg->max_message_bytes;
+    if (c->rxlen + len > max || remaining > max - c->rxlen - len) {
+        rl_debug("gateway", "%s: message over %zu bytes", c->proc.pid, max);
+        free(c->rx);
+        c->rx = NULL;
+        c->rxlen = 0;
+        conn_fail(c, RL_E_MESSAGE_TOO_LARGE, NULL);
+        return;
+    }
+    if (final && c->rxlen == 0) {
+        conn_on_frame(c, in, len);
+        return;
+    }
+    char *n = realloc(c->rx, c->rxlen + len + remaining + 1);
+    if (!n) {
+        conn_fail(c, RL_E_OVERLOADED, "Out of memory");
+        return;
+    }
+    c->rx = n;
+    memcpy(c->rx + c->rxlen, in, len);
+    c->rxlen += len;
+    if (final) {
+        char *msg = c->rx;
+        size_t mlen = c->rxlen;
+        c->rx = NULL;
+        c->rxlen = 0;
+        conn_on_frame(c, msg, mlen);
+        free(msg);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Messages from processes (the router checked the sender's authority for each topic) */
+
+/* WS_CONTROL: route to the hub and forward what the client sent meanwhile. */
+static int conn_on_control(rl_conn *c, rl_msg *m)
+{
+    if (!m->ctl.control.target[0]) {
+        rl_warn("gateway", "%s: ws.control without a target", c->proc.pid);
+        rl_msg_free(m);
+        return 0;
+    }
+    memcpy(c->target, m->ctl.control.target, RL_PID_MAX);
+    c->epoch = m->ctl.control.epoch;
+    rl_msg_free(m);
+    if (c->state == RL_CONN_JOINING)
+        c->state = RL_CONN_ROUTED;
+    while (c->pend_head) {
+        rl_msg *f = c->pend_head;
+        c->pend_head = f->next;
+        f->next = NULL;
+        c->npend--;
+        if (c->state == RL_CONN_ROUTED) {
+            conn_forward(c, f);
+        } else {
+            rl_msg_free(f);
+            rl_metric_inc(RL_M_MSGS_DROPPED);
+        }
+    }
+    c->pend_tail = NULL;
+    return 0;
+}
+
+/* Codes an endpoint may put in a close frame (RFC 6455 7.4; 1004-1006 and 1015 are reserved). */
+static int close_code_sendable(int code)
+{
+    return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) ||
+           (code >= 3000 && code <= 4999);
+}
+
+static int conn_on_close_msg(rl_conn *c, rl_msg *m)
+{
+    int code = close_code_sendable(m->ctl.close.code) ? m->ctl.close.code : 1000;
+    rl_conn_close(c, code, m->ctl.close.reason, 1);
+    rl_msg_free(m);
+    return 0;
+}
+
+/* WS_REHOME from hub H: when H is still this connection's hub, ask the central for the new one
+   (a late notice from an old hub is ignored). */
+static int conn_on_rehome(rl_conn *c, rl_msg *m)
+{
+    if (strcmp(m->ctl.rehome.hub, c->target) == 0)
+        conn_rehome(c);
+    rl_msg_free(m);
+    return 0;
+}
+
+/* rl_proc fast path: every message to a connection is taken at once, in the sender's turn;
+   frames are queued for the end of the turn. */
+static int conn_deliver(rl_proc *p, rl_msg *m)
+{
+    rl_conn *c = (rl_conn *)p;
+    if (!c->wsi || c->state == RL_CONN_CLOSING || c->state == RL_CONN_CLOSED)
+        return -ENOENT;
+    switch (m->topic) {
+    case RL_T_WS_CONTROL:
+        return conn_on_control(c, m);
+    case RL_T_WS_CLOSE:
+        return conn_on_close_msg(c, m);
+    case RL_T_WS_REHOME:
+        return conn_on_rehome(c, m);
+    case RL_T_WS_MESSAGE:
+        if (!m->body)
+            return -EINVAL;
+        return conn_queue(c, m);
+    case RL_T_APP:
+        return conn_queue(c, m);
+    default:
+        return -EINVAL;
+    }
+}
+
+/* Only reached if a message was ever queued in the mailbox (deliver normally takes them all). */
+static void conn_handle(rl_proc *p, rl_msg *m)
+{
+    if (conn_deliver(p, m) < 0) {
+        rl_msg_free(m);
+        rl_metric_inc(RL_M_MSGS_DROPPED);
+    }
+}
+
+static void conn_cancel(rl_proc *p, uint64_t deadline_ms)
+{
+    (void)deadline_ms;
+    rl_conn_close((rl_conn *)p, 1001, "going away", 1);
+}
+
+static void conn_unlist(rl_conn *c)
+{
+    if (!c->listed)
+        return;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        gw.conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    c->listed = 0;
+    gw.nconns--;
+    rl_metric_dec(RL_M_CONNS_OPEN);
+    if (c->pending_write) {
+        for (rl_conn **pp = &gw.writes; *pp; pp = &(*pp)->write_next)
+            if (*pp == c) {
+                *pp = c->write_next;
+                break;
+            }
+        c->pending_write = 0;
+    }
+}
+
+void rl_conn_free_mem(rl_conn *c)
+{
+    conn_drop_queue(c);
+    while (c->pend_head) {
+        rl_msg *f = c->pend_head;
+        c->pend_head = f->next;
+        rl_msg_free(f);
+    }
+    free(c->rx);
+    free(c->user_id);
+    free(c->meta_json);
+    free(c->scope);
+    free(c);
+}
+
+/* ops->free: after rl_proc_exit, outside any lws callback. If lws still has the socket (the
+   process was ended from outside, e.g. rl_node_close), detach and let lws kill it. */
+static void conn_proc_free(rl_proc *p)
+{
+    rl_conn *c = (rl_conn *)p;
+    if (c->wsi) {
+        lws_set_opaque_user_data(c->wsi, NULL);
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        c->wsi = NULL;
+    }
+    conn_unlist(c);
+    rl_conn_free_mem(c);
+}
+
+static const rl_proc_ops conn_ops = {
+    .kind = "conn",
+    .letter = 'c',
+    .handle = conn_handle,
+    .deliver = conn_deliver,
+    .cancel = conn_cancel,
+    .free = conn_proc_free,
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * Lifecycle */
+
+static rl_body *body_of(const char *s)
+{
+    return s ? rl_body_new(s, strlen(s)) : NULL;
+}
+
+void rl_conn_on_established(struct lws *wsi)
+{
+    rl_conn *c = lws_get_opaque_user_data(wsi);
+    if (!c) { /* cannot happen: CONFIRM_UPGRADE attached it */
+        lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        return;
+    }
+    c->wsi = wsi;
+    c->state = RL_CONN_JOINING;
+    c->listed = 1;
+    c->next = gw.conns;
+    if (gw.conns)
+        gw.conns->prev = c;
+    gw.conns = c;
+    gw.nconns++;
+    rl_metric_inc(RL_M_CONNS_OPEN);
+    if (!rl_gw_ready()) {
+        rl_metric_inc(RL_M_CONNS_REJECTED);
+        conn_fail(c, RL_E_UNAVAILABLE, NULL);
+        return;
+    }
+    if (!c->user_id) {
+        rl_metric_inc(RL_M_CONNS_REJECTED);
+        conn_fail(c, RL_E_MISSING_USER_ID, NULL);
+        return;
+    }
+    /* The connection's owner is its user, from the handshake: no message can change it. */
+    rl_owner *owner = rl_owner_get(c->user_id, strlen(c->user_id));
+    rl_msg *join = rl_msg_new(RL_T_WS_JOIN);
+    int rc = owner && join ? rl_proc_start(&c->proc, &conn_ops, 0, owner) : -ENOMEM;
+    rl_owner_unref(owner);
+    if (rc < 0) {
+        rl_msg_free(join);
+        rl_metric_inc(RL_M_CONNS_REJECTED);
+        conn_fail(c, RL_E_UNAVAILABLE, "Out of memory");
+        return;
+    }
+    c->has_proc = 1;
+    rl_metric_inc(RL_M_CONNS_ACCEPTED);
+    memcpy(join->ctl.join.conn, c->proc.pid, RL_PID_MAX);
+    join->ctl.join.meta = body_of(c->meta_json);
+    join->ctl.join.scope = body_of(c->scope);
+    rl_debug("gateway", "%s: open (user %s)", c->proc.pid, c->user_id);
+    free(c->user_id);
+    free(c->meta_json);
+    free(c->scope);
+    c->user_id = c->meta_json = c->scope = NULL;
+    rc = rl_send(&c->proc, rl_gw_central_pid(), join);
+    if (rc < 0) {
+        rl_msg_free(join);
+        rl_error("gateway", "%s: ws.join to the central hub failed (%d)", c->proc.pid, rc);
+        conn_fail(c, RL_E_HUB_CREATION_FAILED, NULL);
+    }
+}
+
+/* LWS_CALLBACK_SERVER_WRITEABLE: lws's own buffer is empty again; go on with the queue. */
+int rl_conn_on_writable(rl_conn *c, struct lws *wsi)
+{
+    (void)wsi;
+    return conn_flush(c, 1);
+}
+
+/* LWS_CALLBACK_WS_PEER_INITIATED_CLOSE: the client starts the close (lws answers it; the
+   answer to a close we started never gets here). Stop writing to it. */
+int rl_conn_on_peer_close(rl_conn *c)
+{
+    if (c->state == RL_CONN_JOINING || c->state == RL_CONN_ROUTED)
+        c->state = RL_CONN_CLOSING;
+    c->close_sent = 1;
+    return 0;
+}
+
+/* The WebSocket is gone (LWS_CALLBACK_CLOSED, or WSI_DESTROY without it). The process ends
+   here; its memory is freed later by the scheduler, outside any lws callback. */
+void rl_conn_on_closed(struct lws *wsi)
+{
+    rl_conn *c = lws_get_opaque_user_data(wsi);
+    if (!c)
+        return;
+    lws_set_opaque_user_data(wsi, NULL);
+    c->wsi = NULL;
+    c->state = RL_CONN_CLOSED;
+    conn_unlist(c);
+    if (!c->has_proc) {
+        rl_conn_free_mem(c);
+        return;
+    }
+    rl_debug("gateway", "%s: closed", c->proc.pid);
+    rl_msg *leave = rl_msg_new(RL_T_WS_LEAVE);
+    if (leave)
+        memcpy(leave->ctl.conn.conn, c->proc.pid, RL_PID_MAX);
+    rl_send_or_free(&c->proc, rl_gw_central_pid(), leave);
+    rl_proc_exit(&c->proc, NULL);
+}

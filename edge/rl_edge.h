@@ -1,0 +1,106 @@
+/* Internals shared by the gateway's modules (rl_gateway.c: the lws callback, start and stop;
+ * rl_http.c: HTTP routes; rl_auth.c: the handshake's identity checks; rl_conn.c: the connection
+ * process). Nothing outside edge/ includes this. */
+#ifndef RL_EDGE_H
+#define RL_EDGE_H
+
+#include <libwebsockets.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rl_config.h"
+#include "rl_proc.h"
+
+/* Bounds (all peer-controlled sizes are capped here or by rl_config). */
+#define RL_GW_RX_BUFFER 512 /* lws rx chunk, per connection; messages are reassembled (stack.md §3) */
+#define RL_GW_TX_PACKET 65536         /* largest single send(); the rest is buffered by lws */
+#define RL_GW_HEADER_DATA 16384       /* request header bytes per handshake (JWT in the URL) */
+#define RL_GW_FD_LIMIT_MAX (1u << 20) /* cap for fd_limit_per_thread */
+#define RL_GW_PENDING_MAX 16          /* client frames kept until the hub is known */
+#define RL_GW_JWT_LEEWAY_S 30         /* clock skew allowed for exp/nbf */
+#define RL_GW_HTTP_HEADROOM 512       /* response header bytes */
+#define RL_GW_CLOSE_FLUSH_S 5         /* a closing client gets this long to take queued frames */
+#define RL_GW_LWS_ERR_MAX 256         /* the first lws error line kept during start */
+
+_Static_assert(LWS_PRE <= RL_BODY_HEADROOM, "message bodies must leave room for lws's header");
+
+typedef enum {
+    RL_CONN_UPGRADING, /* handshake accepted; WebSocket not established yet; no process */
+    RL_CONN_JOINING,   /* established; ws.join sent; client frames wait for the target */
+    RL_CONN_ROUTED,    /* target known; client frames go to it */
+    RL_CONN_CLOSING,   /* close requested: queued frames flushed (or dropped), then close frame */
+    RL_CONN_CLOSED,    /* wsi gone; process exited; freed by the scheduler (ops->free) */
+} rl_conn_state;
+
+typedef struct rl_conn {
+    rl_proc proc; /* first member: rl_proc * <-> rl_conn *; owner: the user */
+    struct lws *wsi; /* NULL once lws closed it (or we detached) */
+    rl_conn_state state;
+    unsigned has_proc : 1, listed : 1, close_sent : 1, pending_write : 1;
+    char *user_id, *meta_json, *scope; /* from the handshake; freed once the process runs */
+    char target[RL_PID_MAX];           /* the user hub, from WS_CONTROL */
+    uint64_t epoch;                    /* its lease epoch (cluster mode; 0 standalone) */
+    char *rx;                          /* message being reassembled */
+    size_t rxlen;
+    rl_msg *pend_head, *pend_tail; /* client messages before the target is known */
+    size_t npend;
+    rl_msg *out_head, *out_tail; /* frames to write (WS_MESSAGE bodies, or APP to wrap) */
+    size_t out_bytes;
+    int close_code;
+    char close_reason[RL_CLOSE_REASON_MAX + 1];
+    struct rl_conn *prev, *next;   /* gw.conns: established connections */
+    struct rl_conn *write_next;    /* gw.writes: connections with frames to write this turn */
+} rl_conn;
+
+typedef struct rl_gw {
+    struct lws_context *ctx;
+    const rl_config *cfg;
+    lws_retry_bo_t retry;
+    int destroying; /* destroy #1 done (stop, or a failed start) */
+    int (*ready)(void);
+    int accepting;
+    rl_conn *conns;
+    size_t nconns;
+    rl_conn *writes; /* pending writes, flushed once per turn */
+    char central[RL_PID_MAX]; /* "" = rl_central_pid() */
+    char *console;            /* the console page with the WS path filled in */
+    size_t console_len;
+    unsigned char *tx; /* frame scratch: LWS_PRE headroom + frame, reused for every frame */
+    size_t txcap;
+    int starting;                    /* inside rl_gateway_start: keep the first lws error */
+    char lws_err[RL_GW_LWS_ERR_MAX]; /* that error ("" = none), for start's own message */
+} rl_gw;
+
+extern rl_gw gw;
+
+/* rl_gateway.c */
+int rl_gw_ready(void);
+const char *rl_gw_central_pid(void);
+
+/* rl_http.c */
+/* LWS_CALLBACK_HTTP: uri is the decoded path without the query. */
+int rl_http_on_request(struct lws *wsi, const char *uri);
+/* Refuses an upgrade with status and {"error":code,"message":why} (raw HTTP/1.1). 0 or -1. */
+int rl_http_refuse_upgrade(struct lws *wsi, unsigned int status, const char *code,
+                           const char *why);
+int rl_http_console_build(const char *ws_path);
+
+/* rl_auth.c */
+/* LWS_CALLBACK_HTTP_CONFIRM_UPGRADE: path, origin, identity. Returns 0 to upgrade (a new
+   rl_conn hangs on the wsi's opaque user data), 1 when a refusal was written, -1 to hang up. */
+int rl_auth_handshake(struct lws *wsi, const char *upgrade);
+
+/* rl_conn.c */
+void rl_conn_on_established(struct lws *wsi);
+void rl_conn_on_receive(rl_conn *c, struct lws *wsi, const char *in, size_t len);
+int rl_conn_on_writable(rl_conn *c, struct lws *wsi);
+int rl_conn_on_peer_close(rl_conn *c);
+void rl_conn_on_closed(struct lws *wsi);
+/* Frees a connection that never got a process (a refused or dead handshake). */
+void rl_conn_free_mem(rl_conn *c);
+/* Requests a close with code/reason; with flush, queued frames go out first. */
+void rl_conn_close(rl_conn *c, int code, const char *reason, int flush);
+/* End-of-turn step RL_TURN_FRAMES: writes every pending connection's frames. */
+void rl_conn_flush_all(void *ud);
+
+#endif
