@@ -67,7 +67,7 @@ unit: $(UNIT_BIN)
 integration: $(BUILD)/relay-node
 ifneq ($(SANITIZE),)
 	@# The binaries under test really carry the sanitizer runtime (not objects of another build).
-	@nm -D $(BUILD)/relay-node | grep -q __asan_init\|__ubsan_handle || { echo "!! $(BUILD)/relay-node is not sanitized"; exit 1; }
+	@nm -D $(BUILD)/relay-node | grep -qE '__asan_init|__ubsan_handle' || { echo "!! $(BUILD)/relay-node is not sanitized"; exit 1; }
 endif
 	/usr/bin/python3 tests/integration/run.py --node $(BUILD)/relay-node
 

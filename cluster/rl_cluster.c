@@ -137,9 +137,17 @@ static int wire_ctl(const rl_msg *m, char **out, size_t *len)
     if (!o)
         return -ENOMEM;
     memcpy(o, buf, n);
+    size_t cap = n + extra;
     if (m->topic == RL_T_WS_JOIN) {
-        n = meta ? put_field(o, n + extra, n, meta->data, meta->len) : n + (size_t)sprintf(o + n, "-:");
-        n = scope ? put_field(o, n + extra, n, scope->data, scope->len) : n + (size_t)sprintf(o + n, "-:");
+        const rl_body *f[2] = {meta, scope};
+        for (int i = 0; i < 2; i++) {
+            if (f[i]) {
+                n = put_field(o, cap, n, f[i]->data, f[i]->len);
+            } else {
+                memcpy(o + n, "-:", 2); /* absent */
+                n += 2;
+            }
+        }
     }
     *out = o;
     *len = n;

@@ -21,13 +21,21 @@ static uint64_t hash(const char *s)
 
 void rl_map_init(rl_map *m) { memset(m, 0, sizeof *m); }
 
+void rl_map_init_borrowed(rl_map *m)
+{
+    rl_map_init(m);
+    m->borrow = 1;
+}
+
 void rl_map_close(rl_map *m)
 {
-    for (size_t i = 0; i < m->cap; i++)
+    int borrow = m->borrow;
+    for (size_t i = 0; i < m->cap && !borrow; i++)
         if (m->slots[i].key && m->slots[i].key != RL_MAP_TOMB)
             free(m->slots[i].key);
     free(m->slots);
     rl_map_init(m);
+    m->borrow = borrow;
 }
 
 static rl_map_slot *find(const rl_map *m, const char *key)
@@ -83,7 +91,7 @@ int rl_map_set(rl_map *m, const char *key, void *val)
     }
     if ((m->used + 1) * 4 >= m->cap * 3 && grow(m) < 0)
         return -ENOMEM;
-    char *k = strdup(key);
+    char *k = m->borrow ? (char *)key : strdup(key);
     if (!k)
         return -ENOMEM;
     size_t mask = m->cap - 1;
@@ -104,7 +112,8 @@ void *rl_map_del(rl_map *m, const char *key)
     if (!s)
         return NULL;
     void *v = s->val;
-    free(s->key);
+    if (!m->borrow)
+        free(s->key);
     s->key = RL_MAP_TOMB;
     s->val = NULL;
     m->len--;

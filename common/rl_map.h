@@ -5,7 +5,7 @@
 #include <stddef.h>
 
 typedef struct rl_map_slot {
-    char *key; /* owned copy; NULL = empty; RL_MAP_TOMB = deleted */
+    char *key; /* owned copy (or borrowed); NULL = empty; RL_MAP_TOMB = deleted */
     void *val;
 } rl_map_slot;
 
@@ -14,9 +14,13 @@ typedef struct rl_map {
     size_t cap;  /* power of two or 0 */
     size_t len;  /* live entries */
     size_t used; /* live + tombstones */
+    int borrow;  /* keys are the caller's (rl_map_init_borrowed) */
 } rl_map;
 
 void rl_map_init(rl_map *m);
+/* A map whose keys are not copied: each key must stay valid and unchanged while it is in the
+   map (e.g. a field of the value it maps to). */
+void rl_map_init_borrowed(rl_map *m);
 /* Frees the table and the key copies; values are the caller's. */
 void rl_map_close(rl_map *m);
 void *rl_map_get(const rl_map *m, const char *key);

@@ -69,7 +69,7 @@ rl_owner *rl_owner_get(const char *user, size_t len)
         o->refs = 1;
         o->len = len;
         memcpy(o->user, k, len + 1);
-        if (rl_map_set(&node.owners, k, o) < 0) {
+        if (rl_map_set(&node.owners, o->user, o) < 0) {
             free(o);
             o = NULL;
         }
@@ -331,8 +331,8 @@ int rl_node_init(uv_loop_t *loop, const char *node_id)
     snprintf(node.incarnation, sizeof node.incarnation, "%02x%02x%02x", b[0], b[1], b[2]);
     node.prefix_len = (size_t)snprintf(node.prefix, sizeof node.prefix, "%s.%s.", node.node_id,
                                        node.incarnation);
-    rl_map_init(&node.procs);
-    rl_map_init(&node.owners);
+    rl_map_init_borrowed(&node.procs);  /* key: the process's own pid */
+    rl_map_init_borrowed(&node.owners); /* key: the owner's own user id */
     uv_check_init(loop, &node.check);
     uv_idle_init(loop, &node.idle);
     uv_check_start(&node.check, end_of_turn);

@@ -144,7 +144,8 @@ static int conn_flush(rl_conn *c, int in_writable)
         /* see rl_conn_close: the one public path that sends our close frame on this build; from
            inside lws's service, so that lws arms the kill at once */
         lws_close_reason(wsi, (enum lws_close_status)c->close_code,
-                         (unsigned char *)c->close_reason, strlen(c->close_reason));
+                         (unsigned char *)(c->close_reason ? c->close_reason : ""),
+                         c->close_reason ? strlen(c->close_reason) : 0);
         lws_set_timeout(wsi, PENDING_TIMEOUT_HTTP_KEEPALIVE_IDLE, LWS_TO_KILL_ASYNC);
         c->close_sent = 1;
         return 0;
@@ -206,14 +207,16 @@ void rl_conn_close(rl_conn *c, int code, const char *reason, int flush)
         return;
     c->state = RL_CONN_CLOSING;
     c->close_code = code;
-    snprintf(c->close_reason, sizeof c->close_reason, "%s", reason ? reason : "");
+    free(c->close_reason);
+    c->close_reason = reason ? strndup(reason, RL_CLOSE_REASON_MAX) : NULL; /* NULL: no reason */
     free(c->rx);
     c->rx = NULL;
     c->rxlen = 0;
     if (!flush) {
         conn_drop_queue(c);
         lws_close_reason(c->wsi, (enum lws_close_status)c->close_code,
-                         (unsigned char *)c->close_reason, strlen(c->close_reason));
+                         (unsigned char *)(c->close_reason ? c->close_reason : ""),
+                         c->close_reason ? strlen(c->close_reason) : 0);
         lws_set_timeout(c->wsi, PENDING_TIMEOUT_HTTP_KEEPALIVE_IDLE, LWS_TO_KILL_ASYNC);
         c->close_sent = 1;
         return;
@@ -504,6 +507,7 @@ void rl_conn_free_mem(rl_conn *c)
         rl_msg_free(f);
     }
     free(c->rx);
+    free(c->close_reason);
     free(c->user_id);
     free(c->meta_json);
     free(c->scope);

@@ -47,7 +47,7 @@ typedef struct rl_conn {
     rl_msg *out_head, *out_tail; /* frames to write (WS_MESSAGE bodies, or APP to wrap) */
     size_t out_bytes;
     int close_code;
-    char close_reason[RL_CLOSE_REASON_MAX + 1];
+    char *close_reason; /* malloc'd at the close (NULL: none); idle connections carry no buffer */
     struct rl_conn *prev, *next;   /* gw.conns: established connections */
     struct rl_conn *write_next;    /* gw.writes: connections with frames to write this turn */
 } rl_conn;

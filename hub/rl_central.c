@@ -26,8 +26,7 @@
 
 typedef struct local_conn {
     char pid[RL_PID_MAX];
-    char attached[RL_PID_MAX];    /* hub it was last attached to ("" = none) */
-    uint64_t attached_epoch;
+    uint64_t attached;            /* placement_key() of the hub it was last attached to (0 = none) */
 } local_conn;
 
 typedef struct central_user {
@@ -138,9 +137,20 @@ static void set_body(rl_body **dst, rl_body *src)
 
 /* ---- attaching connections to the hub ---- */
 
+/* A fingerprint of the user's placement (hub pid and epoch), so a connection records where it
+   was attached in 8 bytes instead of a pid copy; never 0. */
+static uint64_t placement_key(const central_user *u)
+{
+    uint64_t h = 1469598103934665603ULL ^ u->epoch;
+    for (const char *p = u->hub; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    return h ? h : 1;
+}
+
 static void attach(central_user *u, local_conn *lc)
 {
-    if (strcmp(lc->attached, u->hub) == 0 && lc->attached_epoch == u->epoch)
+    uint64_t key = placement_key(u);
+    if (lc->attached == key)
         return;
     rl_msg *join = rl_msg_new(RL_T_WS_JOIN);
     if (join) {
@@ -157,8 +167,7 @@ static void attach(central_user *u, local_conn *lc)
         ctl->ctl.control.epoch = u->epoch;
     }
     send_ctl(lc->pid, ctl, 0);
-    snprintf(lc->attached, sizeof lc->attached, "%s", u->hub);
-    lc->attached_epoch = u->epoch;
+    lc->attached = key;
 }
 
 static void attach_all(central_user *u)
@@ -474,7 +483,7 @@ static void on_rehome(const rl_msg *m)
     }
     for (size_t i = 0; i < u->nconns; i++)
         if (strcmp(u->conns[i].pid, conn) == 0)
-            u->conns[i].attached[0] = '\0';
+            u->conns[i].attached = 0;
     place(u);
 }
 

@@ -27,7 +27,7 @@ const char *rl_plugin_status_name(rl_plugin_status s) { return status_names[s]; 
 typedef struct hub_plugin {
     rl_plugin_status status;
     int restarts;
-    char pid[RL_PID_MAX]; /* "" when not running */
+    char *pid; /* malloc'd; NULL when not running */
 } hub_plugin;
 
 typedef struct rl_hub {
@@ -67,10 +67,15 @@ static int spawn_plugin(rl_hub *h, size_t i)
         return -EPERM;
     rl_spawn_args a = {def, h->proc.owner, &h->proc, h->user_metadata, h->cfg};
     char err[256];
-    int rc = rl_spawn(&a, hp->pid, err, sizeof err);
+    char pid[RL_PID_MAX];
+    int rc = rl_spawn(&a, pid, err, sizeof err);
+    if (rc == 0 && !(hp->pid = strdup(pid))) {
+        rl_cancel(&h->proc, pid, 0);
+        snprintf(err, sizeof err, "out of memory");
+        rc = -ENOMEM;
+    }
     if (rc < 0) {
         rl_warn("hub", "user %s: plugin %s failed to start: %s", user_of(h), def->id, err);
-        hp->pid[0] = '\0';
         set_status(hp, RL_PLUGIN_FAILED);
         return rc;
     }
@@ -90,7 +95,7 @@ static ssize_t find_conn(rl_hub *h, const char *pid)
 static void notify_session(rl_hub *h, const char *topic)
 {
     for (size_t i = 0; i < h->cfg->nplugins; i++) {
-        if (strcmp(h->cfg->plugins[i].prefix, RL_SESSION_PREFIX) == 0 && h->plugins[i].pid[0]) {
+        if (strcmp(h->cfg->plugins[i].prefix, RL_SESSION_PREFIX) == 0 && h->plugins[i].pid) {
             rl_msg *m = rl_msg_new_body(RL_T_APP, topic, strlen(topic), rl_body_empty_object());
             rl_send_or_free(&h->proc, h->plugins[i].pid, m);
             return;
@@ -224,7 +229,7 @@ static void on_client_message(rl_hub *h, rl_msg *m)
     }
     const rl_plugin_def *def = &h->cfg->plugins[i];
     hub_plugin *hp = &h->plugins[i];
-    if (hp->status == RL_PLUGIN_FAILED || (!hp->pid[0] && spawn_plugin(h, (size_t)i) < 0)) {
+    if (hp->status == RL_PLUGIN_FAILED || (!hp->pid && spawn_plugin(h, (size_t)i) < 0)) {
         char msg[300];
         snprintf(msg, sizeof msg, "Plugin %s has failed permanently", def->prefix);
         answer(h, m, RL_E_PLUGIN_FAILED, msg);
@@ -268,7 +273,7 @@ static void on_client_message(rl_hub *h, rl_msg *m)
 static int all_plugins_stopped(const rl_hub *h)
 {
     for (size_t i = 0; i < h->cfg->nplugins; i++)
-        if (h->plugins[i].pid[0])
+        if (h->plugins[i].pid)
             return 0;
     return 1;
 }
@@ -278,9 +283,10 @@ static void on_plugin_exit(rl_hub *h, const rl_ctl_exit *ex)
     const char *error = ex->error ? ex->error->data : NULL;
     for (size_t i = 0; i < h->cfg->nplugins; i++) {
         hub_plugin *hp = &h->plugins[i];
-        if (strcmp(hp->pid, ex->pid) != 0)
+        if (!hp->pid || strcmp(hp->pid, ex->pid) != 0)
             continue;
-        hp->pid[0] = '\0';
+        free(hp->pid);
+        hp->pid = NULL;
         if (h->cancelling) {
             set_status(hp, RL_PLUGIN_STOPPED);
         } else if (!error) {
@@ -425,8 +431,10 @@ static void hub_cancel(rl_proc *p, uint64_t deadline_ms)
         return;
     h->cancelling = 1;
     for (size_t i = 0; i < h->cfg->nplugins; i++)
-        if (h->plugins[i].pid[0] && rl_cancel(&h->proc, h->plugins[i].pid, deadline_ms) < 0)
-            h->plugins[i].pid[0] = '\0';
+        if (h->plugins[i].pid && rl_cancel(&h->proc, h->plugins[i].pid, deadline_ms) < 0) {
+            free(h->plugins[i].pid);
+            h->plugins[i].pid = NULL;
+        }
     if (all_plugins_stopped(h))
         rl_proc_exit(p, NULL);
 }
@@ -434,8 +442,10 @@ static void hub_cancel(rl_proc *p, uint64_t deadline_ms)
 static void hub_free(rl_proc *p)
 {
     rl_hub *h = (rl_hub *)p;
-    for (size_t i = 0; i < h->cfg->nplugins; i++)
+    for (size_t i = 0; i < h->cfg->nplugins; i++) {
         plugin_counts[h->plugins[i].status]--;
+        free(h->plugins[i].pid);
+    }
     for (size_t i = 0; i < h->nconns; i++)
         free(h->conns[i]);
     free(h->conns);
@@ -457,7 +467,7 @@ static const rl_proc_ops hub_ops = {
 static void start_plugins(rl_hub *h)
 {
     for (size_t i = 0; i < h->cfg->nplugins; i++)
-        if (h->cfg->plugins[i].auto_start && !h->plugins[i].pid[0])
+        if (h->cfg->plugins[i].auto_start && !h->plugins[i].pid)
             spawn_plugin(h, i);
 }
 

@@ -151,7 +151,7 @@ static const char prelude[] =
     "    error(\"plugin has no function '\" .. method .. \"'\", 0) end\n"
     "  return f(args)\n"
     "end\n"
-    "return safe, {__index = safe, __metatable = false}, boot\n";
+    "return safe, {__index = safe, __metatable = false}, boot, readonly\n";
 
 /* ---- memory ---------------------------------------------------------------------------- */
 
@@ -298,6 +298,9 @@ static void inst_teardown(rl_lua_inst *I)
         rl_lua_timer_close(I->timers);
     I->deadline = NULL;
     rl_lua_names_release(I->proc.pid);
+    rl_lua_chan *in = rl_lua_ref_udata(I->inbox_ref);
+    if (in)
+        rl_lua_chan_set_owner(in, NULL); /* the channel may outlive the process */
     if (H.L) {
         /* The coroutine is left to the collector: lua_resetthread would run pending __close
            handlers outside any budget. */
@@ -534,9 +537,17 @@ typedef struct spawn_ctx {
     const rl_spawn_args *hub; /* or the hub's arguments */
 } spawn_ctx;
 
-/* Pushes args.config: the relay's parameters and the plugin's identity. */
+/* Pushes args.config: the relay's parameters and the plugin's identity. The same for every
+   instance of a plugin, so one read-only table per plugin is shared by all of them (a plugin
+   cannot change what another user's instance reads). */
 static void push_config(lua_State *L, const rl_config *c, const rl_plugin_def *def)
 {
+    ssize_t idx = def_index(def);
+    if (idx >= 0 && H.config_refs[idx] != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, H.config_refs[idx]);
+        return;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, H.readonly_ref);
     lua_createtable(L, 0, 6);
     lua_pushinteger(L, c->max_connections_per_user);
     lua_setfield(L, -2, "max_connections_per_user");
@@ -552,6 +563,11 @@ static void push_config(lua_State *L, const rl_config *c, const rl_plugin_def *d
     lua_setfield(L, -2, "prefix");
     lua_pushstring(L, def->id ? def->id : "");
     lua_setfield(L, -2, "process_id");
+    lua_call(L, 1, 1); /* readonly(config) */
+    if (idx >= 0) {
+        lua_pushvalue(L, -1);
+        H.config_refs[idx] = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
 }
 
 /* Pushes the run() argument of a plugin started by its hub. */
@@ -589,7 +605,7 @@ static int spawn_p(lua_State *L)
     I->env_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
     rl_lua_chan *in = rl_lua_chan_new(L, RL_CH_INBOX, 0);
-    rl_lua_chan_set_owner(in, I->proc.pid);
+    rl_lua_chan_set_owner(in, &I->proc);
     I->inbox_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     rl_lua_chan_new(L, RL_CH_EVENTS, 0);
     I->events_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -799,13 +815,14 @@ static int init_p(lua_State *L)
     if (luaL_loadbufferx(L, prelude, sizeof prelude - 1, "=relay-prelude", "t") != LUA_OK)
         return lua_error(L);
     lua_insert(L, 2);
-    lua_call(L, 6, 3);
+    lua_call(L, 6, 4);
+    H.readonly_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     H.boot_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     H.env_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     H.safe_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
     for (size_t i = 0; i < H.cfg->nplugins; i++)
-        H.chunk_refs[i] = LUA_NOREF;
+        H.chunk_refs[i] = H.config_refs[i] = LUA_NOREF;
     for (size_t i = 0; i < H.cfg->nplugins; i++)
         if (compile_plugin(L, i, c) < 0) {
             lua_pushinteger(L, -1);
@@ -879,11 +896,13 @@ int rl_lua_init(const rl_config *c, char *err, size_t errlen)
     uint64_t budget = c->lua_instruction_budget;
     hook_step = budget == 0 ? 0 : (budget < RL_LUA_HOOK_STEP ? budget : RL_LUA_HOOK_STEP);
     H.chunk_refs = calloc(c->nplugins ? c->nplugins : 1, sizeof *H.chunk_refs);
-    if (!H.chunk_refs || !(H.L = lua_newstate(host_alloc, NULL))) {
+    H.config_refs = calloc(c->nplugins ? c->nplugins : 1, sizeof *H.config_refs);
+    if (!H.chunk_refs || !H.config_refs || !(H.L = lua_newstate(host_alloc, NULL))) {
         snprintf(err, errlen, "%s: cannot create the Lua state: out of memory",
                  c->path ? c->path : "config");
         free(H.chunk_refs);
-        H.chunk_refs = NULL;
+        free(H.config_refs);
+        H.chunk_refs = H.config_refs = NULL;
         return -ENOMEM;
     }
     lua_atpanic(H.L, host_panic);
@@ -922,7 +941,8 @@ void rl_lua_close(void)
     H.L = NULL;
     rl_lua_json_close();
     free(H.chunk_refs);
-    H.chunk_refs = NULL;
+    free(H.config_refs);
+    H.chunk_refs = H.config_refs = NULL;
     rl_metric_set(RL_M_LUA_BYTES, 0);
     H.bytes = 0;
 }

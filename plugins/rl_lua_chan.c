@@ -27,7 +27,8 @@ struct rl_lua_chan {
     rl_lua_event *ehead, *etail;  /* RL_CH_EVENTS */
     int fired;                    /* RL_CH_TIMER: a tick is pending (capacity one) */
     int64_t fire_ns;
-    char owner[RL_PID_MAX];       /* RL_CH_INBOX: whose mailbox count a receive gives back */
+    rl_proc *owner;               /* RL_CH_INBOX: whose mailbox count a receive gives back;
+                                     cleared when the instance is torn down */
 };
 
 typedef struct msg_ud {
@@ -74,7 +75,7 @@ void rl_lua_unwait(rl_lua_inst *I)
 
 rl_lua_chan *rl_lua_chan_new(lua_State *L, int kind, size_t cap)
 {
-    rl_lua_chan *ch = lua_newuserdatauv(L, sizeof *ch, 1);
+    rl_lua_chan *ch = lua_newuserdatauv(L, sizeof *ch, 2); /* 1: buffer, 2: receive case */
     memset(ch, 0, sizeof *ch);
     ch->kind = kind;
     ch->cap = cap;
@@ -86,10 +87,7 @@ rl_lua_chan *rl_lua_chan_new(lua_State *L, int kind, size_t cap)
     return ch;
 }
 
-void rl_lua_chan_set_owner(rl_lua_chan *ch, const char *pid)
-{
-    snprintf(ch->owner, sizeof ch->owner, "%s", pid);
-}
+void rl_lua_chan_set_owner(rl_lua_chan *ch, rl_proc *p) { ch->owner = p; }
 
 void rl_lua_chan_push_msg(rl_lua_chan *ch, rl_msg *m)
 {
@@ -215,7 +213,7 @@ static void do_recv(lua_State *L, rl_lua_chan *ch, int chidx)
                 ch->mtail = NULL;
             m->next = NULL;
             ((msg_ud *)lua_touserdata(L, -1))->m = m;
-            rl_proc *p = ch->owner[0] ? rl_proc_find(ch->owner) : NULL;
+            rl_proc *p = ch->owner;
             if (p && p->qlen)
                 p->qlen--; /* the message leaves the mailbox bound (see rl_lua.c handle) */
         }
@@ -417,9 +415,16 @@ static int l_close(lua_State *L)
     return 0;
 }
 
+/* A case table {channel, op[, value]}. A receive case carries nothing but its channel, so each
+   channel makes one and hands the same one out again: a select loop allocates no cases. */
 static int make_case(lua_State *L, int op)
 {
     check_chan(L, 1);
+    if (op == OP_RECV) {
+        if (lua_getiuservalue(L, 1, 2) == LUA_TTABLE)
+            return 1;
+        lua_pop(L, 1);
+    }
     lua_createtable(L, 3, 0);
     lua_pushvalue(L, 1);
     lua_rawseti(L, -2, 1);
@@ -428,6 +433,9 @@ static int make_case(lua_State *L, int op)
     if (op == OP_SEND) {
         lua_pushvalue(L, 2);
         lua_rawseti(L, -2, 3);
+    } else {
+        lua_pushvalue(L, -1);
+        lua_setiuservalue(L, 1, 2);
     }
     return 1;
 }

@@ -75,8 +75,9 @@ typedef struct rl_lua_host {
     lua_State *L;
     const rl_config *cfg;
     size_t bytes, limit, headroom;
-    int *chunk_refs; /* per cfg->plugins[i]: the compiled chunk */
-    int safe_ref, env_mt_ref, boot_ref;
+    int *chunk_refs;  /* per cfg->plugins[i]: the compiled chunk */
+    int *config_refs; /* per cfg->plugins[i]: its shared read-only args.config (lazily) */
+    int safe_ref, env_mt_ref, boot_ref, readonly_ref;
     rl_lua_inst *current; /* the instance inside lua_resume */
     rl_lua_inst *insts;
     int open;
@@ -125,8 +126,8 @@ void rl_lua_chan_open(lua_State *L);
 void rl_lua_chan_push_msg(rl_lua_chan *ch, rl_msg *m);
 void rl_lua_chan_push_event(rl_lua_chan *ch, rl_lua_event *e);
 void rl_lua_chan_fire(rl_lua_chan *ch, int64_t unix_ns);
-/* Stores the pid whose mailbox count an inbox channel gives back on receive. */
-void rl_lua_chan_set_owner(rl_lua_chan *ch, const char *pid);
+/* Stores the process whose mailbox count an inbox channel gives back on receive (NULL: none). */
+void rl_lua_chan_set_owner(rl_lua_chan *ch, rl_proc *p);
 /* Unlinks every waiter of I. */
 void rl_lua_unwait(rl_lua_inst *I);
 void rl_lua_event_free(rl_lua_event *e);
