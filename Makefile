@@ -76,9 +76,29 @@ test: deps
 	$(MAKE) unit
 	$(MAKE) integration
 
+# `make bench` (bench/bench.py): the peers and the allocation counter are built here only, and
+# the allocators it compares are installed when missing (as root; skipped in the report if not).
+BENCH_TOOLS    = $(BUILD)/lws-echo $(BUILD)/malloc_count.so
+BENCH_DEB_PKGS = libjemalloc2 libmimalloc2.0 linux-perf
+
+$(BUILD)/lws-echo: $(BUILD)/bench/lws_echo.o
+	$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs libwebsockets libuv 2>/dev/null)
+
+# An LD_PRELOAD shim: position-independent, no sanitizer, no builtin malloc folding.
+$(BUILD)/malloc_count.so: bench/malloc_count.c
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -fsanitize=%,$(CFLAGS)) -fPIC -fno-builtin -shared -o $@ $< -ldl
+
 bench: deps
-	$(MAKE) all
-	bench/run.sh
+	@missing=""; for p in $(BENCH_DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || \
+	      echo "bench: could not install$$missing (the report notes what it skipped)"; \
+	  else echo "bench: not root, not installing$$missing (the report notes what it skipped)"; fi; \
+	fi
+	$(MAKE) all $(BENCH_TOOLS)
+	BUILD=$(BUILD) bench/run.sh
 
 clean:
 	rm -rf build build-san-*

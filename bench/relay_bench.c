@@ -1,8 +1,11 @@
-/* relay-bench: WebSocket load generator (raw sockets + epoll): echo round trips, idle memory. */
+/* relay-bench: WebSocket load generator (raw sockets + epoll): echo round trips, connect rate,
+ * idle connections held for memory figures. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -27,7 +30,8 @@
 /* Bounds: what the server controls is capped so a broken server cannot exhaust the client. */
 #define BENCH_MAX_FRAME (64u << 20)      /* largest message accepted from the server */
 #define BENCH_MAX_HTTP_HEAD 16384        /* largest handshake response */
-#define BENCH_MAX_PENDING_OPENS 256      /* handshakes in flight at once (listen backlog) */
+#define BENCH_MAX_PENDING_OPENS 256      /* default handshakes in flight (listen backlog) */
+#define BENCH_MAX_SOURCES 64             /* --source addresses */
 #define BENCH_MAX_EVENTS 512
 #define BENCH_HIST_FINE 100000           /* 1 us buckets up to 100 ms */
 #define BENCH_HIST_COARSE 100000         /* then 1 ms buckets up to 100 s */
@@ -57,6 +61,7 @@ typedef struct conn {
     int msg_op;            /* opcode of the message in msg, 0 when none */
     char accept[32];       /* expected Sec-WebSocket-Accept */
     uint64_t deadline_ns;  /* open/welcome deadline, then reply deadline while in flight */
+    uint64_t open_ns;      /* when the TCP connect started */
     uint64_t sent_ns;      /* when the in-flight message was sent */
     uint64_t seq;
     int inflight;
@@ -76,12 +81,18 @@ typedef struct bench {
     target tg[2];
     int ntargets;
     int nconns, nusers;
+    int concurrency;           /* handshakes in flight at once */
+    const char *user_prefix;   /* user_id = <prefix><offset + i % nusers> */
+    long user_offset;
+    struct sockaddr_in sources[BENCH_MAX_SOURCES]; /* local addresses, one per connection in turn */
+    int nsources;
     double duration_s, warmup_s, timeout_s, hold_s;
     size_t size;
     const char *type;
     const char *jwt_secret;
     int idle_mode;
     int verbose;
+    int marks; /* --marks: phase changes on stderr, so a script can sample the server then */
 
     int ep;
     conn *conns;
@@ -97,7 +108,8 @@ typedef struct bench {
     int measuring;
     int stopping;
     uint64_t rng;
-    uint32_t *hist;
+    uint32_t *hist;      /* round trip latencies */
+    uint32_t *open_hist; /* connect start -> welcome, per connection */
 } bench;
 
 static volatile sig_atomic_t got_signal;
@@ -113,6 +125,15 @@ static uint64_t now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* "relay-bench: mark NAME" on stderr, flushed, when --marks asked for it. */
+static void mark(const bench *b, const char *name)
+{
+    if (b->marks) {
+        fprintf(stderr, "relay-bench: mark %s\n", name);
+        fflush(stderr);
+    }
 }
 
 static void die(const char *fmt, ...)
@@ -313,13 +334,24 @@ static int conn_open(bench *b, conn *c)
     c->state = ST_CONNECTING;
     b->opened++;
     b->pending++;
-    c->deadline_ns = now_ns() + (uint64_t)(b->timeout_s * 1e9);
+    c->open_ns = now_ns();
+    c->deadline_ns = c->open_ns + (uint64_t)(b->timeout_s * 1e9);
     if (c->fd < 0) {
         conn_fail(b, c, strerror(errno));
         return -1;
     }
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (b->nsources) {
+        /* the port is picked at connect(), per destination: without this, bind() would take a
+           port per source address for all destinations, ~28k in all */
+        setsockopt(c->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        const struct sockaddr_in *src = &b->sources[c->idx % b->nsources];
+        if (bind(c->fd, (const struct sockaddr *)src, sizeof *src) < 0) {
+            conn_fail(b, c, strerror(errno));
+            return -1;
+        }
+    }
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
     c->want_out = 1;
     if (epoll_ctl(b->ep, EPOLL_CTL_ADD, c->fd, &ev) < 0) {
@@ -356,11 +388,11 @@ static int conn_write_upgrade(bench *b, conn *c)
     }
     b64_std(sha, 20, c->accept);
 
-    int user = c->idx % b->nusers;
+    long user = b->user_offset + c->idx % b->nusers;
     char *tok = NULL;
     if (b->jwt_secret) {
-        char claims[96];
-        snprintf(claims, sizeof claims, "{\"sub\":\"bench%d\"}", user);
+        char claims[160];
+        snprintf(claims, sizeof claims, "{\"sub\":\"%s%ld\"}", b->user_prefix, user);
         tok = rl_jwt_sign_hs256(claims, b->jwt_secret, strlen(b->jwt_secret));
         if (!tok) {
             conn_fail(b, c, "jwt sign failed");
@@ -370,7 +402,7 @@ static int conn_write_upgrade(bench *b, conn *c)
     char sep = strchr(t->path, '?') ? '&' : '?';
     char req[2048 + 8192];
     int n = snprintf(req, sizeof req,
-                     "GET %s%cuser_id=bench%d%s%s HTTP/1.1\r\n"
+                     "GET %s%cuser_id=%s%ld%s%s HTTP/1.1\r\n"
                      "Host: %s:%s\r\n"
                      "Upgrade: websocket\r\n"
                      "Connection: Upgrade\r\n"
@@ -378,8 +410,8 @@ static int conn_write_upgrade(bench *b, conn *c)
                      "Sec-WebSocket-Version: 13\r\n"
                      "User-Agent: relay-bench\r\n"
                      "\r\n",
-                     t->path, sep, user, tok ? "&x-auth-token=" : "", tok ? tok : "", t->host,
-                     t->port, key);
+                     t->path, sep, b->user_prefix, user, tok ? "&x-auth-token=" : "",
+                     tok ? tok : "", t->host, t->port, key);
     free(tok);
     if (n < 0 || (size_t)n >= sizeof req) {
         conn_fail(b, c, "request too long");
@@ -507,7 +539,7 @@ static int conn_send_ping(bench *b, conn *c)
     return rc;
 }
 
-static void hist_add(bench *b, uint64_t ns)
+static void hist_add(uint32_t *hist, uint64_t ns)
 {
     uint64_t us = ns / 1000, ms = us / 1000;
     size_t i;
@@ -517,14 +549,15 @@ static void hist_add(bench *b, uint64_t ns)
         i = BENCH_HIST_FINE + (size_t)(ms - BENCH_HIST_FINE / 1000);
     else
         i = BENCH_HIST_FINE + BENCH_HIST_COARSE - 1; /* saturates at ~100 s */
-    b->hist[i]++;
+    hist[i]++;
 }
 
-static uint64_t hist_pct(const bench *b, double p)
+/* The p-quantile (0..1) of hist in microseconds; 0 when empty. */
+static uint64_t hist_pct(const uint32_t *hist, double p)
 {
     uint64_t total = 0;
     for (size_t i = 0; i < BENCH_HIST_FINE + BENCH_HIST_COARSE; i++)
-        total += b->hist[i];
+        total += hist[i];
     if (!total)
         return 0;
     uint64_t want = (uint64_t)(p * (double)total + 0.999999);
@@ -532,7 +565,7 @@ static uint64_t hist_pct(const bench *b, double p)
         want = 1;
     uint64_t acc = 0;
     for (size_t i = 0; i < BENCH_HIST_FINE + BENCH_HIST_COARSE; i++) {
-        acc += b->hist[i];
+        acc += hist[i];
         if (acc >= want)
             return i < BENCH_HIST_FINE ? i : (i - BENCH_HIST_FINE + BENCH_HIST_FINE / 1000) * 1000;
     }
@@ -579,6 +612,7 @@ static void conn_on_message(bench *b, conn *c, const uint8_t *p, size_t n)
             return;
         }
         c->state = ST_READY;
+        hist_add(b->open_hist, now_ns() - c->open_ns);
         b->pending--;
         b->welcomed++;
         b->ever_welcomed++;
@@ -593,7 +627,7 @@ static void conn_on_message(bench *b, conn *c, const uint8_t *p, size_t n)
         note_error(b, "conn %d: error reply: %.*s", c->idx, (int)(n > 160 ? 160 : n), p);
     } else if (b->measuring) {
         b->msgs++;
-        hist_add(b, t - c->sent_ns);
+        hist_add(b->hist, t - c->sent_ns);
     }
     if (!b->stopping && !b->idle_mode)
         conn_send_ping(b, c);
@@ -766,7 +800,7 @@ static void run_loop(bench *b, uint64_t until, int (*done)(const bench *))
         if (t >= until || (done && done(b)))
             return;
         /* start more connections while under the handshake window */
-        while (b->opened < b->nconns && b->pending < BENCH_MAX_PENDING_OPENS)
+        while (b->opened < b->nconns && b->pending < b->concurrency)
             conn_open(b, &b->conns[b->opened]);
         uint64_t left_ms = (until - t) / 1000000;
         int to = left_ms < 50 ? (int)left_ms + 1 : 50;
@@ -892,15 +926,25 @@ static void usage(void)
           "  --url2 URL       second node: each user's connections alternate between the two\n"
           "  --conns N        connections (default 1)\n"
           "  --users U        distinct users, user_id=bench<i%U> (default: one per connection)\n"
+          "  --user-prefix P  user ids are P<K+i%U> instead of bench<i%U> ...\n"
+          "  --user-offset K  ... (default P=bench, K=0)\n"
+          "  --source A[,B..] local IPv4 addresses to connect from, one per connection in turn\n"
+          "  --concurrency N  handshakes in flight at once (default 256)\n"
+          "  --marks          print \"relay-bench: mark open_start|open_end|measure_start|\n"
+          "                   measure_end\" on stderr as the phases change\n"
           "  --duration S     measured seconds (default 5)\n"
           "  --warmup S       unmeasured seconds before that (default 0.5)\n"
           "  --size B         bytes per message frame; data is padded to reach it (default 100)\n"
           "  --type T         message type (default echo_ping)\n"
           "  --timeout S      open/welcome/reply timeout (default 10)\n"
-          "  --jwt-secret K   also send x-auth-token=HS256{sub:bench<i%U>}\n"
+          "  --jwt-secret K   also send x-auth-token=HS256{sub:<user id>}\n"
           "  --idle N --hold S  open N connections, wait for welcomes, hold S seconds\n"
+          "                   (inf: until SIGTERM/SIGINT); prints a first line once every\n"
+          "                   connection is welcomed or failed\n"
           "  -v               log errors as they happen (-vv: welcomes too)\n"
-          "Prints one JSON line. Exit status 0 if there were no errors, 1 otherwise.\n",
+          "Prints one JSON line (idle mode: two). open_per_sec and open_p50_us/open_p99_us are\n"
+          "the connect rate and the time from connect() to the welcome frame. Exit status 0 if\n"
+          "there were no errors, 1 otherwise.\n",
           stderr);
     exit(2);
 }
@@ -909,9 +953,35 @@ static double arg_num(const char *s, const char *name)
 {
     char *end;
     double v = strtod(s, &end);
-    if (end == s || *end || v < 0)
+    if (end == s || *end || v < 0 || isnan(v))
         die("bad %s: %s", name, s);
     return v;
+}
+
+/* "127.0.0.2,127.0.0.3" -> b->sources. */
+static void parse_sources(bench *b, const char *list)
+{
+    char *copy = strdup(list), *save = NULL;
+    if (!copy)
+        die("out of memory");
+    for (char *a = strtok_r(copy, ",", &save); a; a = strtok_r(NULL, ",", &save)) {
+        if (b->nsources == BENCH_MAX_SOURCES)
+            die("more than %d --source addresses", BENCH_MAX_SOURCES);
+        struct sockaddr_in *sa = &b->sources[b->nsources++];
+        memset(sa, 0, sizeof *sa);
+        sa->sin_family = AF_INET;
+        if (inet_pton(AF_INET, a, &sa->sin_addr) != 1)
+            die("bad --source address: %s", a);
+    }
+    free(copy);
+}
+
+/* now + s seconds in ns; an infinite or huge s never comes. */
+static uint64_t deadline_after(double s)
+{
+    if (!(s < 1e9))
+        return UINT64_MAX;
+    return now_ns() + (uint64_t)(s * 1e9);
 }
 
 int main(int argc, char **argv)
@@ -925,8 +995,10 @@ int main(int argc, char **argv)
     b->timeout_s = 10;
     b->size = 100;
     b->type = "echo_ping";
+    b->concurrency = BENCH_MAX_PENDING_OPENS;
+    b->user_prefix = "bench";
     enum { O_URL = 256, O_URL2, O_CONNS, O_USERS, O_DUR, O_WARM, O_SIZE, O_TYPE, O_TIMEOUT,
-           O_JWT, O_IDLE, O_HOLD };
+           O_JWT, O_IDLE, O_HOLD, O_UPREFIX, O_UOFFSET, O_SOURCE, O_CONC, O_MARKS };
     static const struct option lo[] = {
         {"url", 1, NULL, O_URL},         {"url2", 1, NULL, O_URL2},
         {"conns", 1, NULL, O_CONNS},     {"users", 1, NULL, O_USERS},
@@ -934,6 +1006,9 @@ int main(int argc, char **argv)
         {"size", 1, NULL, O_SIZE},       {"type", 1, NULL, O_TYPE},
         {"timeout", 1, NULL, O_TIMEOUT}, {"jwt-secret", 1, NULL, O_JWT},
         {"idle", 1, NULL, O_IDLE},       {"hold", 1, NULL, O_HOLD},
+        {"user-prefix", 1, NULL, O_UPREFIX}, {"user-offset", 1, NULL, O_UOFFSET},
+        {"source", 1, NULL, O_SOURCE},   {"concurrency", 1, NULL, O_CONC},
+        {"marks", 0, NULL, O_MARKS},
         {"help", 0, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     int opt;
@@ -954,6 +1029,11 @@ int main(int argc, char **argv)
             b->nconns = (int)arg_num(optarg, "--idle");
             break;
         case O_HOLD: b->hold_s = arg_num(optarg, "--hold"); break;
+        case O_UPREFIX: b->user_prefix = optarg; break;
+        case O_UOFFSET: b->user_offset = (long)arg_num(optarg, "--user-offset"); break;
+        case O_SOURCE: parse_sources(b, optarg); break;
+        case O_CONC: b->concurrency = (int)arg_num(optarg, "--concurrency"); break;
+        case O_MARKS: b->marks = 1; break;
         case 'v': b->verbose++; break;
         default: usage();
         }
@@ -962,6 +1042,13 @@ int main(int argc, char **argv)
         usage();
     if (strlen(b->type) > 64 || strpbrk(b->type, "\"\\"))
         die("bad --type");
+    if (strlen(b->user_prefix) > 64 || strspn(b->user_prefix, "abcdefghijklmnopqrstuvwxyz"
+                                                              "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                                              "0123456789-_.") !=
+                                           strlen(b->user_prefix))
+        die("bad --user-prefix (letters, digits, -_. only)");
+    if (b->concurrency < 1)
+        die("bad --concurrency");
     if (b->nusers <= 0)
         b->nusers = b->nconns;
     parse_url(url, &b->tg[0]);
@@ -981,7 +1068,8 @@ int main(int argc, char **argv)
         die("epoll_create1: %s", strerror(errno));
     b->conns = calloc((size_t)b->nconns, sizeof *b->conns);
     b->hist = calloc(BENCH_HIST_FINE + BENCH_HIST_COARSE, sizeof *b->hist);
-    if (!b->conns || !b->hist)
+    b->open_hist = calloc(BENCH_HIST_FINE + BENCH_HIST_COARSE, sizeof *b->open_hist);
+    if (!b->conns || !b->hist || !b->open_hist)
         die("out of memory");
     for (int i = 0; i < b->nconns; i++) {
         conn *c = &b->conns[i];
@@ -993,10 +1081,12 @@ int main(int argc, char **argv)
     }
 
     /* phase 1: open everything and wait for the welcomes */
+    mark(b, "open_start");
     uint64_t t0 = now_ns();
     uint64_t open_limit = t0 + (uint64_t)((b->timeout_s + 0.05 * b->nconns / 100.0 + 1) * 1e9);
     run_loop(b, open_limit, all_settled);
     double open_s = (double)(now_ns() - t0) / 1e9;
+    mark(b, "open_end");
     for (int i = 0; i < b->nconns; i++) /* anything still opening past the limit has failed */
         if (b->conns[i].state != ST_READY && b->conns[i].state != ST_DEAD)
             conn_fail(b, &b->conns[i], b->conns[i].state == ST_IDLE ? "not opened in time"
@@ -1004,24 +1094,35 @@ int main(int argc, char **argv)
     if (b->welcomed == 0 && !got_signal)
         note_error(b, "no connection was welcomed");
 
+    /* connect rate: connections welcomed per second of the open phase (first connect() to the
+       last welcome or failure), with up to --concurrency handshakes in flight */
+    char open_stats[160];
+    snprintf(open_stats, sizeof open_stats,
+             "\"open_seconds\":%.3f,\"open_per_sec\":%.0f,\"open_p50_us\":%" PRIu64
+             ",\"open_p99_us\":%" PRIu64 ",\"concurrency\":%d",
+             open_s, open_s > 0 ? b->ever_welcomed / open_s : 0.0, hist_pct(b->open_hist, 0.50),
+             hist_pct(b->open_hist, 0.99), b->concurrency);
+
     double measured = 0;
     if (b->idle_mode) {
         /* the ready line lets a script sample the server's memory while we hold */
-        printf("{\"mode\":\"idle\",\"conns\":%d,\"open\":%d,\"open_seconds\":%.3f,"
-               "\"errors\":%" PRIu64 ",\"holding\":%.1f}\n",
-               b->nconns, b->welcomed, open_s, b->errors, b->hold_s);
+        printf("{\"mode\":\"idle\",\"conns\":%d,\"open\":%d,%s,\"errors\":%" PRIu64
+               ",\"holding\":%.1f}\n",
+               b->nconns, b->welcomed, open_stats, b->errors, b->hold_s < 1e9 ? b->hold_s : -1.0);
         fflush(stdout);
-        run_loop(b, now_ns() + (uint64_t)(b->hold_s * 1e9), NULL);
+        run_loop(b, deadline_after(b->hold_s), NULL);
     } else if (b->welcomed > 0) {
         for (int i = 0; i < b->nconns; i++)
             if (b->conns[i].state == ST_READY)
                 conn_send_ping(b, &b->conns[i]);
-        run_loop(b, now_ns() + (uint64_t)(b->warmup_s * 1e9), NULL);
+        run_loop(b, deadline_after(b->warmup_s), NULL);
         b->measuring = 1;
+        mark(b, "measure_start");
         uint64_t m0 = now_ns();
-        run_loop(b, m0 + (uint64_t)(b->duration_s * 1e9), NULL);
+        run_loop(b, deadline_after(b->duration_s), NULL);
         b->measuring = 0;
         measured = (double)(now_ns() - m0) / 1e9;
+        mark(b, "measure_end");
         /* let in-flight replies land so their connections are not reported as broken */
         b->stopping = 1;
         run_loop(b, now_ns() + 2000000000u, no_inflight);
@@ -1039,15 +1140,15 @@ int main(int argc, char **argv)
         printf("{\"mode\":\"echo\",\"conns\":%d,\"open\":%d,\"users\":%d,\"nodes\":%d,\"size\":%zu,"
                "\"msgs\":%" PRIu64 ",\"seconds\":%.3f,\"msgs_per_sec\":%.0f,\"p50_us\":%" PRIu64
                ",\"p90_us\":%" PRIu64 ",\"p99_us\":%" PRIu64 ",\"errors\":%" PRIu64
-               ",\"error_replies\":%" PRIu64 ",\"open_seconds\":%.3f",
+               ",\"error_replies\":%" PRIu64 ",%s",
                b->nconns, b->ever_welcomed, b->nusers, b->ntargets, b->size, b->msgs, measured,
-               measured > 0 ? (double)b->msgs / measured : 0.0, hist_pct(b, 0.50),
-               hist_pct(b, 0.90), hist_pct(b, 0.99), b->errors, b->error_frames, open_s);
+               measured > 0 ? (double)b->msgs / measured : 0.0, hist_pct(b->hist, 0.50),
+               hist_pct(b->hist, 0.90), hist_pct(b->hist, 0.99), b->errors, b->error_frames,
+               open_stats);
     } else {
         printf("{\"mode\":\"idle\",\"conns\":%d,\"open\":%d,\"open_at_end\":%d,\"errors\":%" PRIu64
-               ",\"open_seconds\":%.3f",
-               b->nconns, b->ever_welcomed, open_at_end, b->errors,
-               open_s);
+               ",%s",
+               b->nconns, b->ever_welcomed, open_at_end, b->errors, open_stats);
     }
     if (b->first_error[0]) {
         printf(",\"first_error\":\"");
@@ -1063,6 +1164,7 @@ int main(int argc, char **argv)
     printf("}\n");
     free(b->conns);
     free(b->hist);
+    free(b->open_hist);
     close(b->ep);
     return b->errors ? 1 : 0;
 }

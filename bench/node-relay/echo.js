@@ -1,15 +1,14 @@
 'use strict';
-// Baseline for bench/run.sh: a plain Node.js `ws` server doing, in one process, what Relay's echo
-// path does in spirit (see plugins/lua/echo.lua):
+// Optional bench peer "node-echo" (bench/run.sh, BENCH_PEERS): a plain Node.js `ws` echo server
+// doing, in one process, what Relay's echo path does in spirit (see plugins/lua/echo.lua):
 //   - on upgrade to /ws?user_id=U: send {"topic":"welcome","data":{"user_id":U,...}} (relay-bench
 //     waits for a first frame); no user_id -> {"topic":"error",...} and close, like insecure auth;
 //   - per text frame: JSON.parse, require an object with a string "type" starting "echo_" (the
 //     plugin's command prefix), reply {"type":"echo_pong","request_id":..,"data":..} with
 //     JSON.stringify; anything else gets an error frame shaped and named like Relay's.
-// No per-user hub, no plugin process, no per-user connection limits or rate limits: a lower bound
-// for what a Node relay would cost.
+// No per-user hub, no routing table, no limits: less than server.js (the "node" peer) does.
 //
-// Usage: node server.js PORT [HOST]   (HOST defaults to 127.0.0.1). Prints "listening HOST:PORT".
+// Usage: node echo.js PORT [HOST]   (HOST defaults to 127.0.0.1). Prints "listening HOST:PORT".
 
 const { WebSocketServer } = require('ws');
 
