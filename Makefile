@@ -2,11 +2,14 @@
 CC       ?= gcc
 SANITIZE ?=
 comma    := ,
+# The node's allocator, chosen by measurement (docs/performance.md): jemalloc (Debian's
+# libjemalloc2) or glibc. Sanitized builds always use the sanitizer's.
+ALLOCATOR ?= jemalloc
 # One build directory per flag set: a sanitized build never reuses plain objects (or the reverse).
-BUILD    ?= build$(if $(SANITIZE),-san-$(subst $(comma),-,$(SANITIZE)))
+BUILD    ?= build$(if $(SANITIZE),-san-$(subst $(comma),-,$(SANITIZE)))$(if $(filter-out jemalloc,$(ALLOCATOR)),-$(ALLOCATOR))
 PKGS      = libwebsockets libuv hiredis libcjson lua5.4 yaml-0.1 libcrypto
 DEB_PKGS  = libwebsockets-dev libuv1-dev libhiredis-dev libcjson-dev liblua5.4-dev libyaml-dev \
-            libssl-dev libcmocka-dev redis-server haproxy pkg-config python3-websockets
+            libssl-dev libcmocka-dev libjemalloc-dev redis-server haproxy pkg-config python3-websockets
 
 CFLAGS  += -std=c11 -D_GNU_SOURCE -O2 -g -MMD -MP \
            -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wwrite-strings -Werror \
@@ -43,8 +46,10 @@ $(BUILD)/librelay.a: $(LIB_OBJ)
 	@rm -f $@
 	@ar rcs $@ $^
 
+NODE_LIBS = $(if $(SANITIZE),,$(if $(filter jemalloc,$(ALLOCATOR)),-ljemalloc))
+
 $(BUILD)/relay-node: $(BUILD)/node/main.o $(BUILD)/librelay.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(NODE_LIBS)
 
 $(BUILD)/relay-bench: $(BUILD)/bench/relay_bench.o $(BUILD)/librelay.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
@@ -101,7 +106,7 @@ bench: deps
 	BUILD=$(BUILD) bench/run.sh
 
 clean:
-	rm -rf build build-san-*
+	rm -rf build build-*
 
 # Fuzzing (libFuzzer; tests/fuzz/README.md). The library is built again with clang and the
 # sanitizers into $(BUILD)/fuzz/, apart from the normal objects. Each target runs FUZZ_SECONDS on
