@@ -155,12 +155,99 @@ static const char prelude[] =
 
 /* ---- memory ---------------------------------------------------------------------------- */
 
+/* Small blocks: Lua makes and drops the same few sizes for every message (tables, their node
+   arrays, short strings, userdata). Blocks up to RL_LUA_POOL_MAX bytes are kept on free lists
+   per 16-byte class (at most RL_LUA_POOL_KEEP each) and handed out again, so a routed message
+   rarely reaches the general allocator. Sanitized builds skip the lists so that ASan sees every
+   block's life. Lua always tells the size of a block it frees or resizes, which picks the list. */
+#if defined(__SANITIZE_ADDRESS__)
+#define POOL_ON 0
+#else
+#define POOL_ON 1
+#endif
+#define POOL_CLASS 16
+#define POOL_CLASSES (RL_LUA_POOL_MAX / POOL_CLASS)
+
+typedef struct pool_block {
+    struct pool_block *next;
+} pool_block;
+
+static struct {
+    pool_block *head;
+    size_t n;
+} pool[POOL_CLASSES + 1];
+
+static int pooled(size_t n) { return POOL_ON && n > 0 && n <= RL_LUA_POOL_MAX; }
+
+static void *pool_get(size_t n)
+{
+    size_t c = (n + POOL_CLASS - 1) / POOL_CLASS;
+    pool_block *b = pool[c].head;
+    if (!b)
+        return malloc(c * POOL_CLASS);
+    pool[c].head = b->next;
+    pool[c].n--;
+    return b;
+}
+
+static void pool_put(void *p, size_t n)
+{
+    size_t c = (n + POOL_CLASS - 1) / POOL_CLASS;
+    if (pool[c].n >= RL_LUA_POOL_KEEP) {
+        free(p);
+        return;
+    }
+    pool_block *b = p;
+    b->next = pool[c].head;
+    pool[c].head = b;
+    pool[c].n++;
+}
+
+static void pool_drain(void)
+{
+    for (size_t c = 0; c <= POOL_CLASSES; c++) {
+        while (pool[c].head) {
+            pool_block *b = pool[c].head;
+            pool[c].head = b->next;
+            free(b);
+        }
+        pool[c].n = 0;
+    }
+}
+
+static void block_free(void *p, size_t n)
+{
+    if (pooled(n))
+        pool_put(p, n);
+    else
+        free(p);
+}
+
+/* realloc() for Lua's blocks: a block of a pooled size came from pool_get. */
+static void *block_realloc(void *p, size_t osize, size_t nsize)
+{
+    if (!p)
+        return pooled(nsize) ? pool_get(nsize) : malloc(nsize);
+    if (!pooled(osize) && !pooled(nsize))
+        return realloc(p, nsize);
+    if (pooled(osize) && pooled(nsize) &&
+        (osize + POOL_CLASS - 1) / POOL_CLASS == (nsize + POOL_CLASS - 1) / POOL_CLASS)
+        return p; /* the same class: the block already has room */
+    void *np = pooled(nsize) ? pool_get(nsize) : malloc(nsize);
+    if (!np)
+        return NULL;
+    memcpy(np, p, osize < nsize ? osize : nsize);
+    block_free(p, osize);
+    return np;
+}
+
 static void *host_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     (void)ud;
     size_t old = ptr ? osize : 0;
     if (nsize == 0) {
-        free(ptr);
+        if (ptr)
+            block_free(ptr, osize);
         H.bytes -= old;
         rl_metric_set(RL_M_LUA_BYTES, H.bytes);
         return NULL;
@@ -176,7 +263,7 @@ static void *host_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
             return NULL;
         }
     }
-    void *np = realloc(ptr, nsize);
+    void *np = block_realloc(ptr, old, nsize);
     if (!np)
         return NULL;
     H.bytes = H.bytes - old + nsize;
@@ -939,6 +1026,7 @@ void rl_lua_close(void)
     rl_lua_names_close();
     lua_close(H.L);
     H.L = NULL;
+    pool_drain();
     rl_lua_json_close();
     free(H.chunk_refs);
     free(H.config_refs);

@@ -19,6 +19,8 @@
 #define RL_LUA_HOOK_STEP 1000     /* instructions between two count-hook calls */
 #define RL_LUA_SLICE_MAX 200000   /* instructions after which a blocking-capable call yields */
 #define RL_LUA_CHAN_MAX 1000000   /* channel.new(size) upper bound */
+#define RL_LUA_POOL_MAX 256       /* Lua blocks up to this size are recycled per size class */
+#define RL_LUA_POOL_KEEP 1024     /* free blocks kept per class (2.2 MiB in all at most) */
 
 typedef struct rl_lua_inst rl_lua_inst;
 typedef struct rl_lua_timer rl_lua_timer;
