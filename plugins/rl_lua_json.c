@@ -707,10 +707,18 @@ static int enter(jdec *d, int depth)
 {
     if (depth >= RL_LUA_JSON_DEPTH)
         return fail(d, d->p, "nested too deep");
-    /* the table's slot, the batch, a string buffer */
-    if (!lua_checkstack(d->L, 2 * DEC_BATCH + 8))
+    /* the table's slot, a table made at once, a string buffer: the batch reserves its room
+       item by item (grow), so a small message never makes the coroutine's stack grow for
+       good (Lua shrinks a stack only in a collection, which an idle node does not run) */
+    if (!lua_checkstack(d->L, 6))
         return fail(d, d->p, "out of Lua stack");
     return 0;
+}
+
+/* Room for one more item (a key, its value and what storing them needs). */
+static int grow(jdec *d, const unsigned char *p)
+{
+    return lua_checkstack(d->L, 6) ? 0 : fail(d, p, "out of Lua stack");
 }
 
 static void mark_object(lua_State *L)
@@ -761,6 +769,8 @@ static int dec_object(jdec *d, int depth)
     }
     lua_pushnil(L); /* slot t: the table, once it is made */
     for (;;) {
+        if (grow(d, p) < 0)
+            return -1;
         if (p == e || *p != '"')
             return fail(d, p, p == e ? "unexpected end" : "expected a string key");
         d->p = p + 1;
@@ -840,6 +850,8 @@ static int dec_array(jdec *d, int depth)
     }
     lua_pushnil(L); /* slot t: the table, once it is made */
     for (lua_Integer n = 1;; n++) {
+        if (grow(d, p) < 0)
+            return -1;
         d->p = p;
         int r = dec_value(d, depth + 1);
         if (r < 0)
