@@ -46,13 +46,18 @@ size_t rl_err_format(char *out, size_t cap, rl_err_code e, const char *msg, cons
     return len + 1;
 }
 
-void rl_err_send(rl_proc *from, const char *to, rl_err_code e, const char *msg, const char *rid,
-                 size_t rid_len)
+rl_msg *rl_err_msg(rl_err_code e, const char *msg, const char *rid, size_t rid_len)
 {
     rl_metric_error(e);
     size_t need = rl_err_format(NULL, 0, e, msg, rid, rid_len);
     rl_msg *m = rl_msg_new_data(RL_T_APP, "error", 5, NULL, need);
     if (m)
         rl_err_format(rl_msg_data(m), need + 1, e, msg, rid, rid_len);
-    rl_send_or_free(from, to, m);
+    return m;
+}
+
+void rl_err_send(rl_proc *from, const char *to, rl_err_code e, const char *msg, const char *rid,
+                 size_t rid_len)
+{
+    rl_send_or_free(from, to, rl_err_msg(e, msg, rid, rid_len));
 }

@@ -35,6 +35,10 @@ const char *rl_err_default_message(rl_err_code e);
 size_t rl_err_format(char *out, size_t cap, rl_err_code e, const char *msg, const char *rid,
                      size_t rid_len);
 
+struct rl_msg;
+/* The "error" message with that data (counts the code); NULL on OOM. */
+struct rl_msg *rl_err_msg(rl_err_code e, const char *msg, const char *rid, size_t rid_len);
+
 struct rl_proc;
 /* Sends `to` an "error" message from `from` (NULL = the system) with the data above, and counts
    the code; an error that cannot be sent is counted as dropped. */

@@ -174,11 +174,7 @@ void rl_conn_flush_all(void *ud)
 static void conn_send_error(rl_conn *c, rl_err_code e, const char *msg, const char *rid,
                             size_t rid_len)
 {
-    rl_metric_error(e);
-    size_t need = rl_err_format(NULL, 0, e, msg, rid, rid_len);
-    rl_msg *m = rl_msg_new_data(RL_T_APP, "error", 5, NULL, need);
-    if (m)
-        rl_err_format(rl_msg_data(m), need + 1, e, msg, rid, rid_len);
+    rl_msg *m = rl_err_msg(e, msg, rid, rid_len);
     if (!m || conn_queue(c, m) < 0) {
         rl_msg_free(m);
         rl_metric_inc(RL_M_MSGS_DROPPED);
