@@ -1224,6 +1224,7 @@ def report(info, node_ver, ws_ver, pin_note):
     w("| fd limit per process | %s |" % info["ulimit_n"])
     w("| whole run | %.0f s |" % (time.monotonic() - T_START))
     w("")
+    out.extend(summary())
     w("## Method")
     w("")
     w("One load generator for every server: `build/relay-bench` (C, epoll, one thread). Each connection")
@@ -1477,6 +1478,57 @@ def report(info, node_ver, ws_ver, pin_note):
     return out
 
 
+def idle_ratios(k):
+    without = rows("idle_rt", peer=k, idle_users=0)
+    with_ = [r for r in rows("idle_rt", peer=k) if r.get("idle_users")]
+    return (ratio(med(r["msgs_per_sec"] for r in with_), med(r["msgs_per_sec"] for r in without)),
+            ratio(med(r["p99_us"] for r in with_), med(r["p99_us"] for r in without)))
+
+
+def summary():
+    """The figures the issue set targets for, and the headline ratios, in one table."""
+    out = []
+    w = out.append
+    w("## Summary")
+    w("")
+    w("| figure | Relay | target | |")
+    w("|---|---|---|---|")
+    rate, p99 = idle_ratios("relay")
+    mem = {cfg: med(r["bytes_per_user"] for r in rows("idle_mem", peer="relay", config=cfg))
+           for cfg in ("session", "noauto")}
+    conn = med(r.get("open_per_sec") for r in rows("connect", peer="relay"))
+    for label, v, shown, target, ok in (
+            ("rate at 100 connections with %s idle users / without" % fnum(IDLE), rate, fx(rate),
+             ">= %.2fx" % TARGETS["idle_rate"], rate is not None and rate >= TARGETS["idle_rate"]),
+            ("p99 with idle users / without", p99, fx(p99), "<= %.0fx" % TARGETS["idle_p99"],
+             p99 is not None and p99 <= TARGETS["idle_p99"]),
+            ("idle bytes per user, session plugin auto-started", mem["session"], fnum(mem["session"], " B"),
+             "<= 5 KiB (5,120 B)", mem["session"] is not None and mem["session"] <= TARGETS["bytes_session"]),
+            ("idle bytes per user, no auto-started plugins", mem["noauto"], fnum(mem["noauto"], " B"),
+             "< 3 KiB (3,072 B)", mem["noauto"] is not None and mem["noauto"] < TARGETS["bytes_noauto"]),
+            ("connections/s to the welcome frame", conn, fnum(conn, "/s"), ">= %s/s" % fnum(TARGETS["connect"]),
+             conn is not None and conn >= TARGETS["connect"])):
+        w("| %s | **%s** | %s | %s |" % (label, shown, target, "n/a" if v is None else ("meets" if ok else "**misses**")))
+    a = rows("allocs", conns=ACTIVE) or rows("allocs")
+    if a:
+        w("| allocator calls per routed round trip (%d connections) | **%s** | | |" % (
+            a[0]["conns"], fnum(a[0]["allocs_per_rt"], "", 1)))
+    w("")
+    pinned = bool(rows("rt", pinned=True))
+    w("Round trips/s at each connection count, Relay / peer (medians, %s layout):" % (
+        "pinned" if pinned else "unpinned"))
+    w("")
+    others = [k for k in PEERS if k != "relay"]
+    w("| connections |" + "".join(" Relay / %s |" % PEER_NAMES[k] for k in others))
+    w("|---|" + "---|" * len(others))
+    for conns in CONNS:
+        rel = med(r["msgs_per_sec"] for r in rows("rt", pinned=pinned, conns=conns, peer="relay"))
+        w("| %d |" % conns + "".join(" %s |" % fx(ratio(rel, med(
+            r["msgs_per_sec"] for r in rows("rt", pinned=pinned, conns=conns, peer=k)))) for k in others))
+    w("")
+    return out
+
+
 def growth_section():
     """docs/performance.md: "How cost grows" from this run's figures."""
     out = []
@@ -1498,10 +1550,16 @@ def growth_section():
         a = rows("allocs", conns=conns)
         line += " %s |" % (fnum(a[0]["allocs_per_rt"], "", 1) if a else "n/a")
         w(line)
-    line = "| %d + %s idle |" % (ACTIVE, fnum(IDLE))
-    for k in PEERS:
-        line += " %s |" % fnum(med(r.get("server_us_per_rt") for r in rows("idle_rt", peer=k) if r.get("idle_users")), " us", 1)
-    w(line + " n/a |")
+    for label, sel in (("%d, idle-user section, without" % ACTIVE, lambda r: not r.get("idle_users")),
+                       ("%d + %s idle users, same section" % (ACTIVE, fnum(IDLE)), lambda r: r.get("idle_users"))):
+        line = "| %s |" % label
+        for k in PEERS:
+            line += " %s |" % fnum(med(r.get("server_us_per_rt") for r in rows("idle_rt", peer=k) if sel(r)), " us", 1)
+        w(line + " n/a |")
+    w("")
+    w("The last two rows come from one section (two servers side by side, rounds alternating), so")
+    w("they compare with each other; figures from different sections also differ by the drift of a")
+    w("shared VM over the run.")
     w("")
     w("| per connection | " + " | ".join(PEER_NAMES[k] for k in PEERS) + " |")
     w("|---|" + "---|" * len(PEERS))
@@ -1512,15 +1570,21 @@ def growth_section():
         fnum(med(r.get("server_us_per_conn") for r in rows("connect", peer=k)), " us", 1) for k in PEERS) + " |")
     rel = {c: med(r.get("server_us_per_rt") for r in rows("rt", pinned=pinned, conns=c, peer="relay")) for c in CONNS}
     ech = {c: med(r.get("server_us_per_rt") for r in rows("rt", pinned=pinned, conns=c, peer="echo")) for c in CONNS}
-    if len(CONNS) >= 2 and rel.get(CONNS[0]) and rel.get(CONNS[-1]):
-        w("")
-        w("From %d to %d connections Relay's CPU per round trip changes %s (lws echo: %s); with the idle" % (
-            CONNS[0], CONNS[-1], fx(ratio(rel[CONNS[-1]], rel[CONNS[0]])), fx(ratio(ech.get(CONNS[-1]), ech.get(CONNS[0])))))
-        base = med(r.get("server_us_per_rt") for r in rows("idle_rt", peer="relay", idle_users=0))
-        loaded = med(r.get("server_us_per_rt") for r in rows("idle_rt", peer="relay") if r.get("idle_users"))
-        w("users it changes %s at %d connections. At 1 connection the server is not saturated (the" % (
-            fx(ratio(loaded, base)), ACTIVE))
-        w("round trip is latency-bound), so its CPU per round trip includes the cost of waking up.")
+    nod = {c: med(r.get("server_us_per_rt") for r in rows("rt", pinned=pinned, conns=c, peer="node")) for c in CONNS}
+    lo = min((c for c in CONNS if c > 1), default=None)  # 1 connection is wake-up bound (see Caveats)
+    hi = max(CONNS)
+    w("")
+    if lo and hi > lo and rel.get(lo) and rel.get(hi):
+        w("From %d to %d connections the CPU per round trip changes %s for Relay, %s for lws echo" % (
+            lo, hi, fx(ratio(rel[hi], rel[lo])), fx(ratio(ech.get(hi), ech.get(lo)))))
+        w("and %s for the Node relay." % fx(ratio(nod.get(hi), nod.get(lo))))
+    r_base = med(r.get("server_us_per_rt") for r in rows("idle_rt", peer="relay", idle_users=0))
+    r_loaded = med(r.get("server_us_per_rt") for r in rows("idle_rt", peer="relay") if r.get("idle_users"))
+    if r_base and r_loaded:
+        w("With %s idle users Relay's CPU per round trip at %d connections changes %s." % (
+            fnum(IDLE), ACTIVE, fx(ratio(r_loaded, r_base))))
+    w("At 1 connection no server is saturated (the round trip waits on wake-ups), so the CPU per")
+    w("round trip there includes the cost of going idle and waking up.")
     return out
 
 
