@@ -526,13 +526,15 @@ def other_load(info, a, b):
     return round(max(0.0, 100.0 * other / HZ / secs), 1)
 
 
-def echo_run(server, conns, kind, users_prefix="bench", duration=None, **extra):
-    """One round-trip run; records and returns its row."""
+def echo_run(server, conns, kind, users_prefix="bench", duration=None, on_mark=None, **extra):
+    """One round-trip run; records and returns its row. on_mark(name) is called at each of the
+    client's marks (open_start, open_end, measure_start, measure_end)."""
     duration = DURATION if duration is None else duration
     args = ["--url", server.url, "--conns", str(conns), "--users", str(conns),
             "--duration", str(duration), "--warmup", str(WARMUP), "--size", str(SIZE),
             "--type", "echo_ping", "--user-prefix", users_prefix, "--timeout", "30"]
-    res, info = run_client(args, server=server, timeout=60 + conns * 0.01 + duration + WARMUP)
+    res, info = run_client(args, server=server, on_mark=on_mark,
+                           timeout=60 + conns * 0.01 + duration + WARMUP)
     secs, cpu_s = window(info, "measure_start", "measure_end")
     row = dict(extra, peer=server.kind, server=server.tag, conns=conns)
     if res is None:
@@ -639,16 +641,19 @@ def pinning(on):
 
 
 def section_roundtrips(pinned):
-    """a: interleaved rounds relay, echo, node at each connection count. Returns the servers
-    (still running) so the connect-rate runs can use them."""
+    """a: at each connection count, fresh servers (so that no server carries the users of an
+    earlier count: Relay keeps a user's hub and plugins long after the user leaves), then rounds
+    interleaved relay, echo, node, relay, ..."""
     with pinning(pinned):
-        servers = start_servers(PEERS, "rt-" + ("pinned" if pinned else "unpinned"))
-        for r in range(1, ROUNDS + 1):
-            for conns in CONNS:
-                for k in PEERS:
-                    if k in servers:
-                        echo_run(servers[k], conns, "rt", pinned=pinned, round=r)
-    return servers
+        for conns in CONNS:
+            servers = start_servers(PEERS, "rt-%s-%d" % ("pinned" if pinned else "unpinned", conns))
+            try:
+                for r in range(1, ROUNDS + 1):
+                    for k in PEERS:
+                        if k in servers:
+                            echo_run(servers[k], conns, "rt", pinned=pinned, round=r)
+            finally:
+                stop_servers(servers)
 
 
 def section_connect(servers):
@@ -965,12 +970,19 @@ def cluster_runs():
             return sum(n.metrics().get("relay_forwarded_out_total", 0) for n in nodes)
 
         def crun(kind, node, conns, r):
-            f0, t0 = forwarded(), [n.ticks() for n in nodes] + [cpu_ticks(redis.pid)]
-            rec = echo_run(node, conns, kind, round=r)
-            f1, t1 = forwarded(), [n.ticks() for n in nodes] + [cpu_ticks(redis.pid)]
-            rec["forwarded_per_rt"] = round((f1 - f0) / max(1, (rec.get("msgs") or 0)), 2)
+            at = {}  # forwarded messages and CPU ticks of n1, n2, redis at the measure marks
+
+            def on_mark(name):
+                if name in ("measure_start", "measure_end"):
+                    at[name] = (forwarded(), [n.ticks() for n in nodes] + [cpu_ticks(redis.pid)])
+
+            rec = echo_run(node, conns, kind, round=r, on_mark=on_mark)
+            if "measure_start" in at and "measure_end" in at and rec.get("msgs"):
+                (f0, t0), (f1, t1) = at["measure_start"], at["measure_end"]
+                rec["forwarded_per_rt"] = round((f1 - f0) / rec["msgs"], 2)
+                secs = rec["msgs"] / rec["msgs_per_sec"] if rec.get("msgs_per_sec") else DURATION
+                rec["cpu_pct_n1_n2_redis"] = [round(100.0 * (b - a) / HZ / secs) for a, b in zip(t0, t1)]
             rec["hubs_n2"] = n2.metrics().get("relay_hubs")
-            rec["cpu_ticks_n1_n2_redis"] = [b - a for a, b in zip(t0, t1)]
 
         cconns = [c for c in CONNS if c <= 100] or CONNS[:1]
         for conns in cconns:
@@ -1124,10 +1136,14 @@ def load_note(rs):
     if not vals:
         return "Other load on the machine: not measured."
     m, hi = statistics.median(vals), max(vals)
-    s = ("Other load: processes other than the server and the load generator used a median %.0f%% "
+    busy = sum(1 for v in vals if v > 25)
+    s = ("Other load: processes other than the servers and the load generator used a median %.0f%% "
          "of a core during these runs (max %.0f%%)." % (m, hi))
-    if m > 10 or hi > 50:
+    if m > 10:
         s += " **The machine was busy with other work: compare within a round, not across runs.**"
+    elif busy:
+        s += (" %d of %d runs shared the machine with other work (over 25%%; see other_load_pct in"
+              " the raw runs)." % (busy, len(vals)))
     return s
 
 
@@ -1208,16 +1224,18 @@ def report(info, node_ver, ws_ver, pin_note):
     w("| fd limit per process | %s |" % info["ulimit_n"])
     w("| whole run | %.0f s |" % (time.monotonic() - T_START))
     w("")
+    out.extend(summary())
     w("## Method")
     w("")
     w("One load generator for every server: `build/relay-bench` (C, epoll, one thread). Each connection")
     w("is its own user (`?user_id=benchK`, insecure auth), waits for the welcome frame, then keeps one")
     w("%d-byte `{\"type\":\"echo_ping\",\"request_id\":..,\"data\":..}` in flight; latency is per round trip" % SIZE)
-    w("(monotonic clock, 1 us histogram buckets). %.1f s measured after %.1f s of warm-up; **%d round%s**," % (
+    w("(monotonic clock, 1 us histogram buckets). %.1f s measured after %.1f s of warm-up; **%d round%s**" % (
         DURATION, WARMUP, a_rounds, "" if a_rounds == 1 else "s"))
-    w("servers interleaved within each round (%s, %s, ...); every figure is the **median over" % (
+    w("on freshly started servers for each connection count, the servers interleaved within each")
+    w("round (%s, %s, ...); every figure is the **median over rounds** and every ratio is taken" % (
         ", ".join(PEERS), PEERS[0]))
-    w("rounds** and every ratio is taken from the same run. Server CPU is the server's user+system time")
+    w("from the same run. Server CPU is the server's user+system time")
     w("between the client's measure_start and measure_end marks (100% is one core), client CPU the")
     w("generator's over its whole run. %s" % pin_note)
     w("")
@@ -1230,7 +1248,9 @@ def report(info, node_ver, ws_ver, pin_note):
     if "node-echo" in PEERS:
         w("**Node ws echo** = `bench/node-relay/echo.js` (no hub, no routing).")
     w("Client and servers share this machine, so the figures compare servers; they are not capacity")
-    w("figures.")
+    w("figures. At 1 connection a round trip waits on wake-ups: on an otherwise idle VM each")
+    w("wake-up of a vCPU costs tens of microseconds, so the 1-connection figures are mostly that and")
+    w("rise several-fold when other work keeps the CPUs busy (see the other load column).")
     w("")
     for pinned, title in ((False, "unpinned"), (True, "pinned: server on CPU 0, load generator on CPU 1")):
         w("## Round trips, %s" % title)
@@ -1414,17 +1434,21 @@ def report(info, node_ver, ws_ver, pin_note):
         w("")
         w("Two nodes on a private redis-server, unpinned; all hubs on n1. Same-node: clients on n1.")
         w("Cross-node: a holder on n1 keeps the users' hubs there, measured clients on n2 (client -> n2 ->")
-        w("Redis stream -> hub and plugin on n1 -> Redis stream -> n2 -> client).")
+        w("Redis stream -> hub and plugin on n1 -> Redis stream -> n2 -> client). Forwarded messages are")
+        w("the increase of `relay_forwarded_out_total` on both nodes in the measured window per round")
+        w("trip (2 expected cross-node, 0 same-node); CPU is each process's over the same window.")
         w("")
-        w("| connections | path | round trips/s | p50 | p99 | forwarded msgs per round trip | hubs on n2 |")
-        w("|---|---|---|---|---|---|---|")
+        w("| connections | path | round trips/s | p50 | p99 | forwarded msgs per round trip | CPU n1 / n2 / redis | hubs on n2 |")
+        w("|---|---|---|---|---|---|---|---|")
         for conns in sorted({r["conns"] for r in rows("cluster_same") + rows("cluster_cross")}):
             for kind, label in (("cluster_same", "same-node"), ("cluster_cross", "cross-node")):
                 rs = rows(kind, conns=conns)
                 if rs:
-                    w("| %d | %s | %s | %s | %s | %s | %s |" % (
+                    cpus = [r["cpu_pct_n1_n2_redis"] for r in rs if r.get("cpu_pct_n1_n2_redis")]
+                    w("| %d | %s | %s | %s | %s | %s | %s | %s |" % (
                         conns, label, fnum(med(r["msgs_per_sec"] for r in rs)), fus(med(r["p50_us"] for r in rs)),
                         fus(med(r["p99_us"] for r in rs)), fnum(med(r.get("forwarded_per_rt") for r in rs), "", 2),
+                        " / ".join(fnum(med(c[i] for c in cpus), "%") for i in range(3)) if cpus else "n/a",
                         fnum(med(r.get("hubs_n2") for r in rs))))
         w("")
     elif not QUICK:
@@ -1454,6 +1478,57 @@ def report(info, node_ver, ws_ver, pin_note):
     return out
 
 
+def idle_ratios(k):
+    without = rows("idle_rt", peer=k, idle_users=0)
+    with_ = [r for r in rows("idle_rt", peer=k) if r.get("idle_users")]
+    return (ratio(med(r["msgs_per_sec"] for r in with_), med(r["msgs_per_sec"] for r in without)),
+            ratio(med(r["p99_us"] for r in with_), med(r["p99_us"] for r in without)))
+
+
+def summary():
+    """The figures the issue set targets for, and the headline ratios, in one table."""
+    out = []
+    w = out.append
+    w("## Summary")
+    w("")
+    w("| figure | Relay | target | |")
+    w("|---|---|---|---|")
+    rate, p99 = idle_ratios("relay")
+    mem = {cfg: med(r["bytes_per_user"] for r in rows("idle_mem", peer="relay", config=cfg))
+           for cfg in ("session", "noauto")}
+    conn = med(r.get("open_per_sec") for r in rows("connect", peer="relay"))
+    for label, v, shown, target, ok in (
+            ("rate at 100 connections with %s idle users / without" % fnum(IDLE), rate, fx(rate),
+             ">= %.2fx" % TARGETS["idle_rate"], rate is not None and rate >= TARGETS["idle_rate"]),
+            ("p99 with idle users / without", p99, fx(p99), "<= %.0fx" % TARGETS["idle_p99"],
+             p99 is not None and p99 <= TARGETS["idle_p99"]),
+            ("idle bytes per user, session plugin auto-started", mem["session"], fnum(mem["session"], " B"),
+             "<= 5 KiB (5,120 B)", mem["session"] is not None and mem["session"] <= TARGETS["bytes_session"]),
+            ("idle bytes per user, no auto-started plugins", mem["noauto"], fnum(mem["noauto"], " B"),
+             "< 3 KiB (3,072 B)", mem["noauto"] is not None and mem["noauto"] < TARGETS["bytes_noauto"]),
+            ("connections/s to the welcome frame", conn, fnum(conn, "/s"), ">= %s/s" % fnum(TARGETS["connect"]),
+             conn is not None and conn >= TARGETS["connect"])):
+        w("| %s | **%s** | %s | %s |" % (label, shown, target, "n/a" if v is None else ("meets" if ok else "**misses**")))
+    a = rows("allocs", conns=ACTIVE) or rows("allocs")
+    if a:
+        w("| allocator calls per routed round trip (%d connections) | **%s** | | |" % (
+            a[0]["conns"], fnum(a[0]["allocs_per_rt"], "", 1)))
+    w("")
+    pinned = bool(rows("rt", pinned=True))
+    w("Round trips/s at each connection count, Relay / peer (medians, %s layout):" % (
+        "pinned" if pinned else "unpinned"))
+    w("")
+    others = [k for k in PEERS if k != "relay"]
+    w("| connections |" + "".join(" Relay / %s |" % PEER_NAMES[k] for k in others))
+    w("|---|" + "---|" * len(others))
+    for conns in CONNS:
+        rel = med(r["msgs_per_sec"] for r in rows("rt", pinned=pinned, conns=conns, peer="relay"))
+        w("| %d |" % conns + "".join(" %s |" % fx(ratio(rel, med(
+            r["msgs_per_sec"] for r in rows("rt", pinned=pinned, conns=conns, peer=k)))) for k in others))
+    w("")
+    return out
+
+
 def growth_section():
     """docs/performance.md: "How cost grows" from this run's figures."""
     out = []
@@ -1475,10 +1550,16 @@ def growth_section():
         a = rows("allocs", conns=conns)
         line += " %s |" % (fnum(a[0]["allocs_per_rt"], "", 1) if a else "n/a")
         w(line)
-    line = "| %d + %s idle |" % (ACTIVE, fnum(IDLE))
-    for k in PEERS:
-        line += " %s |" % fnum(med(r.get("server_us_per_rt") for r in rows("idle_rt", peer=k) if r.get("idle_users")), " us", 1)
-    w(line + " n/a |")
+    for label, sel in (("%d, idle-user section, without" % ACTIVE, lambda r: not r.get("idle_users")),
+                       ("%d + %s idle users, same section" % (ACTIVE, fnum(IDLE)), lambda r: r.get("idle_users"))):
+        line = "| %s |" % label
+        for k in PEERS:
+            line += " %s |" % fnum(med(r.get("server_us_per_rt") for r in rows("idle_rt", peer=k) if sel(r)), " us", 1)
+        w(line + " n/a |")
+    w("")
+    w("The last two rows come from one section (two servers side by side, rounds alternating), so")
+    w("they compare with each other; figures from different sections also differ by the drift of a")
+    w("shared VM over the run.")
     w("")
     w("| per connection | " + " | ".join(PEER_NAMES[k] for k in PEERS) + " |")
     w("|---|" + "---|" * len(PEERS))
@@ -1489,15 +1570,21 @@ def growth_section():
         fnum(med(r.get("server_us_per_conn") for r in rows("connect", peer=k)), " us", 1) for k in PEERS) + " |")
     rel = {c: med(r.get("server_us_per_rt") for r in rows("rt", pinned=pinned, conns=c, peer="relay")) for c in CONNS}
     ech = {c: med(r.get("server_us_per_rt") for r in rows("rt", pinned=pinned, conns=c, peer="echo")) for c in CONNS}
-    if len(CONNS) >= 2 and rel.get(CONNS[0]) and rel.get(CONNS[-1]):
-        w("")
-        w("From %d to %d connections Relay's CPU per round trip changes %s (lws echo: %s); with the idle" % (
-            CONNS[0], CONNS[-1], fx(ratio(rel[CONNS[-1]], rel[CONNS[0]])), fx(ratio(ech.get(CONNS[-1]), ech.get(CONNS[0])))))
-        base = med(r.get("server_us_per_rt") for r in rows("idle_rt", peer="relay", idle_users=0))
-        loaded = med(r.get("server_us_per_rt") for r in rows("idle_rt", peer="relay") if r.get("idle_users"))
-        w("users it changes %s at %d connections. At 1 connection the server is not saturated (the" % (
-            fx(ratio(loaded, base)), ACTIVE))
-        w("round trip is latency-bound), so its CPU per round trip includes the cost of waking up.")
+    nod = {c: med(r.get("server_us_per_rt") for r in rows("rt", pinned=pinned, conns=c, peer="node")) for c in CONNS}
+    lo = min((c for c in CONNS if c > 1), default=None)  # 1 connection is wake-up bound (see Caveats)
+    hi = max(CONNS)
+    w("")
+    if lo and hi > lo and rel.get(lo) and rel.get(hi):
+        w("From %d to %d connections the CPU per round trip changes %s for Relay, %s for lws echo" % (
+            lo, hi, fx(ratio(rel[hi], rel[lo])), fx(ratio(ech.get(hi), ech.get(lo)))))
+        w("and %s for the Node relay." % fx(ratio(nod.get(hi), nod.get(lo))))
+    r_base = med(r.get("server_us_per_rt") for r in rows("idle_rt", peer="relay", idle_users=0))
+    r_loaded = med(r.get("server_us_per_rt") for r in rows("idle_rt", peer="relay") if r.get("idle_users"))
+    if r_base and r_loaded:
+        w("With %s idle users Relay's CPU per round trip at %d connections changes %s." % (
+            fnum(IDLE), ACTIVE, fx(ratio(r_loaded, r_base))))
+    w("At 1 connection no server is saturated (the round trip waits on wake-ups), so the CPU per")
+    w("round trip there includes the cost of going idle and waking up.")
     return out
 
 
@@ -1587,10 +1674,11 @@ def main():
             " ".join(PEERS), ROUNDS, DURATION, CONNS, IDLE, PINNING, profile, CLUSTER, TMP))
 
         log("== a: round trips, unpinned")
-        stop_servers(section_roundtrips(False))
+        section_roundtrips(False)
         if PINNING:
             log("== a: round trips, pinned")
-        servers = section_roundtrips(True) if PINNING else start_servers(PEERS, "connect")
+            section_roundtrips(True)
+        servers = start_servers(PEERS, "connect")
         try:
             log("== d: connect rate")
             section_connect(servers)
