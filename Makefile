@@ -103,6 +103,7 @@ bench: deps
 	  else echo "bench: not root, not installing$$missing (the report notes what it skipped)"; fi; \
 	fi
 	$(MAKE) all $(BENCH_TOOLS)
+	$(MAKE) ALLOCATOR=glibc build-glibc/relay-node
 	BUILD=$(BUILD) bench/run.sh
 
 clean:

@@ -96,6 +96,9 @@ KEEP = env("BENCH_KEEP", "0") == "1"
 BUILD = env("BUILD", "build")
 BUILD = BUILD if os.path.isabs(BUILD) else os.path.join(ROOT, BUILD)
 RELAY_NODE = env("RELAY_NODE_BIN", os.path.join(BUILD, "relay-node"))
+# relay-node links jemalloc (ALLOCATOR in the Makefile); the glibc figure runs the same code
+# built with ALLOCATOR=glibc (`make bench` builds it into build-glibc/).
+RELAY_NODE_GLIBC = env("RELAY_NODE_GLIBC_BIN", os.path.join(ROOT, "build-glibc", "relay-node"))
 RELAY_BENCH = env("RELAY_BENCH_BIN", os.path.join(BUILD, "relay-bench"))
 LWS_ECHO = env("LWS_ECHO_BIN", os.path.join(BUILD, "lws-echo"))
 MALLOC_COUNT = env("MALLOC_COUNT_SO", os.path.join(BUILD, "malloc_count.so"))
@@ -295,8 +298,9 @@ class Server:
     """One server under test on a free loopback port."""
 
     def __init__(self, kind, tag, cpu=SERVER_CPU, config=CONFIG, preload=None, env_extra=None,
-                 extra_args=None, ready_path=None):
+                 extra_args=None, ready_path=None, binary=None):
         self.kind, self.tag, self.cpu, self.config = kind, tag, cpu, config
+        self.binary = binary
         self.preload, self.env_extra = preload, dict(env_extra or {})
         self.extra_args = extra_args or []
         self.ready_path = ready_path
@@ -314,7 +318,7 @@ class Server:
 
     def argv(self):
         if self.kind == "relay":
-            return [RELAY_NODE, "-c", self.config, "--listen", "127.0.0.1:%d" % self.port] + self.extra_args
+            return [self.binary or RELAY_NODE, "-c", self.config, "--listen", "127.0.0.1:%d" % self.port] + self.extra_args
         if self.kind == "echo":
             return [LWS_ECHO, "--listen", "127.0.0.1:%d" % self.port]
         if self.kind == "node":
@@ -752,8 +756,13 @@ def section_allocators():
     """f: Relay with each allocator: interleaved 100-connection rounds, then idle bytes/user."""
     servers = {}
     for a in ALLOCATORS:
-        preload = None
-        if a != "glibc":
+        preload = binary = None
+        if a == "glibc":
+            if not os.path.exists(RELAY_NODE_GLIBC):
+                note("allocator glibc skipped: %s not built (make ALLOCATOR=glibc)" % RELAY_NODE_GLIBC)
+                continue
+            binary = RELAY_NODE_GLIBC
+        else:
             lib, pkg = ALLOC_LIBS.get(a, (None, None))
             preload = find_lib(lib) if lib else None
             if not preload:
@@ -761,7 +770,7 @@ def section_allocators():
                     a, lib or a, pkg or "?"))
                 continue
         try:
-            s = Server("relay", "alloc-" + a, preload=preload).start()
+            s = Server("relay", "alloc-" + a, preload=preload, binary=binary).start()
         except BenchError as e:
             note("allocator %s: Relay did not start: %s" % (a, str(e).splitlines()[0]))
             continue
@@ -1380,8 +1389,10 @@ def report(info, node_ver, ws_ver, pin_note):
     # f
     w("## Allocators (Relay)")
     w("")
-    w("The same Relay binary with glibc malloc or a preloaded allocator (`LD_PRELOAD`, checked in")
-    w("/proc/PID/maps); %d connections, rounds interleaved across allocators; idle bytes per user" % ACTIVE)
+    w("The same Relay code: glibc malloc is `make ALLOCATOR=glibc` (build-glibc/relay-node, no")
+    w("jemalloc linked); jemalloc and mimalloc are preloaded (`LD_PRELOAD`, checked in")
+    w("/proc/PID/maps; jemalloc is also what relay-node links by default); %d connections, rounds" % ACTIVE)
+    w("interleaved across allocators; idle bytes per user")
     w("as above with %s users, each allocator on its own fresh server." % fnum(IDLE))
     w("")
     w("| allocator | library | round trips/s | p50 | p99 | rt/s vs glibc | idle bytes per user | vs glibc |")
