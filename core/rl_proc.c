@@ -35,6 +35,7 @@ static struct {
     rl_map procs;
     rl_map owners; /* user -> rl_owner (interned) */
     rl_proc *ready_head, *ready_tail;
+    rl_proc *later_head, *later_tail; /* scheduled by themselves while running: next turn */
     rl_proc *dead;    /* exited, waiting for free after the current turn */
     rl_proc *running; /* the process whose handle() or run() runs now */
     uv_check_t check;
@@ -368,6 +369,13 @@ void rl_node_close(void)
     void *v;
     for (size_t it = 0; rl_map_next(&node.procs, &it, &k, &v);)
         rl_proc_exit(v, "node shutdown");
+    if (node.later_head) {
+        if (node.ready_tail)
+            node.ready_tail->next_ready = node.later_head;
+        else
+            node.ready_head = node.later_head;
+        node.later_head = node.later_tail = NULL;
+    }
     while (node.ready_head) { /* every one has exited: move them to the dead list */
         rl_proc *p = node.ready_head;
         node.ready_head = p->next_ready;
@@ -445,17 +453,28 @@ void rl_turn_request(void)
     uv_idle_start(&node.idle, idle_cb);
 }
 
+static void append(rl_proc **head, rl_proc **tail, rl_proc *p)
+{
+    p->scheduled = 1;
+    p->next_ready = NULL;
+    if (*tail)
+        (*tail)->next_ready = p;
+    else
+        *head = p;
+    *tail = p;
+}
+
+/* A process made ready by another one runs in this turn; one that makes itself ready again
+   (more mail than a batch, a Lua instance yielding after a long slice) waits for the next, so
+   no process can keep the loop from sockets and timers. */
 static void schedule(rl_proc *p)
 {
     if (p->scheduled)
         return;
-    p->scheduled = 1;
-    p->next_ready = NULL;
-    if (node.ready_tail)
-        node.ready_tail->next_ready = p;
+    if (p == node.running)
+        append(&node.later_head, &node.later_tail, p);
     else
-        node.ready_head = p;
-    node.ready_tail = p;
+        append(&node.ready_head, &node.ready_tail, p);
     rl_turn_request(); /* keep the loop from blocking in poll */
 }
 
@@ -657,12 +676,14 @@ void rl_turn_set(rl_turn_step step, rl_turn_fn fn, void *ud)
 }
 
 /* The scheduler: each ready process handles up to RL_SCHED_BATCH messages and then runs once
-   if it was woken, in ready order, until RL_SCHED_BUDGET units in all; what is left waits for
+   if it was woken, in ready order (those made ready meanwhile by others too), until
+   RL_SCHED_BUDGET units in all; what is left, and what rescheduled itself, waits for
    the next turn (the idle handle keeps the loop from blocking meanwhile). */
 static void run_procs(void)
 {
     size_t budget = RL_SCHED_BUDGET;
-    rl_proc *stop = node.ready_tail; /* processes scheduled during this turn wait for the next */
+    /* Processes scheduled during this turn run in it too (a client's message reaches its
+       plugin and the reply its socket in one turn); the budget bounds a ping-pong. */
     while (node.ready_head && budget > 0) {
         rl_proc *p = node.ready_head;
         node.ready_head = p->next_ready;
@@ -685,17 +706,25 @@ static void run_procs(void)
             budget--;
             p->ops->run(p);
         }
-        node.running = NULL;
         if (p->exited) {
+            node.running = NULL;
             if (!p->scheduled) {
                 p->next_ready = node.dead;
                 node.dead = p;
             }
-        } else if (p->head || p->woken) {
-            schedule(p);
+        } else {
+            if (p->head || p->woken)
+                schedule(p); /* still p == node.running: the next turn */
+            node.running = NULL;
         }
-        if (p == stop)
-            break;
+    }
+    if (node.later_head) { /* what rescheduled itself goes after what is left */
+        if (node.ready_tail)
+            node.ready_tail->next_ready = node.later_head;
+        else
+            node.ready_head = node.later_head;
+        node.ready_tail = node.later_tail;
+        node.later_head = node.later_tail = NULL;
     }
     free_dead();
 }

@@ -1012,6 +1012,11 @@ int rl_lua_init(const rl_config *c, char *err, size_t errlen)
         return rc;
     }
     lua_gc(H.L, LUA_GCCOLLECT);
+    /* Generational: what idle users hold (their coroutines, tables, channels) grows old and is
+       left alone by the minor collections that take each message's garbage. Measured with
+       15,000 idle users and 100 busy connections: p99 3.4 ms instead of 4.4 ms (incremental),
+       the same rate and memory (docs/performance.md). */
+    lua_gc(H.L, LUA_GCGEN, 0, 0);
     rl_info("lua", "plugin host ready: %zu plugins, %zu bytes", c->nplugins, H.bytes);
     return 0;
 }

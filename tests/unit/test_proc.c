@@ -385,6 +385,42 @@ static void test_turn_order(void **state)
     uv_run(&loop, UV_RUN_NOWAIT);
 }
 
+/* Made ready by another process: runs in the same turn. Making itself ready again (a Lua
+   instance yielding): the next turn, so one process cannot keep the loop from its sockets. */
+static int self_runs;
+static void self_run(rl_proc *p)
+{
+    self_runs++;
+    rl_proc_wake(p); /* again and again */
+}
+static const rl_proc_ops self_ops = {.kind = "s", .letter = 's', .handle = order_handle, .run = self_run};
+static rl_proc *relay_target;
+static void relay_handle(rl_proc *p, rl_msg *m)
+{
+    (void)p;
+    rl_msg_free(m);
+    rl_proc_wake(relay_target);
+}
+static const rl_proc_ops relay_ops = {.kind = "r", .letter = 'r', .handle = relay_handle};
+
+static void test_same_turn_and_self_rescheduling(void **state)
+{
+    (void)state;
+    rec s = {0}, r = {0};
+    assert_int_equal(rl_proc_start(&s.proc, &self_ops, 0, NULL), 0);
+    assert_int_equal(rl_proc_start(&r.proc, &relay_ops, 0, NULL), 0);
+    relay_target = &s.proc;
+    self_runs = 0;
+    send_expect(NULL, r.proc.pid, app("x", "1"), 0);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    assert_int_equal(self_runs, 1); /* woken by r in this turn, ran in it, once */
+    uv_run(&loop, UV_RUN_NOWAIT);
+    assert_int_equal(self_runs, 2);
+    rl_proc_exit(&s.proc, NULL);
+    rl_proc_exit(&r.proc, NULL);
+    uv_run(&loop, UV_RUN_NOWAIT);
+}
+
 static int remote_calls;
 static int fake_remote(const char *to, rl_msg *m, void *ud)
 {
@@ -428,6 +464,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_orphans_answered, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_without_op_exits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_turn_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_same_turn_and_self_rescheduling, setup, teardown),
         cmocka_unit_test_setup_teardown(test_remote_hook, setup, teardown),
         cmocka_unit_test_setup_teardown(test_topic_table, setup, teardown),
     };
