@@ -1319,7 +1319,7 @@ def report(info, node_ver, ws_ver, pin_note):
     w("| server | set-up | users welcomed | RSS before | RSS after | bytes per user | open fds | errors |")
     w("|---|---|---|---|---|---|---|---|")
     for k in PEERS:
-        for cfg, label, target in (("session", "session + echo plugins auto-started", TARGETS["bytes_session"]),
+        for cfg, label, target in (("session", "session plugin auto-started", TARGETS["bytes_session"]),
                                    ("noauto", "no auto-started plugins", TARGETS["bytes_noauto"]), (None, "", None)):
             rs = [r for r in rows("idle_mem", peer=k) if r.get("config") == cfg]
             if not rs:
