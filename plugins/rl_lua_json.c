@@ -291,7 +291,9 @@ static const char *encode_table(lua_State *L, int idx, int depth)
 {
     if (depth >= RL_LUA_JSON_DEPTH)
         return "nested too deep (or a cycle)";
-    if (!lua_checkstack(L, 2 * SMALL_OBJECT + 8))
+    /* Room is reserved pair by pair, not for SMALL_OBJECT pairs at once: Lua gives a grown
+       stack back only in a collection, so a plugin's coroutine would keep it (see enter()). */
+    if (!lua_checkstack(L, 6))
         return "nested too deep";
     skey small[SMALL_OBJECT], *keys = small;
     size_t nstr = 0, nint = 0, cap = SMALL_OBJECT;
@@ -315,6 +317,10 @@ static const char *encode_table(lua_State *L, int idx, int depth)
             k->rank = skey_rank(k->s, k->n);
             k->slot = 0;
             if (nstr++ < SMALL_OBJECT) { /* leave the pair on the stack: no lookup later */
+                if (!lua_checkstack(L, 5)) {
+                    lua_settop(L, top);
+                    return "nested too deep";
+                }
                 k->slot = lua_gettop(L);
                 lua_pushvalue(L, -2);
                 continue;
