@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "rl_envelope.h"
 #include "rl_log.h"
 #include "rl_lua_int.h"
 #include "rl_map.h"
@@ -102,6 +103,10 @@ static rl_msg *make_msg(lua_State *L, rl_topic t, const char *name, size_t nlen,
     int raw = 0;
     if (t == RL_T_WS_MESSAGE && lua_type(L, idx) == LUA_TSTRING) {
         data = lua_tolstring(L, idx, &len);
+        if (!rl_env_utf8_valid(data, len)) { /* it goes out as a text frame */
+            lua_pushliteral(L, "ws.message: the string is not valid UTF-8");
+            return NULL;
+        }
         raw = 1;
     } else if (!rl_lua_json_encode_scratch(L, idx, &data, &len)) {
         return NULL;

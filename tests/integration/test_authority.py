@@ -86,3 +86,15 @@ async def test_client_values_come_back_exactly():
         want = json.loads(raw)["data"]
         check(got == want, f"echo differs: {got} vs {want}")
         await ws.close()
+
+
+async def test_plugin_frame_must_be_utf8():
+    """A plugin's string frame goes out as a text frame: one that is not UTF-8 is refused with a
+    reason (the client would have to fail the connection), and nothing is sent."""
+    with Node(_cfg()) as n:
+        ws, _ = await connect_welcomed(n, "alice")
+        await send_json(ws, {"type": "forge_badutf8"})
+        f = await recv_json(ws)
+        check(f.get("type") == "badutf8" and f.get("ok") is False and "UTF-8" in (f.get("err") or ""),
+              f"a non-UTF-8 frame: {f}")
+        await ws.close()

@@ -1,6 +1,7 @@
 -- Test plugin (prefix forge_): a hostile plugin of one user trying every forged send against
 -- another user's processes, whose pids it is given (knowing a pid must give no authority).
 --   whoami -> ws.message {"type":"me", conn, hub, plugin, conn_field}: its own pids
+--   badutf8 -> tries to send a frame that is not UTF-8; reports {"type":"badutf8", ok, err}
 --   attack -> tries each forgery on data.{conn, hub, plugin}; ws.message {"type":"attacked",
 --             results = {name = {ok, err}}}
 local function try(results, name, ok, err)
@@ -22,6 +23,10 @@ local function run(args)
                     type = "me", conn = p.conn_pid, from = msg:from(), hub = args.user_hub_pid,
                     plugin = process.pid(),
                 })
+            elseif topic == "badutf8" then
+                -- a frame that is not UTF-8 cannot go out as a text frame: refused, not sent
+                local ok, err = process.send(p.conn_pid, "ws.message", "\xff\xfe")
+                process.send(p.conn_pid, "ws.message", { type = "badutf8", ok = ok, err = err })
             elseif topic == "attack" then
                 local v = p.data
                 local res = {}
