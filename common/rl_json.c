@@ -1,6 +1,7 @@
 /* JSON helpers on cJSON shared by the node's modules. */
 #include "rl_json.h"
 
+#include <ctype.h>
 #include <string.h>
 
 int rl_json_depth_ok(const cJSON *v, int max)
@@ -14,8 +15,9 @@ int rl_json_depth_ok(const cJSON *v, int max)
 }
 
 /* cJSON keeps strings as C strings and lets raw control bytes through: refuse what it would
-   silently cut or accept against RFC 8259 (a raw byte below 0x20 or a \u0000 escape inside a
-   string), so the hub and the plugins never read one message two ways. */
+   silently cut or accept against RFC 8259 (a raw byte below 0x20, a \u0000 escape, or a \u
+   escape without four hex digits inside a string), so cold-path readers (config, JWT claims)
+   never read a document differently from the strict readers. */
 static int strings_clean(const char *buf, size_t len)
 {
     int in_string = 0;
@@ -28,8 +30,14 @@ static int strings_clean(const char *buf, size_t len)
         } else if (c < 0x20) {
             return 0;
         } else if (c == '\\' && i + 1 < len) {
-            if (buf[i + 1] == 'u' && i + 5 < len && memcmp(buf + i + 2, "0000", 4) == 0)
-                return 0;
+            if (buf[i + 1] == 'u') {
+                /* cJSON reads \u with non-hex digits as U+0000 (and cuts the string there) */
+                if (i + 5 >= len || memcmp(buf + i + 2, "0000", 4) == 0)
+                    return 0;
+                for (size_t k = i + 2; k < i + 6; k++)
+                    if (!isxdigit((unsigned char)buf[k]))
+                        return 0;
+            }
             i++; /* the escaped character is not a quote that ends the string */
         }
     }

@@ -771,10 +771,28 @@ static void test_unescape(void **state)
     assert_string_equal(out, "ab");
 }
 
+/* The cold-path reader (cJSON) must not read a document more loosely than the scanner: cJSON
+   takes a \u escape with non-hex digits as U+0000 and cuts the string there. */
+static void test_rl_json_parse_bad_u_escape(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {"{\"type\":\"ab\\uZZZZcd\"}", "[\"\\u12\"]", "\"\\u0000\"",
+                                      "\"\\u00g1\""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cJSON *v = rl_json_parse(bad[i], strlen(bad[i]));
+        if (v)
+            fail_msg("rl_json_parse accepted %s", bad[i]);
+    }
+    cJSON *v = rl_json_parse("\"\\u00e9\\uD83D\\uDE00\"", 20);
+    assert_non_null(v);
+    cJSON_Delete(v);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_typical),
+        cmocka_unit_test(test_rl_json_parse_bad_u_escape),
         cmocka_unit_test(test_valid_shapes),
         cmocka_unit_test(test_large_frame),
         cmocka_unit_test(test_prefixes),
