@@ -443,17 +443,35 @@ static int read_ctl(rl_msg *m, const char *v, size_t len)
    bytes, the sender and its owner (nodes trust one another; the router checks authority). */
 static void deliver_one(const redisReply *h, const redisReply *v)
 {
-    unsigned topic, flags, toff, tlen, roff, rlen, esc;
-    uint64_t epoch;
-    int hdr_end = 0;
-    if (h->len < 4 || memcmp(h->str, "RL1 ", 4) != 0 ||
-        sscanf(h->str, "RL1 %u %" SCNu64 " %u %u %u %u %u %u\n%n", &topic, &epoch, &flags, &toff,
-               &tlen, &roff, &rlen, &esc, &hdr_end) != 8 ||
-        hdr_end <= 0 || topic >= RL_T_COUNT) {
+    /* "RL1 topic epoch flags type_off type_len rid_off rid_len type_escaped\n" (wire_header) */
+    uint64_t f[8];
+    const char *q = h->str + 4, *qe = h->str + h->len;
+    int nf = 0, ok = h->len >= 4 && memcmp(h->str, "RL1 ", 4) == 0;
+    while (ok && nf < 8) {
+        if (q >= qe || *q < '0' || *q > '9') {
+            ok = 0;
+            break;
+        }
+        uint64_t num = 0;
+        while (q < qe && *q >= '0' && *q <= '9' && num < UINT64_MAX / 10)
+            num = num * 10 + (uint64_t)(*q++ - '0');
+        f[nf++] = num;
+        if (q < qe && *q == (nf < 8 ? ' ' : '\n'))
+            q++;
+        else
+            ok = 0;
+    }
+    if (!ok || f[0] >= RL_T_COUNT || f[2] > UINT16_MAX || f[3] > UINT32_MAX || f[4] > UINT32_MAX ||
+        f[5] > UINT32_MAX || f[6] > UINT32_MAX || f[7] > 1) {
         rl_metric_inc(RL_M_MSGS_DROPPED);
         rl_warn("cluster", "malformed stream entry header dropped");
         return;
     }
+    unsigned topic = (unsigned)f[0], flags = (unsigned)f[2], toff = (unsigned)f[3],
+             tlen = (unsigned)f[4], roff = (unsigned)f[5], rlen = (unsigned)f[6],
+             esc = (unsigned)f[7];
+    uint64_t epoch = f[1];
+    int hdr_end = (int)(q - h->str);
     const char *p = h->str + hdr_end, *e = h->str + h->len, *name, *user;
     size_t nlen, ulen;
     char to[RL_PID_MAX], from[RL_PID_MAX];
