@@ -331,29 +331,19 @@ static void read_next(void);
    is lost silently. A full hub answers "overloaded"; a hub that is gone (it moved or was
    collected) sends the connection to its node to be placed again. The answers come from the
    system (this node's runtime). */
-static void rehome(const char *conn, const char *hub)
-{
-    rl_msg *r = rl_msg_new(RL_T_WS_REHOME);
-    if (r) {
-        snprintf(r->ctl.rehome.conn, sizeof r->ctl.rehome.conn, "%s", conn);
-        snprintf(r->ctl.rehome.hub, sizeof r->ctl.rehome.hub, "%s", hub);
-    }
-    rl_send_or_free(NULL, conn, r);
-}
-
 static void bounce(const char *to, const rl_msg *m, int rc)
 {
     if (m->topic == RL_T_WS_CLIENT && m->from[0]) {
-        const char *rid = m->env.rid_len ? m->body->data + m->env.rid_off : NULL;
+        size_t rl;
+        const char *rid = rl_msg_request_id(m, &rl);
         if (rc == -EAGAIN)
-            rl_err_send(NULL, m->from, RL_E_OVERLOADED, NULL, rid, m->env.rid_len);
+            rl_err_send(NULL, m->from, RL_E_OVERLOADED, NULL, rid, rl);
         else
-            rl_err_send(NULL, m->from, RL_E_PLUGIN_FAILED, "User hub unavailable, try again", rid,
-                        m->env.rid_len);
+            rl_err_send(NULL, m->from, RL_E_PLUGIN_FAILED, "User hub unavailable, try again", rid, rl);
         if (rc == -ENOENT)
-            rehome(m->from, to);
+            rl_send_or_free(NULL, m->from, rl_msg_rehome(m->from, to));
     } else if (m->topic == RL_T_WS_JOIN && rc == -ENOENT) {
-        rehome(m->ctl.join.conn, to);
+        rl_send_or_free(NULL, m->ctl.join.conn, rl_msg_rehome(m->ctl.join.conn, to));
     }
 }
 

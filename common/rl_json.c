@@ -16,8 +16,9 @@ int rl_json_depth_ok(const cJSON *v, int max)
 
 /* cJSON keeps strings as C strings and lets raw control bytes through: refuse what it would
    silently cut or accept against RFC 8259 (a raw byte below 0x20, a \u0000 escape, or a \u
-   escape without four hex digits inside a string), so cold-path readers (config, JWT claims)
-   never read a document differently from the strict readers. */
+   escape without four hex digits inside a string). The node reads client JSON with the envelope
+   scanner and the Lua decoder; this strict reader on cJSON is what the tests and fuzz targets
+   hold those against. */
 static int strings_clean(const char *buf, size_t len)
 {
     int in_string = 0;

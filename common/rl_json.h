@@ -1,17 +1,19 @@
-/* JSON helpers on cJSON shared by the node's modules. */
+/* JSON helpers: the string escaper the node writes with, and a strict reader on cJSON that the
+   tests and fuzz targets use as a reference for the node's own readers. */
 #ifndef RL_JSON_H
 #define RL_JSON_H
 
 #include <cjson/cJSON.h>
 #include <stddef.h>
 
-/* Client messages nest at most this deep: plugins decode them again (the Lua json module stops
-   at 128 levels), so deeper input is refused at the hub, where the client gets an answer. */
+/* Levels below the top that rl_json_depth_ok allows in the tests' reference reading (the node's
+   own bound is RL_ENV_MAX_DEPTH, counted in open containers). */
 #define RL_JSON_MAX_DEPTH 100
 
 /* Parses exactly one JSON value from buf[0..len): only whitespace may follow it (cJSON bounds
-   nesting at CJSON_NESTING_LIMIT), and no string holds a raw control byte or a \u0000 escape
-   (cJSON would cut the string there). Returns the tree (cJSON_Delete) or NULL. */
+   nesting at CJSON_NESTING_LIMIT), and no string holds a raw control byte, a \u0000 escape or a
+   \u escape without four hex digits (cJSON would cut the string there). Returns the tree
+   (cJSON_Delete) or NULL. */
 cJSON *rl_json_parse(const char *buf, size_t len);
 /* 1 when no container nests more than max levels below v. */
 int rl_json_depth_ok(const cJSON *v, int max);

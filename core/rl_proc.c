@@ -12,6 +12,7 @@
 #include "rl_log.h"
 #include "rl_map.h"
 #include "rl_metrics.h"
+#include "rl_spawn.h"
 
 /* Messages handled per process per turn, and per turn in all: bounds work per loop turn so
    sockets and timers are served while mailboxes are busy. A run (a Lua resume) counts as one. */
@@ -40,7 +41,7 @@ static struct {
     rl_proc *running; /* the process whose handle() or run() runs now */
     uv_check_t check;
     uv_idle_t idle;
-    int started, in_turn, requested;
+    int started, requested;
     size_t counts[128];
     rl_remote_send_fn remote;
     void *remote_ud;
@@ -205,6 +206,16 @@ static rl_msg *msg_alloc(rl_topic t, size_t extra)
 
 rl_msg *rl_msg_new(rl_topic t) { return msg_alloc(t, 0); }
 
+/* Copies an APP topic name into the message's own block at n. */
+static void set_name(rl_msg *m, char *n, const char *name, size_t nlen)
+{
+    if (!nlen)
+        return;
+    memcpy(n, name, nlen);
+    m->name = n;
+    m->name_len = (uint32_t)nlen;
+}
+
 /* Block layout: [rl_msg][rl_body][headroom][data][NUL][name]. */
 rl_msg *rl_msg_new_data(rl_topic t, const char *name, size_t nlen, const void *data, size_t len)
 {
@@ -222,12 +233,7 @@ rl_msg *rl_msg_new_data(rl_topic t, const char *name, size_t nlen, const void *d
         memcpy(b->data, data, len);
     b->data[len] = '\0';
     m->body = b;
-    if (nlen) {
-        char *n = b->data + len + 1;
-        memcpy(n, name, nlen);
-        m->name = n;
-        m->name_len = (uint32_t)nlen;
-    }
+    set_name(m, b->data + len + 1, name, nlen);
     return m;
 }
 
@@ -239,13 +245,24 @@ rl_msg *rl_msg_new_body(rl_topic t, const char *name, size_t nlen, rl_body *b)
     if (!m)
         return NULL;
     m->body = rl_body_ref(b);
-    if (nlen) {
-        char *n = (char *)(m + 1);
-        memcpy(n, name, nlen);
-        m->name = n;
-        m->name_len = (uint32_t)nlen;
-    }
+    set_name(m, (char *)(m + 1), name, nlen);
     return m;
+}
+
+rl_msg *rl_msg_rehome(const char *conn, const char *hub)
+{
+    rl_msg *m = rl_msg_new(RL_T_WS_REHOME);
+    if (!m)
+        return NULL;
+    snprintf(m->ctl.rehome.conn, sizeof m->ctl.rehome.conn, "%s", conn ? conn : "");
+    snprintf(m->ctl.rehome.hub, sizeof m->ctl.rehome.hub, "%s", hub);
+    return m;
+}
+
+const char *rl_msg_request_id(const rl_msg *m, size_t *len)
+{
+    *len = m->body ? m->env.rid_len : 0;
+    return *len ? m->body->data + m->env.rid_off : NULL;
 }
 
 void rl_msg_free(rl_msg *m)
@@ -319,6 +336,7 @@ static void random_bytes(unsigned char *out, size_t n)
 
 static void end_of_turn(uv_check_t *h);
 static void idle_cb(uv_idle_t *h) { (void)h; }
+static void splice_later(void);
 
 int rl_node_init(uv_loop_t *loop, const char *node_id)
 {
@@ -369,13 +387,7 @@ void rl_node_close(void)
     void *v;
     for (size_t it = 0; rl_map_next(&node.procs, &it, &k, &v);)
         rl_proc_exit(v, "node shutdown");
-    if (node.later_head) {
-        if (node.ready_tail)
-            node.ready_tail->next_ready = node.later_head;
-        else
-            node.ready_head = node.later_head;
-        node.later_head = node.later_tail = NULL;
-    }
+    splice_later();
     while (node.ready_head) { /* every one has exited: move them to the dead list */
         rl_proc *p = node.ready_head;
         node.ready_head = p->next_ready;
@@ -453,6 +465,19 @@ void rl_turn_request(void)
     uv_idle_start(&node.idle, idle_cb);
 }
 
+/* Moves what rescheduled itself behind what is ready (for the next turn). */
+static void splice_later(void)
+{
+    if (!node.later_head)
+        return;
+    if (node.ready_tail)
+        node.ready_tail->next_ready = node.later_head;
+    else
+        node.ready_head = node.later_head;
+    node.ready_tail = node.later_tail;
+    node.later_head = node.later_tail = NULL;
+}
+
 static void append(rl_proc **head, rl_proc **tail, rl_proc *p)
 {
     p->scheduled = 1;
@@ -486,13 +511,14 @@ void rl_proc_wake(rl_proc *p)
     schedule(p);
 }
 
-static rl_msg *exit_msg(const rl_proc *p, const char *error)
+/* PID_EXIT for pid: from the exiting pid, with the system's authority (no owner). */
+static rl_msg *exit_msg(const char *pid, const char *error)
 {
     rl_msg *m = rl_msg_new(RL_T_PID_EXIT);
     if (!m)
         return NULL;
-    memcpy(m->ctl.exit.pid, p->pid, RL_PID_MAX);
-    memcpy(m->from, p->pid, RL_PID_MAX); /* from the exiting pid, with the system's authority */
+    snprintf(m->ctl.exit.pid, sizeof m->ctl.exit.pid, "%s", pid);
+    memcpy(m->from, m->ctl.exit.pid, RL_PID_MAX);
     if (error && !(m->ctl.exit.error = rl_body_new(error, strlen(error)))) {
         rl_msg_free(m);
         return NULL;
@@ -524,7 +550,7 @@ void rl_proc_exit(rl_proc *p, const char *error)
     if (dropped)
         rl_metric_add(RL_M_MSGS_DROPPED, dropped);
     for (size_t i = 0; i < p->nmonitors; i++) {
-        rl_msg *m = exit_msg(p, error);
+        rl_msg *m = exit_msg(p->pid, error);
         /* The runtime tells the monitors: a system message, whoever the exiting process is. */
         if (!m || rl_send_as(p->monitors[i], m) < 0) {
             rl_msg_free(m);
@@ -621,15 +647,9 @@ int rl_monitor(rl_proc *watcher, const char *target)
 {
     rl_proc *p = rl_map_get(&node.procs, target);
     if (!p) {
-        rl_msg *m = rl_msg_new(RL_T_PID_EXIT);
+        rl_msg *m = exit_msg(target, "noproc");
         if (!m)
             return -ENOMEM;
-        snprintf(m->ctl.exit.pid, sizeof m->ctl.exit.pid, "%s", target);
-        memcpy(m->from, m->ctl.exit.pid, RL_PID_MAX);
-        if (!(m->ctl.exit.error = rl_body_new("noproc", 6))) {
-            rl_msg_free(m);
-            return -ENOMEM;
-        }
         int rc = rl_send_as(watcher->pid, m);
         if (rc < 0)
             rl_msg_free(m);
@@ -706,26 +726,15 @@ static void run_procs(void)
             budget--;
             p->ops->run(p);
         }
-        if (p->exited) {
-            node.running = NULL;
-            if (!p->scheduled) {
-                p->next_ready = node.dead;
-                node.dead = p;
-            }
-        } else {
-            if (p->head || p->woken)
-                schedule(p); /* still p == node.running: the next turn */
-            node.running = NULL;
+        if (!p->exited && (p->head || p->woken))
+            schedule(p); /* still p == node.running: the next turn */
+        node.running = NULL;
+        if (p->exited && !p->scheduled) {
+            p->next_ready = node.dead;
+            node.dead = p;
         }
     }
-    if (node.later_head) { /* what rescheduled itself goes after what is left */
-        if (node.ready_tail)
-            node.ready_tail->next_ready = node.later_head;
-        else
-            node.ready_head = node.later_head;
-        node.ready_tail = node.later_tail;
-        node.later_head = node.later_tail = NULL;
-    }
+    splice_later();
     free_dead();
 }
 
@@ -733,20 +742,16 @@ static void run_procs(void)
 static void end_of_turn(uv_check_t *h)
 {
     (void)h;
-    node.in_turn = 1;
     run_procs();
     node.requested = 0; /* a step that leaves work for the next turn asks again */
     for (int s = RL_TURN_FRAMES; s < RL_TURN_STEPS; s++)
         if (node.steps[s].fn)
             node.steps[s].fn(node.steps[s].ud);
-    node.in_turn = 0;
     if (!node.ready_head && !node.dead && !node.requested)
         uv_idle_stop(&node.idle);
 }
 
 /* ---- the spawner (rl_spawn.h) -------------------------------------------------------------- */
-
-#include "rl_spawn.h"
 
 static rl_spawn_fn spawner;
 

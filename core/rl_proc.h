@@ -173,6 +173,11 @@ rl_msg *rl_msg_new_data(rl_topic t, const char *name, size_t nlen, const void *d
 rl_msg *rl_msg_new_body(rl_topic t, const char *name, size_t nlen, rl_body *b);
 /* Writable bytes of a body made by rl_msg_new_data (before the message is sent). */
 static inline char *rl_msg_data(rl_msg *m) { return m->body->data; }
+/* WS_REHOME naming the hub that moved (and, to the central, the connection; NULL: none).
+   NULL on OOM. */
+rl_msg *rl_msg_rehome(const char *conn, const char *hub);
+/* The raw JSON of a client message's request_id (into its body), *len set; NULL when none. */
+const char *rl_msg_request_id(const rl_msg *m, size_t *len);
 /* Releases m, its body and owner references and the bodies a control struct holds. NULL-safe. */
 void rl_msg_free(rl_msg *m);
 /* The message's topic name: the APP name, else the internal topic's name. */

@@ -120,6 +120,16 @@ static int write_frame(struct lws *wsi, const rl_msg *m)
     return lws_write(wsi, (unsigned char *)start, (size_t)(p - start), LWS_WRITE_TEXT);
 }
 
+/* Prepares the close frame and has lws send it (see rl_conn_close for why this way). */
+static void send_close(rl_conn *c, struct lws *wsi)
+{
+    lws_close_reason(wsi, (enum lws_close_status)c->close_code,
+                     (unsigned char *)(c->close_reason ? c->close_reason : ""),
+                     c->close_reason ? strlen(c->close_reason) : 0);
+    lws_set_timeout(wsi, PENDING_TIMEOUT_HTTP_KEEPALIVE_IDLE, LWS_TO_KILL_ASYNC);
+    c->close_sent = 1;
+}
+
 /* Writes queued frames while lws holds nothing back (no poll(): lws_partial_buffered is a flag).
    When lws buffered part of a frame, the rest waits for WRITEABLE. Returns 0 or -1 (fatal). */
 static int conn_flush(rl_conn *c, int in_writable)
@@ -141,13 +151,7 @@ static int conn_flush(rl_conn *c, int in_writable)
     }
     if (c->state == RL_CONN_CLOSING && !c->close_sent && !c->out_head &&
         !lws_partial_buffered(wsi) && in_writable) {
-        /* see rl_conn_close: the one public path that sends our close frame on this build; from
-           inside lws's service, so that lws arms the kill at once */
-        lws_close_reason(wsi, (enum lws_close_status)c->close_code,
-                         (unsigned char *)(c->close_reason ? c->close_reason : ""),
-                         c->close_reason ? strlen(c->close_reason) : 0);
-        lws_set_timeout(wsi, PENDING_TIMEOUT_HTTP_KEEPALIVE_IDLE, LWS_TO_KILL_ASYNC);
-        c->close_sent = 1;
+        send_close(c, wsi); /* from inside lws's service, so that lws arms the kill at once */
         return 0;
     }
     if (c->out_head || (c->state == RL_CONN_CLOSING && !c->close_sent))
@@ -210,11 +214,7 @@ void rl_conn_close(rl_conn *c, int code, const char *reason, int flush)
     c->rxlen = 0;
     if (!flush) {
         conn_drop_queue(c);
-        lws_close_reason(c->wsi, (enum lws_close_status)c->close_code,
-                         (unsigned char *)(c->close_reason ? c->close_reason : ""),
-                         c->close_reason ? strlen(c->close_reason) : 0);
-        lws_set_timeout(c->wsi, PENDING_TIMEOUT_HTTP_KEEPALIVE_IDLE, LWS_TO_KILL_ASYNC);
-        c->close_sent = 1;
+        send_close(c, c->wsi);
         return;
     }
     lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, RL_GW_CLOSE_FLUSH_S);
@@ -232,21 +232,10 @@ static void conn_fail(rl_conn *c, rl_err_code e, const char *msg)
 /* ---------------------------------------------------------------------------------------------
  * Client frames */
 
-static const char *rid_of(const rl_msg *m, size_t *len)
-{
-    *len = m->env.rid_len;
-    return m->env.rid_len ? m->body->data + m->env.rid_off : NULL;
-}
-
 /* Asks the central hub to place the user again: the target is gone or unreachable. */
 static void conn_rehome(rl_conn *c)
 {
-    rl_msg *m = rl_msg_new(RL_T_WS_REHOME);
-    if (m) {
-        memcpy(m->ctl.rehome.conn, c->proc.pid, RL_PID_MAX);
-        memcpy(m->ctl.rehome.hub, c->target, RL_PID_MAX);
-    }
-    rl_send_or_free(&c->proc, rl_gw_central_pid(), m);
+    rl_send_or_free(&c->proc, rl_gw_central_pid(), rl_msg_rehome(c->proc.pid, c->target));
 }
 
 /* Sends a client message to the user hub, tagged with its lease epoch. Takes m. */
@@ -257,7 +246,7 @@ static void conn_forward(rl_conn *c, rl_msg *m)
     if (rc == 0)
         return;
     size_t rl;
-    const char *rid = rid_of(m, &rl);
+    const char *rid = rl_msg_request_id(m, &rl);
     if (rc == -EAGAIN || rc == -ENOMEM) {
         conn_send_error(c, RL_E_OVERLOADED, rc == -EAGAIN ? NULL : "Out of memory", rid, rl);
     } else {

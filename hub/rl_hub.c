@@ -55,8 +55,9 @@ static void set_status(hub_plugin *hp, rl_plugin_status s)
 /* Answers the sender of a client message m with error e, echoing its request_id. */
 static void answer(rl_hub *h, const rl_msg *m, rl_err_code e, const char *msg)
 {
-    const char *rid = m->body && m->env.rid_len ? m->body->data + m->env.rid_off : NULL;
-    rl_err_send(&h->proc, m->from, e, msg, rid, rid ? m->env.rid_len : 0);
+    size_t len;
+    const char *rid = rl_msg_request_id(m, &len);
+    rl_err_send(&h->proc, m->from, e, msg, rid, len);
 }
 
 static int spawn_plugin(rl_hub *h, size_t i)
@@ -344,12 +345,8 @@ static void on_node_down(rl_hub *h, const char *node)
    (WS_REHOME makes its node place the user again), then stop. */
 static void hand_over(rl_hub *h)
 {
-    for (size_t i = 0; i < h->nconns; i++) {
-        rl_msg *m = rl_msg_new(RL_T_WS_REHOME);
-        if (m)
-            memcpy(m->ctl.rehome.hub, h->proc.pid, RL_PID_MAX);
-        rl_send_or_free(&h->proc, h->conns[i], m);
-    }
+    for (size_t i = 0; i < h->nconns; i++)
+        rl_send_or_free(&h->proc, h->conns[i], rl_msg_rehome(NULL, h->proc.pid));
     h->valid_until = 0;
     h->proc.ops->cancel(&h->proc, RL_PLUGIN_CANCEL_MS);
 }

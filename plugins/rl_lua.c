@@ -178,10 +178,11 @@ static struct {
 } pool[POOL_CLASSES + 1];
 
 static int pooled(size_t n) { return POOL_ON && n > 0 && n <= RL_LUA_POOL_MAX; }
+static size_t pool_class(size_t n) { return (n + POOL_CLASS - 1) / POOL_CLASS; }
 
 static void *pool_get(size_t n)
 {
-    size_t c = (n + POOL_CLASS - 1) / POOL_CLASS;
+    size_t c = pool_class(n);
     pool_block *b = pool[c].head;
     if (!b)
         return malloc(c * POOL_CLASS);
@@ -192,7 +193,7 @@ static void *pool_get(size_t n)
 
 static void pool_put(void *p, size_t n)
 {
-    size_t c = (n + POOL_CLASS - 1) / POOL_CLASS;
+    size_t c = pool_class(n);
     if (pool[c].n >= RL_LUA_POOL_KEEP) {
         free(p);
         return;
@@ -215,6 +216,8 @@ static void pool_drain(void)
     }
 }
 
+static void *block_alloc(size_t n) { return pooled(n) ? pool_get(n) : malloc(n); }
+
 static void block_free(void *p, size_t n)
 {
     if (pooled(n))
@@ -227,13 +230,12 @@ static void block_free(void *p, size_t n)
 static void *block_realloc(void *p, size_t osize, size_t nsize)
 {
     if (!p)
-        return pooled(nsize) ? pool_get(nsize) : malloc(nsize);
+        return block_alloc(nsize);
     if (!pooled(osize) && !pooled(nsize))
         return realloc(p, nsize);
-    if (pooled(osize) && pooled(nsize) &&
-        (osize + POOL_CLASS - 1) / POOL_CLASS == (nsize + POOL_CLASS - 1) / POOL_CLASS)
+    if (pooled(osize) && pooled(nsize) && pool_class(osize) == pool_class(nsize))
         return p; /* the same class: the block already has room */
-    void *np = pooled(nsize) ? pool_get(nsize) : malloc(nsize);
+    void *np = block_alloc(nsize);
     if (!np)
         return NULL;
     memcpy(np, p, osize < nsize ? osize : nsize);
@@ -1012,8 +1014,9 @@ int rl_lua_init(const rl_config *c, char *err, size_t errlen)
         return rc;
     }
     lua_gc(H.L, LUA_GCCOLLECT);
-    /* Generational: what idle users hold (their coroutines, tables, channels) grows old and is
-       left alone by the minor collections that take each message's garbage. Measured with
+    /* Generational: what idle users hold (their tables, channels, closures) grows old, and the
+       minor collections that take each message's garbage skip it; they still walk every
+       thread (Lua 5.4 keeps threads gray), one per plugin instance. Measured with
        15,000 idle users and 100 busy connections: p99 3.4 ms instead of 4.4 ms (incremental),
        the same rate and memory (docs/performance.md). */
     lua_gc(H.L, LUA_GCGEN, 0, 0);
