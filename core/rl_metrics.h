@@ -12,6 +12,7 @@
     X(CONNS_ACCEPTED, "relay_connections_accepted_total", "counter", "WebSocket upgrades accepted") \
     X(CONNS_REJECTED, "relay_connections_rejected_total", "counter", "Handshakes refused (auth, origin, unavailable)") \
     X(CONNS_OPEN, "relay_connections", "gauge", "Open WebSocket connections")                     \
+    X(PING_TIMEOUTS, "relay_ping_timeouts_total", "counter", "Connections cut: no pong or frame within ping_timeout") \
     X(MSGS_IN, "relay_messages_in_total", "counter", "Client frames received")                    \
     X(MSGS_OUT, "relay_messages_out_total", "counter", "Frames sent to clients")                  \
     X(MSGS_ROUTED, "relay_messages_routed_total", "counter", "Client messages routed to plugins") \

@@ -137,6 +137,13 @@ static int conn_flush(rl_conn *c, int in_writable)
     struct lws *wsi = c->wsi;
     if (!wsi)
         return 0;
+    if (c->ping_pending && !lws_partial_buffered(wsi) && conn_writable_state(c)) {
+        /* With a payload: lws 4.1 does not tell the protocol about an empty pong. */
+        unsigned char ping[LWS_PRE + 1] = {[LWS_PRE] = 'r'};
+        c->ping_pending = 0;
+        if (lws_write(wsi, ping + LWS_PRE, 1, LWS_WRITE_PING) < 0)
+            return -1;
+    }
     while (c->out_head && !lws_partial_buffered(wsi)) {
         rl_msg *m = c->out_head;
         c->out_head = m->next;
@@ -154,7 +161,7 @@ static int conn_flush(rl_conn *c, int in_writable)
         send_close(c, wsi); /* from inside lws's service, so that lws arms the kill at once */
         return 0;
     }
-    if (c->out_head || (c->state == RL_CONN_CLOSING && !c->close_sent))
+    if (c->out_head || c->ping_pending || (c->state == RL_CONN_CLOSING && !c->close_sent))
         lws_callback_on_writable(wsi);
     return 0;
 }
@@ -327,6 +334,8 @@ static void conn_on_frame(rl_conn *c, const char *data, size_t len)
    without buffering it. */
 void rl_conn_on_receive(rl_conn *c, struct lws *wsi, const char *in, size_t len)
 {
+    c->last_rx_ms = rl_now_ms();
+    c->ping_out = 0;
     if (c->state != RL_CONN_JOINING && c->state != RL_CONN_ROUTED)
         return;
     size_t remaining = lws_remaining_packet_payload(wsi);
@@ -360,6 +369,89 @@ void rl_conn_on_receive(rl_conn *c, struct lws *wsi, const char *in, size_t len)
         conn_on_frame(c, msg, mlen);
         free(msg);
     }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Keepalive: a connection that sent nothing for ping_interval gets a ping; one that then sends
+ * nothing (no pong, no frame) until gw.hang_ms after its last frame is cut. One timer walks the
+ * connection list a slice per tick, so every connection is looked at once per sweep period
+ * (half the interval, 100 ms to 1 s) at a cost per tick proportional to connections / ticks
+ * and none per message beyond a timestamp. */
+
+#define KEEPALIVE_TICKS 10 /* ticks per sweep */
+
+static uint64_t sweep_period_ms(uint64_t interval)
+{
+    uint64_t s = interval / 2;
+    return s < 100 ? 100 : s > 1000 ? 1000 : s;
+}
+
+void rl_conn_on_pong(rl_conn *c)
+{
+    c->last_rx_ms = rl_now_ms();
+    c->ping_out = 0;
+}
+
+static void keepalive_look(rl_conn *c, uint64_t now, uint64_t interval)
+{
+    if (!c->wsi || (c->state != RL_CONN_JOINING && c->state != RL_CONN_ROUTED))
+        return;
+    uint64_t quiet = now - c->last_rx_ms;
+    if (c->ping_out && quiet >= gw.hang_ms) {
+        rl_info("gateway", "%s: no pong or frame for %llu ms: closing the dead connection",
+                c->proc.pid, (unsigned long long)quiet);
+        rl_metric_inc(RL_M_PING_TIMEOUTS);
+        /* Cut from WRITEABLE (a dead peer's socket usually still takes writes): an lws
+           timeout set from this timer waits for lws's next service of something else, so it
+           is only the fallback for a socket whose send buffer is full. */
+        c->state = RL_CONN_CLOSING;
+        c->dead = 1;
+        lws_callback_on_writable(c->wsi);
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, RL_GW_CLOSE_FLUSH_S);
+    } else if (!c->ping_out && quiet >= interval) {
+        c->ping_out = 1;
+        c->ping_pending = 1;
+        want_write(c);
+    }
+}
+
+static void keepalive_tick(uv_timer_t *t)
+{
+    (void)t;
+    uint64_t now = rl_now_ms(), interval = gw.cfg->ping_interval_ms;
+    size_t n = gw.nconns / KEEPALIVE_TICKS + 1;
+    rl_conn *c = gw.sweep ? gw.sweep : gw.conns;
+    while (c && n--) {
+        rl_conn *next = c->next; /* keepalive_look never unlists c */
+        keepalive_look(c, now, interval);
+        c = next;
+    }
+    gw.sweep = c; /* NULL: the next tick starts from the head again */
+}
+
+void rl_conn_keepalive_start(uv_loop_t *loop, const rl_config *cfg)
+{
+    gw.sweep = NULL;
+    if (!cfg->ping_interval_ms)
+        return;
+    /* The dead-peer timeout counts from the last frame and must exceed the interval, else a
+       timeout shorter than the interval would cut every idle client before its ping. */
+    gw.hang_ms = cfg->ping_timeout_ms > cfg->ping_interval_ms
+                     ? cfg->ping_timeout_ms
+                     : cfg->ping_interval_ms + cfg->ping_timeout_ms;
+    uint64_t tick = sweep_period_ms(cfg->ping_interval_ms) / KEEPALIVE_TICKS;
+    uv_timer_init(loop, &gw.keepalive);
+    uv_timer_start(&gw.keepalive, keepalive_tick, tick, tick);
+    gw.keepalive_on = 1;
+}
+
+void rl_conn_keepalive_stop(void)
+{
+    if (!gw.keepalive_on)
+        return;
+    gw.keepalive_on = 0;
+    uv_timer_stop(&gw.keepalive);
+    uv_close((uv_handle_t *)&gw.keepalive, NULL);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -463,6 +555,8 @@ static void conn_unlist(rl_conn *c)
 {
     if (!c->listed)
         return;
+    if (gw.sweep == c)
+        gw.sweep = c->next;
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -539,6 +633,7 @@ void rl_conn_on_established(struct lws *wsi)
     }
     c->wsi = wsi;
     c->state = RL_CONN_JOINING;
+    c->last_rx_ms = rl_now_ms();
     c->listed = 1;
     c->next = gw.conns;
     if (gw.conns)
@@ -589,6 +684,8 @@ void rl_conn_on_established(struct lws *wsi)
 int rl_conn_on_writable(rl_conn *c, struct lws *wsi)
 {
     (void)wsi;
+    if (c->dead)
+        return -1; /* lws closes the socket */
     return conn_flush(c, 1);
 }
 

@@ -48,6 +48,8 @@ typedef struct rl_conn {
     size_t out_bytes;
     int close_code;
     char *close_reason; /* malloc'd at the close (NULL: none); idle connections carry no buffer */
+    uint64_t last_rx_ms;           /* loop time of the client's last frame or pong (keepalive) */
+    unsigned ping_out : 1, ping_pending : 1, dead : 1; /* a ping unanswered / to write; cut */
     struct rl_conn *prev, *next;   /* gw.conns: established connections */
     struct rl_conn *write_next;    /* gw.writes: connections with frames to write this turn */
 } rl_conn;
@@ -55,7 +57,6 @@ typedef struct rl_conn {
 typedef struct rl_gw {
     struct lws_context *ctx;
     const rl_config *cfg;
-    lws_retry_bo_t retry;
     int destroying; /* destroy #1 done (stop, or a failed start) */
     int (*ready)(void);
     int accepting;
@@ -67,11 +68,22 @@ typedef struct rl_gw {
     size_t console_len;
     unsigned char *tx; /* frame scratch: LWS_PRE headroom + frame, reused for every frame */
     size_t txcap;
+    uv_timer_t keepalive;   /* the ping sweep (rl_conn.c), started when ping_interval > 0 */
+    int keepalive_on;
+    rl_conn *sweep;         /* the next connection the sweep looks at (NULL: from the head) */
+    uint64_t hang_ms;       /* no frame or pong for this long after a ping: the peer is dead */
     int starting;                    /* inside rl_gateway_start: keep the first lws error */
     char lws_err[RL_GW_LWS_ERR_MAX]; /* that error ("" = none), for start's own message */
 } rl_gw;
 
 extern rl_gw gw;
+
+/* rl_conn.c: keepalive. lws's own validity timers are not used: lws 4.1 keeps every timer of
+   every connection in one sorted list, and each ping or pong re-inserts one with a walk over
+   all of them (with 15,000 idle users that walk took a quarter of the CPU). */
+void rl_conn_keepalive_start(uv_loop_t *loop, const rl_config *c);
+void rl_conn_keepalive_stop(void);
+void rl_conn_on_pong(rl_conn *c);
 
 /* rl_gateway.c */
 int rl_gw_ready(void);

@@ -50,6 +50,10 @@ static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
         if ((c = lws_get_opaque_user_data(wsi)))
             return rl_conn_on_writable(c, wsi);
         return -1;
+    case LWS_CALLBACK_RECEIVE_PONG:
+        if ((c = lws_get_opaque_user_data(wsi)))
+            rl_conn_on_pong(c);
+        return 0;
     case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
         if ((c = lws_get_opaque_user_data(wsi)))
             return rl_conn_on_peer_close(c);
@@ -168,6 +172,8 @@ static unsigned int fd_limit(void)
     return rl.rlim_cur < 64 ? 64 : (unsigned int)rl.rlim_cur;
 }
 
+static const lws_retry_bo_t no_validity = {.secs_since_valid_ping = 0, .secs_since_valid_hangup = 0};
+
 static uint16_t secs16(uint64_t ms)
 {
     uint64_t s = (ms + 999) / 1000;
@@ -195,22 +201,6 @@ int rl_gateway_start(uv_loop_t *loop, const rl_config *c, char *err, size_t errl
 
     lws_set_log_level(LLL_ERR | LLL_WARN, lws_log_emit);
 
-    memset(&gw.retry, 0, sizeof gw.retry);
-    if (c->ping_interval_ms) {
-        gw.retry.secs_since_valid_ping = secs16(c->ping_interval_ms);
-        /* lws hangs up once nothing valid (pong or data) came for this long: must exceed the
-           ping interval, else a dead-peer timeout shorter than the interval would kill every
-           idle client */
-        uint64_t hang = c->ping_timeout_ms > c->ping_interval_ms
-                            ? c->ping_timeout_ms
-                            : c->ping_interval_ms + c->ping_timeout_ms;
-        gw.retry.secs_since_valid_hangup = secs16(hang);
-        /* lws counts whole seconds: a sub-second interval and timeout round to the same second,
-           and the hangup would fire before any ping went out */
-        if (gw.retry.secs_since_valid_hangup <= gw.retry.secs_since_valid_ping)
-            gw.retry.secs_since_valid_hangup = (uint16_t)(gw.retry.secs_since_valid_ping + 1);
-    }
-
     void *foreign[1] = {loop};
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);
@@ -228,7 +218,11 @@ int rl_gateway_start(uv_loop_t *loop, const rl_config *c, char *err, size_t errl
        under timeout_secs_ah_idle (10 s by default); timeout_secs covers its other round trips. */
     info.timeout_secs = secs16(c->handshake_timeout_ms ? c->handshake_timeout_ms : 1000);
     info.timeout_secs_ah_idle = info.timeout_secs;
-    info.retry_and_idle_policy = c->ping_interval_ms ? &gw.retry : NULL;
+    /* The gateway pings by itself (rl_conn_keepalive_start). Without a policy of its own lws
+       applies its default one (ping after 300 s) and keeps a validity timer per connection in
+       its sorted timer list, re-inserted with a walk over the whole list at every connect and
+       pong; a zero hangup tells lws 4.1 not to keep one. */
+    info.retry_and_idle_policy = &no_validity;
     info.gid = -1;
     info.uid = -1;
     /* No info.extensions: permessage-deflate stalls on this lws build's uv backend (stack.md). */
@@ -272,6 +266,7 @@ int rl_gateway_start(uv_loop_t *loop, const rl_config *c, char *err, size_t errl
     }
     gw.starting = 0;
     rl_turn_set(RL_TURN_FRAMES, rl_conn_flush_all, NULL);
+    rl_conn_keepalive_start(loop, c);
     if (c->tls_cert)
         rl_info("gateway", "TLS on (https, wss): cert %s, key %s", c->tls_cert, c->tls_key);
     else
@@ -303,6 +298,7 @@ void rl_gateway_stop(void)
         return;
     gw.destroying = 1;
     gw.accepting = 0;
+    rl_conn_keepalive_stop();
     lws_context_destroy(gw.ctx); /* closes every wsi (CLOSED runs), then lws's uv handles */
 }
 

@@ -1,6 +1,7 @@
 """Plugin runtime and connection hygiene: normal exit (stopped), instruction budget, memory limit,
 sandbox and isolation between users, dead peers, handshake timeout, JWT iss/aud."""
 import asyncio
+import re
 import json
 import socket
 import struct
@@ -222,6 +223,9 @@ async def test_dead_peer_closed_after_ping_timeout():
             check(ended is not None, f"a peer that never answers pings is still connected after {dt:.1f}s "
                                      "(ping_interval 1s, ping_timeout 2s)")
             check(dt < 6, f"dead peer closed only after {dt:.1f}s")
+            cut = re.search(r"^relay_ping_timeouts_total (\d+)$", n.metrics(), re.M)
+            cut = int(cut.group(1)) if cut else None
+            check(cut == 1, f"relay_ping_timeouts_total is {cut} after one dead peer was cut")
         finally:
             r.close()
         await send_json(live, {"type": "echo_still"})
