@@ -33,7 +33,10 @@ static struct {
     char prefix[RL_NODE_ID_MAX + 18]; /* "<node>.<incarnation>." */
     size_t prefix_len;
     uint64_t serial;
-    rl_map procs;
+    struct {
+        rl_proc **slots; /* by serial: open addressing, linear probing, no tombstones */
+        size_t cap, len;
+    } procs;
     rl_map owners; /* user -> rl_owner (interned) */
     rl_proc *ready_head, *ready_tail;
     rl_proc *later_head, *later_tail; /* scheduled by themselves while running: next turn */
@@ -350,7 +353,6 @@ int rl_node_init(uv_loop_t *loop, const char *node_id)
     snprintf(node.incarnation, sizeof node.incarnation, "%02x%02x%02x", b[0], b[1], b[2]);
     node.prefix_len = (size_t)snprintf(node.prefix, sizeof node.prefix, "%s.%s.", node.node_id,
                                        node.incarnation);
-    rl_map_init_borrowed(&node.procs);  /* key: the process's own pid */
     rl_map_init_borrowed(&node.owners); /* key: the owner's own user id */
     uv_check_init(loop, &node.check);
     uv_idle_init(loop, &node.idle);
@@ -382,11 +384,15 @@ void rl_node_close(void)
 {
     if (!node.started)
         return;
-    /* Exit whatever is still registered so owners free their objects. */
-    const char *k;
-    void *v;
-    for (size_t it = 0; rl_map_next(&node.procs, &it, &k, &v);)
-        rl_proc_exit(v, "node shutdown");
+    /* Exit whatever is still registered so owners free their objects (an exit moves other
+       entries back into the freed slot, so a slot is looked at until it is empty). */
+    for (int pass = 0; pass < 3 && node.procs.len; pass++)
+        for (size_t i = 0; i < node.procs.cap;) {
+            if (node.procs.slots[i])
+                rl_proc_exit(node.procs.slots[i], "node shutdown");
+            else
+                i++;
+        }
     splice_later();
     while (node.ready_head) { /* every one has exited: move them to the dead list */
         rl_proc *p = node.ready_head;
@@ -396,7 +402,9 @@ void rl_node_close(void)
     }
     node.ready_tail = NULL;
     free_dead();
-    rl_map_close(&node.procs);
+    free(node.procs.slots);
+    const char *k;
+    void *v;
     for (size_t it = 0; rl_map_next(&node.owners, &it, &k, &v);)
         free(v); /* leaked references (a bug elsewhere) must not outlive the node */
     rl_map_close(&node.owners);
@@ -434,6 +442,89 @@ char rl_pid_kind(const char *pid)
     return d && d[1] >= 'a' && d[1] <= 'z' ? d[1] : 0;
 }
 
+/* ---- the local process table -------------------------------------------------------------
+ * Keyed by the serial in each pid (serials are consecutive, so the slot is the serial masked):
+ * a lookup parses the serial, probes, and compares the whole pid (its random part included) of
+ * the one process it finds; no hashing of strings and no key copies. */
+
+static int procs_put(rl_proc *p)
+{
+    if ((node.procs.len + 1) * 2 > node.procs.cap) {
+        size_t ncap = node.procs.cap ? node.procs.cap * 2 : 64;
+        rl_proc **ns = calloc(ncap, sizeof *ns);
+        if (!ns)
+            return -ENOMEM;
+        for (size_t i = 0; i < node.procs.cap; i++) {
+            rl_proc *q = node.procs.slots[i];
+            if (!q)
+                continue;
+            size_t j = (size_t)q->serial & (ncap - 1);
+            while (ns[j])
+                j = (j + 1) & (ncap - 1);
+            ns[j] = q;
+        }
+        free(node.procs.slots);
+        node.procs.slots = ns;
+        node.procs.cap = ncap;
+    }
+    size_t mask = node.procs.cap - 1, i = (size_t)p->serial & mask;
+    while (node.procs.slots[i])
+        i = (i + 1) & mask;
+    node.procs.slots[i] = p;
+    node.procs.len++;
+    return 0;
+}
+
+static size_t procs_slot(uint64_t serial)
+{
+    if (!node.procs.cap)
+        return SIZE_MAX;
+    size_t mask = node.procs.cap - 1;
+    for (size_t i = (size_t)serial & mask; node.procs.slots[i]; i = (i + 1) & mask)
+        if (node.procs.slots[i]->serial == serial)
+            return i;
+    return SIZE_MAX;
+}
+
+/* Removes slot i and moves the entries after it back so that no probe sequence has a hole. */
+static void procs_remove(size_t i)
+{
+    size_t mask = node.procs.cap - 1;
+    node.procs.slots[i] = NULL;
+    node.procs.len--;
+    for (size_t j = (i + 1) & mask; node.procs.slots[j]; j = (j + 1) & mask) {
+        size_t home = (size_t)node.procs.slots[j]->serial & mask;
+        /* j's entry may fill the hole at i unless its home lies cyclically in (i, j] */
+        int stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+        if (stays)
+            continue;
+        node.procs.slots[i] = node.procs.slots[j];
+        node.procs.slots[j] = NULL;
+        i = j;
+    }
+}
+
+/* The local process named by pid, or NULL: "<prefix><kind><serial>.<random>". */
+static rl_proc *procs_find(const char *pid)
+{
+    if (!node.prefix_len || strncmp(pid, node.prefix, node.prefix_len) != 0)
+        return NULL;
+    const char *s = pid + node.prefix_len;
+    if (*s < 'a' || *s > 'z')
+        return NULL;
+    uint64_t serial = 0;
+    int digits = 0;
+    for (s++; *s >= '0' && *s <= '9' && digits < 20; s++, digits++)
+        serial = serial * 10 + (uint64_t)(*s - '0');
+    if (!digits || *s != '.')
+        return NULL;
+    size_t i = procs_slot(serial);
+    if (i == SIZE_MAX)
+        return NULL;
+    rl_proc *p = node.procs.slots[i];
+    return strcmp(p->pid, pid) == 0 ? p : NULL;
+}
+
 int rl_proc_start(rl_proc *p, const rl_proc_ops *ops, size_t qcap, rl_owner *owner)
 {
     p->ops = ops;
@@ -446,16 +537,17 @@ int rl_proc_start(rl_proc *p, const rl_proc_ops *ops, size_t qcap, rl_owner *own
     p->nmonitors = 0;
     unsigned char r[4];
     random_bytes(r, sizeof r);
+    p->serial = ++node.serial;
     snprintf(p->pid, sizeof p->pid, "%s%c%llu.%02x%02x%02x%02x", node.prefix, ops->letter,
-             (unsigned long long)++node.serial, r[0], r[1], r[2], r[3]);
-    if (rl_map_set(&node.procs, p->pid, p) < 0)
+             (unsigned long long)p->serial, r[0], r[1], r[2], r[3]);
+    if (procs_put(p) < 0)
         return -ENOMEM;
     p->owner = rl_owner_ref(owner);
     node.counts[(unsigned char)ops->letter & 127]++;
     return 0;
 }
 
-rl_proc *rl_proc_find(const char *pid) { return rl_map_get(&node.procs, pid); }
+rl_proc *rl_proc_find(const char *pid) { return procs_find(pid); }
 
 size_t rl_proc_count(char letter) { return node.counts[(unsigned char)letter & 127]; }
 
@@ -531,7 +623,9 @@ void rl_proc_exit(rl_proc *p, const char *error)
     if (p->exited)
         return;
     p->exited = 1;
-    rl_map_del(&node.procs, p->pid);
+    size_t slot = procs_slot(p->serial);
+    if (slot != SIZE_MAX && node.procs.slots[slot] == p)
+        procs_remove(slot);
     node.counts[(unsigned char)p->ops->letter & 127]--;
     size_t dropped = 0;
     while (p->head) {
@@ -587,7 +681,7 @@ static int route(const char *to, rl_msg *m)
             return -EHOSTUNREACH;
         return node.remote(to, m, node.remote_ud);
     }
-    rl_proc *p = rl_map_get(&node.procs, to);
+    rl_proc *p = procs_find(to);
     if (!p)
         return -ENOENT;
     if (!rl_topic_allowed((rl_topic)m->topic, m->owner, m->from, p))
@@ -645,7 +739,7 @@ int rl_send_as(const char *to, rl_msg *m) { return route(to, m); }
 
 int rl_monitor(rl_proc *watcher, const char *target)
 {
-    rl_proc *p = rl_map_get(&node.procs, target);
+    rl_proc *p = procs_find(target);
     if (!p) {
         rl_msg *m = exit_msg(target, "noproc");
         if (!m)
@@ -669,7 +763,7 @@ int rl_monitor(rl_proc *watcher, const char *target)
 
 int rl_cancel(rl_proc *caller, const char *target, uint64_t deadline_ms)
 {
-    rl_proc *p = rl_map_get(&node.procs, target);
+    rl_proc *p = procs_find(target);
     if (!p)
         return -ENOENT;
     if (!rl_may_control(caller, p))

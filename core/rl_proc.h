@@ -220,6 +220,7 @@ struct rl_proc {
                           inbox) counts them in qlen too, so the bound covers what it has not
                           consumed; rl_proc_exit sets qlen to 0. */
     rl_proc *next_ready;
+    uint64_t serial; /* the number in the pid (the process table's key) */
     unsigned scheduled : 1, exited : 1, woken : 1;
     char **monitors; /* pids to tell with PID_EXIT when this one exits */
     size_t nmonitors;

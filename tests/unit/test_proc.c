@@ -138,6 +138,48 @@ static void test_pids(void **state)
     assert_true(a.freed);
 }
 
+/* The process table under churn: starts and exits in a shuffled order across several growths;
+   every live pid is found, every exited one and every altered one is not. */
+static void test_process_table_churn(void **state)
+{
+    (void)state;
+    enum { N = 3000 };
+    static rec r[N];
+    static char pids[N][RL_PID_MAX];
+    memset(r, 0, sizeof r);
+    uint32_t x = 12345;
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(rl_proc_start(&r[i].proc, &rec_ops, 0, NULL), 0);
+        memcpy(pids[i], r[i].proc.pid, RL_PID_MAX);
+        x = x * 1103515245u + 12345u;
+        if (i > 10 && (x >> 16) % 3 == 0) { /* exit an earlier one now and then */
+            int k = (int)((x >> 8) % (uint32_t)i);
+            rl_proc_exit(&r[k].proc, NULL);
+        }
+    }
+    for (int i = 0; i < N; i++) {
+        rl_proc *f = rl_proc_find(pids[i]);
+        if (r[i].proc.exited)
+            assert_null(f);
+        else
+            assert_ptr_equal(f, &r[i].proc);
+        char forged[RL_PID_MAX];
+        memcpy(forged, pids[i], RL_PID_MAX);
+        char *last = forged + strlen(forged) - 1;
+        *last = *last == '0' ? '1' : '0'; /* the random part differs */
+        assert_null(rl_proc_find(forged));
+    }
+    char bad[RL_PID_MAX];
+    snprintf(bad, sizeof bad, "%.*sr.00000000", (int)(strchr(pids[0] + 3, '.') - pids[0] + 1), pids[0]);
+    assert_null(rl_proc_find(bad)); /* no serial */
+    for (int i = 0; i < N; i++)
+        rl_proc_exit(&r[i].proc, NULL);
+    for (int i = 0; i < N; i++)
+        assert_null(rl_proc_find(pids[i]));
+    assert_int_equal(rl_proc_count('r'), 0);
+    uv_run(&loop, UV_RUN_NOWAIT);
+}
+
 static void test_owners_interned(void **state)
 {
     (void)state;
@@ -456,6 +498,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_pids, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_process_table_churn, setup, teardown),
         cmocka_unit_test_setup_teardown(test_owners_interned, setup, teardown),
         cmocka_unit_test_setup_teardown(test_order_and_bound, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bodies_shared, setup, teardown),
