@@ -84,6 +84,9 @@ typedef struct rl_lua_host {
     rl_lua_inst *insts;
     int open;
     uint64_t rng;
+    uint64_t resumes, resumes_seen;     /* quiet-time collection (rl_lua.c) */
+    uint64_t allocated, allocated_at_gc; /* bytes ever allocated; at the last full collection */
+    uv_timer_t *gc_timer; /* its own block: a closing handle outlives rl_lua_close */
 } rl_lua_host;
 
 extern rl_lua_host rl_lua_g;
