@@ -12,7 +12,7 @@
 #include "rl_proc.h"
 
 /* Bounds (all peer-controlled sizes are capped here or by rl_config). */
-#define RL_GW_RX_BUFFER 512 /* lws rx chunk, per connection; messages are reassembled (stack.md §3) */
+#define RL_GW_RX_BUFFER 236 /* lws rx chunk per connection (+ LWS_PRE + 4 = one 256-byte block); longer messages are reassembled (stack.md §3) */
 #define RL_GW_TX_PACKET 65536         /* largest single send(); the rest is buffered by lws */
 #define RL_GW_HEADER_DATA 16384       /* request header bytes per handshake (JWT in the URL) */
 #define RL_GW_FD_LIMIT_MAX (1u << 20) /* cap for fd_limit_per_thread */

@@ -688,7 +688,7 @@ static int spawn_p(lua_State *L)
     I->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     I->co = co;
 
-    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 1); /* grows if the plugin sets globals */
     lua_pushvalue(L, -1);
     lua_setfield(L, -2, "_G");
     lua_rawgeti(L, LUA_REGISTRYINDEX, H.env_mt_ref);

@@ -19,16 +19,28 @@
 enum { OP_RECV = 0, OP_SEND = 1 };
 enum { MODE_SELECT = 0, MODE_RECV = 1, MODE_SEND = 2 };
 
+/* Kept small (an idle instance holds two): the kinds share one union, and only a Lua channel
+   has a uservalue (its ring buffer). A receive case is the channel itself. */
 struct rl_lua_chan {
-    int kind, closed;
-    size_t cap, head, count; /* RL_CH_LUA: ring of max(cap,1) slots in uservalue 1 */
+    unsigned char kind, closed;
     rl_lua_waiter *waiters;
-    rl_msg *mhead, *mtail;        /* RL_CH_INBOX */
-    rl_lua_event *ehead, *etail;  /* RL_CH_EVENTS */
-    int fired;                    /* RL_CH_TIMER: a tick is pending (capacity one) */
-    int64_t fire_ns;
-    rl_proc *owner;               /* RL_CH_INBOX: whose mailbox count a receive gives back;
-                                     cleared when the instance is torn down */
+    union {
+        struct {
+            size_t cap, head, count; /* RL_CH_LUA: ring of max(cap,1) slots in uservalue 1 */
+        };
+        struct {
+            rl_msg *mhead, *mtail; /* RL_CH_INBOX */
+            rl_proc *owner;        /* whose mailbox count a receive gives back; cleared when
+                                      the instance is torn down */
+        };
+        struct {
+            rl_lua_event *ehead, *etail; /* RL_CH_EVENTS */
+        };
+        struct {
+            int fired;       /* RL_CH_TIMER: a tick is pending (capacity one) */
+            int64_t fire_ns;
+        };
+    };
 };
 
 typedef struct msg_ud {
@@ -75,10 +87,11 @@ void rl_lua_unwait(rl_lua_inst *I)
 
 rl_lua_chan *rl_lua_chan_new(lua_State *L, int kind, size_t cap)
 {
-    rl_lua_chan *ch = lua_newuserdatauv(L, sizeof *ch, 2); /* 1: buffer, 2: receive case */
+    rl_lua_chan *ch = lua_newuserdatauv(L, sizeof *ch, kind == RL_CH_LUA ? 1 : 0); /* buffer */
     memset(ch, 0, sizeof *ch);
-    ch->kind = kind;
-    ch->cap = cap;
+    ch->kind = (unsigned char)kind;
+    if (kind == RL_CH_LUA)
+        ch->cap = cap;
     luaL_setmetatable(L, CHAN_MT);
     if (kind == RL_CH_LUA) {
         lua_createtable(L, cap ? (int)(cap < 64 ? cap : 64) : 1, 0);
@@ -277,7 +290,16 @@ static int parse_cases(lua_State *L, sel_case *cs, int *dflt)
     if (n > RL_LUA_SELECT_MAX)
         luaL_error(L, "select: more than %d cases", RL_LUA_SELECT_MAX);
     for (int i = 0; i < n; i++) {
-        if (lua_rawgeti(L, 1, i + 1) != LUA_TTABLE)
+        int t = lua_rawgeti(L, 1, i + 1);
+        rl_lua_chan *rc = t == LUA_TUSERDATA ? luaL_testudata(L, -1, CHAN_MT) : NULL;
+        if (rc) { /* a receive case (ch:case_receive() is the channel) */
+            lua_pop(L, 1);
+            cs[i].ch = rc;
+            cs[i].op = OP_RECV;
+            cs[i].idx = i + 1;
+            continue;
+        }
+        if (t != LUA_TTABLE)
             luaL_error(L, "select: case %d is not a case (use ch:case_receive() or ch:case_send(v))",
                        i + 1);
         lua_rawgeti(L, -1, 1);
@@ -285,7 +307,7 @@ static int parse_cases(lua_State *L, sel_case *cs, int *dflt)
         lua_rawgeti(L, -2, 2);
         int op = (int)lua_tointeger(L, -1);
         lua_pop(L, 3);
-        if (!ch || (op != OP_RECV && op != OP_SEND))
+        if (!ch || op != OP_SEND)
             luaL_error(L, "select: case %d is not a case", i + 1);
         if (op == OP_SEND && ch->kind != RL_CH_LUA)
             luaL_error(L, "select: case %d sends on a receive-only channel", i + 1);
@@ -334,8 +356,10 @@ static int chan_do(lua_State *L, int mode)
         }
         lua_createtable(L, 0, 3);
         int res = lua_gettop(L);
-        lua_rawgeti(L, 1, c->idx); /* the case table */
-        lua_rawgeti(L, -1, 1);     /* its channel */
+        if (lua_rawgeti(L, 1, c->idx) == LUA_TTABLE) /* a send case: {channel, op, value} */
+            lua_rawgeti(L, -1, 1);
+        else
+            lua_pushvalue(L, -1); /* a receive case: the channel (again, as slot layout) */
         int chidx = lua_gettop(L);
         if (c->op == OP_RECV) {
             do_recv(L, c->ch, chidx);
@@ -415,49 +439,47 @@ static int l_close(lua_State *L)
     return 0;
 }
 
-/* A case table {channel, op[, value]}. A receive case carries nothing but its channel, so each
-   channel makes one and hands the same one out again: a select loop allocates no cases. */
-static int make_case(lua_State *L, int op)
+/* A send case is a table {channel, op, value}. A receive case carries nothing but its channel,
+   so it is the channel itself: a select loop allocates no cases and an idle instance keeps
+   none. */
+static int l_case_receive(lua_State *L)
 {
     check_chan(L, 1);
-    if (op == OP_RECV) {
-        if (lua_getiuservalue(L, 1, 2) == LUA_TTABLE)
-            return 1;
-        lua_pop(L, 1);
-    }
-    lua_createtable(L, 3, 0);
-    lua_pushvalue(L, 1);
-    lua_rawseti(L, -2, 1);
-    lua_pushinteger(L, op);
-    lua_rawseti(L, -2, 2);
-    if (op == OP_SEND) {
-        lua_pushvalue(L, 2);
-        lua_rawseti(L, -2, 3);
-    } else {
-        lua_pushvalue(L, -1);
-        lua_setiuservalue(L, 1, 2);
-    }
+    lua_settop(L, 1);
     return 1;
 }
 
-static int l_case_receive(lua_State *L) { return make_case(L, OP_RECV); }
 static int l_case_send(lua_State *L)
 {
     luaL_checkany(L, 2);
     rl_lua_chan *ch = check_chan(L, 1);
     if (ch->kind != RL_CH_LUA)
         return luaL_error(L, "send on a receive-only channel");
-    return make_case(L, OP_SEND);
+    lua_createtable(L, 3, 0);
+    lua_pushvalue(L, 1);
+    lua_rawseti(L, -2, 1);
+    lua_pushinteger(L, OP_SEND);
+    lua_rawseti(L, -2, 2);
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, -2, 3);
+    return 1;
 }
 
 static int l_len(lua_State *L)
 {
     rl_lua_chan *ch = check_chan(L, 1);
-    lua_Integer n = (lua_Integer)ch->count;
-    if (ch->kind == RL_CH_INBOX) {
-        n = 0;
+    lua_Integer n = 0;
+    switch (ch->kind) {
+    case RL_CH_LUA: n = (lua_Integer)ch->count; break;
+    case RL_CH_INBOX:
         for (rl_msg *m = ch->mhead; m; m = m->next)
             n++;
+        break;
+    case RL_CH_EVENTS:
+        for (rl_lua_event *e = ch->ehead; e; e = e->next)
+            n++;
+        break;
+    default: n = ch->fired; break;
     }
     lua_pushinteger(L, n);
     return 1;
@@ -466,18 +488,20 @@ static int l_len(lua_State *L)
 static int l_chan_gc(lua_State *L)
 {
     rl_lua_chan *ch = lua_touserdata(L, 1);
-    while (ch->mhead) {
+    while (ch->kind == RL_CH_INBOX && ch->mhead) {
         rl_msg *m = ch->mhead;
         ch->mhead = m->next;
         rl_msg_free(m);
     }
-    while (ch->ehead) {
+    while (ch->kind == RL_CH_EVENTS && ch->ehead) {
         rl_lua_event *e = ch->ehead;
         ch->ehead = e->next;
         rl_lua_event_free(e);
     }
-    ch->mtail = NULL;
-    ch->etail = NULL;
+    if (ch->kind == RL_CH_INBOX)
+        ch->mtail = NULL;
+    if (ch->kind == RL_CH_EVENTS)
+        ch->etail = NULL;
     while (ch->waiters) /* only at lua_close: instances were torn down first */
         rl_lua_unwait(ch->waiters->inst);
     return 0;

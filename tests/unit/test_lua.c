@@ -159,6 +159,16 @@ static const char probe_src[] =
     "  local r4 = channel.select({c:case_send(42)})\n"
     "  got.sent = r4.ok\n"
     "  got.v4 = c:receive()\n"
+    "  -- a send and a receive case in one select; the receive case is the channel itself\n"
+    "  local s1, s2 = channel.new(1), channel.new(1)\n"
+    "  s2:send('x')\n"
+    "  got.same = s2:case_receive() == s2\n"
+    "  local r7 = channel.select({s1:case_send('y'), s2:case_receive()})\n"
+    "  local r8 = channel.select({s1:case_send('z'), s2:case_receive()})\n"
+    "  got.mixed = (r7.channel == s2 and r7.value == 'x' and r8.channel == s1 and s1:receive() == 'z')\n"
+    "    or (r7.channel == s1 and r8.channel == s2 and r8.value == 'x' and s1:receive() == 'y')\n"
+    "  got.bad = not pcall(channel.select, {42})\n"
+    "  got.events_len = process.events():len() == 0\n"
     "  a:close()\n"
     "  local r5 = channel.select({a:case_receive()})\n"
     "  got.ok5 = r5.ok\n"
@@ -560,7 +570,7 @@ static void test_sleep_and_select(void **state)
         } else {
             got_b = 1;
             const char *keys[] = {"c1", "ok1", "c2", "d", "sent", "ok6", "stopped", "timer",
-                                  "nested"};
+                                  "nested", "same", "mixed", "bad", "events_len"};
             for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
                 if (!jtrue(r, keys[i]))
                     fail_msg("select check %s failed: %s", keys[i], cJSON_PrintUnformatted(r));
