@@ -367,8 +367,6 @@ static void free_dead(void)
     while (node.dead) {
         rl_proc *p = node.dead;
         node.dead = p->next_ready;
-        for (size_t i = 0; i < p->nmonitors; i++)
-            free(p->monitors[i]);
         free(p->monitors);
         p->monitors = NULL;
         p->nmonitors = 0;
@@ -644,9 +642,12 @@ void rl_proc_exit(rl_proc *p, const char *error)
     if (dropped)
         rl_metric_add(RL_M_MSGS_DROPPED, dropped);
     for (size_t i = 0; i < p->nmonitors; i++) {
+        size_t w = procs_slot(p->monitors[i]);
+        if (w == SIZE_MAX)
+            continue; /* the watcher exited first */
         rl_msg *m = exit_msg(p->pid, error);
         /* The runtime tells the monitors: a system message, whoever the exiting process is. */
-        if (!m || rl_send_as(p->monitors[i], m) < 0) {
+        if (!m || rl_send_as(node.procs.slots[w]->pid, m) < 0) {
             rl_msg_free(m);
             rl_metric_inc(RL_M_MSGS_DROPPED);
         }
@@ -751,13 +752,11 @@ int rl_monitor(rl_proc *watcher, const char *target)
     }
     if (!rl_may_control(watcher, p))
         return -EPERM;
-    char **nm = realloc(p->monitors, (p->nmonitors + 1) * sizeof *nm);
+    uint64_t *nm = realloc(p->monitors, (p->nmonitors + 1) * sizeof *nm);
     if (!nm)
         return -ENOMEM;
     p->monitors = nm;
-    if (!(nm[p->nmonitors] = strdup(watcher->pid)))
-        return -ENOMEM;
-    p->nmonitors++;
+    nm[p->nmonitors++] = watcher->serial;
     return 0;
 }
 

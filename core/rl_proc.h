@@ -222,7 +222,8 @@ struct rl_proc {
     rl_proc *next_ready;
     uint64_t serial; /* the number in the pid (the process table's key) */
     unsigned scheduled : 1, exited : 1, woken : 1;
-    char **monitors; /* pids to tell with PID_EXIT when this one exits */
+    uint64_t *monitors; /* serials of the local processes to tell with PID_EXIT at its exit
+                           (a watcher is always local; one that exited first is skipped) */
     size_t nmonitors;
 };
 

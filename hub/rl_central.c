@@ -30,11 +30,11 @@ typedef struct local_conn {
 } local_conn;
 
 typedef struct central_user {
-    char *id;
+    const char *id;         /* the owner's user id (also the key in central.users) */
     rl_owner *owner;        /* the user (a reference) */
     local_conn *conns;      /* admitted connections on this node */
-    size_t nconns, capconns;
-    size_t admitting;       /* cluster admissions in flight */
+    uint32_t nconns, capconns;
+    uint32_t admitting;     /* cluster admissions in flight */
     char hub[RL_PID_MAX];   /* the user's hub ("" = not placed) */
     uint64_t epoch;         /* its lease epoch (0 standalone) */
     int hub_local;          /* the hub is ours (we hold the lease) */
@@ -49,8 +49,7 @@ typedef struct central_user {
 static struct {
     rl_proc proc;
     const rl_config *cfg;
-    rl_map users;      /* user_id -> central_user */
-    rl_map conn_user;  /* conn pid -> central_user (admitted, local) */
+    rl_map users;      /* user_id -> central_user; a connection's is found from its owner */
     rl_map cancelling; /* hub pid -> (void *)1, cancelled and not yet exited */
     uv_timer_t gc;
     int started;
@@ -98,13 +97,15 @@ static central_user *user_get(rl_owner *owner)
     if (u)
         return u;
     u = calloc(1, sizeof *u);
-    if (!u || !(u->id = strdup(id)) || rl_map_set(&central.users, id, u) < 0) {
-        if (u)
-            free(u->id);
+    if (!u)
+        return NULL;
+    u->owner = rl_owner_ref(owner);
+    u->id = rl_owner_user(u->owner);
+    if (rl_map_set(&central.users, u->id, u) < 0) {
+        rl_owner_unref(u->owner);
         free(u);
         return NULL;
     }
-    u->owner = rl_owner_ref(owner);
     u->idle_since = rl_now_ms();
     return u;
 }
@@ -115,7 +116,6 @@ static void user_free(central_user *u)
     rl_body_unref(u->metadata);
     rl_body_unref(u->scope);
     rl_owner_unref(u->owner);
-    free(u->id);
     free(u);
 }
 
@@ -275,7 +275,6 @@ static void place(central_user *u)
             while (u->nconns) {
                 local_conn *lc = &u->conns[u->nconns - 1];
                 refuse(lc->pid, RL_E_HUB_CREATION_FAILED, NULL);
-                rl_map_del(&central.conn_user, lc->pid);
                 u->nconns--;
             }
             return;
@@ -312,7 +311,7 @@ static void place(central_user *u)
 static int add_conn(central_user *u, const char *conn, rl_body *meta, rl_body *scope)
 {
     if (u->nconns == u->capconns) {
-        size_t ncap = u->capconns ? u->capconns * 2 : 2;
+        uint32_t ncap = u->capconns ? u->capconns * 2 : 1; /* most users hold one */
         local_conn *nc = realloc(u->conns, ncap * sizeof *nc);
         if (!nc)
             return -ENOMEM;
@@ -322,8 +321,6 @@ static int add_conn(central_user *u, const char *conn, rl_body *meta, rl_body *s
     local_conn *lc = &u->conns[u->nconns];
     memset(lc, 0, sizeof *lc);
     snprintf(lc->pid, sizeof lc->pid, "%s", conn);
-    if (rl_map_set(&central.conn_user, conn, u) < 0)
-        return -ENOMEM;
     u->nconns++;
     if (meta)
         set_body(&u->metadata, meta);
@@ -340,7 +337,6 @@ static void remove_conn(central_user *u, const char *conn)
         u->conns[i] = u->conns[--u->nconns];
         break;
     }
-    rl_map_del(&central.conn_user, conn);
     if (u->nconns == 0)
         u->idle_since = rl_now_ms();
 }
@@ -449,11 +445,21 @@ static void on_join(const rl_msg *m)
     u->admitting++;
 }
 
+/* The record of the user that admitted connection conn here (NULL: not admitted). */
+static central_user *conn_user(const char *user, const char *conn)
+{
+    central_user *u = user ? user_find(user) : NULL;
+    for (uint32_t i = 0; u && i < u->nconns; i++)
+        if (strcmp(u->conns[i].pid, conn) == 0)
+            return u;
+    return NULL;
+}
+
 /* WS_LEAVE from a connection about itself: forget it here and tell its hub. */
 static void on_leave(const rl_msg *m)
 {
     const char *conn = m->from;
-    central_user *u = rl_map_get(&central.conn_user, conn);
+    central_user *u = conn_user(rl_owner_user(m->owner), conn);
     if (!u)
         return; /* never admitted */
     if (u->hub[0]) {
@@ -472,7 +478,7 @@ static void on_leave(const rl_msg *m)
 static void on_rehome(const rl_msg *m)
 {
     const char *conn = m->from;
-    central_user *u = rl_map_get(&central.conn_user, conn);
+    central_user *u = conn_user(rl_owner_user(m->owner), conn);
     if (!u)
         return;
     if (strcmp(u->hub, m->ctl.rehome.hub) == 0) {
@@ -620,7 +626,7 @@ static void on_readmit(int result, void *ud)
 {
     admit_req *r = ud;
     if (result == 0 && central.started && rl_proc_find(r->conn)) {
-        central_user *u = rl_map_get(&central.conn_user, r->conn);
+        central_user *u = conn_user(r->user, r->conn);
         refuse(r->conn, RL_E_MAX_CONNECTIONS, "Maximum connection limit reached after a registry outage");
         if (u) {
             remove_conn(u, r->conn);
@@ -634,16 +640,20 @@ static void readmit_all(void)
 {
     const char *k;
     void *v;
-    for (size_t it = 0; rl_map_next(&central.conn_user, &it, &k, &v);) {
+    for (size_t it = 0; rl_map_next(&central.users, &it, &k, &v);) {
         central_user *u = v;
-        admit_req *r = calloc(1, sizeof *r);
-        if (!r || !(r->user = strdup(u->id))) {
-            free(r);
-            continue;
+        for (uint32_t i = 0; i < u->nconns; i++) {
+            const char *conn = u->conns[i].pid;
+            admit_req *r = calloc(1, sizeof *r);
+            if (!r || !(r->user = strdup(u->id))) {
+                free(r);
+                continue;
+            }
+            snprintf(r->conn, sizeof r->conn, "%s", conn);
+            if (rl_cluster_admit(u->id, conn, central.cfg->max_connections_per_user, on_readmit,
+                                 r) < 0)
+                admit_req_free(r);
         }
-        snprintf(r->conn, sizeof r->conn, "%s", k);
-        if (rl_cluster_admit(u->id, k, central.cfg->max_connections_per_user, on_readmit, r) < 0)
-            admit_req_free(r);
     }
 }
 
@@ -718,8 +728,7 @@ int rl_central_start(const rl_config *c)
 {
     memset(&central, 0, sizeof central);
     central.cfg = c;
-    rl_map_init(&central.users);
-    rl_map_init(&central.conn_user);
+    rl_map_init_borrowed(&central.users);
     rl_map_init(&central.cancelling);
     int rc = rl_proc_start(&central.proc, &central_ops, 0, NULL);
     if (rc < 0)
@@ -769,7 +778,6 @@ void rl_central_stop(void)
         user_free(u);
     }
     rl_map_close(&central.users);
-    rl_map_close(&central.conn_user);
     rl_map_close(&central.cancelling);
     rl_proc_exit(&central.proc, NULL);
 }

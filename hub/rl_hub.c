@@ -37,7 +37,7 @@ typedef struct rl_hub {
     rl_body *scope;
     uint64_t epoch;
     char **conns; /* connection pids, at most max_connections_per_user in normal operation */
-    size_t nconns, capconns;
+    uint32_t nconns, capconns;
     hub_plugin *plugins; /* parallel to cfg->plugins */
     int cancelling;
     uint64_t valid_until; /* loop ms after which the lease may be someone else's: stop accepting */
@@ -112,7 +112,7 @@ static size_t welcome_format(const rl_hub *h, char *out, size_t cap)
 #define WS(s) n += rl_json_escape(n < cap ? out + n : NULL, n < cap ? cap - n : 0, (s), strlen(s))
     W("{\"user_id\":");
     WS(user_of(h));
-    W(",\"client_count\":%zu,\"plugins\":{", h->nconns);
+    W(",\"client_count\":%zu,\"plugins\":{", (size_t)h->nconns);
     for (size_t i = 0; i < h->cfg->nplugins; i++) {
         W(i ? "," : "");
         WS(h->cfg->plugins[i].prefix);
@@ -151,7 +151,7 @@ static void on_join(rl_hub *h, const rl_msg *m)
         return;
     if (find_conn(h, conn) < 0) {
         if (h->nconns == h->capconns) {
-            size_t ncap = h->capconns ? h->capconns * 2 : 2;
+            uint32_t ncap = h->capconns ? h->capconns * 2 : 2;
             char **nc = realloc(h->conns, ncap * sizeof *nc);
             if (!nc)
                 return;
