@@ -12,6 +12,8 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include "rl_json.h"
+
 /* Bounds on what a peer controls. A token travels in a header, a query string or a cookie; 8 KiB
    is far above any sane token and matches the handshake header budget. */
 #define RL_JWT_MAX_TOKEN 8192
@@ -101,7 +103,7 @@ static cJSON *segment_json(const char *seg, size_t len)
     cJSON *j = NULL;
     long n = b64url_decode(seg, len, buf);
     if (n > 0 && strlen((char *)buf) == (size_t)n) {
-        j = cJSON_ParseWithOpts((const char *)buf, NULL, 1);
+        j = rl_json_parse((const char *)buf, (size_t)n); /* strict: no \u escape cut short */
         if (j && !cJSON_IsObject(j)) {
             cJSON_Delete(j);
             j = NULL;

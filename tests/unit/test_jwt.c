@@ -425,7 +425,10 @@ static void test_garbage_base64(void **state)
         assert_string_equal(why, want[i]);
     }
     /* a correctly signed payload that is not a JSON object, or has a NUL inside */
-    const char *payloads[] = {"not json", "[1,2]", "\"sub\"", "42", "{\"sub\":\"a\"} {}", "{"};
+    const char *payloads[] = {"not json", "[1,2]", "\"sub\"", "42", "{\"sub\":\"a\"} {}", "{",
+                              /* escapes cJSON would read as a cut string: "a" */
+                              "{\"sub\":\"a\\uZZZZb\"}", "{\"sub\":\"a\\u0000b\"}",
+                              "{\"sub\":\"a\\u12\"}"};
     for (size_t i = 0; i < sizeof payloads / sizeof *payloads; i++)
         expect_fail(hs256_hdr, payloads[i], "malformed token");
     free(good);
