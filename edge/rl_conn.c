@@ -64,14 +64,18 @@ static void want_write(rl_conn *c)
     rl_turn_request();
 }
 
-/* The client does not read: close at once (queued frames are dropped with it). */
+/* The client does not read: our queue is dropped, and the close frame follows whatever lws
+   already holds. Starting the close while lws still buffers part of a frame would lose the
+   frame: lws 4.1 then only flushes and cuts the socket (LRS_FLUSHING_BEFORE_CLOSE ends in a
+   kill), so the flush path of rl_conn_close waits for WRITEABLE with nothing buffered, for at
+   most RL_GW_CLOSE_FLUSH_S. */
 static void conn_slow_consumer(rl_conn *c)
 {
     rl_warn("gateway", "%s: outbound queue over %zu bytes: closing", c->proc.pid,
             gw.cfg->max_outbound_bytes);
     rl_metric_error(RL_E_SLOW_CONSUMER);
     conn_drop_queue(c);
-    rl_conn_close(c, rl_err_close_code(RL_E_SLOW_CONSUMER), rl_err_name(RL_E_SLOW_CONSUMER), 0);
+    rl_conn_close(c, rl_err_close_code(RL_E_SLOW_CONSUMER), rl_err_name(RL_E_SLOW_CONSUMER), 1);
 }
 
 /* Queues m (WS_MESSAGE: the body is the frame; APP: {"topic":NAME,"data":BODY}) for the end of

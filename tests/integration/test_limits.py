@@ -193,6 +193,35 @@ async def test_slow_consumer_closed_node_survives():
 test_slow_consumer_closed_node_survives.timeout = 40
 
 
+async def test_slow_consumer_close_frame_follows_a_partly_sent_frame():
+    """The cut comes while lws still holds part of a frame (the socket's buffers are full): the
+    client that reads again within RL_GW_CLOSE_FLUSH_S gets the rest of that frame and then the
+    slow_consumer close frame, not a bare TCP close."""
+    cfg = Config(plugins=[Plugin("echo_plugin", "echo_", "echo.lua"),
+                          Plugin("flood_plugin", "flood_", "flood.lua")],
+                 node={"max_outbound_bytes": 1048576})  # > one turn of the flood (8 x 60000)
+    with Node(cfg) as n:
+        r = RawWS(n.port, "/ws?user_id=slowpoke", rcvbuf=4096)
+        try:
+            _raw_welcome(r)
+            r.send_text(json.dumps({"type": "flood_go", "data": {"n": 400, "size": 60000}}))
+            deadline = time.monotonic() + 8
+            while not metric_code_count(n.metrics(), "slow_consumer"):
+                check(time.monotonic() < deadline, "no slow_consumer cut while the client reads nothing")
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
+            code, reason, frames = _raw_until_close(r, timeout=5)
+            check(frames and all(len(f) == 60000 for f in frames),
+                  f"frames before the close: {[len(f) for f in frames][:10]}")
+            check(code == 1008 and reason == "slow_consumer",
+                  f"after {len(frames)} whole frames: close {code} {reason!r}, expected 1008 "
+                  "'slow_consumer'")
+        finally:
+            r.close()
+        await still_works(n)
+test_slow_consumer_close_frame_follows_a_partly_sent_frame.timeout = 30
+
+
 async def test_overloaded_plugin_queue_answers_everything():
     cfg = Config(plugins=[Plugin("echo_plugin", "echo_", "echo.lua"),
                           Plugin("slow_plugin", "slow_", "slow.lua")],
