@@ -106,7 +106,7 @@ int rl_auth_handshake(struct lws *wsi, const char *upgrade);
 void rl_conn_on_established(struct lws *wsi);
 void rl_conn_on_receive(rl_conn *c, struct lws *wsi, const char *in, size_t len);
 int rl_conn_on_writable(rl_conn *c, struct lws *wsi);
-int rl_conn_on_peer_close(rl_conn *c);
+int rl_conn_on_peer_close(rl_conn *c, struct lws *wsi, const unsigned char *in, size_t len);
 void rl_conn_on_closed(struct lws *wsi);
 /* Frees a connection that never got a process (a refused or dead handshake). */
 void rl_conn_free_mem(rl_conn *c);

@@ -55,9 +55,8 @@ static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
             rl_conn_on_pong(c);
         return 0;
     case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
-        if ((c = lws_get_opaque_user_data(wsi)))
-            return rl_conn_on_peer_close(c);
-        return 0;
+        return rl_conn_on_peer_close(lws_get_opaque_user_data(wsi), wsi,
+                                     (const unsigned char *)in, len);
     case LWS_CALLBACK_CLOSED:
         rl_conn_on_closed(wsi);
         return 0;

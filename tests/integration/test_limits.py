@@ -423,6 +423,43 @@ async def test_rfc6455_violations_fail_the_connection():
         await still_works(n)
 
 
+async def test_malformed_close_payload_is_failed():
+    """RFC 6455 5.5.1 / 7.4: a close payload of one byte, a code no endpoint may send, or a
+    reason that is not UTF-8 is answered with 1002 / 1007, not echoed; a good close is echoed
+    as it came."""
+    cases = [
+        ("one byte", b"\x03", 1002),
+        ("code 999", struct.pack("!H", 999), 1002),
+        ("code 1005", struct.pack("!H", 1005), 1002),
+        ("code 2999", struct.pack("!H", 2999), 1002),
+        ("code 5000", struct.pack("!H", 5000), 1002),
+        ("code 65535", struct.pack("!H", 65535), 1002),
+        ("reason not UTF-8", struct.pack("!H", 1000) + b"bye \xff\xfe", 1007),
+        ("reason cut in a sequence", struct.pack("!H", 1000) + "żół".encode()[:-1], 1007),
+        ("good close", struct.pack("!H", 1000) + "bye żółw".encode(), 1000),
+        ("code 4000", struct.pack("!H", 4000), 4000),
+    ]
+    with Node() as n:
+        wrong = []
+        for i, (label, payload, want) in enumerate(cases):
+            r = RawWS(n.port, f"/ws?user_id=closer{i}")
+            try:
+                _raw_welcome(r)
+                r.send_frame(0x8, payload)
+                code, reason, _ = _raw_until_close(r, timeout=2.0)
+                if code != want:
+                    wrong.append(f"{label}: close {code} {reason!r}, expected {want}")
+            finally:
+                r.close()
+        check(not wrong, "; ".join(wrong))
+        await still_works(n)
+        await asyncio.sleep(0.2)
+        for i in range(len(cases)):
+            ws, d = await connect_welcomed(n, f"closer{i}")
+            check(d["client_count"] == 1, f"closer{i}: the closed connection is still counted: {d}")
+            await ws.close()
+
+
 async def test_hub_and_plugin_read_a_message_one_way():
     """What a C reader would cut short or RFC 8259 forbids is refused at the gateway (a \\u0000
     escape or a raw control byte inside a string); a repeated top-level "type" (or "conn_pid")
