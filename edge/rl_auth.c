@@ -1,6 +1,7 @@
-/* The handshake's checks: path, origin and identity (JWT from header, query or cookie, or the
- * insecure ?user_id=). Refusals are answered with an HTTP status and a JSON body, before any
- * upgrade. */
+/* The handshake's checks: path, WebSocket version and key, origin and identity (JWT from
+ * header, query or cookie, or the insecure ?user_id=). Refusals are answered with an HTTP status
+ * and a JSON body, before any upgrade. */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,6 +85,29 @@ static char *urlarg_dup(struct lws *wsi, const char *name)
     return s;
 }
 
+
+/* 1 when the Sec-WebSocket-Key header is a 16-byte value in base64 (RFC 6455 4.1: 22
+   characters of the alphabet and "=="). lws 4.1 takes any key under 128 bytes and hashes it. */
+static int ws_key_ok(struct lws *wsi)
+{
+    char key[32];
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_KEY) != 24 ||
+        lws_hdr_copy(wsi, key, sizeof key, WSI_TOKEN_KEY) != 24)
+        return 0;
+    for (int i = 0; i < 22; i++)
+        if (!isalnum((unsigned char)key[i]) && key[i] != '+' && key[i] != '/')
+            return 0;
+    return key[22] == '=' && key[23] == '=';
+}
+
+/* 1 when Sec-WebSocket-Version is 13, the only version RFC 6455 defines; lws 4.1 upgrades a
+   request without it, or with any other. */
+static int ws_version_ok(struct lws *wsi)
+{
+    char v[8];
+    return lws_hdr_total_length(wsi, WSI_TOKEN_VERSION) == 2 &&
+           lws_hdr_copy(wsi, v, sizeof v, WSI_TOKEN_VERSION) == 2 && strcmp(v, "13") == 0;
+}
 
 static int origin_allowed(struct lws *wsi)
 {
@@ -195,23 +219,35 @@ int rl_auth_handshake(struct lws *wsi, const char *upgrade)
     free(uri);
     int rc;
     if (!path_ok) {
-        rc = rl_http_refuse_upgrade(wsi, 404, "not_found", "No WebSocket endpoint at this path");
+        rc = rl_http_refuse_upgrade(wsi, 404, NULL, "not_found",
+                                    "No WebSocket endpoint at this path");
+        goto refused;
+    }
+    if (!ws_version_ok(wsi)) {
+        /* RFC 6455 4.4: the refusal names the versions the server speaks */
+        rc = rl_http_refuse_upgrade(wsi, 400, "sec-websocket-version: 13\r\n", "bad_request",
+                                    "Sec-WebSocket-Version must be 13");
+        goto refused;
+    }
+    if (!ws_key_ok(wsi)) {
+        rc = rl_http_refuse_upgrade(wsi, 400, NULL, "bad_request",
+                                    "Sec-WebSocket-Key must be 16 bytes in base64");
         goto refused;
     }
     if (!origin_allowed(wsi)) {
-        rc = rl_http_refuse_upgrade(wsi, 403, "forbidden", "Origin not allowed");
+        rc = rl_http_refuse_upgrade(wsi, 403, NULL, "forbidden", "Origin not allowed");
         goto refused;
     }
     rl_conn *c = calloc(1, sizeof *c);
     if (!c) {
-        rc = rl_http_refuse_upgrade(wsi, 503, "unavailable", "Out of memory");
+        rc = rl_http_refuse_upgrade(wsi, 503, NULL, "unavailable", "Out of memory");
         goto refused;
     }
     const char *why = NULL;
     if (authenticate(wsi, c, &why) < 0) {
         rl_conn_free_mem(c);
         rl_debug("gateway", "handshake refused: %s", why);
-        rc = rl_http_refuse_upgrade(wsi, 401, "unauthorized", why);
+        rc = rl_http_refuse_upgrade(wsi, 401, NULL, "unauthorized", why);
         goto refused;
     }
     c->state = RL_CONN_UPGRADING;

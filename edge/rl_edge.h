@@ -92,9 +92,10 @@ const char *rl_gw_central_pid(void);
 /* rl_http.c */
 /* LWS_CALLBACK_HTTP: uri is the decoded path without the query. */
 int rl_http_on_request(struct lws *wsi, const char *uri);
-/* Refuses an upgrade with status and {"error":code,"message":why} (raw HTTP/1.1). 0 or -1. */
-int rl_http_refuse_upgrade(struct lws *wsi, unsigned int status, const char *code,
-                           const char *why);
+/* Refuses an upgrade with status and {"error":code,"message":why} (raw HTTP/1.1); extra is
+   more header lines, each ending in CRLF, or NULL. 0 or -1. */
+int rl_http_refuse_upgrade(struct lws *wsi, unsigned int status, const char *extra,
+                           const char *code, const char *why);
 int rl_http_console_build(const char *ws_path);
 
 /* rl_auth.c */

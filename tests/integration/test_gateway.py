@@ -1,5 +1,8 @@
 """Gateway: HTTP endpoints, identity (jwt / insecure), origins, listen override."""
+import base64
 import json
+import os
+import re
 import socket
 import time
 
@@ -162,6 +165,77 @@ async def test_401_has_json_body_and_no_upgrade():
                       f"{label}: 401 content-type {r.headers.get('content-type')!r}")
             finally:
                 r.close()
+
+
+def _upgrade_with(port, lines, path="/ws?user_id=alice"):
+    """Sends an upgrade request with exactly these extra header lines (no key or version of its
+    own); returns (status, headers, body bytes) of the answer, (0, {}, b"") for none."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=3)
+    try:
+        req = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket",
+               "Connection: Upgrade"] + lines
+        s.sendall(("\r\n".join(req) + "\r\n\r\n").encode())
+        data = b""
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                head, sep, body = data.partition(b"\r\n\r\n")
+                if sep and head.startswith(b"HTTP/1.1 101"):
+                    break
+                m = re.search(rb"content-length: *(\d+)", head, re.I)
+                if sep and m and len(body) >= int(m.group(1)):
+                    break
+        except socket.timeout:
+            pass
+    finally:
+        s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    hl = head.decode("latin-1").split("\r\n")
+    try:
+        status = int(hl[0].split()[1])
+    except (IndexError, ValueError):
+        return 0, {}, b""
+    hdrs = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in hl[1:])}
+    return status, hdrs, body
+
+
+async def test_bad_websocket_handshake_is_400():
+    """RFC 6455 4.2.1: Sec-WebSocket-Version 13 and a Sec-WebSocket-Key of 16 bytes in base64,
+    or HTTP 400 with a JSON body (and, for the version, the version the node speaks)."""
+    key = "Sec-WebSocket-Key: " + base64.b64encode(os.urandom(16)).decode()
+    v13 = "Sec-WebSocket-Version: 13"
+    cases = [
+        ("no version", [key], "Sec-WebSocket-Version"),
+        ("version 8", [key, "Sec-WebSocket-Version: 8"], "Sec-WebSocket-Version"),
+        ("version 14", [key, "Sec-WebSocket-Version: 14"], "Sec-WebSocket-Version"),
+        ("3-byte key", ["Sec-WebSocket-Key: " + base64.b64encode(b"abc").decode(), v13],
+         "Sec-WebSocket-Key"),
+        ("17-byte key", ["Sec-WebSocket-Key: " + base64.b64encode(os.urandom(17)).decode(), v13],
+         "Sec-WebSocket-Key"),
+        ("key not base64", ["Sec-WebSocket-Key: " + "!" * 22 + "==", v13], "Sec-WebSocket-Key"),
+        ("no key", [v13], "Sec-WebSocket-Key"),
+    ]
+    with Node() as n:
+        wrong = []
+        for label, lines, names in cases:
+            st, hdrs, body = _upgrade_with(n.port, lines)
+            try:
+                b = json.loads(body.decode())
+            except ValueError:
+                b = None
+            if st != 400 or not isinstance(b, dict) or b.get("error") != "bad_request" or \
+                    names not in b.get("message", ""):
+                wrong.append(f"{label}: {st} {body[:120]!r}")
+            elif "Version" in names and hdrs.get("sec-websocket-version") != "13":
+                wrong.append(f"{label}: 400 without Sec-WebSocket-Version: 13 ({hdrs})")
+        check(not wrong, "; ".join(wrong))
+        st, _, _ = _upgrade_with(n.port, [key, v13])
+        check(st == 101, f"a good handshake answered {st}")
+        rejected = metric_sum(n.metrics(), "relay_connections_rejected_total")
+        check(rejected is not None and rejected >= len(cases), f"rejected handshakes counted: {rejected}")
 
 
 async def test_jwt_without_sub_gets_missing_user_id():
