@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "rl_edge.h"
+#include "rl_envelope.h"
 #include "rl_gateway.h"
 #include "rl_jwt.h"
 #include "rl_log.h"
@@ -164,7 +165,18 @@ static char *find_token(struct lws *wsi)
     return t;
 }
 
-/* Fills c's identity from the request; returns 0, or -1 with *why set (401). */
+/* 1 when s can name a user: it goes into JSON text frames, log lines and Redis keys, so it
+   must be valid UTF-8 without control characters (C0, DEL, C1). */
+static int user_id_ok(const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if (*p < 0x20 || *p == 0x7f || (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f))
+            return 0;
+    return rl_env_utf8_valid(s, strlen(s));
+}
+
+/* Fills c's identity from the request. Returns 0, or the HTTP status to refuse with (400: a
+   malformed ?user_id=, 401: the token) and *why. */
 static int authenticate(struct lws *wsi, rl_conn *c, const char **why)
 {
     const rl_config *cfg = gw.cfg;
@@ -174,17 +186,21 @@ static int authenticate(struct lws *wsi, rl_conn *c, const char **why)
             free(c->user_id);
             c->user_id = NULL;
         }
+        if (c->user_id && !user_id_ok(c->user_id)) {
+            *why = "user_id must be UTF-8 without control characters";
+            return 400;
+        }
         return 0;
     }
     char *token = find_token(wsi);
     if (!token) {
         *why = "missing token";
-        return -1;
+        return 401;
     }
     if (!cfg->jwt_secret || !cfg->jwt_secret[0]) {
         free(token);
         *why = "no jwt secret configured";
-        return -1;
+        return 401;
     }
     rl_jwt_opts o = {
         .secret = cfg->jwt_secret,
@@ -199,11 +215,15 @@ static int authenticate(struct lws *wsi, rl_conn *c, const char **why)
     free(token);
     if (rc < 0) {
         *why = reason ? reason : "invalid token";
-        return -1;
+        return 401;
     }
-    c->user_id = cl.sub; /* ownership moves to c */
+    c->user_id = cl.sub; /* ownership moves to c (and is freed with it) */
     c->meta_json = cl.meta_json;
     c->scope = cl.scope;
+    if (c->user_id && !user_id_ok(c->user_id)) {
+        *why = "sub must be UTF-8 without control characters";
+        return 401;
+    }
     return 0;
 }
 
@@ -244,10 +264,12 @@ int rl_auth_handshake(struct lws *wsi, const char *upgrade)
         goto refused;
     }
     const char *why = NULL;
-    if (authenticate(wsi, c, &why) < 0) {
+    int status = authenticate(wsi, c, &why);
+    if (status) {
         rl_conn_free_mem(c);
-        rl_debug("gateway", "handshake refused: %s", why);
-        rc = rl_http_refuse_upgrade(wsi, 401, NULL, "unauthorized", why);
+        rl_debug("gateway", "handshake refused (%d): %s", status, why);
+        rc = rl_http_refuse_upgrade(wsi, (unsigned int)status, NULL,
+                                    status == 400 ? "bad_request" : "unauthorized", why);
         goto refused;
     }
     c->state = RL_CONN_UPGRADING;

@@ -1,5 +1,7 @@
 """Gateway: HTTP endpoints, identity (jwt / insecure), origins, listen override."""
 import base64
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -236,6 +238,54 @@ async def test_bad_websocket_handshake_is_400():
         check(st == 101, f"a good handshake answered {st}")
         rejected = metric_sum(n.metrics(), "relay_connections_rejected_total")
         check(rejected is not None and rejected >= len(cases), f"rejected handshakes counted: {rejected}")
+
+
+def _jwt_raw(payload, secret=SECRET):
+    """An HS256 token over these exact payload bytes (json.dumps cannot write invalid UTF-8)."""
+    signing = harness.b64url(b'{"alg":"HS256","typ":"JWT"}') + "." + harness.b64url(payload)
+    sig = hmac.new(secret.encode(), signing.encode(), hashlib.sha256).digest()
+    return signing + "." + harness.b64url(sig)
+
+
+def _refusal(port, path, headers, status, code):
+    r = RawWS(port, path, headers=headers, timeout=3)
+    try:
+        try:
+            body = json.loads(r.body.decode())
+        except ValueError:
+            body = None
+        if r.status != status or not isinstance(body, dict) or body.get("error") != code or \
+                "UTF-8" not in body.get("message", ""):
+            return f"{path}: {r.status_line!r} {r.body[:160]!r}"
+        return None
+    finally:
+        r.close()
+
+
+async def test_user_id_not_utf8_refused_at_handshake():
+    """A user id goes into the welcome frame, logs and Redis keys: one that is not valid UTF-8
+    or holds control characters is refused before the upgrade (insecure: 400; jwt sub: 401)."""
+    with Node() as n:
+        wrong = [w for w in (_refusal(n.port, "/ws?user_id=" + q, None, 400, "bad_request")
+                             for q in ("%ff%fe", "ab%c3", "%ed%a0%80", "a%01b", "a%7f", "%c2%85x"))
+                 if w]
+        check(not wrong, "; ".join(wrong))
+        ws, d = await connect_welcomed(n, "%C5%BC%C3%B3%C5%82w")
+        check(d["user_id"] == "żółw", f"a UTF-8 user id: welcome {d}")
+        await ws.close()
+    with Node(jwt_config()) as n:
+        exp = int(time.time()) + 3600
+        wrong = []
+        for sub in (b'"\xff\xfe"', b'"ok\xc3"', b'"a\\u0001b"', b'"\\u0085x"', b'"a\x7f"'):
+            tok = _jwt_raw(b'{"sub":' + sub + b',"exp":' + str(exp).encode() + b'}')
+            w = _refusal(n.port, "/ws", {"Authorization": "Bearer " + tok}, 401, "unauthorized")
+            if w:
+                wrong.append(f"sub {sub!r}: {w}")
+        check(not wrong, "; ".join(wrong))
+        ws, d = await connect_welcomed(n, None, token=_jwt_raw(
+            b'{"sub":"\xc5\xbc\xc3\xb3\xc5\x82w","exp":' + str(exp).encode() + b'}'))
+        check(d["user_id"] == "żółw", f"a UTF-8 sub: welcome {d}")
+        await ws.close()
 
 
 async def test_jwt_without_sub_gets_missing_user_id():
