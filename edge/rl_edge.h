@@ -72,6 +72,7 @@ typedef struct rl_gw {
     int keepalive_on;
     rl_conn *sweep;         /* the next connection the sweep looks at (NULL: from the head) */
     uint64_t hang_ms;       /* no frame or pong for this long after a ping: the peer is dead */
+    char listen_ip[16];              /* listen_host resolved, for lws (INET_ADDRSTRLEN) */
     int starting;                    /* inside rl_gateway_start: keep the first lws error */
     char lws_err[RL_GW_LWS_ERR_MAX]; /* that error ("" = none), for start's own message */
 } rl_gw;

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import time
 
 import websockets
@@ -347,6 +348,52 @@ async def test_listen_flag_overrides_config():
         finally:
             s.close()
         check(refused, f"the node still listens on the config's port {cfg.port} despite --listen")
+
+
+def test_listen_address_that_cannot_be_bound_stops_the_node():
+    """An unresolvable host or an address not on this machine stops the node with a clear error
+    and exit 1 (lws 4.1 would log and run without a socket); --check catches what needs no
+    bind. A port in use stops it too."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    cases = [  # listen, fails --check, words in the error
+        ("nosuchhost.invalid:8080", True, "cannot resolve host 'nosuchhost.invalid'"),
+        ("999.1.2.3:8080", True, "cannot resolve host '999.1.2.3'"),
+        ("[::1]:8080", True, "IPv6"),
+        ("10.255.255.1:8080", False, "not an address of this machine"),
+        (f"127.0.0.1:{busy.getsockname()[1]}", False, "in use"),
+    ]
+    wrong = []
+    try:
+        for listen, check_fails, words in cases:
+            cfg = Config()
+            cfg.node["listen"] = listen
+            path = cfg.write()
+            rc, out = harness.run_check(path)
+            if check_fails and (rc == 0 or words not in out):
+                wrong.append(f"--check with {listen}: rc {rc}: {out.strip()[-200:]}")
+            if not check_fails and rc != 0:
+                wrong.append(f"--check with {listen} should pass (it binds nothing): {out[-200:]}")
+            p = subprocess.run([os.path.abspath(harness.NODE_BIN), "-c", path], env=harness.clean_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
+            out = p.stdout.decode("utf-8", "replace")
+            if p.returncode != 1 or words not in out or "listening" in out:
+                wrong.append(f"start with {listen}: rc {p.returncode}: {out.strip()[-300:]}")
+    except subprocess.TimeoutExpired as e:
+        wrong.append(f"a node kept running: {e}")
+    finally:
+        busy.close()
+    check(not wrong, "\n".join(wrong))
+
+
+async def test_listen_host_name_is_resolved():
+    """A host name that resolves (localhost) is listened on at its address."""
+    cfg = Config()
+    cfg.node["listen"] = f"localhost:{cfg.port}"
+    with Node(cfg) as n:
+        ws, _ = await connect_welcomed(n, "alice")
+        await ws.close()
 
 
 async def test_client_offering_permessage_deflate():
