@@ -1,6 +1,7 @@
-/* The handshake's checks: path, origin and identity (JWT from header, query or cookie, or the
- * insecure ?user_id=). Refusals are answered with an HTTP status and a JSON body, before any
- * upgrade. */
+/* The handshake's checks: path, WebSocket version and key, origin and identity (JWT from
+ * header, query or cookie, or the insecure ?user_id=). Refusals are answered with an HTTP status
+ * and a JSON body, before any upgrade. */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +9,7 @@
 #include <time.h>
 
 #include "rl_edge.h"
+#include "rl_envelope.h"
 #include "rl_gateway.h"
 #include "rl_jwt.h"
 #include "rl_log.h"
@@ -85,6 +87,29 @@ static char *urlarg_dup(struct lws *wsi, const char *name)
 }
 
 
+/* 1 when the Sec-WebSocket-Key header is a 16-byte value in base64 (RFC 6455 4.1: 22
+   characters of the alphabet and "=="). lws 4.1 takes any key under 128 bytes and hashes it. */
+static int ws_key_ok(struct lws *wsi)
+{
+    char key[32];
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_KEY) != 24 ||
+        lws_hdr_copy(wsi, key, sizeof key, WSI_TOKEN_KEY) != 24)
+        return 0;
+    for (int i = 0; i < 22; i++)
+        if (!isalnum((unsigned char)key[i]) && key[i] != '+' && key[i] != '/')
+            return 0;
+    return key[22] == '=' && key[23] == '=';
+}
+
+/* 1 when Sec-WebSocket-Version is 13, the only version RFC 6455 defines; lws 4.1 upgrades a
+   request without it, or with any other. */
+static int ws_version_ok(struct lws *wsi)
+{
+    char v[8];
+    return lws_hdr_total_length(wsi, WSI_TOKEN_VERSION) == 2 &&
+           lws_hdr_copy(wsi, v, sizeof v, WSI_TOKEN_VERSION) == 2 && strcmp(v, "13") == 0;
+}
+
 static int origin_allowed(struct lws *wsi)
 {
     if (!gw.cfg->norigins)
@@ -140,7 +165,18 @@ static char *find_token(struct lws *wsi)
     return t;
 }
 
-/* Fills c's identity from the request; returns 0, or -1 with *why set (401). */
+/* 1 when s can name a user: it goes into JSON text frames, log lines and Redis keys, so it
+   must be valid UTF-8 without control characters (C0, DEL, C1). */
+static int user_id_ok(const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if (*p < 0x20 || *p == 0x7f || (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f))
+            return 0;
+    return rl_env_utf8_valid(s, strlen(s));
+}
+
+/* Fills c's identity from the request. Returns 0, or the HTTP status to refuse with (400: a
+   malformed ?user_id=, 401: the token) and *why. */
 static int authenticate(struct lws *wsi, rl_conn *c, const char **why)
 {
     const rl_config *cfg = gw.cfg;
@@ -150,17 +186,21 @@ static int authenticate(struct lws *wsi, rl_conn *c, const char **why)
             free(c->user_id);
             c->user_id = NULL;
         }
+        if (c->user_id && !user_id_ok(c->user_id)) {
+            *why = "user_id must be UTF-8 without control characters";
+            return 400;
+        }
         return 0;
     }
     char *token = find_token(wsi);
     if (!token) {
         *why = "missing token";
-        return -1;
+        return 401;
     }
     if (!cfg->jwt_secret || !cfg->jwt_secret[0]) {
         free(token);
         *why = "no jwt secret configured";
-        return -1;
+        return 401;
     }
     rl_jwt_opts o = {
         .secret = cfg->jwt_secret,
@@ -175,11 +215,15 @@ static int authenticate(struct lws *wsi, rl_conn *c, const char **why)
     free(token);
     if (rc < 0) {
         *why = reason ? reason : "invalid token";
-        return -1;
+        return 401;
     }
-    c->user_id = cl.sub; /* ownership moves to c */
+    c->user_id = cl.sub; /* ownership moves to c (and is freed with it) */
     c->meta_json = cl.meta_json;
     c->scope = cl.scope;
+    if (c->user_id && !user_id_ok(c->user_id)) {
+        *why = "sub must be UTF-8 without control characters";
+        return 401;
+    }
     return 0;
 }
 
@@ -195,23 +239,37 @@ int rl_auth_handshake(struct lws *wsi, const char *upgrade)
     free(uri);
     int rc;
     if (!path_ok) {
-        rc = rl_http_refuse_upgrade(wsi, 404, "not_found", "No WebSocket endpoint at this path");
+        rc = rl_http_refuse_upgrade(wsi, 404, NULL, "not_found",
+                                    "No WebSocket endpoint at this path");
+        goto refused;
+    }
+    if (!ws_version_ok(wsi)) {
+        /* RFC 6455 4.4: the refusal names the versions the server speaks */
+        rc = rl_http_refuse_upgrade(wsi, 400, "sec-websocket-version: 13\r\n", "bad_request",
+                                    "Sec-WebSocket-Version must be 13");
+        goto refused;
+    }
+    if (!ws_key_ok(wsi)) {
+        rc = rl_http_refuse_upgrade(wsi, 400, NULL, "bad_request",
+                                    "Sec-WebSocket-Key must be 16 bytes in base64");
         goto refused;
     }
     if (!origin_allowed(wsi)) {
-        rc = rl_http_refuse_upgrade(wsi, 403, "forbidden", "Origin not allowed");
+        rc = rl_http_refuse_upgrade(wsi, 403, NULL, "forbidden", "Origin not allowed");
         goto refused;
     }
     rl_conn *c = calloc(1, sizeof *c);
     if (!c) {
-        rc = rl_http_refuse_upgrade(wsi, 503, "unavailable", "Out of memory");
+        rc = rl_http_refuse_upgrade(wsi, 503, NULL, "unavailable", "Out of memory");
         goto refused;
     }
     const char *why = NULL;
-    if (authenticate(wsi, c, &why) < 0) {
+    int status = authenticate(wsi, c, &why);
+    if (status) {
         rl_conn_free_mem(c);
-        rl_debug("gateway", "handshake refused: %s", why);
-        rc = rl_http_refuse_upgrade(wsi, 401, "unauthorized", why);
+        rl_debug("gateway", "handshake refused (%d): %s", status, why);
+        rc = rl_http_refuse_upgrade(wsi, (unsigned int)status, NULL,
+                                    status == 400 ? "bad_request" : "unauthorized", why);
         goto refused;
     }
     c->state = RL_CONN_UPGRADING;

@@ -64,14 +64,18 @@ static void want_write(rl_conn *c)
     rl_turn_request();
 }
 
-/* The client does not read: close at once (queued frames are dropped with it). */
+/* The client does not read: our queue is dropped, and the close frame follows whatever lws
+   already holds. Starting the close while lws still buffers part of a frame would lose the
+   frame: lws 4.1 then only flushes and cuts the socket (LRS_FLUSHING_BEFORE_CLOSE ends in a
+   kill), so the flush path of rl_conn_close waits for WRITEABLE with nothing buffered, for at
+   most RL_GW_CLOSE_FLUSH_S. */
 static void conn_slow_consumer(rl_conn *c)
 {
     rl_warn("gateway", "%s: outbound queue over %zu bytes: closing", c->proc.pid,
             gw.cfg->max_outbound_bytes);
     rl_metric_error(RL_E_SLOW_CONSUMER);
     conn_drop_queue(c);
-    rl_conn_close(c, rl_err_close_code(RL_E_SLOW_CONSUMER), rl_err_name(RL_E_SLOW_CONSUMER), 0);
+    rl_conn_close(c, rl_err_close_code(RL_E_SLOW_CONSUMER), rl_err_name(RL_E_SLOW_CONSUMER), 1);
 }
 
 /* Queues m (WS_MESSAGE: the body is the frame; APP: {"topic":NAME,"data":BODY}) for the end of
@@ -689,14 +693,45 @@ int rl_conn_on_writable(rl_conn *c, struct lws *wsi)
     return conn_flush(c, 1);
 }
 
-/* LWS_CALLBACK_WS_PEER_INITIATED_CLOSE: the client starts the close (lws answers it; the
-   answer to a close we started never gets here). Stop writing to it. */
-int rl_conn_on_peer_close(rl_conn *c)
+/* What RFC 6455 (5.5.1, 7.1.5, 7.4) forbids in a close payload that lws 4.1 lets through: one
+   byte (a code needs two), a code of 5000 or more, a reason that is not UTF-8. lws itself
+   turns the codes no endpoint may send (below 1000, 1004-1006, 1012-1015, 1016-2999) into 1002
+   in the payload it echoes. Returns 0, or the code to fail the connection with and its reason. */
+static int close_payload_fault(const unsigned char *p, size_t len, const char **why)
 {
-    if (c->state == RL_CONN_JOINING || c->state == RL_CONN_ROUTED)
-        c->state = RL_CONN_CLOSING;
-    c->close_sent = 1;
+    if (len == 1) {
+        *why = "close payload of one byte";
+        return 1002;
+    }
+    if (len >= 2 && ((unsigned)p[0] << 8 | p[1]) >= 5000) {
+        *why = "close code not allowed";
+        return 1002;
+    }
+    if (len > 2 && !rl_env_utf8_valid((const char *)p + 2, len - 2)) {
+        *why = "invalid UTF-8 in close reason";
+        return 1007;
+    }
     return 0;
+}
+
+/* LWS_CALLBACK_WS_PEER_INITIATED_CLOSE: the client starts the close (lws answers it; the
+   answer to a close we started never gets here). Stop writing to it. A malformed close is
+   answered with our code instead of the echo: lws sends the reason set here when the callback
+   fails (as for its own protocol errors). c may be NULL (detached). */
+int rl_conn_on_peer_close(rl_conn *c, struct lws *wsi, const unsigned char *in, size_t len)
+{
+    if (c) {
+        if (c->state == RL_CONN_JOINING || c->state == RL_CONN_ROUTED)
+            c->state = RL_CONN_CLOSING;
+        c->close_sent = 1;
+    }
+    const char *why = NULL;
+    int code = close_payload_fault(in, len, &why);
+    if (!code)
+        return 0;
+    rl_debug("gateway", "%s: %s: closing with %d", c ? c->proc.pid : "-", why, code);
+    lws_close_reason(wsi, (enum lws_close_status)code, (unsigned char *)why, strlen(why));
+    return -1;
 }
 
 /* The WebSocket is gone (LWS_CALLBACK_CLOSED, or WSI_DESTROY without it). The process ends

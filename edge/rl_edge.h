@@ -72,6 +72,7 @@ typedef struct rl_gw {
     int keepalive_on;
     rl_conn *sweep;         /* the next connection the sweep looks at (NULL: from the head) */
     uint64_t hang_ms;       /* no frame or pong for this long after a ping: the peer is dead */
+    char listen_ip[16];              /* listen_host resolved, for lws (INET_ADDRSTRLEN) */
     int starting;                    /* inside rl_gateway_start: keep the first lws error */
     char lws_err[RL_GW_LWS_ERR_MAX]; /* that error ("" = none), for start's own message */
 } rl_gw;
@@ -92,9 +93,10 @@ const char *rl_gw_central_pid(void);
 /* rl_http.c */
 /* LWS_CALLBACK_HTTP: uri is the decoded path without the query. */
 int rl_http_on_request(struct lws *wsi, const char *uri);
-/* Refuses an upgrade with status and {"error":code,"message":why} (raw HTTP/1.1). 0 or -1. */
-int rl_http_refuse_upgrade(struct lws *wsi, unsigned int status, const char *code,
-                           const char *why);
+/* Refuses an upgrade with status and {"error":code,"message":why} (raw HTTP/1.1); extra is
+   more header lines, each ending in CRLF, or NULL. 0 or -1. */
+int rl_http_refuse_upgrade(struct lws *wsi, unsigned int status, const char *extra,
+                           const char *code, const char *why);
 int rl_http_console_build(const char *ws_path);
 
 /* rl_auth.c */
@@ -106,7 +108,7 @@ int rl_auth_handshake(struct lws *wsi, const char *upgrade);
 void rl_conn_on_established(struct lws *wsi);
 void rl_conn_on_receive(rl_conn *c, struct lws *wsi, const char *in, size_t len);
 int rl_conn_on_writable(rl_conn *c, struct lws *wsi);
-int rl_conn_on_peer_close(rl_conn *c);
+int rl_conn_on_peer_close(rl_conn *c, struct lws *wsi, const unsigned char *in, size_t len);
 void rl_conn_on_closed(struct lws *wsi);
 /* Frees a connection that never got a process (a refused or dead handshake). */
 void rl_conn_free_mem(rl_conn *c);

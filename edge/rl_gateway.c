@@ -2,8 +2,11 @@
  * process per WebSocket (rl_conn.c). This file: the lws callback, TLS check, start and stop. */
 #include "rl_gateway.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <libwebsockets.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h> /* SSL_OP_* only: lws owns the SSL_CTX */
@@ -13,7 +16,9 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "rl_edge.h"
 #include "rl_log.h"
@@ -55,9 +60,8 @@ static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
             rl_conn_on_pong(c);
         return 0;
     case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
-        if ((c = lws_get_opaque_user_data(wsi)))
-            return rl_conn_on_peer_close(c);
-        return 0;
+        return rl_conn_on_peer_close(lws_get_opaque_user_data(wsi), wsi,
+                                     (const unsigned char *)in, len);
     case LWS_CALLBACK_CLOSED:
         rl_conn_on_closed(wsi);
         return 0;
@@ -163,6 +167,65 @@ out:
     return rc;
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * The listen address. lws 4.1 binds only an IPv4 address or an interface name given as iface;
+ * for anything else (a host name, an address not on this machine) it logs "DOESN'T EXIST",
+ * retries now and then, and lws_create_vhost still succeeds: the node would run holding no
+ * socket. So the host is resolved here and lws gets the numeric address. */
+
+/* Resolves c->listen_host to an IPv4 address (port set). 0, or -EINVAL with the reason. */
+static int listen_resolve(const rl_config *c, struct sockaddr_in *sa, char *err, size_t errlen)
+{
+    memset(sa, 0, sizeof *sa);
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons((uint16_t)c->listen_port);
+    if (strchr(c->listen_host, ':')) { /* lws would bind 0.0.0.0 instead (DISABLE_IPV6) */
+        snprintf(err, errlen, "listen: %s: IPv6 addresses are not supported (use an IPv4 one)",
+                 c->listen_host);
+        return -EINVAL;
+    }
+    if (inet_pton(AF_INET, c->listen_host, &sa->sin_addr) == 1)
+        return 0;
+    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    int rc = getaddrinfo(c->listen_host, NULL, &hints, &res);
+    if (rc != 0 || !res) {
+        snprintf(err, errlen, "listen: cannot resolve host '%s' to an IPv4 address: %s",
+                 c->listen_host, rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
+        if (res)
+            freeaddrinfo(res);
+        return -EINVAL;
+    }
+    sa->sin_addr = ((const struct sockaddr_in *)res->ai_addr)->sin_addr;
+    freeaddrinfo(res);
+    return 0;
+}
+
+int rl_gateway_check_listen(const rl_config *c, char *err, size_t errlen)
+{
+    struct sockaddr_in sa;
+    return listen_resolve(c, &sa, err, errlen);
+}
+
+/* Binds a throwaway socket where the vhost will listen, for errors lws would not report: an
+   address that is not this machine's (EADDRNOTAVAIL), a port below 1024 (EACCES), one in use. */
+static int listen_probe(const rl_config *c, const struct sockaddr_in *sa, char *err,
+                        size_t errlen)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1, e = 0;
+    if (fd < 0)
+        e = errno;
+    else if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+             bind(fd, (const struct sockaddr *)sa, sizeof *sa) < 0)
+        e = errno;
+    if (fd >= 0)
+        close(fd);
+    if (!e)
+        return 0;
+    snprintf(err, errlen, "cannot listen on %s:%d: %s%s", c->listen_host, c->listen_port,
+             strerror(e), e == EADDRNOTAVAIL ? " (not an address of this machine)" : "");
+    return -e;
+}
+
 static unsigned int fd_limit(void)
 {
     struct rlimit rl;
@@ -192,6 +255,11 @@ int rl_gateway_start(uv_loop_t *loop, const rl_config *c, char *err, size_t errl
     gw.conns = NULL;
     gw.nconns = 0;
     int rc;
+    struct sockaddr_in sa;
+    if ((rc = listen_resolve(c, &sa, err, errlen)) < 0 ||
+        (rc = listen_probe(c, &sa, err, errlen)) < 0)
+        return rc;
+    inet_ntop(AF_INET, &sa.sin_addr, gw.listen_ip, sizeof gw.listen_ip);
     if (c->tls_cert && (rc = rl_gateway_check_tls(c, err, errlen)) < 0)
         return rc;
     if (c->console && rl_http_console_build(c->ws_path) < 0) {
@@ -209,7 +277,7 @@ int rl_gateway_start(uv_loop_t *loop, const rl_config *c, char *err, size_t errl
     info.foreign_loops = foreign;
     info.pcontext = &gw.ctx;
     info.port = c->listen_port;
-    info.iface = c->listen_host;
+    info.iface = gw.listen_ip; /* lws keeps the pointer */
     info.protocols = gw_protocols;
     info.vhost_name = "relay";
     info.max_http_header_data = RL_GW_HEADER_DATA;

@@ -9,7 +9,8 @@
 #include "rl_config.h"
 
 /* Creates the lws context and vhost on loop, listening on c->listen_host:listen_port.
-   c must outlive the gateway. Returns 0, or negative with a reason in err (e.g. port in use).
+   c must outlive the gateway. Returns 0, or negative with a reason in err (a host that does not
+   resolve, an address not on this machine, a port in use).
    Also on failure the caller runs the loop dry and then calls rl_gateway_free() (lws has already
    begun tearing the half-made context down; rl_gateway_stop() is then a no-op). */
 int rl_gateway_start(uv_loop_t *loop, const rl_config *c, char *err, size_t errlen);
@@ -18,6 +19,11 @@ int rl_gateway_start(uv_loop_t *loop, const rl_config *c, char *err, size_t errl
    then fails every handshake). 0 when TLS is off or the pair is good; else negative with the
    reason in err. rl_gateway_start runs it too; --check calls it. */
 int rl_gateway_check_tls(const rl_config *c, char *err, size_t errlen);
+/* Checks c's listen host without binding: an IPv4 address, or a name that resolves to one (the
+   gateway listens on IPv4 only). 0, or -EINVAL with the reason in err. rl_gateway_start runs it
+   too, and then binds once to see that the address is this machine's and the port free;
+   --check calls it. */
+int rl_gateway_check_listen(const rl_config *c, char *err, size_t errlen);
 /* Readiness hook for /readyz and admission (cluster mode: Redis round trip ok). NULL = ready.
    While it returns 0, new WebSockets are refused like rl_gateway_set_accepting(0). */
 void rl_gateway_set_ready_fn(int (*ready)(void));

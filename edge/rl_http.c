@@ -119,14 +119,14 @@ int rl_http_on_request(struct lws *wsi, const char *uri)
    connection closes. The response is written raw: at CONFIRM_UPGRADE lws has not recorded the
    request's HTTP version yet, so its header helpers would answer "HTTP/1.0", which strict
    WebSocket clients (python websockets) reject as an invalid response. */
-int rl_http_refuse_upgrade(struct lws *wsi, unsigned int status, const char *code,
-                           const char *why)
+int rl_http_refuse_upgrade(struct lws *wsi, unsigned int status, const char *extra,
+                           const char *code, const char *why)
 {
     static const struct {
         unsigned int status;
         const char *text;
-    } texts[] = {{401, "Unauthorized"}, {403, "Forbidden"}, {404, "Not Found"},
-                 {503, "Service Unavailable"}};
+    } texts[] = {{400, "Bad Request"}, {401, "Unauthorized"}, {403, "Forbidden"},
+                 {404, "Not Found"}, {503, "Service Unavailable"}};
     const char *text = "Error";
     for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++)
         if (texts[i].status == status)
@@ -147,9 +147,9 @@ int rl_http_refuse_upgrade(struct lws *wsi, unsigned int status, const char *cod
     char *start = buf + LWS_PRE;
     int n = snprintf(start, RL_GW_HTTP_HEADROOM,
                      "HTTP/1.1 %u %s\r\ncontent-type: application/json\r\n"
-                     "content-length: %zu\r\ncache-control: no-store\r\n"
+                     "content-length: %zu\r\ncache-control: no-store\r\n%s"
                      "connection: close\r\n\r\n",
-                     status, text, blen);
+                     status, text, blen, extra ? extra : "");
     memcpy(start + n, body, blen);
     int w = lws_write(wsi, (unsigned char *)start, (size_t)n + blen, LWS_WRITE_HTTP);
     free(buf);

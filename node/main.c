@@ -166,7 +166,8 @@ int main(int argc, char **argv)
         goto out_node;
     }
     if (check) {
-        if (rl_gateway_check_tls(&app.cfg, err, sizeof err) < 0) {
+        if (rl_gateway_check_listen(&app.cfg, err, sizeof err) < 0 ||
+            rl_gateway_check_tls(&app.cfg, err, sizeof err) < 0) {
             fprintf(stderr, "relay-node: %s: %s\n", path, err);
             status = 1;
             goto out_lua;

@@ -1,6 +1,12 @@
 """Gateway: HTTP endpoints, identity (jwt / insecure), origins, listen override."""
+import base64
+import hashlib
+import hmac
 import json
+import os
+import re
 import socket
+import subprocess
 import time
 
 import websockets
@@ -164,6 +170,125 @@ async def test_401_has_json_body_and_no_upgrade():
                 r.close()
 
 
+def _upgrade_with(port, lines, path="/ws?user_id=alice"):
+    """Sends an upgrade request with exactly these extra header lines (no key or version of its
+    own); returns (status, headers, body bytes) of the answer, (0, {}, b"") for none."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=3)
+    try:
+        req = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket",
+               "Connection: Upgrade"] + lines
+        s.sendall(("\r\n".join(req) + "\r\n\r\n").encode())
+        data = b""
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                head, sep, body = data.partition(b"\r\n\r\n")
+                if sep and head.startswith(b"HTTP/1.1 101"):
+                    break
+                m = re.search(rb"content-length: *(\d+)", head, re.I)
+                if sep and m and len(body) >= int(m.group(1)):
+                    break
+        except socket.timeout:
+            pass
+    finally:
+        s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    hl = head.decode("latin-1").split("\r\n")
+    try:
+        status = int(hl[0].split()[1])
+    except (IndexError, ValueError):
+        return 0, {}, b""
+    hdrs = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in hl[1:])}
+    return status, hdrs, body
+
+
+async def test_bad_websocket_handshake_is_400():
+    """RFC 6455 4.2.1: Sec-WebSocket-Version 13 and a Sec-WebSocket-Key of 16 bytes in base64,
+    or HTTP 400 with a JSON body (and, for the version, the version the node speaks)."""
+    key = "Sec-WebSocket-Key: " + base64.b64encode(os.urandom(16)).decode()
+    v13 = "Sec-WebSocket-Version: 13"
+    cases = [
+        ("no version", [key], "Sec-WebSocket-Version"),
+        ("version 8", [key, "Sec-WebSocket-Version: 8"], "Sec-WebSocket-Version"),
+        ("version 14", [key, "Sec-WebSocket-Version: 14"], "Sec-WebSocket-Version"),
+        ("3-byte key", ["Sec-WebSocket-Key: " + base64.b64encode(b"abc").decode(), v13],
+         "Sec-WebSocket-Key"),
+        ("17-byte key", ["Sec-WebSocket-Key: " + base64.b64encode(os.urandom(17)).decode(), v13],
+         "Sec-WebSocket-Key"),
+        ("key not base64", ["Sec-WebSocket-Key: " + "!" * 22 + "==", v13], "Sec-WebSocket-Key"),
+        ("no key", [v13], "Sec-WebSocket-Key"),
+    ]
+    with Node() as n:
+        wrong = []
+        for label, lines, names in cases:
+            st, hdrs, body = _upgrade_with(n.port, lines)
+            try:
+                b = json.loads(body.decode())
+            except ValueError:
+                b = None
+            if st != 400 or not isinstance(b, dict) or b.get("error") != "bad_request" or \
+                    names not in b.get("message", ""):
+                wrong.append(f"{label}: {st} {body[:120]!r}")
+            elif "Version" in names and hdrs.get("sec-websocket-version") != "13":
+                wrong.append(f"{label}: 400 without Sec-WebSocket-Version: 13 ({hdrs})")
+        check(not wrong, "; ".join(wrong))
+        st, _, _ = _upgrade_with(n.port, [key, v13])
+        check(st == 101, f"a good handshake answered {st}")
+        rejected = metric_sum(n.metrics(), "relay_connections_rejected_total")
+        check(rejected is not None and rejected >= len(cases), f"rejected handshakes counted: {rejected}")
+
+
+def _jwt_raw(payload, secret=SECRET):
+    """An HS256 token over these exact payload bytes (json.dumps cannot write invalid UTF-8)."""
+    signing = harness.b64url(b'{"alg":"HS256","typ":"JWT"}') + "." + harness.b64url(payload)
+    sig = hmac.new(secret.encode(), signing.encode(), hashlib.sha256).digest()
+    return signing + "." + harness.b64url(sig)
+
+
+def _refusal(port, path, headers, status, code):
+    r = RawWS(port, path, headers=headers, timeout=3)
+    try:
+        try:
+            body = json.loads(r.body.decode())
+        except ValueError:
+            body = None
+        if r.status != status or not isinstance(body, dict) or body.get("error") != code or \
+                "UTF-8" not in body.get("message", ""):
+            return f"{path}: {r.status_line!r} {r.body[:160]!r}"
+        return None
+    finally:
+        r.close()
+
+
+async def test_user_id_not_utf8_refused_at_handshake():
+    """A user id goes into the welcome frame, logs and Redis keys: one that is not valid UTF-8
+    or holds control characters is refused before the upgrade (insecure: 400; jwt sub: 401)."""
+    with Node() as n:
+        wrong = [w for w in (_refusal(n.port, "/ws?user_id=" + q, None, 400, "bad_request")
+                             for q in ("%ff%fe", "ab%c3", "%ed%a0%80", "a%01b", "a%7f", "%c2%85x"))
+                 if w]
+        check(not wrong, "; ".join(wrong))
+        ws, d = await connect_welcomed(n, "%C5%BC%C3%B3%C5%82w")
+        check(d["user_id"] == "żółw", f"a UTF-8 user id: welcome {d}")
+        await ws.close()
+    with Node(jwt_config()) as n:
+        exp = int(time.time()) + 3600
+        wrong = []
+        for sub in (b'"\xff\xfe"', b'"ok\xc3"', b'"a\\u0001b"', b'"\\u0085x"', b'"a\x7f"'):
+            tok = _jwt_raw(b'{"sub":' + sub + b',"exp":' + str(exp).encode() + b'}')
+            w = _refusal(n.port, "/ws", {"Authorization": "Bearer " + tok}, 401, "unauthorized")
+            if w:
+                wrong.append(f"sub {sub!r}: {w}")
+        check(not wrong, "; ".join(wrong))
+        ws, d = await connect_welcomed(n, None, token=_jwt_raw(
+            b'{"sub":"\xc5\xbc\xc3\xb3\xc5\x82w","exp":' + str(exp).encode() + b'}'))
+        check(d["user_id"] == "żółw", f"a UTF-8 sub: welcome {d}")
+        await ws.close()
+
+
 async def test_jwt_without_sub_gets_missing_user_id():
     with Node(jwt_config()) as n:
         tok = jwt_sign(jwt_claims(None, meta={"x": 1}), SECRET)
@@ -223,6 +348,52 @@ async def test_listen_flag_overrides_config():
         finally:
             s.close()
         check(refused, f"the node still listens on the config's port {cfg.port} despite --listen")
+
+
+def test_listen_address_that_cannot_be_bound_stops_the_node():
+    """An unresolvable host or an address not on this machine stops the node with a clear error
+    and exit 1 (lws 4.1 would log and run without a socket); --check catches what needs no
+    bind. A port in use stops it too."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    cases = [  # listen, fails --check, words in the error
+        ("nosuchhost.invalid:8080", True, "cannot resolve host 'nosuchhost.invalid'"),
+        ("999.1.2.3:8080", True, "cannot resolve host '999.1.2.3'"),
+        ("[::1]:8080", True, "IPv6"),
+        ("10.255.255.1:8080", False, "not an address of this machine"),
+        (f"127.0.0.1:{busy.getsockname()[1]}", False, "in use"),
+    ]
+    wrong = []
+    try:
+        for listen, check_fails, words in cases:
+            cfg = Config()
+            cfg.node["listen"] = listen
+            path = cfg.write()
+            rc, out = harness.run_check(path)
+            if check_fails and (rc == 0 or words not in out):
+                wrong.append(f"--check with {listen}: rc {rc}: {out.strip()[-200:]}")
+            if not check_fails and rc != 0:
+                wrong.append(f"--check with {listen} should pass (it binds nothing): {out[-200:]}")
+            p = subprocess.run([os.path.abspath(harness.NODE_BIN), "-c", path], env=harness.clean_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
+            out = p.stdout.decode("utf-8", "replace")
+            if p.returncode != 1 or words not in out or "listening" in out:
+                wrong.append(f"start with {listen}: rc {p.returncode}: {out.strip()[-300:]}")
+    except subprocess.TimeoutExpired as e:
+        wrong.append(f"a node kept running: {e}")
+    finally:
+        busy.close()
+    check(not wrong, "\n".join(wrong))
+
+
+async def test_listen_host_name_is_resolved():
+    """A host name that resolves (localhost) is listened on at its address."""
+    cfg = Config()
+    cfg.node["listen"] = f"localhost:{cfg.port}"
+    with Node(cfg) as n:
+        ws, _ = await connect_welcomed(n, "alice")
+        await ws.close()
 
 
 async def test_client_offering_permessage_deflate():

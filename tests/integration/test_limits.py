@@ -193,6 +193,35 @@ async def test_slow_consumer_closed_node_survives():
 test_slow_consumer_closed_node_survives.timeout = 40
 
 
+async def test_slow_consumer_close_frame_follows_a_partly_sent_frame():
+    """The cut comes while lws still holds part of a frame (the socket's buffers are full): the
+    client that reads again within RL_GW_CLOSE_FLUSH_S gets the rest of that frame and then the
+    slow_consumer close frame, not a bare TCP close."""
+    cfg = Config(plugins=[Plugin("echo_plugin", "echo_", "echo.lua"),
+                          Plugin("flood_plugin", "flood_", "flood.lua")],
+                 node={"max_outbound_bytes": 1048576})  # > one turn of the flood (8 x 60000)
+    with Node(cfg) as n:
+        r = RawWS(n.port, "/ws?user_id=slowpoke", rcvbuf=4096)
+        try:
+            _raw_welcome(r)
+            r.send_text(json.dumps({"type": "flood_go", "data": {"n": 400, "size": 60000}}))
+            deadline = time.monotonic() + 8
+            while not metric_code_count(n.metrics(), "slow_consumer"):
+                check(time.monotonic() < deadline, "no slow_consumer cut while the client reads nothing")
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
+            code, reason, frames = _raw_until_close(r, timeout=5)
+            check(frames and all(len(f) == 60000 for f in frames),
+                  f"frames before the close: {[len(f) for f in frames][:10]}")
+            check(code == 1008 and reason == "slow_consumer",
+                  f"after {len(frames)} whole frames: close {code} {reason!r}, expected 1008 "
+                  "'slow_consumer'")
+        finally:
+            r.close()
+        await still_works(n)
+test_slow_consumer_close_frame_follows_a_partly_sent_frame.timeout = 30
+
+
 async def test_overloaded_plugin_queue_answers_everything():
     cfg = Config(plugins=[Plugin("echo_plugin", "echo_", "echo.lua"),
                           Plugin("slow_plugin", "slow_", "slow.lua")],
@@ -392,6 +421,43 @@ async def test_rfc6455_violations_fail_the_connection():
                 r.close()
         check(not results, "; ".join(results))
         await still_works(n)
+
+
+async def test_malformed_close_payload_is_failed():
+    """RFC 6455 5.5.1 / 7.4: a close payload of one byte, a code no endpoint may send, or a
+    reason that is not UTF-8 is answered with 1002 / 1007, not echoed; a good close is echoed
+    as it came."""
+    cases = [
+        ("one byte", b"\x03", 1002),
+        ("code 999", struct.pack("!H", 999), 1002),
+        ("code 1005", struct.pack("!H", 1005), 1002),
+        ("code 2999", struct.pack("!H", 2999), 1002),
+        ("code 5000", struct.pack("!H", 5000), 1002),
+        ("code 65535", struct.pack("!H", 65535), 1002),
+        ("reason not UTF-8", struct.pack("!H", 1000) + b"bye \xff\xfe", 1007),
+        ("reason cut in a sequence", struct.pack("!H", 1000) + "żół".encode()[:-1], 1007),
+        ("good close", struct.pack("!H", 1000) + "bye żółw".encode(), 1000),
+        ("code 4000", struct.pack("!H", 4000), 4000),
+    ]
+    with Node() as n:
+        wrong = []
+        for i, (label, payload, want) in enumerate(cases):
+            r = RawWS(n.port, f"/ws?user_id=closer{i}")
+            try:
+                _raw_welcome(r)
+                r.send_frame(0x8, payload)
+                code, reason, _ = _raw_until_close(r, timeout=2.0)
+                if code != want:
+                    wrong.append(f"{label}: close {code} {reason!r}, expected {want}")
+            finally:
+                r.close()
+        check(not wrong, "; ".join(wrong))
+        await still_works(n)
+        await asyncio.sleep(0.2)
+        for i in range(len(cases)):
+            ws, d = await connect_welcomed(n, f"closer{i}")
+            check(d["client_count"] == 1, f"closer{i}: the closed connection is still counted: {d}")
+            await ws.close()
 
 
 async def test_hub_and_plugin_read_a_message_one_way():
