@@ -458,10 +458,22 @@ static int h_actor(lua_State *L)
     return 2;
 }
 
+/* host.doomed(): why the running instance must end, or nothing (the prelude's catching
+   functions raise it again). */
+static int h_doomed(lua_State *L)
+{
+    const char *why = rl_lua_doomed(rl_lua_g.current);
+    if (!why)
+        return 0;
+    lua_pushstring(L, why);
+    return 1;
+}
+
 void rl_lua_host_open(lua_State *L)
 {
     static const luaL_Reg fns[] = {
         {"log", h_log},
+        {"doomed", h_doomed},
         {"env", h_env},
         {"actor", h_actor},
         {NULL, NULL},
