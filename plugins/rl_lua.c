@@ -442,11 +442,52 @@ static void inst_teardown(rl_lua_inst *I)
     I->co = NULL;
 }
 
+int rl_lua_child_add(rl_lua_inst *I, const char *pid)
+{
+    char **nc = realloc(I->children, (I->nchildren + 1) * sizeof *nc);
+    if (!nc)
+        return -ENOMEM;
+    I->children = nc;
+    if (!(nc[I->nchildren] = strdup(pid)))
+        return -ENOMEM;
+    I->nchildren++;
+    rl_lua_inst *C = rl_lua_inst_of(pid);
+    if (C)
+        snprintf(C->parent_pid, sizeof C->parent_pid, "%s", I->proc.pid);
+    return 0;
+}
+
+/* I ends: its parent forgets it, its children end too (children die with their plugin, and so
+   with their user, whose hub cancels the plugin). */
+static void family_release(rl_lua_inst *I)
+{
+    rl_lua_inst *P = I->parent_pid[0] ? rl_lua_inst_of(I->parent_pid) : NULL;
+    for (size_t i = 0; P && i < P->nchildren; i++) {
+        if (strcmp(P->children[i], I->proc.pid) == 0) {
+            free(P->children[i]);
+            P->children[i] = P->children[--P->nchildren];
+            break;
+        }
+    }
+    I->parent_pid[0] = '\0';
+    while (I->nchildren) {
+        char *pid = I->children[--I->nchildren];
+        rl_lua_inst *C = rl_lua_inst_of(pid);
+        free(pid);
+        if (C) {
+            C->parent_pid[0] = '\0';
+            if (H.open)
+                rl_lua_kill(C, "parent exited");
+        }
+    }
+}
+
 /* Ends I: tears it down and exits its process (monitors get "pid.exit" with error). */
 static void inst_finish(rl_lua_inst *I, const char *error, int quiet)
 {
     if (I->torn)
         return;
+    family_release(I);
     if (error && !quiet)
         rl_warn("lua", "plugin %s (%s) crashed: %s", I->def && I->def->id ? I->def->id : "?",
                 I->proc.pid, error);
@@ -710,6 +751,11 @@ static void inst_free(rl_proc *p)
     for (size_t i = 0; i < I->nlinks; i++)
         free(I->links[i]);
     free(I->links);
+    for (size_t i = 0; i < I->nchildren; i++)
+        free(I->children[i]);
+    free(I->children);
+    if (I->chans && --I->chans->refs == 0)
+        free(I->chans);
     free(I);
 }
 

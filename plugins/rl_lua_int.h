@@ -89,7 +89,18 @@ struct rl_lua_inst {
     rl_body *user_meta; /* args.user_metadata (JSON object), NULL if none; the user is the owner */
     char **links;    /* children started linked: their error exits also give LINK_DOWN */
     size_t nlinks;
+    char **children; /* live children it spawned: they end with it (plugin_max_children) */
+    size_t nchildren;
+    char parent_pid[RL_PID_MAX]; /* the instance that spawned it, "" for a hub's plugin */
+    size_t ntimers;              /* live timers it owns (plugin_max_timers) */
+    struct rl_lua_count *chans;  /* live channels it made (plugin_max_channels) */
 };
+
+/* A count shared by an instance and the objects it made, freed by whichever goes last. */
+typedef struct rl_lua_count {
+    size_t live;
+    int refs;
+} rl_lua_count;
 
 typedef struct rl_lua_host {
     lua_State *L;
@@ -130,6 +141,8 @@ void rl_lua_charge(lua_State *L, uint64_t n);
 void rl_lua_violation(lua_State *L, rl_lua_limit kind, const char *reason);
 /* Logs and counts a request of I refused at limit `kind` (the caller answers the error). */
 void rl_lua_refused(rl_lua_inst *I, rl_lua_limit kind);
+/* Records pid as a live child of I (it is killed when I ends). Returns 0 or -ENOMEM. */
+int rl_lua_child_add(rl_lua_inst *I, const char *pid);
 /* Makes a blocked instance runnable (unlinks its waiters). */
 void rl_lua_wake(rl_lua_inst *I);
 /* Ends I with error (NULL = normal) from outside its resume; safe to call for the running

@@ -268,6 +268,13 @@ static int do_spawn(lua_State *L, int monitored, int linked)
     const rl_plugin_def *def = rl_lua_find_def(id);
     if (!def)
         return fail(L, "unknown process id");
+    if (I->nchildren >= rl_lua_g.cfg->plugin_max_children) {
+        rl_lua_refused(I, RL_LIMIT_CHILDREN);
+        lua_pushnil(L);
+        lua_pushfstring(L, "too many children (plugin_max_children is %d)",
+                        (int)rl_lua_g.cfg->plugin_max_children);
+        return 2;
+    }
     const char *args = NULL;
     if (!lua_isnoneornil(L, 3)) {
         if (!rl_lua_json_encode(L, 3)) {
@@ -282,6 +289,12 @@ static int do_spawn(lua_State *L, int monitored, int linked)
     int rc = rl_lua_spawn_child(L, I, def, args, monitored || linked, pid, err, sizeof err);
     if (rc < 0)
         return fail(L, err);
+    if (rl_lua_child_add(I, pid) < 0) {
+        rl_lua_inst *C = rl_lua_inst_of(pid);
+        if (C) /* a child nobody would end: not started at all */
+            rl_lua_kill(C, "not enough memory");
+        return luaL_error(L, "not enough memory");
+    }
     if (linked && add_link(I, pid) < 0)
         return luaL_error(L, "not enough memory");
     lua_pushstring(L, pid);

@@ -665,13 +665,20 @@ static int t_sort(lua_State *L)
     return call_stock(L);
 }
 
-/* insert and remove shift the elements after the position. */
-static int t_shift(lua_State *L)
+/* insert and remove at a position shift the elements after it; appending and removing the
+   last element (no position) cost nothing extra. */
+static int t_shift(lua_State *L, int pos_arg)
 {
-    if (lua_type(L, 1) == LUA_TTABLE)
-        rl_lua_charge(L, lua_rawlen(L, 1));
+    if (lua_type(L, 1) == LUA_TTABLE && lua_gettop(L) >= pos_arg && lua_isinteger(L, pos_arg)) {
+        lua_Integer n = (lua_Integer)lua_rawlen(L, 1), pos = lua_tointeger(L, pos_arg);
+        if (pos >= 1 && pos <= n)
+            rl_lua_charge(L, (uint64_t)(n - pos + 1));
+    }
     return call_stock(L);
 }
+
+static int t_insert(lua_State *L) { return t_shift(L, lua_gettop(L) == 3 ? 2 : INT_MAX); }
+static int t_remove(lua_State *L) { return t_shift(L, 2); }
 
 static int t_move(lua_State *L)
 {
@@ -706,8 +713,8 @@ void rl_lua_str_open(lua_State *L)
     t = lua_gettop(L);
     replace(L, t, "concat", t_concat, 0);
     replace(L, t, "sort", t_sort, 1);
-    replace(L, t, "insert", t_shift, 1);
-    replace(L, t, "remove", t_shift, 1);
+    replace(L, t, "insert", t_insert, 1);
+    replace(L, t, "remove", t_remove, 1);
     replace(L, t, "move", t_move, 1);
     lua_pop(L, 2);
 }

@@ -62,3 +62,23 @@ async def test_trim_idiom_on_a_large_message_is_fast():
         check(f.get("len") == 30002, f"trimmed length {f}")
         check(f.get("ms", 1e9) < 200, f"the trim idiom took {f.get('ms')} ms on 30 KB")
         await ws.close()
+
+
+async def test_children_and_timers_are_bounded_per_instance():
+    with Node(_cfg(node={"plugin_max_children": 20, "plugin_max_timers": 30})) as n:
+        ws, _ = await connect_welcomed(n, "alice")
+        b, _ = await connect_welcomed(n, "bob")
+        await send_json(ws, {"type": "hostile_swarm"})
+        f = await recv_json(ws, timeout=10)
+        check(f.get("children") == 20 and "too many children" in (f.get("cerr") or ""),
+              f"children: {f}")
+        check(f.get("tickers") == 30 and "too many timers" in (f.get("terr") or ""), f"tickers: {f}")
+        m = n.metrics()
+        for limit in ("children", "timers"):
+            r = metric_sum(m, "relay_plugin_refusals_total", f'limit="{limit}"')
+            check(r is not None and r >= 1, f"refusals at {limit}: {r}")
+        took = await _bob_meanwhile(n, b)
+        check(took < 1.0, f"bob's echo took {took:.2f} s next to 30 tickers of 1 ms")
+        await still_works(n)
+        await ws.close()
+        await b.close()

@@ -319,6 +319,7 @@ static const char probe_src[] =
    instance never reply. */
 static const char sandbox_src[] =
     "local json = require('json')\n"
+    "local time = require('time')\n"
     "local hub, config\n"
     "local function reply(v) process.send(hub, 'reply', v) end\n"
     "local evil = function() return 'PWNED' end\n"
@@ -432,6 +433,8 @@ static const char sandbox_src[] =
     "end\n"
     "function cmds.sort_big()\n"
     "  local t = {}\n"
+    "  for i = 1, 20000 do table.insert(t, i) end -- appending is not charged the length\n"
+    "  for i = 1, 20000 do table.remove(t) end\n"
     "  for i = 1, 20000 do t[i] = (i * 7919) % 20000 end\n"
     "  table.sort(t)\n"
     "  reply({sorted = t[1] == 0 and t[20000] == 19999})\n"
@@ -448,6 +451,31 @@ static const char sandbox_src[] =
     "end\n"
     "function cmds.patterns(p) reply({out = assert(load(p.code))(coroutine.yield)}) end\n"
     "function cmds.alive() reply({alive = true}) end\n"
+    "function cmds.die() error('die') end\n"
+    /* per-instance bounds: each loop stops at the first refusal */
+    "function cmds.children(p)\n"
+    "  local pids, err = {}\n"
+    "  while #pids < (p.max or 1e6) do\n"
+    "    local pid, e = process.spawn('app:sandbox', 'app:processes', {})\n"
+    "    if not pid then err = e; break end\n"
+    "    pids[#pids + 1] = pid\n"
+    "  end\n"
+    "  reply({n = #pids, err = err})\n"
+    "end\n"
+    "local keep = {}\n"
+    "function cmds.timers()\n"
+    "  local n, ok, err = 0\n"
+    "  repeat ok, err = pcall(time.ticker, '1s'); if ok then n = n + 1; keep[n] = err end until not ok\n"
+    "  local after_ok = pcall(time.after, 10)\n"
+    "  keep[1]:stop()\n"
+    "  local again = pcall(time.after, 10)\n"
+    "  reply({n = n, err = err, after_ok = after_ok, again = again})\n"
+    "end\n"
+    "function cmds.channels()\n"
+    "  local n, ok, err = 0\n"
+    "  repeat ok, err = pcall(channel.new, 1); if ok then n = n + 1; keep[n] = err end until not ok\n"
+    "  reply({n = n, err = err})\n"
+    "end\n"
     "local function run(args)\n"
     "  hub, config = args.user_hub_pid, args.config\n"
     "  local inbox = process.inbox()\n"
@@ -506,7 +534,14 @@ static int setup_with(size_t mem_limit, size_t queue)
     uv_timer_init(&loop, &tick);
     if (rl_node_init(&loop, "t1") < 0)
         return -1;
-    rl_config_defaults(&cfg); /* the sandbox limits at their defaults */
+    rl_config defaults;
+    rl_config_defaults(&defaults); /* the sandbox limits at their defaults */
+    memset(&cfg, 0, sizeof cfg);
+    cfg.lua_result_max = defaults.lua_result_max;
+    cfg.plugin_max_children = defaults.plugin_max_children;
+    cfg.plugin_max_timers = defaults.plugin_max_timers;
+    cfg.plugin_max_channels = defaults.plugin_max_channels;
+    rl_config_free(&defaults);
     cfg.path = strdup("test.yaml");
     cfg.lua_instruction_budget = 1000000;
     cfg.lua_memory_limit = mem_limit;
@@ -1054,6 +1089,53 @@ static void test_sandbox_patterns(void **state)
     free(s);
 }
 
+/* Children, timers and channels are bounded per instance; children end with their parent. */
+static void test_sandbox_bounds(void **state)
+{
+    (void)state;
+    char a[RL_PID_MAX], err[256];
+    spawn(SANDBOX, a);
+    send_cmd(a, "children", NULL);
+    cJSON *r = reply_json(0);
+    assert_int_equal(cJSON_GetObjectItem(r, "n")->valueint, (int)cfg.plugin_max_children);
+    assert_non_null(strstr(cJSON_GetObjectItem(r, "err")->valuestring, "too many children"));
+    cJSON_Delete(r);
+    assert_int_equal(rl_proc_count('p'), 1 + (int)cfg.plugin_max_children);
+    send_cmd(a, "timers", NULL);
+    r = reply_json(1);
+    assert_int_equal(cJSON_GetObjectItem(r, "n")->valueint, (int)cfg.plugin_max_timers);
+    assert_non_null(strstr(cJSON_GetObjectItem(r, "err")->valuestring, "too many timers"));
+    assert_false(jtrue(r, "after_ok"));
+    assert_true(jtrue(r, "again")); /* a stopped ticker gives its place back */
+    cJSON_Delete(r);
+    send_cmd(a, "channels", NULL);
+    r = reply_json(2);
+    assert_int_equal(cJSON_GetObjectItem(r, "n")->valueint, (int)cfg.plugin_max_channels);
+    assert_non_null(strstr(cJSON_GetObjectItem(r, "err")->valuestring, "too many channels"));
+    cJSON_Delete(r);
+    /* the children end with their parent */
+    send_cmd(a, "die", NULL);
+    assert_int_equal(exit_of(a, err, sizeof err, 3000), 1);
+    wait_for("never", 1, 20);
+    assert_int_equal(rl_proc_count('p'), 0);
+}
+
+/* A child that spawns children: the whole tree goes when its root does. */
+static void test_sandbox_children_tree(void **state)
+{
+    (void)state;
+    char a[RL_PID_MAX];
+    spawn(SANDBOX, a);
+    send_cmd(a, "children", "\"max\":3");
+    cJSON *r = reply_json(0);
+    assert_int_equal(cJSON_GetObjectItem(r, "n")->valueint, 3);
+    cJSON_Delete(r);
+    assert_int_equal(rl_proc_count('p'), 4);
+    assert_int_equal(rl_cancel(NULL, a, 0), 0); /* as the hub does when the user is gone */
+    wait_for("never", 1, 20);
+    assert_int_equal(rl_proc_count('p'), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1073,6 +1155,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sandbox_budget_final, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sandbox_results, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sandbox_patterns, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sandbox_bounds, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sandbox_children_tree, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
