@@ -62,6 +62,10 @@ typedef struct rl_config {
     uint64_t lua_instruction_budget; /* per resume, default 10,000,000 */
     size_t lua_memory_limit;         /* bytes for the node's Lua state, default 256 MiB */
     size_t plugin_queue;             /* plugin mailbox size, default 1024 */
+    size_t lua_result_max;      /* bytes of one string.rep/table.concat/gsub result, 16 MiB */
+    size_t plugin_max_children; /* live children one instance spawned, default 64 */
+    size_t plugin_max_timers;   /* live timers, tickers and sleeps of one instance, 256 */
+    size_t plugin_max_channels; /* channels one instance made with channel.new, 10,000 */
 } rl_config;
 
 /* Fills c with the defaults above (no plugins). */

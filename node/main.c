@@ -194,6 +194,7 @@ int main(int argc, char **argv)
     rl_gateway_set_central(rl_central_pid());
     rl_metrics_add_source(rl_central_metrics);
     rl_metrics_add_source(rl_hub_metrics);
+    rl_metrics_add_source(rl_lua_metrics);
     if (rl_gateway_start(&app.loop, &app.cfg, err, sizeof err) < 0) {
         fprintf(stderr, "relay-node: %s\n", err);
         rl_central_stop();

@@ -29,6 +29,12 @@ rl_lua_host rl_lua_g;
 
 static uint64_t hook_step;
 
+static const char *const limit_names[RL_LIMIT_COUNT] = {
+#define RL_LIMIT_NAME(id, name) name,
+    RL_LUA_LIMITS(RL_LIMIT_NAME)
+#undef RL_LIMIT_NAME
+};
+
 /* Trusted setup code, run once with the full standard library: builds the sandbox (safe
    globals, read-only library proxies, require, logger, security) and boot(). */
 static const char prelude[] =
@@ -36,13 +42,25 @@ static const char prelude[] =
     "local type, pairs, next, error, rawset, rawget, tostring, select =\n"
     "  G.type, G.pairs, G.next, G.error, G.rawset, G.rawget, G.tostring, G.select\n"
     "local setmetatable, getmetatable = G.setmetatable, G.getmetatable\n"
+    /* A library table is shared by every instance: plugins get an empty proxy whose metatable
+       is locked, and ro maps each proxy to its table. No path hands out the table itself:
+       __pairs iterates it through ronext, and next/rawget/rawlen/rawset below read through or
+       refuse. Table fields become proxies too, so nested tables are covered. */
     "local ro = setmetatable({}, {__mode = 'k'})\n"
+    "local made = setmetatable({}, {__mode = 'k'})\n"
     "local function deny() error('attempt to modify a read-only table', 2) end\n"
+    "local function ronext(p, k) return next(ro[p], k) end\n"
     "local function readonly(t)\n"
+    "  if ro[t] then return t end\n"
+    "  if made[t] then return made[t] end\n"
     "  local p = setmetatable({}, {__index = t, __newindex = deny,\n"
     "    __len = function() return #t end,\n"
-    "    __pairs = function() return next, t, nil end, __metatable = false})\n"
-    "  ro[p] = true\n"
+    "    __pairs = function(q) return ronext, q, nil end, __metatable = false})\n"
+    "  ro[p] = t\n"
+    "  made[t] = p\n"
+    "  for k, v in next, t do\n"
+    "    if type(v) == 'table' then rawset(t, k, readonly(v)) end\n"
+    "  end\n"
     "  return p\n"
     "end\n"
     "local function copy(t, skip)\n"
@@ -63,6 +81,22 @@ static const char prelude[] =
     "  if ro[t] then error('attempt to modify a read-only table', 2) end\n"
     "  return rawset(t, k, v)\n"
     "end\n"
+    "local rawlen = G.rawlen\n"
+    "safe.next = function(t, k) return next(ro[t] or t, k) end\n"
+    "safe.rawget = function(t, k) return rawget(ro[t] or t, k) end\n"
+    "safe.rawlen = function(t) return rawlen(ro[t] or t) end\n"
+    /* The instruction budget is final: once the running instance is doomed (budget, memory,
+       terminate), every function that catches errors raises again instead of returning, so
+       no pcall, xpcall or coroutine.resume/close loop outlives it. */
+    "local doomed = host.doomed\n"
+    "local function pass(ok, ...)\n"
+    "  local d = doomed()\n"
+    "  if d then error(d, 0) end\n"
+    "  return ok, ...\n"
+    "end\n"
+    "local pcall, xpcall = G.pcall, G.xpcall\n"
+    "safe.pcall = function(f, ...) return pass(pcall(f, ...)) end\n"
+    "safe.xpcall = function(f, h, ...) return pass(xpcall(f, h, ...)) end\n"
     "safe.load = function(chunk, name, mode, env)\n"
     "  if type(chunk) ~= 'string' then return nil, 'load: only text chunks (strings) are accepted' end\n"
     "  if mode ~= nil and mode ~= 't' then return nil, 'load: binary chunks are not allowed' end\n"
@@ -81,12 +115,16 @@ static const char prelude[] =
     "local strlib = copy(G.string, {dump = true})\n"
     "safe.string = readonly(strlib)\n"
     "local smt = getmetatable('')\n"
-    "smt.__index = strlib\n"
+    "smt.__index = safe.string\n"
     "smt.__metatable = false\n"
     "safe.table = readonly(copy(G.table))\n"
     "safe.math = readonly(copy(G.math, {randomseed = true}))\n"
     "safe.utf8 = readonly(copy(G.utf8))\n"
-    "safe.coroutine = readonly(copy(G.coroutine))\n"
+    "local colib = copy(G.coroutine)\n"
+    "local resume, coclose = colib.resume, colib.close\n"
+    "colib.resume = function(co, ...) return pass(resume(co, ...)) end\n"
+    "colib.close = function(co) return pass(coclose(co)) end\n"
+    "safe.coroutine = readonly(colib)\n"
     "safe.os = readonly({time = G.os.time, clock = G.os.clock, date = G.os.date,\n"
     "  difftime = G.os.difftime})\n"
     /* durations are numbers of milliseconds; give them Go-like accessors */
@@ -404,11 +442,52 @@ static void inst_teardown(rl_lua_inst *I)
     I->co = NULL;
 }
 
+int rl_lua_child_add(rl_lua_inst *I, const char *pid)
+{
+    char **nc = realloc(I->children, (I->nchildren + 1) * sizeof *nc);
+    if (!nc)
+        return -ENOMEM;
+    I->children = nc;
+    if (!(nc[I->nchildren] = strdup(pid)))
+        return -ENOMEM;
+    I->nchildren++;
+    rl_lua_inst *C = rl_lua_inst_of(pid);
+    if (C)
+        snprintf(C->parent_pid, sizeof C->parent_pid, "%s", I->proc.pid);
+    return 0;
+}
+
+/* I ends: its parent forgets it, its children end too (children die with their plugin, and so
+   with their user, whose hub cancels the plugin). */
+static void family_release(rl_lua_inst *I)
+{
+    rl_lua_inst *P = I->parent_pid[0] ? rl_lua_inst_of(I->parent_pid) : NULL;
+    for (size_t i = 0; P && i < P->nchildren; i++) {
+        if (strcmp(P->children[i], I->proc.pid) == 0) {
+            free(P->children[i]);
+            P->children[i] = P->children[--P->nchildren];
+            break;
+        }
+    }
+    I->parent_pid[0] = '\0';
+    while (I->nchildren) {
+        char *pid = I->children[--I->nchildren];
+        rl_lua_inst *C = rl_lua_inst_of(pid);
+        free(pid);
+        if (C) {
+            C->parent_pid[0] = '\0';
+            if (H.open)
+                rl_lua_kill(C, "parent exited");
+        }
+    }
+}
+
 /* Ends I: tears it down and exits its process (monitors get "pid.exit" with error). */
 static void inst_finish(rl_lua_inst *I, const char *error, int quiet)
 {
     if (I->torn)
         return;
+    family_release(I);
     if (error && !quiet)
         rl_warn("lua", "plugin %s (%s) crashed: %s", I->def && I->def->id ? I->def->id : "?",
                 I->proc.pid, error);
@@ -448,24 +527,105 @@ static const char *error_text(lua_State *co, char *buf, size_t n)
     return buf;
 }
 
+const char *rl_lua_doomed(const rl_lua_inst *I)
+{
+    if (!I)
+        return NULL;
+    if (I->exit_pending_set)
+        return I->exit_pending ? I->exit_pending : "terminated";
+    if (I->oom)
+        return "not enough memory";
+    if (I->budget_hit)
+        return "instruction budget exceeded";
+    return I->limit_hit;
+}
+
+static void doom(lua_State *L, rl_lua_inst *I);
+
 static void count_hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
     rl_lua_inst *I = H.current;
     if (!I)
         return;
-    I->used += hook_step;
-    if (I->used < H.cfg->lua_instruction_budget)
-        return;
-    I->budget_hit = 1;
+    if (!rl_lua_doomed(I)) {
+        I->used += hook_step;
+        if (I->used < H.cfg->lua_instruction_budget)
+            return;
+        I->budget_hit = 1;
+    }
+    doom(L, I);
+}
+
+static void doom(lua_State *L, rl_lua_inst *I)
+{
+    /* From here on the hook runs at every instruction of this thread; the other threads of the
+       instance are caught by their next hook or by the catching functions of the prelude. */
+    if (hook_step)
+        lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
     /* Yielding cannot be caught by a pcall in the plugin; raising can, so raise only where a
-       yield is impossible (a coroutine of the plugin, inside a C call) and let the next hook
-       in the instance's own coroutine yield. */
+       yield is impossible (a coroutine of the plugin, inside a C call): the prelude's pcall,
+       xpcall and coroutine.resume/close raise again until the error reaches the instance's
+       own coroutine. */
     if (L == I->co && lua_isyieldable(L)) {
         lua_yield(L, 0);
         return;
     }
-    luaL_error(L, "instruction budget exceeded");
+    luaL_error(L, "%s", rl_lua_doomed(I));
+}
+
+/* Raises from a C function of the running instance: the doomed thread gets a hook at every
+   instruction, so the error can only be caught by the prelude's functions, which raise it
+   again (see doom). */
+static void doom_raise(lua_State *L, rl_lua_inst *I)
+{
+    if (hook_step)
+        lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+    luaL_error(L, "%s", rl_lua_doomed(I));
+}
+
+void rl_lua_charge(lua_State *L, uint64_t n)
+{
+    rl_lua_inst *I = H.current;
+    if (!I || !H.cfg->lua_instruction_budget)
+        return;
+    I->used += n;
+    if (I->used < H.cfg->lua_instruction_budget && !rl_lua_doomed(I))
+        return;
+    if (!rl_lua_doomed(I))
+        I->budget_hit = 1;
+    doom_raise(L, I);
+}
+
+void rl_lua_violation(lua_State *L, rl_lua_limit kind, const char *reason)
+{
+    rl_lua_inst *I = rl_lua_current(L);
+    if (!rl_lua_doomed(I)) {
+        I->limit_kind = kind;
+        I->limit_hit = reason;
+    }
+    doom_raise(L, I);
+}
+
+void rl_lua_refused(rl_lua_inst *I, rl_lua_limit kind)
+{
+    H.refusals[kind]++;
+    rl_warn("lua", "plugin %s (%s): %s limit reached, refused", I->def && I->def->id ? I->def->id : "?",
+            I->proc.pid, limit_names[kind]);
+}
+
+void rl_lua_metrics(rl_metrics_out *out)
+{
+    rl_metrics_put(out, "# HELP relay_plugin_kills_total Plugin instances ended by the sandbox, by limit\n"
+                        "# TYPE relay_plugin_kills_total counter\n");
+    for (int k = 0; k < RL_LIMIT_COUNT; k++)
+        rl_metrics_put(out, "relay_plugin_kills_total{limit=\"%s\"} %llu\n", limit_names[k],
+                       (unsigned long long)H.kills[k]);
+    rl_metrics_put(out, "# HELP relay_plugin_refusals_total Plugin requests refused at a per-instance limit\n"
+                        "# TYPE relay_plugin_refusals_total counter\n");
+    for (int k = 0; k < RL_LIMIT_COUNT; k++)
+        rl_metrics_put(out, "relay_plugin_refusals_total{limit=\"%s\"} %llu\n", limit_names[k],
+                       (unsigned long long)H.refusals[k]);
 }
 
 static void inst_resume(rl_lua_inst *I)
@@ -485,23 +645,20 @@ static void inst_resume(rl_lua_inst *I)
     char buf[512];
     const char *err = NULL;
     int done = 1;
-    if (st == LUA_YIELD || st == LUA_OK) {
+    if (st == LUA_YIELD || st == LUA_OK)
         lua_pop(co, nres);
-        if (I->exit_pending_set)
-            err = I->exit_pending;
-        else if (I->oom)
-            err = "not enough memory";
-        else if (I->budget_hit)
-            err = "instruction budget exceeded";
-        else if (st == LUA_YIELD)
-            done = 0;
-    } else if (I->exit_pending_set) {
+    if (I->exit_pending_set) {
         err = I->exit_pending;
-    } else if (st == LUA_ERRMEM || I->oom) {
-        err = "not enough memory";
-    } else if (I->budget_hit) {
-        err = "instruction budget exceeded";
-    } else {
+    } else if (st == LUA_ERRMEM || rl_lua_doomed(I)) {
+        /* a sandbox limit ended it, whatever the plugin made of the error */
+        rl_lua_limit k = st == LUA_ERRMEM || I->oom ? RL_LIMIT_MEMORY
+                         : I->budget_hit            ? RL_LIMIT_INSTRUCTIONS
+                                                    : I->limit_kind;
+        err = st == LUA_ERRMEM ? "not enough memory" : rl_lua_doomed(I);
+        H.kills[k]++;
+    } else if (st == LUA_YIELD) {
+        done = 0;
+    } else if (st != LUA_OK) {
         err = error_text(co, buf, sizeof buf);
     }
     if (done) {
@@ -594,6 +751,11 @@ static void inst_free(rl_proc *p)
     for (size_t i = 0; i < I->nlinks; i++)
         free(I->links[i]);
     free(I->links);
+    for (size_t i = 0; i < I->nchildren; i++)
+        free(I->children[i]);
+    free(I->children);
+    if (I->chans && --I->chans->refs == 0)
+        free(I->chans);
     free(I);
 }
 
@@ -896,6 +1058,7 @@ static int init_p(lua_State *L)
 {
     init_ctx *c = lua_touserdata(L, 1);
     luaL_openlibs(L);
+    rl_lua_str_open(L);
 
     rl_lua_host_open(L); /* 2: host helpers */
     lua_pushglobaltable(L);

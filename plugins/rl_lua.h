@@ -21,6 +21,9 @@ int rl_lua_spawn(const rl_spawn_args *a, char pid_out[RL_PID_MAX], char *err, si
    new code, running ones keep theirs. On any error nothing changes and err says which file,
    entry and why. Returns 0 or negative. */
 int rl_lua_reload(char *err, size_t errlen);
+/* Appends the sandbox counters (kills and refusals by limit) for /metrics. */
+struct rl_metrics_out;
+void rl_lua_metrics(struct rl_metrics_out *out);
 /* Bytes allocated by the state. */
 size_t rl_lua_memory(void);
 /* Ends every instance and closes the state (shutdown). */

@@ -15,6 +15,7 @@
 
 #define CHAN_MT "rl.channel"
 #define MSG_MT "rl.message"
+#define COUNT_MT "rl.count"
 
 enum { OP_RECV = 0, OP_SEND = 1 };
 enum { MODE_SELECT = 0, MODE_RECV = 1, MODE_SEND = 2 };
@@ -87,7 +88,9 @@ void rl_lua_unwait(rl_lua_inst *I)
 
 rl_lua_chan *rl_lua_chan_new(lua_State *L, int kind, size_t cap)
 {
-    rl_lua_chan *ch = lua_newuserdatauv(L, sizeof *ch, kind == RL_CH_LUA ? 1 : 0); /* buffer */
+    /* Host channels (inbox, events, timers) carry no uservalue; a Lua channel has its ring
+       buffer (1) and, when a plugin made it, its maker's count token (2). */
+    rl_lua_chan *ch = lua_newuserdatauv(L, sizeof *ch, kind == RL_CH_LUA ? 2 : 0);
     memset(ch, 0, sizeof *ch);
     ch->kind = (unsigned char)kind;
     if (kind == RL_CH_LUA)
@@ -419,11 +422,45 @@ static int l_send(lua_State *L)
     return chan_do(L, MODE_SEND);
 }
 
+/* The token a channel made by a plugin holds: when the channel is collected, the token goes with
+   it and gives its place back to the instance's count (which may have ended meanwhile). */
+static int l_count_gc(lua_State *L)
+{
+    rl_lua_count **c = lua_touserdata(L, 1);
+    if (*c) {
+        (*c)->live--;
+        if (--(*c)->refs == 0)
+            free(*c);
+        *c = NULL;
+    }
+    return 0;
+}
+
 static int l_new(lua_State *L)
 {
     lua_Integer n = luaL_optinteger(L, 1, 0);
     luaL_argcheck(L, n >= 0 && n <= RL_LUA_CHAN_MAX, 1, "size out of range");
+    rl_lua_inst *I = rl_lua_g.current;
+    if (I && !I->chans) {
+        if (!(I->chans = calloc(1, sizeof *I->chans)))
+            return luaL_error(L, "not enough memory");
+        I->chans->refs = 1;
+    }
+    if (I && I->chans->live >= rl_lua_g.cfg->plugin_max_channels) {
+        rl_lua_refused(I, RL_LIMIT_CHANNELS);
+        return luaL_error(L, "too many channels (plugin_max_channels is %d)",
+                          (int)rl_lua_g.cfg->plugin_max_channels);
+    }
     rl_lua_chan_new(L, RL_CH_LUA, (size_t)n);
+    if (I) {
+        rl_lua_count **tok = lua_newuserdatauv(L, sizeof *tok, 0);
+        *tok = NULL;
+        luaL_setmetatable(L, COUNT_MT);
+        *tok = I->chans;
+        I->chans->live++;
+        I->chans->refs++;
+        lua_setiuservalue(L, -2, 2);
+    }
     return 1;
 }
 
@@ -605,6 +642,8 @@ void rl_lua_chan_open(lua_State *L)
     static const luaL_Reg msg_meta[] = {{"__gc", l_msg_gc}, {NULL, NULL}};
     rl_lua_new_class(L, CHAN_MT, chan_methods, chan_meta);
     rl_lua_new_class(L, MSG_MT, msg_methods, msg_meta);
+    static const luaL_Reg count_meta[] = {{"__gc", l_count_gc}, {NULL, NULL}};
+    rl_lua_new_class(L, COUNT_MT, NULL, count_meta);
 
     lua_pushcfunction(L, l_new);
     lua_setfield(L, t, "new");

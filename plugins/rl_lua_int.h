@@ -22,6 +22,22 @@
 #define RL_LUA_POOL_MAX 256       /* Lua blocks up to this size are recycled per size class */
 #define RL_LUA_POOL_KEEP 1024     /* free blocks kept per class (2.2 MiB in all at most) */
 
+/* What the sandbox bounds per instance: the label of its kill and refusal counters. */
+#define RL_LUA_LIMITS(X)                                                                          \
+    X(INSTRUCTIONS, "instructions") /* lua_instruction_budget, C work included */              \
+    X(MEMORY, "memory")                                                                          \
+    X(RESULT, "result_size")        /* string.rep, table.concat, gsub results */               \
+    X(CHILDREN, "children")                                                                      \
+    X(TIMERS, "timers")                                                                          \
+    X(CHANNELS, "channels")
+
+typedef enum {
+#define RL_LIMIT_ENUM(id, name) RL_LIMIT_##id,
+    RL_LUA_LIMITS(RL_LIMIT_ENUM)
+#undef RL_LIMIT_ENUM
+    RL_LIMIT_COUNT
+} rl_lua_limit;
+
 typedef struct rl_lua_inst rl_lua_inst;
 typedef struct rl_lua_timer rl_lua_timer;
 typedef struct rl_lua_chan rl_lua_chan;
@@ -61,6 +77,8 @@ struct rl_lua_inst {
     uint64_t used; /* instructions counted in the current resume */
     unsigned budget_hit : 1, oom : 1, torn : 1, listed : 1;
     int oom_refusals;  /* consecutive refused allocations while running */
+    rl_lua_limit limit_kind; /* with limit_hit: the limit that doomed it */
+    const char *limit_hit;   /* static reason text, NULL while within every limit */
     char *exit_pending; /* process.terminate(self): exit with this once the resume returns */
     int exit_pending_set;
     rl_lua_inst *prev, *next; /* host list of instances not yet freed */
@@ -71,7 +89,18 @@ struct rl_lua_inst {
     rl_body *user_meta; /* args.user_metadata (JSON object), NULL if none; the user is the owner */
     char **links;    /* children started linked: their error exits also give LINK_DOWN */
     size_t nlinks;
+    char **children; /* live children it spawned: they end with it (plugin_max_children) */
+    size_t nchildren;
+    char parent_pid[RL_PID_MAX]; /* the instance that spawned it, "" for a hub's plugin */
+    size_t ntimers;              /* live timers it owns (plugin_max_timers) */
+    struct rl_lua_count *chans;  /* live channels it made (plugin_max_channels) */
 };
+
+/* A count shared by an instance and the objects it made, freed by whichever goes last. */
+typedef struct rl_lua_count {
+    size_t live;
+    int refs;
+} rl_lua_count;
 
 typedef struct rl_lua_host {
     lua_State *L;
@@ -87,6 +116,8 @@ typedef struct rl_lua_host {
     uint64_t resumes, resumes_seen;     /* quiet-time collection (rl_lua.c) */
     uint64_t allocated, allocated_at_gc; /* bytes ever allocated; at the last full collection */
     uv_timer_t *gc_timer; /* its own block: a closing handle outlives rl_lua_close */
+    uint64_t kills[RL_LIMIT_COUNT];    /* instances ended by a limit */
+    uint64_t refusals[RL_LIMIT_COUNT]; /* requests refused at a limit */
 } rl_lua_host;
 
 extern rl_lua_host rl_lua_g;
@@ -101,6 +132,17 @@ rl_lua_inst *rl_lua_current(lua_State *L);
    cannot read or replace it. Leaves the stack as it was. */
 void rl_lua_new_class(lua_State *L, const char *name, const luaL_Reg *methods, const luaL_Reg *meta);
 void rl_lua_check_block(lua_State *L, rl_lua_inst *I);
+/* Why I must end now (budget, memory, another limit, terminate), or NULL while it may run. */
+const char *rl_lua_doomed(const rl_lua_inst *I);
+/* Counts n steps of C work of the running instance against its instruction budget; raises
+   (and dooms it) when the budget is spent. No-op outside an instance. */
+void rl_lua_charge(lua_State *L, uint64_t n);
+/* Dooms the running instance for exceeding `kind` (reason: static text) and raises. */
+void rl_lua_violation(lua_State *L, rl_lua_limit kind, const char *reason);
+/* Logs and counts a request of I refused at limit `kind` (the caller answers the error). */
+void rl_lua_refused(rl_lua_inst *I, rl_lua_limit kind);
+/* Records pid as a live child of I (it is killed when I ends). Returns 0 or -ENOMEM. */
+int rl_lua_child_add(rl_lua_inst *I, const char *pid);
 /* Makes a blocked instance runnable (unlinks its waiters). */
 void rl_lua_wake(rl_lua_inst *I);
 /* Ends I with error (NULL = normal) from outside its resume; safe to call for the running
@@ -168,6 +210,11 @@ double rl_lua_duration_arg(lua_State *L, int idx);
 int rl_lua_duration_parse(const char *s, double *ms);
 int64_t rl_lua_unix_ns(void);
 void rl_lua_time_push(lua_State *L, int64_t unix_ns);
+
+/* rl_lua_str.c */
+/* Replaces string.find/match/gmatch/gsub/rep and table.concat/sort/insert/remove/move in the
+   state's global tables with bounded ones (before the prelude copies them). */
+void rl_lua_str_open(lua_State *L);
 
 /* rl_lua_proc.c */
 void rl_lua_proc_open(lua_State *L); /* pushes the process module table */

@@ -268,6 +268,13 @@ static int do_spawn(lua_State *L, int monitored, int linked)
     const rl_plugin_def *def = rl_lua_find_def(id);
     if (!def)
         return fail(L, "unknown process id");
+    if (I->nchildren >= rl_lua_g.cfg->plugin_max_children) {
+        rl_lua_refused(I, RL_LIMIT_CHILDREN);
+        lua_pushnil(L);
+        lua_pushfstring(L, "too many children (plugin_max_children is %d)",
+                        (int)rl_lua_g.cfg->plugin_max_children);
+        return 2;
+    }
     const char *args = NULL;
     if (!lua_isnoneornil(L, 3)) {
         if (!rl_lua_json_encode(L, 3)) {
@@ -282,6 +289,12 @@ static int do_spawn(lua_State *L, int monitored, int linked)
     int rc = rl_lua_spawn_child(L, I, def, args, monitored || linked, pid, err, sizeof err);
     if (rc < 0)
         return fail(L, err);
+    if (rl_lua_child_add(I, pid) < 0) {
+        rl_lua_inst *C = rl_lua_inst_of(pid);
+        if (C) /* a child nobody would end: not started at all */
+            rl_lua_kill(C, "not enough memory");
+        return luaL_error(L, "not enough memory");
+    }
     if (linked && add_link(I, pid) < 0)
         return luaL_error(L, "not enough memory");
     lua_pushstring(L, pid);
@@ -458,10 +471,22 @@ static int h_actor(lua_State *L)
     return 2;
 }
 
+/* host.doomed(): why the running instance must end, or nothing (the prelude's catching
+   functions raise it again). */
+static int h_doomed(lua_State *L)
+{
+    const char *why = rl_lua_doomed(rl_lua_g.current);
+    if (!why)
+        return 0;
+    lua_pushstring(L, why);
+    return 1;
+}
+
 void rl_lua_host_open(lua_State *L)
 {
     static const luaL_Reg fns[] = {
         {"log", h_log},
+        {"doomed", h_doomed},
         {"env", h_env},
         {"actor", h_actor},
         {NULL, NULL},

@@ -127,6 +127,7 @@ void rl_lua_timer_close(rl_lua_timer *t)
             t->next->prev = t->prev;
         if (I->deadline == t)
             I->deadline = NULL;
+        I->ntimers--;
     }
     t->inst = NULL;
     if (t->slot)
@@ -184,7 +185,19 @@ rl_lua_timer *rl_lua_timer_start(rl_lua_inst *I, int kind, uint64_t ms, uint64_t
     if (t->next)
         t->next->prev = t;
     I->timers = t;
+    I->ntimers++;
     return t;
+}
+
+/* Raises when I may not start another timer (plugin_max_timers): a plugin's timers, tickers
+   and sleeps all run on the node's loop. */
+static void timer_room(lua_State *L, rl_lua_inst *I)
+{
+    size_t max = rl_lua_g.cfg->plugin_max_timers;
+    if (I->ntimers < max)
+        return;
+    rl_lua_refused(I, RL_LIMIT_TIMERS);
+    luaL_error(L, "too many timers (plugin_max_timers is %d)", (int)max);
 }
 
 /* ---- Lua functions --------------------------------------------------------------------- */
@@ -202,6 +215,7 @@ static int l_sleep(lua_State *L)
     rl_lua_inst *I = rl_lua_current(L);
     uint64_t ms = to_timeout(rl_lua_duration_arg(L, 1));
     rl_lua_check_block(L, I);
+    timer_room(L, I);
     if (!rl_lua_timer_start(I, RL_TIMER_SLEEP, ms, 0, LUA_NOREF))
         return luaL_error(L, "not enough memory");
     I->state = RL_INST_BLOCKED;
@@ -211,6 +225,7 @@ static int l_sleep(lua_State *L)
 /* Pushes a timer channel fed by a new timer; returns the timer (NULL raises). */
 static rl_lua_timer *start_chan_timer(lua_State *L, rl_lua_inst *I, double ms, int ticker)
 {
+    timer_room(L, I);
     rl_lua_chan_new(L, RL_CH_TIMER, 1);
     lua_pushvalue(L, -1);
     int ref = luaL_ref(L, LUA_REGISTRYINDEX);

@@ -15,7 +15,11 @@
 #include "rl_config.h"
 #include "rl_json.h"
 #include "rl_lua.h"
+#include "rl_metrics.h"
 #include "rl_proc.h"
+
+#include <lauxlib.h>
+#include <lualib.h>
 
 /* ---- a parent process that records messages -------------------------------------------- */
 
@@ -104,7 +108,7 @@ static void rec_clear(rec *r)
 static uv_loop_t loop;
 static uv_timer_t tick;
 static rl_config cfg;
-static rl_plugin_def defs[4];
+static rl_plugin_def defs[5];
 static char tmpdir[64];
 
 static const char probe_src[] =
@@ -270,6 +274,230 @@ static const char probe_src[] =
     "end\n"
     "return { run = run }\n";
 
+/* Lua pattern functions on many inputs, the same code in a plugin (our bounded matcher) and in
+   a stock state (Lua's own): the serialised results must be identical. `...` is a pause
+   function (coroutine.yield in the plugin, so no resume runs out of budget). */
+#define PATTERN_CASES                                                                             \
+    "local pause = ...\n"                                                                          \
+    "local function ser(...)\n"                                                                    \
+    "  local t = {}\n"                                                                             \
+    "  for i = 1, select('#', ...) do local v = select(i, ...)\n"                                  \
+    "    t[i] = type(v) == 'string' and string.format('%q', v) or tostring(v) end\n"               \
+    "  return '(' .. table.concat(t, ',') .. ')'\n"                                                \
+    "end\n"                                                                                        \
+    "local function gm(s, p, init)\n"                                                              \
+    "  local r = {}\n"                                                                             \
+    "  for a, b in string.gmatch(s, p, init) do r[#r + 1] = ser(a, b); if #r > 20 then break end end\n" \
+    "  return table.concat(r)\n"                                                                   \
+    "end\n"                                                                                        \
+    "local out = {}\n"                                                                             \
+    "local function case(s, p, init)\n"                                                            \
+    "  out[#out + 1] = ser(pcall(string.find, s, p, init)) .. ser(pcall(string.match, s, p, init))\n" \
+    "    .. ser(pcall(gm, s, p, init)) .. ser(pcall(string.gsub, s, p, '<%0|%1>'))\n"               \
+    "    .. ser(pcall(string.gsub, s, p, {a = 'A', [' '] = false}, 3))\n"                          \
+    "    .. ser(pcall(string.gsub, s, p, function(x, y) return y and x .. y or nil end))\n"        \
+    "    .. ser(pcall(string.find, s, p, init, true)) .. '\\n'\n"                                  \
+    "end\n"                                                                                        \
+    "local fixed = {\n"                                                                            \
+    "  {'  hello world  ', '^%s*(.-)%s*$'}, {'key = value', '(%w+)%s*=%s*(%w+)'},\n"               \
+    "  {'f(a(b)c)d', '%b()'}, {'THE (quick) fox', '%f[%a]%a+'}, {'hello', '()ll()'},\n"            \
+    "  {'abcabc', '(a)(b)c%1%2'}, {'a.b.c', '.', 2}, {'a.b.c', '%.', -2}, {'x', ''},\n"            \
+    "  {'', ''}, {'', 'a*'}, {'aaa', 'a-b'}, {'aaab', 'a-b'}, {'[x]', '[]]'}, {'a-z', '[a%-z]+'},\n" \
+    "  {'2024-01-02', '(%d+)-(%d+)-(%d+)'}, {'abc', '[^%a]'}, {'a]b', '[]a]+'}, {'^x', '^^x'},\n"  \
+    "  {'x$', 'x$$'}, {'a\\0b', 'a%zb'}, {'a\\0b', '\\0'}, {'abc', 'b', 10}, {'abc', 'b', -10},\n" \
+    "  {'abc', '%'}, {'abc', '[a'}, {'abc', '(a'}, {'abc', 'a)'}, {'abc', '%1'}, {'abc', '%f'},\n"  \
+    "  {'abc', '%b'}, {'hello world from lua', '(%w+) (%w+)'}, {'abc', '((a)(b))'},\n"            \
+    "  {'  x  ', '^%s+'}, {'x', '[%w_]'}, {'a,b,,c', '([^,]*)'}, {'abc', 'abc', 4},\n"             \
+    "  {'abc', '', 4}, {'abc', '', 5}, {'one two', '%a+', 5},\n"                                  \
+    "}\n"                                                                                          \
+    "for _, c in ipairs(fixed) do case(c[1], c[2], c[3]) end\n"                                    \
+    "local seed = 12345\n"                                                                         \
+    "local function rnd(n) seed = (seed * 1103515245 + 12345) % 2147483648; return seed % n + 1 end\n" \
+    "local atoms = {'a', 'b', '.', '%a', '%d', '%s', '[ab]', '[^a]', '%%', '(', ')', '()', '*',\n" \
+    "  '+', '-', '?', '^', '$', '%b()', '%f[%w]', '%1', '[a-c]', ' ', 'x', '%W', '[%s%d]'}\n"      \
+    "local chars = {'a', 'b', 'c', ' ', '(', ')', '1', 'x', '%', '\\0'}\n"                          \
+    "for i = 1, 1500 do\n"                                                                         \
+    "  local p, s = {}, {}\n"                                                                      \
+    "  for j = 1, rnd(5) do p[j] = atoms[rnd(#atoms)] end\n"                                       \
+    "  for j = 1, rnd(10) - 1 do s[j] = chars[rnd(#chars)] end\n"                                  \
+    "  case(table.concat(s), table.concat(p), rnd(5) - 2)\n"                                       \
+    "  if i % 50 == 0 then pause() end\n"                                                          \
+    "end\n"                                                                                        \
+    "return table.concat(out)\n"
+
+/* A hostile plugin: each command attacks one part of the sandbox. Commands that must end the
+   instance never reply. */
+static const char sandbox_src[] =
+    "local json = require('json')\n"
+    "local time = require('time')\n"
+    "local hub, config\n"
+    "local function reply(v) process.send(hub, 'reply', v) end\n"
+    "local evil = function() return 'PWNED' end\n"
+    "local cmds = {}\n"
+    "local function libs()\n"
+    "  return {string = string, table = table, math = math, json = json, process = process,\n"
+    "    channel = channel, time = require('time'), os = os, utf8 = utf8, coroutine = coroutine,\n"
+    "    registry = process.registry, event = process.event, security = require('security'),\n"
+    "    logger = require('logger'), config = config}\n"
+    "end\n"
+    /* every write path into every library table, nested ones included; counts successes */
+    "function cmds.ro_attack()\n"
+    "  local wins, tried = {}, 0\n"
+    "  local function try(what, f) tried = tried + 1; if pcall(f) then wins[#wins + 1] = what end end\n"
+    "  for name, lib in pairs(libs()) do\n"
+    "    local _, state = pairs(lib)\n"
+    "    try(name .. ' pairs state', function() state.upper = evil; state.send = evil; state.encode = evil end)\n"
+    "    try(name .. ' pairs rawset', function() rawset(state, 'x', evil) end)\n"
+    "    try(name .. ' rawset', function() rawset(lib, 'x', evil) end)\n"
+    "    try(name .. ' index', function() lib.x = evil end)\n"
+    "    try(name .. ' metatable', function() getmetatable(lib).__index.x = evil end)\n"
+    "    try(name .. ' setmetatable', function() setmetatable(lib, {}) end)\n"
+    "    for k, v in pairs(lib) do\n"
+    "      if type(v) == 'table' then\n"
+    "        try(name .. '.' .. k .. ' index', function() v.x = evil end)\n"
+    "        try(name .. '.' .. k .. ' pairs', function() local _, st = pairs(v); st.x = evil end)\n"
+    "        try(name .. '.' .. k .. ' rawset', function() rawset(v, 'x', evil) end)\n"
+    "      end\n"
+    "    end\n"
+    "    local k, v = next(lib)\n"
+    "    if type(v) == 'table' then try(name .. ' next', function() v.x = evil end) end\n"
+    "  end\n"
+    "  try('string metatable', function() getmetatable('').__index.upper = evil end)\n"
+    "  try('string mt rawget', function() rawget(getmetatable(''), '__index').upper = evil end)\n"
+    "  try('number metatable', function() getmetatable(0).__index.seconds = evil end)\n"
+    "  local reads = rawget(string, 'format') == string.format and next(string) ~= nil\n"
+    "    and rawlen(table) == 0 and select(2, pcall(function() local n = 0\n"
+    "      for _ in pairs(string) do n = n + 1 end return n end)) > 10\n"
+    "  reply({wins = table.concat(wins, '; '), tried = tried, reads = reads})\n"
+    "end\n"
+    "function cmds.ro_check()\n"
+    "  reply({ok = ('x'):upper() == 'X' and string.upper('y') == 'Y' and json.encode({1}) == '[1]'\n"
+    "    and string.x == nil and process.x == nil and json.x == nil and config.x == nil\n"
+    "    and process.registry.x == nil and type(process.send) == 'function'\n"
+    "    and process.send ~= evil and table.concat({'a', 'b'}) == 'ab'})\n"
+    "end\n"
+    /* the budget is final, whoever catches the error */
+    "local function spin() while true do end end\n"
+    "function cmds.co_pcall()\n"
+    "  while true do pcall(coroutine.wrap(function() while true do pcall(spin) end end)) end\n"
+    "end\n"
+    "function cmds.co_resume()\n"
+    "  while true do coroutine.resume(coroutine.create(function() while true do pcall(spin) end end)) end\n"
+    "end\n"
+    "function cmds.xpcall_loop()\n"
+    "  while true do xpcall(spin, function() while true do end end) end\n"
+    "end\n"
+    "function cmds.sort_cmp()\n"
+    "  while true do pcall(table.sort, {3, 1, 2, 5, 4}, function(a, b) spin() end) end\n"
+    "end\n"
+    "function cmds.gsub_cb()\n"
+    "  while true do pcall(string.gsub, 'abc', '.', function() while true do pcall(spin) end end) end\n"
+    "end\n"
+    "function cmds.tostring_mm()\n"
+    "  local t = setmetatable({}, {__tostring = function() while true do pcall(spin) end end})\n"
+    "  while true do pcall(tostring, t) end\n"
+    "end\n"
+    "function cmds.index_mm()\n"
+    "  local t = setmetatable({}, {__index = function() spin() end})\n"
+    "  while true do pcall(function() return t.x end) end\n"
+    "end\n"
+    "function cmds.close_mm()\n"
+    "  while true do\n"
+    "    local co = coroutine.create(function()\n"
+    "      local x <close> = setmetatable({}, {__close = function() spin() end})\n"
+    "      coroutine.yield()\n"
+    "    end)\n"
+    "    coroutine.resume(co)\n"
+    "    pcall(coroutine.close, co)\n"
+    "  end\n"
+    "end\n"
+    "function cmds.gc_mm()\n"
+    "  local ran = false\n"
+    "  local refused = not pcall(setmetatable, {}, {__gc = function() ran = true; spin() end})\n"
+    "  local mt = {}\n"
+    "  setmetatable({}, mt)\n"
+    "  mt.__gc = function() ran = true; spin() end -- too late: never a finalizer\n"
+    "  local junk = {}\n"
+    "  for i = 1, 50000 do junk[i % 64] = {i} end\n"
+    "  reply({refused = refused, ran = ran})\n"
+    "end\n"
+    "function cmds.catastrophic()\n"
+    "  while true do pcall(string.find, ('a'):rep(40), ('a*'):rep(40) .. 'b') end\n"
+    "end\n"
+    "function cmds.plain_find()\n"
+    "  while true do pcall(string.find, ('a'):rep(1e6), ('a'):rep(5e5) .. 'b', 1, true) end\n"
+    "end\n"
+    "function cmds.rep_empty() while true do pcall(string.rep, '', 1e12) end end\n"
+    "function cmds.rep_big() local s = ('x'):rep(1e9) end\n"
+    "function cmds.concat_big()\n"
+    "  local s = ('x'):rep(1e6)\n"
+    "  local t = {}\n"
+    "  for i = 1, 100 do t[i] = s end\n"
+    "  pcall(table.concat, t)\n"
+    "  reply({survived = true})\n"
+    "end\n"
+    "function cmds.move_far() while true do pcall(table.move, {}, 1, 1e12, 2) end end\n"
+    "function cmds.insert_front()\n"
+    "  local t = {}\n"
+    "  for i = 1, 1e6 do table.insert(t, 1, i) end\n"
+    "end\n"
+    "function cmds.sort_big()\n"
+    "  local t = {}\n"
+    "  for i = 1, 20000 do table.insert(t, i) end -- appending is not charged the length\n"
+    "  for i = 1, 20000 do table.remove(t) end\n"
+    "  for i = 1, 20000 do t[i] = (i * 7919) % 20000 end\n"
+    "  table.sort(t)\n"
+    "  reply({sorted = t[1] == 0 and t[20000] == 19999})\n"
+    "end\n"
+    "function cmds.idioms(p)\n"
+    "  local s = p.s\n"
+    "  local t0 = os.clock()\n"
+    "  local trimmed = s:match('^%s*(.-)%s*$')\n"
+    "  local n = select(2, s:gsub('%s+', ' '))\n"
+    "  local words = 0\n"
+    "  for w in s:gmatch('%S+') do words = words + 1 end\n"
+    "  reply({trimmed = trimmed, spaces = n, words = words, ms = (os.clock() - t0) * 1000,\n"
+    "    small = ('  a b  '):match('^%s*(.-)%s*$')})\n"
+    "end\n"
+    "function cmds.patterns(p) reply({out = assert(load(p.code))(coroutine.yield)}) end\n"
+    "function cmds.alive() reply({alive = true}) end\n"
+    "function cmds.die() error('die') end\n"
+    /* per-instance bounds: each loop stops at the first refusal */
+    "function cmds.children(p)\n"
+    "  local pids, err = {}\n"
+    "  while #pids < (p.max or 1e6) do\n"
+    "    local pid, e = process.spawn('app:sandbox', 'app:processes', {})\n"
+    "    if not pid then err = e; break end\n"
+    "    pids[#pids + 1] = pid\n"
+    "  end\n"
+    "  reply({n = #pids, err = err})\n"
+    "end\n"
+    "local keep = {}\n"
+    "function cmds.timers()\n"
+    "  local n, ok, err = 0\n"
+    "  repeat ok, err = pcall(time.ticker, '1s'); if ok then n = n + 1; keep[n] = err end until not ok\n"
+    "  local after_ok = pcall(time.after, 10)\n"
+    "  keep[1]:stop()\n"
+    "  local again = pcall(time.after, 10)\n"
+    "  reply({n = n, err = err, after_ok = after_ok, again = again})\n"
+    "end\n"
+    "function cmds.channels()\n"
+    "  local n, ok, err = 0\n"
+    "  repeat ok, err = pcall(channel.new, 1); if ok then n = n + 1; keep[n] = err end until not ok\n"
+    "  reply({n = n, err = err})\n"
+    "end\n"
+    "local function run(args)\n"
+    "  hub, config = args.user_hub_pid, args.config\n"
+    "  local inbox = process.inbox()\n"
+    "  while true do\n"
+    "    local msg, ok = inbox:receive()\n"
+    "    if not ok then break end\n"
+    "    local f = cmds[msg:topic()]\n"
+    "    if f then f(msg:payload():data()) end\n"
+    "  end\n"
+    "end\n"
+    "return { run = run }\n";
+
 static char *write_tmp(const char *name, const char *src)
 {
     char path[128];
@@ -316,7 +544,14 @@ static int setup_with(size_t mem_limit, size_t queue)
     uv_timer_init(&loop, &tick);
     if (rl_node_init(&loop, "t1") < 0)
         return -1;
+    rl_config defaults;
+    rl_config_defaults(&defaults); /* the sandbox limits at their defaults */
     memset(&cfg, 0, sizeof cfg);
+    cfg.lua_result_max = defaults.lua_result_max;
+    cfg.plugin_max_children = defaults.plugin_max_children;
+    cfg.plugin_max_timers = defaults.plugin_max_timers;
+    cfg.plugin_max_channels = defaults.plugin_max_channels;
+    rl_config_free(&defaults);
     cfg.path = strdup("test.yaml");
     cfg.lua_instruction_budget = 1000000;
     cfg.lua_memory_limit = mem_limit;
@@ -341,8 +576,9 @@ static int setup_with(size_t mem_limit, size_t queue)
         fclose(f);
     }
     set_def(&defs[2], "echo", "app:echo", "echo_", write_tmp("echo.lua", echo));
+    set_def(&defs[3], "sandbox", "app:sandbox", "sandbox_", write_tmp("sandbox.lua", sandbox_src));
     cfg.plugins = defs;
-    cfg.nplugins = 3;
+    cfg.nplugins = 4;
     char err[512];
     if (rl_lua_init(&cfg, err, sizeof err) < 0) {
         fprintf(stderr, "init: %s\n", err);
@@ -686,19 +922,228 @@ static void test_syntax_error(void **state)
 {
     (void)state;
     rl_lua_close();
-    set_def(&defs[3], "bad_plugin", "app:bad_plugin", "bad_",
+    set_def(&defs[4], "bad_plugin", "app:bad_plugin", "bad_",
             write_tmp("bad.lua", "local x = 1\nlocal function (\n"));
-    cfg.nplugins = 4;
+    cfg.nplugins = 5;
     char err[512];
     assert_true(rl_lua_init(&cfg, err, sizeof err) < 0);
     assert_non_null(strstr(err, "test.yaml: entry bad_plugin: "));
     assert_non_null(strstr(err, "bad.lua:2:"));
     /* a missing source file */
-    unlink(defs[3].source_path);
+    unlink(defs[4].source_path);
     assert_true(rl_lua_init(&cfg, err, sizeof err) < 0);
     assert_non_null(strstr(err, "entry bad_plugin: cannot read source"));
-    cfg.nplugins = 3;
+    cfg.nplugins = 4;
     assert_int_equal(rl_lua_init(&cfg, err, sizeof err), 0);
+}
+
+/* ---- the sandbox ------------------------------------------------------------------------ */
+
+#define SANDBOX 3
+
+/* One user's plugin cannot change what another's sees: no access path yields a library table. */
+static void test_sandbox_readonly(void **state)
+{
+    (void)state;
+    char a[RL_PID_MAX], b[RL_PID_MAX];
+    spawn(SANDBOX, a);
+    spawn(SANDBOX, b);
+    send_cmd(a, "ro_attack", NULL);
+    cJSON *r = reply_json(0);
+    const char *wins = cJSON_GetObjectItem(r, "wins")->valuestring;
+    if (wins[0])
+        fail_msg("writes into shared tables succeeded: %s", wins);
+    if (cJSON_GetObjectItem(r, "tried")->valueint < 90)
+        fail_msg("too few attacks: %s", cJSON_PrintUnformatted(r));
+    assert_true(jtrue(r, "reads")); /* reading through pairs/next/rawget still works */
+    cJSON_Delete(r);
+    send_cmd(b, "ro_check", NULL);
+    r = reply_json(1);
+    assert_true(jtrue(r, "ok"));
+    cJSON_Delete(r);
+}
+
+/* Spawns one instance per command, sends it, and expects each to end with `reason`. */
+static void expect_kills(const char *const *cmds, size_t n, const char *reason)
+{
+    char pids[16][RL_PID_MAX], err[256];
+    assert_true(n <= 16);
+    for (size_t i = 0; i < n; i++) {
+        spawn(SANDBOX, pids[i]);
+        send_cmd(pids[i], cmds[i], NULL);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (exit_of(pids[i], err, sizeof err, 10000) != 1)
+            fail_msg("%s: no crash", cmds[i]);
+        if (strcmp(err, reason) != 0)
+            fail_msg("%s: ended with '%s', not '%s'", cmds[i], err, reason);
+    }
+}
+
+static int metric_value(const char *line)
+{
+    size_t len;
+    char *text = rl_metrics_render(&len);
+    const char *at = strstr(text, line);
+    int v = at ? atoi(at + strlen(line)) : -1;
+    free(text);
+    return v;
+}
+
+/* The budget is final whoever catches the error, and C work on plugin input is charged. */
+static void test_sandbox_budget_final(void **state)
+{
+    (void)state;
+    static int registered;
+    if (!registered++)
+        rl_metrics_add_source(rl_lua_metrics);
+    int before = metric_value("relay_plugin_kills_total{limit=\"instructions\"} ");
+    static const char *const cmds[] = {"co_pcall",    "co_resume", "xpcall_loop",  "sort_cmp",
+                                       "gsub_cb",     "tostring_mm", "index_mm",   "close_mm",
+                                       "catastrophic", "plain_find", "rep_empty",  "move_far",
+                                       "insert_front"};
+    size_t n = sizeof cmds / sizeof cmds[0];
+    expect_kills(cmds, n, "instruction budget exceeded");
+    assert_int_equal(metric_value("relay_plugin_kills_total{limit=\"instructions\"} "),
+                     before + (int)n);
+    /* the host and other instances keep serving */
+    char c[RL_PID_MAX];
+    spawn(SANDBOX, c);
+    send_cmd(c, "alive", NULL);
+    cJSON *r = reply_json(0);
+    assert_true(jtrue(r, "alive"));
+    cJSON_Delete(r);
+}
+
+static void test_sandbox_results(void **state)
+{
+    (void)state;
+    static const char *const rep[] = {"rep_big"};
+    expect_kills(rep, 1, "string.rep: result too large");
+    static const char *const concat[] = {"concat_big"}; /* even inside pcall */
+    expect_kills(concat, 1, "table.concat: result too large");
+    char a[RL_PID_MAX];
+    spawn(SANDBOX, a);
+    send_cmd(a, "gc_mm", NULL);
+    cJSON *r = reply_json(0);
+    assert_true(jtrue(r, "refused"));
+    assert_false(jtrue(r, "ran"));
+    cJSON_Delete(r);
+    send_cmd(a, "sort_big", NULL);
+    r = reply_json(1);
+    assert_true(jtrue(r, "sorted"));
+    cJSON_Delete(r);
+}
+
+static int stock_pcall(lua_State *L)
+{
+    lua_pushnil(L);
+    return 0;
+}
+
+/* Our matcher answers as Lua's on the common idioms and a few thousand generated cases; the
+   trim idiom stays linear on a 30 KB message. */
+static void test_sandbox_patterns(void **state)
+{
+    (void)state;
+    lua_State *S = luaL_newstate();
+    luaL_openlibs(S);
+    assert_int_equal(luaL_loadbuffer(S, PATTERN_CASES, strlen(PATTERN_CASES), "=(load)"), LUA_OK);
+    lua_pushcfunction(S, stock_pcall); /* the pause: nothing to yield to here */
+    assert_int_equal(lua_pcall(S, 1, 1, 0), LUA_OK);
+    const char *want = lua_tostring(S, -1);
+
+    char pid[RL_PID_MAX];
+    spawn(SANDBOX, pid);
+    size_t need = rl_json_escape(NULL, 0, PATTERN_CASES, strlen(PATTERN_CASES));
+    char *msg = malloc(need + 64);
+    int k = snprintf(msg, need + 64, "{\"code\":");
+    rl_json_escape(msg + k, need + 1, PATTERN_CASES, strlen(PATTERN_CASES));
+    strcat(msg, "}");
+    assert_int_equal(send_app(pid, "patterns", msg), 0);
+    free(msg);
+    cJSON *r = reply_json(0);
+    const char *got = cJSON_GetObjectItem(r, "out")->valuestring;
+    if (strcmp(got, want) != 0) {
+        const char *g = got, *w = want;
+        while (*g && *g == *w)
+            g++, w++;
+        while (g > got && g[-1] != '\n')
+            g--, w--;
+        const char *eol = strchr(g, '\n');
+        fail_msg("pattern results differ from Lua's:\n ours: %.*s\nstock: %.*s", (int)(eol ? eol - g : 300), g,
+                 (int)(eol ? eol - g + 40 : 300), w);
+    }
+    assert_true(strlen(got) > 10000);
+    cJSON_Delete(r);
+    lua_close(S);
+
+    /* " x" + 30,000 spaces + "y ": quadratic for Lua's matcher (4 s), linear here */
+    size_t big = 30000;
+    char *s = malloc(big + 128);
+    int at = snprintf(s, big + 128, "{\"s\":\" x");
+    memset(s + at, ' ', big);
+    snprintf(s + at + big, 128, "y \"}");
+    assert_int_equal(send_app(pid, "idioms", s), 0);
+    r = reply_json(1);
+    const char *trimmed = cJSON_GetObjectItem(r, "trimmed")->valuestring;
+    assert_int_equal(strlen(trimmed), big + 2);
+    assert_true(trimmed[0] == 'x' && trimmed[big + 1] == 'y');
+    assert_int_equal(cJSON_GetObjectItem(r, "spaces")->valueint, 3);
+    assert_int_equal(cJSON_GetObjectItem(r, "words")->valueint, 2);
+    assert_string_equal(cJSON_GetObjectItem(r, "small")->valuestring, "a b");
+    double ms = cJSON_GetObjectItem(r, "ms")->valuedouble;
+    if (ms > 200)
+        fail_msg("idioms on 30 KB took %.0f ms", ms);
+    cJSON_Delete(r);
+    free(s);
+}
+
+/* Children, timers and channels are bounded per instance; children end with their parent. */
+static void test_sandbox_bounds(void **state)
+{
+    (void)state;
+    char a[RL_PID_MAX], err[256];
+    spawn(SANDBOX, a);
+    send_cmd(a, "children", NULL);
+    cJSON *r = reply_json(0);
+    assert_int_equal(cJSON_GetObjectItem(r, "n")->valueint, (int)cfg.plugin_max_children);
+    assert_non_null(strstr(cJSON_GetObjectItem(r, "err")->valuestring, "too many children"));
+    cJSON_Delete(r);
+    assert_int_equal(rl_proc_count('p'), 1 + (int)cfg.plugin_max_children);
+    send_cmd(a, "timers", NULL);
+    r = reply_json(1);
+    assert_int_equal(cJSON_GetObjectItem(r, "n")->valueint, (int)cfg.plugin_max_timers);
+    assert_non_null(strstr(cJSON_GetObjectItem(r, "err")->valuestring, "too many timers"));
+    assert_false(jtrue(r, "after_ok"));
+    assert_true(jtrue(r, "again")); /* a stopped ticker gives its place back */
+    cJSON_Delete(r);
+    send_cmd(a, "channels", NULL);
+    r = reply_json(2);
+    assert_int_equal(cJSON_GetObjectItem(r, "n")->valueint, (int)cfg.plugin_max_channels);
+    assert_non_null(strstr(cJSON_GetObjectItem(r, "err")->valuestring, "too many channels"));
+    cJSON_Delete(r);
+    /* the children end with their parent */
+    send_cmd(a, "die", NULL);
+    assert_int_equal(exit_of(a, err, sizeof err, 3000), 1);
+    wait_for("never", 1, 20);
+    assert_int_equal(rl_proc_count('p'), 0);
+}
+
+/* A child that spawns children: the whole tree goes when its root does. */
+static void test_sandbox_children_tree(void **state)
+{
+    (void)state;
+    char a[RL_PID_MAX];
+    spawn(SANDBOX, a);
+    send_cmd(a, "children", "\"max\":3");
+    cJSON *r = reply_json(0);
+    assert_int_equal(cJSON_GetObjectItem(r, "n")->valueint, 3);
+    cJSON_Delete(r);
+    assert_int_equal(rl_proc_count('p'), 4);
+    assert_int_equal(rl_cancel(NULL, a, 0), 0); /* as the hub does when the user is gone */
+    wait_for("never", 1, 20);
+    assert_int_equal(rl_proc_count('p'), 0);
 }
 
 int main(void)
@@ -716,6 +1161,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_memory_cap, setup_small, teardown),
         cmocka_unit_test_setup_teardown(test_close_with_live_instances, setup, teardown),
         cmocka_unit_test_setup_teardown(test_syntax_error, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sandbox_readonly, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sandbox_budget_final, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sandbox_results, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sandbox_patterns, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sandbox_bounds, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sandbox_children_tree, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -30,6 +30,11 @@ local function poison()
     r.rawset = pcall(function() rawset(string, "upper", function() return "POISON" end) end)
     r.meta = pcall(function() getmetatable("").__index.upper = function() return "POISON" end end)
     r.json = pcall(function() json.encode = function() return "POISON" end end)
+    -- the tables behind the proxies, as pairs() and next() hand them out
+    r.pairs_string = pcall(function() local _, t = pairs(string); t.upper = function() return "POISON" end end)
+    r.pairs_json = pcall(function() local _, t = pairs(json); t.encode = function() return "POISON" end end)
+    r.pairs_process = pcall(function() local _, t = pairs(process); t.send = function() return false end end)
+    r.next_rawget = pcall(function() rawget(string, "upper").x = 1 end)
     r.type = "sb_poison"
     return r
 end

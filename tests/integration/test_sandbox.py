@@ -1,0 +1,84 @@
+"""The sandbox against a hostile plugin on a real node: the instruction budget is final whoever
+catches its error, pattern matching is bounded, and the node and other users keep serving."""
+import time
+
+from harness import (Config, Node, Plugin, check, connect_welcomed, http_get, metric_sum, recv_json,
+                     send_json, still_works)
+
+
+def _cfg(**kw):
+    return Config(plugins=[Plugin("echo_plugin", "echo_", "echo.lua"),
+                           Plugin("hostile_plugin", "hostile_", "hostile.lua")], **kw)
+
+
+async def _restarted(ws):
+    """The hostile instance crashed and its restart answers: the first pong of a fresh one."""
+    deadline = time.monotonic() + 5
+    while True:
+        await send_json(ws, {"type": "hostile_ping"})
+        f = await recv_json(ws, timeout=5)
+        if f.get("type") == "hostile_pong":
+            check(f["n"] == 1, f"pong from the instance that should have died: {f}")
+            return
+        check(time.monotonic() < deadline, f"no pong after the attack: {f}")
+
+
+async def _bob_meanwhile(n, b):
+    t0 = time.monotonic()
+    await send_json(b, {"type": "echo_hi"})
+    f = await recv_json(b, timeout=5)
+    check(f.get("topic") == "hi", f"bob while alice's plugin attacks: {f}")
+    st, _, _ = http_get(n.port, "/healthz")
+    check(st == 200, f"/healthz {st}")
+    return time.monotonic() - t0
+
+
+async def test_budget_is_final_whoever_catches_it():
+    for attack in ("bomb", "catch"):
+        with Node(_cfg()) as n:
+            ws, _ = await connect_welcomed(n, "alice")
+            b, _ = await connect_welcomed(n, "bob")
+            await send_json(ws, {"type": "hostile_" + attack})
+            took = await _bob_meanwhile(n, b)
+            check(took < 1.0, f"{attack}: bob's echo took {took:.2f} s")
+            await _restarted(ws)
+            m = n.metrics()
+            kills = metric_sum(m, "relay_plugin_kills_total", 'limit="instructions"')
+            check(kills is not None and kills >= 1, f"{attack}: kills by the budget {kills}")
+            crashed = metric_sum(m, "relay_plugins_crashed_total")
+            check(crashed is not None and crashed >= 1, f"{attack}: relay_plugins_crashed_total {crashed}")
+            check("instruction budget exceeded" in n.log_text(), f"{attack}: the crash is not logged")
+            await still_works(n)
+            await ws.close()
+            await b.close()
+
+
+async def test_trim_idiom_on_a_large_message_is_fast():
+    with Node(_cfg()) as n:
+        ws, _ = await connect_welcomed(n, "alice")
+        data = " x" + " " * 30000 + "y "
+        await send_json(ws, {"type": "hostile_trim", "data": data})
+        f = await recv_json(ws, timeout=5)
+        check(f.get("len") == 30002, f"trimmed length {f}")
+        check(f.get("ms", 1e9) < 200, f"the trim idiom took {f.get('ms')} ms on 30 KB")
+        await ws.close()
+
+
+async def test_children_and_timers_are_bounded_per_instance():
+    with Node(_cfg(node={"plugin_max_children": 20, "plugin_max_timers": 30})) as n:
+        ws, _ = await connect_welcomed(n, "alice")
+        b, _ = await connect_welcomed(n, "bob")
+        await send_json(ws, {"type": "hostile_swarm"})
+        f = await recv_json(ws, timeout=10)
+        check(f.get("children") == 20 and "too many children" in (f.get("cerr") or ""),
+              f"children: {f}")
+        check(f.get("tickers") == 30 and "too many timers" in (f.get("terr") or ""), f"tickers: {f}")
+        m = n.metrics()
+        for limit in ("children", "timers"):
+            r = metric_sum(m, "relay_plugin_refusals_total", f'limit="{limit}"')
+            check(r is not None and r >= 1, f"refusals at {limit}: {r}")
+        took = await _bob_meanwhile(n, b)
+        check(took < 1.0, f"bob's echo took {took:.2f} s next to 30 tickers of 1 ms")
+        await still_works(n)
+        await ws.close()
+        await b.close()
