@@ -526,7 +526,7 @@ static rl_proc *procs_find(const char *pid)
 int rl_proc_start(rl_proc *p, const rl_proc_ops *ops, size_t qcap, rl_owner *owner)
 {
     p->ops = ops;
-    p->qcap = qcap;
+    p->qcap = qcap > UINT32_MAX ? UINT32_MAX : (uint32_t)qcap;
     p->head = p->tail = NULL;
     p->qlen = 0;
     p->scheduled = p->exited = p->woken = 0;
@@ -546,6 +546,12 @@ int rl_proc_start(rl_proc *p, const rl_proc_ops *ops, size_t qcap, rl_owner *own
 }
 
 rl_proc *rl_proc_find(const char *pid) { return procs_find(pid); }
+
+rl_proc *rl_proc_by_serial(uint64_t serial)
+{
+    size_t i = procs_slot(serial);
+    return i == SIZE_MAX ? NULL : node.procs.slots[i];
+}
 
 size_t rl_proc_count(char letter) { return node.counts[(unsigned char)letter & 127]; }
 

@@ -215,16 +215,16 @@ struct rl_proc {
     rl_owner *owner; /* NULL = the system; a reference, released at exit */
     char pid[RL_PID_MAX];
     rl_msg *head, *tail;
-    size_t qlen, qcap; /* qcap 0 = unbounded (only for trusted internal processes). A process
-                          that keeps taken messages in a queue of its own (the Lua host's
-                          inbox) counts them in qlen too, so the bound covers what it has not
-                          consumed; rl_proc_exit sets qlen to 0. */
+    uint32_t qlen, qcap; /* qcap 0 = unbounded (only for trusted internal processes). A process
+                            that keeps taken messages in a queue of its own (the Lua host's
+                            inbox) counts them in qlen too, so the bound covers what it has not
+                            consumed; rl_proc_exit sets qlen to 0. */
     rl_proc *next_ready;
     uint64_t serial; /* the number in the pid (the process table's key) */
     unsigned scheduled : 1, exited : 1, woken : 1;
+    uint32_t nmonitors;
     uint64_t *monitors; /* serials of the local processes to tell with PID_EXIT at its exit
                            (a watcher is always local; one that exited first is skipped) */
-    size_t nmonitors;
 };
 
 /* Node identity and scheduler. node_id: [A-Za-z0-9_-]{1,31}; a random incarnation is drawn.
@@ -252,6 +252,8 @@ int rl_proc_start(rl_proc *p, const rl_proc_ops *ops, size_t qcap, rl_owner *own
    Safe to call from p's own handle(); idempotent. */
 void rl_proc_exit(rl_proc *p, const char *error);
 rl_proc *rl_proc_find(const char *pid);
+/* The live local process with this serial, or NULL. */
+rl_proc *rl_proc_by_serial(uint64_t serial);
 /* Number of live local processes of a kind letter. */
 size_t rl_proc_count(char letter);
 /* Schedules p's ops->run for this turn (or the next, when the scheduler runs already). */

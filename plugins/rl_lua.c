@@ -453,7 +453,7 @@ int rl_lua_child_add(rl_lua_inst *I, const char *pid)
     I->nchildren++;
     rl_lua_inst *C = rl_lua_inst_of(pid);
     if (C)
-        snprintf(C->parent_pid, sizeof C->parent_pid, "%s", I->proc.pid);
+        C->parent = I->proc.serial;
     return 0;
 }
 
@@ -461,7 +461,8 @@ int rl_lua_child_add(rl_lua_inst *I, const char *pid)
    with their user, whose hub cancels the plugin). */
 static void family_release(rl_lua_inst *I)
 {
-    rl_lua_inst *P = I->parent_pid[0] ? rl_lua_inst_of(I->parent_pid) : NULL;
+    rl_proc *pp = I->parent ? rl_proc_by_serial(I->parent) : NULL;
+    rl_lua_inst *P = pp ? rl_lua_inst_of(pp->pid) : NULL;
     for (size_t i = 0; P && i < P->nchildren; i++) {
         if (strcmp(P->children[i], I->proc.pid) == 0) {
             free(P->children[i]);
@@ -469,13 +470,13 @@ static void family_release(rl_lua_inst *I)
             break;
         }
     }
-    I->parent_pid[0] = '\0';
+    I->parent = 0;
     while (I->nchildren) {
         char *pid = I->children[--I->nchildren];
         rl_lua_inst *C = rl_lua_inst_of(pid);
         free(pid);
         if (C) {
-            C->parent_pid[0] = '\0';
+            C->parent = 0;
             if (H.open)
                 rl_lua_kill(C, "parent exited");
         }
@@ -1156,6 +1157,17 @@ int rl_lua_reload(char *err, size_t errlen)
 
 static void gc_timer_closed(uv_handle_t *h) { free(h); }
 
+/* jemalloc, when the node is linked with it (weak: absent with glibc or a sanitizer), keeps
+   freed pages for ten seconds before it returns them; a quiet host returns them at once. */
+int mallctl(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen)
+    __attribute__((weak));
+
+static void return_free_memory(void)
+{
+    if (mallctl)
+        mallctl("arena.4096.purge", NULL, NULL, NULL, 0); /* 4096: MALLCTL_ARENAS_ALL */
+}
+
 static void gc_quiet_tick(uv_timer_t *t)
 {
     (void)t;
@@ -1169,6 +1181,8 @@ static void gc_quiet_tick(uv_timer_t *t)
     size_t before = H.bytes;
     lua_gc(H.L, LUA_GCCOLLECT);
     H.allocated_at_gc = H.allocated;
+    pool_drain(); /* the free lists hold up to 2.2 MiB: give it back while nothing runs */
+    return_free_memory();
     rl_debug("lua", "quiet: full collection %zu -> %zu bytes in %.1f ms", before, H.bytes,
              (double)(uv_hrtime() - t0) / 1e6);
 }

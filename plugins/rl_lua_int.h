@@ -67,33 +67,29 @@ typedef struct rl_lua_event {
     char from[RL_PID_MAX];
 } rl_lua_event;
 
-struct rl_lua_inst {
+struct rl_lua_inst { /* 320 bytes: one jemalloc class per idle instance, keep it there */
     rl_proc proc; /* first member: (rl_lua_inst *)p */
     const rl_plugin_def *def;
-    rl_lua_inst_state state;
     lua_State *co; /* the instance's coroutine, anchored by co_ref */
-    int co_ref, env_ref, inbox_ref, events_ref;
-    int nargs;     /* values on co's stack for the next resume */
     uint64_t used; /* instructions counted in the current resume */
-    unsigned budget_hit : 1, oom : 1, torn : 1, listed : 1;
-    int oom_refusals;  /* consecutive refused allocations while running */
-    rl_lua_limit limit_kind; /* with limit_hit: the limit that doomed it */
-    const char *limit_hit;   /* static reason text, NULL while within every limit */
-    char *exit_pending; /* process.terminate(self): exit with this once the resume returns */
-    int exit_pending_set;
+    const char *limit_hit; /* static reason text, NULL while within every limit */
+    char *exit_pending;    /* process.terminate(self): exit with this once the resume returns */
     rl_lua_inst *prev, *next; /* host list of instances not yet freed */
     rl_lua_waiter *waits;     /* nwaits linked while BLOCKED */
-    size_t nwaits, wcap;
-    rl_lua_timer *timers; /* every live timer this instance owns */
+    rl_lua_timer *timers;     /* every live timer this instance owns */
     rl_lua_timer *deadline;
     rl_body *user_meta; /* args.user_metadata (JSON object), NULL if none; the user is the owner */
-    char **links;    /* children started linked: their error exits also give LINK_DOWN */
-    size_t nlinks;
-    char **children; /* live children it spawned: they end with it (plugin_max_children) */
-    size_t nchildren;
-    char parent_pid[RL_PID_MAX]; /* the instance that spawned it, "" for a hub's plugin */
-    size_t ntimers;              /* live timers it owns (plugin_max_timers) */
-    struct rl_lua_count *chans;  /* live channels it made (plugin_max_channels) */
+    char **links;       /* children started linked: their error exits also give LINK_DOWN */
+    char **children;    /* live children it spawned: they end with it (plugin_max_children) */
+    struct rl_lua_count *chans; /* live channels it made (plugin_max_channels) */
+    uint64_t parent;            /* serial of the instance that spawned it, 0 for a hub's plugin */
+    rl_lua_inst_state state;
+    rl_lua_limit limit_kind; /* with limit_hit: the limit that doomed it */
+    int co_ref, env_ref, inbox_ref, events_ref;
+    int nargs; /* values on co's stack for the next resume */
+    unsigned budget_hit : 1, oom : 1, torn : 1, listed : 1, exit_pending_set : 1;
+    int oom_refusals; /* consecutive refused allocations while running */
+    uint32_t nwaits, wcap, nlinks, nchildren, ntimers; /* ntimers: live timers it owns */
 };
 
 /* A count shared by an instance and the objects it made, freed by whichever goes last. */
