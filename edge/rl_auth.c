@@ -259,6 +259,8 @@ int rl_auth_handshake(struct lws *wsi, const char *upgrade)
         goto refused;
     }
     rl_conn *c = calloc(1, sizeof *c);
+    if (c)
+        c->hs = 1;
     if (!c) {
         rc = rl_http_refuse_upgrade(wsi, 503, NULL, "unavailable", "Out of memory");
         goto refused;

@@ -338,7 +338,7 @@ static void conn_on_frame(rl_conn *c, const char *data, size_t len)
    without buffering it. */
 void rl_conn_on_receive(rl_conn *c, struct lws *wsi, const char *in, size_t len)
 {
-    c->last_rx_ms = rl_now_ms();
+    c->last_rx_ms = (uint32_t)rl_now_ms();
     c->ping_out = 0;
     if (c->state != RL_CONN_JOINING && c->state != RL_CONN_ROUTED)
         return;
@@ -383,6 +383,8 @@ void rl_conn_on_receive(rl_conn *c, struct lws *wsi, const char *in, size_t len)
  * and none per message beyond a timestamp. */
 
 #define KEEPALIVE_TICKS 10 /* ticks per sweep */
+/* Times are kept modulo 2^32 ms per connection; longer settings are taken as this (24 days). */
+#define KEEPALIVE_MAX_MS ((uint64_t)INT32_MAX)
 
 static uint64_t sweep_period_ms(uint64_t interval)
 {
@@ -392,7 +394,7 @@ static uint64_t sweep_period_ms(uint64_t interval)
 
 void rl_conn_on_pong(rl_conn *c)
 {
-    c->last_rx_ms = rl_now_ms();
+    c->last_rx_ms = (uint32_t)rl_now_ms();
     c->ping_out = 0;
 }
 
@@ -400,7 +402,7 @@ static void keepalive_look(rl_conn *c, uint64_t now, uint64_t interval)
 {
     if (!c->wsi || (c->state != RL_CONN_JOINING && c->state != RL_CONN_ROUTED))
         return;
-    uint64_t quiet = now - c->last_rx_ms;
+    uint32_t quiet = (uint32_t)now - c->last_rx_ms; /* modulo 2^32: intervals are shorter */
     if (c->ping_out && quiet >= gw.hang_ms) {
         rl_info("gateway", "%s: no pong or frame for %llu ms: closing the dead connection",
                 c->proc.pid, (unsigned long long)quiet);
@@ -423,6 +425,8 @@ static void keepalive_tick(uv_timer_t *t)
 {
     (void)t;
     uint64_t now = rl_now_ms(), interval = gw.cfg->ping_interval_ms;
+    if (interval > KEEPALIVE_MAX_MS)
+        interval = KEEPALIVE_MAX_MS;
     size_t n = gw.nconns / KEEPALIVE_TICKS + 1;
     rl_conn *c = gw.sweep ? gw.sweep : gw.conns;
     while (c && n--) {
@@ -443,6 +447,8 @@ void rl_conn_keepalive_start(uv_loop_t *loop, const rl_config *cfg)
     gw.hang_ms = cfg->ping_timeout_ms > cfg->ping_interval_ms
                      ? cfg->ping_timeout_ms
                      : cfg->ping_interval_ms + cfg->ping_timeout_ms;
+    if (gw.hang_ms > KEEPALIVE_MAX_MS)
+        gw.hang_ms = KEEPALIVE_MAX_MS;
     uint64_t tick = sweep_period_ms(cfg->ping_interval_ms) / KEEPALIVE_TICKS;
     uv_timer_init(loop, &gw.keepalive);
     uv_timer_start(&gw.keepalive, keepalive_tick, tick, tick);
@@ -584,16 +590,19 @@ static void conn_unlist(rl_conn *c)
 void rl_conn_free_mem(rl_conn *c)
 {
     conn_drop_queue(c);
-    while (c->pend_head) {
-        rl_msg *f = c->pend_head;
-        c->pend_head = f->next;
-        rl_msg_free(f);
+    if (c->hs) {
+        free(c->user_id);
+        free(c->meta_json);
+        free(c->scope);
+    } else {
+        while (c->pend_head) {
+            rl_msg *f = c->pend_head;
+            c->pend_head = f->next;
+            rl_msg_free(f);
+        }
     }
     free(c->rx);
     free(c->close_reason);
-    free(c->user_id);
-    free(c->meta_json);
-    free(c->scope);
     free(c);
 }
 
@@ -635,9 +644,13 @@ void rl_conn_on_established(struct lws *wsi)
         lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
         return;
     }
+    /* The handshake's strings leave the union, which holds the pending messages from now on. */
+    char *user_id = c->user_id, *meta_json = c->meta_json, *scope = c->scope;
+    c->user_id = c->meta_json = c->scope = NULL;
+    c->hs = 0;
     c->wsi = wsi;
     c->state = RL_CONN_JOINING;
-    c->last_rx_ms = rl_now_ms();
+    c->last_rx_ms = (uint32_t)rl_now_ms();
     c->listed = 1;
     c->next = gw.conns;
     if (gw.conns)
@@ -645,43 +658,45 @@ void rl_conn_on_established(struct lws *wsi)
     gw.conns = c;
     gw.nconns++;
     rl_metric_inc(RL_M_CONNS_OPEN);
+    rl_msg *join = NULL;
     if (!rl_gw_ready()) {
         rl_metric_inc(RL_M_CONNS_REJECTED);
         conn_fail(c, RL_E_UNAVAILABLE, NULL);
-        return;
+        goto out;
     }
-    if (!c->user_id) {
+    if (!user_id) {
         rl_metric_inc(RL_M_CONNS_REJECTED);
         conn_fail(c, RL_E_MISSING_USER_ID, NULL);
-        return;
+        goto out;
     }
     /* The connection's owner is its user, from the handshake: no message can change it. */
-    rl_owner *owner = rl_owner_get(c->user_id, strlen(c->user_id));
-    rl_msg *join = rl_msg_new(RL_T_WS_JOIN);
+    rl_owner *owner = rl_owner_get(user_id, strlen(user_id));
+    join = rl_msg_new(RL_T_WS_JOIN);
     int rc = owner && join ? rl_proc_start(&c->proc, &conn_ops, 0, owner) : -ENOMEM;
     rl_owner_unref(owner);
     if (rc < 0) {
-        rl_msg_free(join);
         rl_metric_inc(RL_M_CONNS_REJECTED);
         conn_fail(c, RL_E_UNAVAILABLE, "Out of memory");
-        return;
+        goto out;
     }
     c->has_proc = 1;
     rl_metric_inc(RL_M_CONNS_ACCEPTED);
     memcpy(join->ctl.join.conn, c->proc.pid, RL_PID_MAX);
-    join->ctl.join.meta = body_of(c->meta_json);
-    join->ctl.join.scope = body_of(c->scope);
-    rl_debug("gateway", "%s: open (user %s)", c->proc.pid, c->user_id);
-    free(c->user_id);
-    free(c->meta_json);
-    free(c->scope);
-    c->user_id = c->meta_json = c->scope = NULL;
+    join->ctl.join.meta = body_of(meta_json);
+    join->ctl.join.scope = body_of(scope);
+    rl_debug("gateway", "%s: open (user %s)", c->proc.pid, user_id);
     rc = rl_send(&c->proc, rl_gw_central_pid(), join);
-    if (rc < 0) {
-        rl_msg_free(join);
+    if (rc == 0) {
+        join = NULL;
+    } else {
         rl_error("gateway", "%s: ws.join to the central hub failed (%d)", c->proc.pid, rc);
         conn_fail(c, RL_E_HUB_CREATION_FAILED, NULL);
     }
+out:
+    rl_msg_free(join);
+    free(user_id);
+    free(meta_json);
+    free(scope);
 }
 
 /* LWS_CALLBACK_SERVER_WRITEABLE: lws's own buffer is empty again; go on with the queue. */

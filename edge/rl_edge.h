@@ -32,26 +32,33 @@ typedef enum {
     RL_CONN_CLOSED,    /* wsi gone; process exited; freed by the scheduler (ops->free) */
 } rl_conn_state;
 
-typedef struct rl_conn {
+typedef struct rl_conn { /* 320 bytes: one jemalloc class per idle connection, keep it there */
     rl_proc proc; /* first member: rl_proc * <-> rl_conn *; owner: the user */
     struct lws *wsi; /* NULL once lws closed it (or we detached) */
-    rl_conn_state state;
-    unsigned has_proc : 1, listed : 1, close_sent : 1, pending_write : 1;
-    char *user_id, *meta_json, *scope; /* from the handshake; freed once the process runs */
-    char target[RL_PID_MAX];           /* the user hub, from WS_CONTROL */
-    uint64_t epoch;                    /* its lease epoch (cluster mode; 0 standalone) */
-    char *rx;                          /* message being reassembled */
-    size_t rxlen;
-    rl_msg *pend_head, *pend_tail; /* client messages before the target is known */
-    size_t npend;
-    rl_msg *out_head, *out_tail; /* frames to write (WS_MESSAGE bodies, or APP to wrap) */
+    union {
+        struct { /* while hs: from the handshake, until the process runs */
+            char *user_id, *meta_json, *scope;
+        };
+        struct { /* after: client messages before the target is known */
+            rl_msg *pend_head, *pend_tail;
+            size_t npend;
+        };
+    };
+    uint64_t epoch;                /* the target's lease epoch (cluster mode; 0 standalone) */
+    char *rx;                      /* message being reassembled */
+    rl_msg *out_head, *out_tail;   /* frames to write (WS_MESSAGE bodies, or APP to wrap) */
     size_t out_bytes;
-    int close_code;
     char *close_reason; /* malloc'd at the close (NULL: none); idle connections carry no buffer */
-    uint64_t last_rx_ms;           /* loop time of the client's last frame or pong (keepalive) */
-    unsigned ping_out : 1, ping_pending : 1, dead : 1; /* a ping unanswered / to write; cut */
     struct rl_conn *prev, *next;   /* gw.conns: established connections */
     struct rl_conn *write_next;    /* gw.writes: connections with frames to write this turn */
+    char target[RL_PID_MAX];       /* the user hub, from WS_CONTROL */
+    uint32_t rxlen;                /* bytes in rx (max_message_bytes is at most 1 GiB) */
+    uint32_t last_rx_ms;           /* loop ms (mod 2^32) of the last frame or pong: keepalive */
+    int close_code;
+    unsigned state : 3;            /* rl_conn_state */
+    unsigned hs : 1;               /* the union holds the handshake strings */
+    unsigned has_proc : 1, listed : 1, close_sent : 1, pending_write : 1;
+    unsigned ping_out : 1, ping_pending : 1, dead : 1; /* a ping unanswered / to write; cut */
 } rl_conn;
 
 typedef struct rl_gw {
