@@ -35,6 +35,15 @@
 #define RL_READ_BLOCK_MS 1000
 #define RL_TICK_MS 1000
 #define RL_SAFETY_MS 300            /* stop trusting a TTL this long before Redis would expire it */
+#define RL_CMD_MS RL_REDIS_COMMAND_TIMEOUT_MS /* the main connection's command timeout */
+/* A release of a connection whose admission timed out is sent once more this long after Redis
+   confirmed the first one: the admission's deadline (checked by Redis against its own clock)
+   already stops a late execution, this covers a Redis clock that stepped back meanwhile. */
+#define RL_LATE_MS (2 * RL_CMD_MS)
+#define RL_RETRY_MIN_MS 100         /* backoff of retried releases: equal jitter, doubling */
+#define RL_RETRY_MAX_MS 2000
+#define RL_RETRY_PER_WAKE 1024      /* releases sent per wake-up of the retry timer */
+#define RL_RELEASES_MAX 262144      /* pending releases kept; past that the oldest are dropped */
 
 typedef struct out_msg {
     struct out_msg *next;
@@ -47,6 +56,28 @@ typedef struct out_msg {
 #define RL_WIRE_HDR_MAX (3 * RL_PID_MAX + 640) /* header bytes before a topic name and owner */
 
 typedef struct renew_op renew_op;
+
+/* A connection entry this node must remove from Redis: sent, and re-sent with backoff until
+   Redis confirms. Keyed by pid (borrowed key). */
+typedef struct pending_rel {
+    char pid[RL_PID_MAX];
+    char *user;
+    uint64_t seq;        /* creation order, to drop the oldest past RL_RELEASES_MAX */
+    uint64_t not_before; /* loop ms: an admission of pid may still take effect in Redis until then */
+    uint64_t next_at;    /* loop ms of the next attempt */
+    unsigned attempts;   /* failed attempts so far */
+    uint8_t inflight;    /* a release_conn is on the wire */
+    uint8_t repeat;      /* send once more RL_LATE_MS after the confirmation */
+    uint8_t orphan;      /* the cluster stopped: the reply callback frees it */
+} pending_rel;
+
+/* Admissions and re-assertions of a pid on the wire: a release of that pid waits for the latest
+   deadline among them, after which Redis refuses them. Keyed by pid (borrowed key). */
+typedef struct inflight_admit {
+    char pid[RL_PID_MAX];
+    unsigned n;
+    uint64_t until; /* loop ms */
+} inflight_admit;
 
 typedef struct outbox {
     out_msg *head, *tail;
@@ -77,10 +108,25 @@ static struct {
     uint64_t started_at;
     renew_op *renew;        /* lease renewals waiting for the end of the loop turn */
     size_t nrenew, caprenew;
+    int64_t redis_offset;   /* Redis TIME ms - loop ms, a lower bound (from live_nodes replies) */
+    int offset_known;
+    uint64_t recovering_until; /* loop ms: Redis lost its data; newcomers wait (not ready) */
+    rl_map releases;        /* conn pid -> pending_rel */
+    rl_map admits;          /* conn pid -> inflight_admit */
+    uv_timer_t retry;
+    uint64_t rel_seq;
+    uint64_t rng;
+    int burst;              /* releases have been failing since burst_t0; logged once */
+    uint64_t burst_t0, burst_retries, burst_fixed;
+    uint64_t m_retries, m_reconciled, m_dropped; /* /metrics */
 } cl;
 
 int rl_cluster_enabled(void) { return cl.started; }
-int rl_cluster_ready(void) { return cl.started && cl.ready && rl_now_ms() < cl.node_valid_until; }
+int rl_cluster_ready(void)
+{
+    uint64_t now = rl_now_ms();
+    return cl.started && cl.ready && now < cl.node_valid_until && now >= cl.recovering_until;
+}
 uint64_t rl_cluster_node_valid_until(void) { return cl.node_valid_until; }
 void rl_cluster_set_tick_cb(rl_cluster_tick_cb cb) { cl.tick_cb = cb; }
 size_t rl_cluster_dead_since_last_tick(const char ***nodes)
@@ -206,6 +252,9 @@ static int remote_send(const char *to, rl_msg *m, void *ud)
     rl_turn_request();
     return 0;
 }
+
+static void note_redis_clock(long long redis_ms, long long registry_ms);
+static void retry_arm(void);
 
 static size_t om_bytes(const out_msg *om) { return om->m->body ? om->m->body->len : om->ctl_len; }
 
@@ -590,9 +639,13 @@ static void on_blk_state(rl_redis *r, int connected, void *ud)
 
 /* ---- heartbeat and node liveness ---- */
 
-/* Live node incarnations: "<node>.<incarnation>" of every registered node whose key exists. */
+/* {Redis TIME ms, registry value, then "<node>.<incarnation>" of every registered node whose key
+   exists}. The time gives the node a bound on Redis's clock (admission deadlines); the registry
+   says whether and when Redis lost its data (KEYS[2]). */
 static const char live_nodes_src[] =
-    "local out = {}\n"
+    "local t = redis.call('TIME')\n"
+    "local out = {tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000),\n"
+    "             tonumber(redis.call('GET', KEYS[2]) or '0') or 0}\n"
     "for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do\n"
     "  local v = redis.call('GET', ARGV[1] .. id)\n"
     "  if v then\n"
@@ -644,16 +697,18 @@ void rl_cluster_hub_info(const char *user, const char *hub_pid, uint64_t epoch, 
 static void on_live_nodes(const redisReply *r, void *ud)
 {
     (void)ud;
-    if (!r || r->type != REDIS_REPLY_ARRAY) {
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 2 ||
+        r->element[0]->type != REDIS_REPLY_INTEGER || r->element[1]->type != REDIS_REPLY_INTEGER) {
         if (r && r->type == REDIS_REPLY_ERROR)
             rl_warn("cluster", "live_nodes: %s", r->str);
         rl_metric_inc(RL_M_REDIS_ERRORS);
         run_tick_cb();
         return;
     }
+    note_redis_clock(r->element[0]->integer, r->element[1]->integer);
     rl_map now;
     rl_map_init(&now);
-    for (size_t i = 0; i < r->elements; i++)
+    for (size_t i = 2; i < r->elements; i++)
         if (r->element[i]->type == REDIS_REPLY_STRING)
             rl_map_set(&now, r->element[i]->str, (void *)1);
     for (size_t i = 0; i < cl.ndead; i++)
@@ -696,20 +751,25 @@ static void on_heartbeat(const redisReply *r, void *ud)
         rl_info("cluster", "registered in redis as %s.%s", rl_node_id(), rl_node_incarnation());
     if (v == 3)
         rl_warn("cluster", "node id %s was registered by another live incarnation: replaced", rl_node_id());
-    if (v != 1 && cl.registered) {
-        /* Our key had expired (Redis outage): other nodes may have reclaimed our entries. */
-        rl_warn("cluster", "registration had lapsed: re-registering connections and leases");
+    /* Our own clock decides, not only the key: a stale heartbeat that reached Redis late (the
+       data of a socket we gave up on) can re-create the key, so "present" proves nothing once no
+       renewal was acknowledged within node_ttl. Other nodes may have reclaimed our entries. */
+    uint64_t now = rl_now_ms();
+    if (cl.registered && (v != 1 || now >= cl.node_valid_until)) {
+        rl_warn("cluster", "registration %s: re-asserting connections and leases",
+                v != 1 ? "had lapsed (key gone)" : "may have lapsed (no renewal acknowledged within node_ttl)");
         cl.reregistered = 1;
     }
     cl.registered = 1;
     cl.ready = 1;
     cl.node_valid_until = sent + cl.cfg->node_ttl_ms - RL_SAFETY_MS;
     rl_metric_set(RL_M_REDIS_RTT_US, (rl_now_ms() - sent) * 1000);
-    char nodes[RL_CKEY_MAX], prefix[RL_CKEY_MAX];
+    char nodes[RL_CKEY_MAX], prefix[RL_CKEY_MAX], reg[RL_CKEY_MAX];
     rl_ckey_nodes(nodes, sizeof nodes, cl.cfg->redis_prefix);
+    rl_ckey_registry(reg, sizeof reg, cl.cfg->redis_prefix);
     rl_ckey_node(prefix, sizeof prefix, cl.cfg->redis_prefix, "");
-    const char *args[] = {nodes, prefix};
-    if (rl_redis_script(cl.cmd, &cl.live_script, on_live_nodes, NULL, 1, 2, args, NULL) < 0)
+    const char *args[] = {nodes, reg, prefix};
+    if (rl_redis_script(cl.cmd, &cl.live_script, on_live_nodes, NULL, 2, 3, args, NULL) < 0)
         run_tick_cb();
 }
 
@@ -736,6 +796,8 @@ static void on_cmd_state(rl_redis *r, int connected, void *ud)
     if (connected) {
         rl_info("cluster", "redis connected");
         tick(&cl.tick); /* register at once */
+        if (cl.releases.len)
+            retry_arm();
     } else {
         rl_warn("cluster", "redis connection lost");
         cl.ready = 0;
@@ -764,29 +826,379 @@ static op *op_new(void *cb, void *ud)
     return o;
 }
 
-static void on_admit(const redisReply *r, void *ud)
+/* ---- exact accounting: deadlines, releases retried until confirmed ---- */
+
+/* Redis's clock as of a live_nodes reply. The script ran before the reply arrived, so
+   redis_ms - now is a lower bound of (Redis clock - loop clock): a deadline converted with it is
+   never later in Redis than the moment this node gives up. */
+static void note_redis_clock(long long redis_ms, long long registry_ms)
 {
-    op *o = ud;
+    uint64_t now = rl_now_ms();
+    cl.redis_offset = (int64_t)redis_ms - (int64_t)now;
+    cl.offset_known = 1;
+    uint64_t grace = cl.cfg->node_ttl_ms + RL_TICK_MS;
+    if (registry_ms > 0 && redis_ms >= registry_ms && (uint64_t)(redis_ms - registry_ms) < grace) {
+        uint64_t until = now + grace - (uint64_t)(redis_ms - registry_ms);
+        if (cl.recovering_until < now)
+            rl_warn("cluster", "redis lost its data %lld ms ago: admitting no newcomers for %llu ms, "
+                               "until every node has re-asserted its connections",
+                    redis_ms - registry_ms, (unsigned long long)(until - now));
+        cl.recovering_until = until;
+    }
+}
+
+/* The Redis-clock deadline of a command the node gives up on at loop ms until (0: unknown). */
+static uint64_t redis_deadline(uint64_t until)
+{
+    if (!cl.offset_known || (int64_t)until + cl.redis_offset <= 0)
+        return 0;
+    return (uint64_t)((int64_t)until + cl.redis_offset);
+}
+
+static uint64_t cl_rng(void)
+{
+    /* xorshift64*: jitter only */
+    cl.rng ^= cl.rng >> 12;
+    cl.rng ^= cl.rng << 25;
+    cl.rng ^= cl.rng >> 27;
+    return cl.rng * 2685821657736338717ULL;
+}
+
+static uint64_t backoff_ms(unsigned attempts)
+{
+    unsigned sh = attempts < 16 ? attempts : 16;
+    uint64_t cap = (uint64_t)RL_RETRY_MIN_MS << sh;
+    if (cap > RL_RETRY_MAX_MS)
+        cap = RL_RETRY_MAX_MS;
+    return cap / 2 + cl_rng() % (cap / 2 + 1); /* equal jitter: nodes do not retry in step */
+}
+
+static void inflight_add(const char *pid, uint64_t until)
+{
+    inflight_admit *a = rl_map_get(&cl.admits, pid);
+    if (!a) {
+        a = calloc(1, sizeof *a);
+        if (!a)
+            return; /* then a release may not wait for this one: its deadline still holds */
+        snprintf(a->pid, sizeof a->pid, "%s", pid);
+        if (rl_map_set(&cl.admits, a->pid, a) < 0) {
+            free(a);
+            return;
+        }
+    }
+    a->n++;
+    if (until > a->until)
+        a->until = until;
+}
+
+static void inflight_done(const char *pid)
+{
+    inflight_admit *a = rl_map_get(&cl.admits, pid);
+    if (a && --a->n == 0) {
+        rl_map_del(&cl.admits, pid);
+        free(a);
+    }
+}
+
+static void rel_free(pending_rel *pr)
+{
+    free(pr->user);
+    free(pr);
+}
+
+static void retry_arm(void);
+static void on_retry_timer(uv_timer_t *t);
+
+/* The entry is confirmed (or given up): forget it; the end of a burst is logged once. */
+static void rel_done(pending_rel *pr)
+{
+    rl_map_del(&cl.releases, pr->pid);
+    rel_free(pr);
+    if (cl.burst && cl.releases.len == 0) {
+        rl_info("cluster", "pending releases confirmed by redis after %llu ms: %llu entries "
+                           "removed, %llu retries",
+                (unsigned long long)(rl_now_ms() - cl.burst_t0), (unsigned long long)cl.burst_fixed,
+                (unsigned long long)cl.burst_retries);
+        cl.burst = 0;
+    }
+}
+
+static void rel_failed(pending_rel *pr, const char *why)
+{
+    if (!cl.burst) {
+        cl.burst = 1;
+        cl.burst_t0 = rl_now_ms();
+        cl.burst_retries = cl.burst_fixed = 0;
+        rl_warn("cluster", "connection releases failing (%s): retrying until redis confirms "
+                           "(%zu pending)", why, cl.releases.len);
+    }
+    pr->next_at = rl_now_ms() + backoff_ms(pr->attempts);
+    pr->attempts++;
+    retry_arm();
+}
+
+static void on_release(const redisReply *r, void *ud)
+{
+    pending_rel *pr = ud;
+    pr->inflight = 0;
+    if (pr->orphan) {
+        rel_free(pr);
+        return;
+    }
     int flag;
     long long count;
-    int res = -1;
-    if (rl_cs_parse_pair(r, &flag, &count) == 0)
-        res = flag ? 1 : 0;
+    if (rl_cs_parse_pair(r, &flag, &count) < 0) {
+        rl_metric_inc(RL_M_REDIS_ERRORS);
+        rel_failed(pr, r && r->type == REDIS_REPLY_ERROR ? r->str : "no reply");
+        return;
+    }
+    if (flag == 1 && (pr->attempts || pr->repeat)) {
+        cl.m_reconciled++; /* an entry the first try could not (or would not) remove */
+        cl.burst_fixed++;
+    }
+    if (pr->repeat) {
+        pr->repeat = 0;
+        pr->attempts = 0;
+        pr->next_at = rl_now_ms() + RL_LATE_MS;
+        retry_arm();
+        return;
+    }
+    rel_done(pr);
+}
+
+static void rel_send(pending_rel *pr)
+{
+    if (pr->attempts) {
+        cl.m_retries++;
+        cl.burst_retries++;
+    }
+    int rc = rl_cs_release_conn(cl.cmd, cl.cfg->redis_prefix, pr->user, pr->pid, on_release, pr);
+    if (rc == 0)
+        pr->inflight = 1;
+    else if (rc == -ENAMETOOLONG || rc == -EINVAL)
+        rel_done(pr); /* cannot ever be sent (and so was never admitted either) */
+    else
+        rel_failed(pr, rc == -ENOTCONN ? "not connected" : "cannot send");
+}
+
+/* Sends what is due (bounded per wake-up) and re-arms for the next due entry. While Redis is not
+   connected nothing is tried: the reconnect calls this again. */
+static void retry_pump(void)
+{
+    if (!cl.started)
+        return;
+    uint64_t now = rl_now_ms(), next = UINT64_MAX;
+    size_t sent = 0;
+    int up = rl_redis_connected(cl.cmd);
+    const char *k;
+    void *v;
+    for (size_t it = 0; rl_map_next(&cl.releases, &it, &k, &v);) {
+        pending_rel *pr = v;
+        if (pr->inflight)
+            continue;
+        uint64_t due = pr->next_at > pr->not_before ? pr->next_at : pr->not_before;
+        if (due <= now && up && sent < RL_RETRY_PER_WAKE) {
+            sent++;
+            rel_send(pr); /* may free pr or re-key nothing: iteration stays valid */
+            continue;
+        }
+        if (due <= now)
+            due = now + (up ? 1 : RL_RETRY_MAX_MS); /* over this wake's budget, or down */
+        if (due < next)
+            next = due;
+    }
+    if (next != UINT64_MAX)
+        uv_timer_start(&cl.retry, on_retry_timer, next - now, 0);
+}
+
+static void on_retry_timer(uv_timer_t *t)
+{
+    (void)t;
+    retry_pump();
+}
+
+static void retry_arm(void)
+{
+    if (cl.started)
+        uv_timer_start(&cl.retry, on_retry_timer, 0, 0); /* the pump computes the real wait */
+}
+
+/* Drops the oldest pending release when the set is full: memory stays bounded in an outage with
+   a flood of closes. Counted and logged; its entry is reclaimed only if this node dies. */
+static void rel_make_room(void)
+{
+    if (cl.releases.len < RL_RELEASES_MAX)
+        return;
+    pending_rel *oldest = NULL;
+    const char *k;
+    void *v;
+    for (size_t it = 0; rl_map_next(&cl.releases, &it, &k, &v);) {
+        pending_rel *pr = v;
+        if (!pr->inflight && (!oldest || pr->seq < oldest->seq))
+            oldest = pr;
+    }
+    if (!oldest)
+        return;
+    cl.m_dropped++;
+    rl_warn("cluster", "%d releases pending: dropping the oldest (%s of %s)", RL_RELEASES_MAX,
+            oldest->pid, oldest->user);
+    rel_done(oldest);
+}
+
+/* Queues the removal of conn's entry; not_before: an admission of it may execute until then. */
+static void rel_add(const char *user, const char *conn, uint64_t not_before, int repeat)
+{
+    inflight_admit *a = rl_map_get(&cl.admits, conn);
+    if (a && a->until > not_before)
+        not_before = a->until;
+    pending_rel *pr = rl_map_get(&cl.releases, conn);
+    if (!pr) {
+        rel_make_room();
+        pr = calloc(1, sizeof *pr);
+        if (!pr || !(pr->user = strdup(user))) {
+            free(pr);
+            rl_metric_inc(RL_M_REDIS_ERRORS);
+            return;
+        }
+        snprintf(pr->pid, sizeof pr->pid, "%s", conn);
+        pr->seq = ++cl.rel_seq;
+        if (rl_map_set(&cl.releases, pr->pid, pr) < 0) {
+            rel_free(pr);
+            rl_metric_inc(RL_M_REDIS_ERRORS);
+            return;
+        }
+    }
+    if (not_before > pr->not_before)
+        pr->not_before = not_before;
+    pr->repeat |= (uint8_t)repeat;
+    if (!pr->inflight && pr->not_before <= rl_now_ms() && pr->attempts == 0)
+        rel_send(pr);
+    else
+        retry_arm();
+}
+
+static void cluster_metrics(rl_metrics_out *out)
+{
+    static const struct {
+        const char *name, *help;
+        const uint64_t *v;
+    } counters[] = {
+        {"relay_redis_retries_total",
+         "Connection releases and re-assertions sent again after a failure", &cl.m_retries},
+        {"relay_reconciled_entries_total",
+         "Connection entries made right in redis after a fault (late releases, re-asserted "
+         "connections)", &cl.m_reconciled},
+        {"relay_releases_dropped_total", "Pending releases dropped because too many were pending",
+         &cl.m_dropped},
+    };
+    for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++)
+        rl_metrics_put(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", counters[i].name,
+                       counters[i].help, counters[i].name, counters[i].name,
+                       (unsigned long long)*counters[i].v);
+    rl_metrics_gauge(out, "relay_pending_releases", "Connection releases not yet confirmed by redis",
+                     cl.releases.len);
+}
+
+/* An admission or re-assertion on the wire. */
+typedef struct admit_op {
+    rl_cluster_admit_cb cb;
+    rl_cluster_reassert_cb rcb;
+    void *ud;
+    char *user;
+    uint64_t until;   /* loop ms when the node gives up on it (Redis refuses it after that) */
+    int reassert;
+    size_t n;
+    char (*pids)[RL_PID_MAX];
+} admit_op;
+
+static admit_op *admit_op_new(const char *user, size_t n, const char *const *pids,
+                              rl_cluster_admit_cb cb, void *ud)
+{
+    admit_op *o = calloc(1, sizeof *o + n * RL_PID_MAX);
+    if (!o || !(o->user = strdup(user))) {
+        free(o);
+        return NULL;
+    }
+    o->cb = cb;
+    o->ud = ud;
+    o->n = n;
+    o->pids = (char (*)[RL_PID_MAX])(o + 1);
+    for (size_t i = 0; i < n; i++)
+        snprintf(o->pids[i], RL_PID_MAX, "%s", pids[i]);
+    o->until = rl_now_ms() + RL_CMD_MS;
+    return o;
+}
+
+static void admit_op_free(admit_op *o)
+{
+    free(o->user);
+    free(o);
+}
+
+static void on_admit(const redisReply *r, void *ud)
+{
+    admit_op *o = ud;
+    int flag;
+    long long count;
+    int res = -1, answered = rl_cs_parse_pair(r, &flag, &count) == 0;
+    if (answered)
+        res = flag == 1 ? 1 : flag == 0 ? 0 : -1; /* -1: recovering from a data loss; -2: too late */
     else
         rl_metric_inc(RL_M_REDIS_ERRORS);
-    o->cb.admit(res, o->ud);
-    free(o);
+    if (cl.started) {
+        for (size_t i = 0; i < o->n; i++)
+            inflight_done(o->pids[i]);
+        /* No answer: it may have executed (the reply was lost) or may still execute (its bytes
+           are in flight on a socket we gave up on, until its deadline). The connection is
+           refused, so its entry must go: released after the deadline, and once more later. */
+        if (!answered && !o->reassert)
+            rel_add(o->user, o->pids[0], o->until, 1);
+        if (o->reassert && res == 1)
+            cl.m_reconciled += (uint64_t)count; /* entries that were missing */
+    }
+    if (o->reassert)
+        o->rcb(res, res == 1 ? (size_t)count : 0, o->ud);
+    else
+        o->cb(res, o->ud);
+    admit_op_free(o);
 }
 
 int rl_cluster_admit(const char *user, const char *conn, int limit, rl_cluster_admit_cb cb, void *ud)
 {
-    op *o = op_new((void *)cb, ud);
+    admit_op *o = admit_op_new(user, 1, &conn, cb, ud);
     if (!o)
         return -ENOMEM;
-    int rc = rl_cs_admit(cl.cmd, cl.cfg->redis_prefix, user, conn, rl_node_id(), limit, on_admit, o);
-    if (rc < 0)
-        free(o);
-    return rc;
+    int rc = rl_cs_admit_until(cl.cmd, cl.cfg->redis_prefix, user, conn, rl_node_id(), limit,
+                               redis_deadline(o->until), cl.cfg->node_ttl_ms + RL_TICK_MS, on_admit, o);
+    if (rc < 0) {
+        admit_op_free(o);
+        return rc;
+    }
+    inflight_add(conn, o->until);
+    return 0;
+}
+
+int rl_cluster_reassert(const char *user, const char *const *conns, size_t n, int retry,
+                        rl_cluster_reassert_cb cb, void *ud)
+{
+    if (n == 0 || n > RL_CLUSTER_REASSERT_MAX)
+        return -EINVAL;
+    admit_op *o = admit_op_new(user, n, conns, NULL, ud);
+    if (!o)
+        return -ENOMEM;
+    o->reassert = 1;
+    o->rcb = cb;
+    if (retry)
+        cl.m_retries++;
+    int rc = rl_cs_reassert(cl.cmd, cl.cfg->redis_prefix, user, rl_node_id(), n, conns,
+                            redis_deadline(o->until), on_admit, o);
+    if (rc < 0) {
+        admit_op_free(o);
+        return rc;
+    }
+    for (size_t i = 0; i < n; i++)
+        inflight_add(conns[i], o->until);
+    return 0;
 }
 
 void rl_cluster_purge_conns(const char *user)
@@ -797,8 +1209,8 @@ void rl_cluster_purge_conns(const char *user)
 
 void rl_cluster_release_conn(const char *user, const char *conn)
 {
-    if (rl_cs_release_conn(cl.cmd, cl.cfg->redis_prefix, user, conn, NULL, NULL) < 0)
-        rl_metric_inc(RL_M_REDIS_ERRORS);
+    if (cl.started)
+        rel_add(user, conn, 0, 0);
 }
 
 static void on_lease(const redisReply *r, void *ud)
@@ -934,6 +1346,9 @@ int rl_cluster_start(const rl_config *c, char *err, size_t errlen)
     rl_ckey_inbox(cl.inbox_key, sizeof cl.inbox_key, c->redis_prefix, rl_node_id());
     rl_map_init(&cl.outboxes);
     rl_map_init(&cl.live);
+    rl_map_init_borrowed(&cl.releases);
+    rl_map_init_borrowed(&cl.admits);
+    cl.rng = uv_hrtime() ^ 0x9e3779b97f4a7c15ULL;
     cl.started_at = (uint64_t)time(NULL) * 1000;
     cl.cmd = rl_redis_new(rl_node_loop(), c->redis_url, "main", err, errlen);
     if (!cl.cmd)
@@ -948,7 +1363,9 @@ int rl_cluster_start(const rl_config *c, char *err, size_t errlen)
     rl_turn_set(RL_TURN_OUTBOX, flush_cb, NULL);
     uv_timer_init(rl_node_loop(), &cl.tick);
     uv_timer_start(&cl.tick, tick, RL_TICK_MS, RL_TICK_MS);
+    uv_timer_init(rl_node_loop(), &cl.retry);
     rl_router_set_remote(remote_send, NULL);
+    rl_metrics_add_source(cluster_metrics);
     cl.started = 1;
     return 0;
 }
@@ -958,6 +1375,26 @@ void rl_cluster_stop(void)
     if (!cl.started)
         return;
     flush_cb(NULL); /* what is queued goes out before the connection closes */
+    /* Pending releases get one last try (our entries die with our key anyway); replies to them
+       and to admissions still on the wire free their own state. */
+    const char *rk;
+    void *rv;
+    for (size_t it = 0; rl_map_next(&cl.releases, &it, &rk, &rv);) {
+        pending_rel *pr = rv;
+        if (!pr->inflight &&
+            rl_cs_release_conn(cl.cmd, cl.cfg->redis_prefix, pr->user, pr->pid, on_release, pr) == 0)
+            pr->inflight = 1;
+        if (pr->inflight)
+            pr->orphan = 1;
+        else
+            rel_free(pr);
+    }
+    rl_map_close(&cl.releases);
+    for (size_t it = 0; rl_map_next(&cl.admits, &it, &rk, &rv);)
+        free(rv);
+    rl_map_close(&cl.admits);
+    uv_timer_stop(&cl.retry);
+    uv_close((uv_handle_t *)&cl.retry, NULL);
     cl.started = 0;
     rl_router_set_remote(NULL, NULL);
     rl_cs_node_leave(cl.cmd, cl.cfg->redis_prefix, rl_node_id(), rl_node_incarnation(), NULL, NULL);

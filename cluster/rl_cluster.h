@@ -35,9 +35,24 @@ void rl_cluster_stop(void);
    are reclaimed first. */
 typedef void (*rl_cluster_admit_cb)(int result, void *ud);
 int rl_cluster_admit(const char *user, const char *conn, int limit, rl_cluster_admit_cb cb, void *ud);
+/* Admissions carry a deadline Redis checks against its own clock: once the node has given up
+   on one (timeout, lost connection) it can no longer take effect, however late its bytes reach
+   Redis; its connection's entry is released as below. Within node_ttl + 1 s after Redis lost its
+   data, newcomers get -1 (the nodes re-assert their established connections first). */
+
+/* Re-asserts established connections of the user on this node (after the registration may have
+   lapsed, or Redis lost its data), whatever the limit: they are open. n <= RL_CLUSTER_REASSERT_MAX;
+   retry: this repeats a failed one (counted). cb: result 1 (added: entries that were missing) or
+   -1 (not done: try again later). */
+#define RL_CLUSTER_REASSERT_MAX 256
+typedef void (*rl_cluster_reassert_cb)(int result, size_t added, void *ud);
+int rl_cluster_reassert(const char *user, const char *const *conns, size_t n, int retry,
+                        rl_cluster_reassert_cb cb, void *ud);
 /* Drops the user's connection entries of dead nodes (fire and forget). */
 void rl_cluster_purge_conns(const char *user);
-/* Forgets an admitted connection (fire and forget). */
+/* Forgets a connection's entry: sent at once, or after any admission of it still on the wire has
+   passed its deadline, and retried with jittered backoff until Redis confirms (a bounded set,
+   /metrics relay_pending_releases). Fire and forget. */
 void rl_cluster_release_conn(const char *user, const char *conn);
 
 typedef enum {

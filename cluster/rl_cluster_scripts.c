@@ -23,6 +23,13 @@
 static const char src_admit[] =
     LUA_ALIVE
     "local conns, pid, node, limit, prefix = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]\n"
+    "local deadline, registry, grace = tonumber(ARGV[5] or '0') or 0, ARGV[6] or '', tonumber(ARGV[7] or '0') or 0\n"
+    "local now = 0\n"
+    "if deadline > 0 or grace > 0 then\n"
+    "  local t = redis.call('TIME')\n"
+    "  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "  if deadline > 0 and now > deadline then return {-2, 0} end\n"
+    "end\n"
     "local all = redis.call('HGETALL', conns)\n"
     "local cache, n, present = {}, 0, false\n"
     "for i = 1, #all, 2 do\n"
@@ -40,11 +47,24 @@ static const char src_admit[] =
     "end\n"
     "if pid == '' then return {0, n} end\n"
     "if present then return {1, n} end\n"
+    "if grace > 0 and registry ~= '' then\n"
+    "  local reg = tonumber(redis.call('GET', registry) or '0') or 0\n"
+    "  if reg > 0 and now - reg < grace then return {-1, n} end\n"
+    "end\n"
     "if limit == nil or limit <= 0 or n < limit then\n"
     "  redis.call('HSET', conns, pid, node)\n"
     "  return {1, n + 1}\n"
     "end\n"
     "return {0, n}\n";
+
+static const char src_reassert[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local deadline = tonumber(ARGV[2]) or 0\n"
+    "if deadline > 0 and now > deadline then return {-2, 0} end\n"
+    "local added = 0\n"
+    "for i = 3, #ARGV do added = added + redis.call('HSET', KEYS[1], ARGV[i], ARGV[1]) end\n"
+    "return {1, added}\n";
 
 static const char src_release_conn[] =
     "local removed = redis.call('HDEL', KEYS[1], ARGV[1])\n"
@@ -204,13 +224,37 @@ static int run(rl_redis *r, rl_cs_id id, rl_redis_cb cb, void *ud, int nargs, co
 int rl_cs_admit(rl_redis *r, const char *prefix, const char *user, const char *conn_pid,
                 const char *node, int limit, rl_redis_cb cb, void *ud)
 {
-    char conns[RL_CKEY_MAX], np[RL_CKEY_MAX], lim[16];
+    return rl_cs_admit_until(r, prefix, user, conn_pid, node, limit, 0, 0, cb, ud);
+}
+
+int rl_cs_admit_until(rl_redis *r, const char *prefix, const char *user, const char *conn_pid,
+                      const char *node, int limit, uint64_t deadline_ms, uint64_t grace_ms,
+                      rl_redis_cb cb, void *ud)
+{
+    char conns[RL_CKEY_MAX], np[RL_CKEY_MAX], reg[RL_CKEY_MAX], lim[16], dl[24], gr[24];
     if (rl_ckey_user(conns, sizeof conns, prefix, user, "conns") < 0 ||
-        rl_ckey_node(np, sizeof np, prefix, "") < 0)
+        rl_ckey_node(np, sizeof np, prefix, "") < 0 || rl_ckey_registry(reg, sizeof reg, prefix) < 0)
         return -ENAMETOOLONG;
     snprintf(lim, sizeof lim, "%d", limit);
-    const char *a[] = {conns, conn_pid, node, lim, np};
-    return run(r, RL_CS_ADMIT, cb, ud, 5, a);
+    snprintf(dl, sizeof dl, "%" PRIu64, deadline_ms);
+    snprintf(gr, sizeof gr, "%" PRIu64, grace_ms);
+    const char *a[] = {conns, conn_pid, node, lim, np, dl, reg, gr};
+    return run(r, RL_CS_ADMIT, cb, ud, 8, a);
+}
+
+int rl_cs_reassert(rl_redis *r, const char *prefix, const char *user, const char *node, size_t n,
+                   const char *const *conn_pids, uint64_t deadline_ms, rl_redis_cb cb, void *ud)
+{
+    char conns[RL_CKEY_MAX], dl[24];
+    if (n == 0 || n > RL_CS_REASSERT_MAX)
+        return -EINVAL;
+    if (rl_ckey_user(conns, sizeof conns, prefix, user, "conns") < 0)
+        return -ENAMETOOLONG;
+    snprintf(dl, sizeof dl, "%" PRIu64, deadline_ms);
+    const char *a[RL_CS_REASSERT_MAX + 3] = {conns, node, dl};
+    for (size_t i = 0; i < n; i++)
+        a[3 + i] = conn_pids[i];
+    return run(r, RL_CS_REASSERT, cb, ud, (int)n + 3, a);
 }
 
 int rl_cs_purge_conns(rl_redis *r, const char *prefix, const char *user, rl_redis_cb cb, void *ud)

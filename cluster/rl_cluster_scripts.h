@@ -27,10 +27,18 @@
 
 /* X(ID, name, number of KEYS)
  *
- * admit          KEYS conns; ARGV conn_pid, node, limit, node_key_prefix ("relay:node:")
+ * admit          KEYS conns; ARGV conn_pid, node, limit, node_key_prefix ("relay:node:"),
+ *                [deadline_ms, registry key, grace_ms]
+ *                Past deadline_ms (Redis TIME; 0 = none) it does nothing: {-2, 0}, so an admission
+ *                the node gave up on cannot take effect when its bytes arrive late.
  *                Removes conns entries whose node is dead, then: conn_pid already there or
  *                HLEN < limit (limit <= 0: no limit) -> HSET, {1, count}; else {0, count}.
- *                conn_pid "" only reclaims: {0, live count}.
+ *                Within grace_ms of the registry's (re)birth (Redis lost its data) a new conn_pid
+ *                is not admitted, {-1, count}: the nodes re-assert their established connections
+ *                first. conn_pid "" only reclaims: {0, live count}.
+ * reassert       KEYS conns; ARGV node, deadline_ms, conn_pid_1..n -> {1, added} | {-2, 0} late
+ *                Adds established connections of this node again, whatever the limit (after its
+ *                registration may have lapsed or Redis lost its data); idempotent.
  * release_conn   KEYS conns; ARGV conn_pid -> {removed 0|1, count}
  * lease_acquire  KEYS lease, epoch, registry; ARGV node, incarnation, hub_pid, ttl_ms, node_key_prefix
  *                No new lease within ttl_ms of the registry's (re)birth (Redis lost its data:
@@ -53,6 +61,7 @@
  * node_leave     KEYS node key, nodes; ARGV node, incarnation -> 1 removed | 0 not ours */
 #define RL_CLUSTER_SCRIPTS(X)                                                                     \
     X(ADMIT, admit, 1)                                                                            \
+    X(REASSERT, reassert, 1)                                                                      \
     X(RELEASE_CONN, release_conn, 1)                                                              \
     X(LEASE_ACQUIRE, lease_acquire, 3)                                                            \
     X(LEASE_RENEW, lease_renew, 1)                                                                \
@@ -83,6 +92,14 @@ int rl_ckey_inbox(char *out, size_t n, const char *prefix, const char *node);
 /* Typed calls (same return/callback contract as rl_redis_script; -ENAMETOOLONG for huge ids). */
 int rl_cs_admit(rl_redis *r, const char *prefix, const char *user, const char *conn_pid,
                 const char *node, int limit, rl_redis_cb cb, void *ud);
+/* admit with a deadline (Redis TIME ms, 0 = none) and the data-loss grace (0 = none). */
+int rl_cs_admit_until(rl_redis *r, const char *prefix, const char *user, const char *conn_pid,
+                      const char *node, int limit, uint64_t deadline_ms, uint64_t grace_ms,
+                      rl_redis_cb cb, void *ud);
+#define RL_CS_REASSERT_MAX 256
+/* n <= RL_CS_REASSERT_MAX connections of one user in one script run. */
+int rl_cs_reassert(rl_redis *r, const char *prefix, const char *user, const char *node, size_t n,
+                   const char *const *conn_pids, uint64_t deadline_ms, rl_redis_cb cb, void *ud);
 /* admit's reclaim alone: drops the user's entries of dead nodes; {0, live count}. */
 int rl_cs_purge_conns(rl_redis *r, const char *prefix, const char *user, rl_redis_cb cb, void *ud);
 int rl_cs_release_conn(rl_redis *r, const char *prefix, const char *user, const char *conn_pid,

@@ -40,11 +40,16 @@ typedef struct central_user {
     int hub_local;          /* the hub is ours (we hold the lease) */
     uint64_t valid_until;   /* local hub in cluster mode: lease certainly ours until then */
     int placing;            /* a lease acquisition is in flight */
+    uint8_t reassert;       /* REASSERT_*: re-asserting its connections after a lapse */
+    uint8_t reassert_bad;   /* a chunk of the round in flight failed: due again */
+    uint16_t reassert_out;  /* chunks in flight */
     size_t hub_clients;     /* the hub's client count on all nodes (local hub only) */
     uint64_t idle_since;    /* loop ms when the last client left */
     rl_body *metadata;      /* user_metadata of the latest join (JSON) for hub creation */
     rl_body *scope;
 } central_user;
+
+enum { REASSERT_NONE, REASSERT_DUE, REASSERT_SENT };
 
 static struct {
     rl_proc proc;
@@ -54,6 +59,12 @@ static struct {
     uv_timer_t gc;
     int started;
     int draining;
+    /* Re-assertion after a lapse: users still to confirm, the next retry, the round's totals. */
+    size_t reassert_left;
+    uint64_t reassert_at;
+    unsigned reassert_attempts;
+    uint64_t reassert_t0;
+    size_t reassert_added, reassert_failed;
 } central;
 
 const char *rl_central_pid(void) { return central.proc.pid; }
@@ -119,11 +130,16 @@ static void user_free(central_user *u)
     free(u);
 }
 
+static void reassert_round_done(void);
+
 /* Drops the record when nothing refers to it any more. */
 static void user_maybe_drop(central_user *u)
 {
-    if (u->nconns || u->admitting || u->placing || (u->hub[0] && u->hub_local))
+    if (u->nconns || u->admitting || u->placing || (u->hub[0] && u->hub_local) ||
+        u->reassert == REASSERT_SENT)
         return;
+    if (u->reassert == REASSERT_DUE && --central.reassert_left == 0) /* nothing left to re-assert */
+        reassert_round_done();
     rl_map_del(&central.users, u->id);
     user_free(u);
 }
@@ -620,40 +636,113 @@ static void on_renew(const rl_lease *l, void *ud)
     free(r);
 }
 
-/* After a lapse of our registration: add our connections back; those over the limit now
-   (others took the slots meanwhile) are closed, so the limit stays exact. */
-static void on_readmit(int result, void *ud)
+/* After our registration may have lapsed (or Redis lost its data), other nodes may have
+   reclaimed our entries: every established connection is added back, whatever the limit. Closing
+   some to fit the limit was rejected: they are open and working, and the count then says so; the
+   limit refuses newcomers until enough leave. Retried with backoff until each user is done. */
+static void reassert_round_done(void)
 {
-    admit_req *r = ud;
-    if (result == 0 && central.started && rl_proc_find(r->conn)) {
-        central_user *u = conn_user(r->user, r->conn);
-        refuse(r->conn, RL_E_MAX_CONNECTIONS, "Maximum connection limit reached after a registry outage");
-        if (u) {
-            remove_conn(u, r->conn);
-            user_maybe_drop(u);
-        }
-    }
-    admit_req_free(r);
+    rl_info("central", "re-assertion done after %llu ms: %zu connection entries were missing "
+                       "and added back (%zu failed attempts)",
+            (unsigned long long)(rl_now_ms() - central.reassert_t0), central.reassert_added,
+            central.reassert_failed);
 }
 
-static void readmit_all(void)
+static void on_reassert(int result, size_t added, void *ud)
 {
+    char *user = ud;
+    central_user *u = central.started ? user_find(user) : NULL;
+    free(user);
+    if (!u || u->reassert != REASSERT_SENT)
+        return;
+    if (result != 1)
+        u->reassert_bad = 1;
+    if (--u->reassert_out > 0)
+        return; /* the user's other chunks are still on the wire */
+    if (!u->reassert_bad) {
+        u->reassert = REASSERT_NONE;
+        central.reassert_added += added;
+        if (--central.reassert_left == 0)
+            reassert_round_done();
+        user_maybe_drop(u);
+        return;
+    }
+    u->reassert = REASSERT_DUE; /* the next cluster tick past reassert_at sends it again */
+    u->reassert_bad = 0;
+    central.reassert_failed++;
+    if (central.reassert_at <= rl_now_ms()) {
+        unsigned sh = central.reassert_attempts < 3 ? central.reassert_attempts : 3;
+        uint64_t wait = 1000ULL << sh; /* ticks are 1 s: 1, 2, 4, 8 s, with jitter below */
+        central.reassert_at = rl_now_ms() + wait / 2 + uv_hrtime() % (wait / 2 + 1);
+        central.reassert_attempts++;
+    }
+}
+
+/* Sends the user's connections as they are now (a chunk per RL_CLUSTER_REASSERT_MAX). */
+static void reassert_send(central_user *u, int retry)
+{
+    if (u->nconns == 0) { /* every connection left meanwhile: nothing to assert */
+        u->reassert = REASSERT_NONE;
+        if (--central.reassert_left == 0)
+            reassert_round_done();
+        return;
+    }
+    for (uint32_t at = 0; at < u->nconns && u->reassert_out < UINT16_MAX; at += RL_CLUSTER_REASSERT_MAX) {
+        const char *pids[RL_CLUSTER_REASSERT_MAX];
+        size_t n = u->nconns - at < RL_CLUSTER_REASSERT_MAX ? u->nconns - at : RL_CLUSTER_REASSERT_MAX;
+        for (size_t i = 0; i < n; i++)
+            pids[i] = u->conns[at + i].pid;
+        char *user = strdup(u->id);
+        if (!user || rl_cluster_reassert(u->id, pids, n, retry, on_reassert, user) < 0) {
+            free(user);
+            u->reassert_bad = 1; /* due again once the chunks sent (if any) are answered */
+            break;
+        }
+        u->reassert = REASSERT_SENT;
+        u->reassert_out++;
+    }
+    if (u->reassert_out == 0) { /* nothing went out: stays due */
+        u->reassert = REASSERT_DUE;
+        u->reassert_bad = 0;
+    }
+}
+
+static void reassert_all(void)
+{
+    const char *k;
+    void *v;
+    size_t users = 0, conns = 0;
+    for (size_t it = 0; rl_map_next(&central.users, &it, &k, &v);) {
+        central_user *u = v;
+        if (!u->nconns || u->reassert != REASSERT_NONE)
+            continue;
+        u->reassert = REASSERT_DUE;
+        central.reassert_left++;
+        users++;
+        conns += u->nconns;
+        reassert_send(u, 0);
+    }
+    central.reassert_t0 = rl_now_ms();
+    central.reassert_added = central.reassert_failed = 0;
+    central.reassert_attempts = 0;
+    central.reassert_at = 0;
+    rl_info("central", "re-asserting %zu connections of %zu users", conns, users);
+    if (users == 0 && central.reassert_left == 0)
+        reassert_round_done();
+}
+
+static void reassert_retry(void)
+{
+    /* only right after an acknowledged heartbeat: Redis answers again */
+    uint64_t now = rl_now_ms();
+    if (!central.reassert_left || now < central.reassert_at || now >= rl_cluster_node_valid_until())
+        return;
     const char *k;
     void *v;
     for (size_t it = 0; rl_map_next(&central.users, &it, &k, &v);) {
         central_user *u = v;
-        for (uint32_t i = 0; i < u->nconns; i++) {
-            const char *conn = u->conns[i].pid;
-            admit_req *r = calloc(1, sizeof *r);
-            if (!r || !(r->user = strdup(u->id))) {
-                free(r);
-                continue;
-            }
-            snprintf(r->conn, sizeof r->conn, "%s", conn);
-            if (rl_cluster_admit(u->id, conn, central.cfg->max_connections_per_user, on_readmit,
-                                 r) < 0)
-                admit_req_free(r);
-        }
+        if (u->reassert == REASSERT_DUE)
+            reassert_send(u, 1);
     }
 }
 
@@ -662,7 +751,7 @@ static void cluster_tick(void)
     if (!central.started)
         return;
     if (rl_cluster_reregistered()) {
-        readmit_all();
+        reassert_all();
         /* Notices sent during the outage may be lost: look every remote hub up again. */
         const char *k2;
         void *v2;
@@ -672,6 +761,7 @@ static void cluster_tick(void)
                 clear_placement(u);
         }
     }
+    reassert_retry();
     uint64_t now = rl_now_ms();
     const char **dead;
     size_t ndead = rl_cluster_dead_since_last_tick(&dead);
