@@ -32,7 +32,7 @@ UNIT_SRC = $(wildcard tests/unit/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TOOLS    = $(BUILD)/relay-bench
 
-.PHONY: all deps run test unit integration bench clean check
+.PHONY: all deps run test unit integration bench clean check compose-test fresh-test
 all: $(BUILD)/relay-node $(UNIT_BIN) $(TOOLS)
 
 # Installs the Debian packages the build, the tests and `make run` need (as root, only when missing).
@@ -161,3 +161,13 @@ fuzz: deps fuzz-deps
 	done; exit $$rc
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# The compose file for real: podman builds the images, podman-compose brings the cluster up, a
+# client drives it through haproxy and a node is killed (tests/compose/run.sh; a few minutes, so
+# not part of `make test`; .ci/run calls it after).
+compose-test:
+	tests/compose/run.sh
+
+# The committed tree's `make test` in a bare Debian 12 container with only make added.
+fresh-test:
+	tests/compose/fresh.sh
