@@ -210,8 +210,10 @@ int main(int argc, char **argv)
     uv_signal_init(&app.loop, &app.sigint);
     uv_signal_init(&app.loop, &app.sighup);
     uv_timer_init(&app.loop, &app.drain);
-    if (rl_cluster_enabled()) /* admission and /readyz follow the Redis round trip */
+    if (rl_cluster_enabled()) { /* admission, /readyz and relay_redis_up follow the round trip */
         rl_gateway_set_ready_fn(rl_cluster_ready);
+        rl_metrics_set_redis(rl_cluster_ready);
+    }
     uv_signal_start(&app.sigterm, on_signal, SIGTERM);
     uv_signal_start(&app.sigint, on_signal, SIGINT);
     uv_signal_start(&app.sighup, on_signal, SIGHUP);
