@@ -14,6 +14,7 @@
 #include <yaml.h>
 
 #include "rl_log.h"
+#include "rl_version.h"
 
 /* Bounds on what a config file may hold. The file is trusted more than a peer, but a mistake
    (a binary file, a runaway ${VAR}) should fail with a message, not eat the machine. */
@@ -26,6 +27,7 @@
 #define CFG_MAX_HOST        255
 #define CFG_MAX_MS          (366ULL * 24 * 3600 * 1000) /* longest duration a setting takes */
 #define CFG_MAX_HUB_QUEUE   10000000ULL /* max_connections_per_user * queue_multiplier */
+#define CFG_MAX_SOURCE_SCAN (4u << 20)  /* a plugin source larger than this is not scanned for its method */
 
 #define MOD "config"
 
@@ -987,6 +989,170 @@ static int entry_keys_check(cfg_loader *ld, const yaml_node_t *e, const char *co
     return 0;
 }
 
+/* The top-level `version` values of the entries format this reader understands. */
+static const char *const file_versions[] = {"1.0", NULL};
+
+/* The names `require` resolves in a plugin: the prelude's `modules` table in plugins/rl_lua.c
+   (kept in step by hand: common/ may not include the plugin host). */
+static const char *const plugin_modules[] = {"json", "time", "logger", "security", NULL};
+
+/* Parses up to three dot-separated numbers ("1", "0.1", "0.1.0"); returns how many, 0 if bad. */
+static int semver_parse(const char *s, unsigned v[3])
+{
+    int n = 0;
+    v[0] = v[1] = v[2] = 0;
+    while (n < 3) {
+        char *end;
+        if (*s < '0' || *s > '9')
+            return 0;
+        unsigned long x = strtoul(s, &end, 10);
+        if (x > 1000000)
+            return 0;
+        v[n++] = (unsigned)x;
+        if (*end == '\0')
+            return n;
+        if (*end != '.')
+            return 0;
+        s = end + 1;
+    }
+    return 0;
+}
+
+static int semver_cmp(const unsigned a[3], const unsigned b[3])
+{
+    for (int i = 0; i < 3; i++)
+        if (a[i] != b[i])
+            return a[i] < b[i] ? -1 : 1;
+    return 0;
+}
+
+/* 1 when this node's version (RL_VERSION) meets the ns.dependency version constraint: "*", or
+   [=|v|^|~|>=]X[.Y[.Z]] ("0.1" = any 0.1.x; ^ keeps the first non-zero part given, ~ the major
+   and minor, >= is a plain lower bound); 0 when it does not or cannot be read. */
+static int version_satisfied(const char *want)
+{
+    unsigned have[3], v[3];
+    char op = '=';
+    if (strcmp(want, "*") == 0)
+        return 1;
+    if (strncmp(want, ">=", 2) == 0)
+        op = '>', want += 2;
+    else if (*want == '^' || *want == '~')
+        op = *want++;
+    else if (*want == '=' || *want == 'v')
+        want++;
+    int n = semver_parse(want, v);
+    if (n == 0 || semver_parse(RL_VERSION, have) != 3)
+        return 0;
+    if (op == '>')
+        return semver_cmp(have, v) >= 0;
+    int fixed = n; /* how many leading parts must be equal */
+    if (op == '^') {
+        fixed = 1;
+        while (fixed < n && v[fixed - 1] == 0)
+            fixed++;
+    } else if (op == '~') {
+        fixed = n < 2 ? 1 : 2;
+    }
+    for (int i = 0; i < fixed; i++)
+        if (have[i] != v[i])
+            return 0;
+    return op == '=' || semver_cmp(have, v) >= 0;
+}
+
+/* Lua long bracket at p ("[[", "[==["): its level, or -1 when p does not open one. */
+static int long_bracket(const char *p, const char *end)
+{
+    int level = 0;
+    if (p >= end || *p != '[')
+        return -1;
+    for (p++; p < end && *p == '='; p++)
+        level++;
+    return p < end && *p == '[' ? level : -1;
+}
+
+/* Skips a long string or comment body opened at p with the given level; returns the end. */
+static const char *long_skip(const char *p, const char *end, int level)
+{
+    for (p += level + 2; p < end; p++) {
+        if (*p != ']')
+            continue;
+        const char *q = p + 1;
+        int l = 0;
+        while (q < end && *q == '=')
+            q++, l++;
+        if (l == level && q < end && *q == ']')
+            return q + 1;
+    }
+    return end;
+}
+
+/* 1 when `name` is an identifier of src[0..len) outside comments and strings. A source that
+   never names its method cannot define it (short of building the name at run time); one that
+   names it may still not define it, which the plugin host reports when the plugin starts. */
+static int source_names(const char *src, size_t len, const char *name)
+{
+    const char *p = src, *end = src + len;
+    size_t nlen = strlen(name);
+    while (p < end) {
+        int level;
+        if (p + 1 < end && p[0] == '-' && p[1] == '-') {
+            if ((level = long_bracket(p + 2, end)) >= 0)
+                p = long_skip(p + 2, end, level);
+            else
+                while (p < end && *p != '\n')
+                    p++;
+        } else if ((level = long_bracket(p, end)) >= 0) {
+            p = long_skip(p, end, level);
+        } else if (*p == '"' || *p == '\'') {
+            char q = *p++;
+            while (p < end && *p != q && *p != '\n')
+                p += (*p == '\\' && p + 1 < end) ? 2 : 1;
+            p++;
+        } else if (*p == '_' || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')) {
+            const char *s = p;
+            while (p < end && (*p == '_' || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+                               (*p >= '0' && *p <= '9')))
+                p++;
+            if ((size_t)(p - s) == nlen && memcmp(s, name, nlen) == 0)
+                return 1;
+        } else if (*p >= '0' && *p <= '9') { /* a number: 0x1run is not the name run */
+            while (p < end && ((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z') ||
+                               (*p >= 'A' && *p <= 'Z') || *p == '.' || *p == '_'))
+                p++;
+        } else {
+            p++;
+        }
+    }
+    return 0;
+}
+
+/* Refuses a plugin whose source never names its method (given, or the default run). */
+static int plugin_method_check(cfg_loader *ld, const rl_plugin_def *p, int given)
+{
+    FILE *f = fopen(p->source_path, "rb");
+    if (!f)
+        return cfg_fail(ld, -EINVAL, "source %s: %s", p->source_path, strerror(errno));
+    char *buf = malloc(CFG_MAX_SOURCE_SCAN + 1);
+    if (!buf) {
+        fclose(f);
+        return cfg_fail(ld, -ENOMEM, "out of memory");
+    }
+    size_t n = fread(buf, 1, CFG_MAX_SOURCE_SCAN + 1, f);
+    int bad = ferror(f);
+    fclose(f);
+    int found = bad || n > CFG_MAX_SOURCE_SCAN || source_names(buf, n, p->method);
+    free(buf);
+    if (found)
+        return 0;
+    if (given)
+        return cfg_fail(ld, -EINVAL, "method '%s': source %s defines no '%s'", p->method,
+                        p->source_path, p->method);
+    return cfg_fail(ld, -EINVAL, "no method given and source %s defines no '%s' (the default): "
+                                 "set method: to the plugin's entry function", p->source_path,
+                    p->method);
+}
+
 static int entry_dependency(cfg_loader *ld, const yaml_node_t *e)
 {
     static const char *const keys[] = {"component", "version", "parameters", NULL};
@@ -1004,6 +1170,10 @@ static int entry_dependency(cfg_loader *ld, const yaml_node_t *e)
     const yaml_node_t *ver = map_get(ld, e, "version");
     if (ver && ver->type != YAML_SCALAR_NODE)
         return cfg_fail(ld, -EINVAL, "version must be a string");
+    if (ver && !is_null(ver) && !version_satisfied(scalar_text(ver)))
+        return cfg_fail(ld, -EINVAL, "version '%s': this node is wippy/relay %s (use \"*\" or a "
+                                     "constraint such as \"^%s\")", scalar_text(ver), RL_VERSION,
+                        RL_VERSION);
 
     const yaml_node_t *params = map_get(ld, e, "parameters");
     if (!params || is_null(params))
@@ -1161,6 +1331,10 @@ static int entry_process_lua(cfg_loader *ld, const yaml_node_t *e)
     if ((n = map_get(ld, e, "modules")) &&
         (rc = strlist_get(ld, n, "modules", &p->modules, &p->nmodules)) < 0)
         return rc;
+    for (size_t i = 0; i < p->nmodules; i++)
+        if (!key_in(p->modules[i], plugin_modules))
+            return cfg_fail(ld, -EINVAL, "modules: unknown module '%s' (plugins can require json, "
+                                         "time, logger, security)", p->modules[i]);
     if ((n = map_get(ld, e, "method"))) {
         if ((rc = value_get(ld, n, "method", &v)) < 0)
             return rc;
@@ -1172,7 +1346,7 @@ static int entry_process_lua(cfg_loader *ld, const yaml_node_t *e)
         free(p->method);
         p->method = v;
     }
-    return 0;
+    return plugin_method_check(ld, p, n != NULL);
 }
 
 static int entry_node(cfg_loader *ld, const yaml_node_t *e)
@@ -1373,6 +1547,9 @@ static int read_document(cfg_loader *ld)
     const yaml_node_t *ver = map_get(ld, root, "version");
     if (ver && ver->type != YAML_SCALAR_NODE)
         return cfg_fail(ld, -EINVAL, "version must be a string");
+    if (ver && !key_in(scalar_text(ver), file_versions))
+        return cfg_fail(ld, -EINVAL, "version '%s' is not supported (this node reads version "
+                                     "\"1.0\")", scalar_text(ver));
     if ((rc = literal_get(ld, map_get(ld, root, "namespace"), "namespace", &ns)) < 0)
         return rc;
     if (!name_ok(ns))

@@ -7,6 +7,8 @@
 #include <string.h>
 
 #include "rl_proc.h"
+#include "rl_selfstat.h"
+#include "rl_version.h"
 
 #define RL_METRICS_SOURCES 8
 
@@ -29,6 +31,9 @@ typedef rl_metrics_out buf;
 
 static rl_metrics_fn sources[RL_METRICS_SOURCES];
 static size_t nsources;
+static int (*redis_up)(void);
+
+void rl_metrics_set_redis(int (*up)(void)) { redis_up = up; }
 
 void rl_metrics_add_source(rl_metrics_fn fn)
 {
@@ -64,12 +69,52 @@ void rl_metrics_gauge(buf *b, const char *name, const char *help, uint64_t v)
     put(b, "# HELP %s %s\n# TYPE %s gauge\n%s %llu\n", name, help, name, name, (unsigned long long)v);
 }
 
+/* relay_redis_up and the round trip in seconds (rendered here: the table's values are integers). */
+static void render_redis(buf *b)
+{
+    int up = redis_up() ? 1 : 0;
+    rl_metrics_gauge(b, "relay_redis_up", "1 while the node's Redis round trips succeed, else 0", (uint64_t)up);
+    const char *n = defs[RL_M_REDIS_RTT_US].name;
+    put(b, "# HELP %s %s\n# TYPE %s gauge\n", n, defs[RL_M_REDIS_RTT_US].help, n);
+    if (up)
+        put(b, "%s %.6f\n", n, (double)rl_metric_values[RL_M_REDIS_RTT_US] / 1e6);
+    else
+        put(b, "%s NaN\n", n);
+}
+
+/* The process_* metrics every Prometheus client library exports, from /proc. */
+static void render_process(buf *b)
+{
+    rl_selfstat st;
+    if (rl_selfstat_read(&st) < 0)
+        return;
+    put(b, "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds\n"
+           "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %.2f\n",
+        st.cpu_seconds);
+    rl_metrics_gauge(b, "process_resident_memory_bytes", "Resident memory size in bytes",
+                     st.resident_bytes);
+    rl_metrics_gauge(b, "process_virtual_memory_bytes", "Virtual memory size in bytes",
+                     st.virtual_bytes);
+    put(b, "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds\n"
+           "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds %.2f\n",
+        st.start_time_seconds);
+    rl_metrics_gauge(b, "process_open_fds", "Number of open file descriptors", st.open_fds);
+    if (st.max_fds)
+        rl_metrics_gauge(b, "process_max_fds", "Maximum number of open file descriptors",
+                         st.max_fds);
+}
+
 char *rl_metrics_render(size_t *len)
 {
     buf b = {0};
+    put(&b, "# HELP relay_build_info The node's version (always 1)\n# TYPE relay_build_info gauge\n"
+            "relay_build_info{version=\"%s\"} 1\n", RL_VERSION);
     for (int i = 0; i < RL_M_COUNT; i++)
-        put(&b, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", defs[i].name, defs[i].help, defs[i].name,
-            defs[i].type, defs[i].name, (unsigned long long)rl_metric_values[i]);
+        if (i != RL_M_REDIS_RTT_US)
+            put(&b, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", defs[i].name, defs[i].help, defs[i].name,
+                defs[i].type, defs[i].name, (unsigned long long)rl_metric_values[i]);
+    if (redis_up)
+        render_redis(&b);
     put(&b, "# HELP relay_errors_total Errors answered to clients, by code\n"
             "# TYPE relay_errors_total counter\n");
     for (int e = 0; e < RL_E_COUNT; e++)
@@ -79,6 +124,7 @@ char *rl_metrics_render(size_t *len)
     rl_metrics_gauge(&b, "relay_plugin_processes", "Live plugin processes", rl_proc_count('p'));
     for (size_t i = 0; i < nsources; i++)
         sources[i](&b);
+    render_process(&b);
     if (len)
         *len = b.len;
     return b.s;

@@ -26,7 +26,7 @@
     X(PLUGINS_STARTED, "relay_plugins_started_total", "counter", "Plugin processes started")     \
     X(PLUGINS_CRASHED, "relay_plugins_crashed_total", "counter", "Plugin processes that crashed") \
     X(REDIS_ERRORS, "relay_redis_errors_total", "counter", "Redis command or connection errors") \
-    X(REDIS_RTT_US, "relay_redis_rtt_microseconds", "gauge", "Last measured Redis round trip")  \
+    X(REDIS_RTT_US, "relay_redis_rtt_seconds", "gauge", "Last measured Redis round trip (NaN while Redis is down)") \
     X(LUA_BYTES, "relay_lua_memory_bytes", "gauge", "Bytes allocated by the Lua state")         \
     X(JSON_DECODES, "relay_json_decodes_total", "counter", "JSON documents decoded into Lua values") \
     X(JSON_ENCODES, "relay_json_encodes_total", "counter", "Lua values encoded to JSON")
@@ -58,5 +58,10 @@ typedef void (*rl_metrics_fn)(rl_metrics_out *out);
 void rl_metrics_add_source(rl_metrics_fn fn);
 void rl_metrics_put(rl_metrics_out *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void rl_metrics_gauge(rl_metrics_out *out, const char *name, const char *help, uint64_t v);
+
+/* Cluster mode: up() tells whether Redis answers (relay_redis_up). The REDIS_RTT_US value is kept
+   in microseconds and shown in seconds, only with up() set, and NaN while up() is 0: a stale or
+   zero round trip must not look like a fast Redis. */
+void rl_metrics_set_redis(int (*up)(void));
 
 #endif

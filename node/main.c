@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <uv.h>
 
 #include "rl_central.h"
@@ -12,6 +13,8 @@
 #include "rl_config.h"
 #include "rl_gateway.h"
 #include "rl_hub.h"
+#include "rl_json.h"
+#include "rl_jwt.h"
 #include "rl_log.h"
 #include "rl_lua.h"
 #include "rl_metrics.h"
@@ -33,12 +36,105 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: relay-node -c FILE [--check] [--listen HOST:PORT] [--node-id ID] [--redis URL]\n"
+            "       relay-node token --sub ID [--ttl 1h] [--meta JSON] -c FILE\n"
             "  -c, --config FILE   YAML config (the spec's entries format)\n"
             "      --check         validate the config and the plugin sources, then exit\n"
             "      --listen H:P    listen address (RELAY_LISTEN)\n"
             "      --node-id ID    node id (RELAY_NODE_ID)\n"
             "      --redis URL     redis://host:port[/db]: join a cluster (RELAY_REDIS_URL)\n"
-            "  -V, --version       print the version\n");
+            "  -V, --version       print the version\n"
+            "  token               print an HS256 token for user ID signed with the config's\n"
+            "                      auth.secret (or RELAY_JWT_SECRET), valid for --ttl (default 1h)\n"
+            "                      with --meta (a JSON object) as its meta claim\n");
+}
+
+#define TOKEN_MAX_TTL_MS (366ULL * 24 * 3600 * 1000)
+
+/* `relay-node token`: mints what the gateway accepts (sub, iat, exp, meta, and iss/aud when the
+   config checks them), so that nobody writes a minter of their own. Exit 0, 1 (config, secret)
+   or 2 (usage). */
+static int token_main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'}, {"sub", required_argument, NULL, 's'},
+        {"ttl", required_argument, NULL, 't'},    {"meta", required_argument, NULL, 'm'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+    };
+    const char *path = NULL, *sub = NULL, *ttl = "1h", *meta = NULL;
+    int c;
+    while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': path = optarg; break;
+        case 's': sub = optarg; break;
+        case 't': ttl = optarg; break;
+        case 'm': meta = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    uint64_t ttl_ms;
+    if (!path || !sub || optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+    if (!*sub) {
+        fprintf(stderr, "relay-node token: --sub must not be empty\n");
+        return 2;
+    }
+    if (rl_duration_parse(ttl, &ttl_ms) < 0 || ttl_ms < 1000 || ttl_ms > TOKEN_MAX_TTL_MS) {
+        fprintf(stderr, "relay-node token: --ttl '%s' is not a duration from 1s to 366 days\n", ttl);
+        return 2;
+    }
+    cJSON *meta_v = NULL;
+    if (meta && (!(meta_v = rl_json_parse(meta, strlen(meta))) || !cJSON_IsObject(meta_v))) {
+        fprintf(stderr, "relay-node token: --meta is not a JSON object\n");
+        cJSON_Delete(meta_v);
+        return 2;
+    }
+    char err[512];
+    int status = 1;
+    rl_config_defaults(&app.cfg);
+    cJSON *claims = cJSON_CreateObject();
+    char *json = NULL, *tok = NULL;
+    if (rl_config_load(&app.cfg, path, err, sizeof err) < 0 ||
+        rl_config_apply_env(&app.cfg, err, sizeof err) < 0) {
+        fprintf(stderr, "relay-node: %s\n", err);
+        goto out;
+    }
+    if (!app.cfg.jwt_secret || !app.cfg.jwt_secret[0]) {
+        fprintf(stderr, "relay-node token: %s: no secret (relay.node auth.secret or "
+                        "RELAY_JWT_SECRET)\n", path);
+        goto out;
+    }
+    if (app.cfg.auth_mode != RL_AUTH_JWT)
+        fprintf(stderr, "relay-node token: warning: %s is in insecure mode; the node will not "
+                        "read this token\n", path);
+    double now = (double)time(NULL), exp = now + (double)((ttl_ms + 999) / 1000);
+    if (!claims || !cJSON_AddStringToObject(claims, "sub", sub) ||
+        !cJSON_AddNumberToObject(claims, "iat", now) || !cJSON_AddNumberToObject(claims, "exp", exp) ||
+        (app.cfg.jwt_issuer && !cJSON_AddStringToObject(claims, "iss", app.cfg.jwt_issuer)) ||
+        (app.cfg.jwt_audience && !cJSON_AddStringToObject(claims, "aud", app.cfg.jwt_audience))) {
+        fprintf(stderr, "relay-node token: out of memory\n");
+        goto out;
+    }
+    if (meta_v) {
+        cJSON_AddItemToObject(claims, "meta", meta_v);
+        meta_v = NULL;
+    }
+    if (!(json = cJSON_PrintUnformatted(claims)) ||
+        !(tok = rl_jwt_sign_hs256(json, app.cfg.jwt_secret, strlen(app.cfg.jwt_secret)))) {
+        fprintf(stderr, "relay-node token: cannot sign the token\n");
+        goto out;
+    }
+    printf("%s\n", tok);
+    status = 0;
+out:
+    free(tok);
+    cJSON_free(json);
+    cJSON_Delete(claims);
+    cJSON_Delete(meta_v);
+    rl_config_free(&app.cfg);
+    return status;
 }
 
 static void stop_loop_handles(void)
@@ -103,6 +199,8 @@ int main(int argc, char **argv)
         {"redis", required_argument, NULL, 'r'},  {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
     };
+    if (argc > 1 && strcmp(argv[1], "token") == 0)
+        return token_main(argc - 1, argv + 1);
     const char *path = NULL, *listen = NULL, *node_id = NULL, *redis = NULL;
     int check = 0, c;
     while ((c = getopt_long(argc, argv, "c:Vh", opts, NULL)) != -1) {
@@ -210,8 +308,10 @@ int main(int argc, char **argv)
     uv_signal_init(&app.loop, &app.sigint);
     uv_signal_init(&app.loop, &app.sighup);
     uv_timer_init(&app.loop, &app.drain);
-    if (rl_cluster_enabled()) /* admission and /readyz follow the Redis round trip */
+    if (rl_cluster_enabled()) { /* admission, /readyz and relay_redis_up follow the round trip */
         rl_gateway_set_ready_fn(rl_cluster_ready);
+        rl_metrics_set_redis(rl_cluster_ready);
+    }
     uv_signal_start(&app.sigterm, on_signal, SIGTERM);
     uv_signal_start(&app.sigint, on_signal, SIGINT);
     uv_signal_start(&app.sighup, on_signal, SIGHUP);

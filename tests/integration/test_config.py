@@ -152,6 +152,56 @@ def test_check_rejects_lua_syntax_error():
     check(rc2 != 0, "the node exited 0 on a Lua syntax error")
 
 
+def _plugin_entry(name, prefix, source, **extra):
+    e = {"name": name, "kind": "process.lua",
+         "meta": {"type": "relay.plugin", "command_prefix": prefix, "auto_start": False},
+         "source": "file://" + source}
+    e.update(extra)
+    return e
+
+
+def test_check_rejects_plugin_without_its_method():
+    """No `method:` means run; a source that defines no run is refused, naming the entry."""
+    src = "local function main(args) end\n-- run is only a comment here\nreturn { main = main }\n"
+    cfg = Config(plugins=[Plugin("echo_plugin", "echo_", "echo.lua")],
+                 extra_entries=[_plugin_entry("main_plugin", "main_", "main.lua")])
+    with open(os.path.join(cfg.dir, "main.lua"), "w") as f:
+        f.write(src)
+    _assert_rejected(cfg, "main_plugin", ["defines no 'run'"])
+    # ... and with the method named, the same source passes
+    cfg.extra_entries = [_plugin_entry("main_plugin", "main_", "main.lua", method="main")]
+    rc, out = run_check(cfg.write())
+    check(rc == 0, f"--check refused a plugin whose method is given and defined:\n{out}")
+
+
+def test_check_rejects_unknown_method():
+    cfg = Config(plugins=[Plugin("echo_plugin", "echo_", "echo.lua", extra={"method": "serve"})])
+    _assert_rejected(cfg, "echo_plugin", ["method 'serve'"])
+
+
+def test_check_rejects_unknown_module():
+    cfg = Config(plugins=[Plugin("echo_plugin", "echo_", "echo.lua", modules=("json", "pg"))])
+    _assert_rejected(cfg, "echo_plugin", ["unknown module 'pg'"])
+
+
+def test_check_rejects_unsupported_versions():
+    cfg = Config()
+    path = cfg.write()
+    with open(path) as f:
+        text = f.read()
+    check(text.startswith('version: "1.0"\n') or text.startswith("version: '1.0'\n")
+          or text.startswith("version: 1.0\n"), "the config does not start with its version:\n" + text[:80])
+    first, rest = text.split("\n", 1)
+    with open(path, "w") as f:
+        f.write('version: "2.0"\n' + rest)
+    _assert_rejected(path, None, ["version '2.0' is not supported"])
+    dep = 'version: "*"'
+    check(dep in rest or "version: '*'" in rest, "no dependency version in the config:\n" + rest)
+    with open(path, "w") as f:
+        f.write(first + "\n" + rest.replace(dep, 'version: "^3.0"').replace("version: '*'", 'version: "^3.0"'))
+    _assert_rejected(path, "dep.relay", ["version '^3.0'"])
+
+
 def test_check_rejects_yaml_syntax_error():
     d = harness.temp_dir()
     path = os.path.join(d, "relay.yaml")

@@ -39,6 +39,10 @@ static int group_setup(void **state)
     snprintf(cfgpath, sizeof cfgpath, "%s/relay.yaml", tmpdir);
     write_file("session_plugin.lua", "return { run = function(args) end }\n");
     write_file("p.lua", "return { run = function(args) end }\n");
+    write_file("m.lua", "local function main(args) end\nreturn { main = main }\n");
+    /* names run only in comments and strings: it defines no run */
+    write_file("norun.lua", "-- run(args)\n--[==[ run ]==]\nlocal s = 'run' .. [[run]]\n"
+                            "local function main(args) end\nreturn { main = main }\n");
     char d[PATH_MAX + 16];
     snprintf(d, sizeof d, "%s/adir", tmpdir);
     return mkdir(d, 0755);
@@ -280,7 +284,7 @@ static void test_node_entry_all_keys(void **state)
         "  - name: p1\n    kind: process.lua\n"
         "    meta:\n      type: relay.plugin\n      command_prefix: p1_\n      auto_start: yes\n"
         "      default_host: app:processes\n      description: free-form\n"
-        "    source: file://p.lua\n    method: main\n    modules: [json]\n"
+        "    source: file://m.lua\n    method: main\n    modules: [json]\n"
         NODE("    listen: \"0.0.0.0:9001\"\n"
              "    ws_path: /socket\n"
              "    node_id: node-7\n"
@@ -397,6 +401,11 @@ static void test_errors(void **state)
                     "default_host: app:nohost}\n    source: file://p.lua\n", "np", "app:nohost"},
         {HEAD P_REQ PLUGIN("np", "n_", "p.lua") "    method: \"not a name\"\n", "np", "method"},
         {HEAD P_REQ PLUGIN("np", "n_", "p.lua") "    modules: [json, json]\n", "np", "'json' twice"},
+        {HEAD P_REQ PLUGIN("np", "n_", "p.lua") "    modules: [json, pg]\n", "np",
+         "modules: unknown module 'pg'"},
+        {HEAD P_REQ PLUGIN("np", "n_", "norun.lua"), "np", "defines no 'run' (the default)"},
+        {HEAD P_REQ PLUGIN("np", "n_", "p.lua") "    method: main\n", "np",
+         "method 'main': source"},
         {HEAD P_REQ NODE("    bogus_key: 1\n"), "node", "unknown key 'bogus_key'"},
         {HEAD P_REQ NODE("    listen: 127.0.0.1:70000\n"), "node", "port must be 1..65535"},
         {HEAD P_REQ NODE("    listen: 127.0.0.1:0\n"), "node", "port must be 1..65535"},
@@ -422,6 +431,8 @@ static void test_errors(void **state)
         {"version: \"1.0\"\nnamespace: app\nentries:\n  - name: os_env\n    kind: env.storage.os\n", NULL,
          "no ns.dependency"},
         {"version: \"1.0\"\nentries: []\n", NULL, "namespace"},
+        {"version: \"2.0\"\nnamespace: app\nentries: []\n", NULL, "version '2.0' is not supported"},
+        {"version: 1\nnamespace: app\nentries: []\n", NULL, "version '1' is not supported"},
         {"version: \"1.0\"\nnamespace: app\n", NULL, "entries must be a list"},
         {"version: \"1.0\"\nnamespace: app\nextra: 1\nentries: []\n", NULL, "unknown top-level key 'extra'"},
         {"version: \"1.0\"\nnamespace: app\nentries:\n  - name: [unclosed\n    kind: x\n", NULL, "YAML error"},
@@ -431,6 +442,37 @@ static void test_errors(void **state)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         expect_error(cases[i].yaml, cases[i].entry, cases[i].reason);
+}
+
+/* The ns.dependency version is a constraint this node's version (RL_VERSION, 0.1.0) must meet. */
+static void test_dependency_version(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *v;
+        int ok;
+    } cases[] = {
+        {"\"*\"", 1},      {"0.1.0", 1},       {"\"0.1\"", 1},    {"\"^0.1\"", 1},  {"\">=0.0.9\"", 1},
+        {"\"~0.1.0\"", 1}, {"v0.1.0", 1},      {"~", 1},          {"\"^0.2\"", 0},  {"\"1.0\"", 0},
+        {"\">=0.2\"", 0},  {"\"^0.1.1\"", 0},  {"latest", 0},     {"\"0.1.x\"", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char yaml[1024];
+        snprintf(yaml, sizeof yaml,
+                 "version: \"1.0\"\nnamespace: app\nentries:\n"
+                 "  - name: processes\n    kind: process.host\n"
+                 "  - name: dep.relay\n    kind: ns.dependency\n    component: wippy/relay\n"
+                 "    version: %s\n    parameters:\n" P_REQ, cases[i].v);
+        if (cases[i].ok) {
+            rl_config c;
+            char err[512];
+            if (load(yaml, &c, err, sizeof err) != 0)
+                fail_msg("version %s refused: %s", cases[i].v, err);
+            rl_config_free(&c);
+        } else {
+            expect_error(yaml, "dep.relay", "this node is wippy/relay");
+        }
+    }
 }
 
 static void test_missing_file(void **state)
@@ -776,6 +818,7 @@ int main(void)
         cmocka_unit_test(test_plugin_defaults_and_ignored_kinds),
         cmocka_unit_test(test_node_entry_all_keys),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_dependency_version),
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_var_expansion),
         cmocka_unit_test(test_plugins_sorted_longest_prefix_first),

@@ -1,0 +1,128 @@
+"""/metrics: the Prometheus text format (promtool when installed, and a parser here), base units,
+build and process info, and Redis gauges that tell a down Redis from a fast one."""
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import harness
+from harness import Config, Node, check, http_get
+
+import test_cluster
+
+NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*"'
+                    r'(?:,[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*")*)?\})? (\S+)$')
+TYPES = {"counter", "gauge", "histogram", "summary", "untyped"}
+
+
+def parse_exposition(text):
+    """Checks text against the Prometheus text format 0.0.4 and returns {name: (type, [(labels,
+    value)])}: every sample follows its family's HELP and TYPE, a family appears once, values are
+    floats (NaN, +Inf, -Inf allowed), counters end in _total, the text ends with a newline."""
+    check(text.endswith("\n"), "the exposition does not end with a newline")
+    fams, current, seen_help = {}, None, set()
+    for ln in text.split("\n")[:-1]:
+        check(ln.strip() != "" or ln == "", f"blank-ish line {ln!r}")
+        if ln == "":
+            continue
+        if ln.startswith("# HELP "):
+            name = ln.split(" ", 3)[2]
+            check(NAME.match(name), f"bad metric name in {ln!r}")
+            check(name not in seen_help, f"HELP for {name} twice")
+            seen_help.add(name)
+            current = name
+            continue
+        if ln.startswith("# TYPE "):
+            parts = ln.split(" ")
+            check(len(parts) == 4 and parts[3] in TYPES, f"bad TYPE line {ln!r}")
+            name = parts[2]
+            check(name == current, f"TYPE {name} does not follow its HELP (last HELP {current})")
+            check(name not in fams, f"family {name} appears twice")
+            fams[name] = (parts[3], [])
+            continue
+        check(not ln.startswith("#"), f"unexpected comment {ln!r}")
+        m = SAMPLE.match(ln)
+        check(m is not None, f"not a sample line: {ln!r}")
+        name, labels, value = m.group(1), m.group(2) or "", m.group(3)
+        check(name == current and name in fams, f"sample {name} outside its family ({current})")
+        try:
+            float(value)
+        except ValueError:
+            raise harness.TestFailure(f"value {value!r} of {name} is not a float")
+        fams[name][1].append((labels, value))
+    for name, (typ, samples) in fams.items():
+        check(samples, f"family {name} has no samples")
+        if typ == "counter":
+            check(name.endswith("_total"), f"counter {name} does not end in _total")
+        check(not re.search(r"_(micro|milli|nano)seconds|_(kilo|mega)bytes|_ms$|_us$", name),
+              f"{name} is not in base units")
+    return fams
+
+
+def promtool(text):
+    """`promtool check metrics` when promtool is installed (Debian's prometheus package)."""
+    tool = shutil.which("promtool")
+    if not tool:
+        test_cluster.note("promtool not installed: the exposition was checked by the parser only")
+        return
+    p = subprocess.run([tool, "check", "metrics"], input=text.encode(), stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=20)
+    check(p.returncode == 0, f"promtool check metrics:\n{p.stdout.decode()}")
+
+
+def value(fams, name, labels=""):
+    check(name in fams, f"no {name} in /metrics")
+    for lb, v in fams[name][1]:
+        if lb == labels:
+            return v
+    raise harness.TestFailure(f"no {name}{labels} sample: {fams[name][1]}")
+
+
+async def test_metrics_standalone_format_build_and_process():
+    with Node(Config()) as n:
+        ws, _ = await harness.connect_welcomed(n, "alice")
+        text = n.metrics()
+        fams = parse_exposition(text)
+        promtool(text)
+        check(fams["relay_build_info"][0] == "gauge", "relay_build_info is not a gauge")
+        out = subprocess.run([os.path.abspath(harness.NODE_BIN), "--version"], stdout=subprocess.PIPE)
+        version = out.stdout.decode().split()[-1]
+        check(value(fams, "relay_build_info", '{version="%s"}' % version) == "1",
+              f"relay_build_info for {version}: {fams['relay_build_info']}")
+        for name, typ in (("process_resident_memory_bytes", "gauge"), ("process_cpu_seconds_total", "counter"),
+                          ("process_open_fds", "gauge"), ("process_start_time_seconds", "gauge")):
+            check(name in fams and fams[name][0] == typ, f"{name} missing or not a {typ}")
+        rss = float(value(fams, "process_resident_memory_bytes"))
+        check(rss > 1 << 20, f"process_resident_memory_bytes {rss}")
+        fds = float(value(fams, "process_open_fds"))
+        check(fds >= 4, f"process_open_fds {fds} with a listener and a client open")
+        start = float(value(fams, "process_start_time_seconds"))
+        check(time.time() - 60 < start <= time.time() + 1,
+              f"process_start_time_seconds {start}, now {time.time()}")
+        # standalone: no Redis, so no Redis gauges at all (not a 0 that reads as fast)
+        check(not any(k.startswith("relay_redis_rtt") or k == "relay_redis_up" for k in fams),
+              "standalone node shows Redis gauges: " + ", ".join(k for k in fams if "redis" in k))
+        await ws.close()
+
+
+async def test_metrics_redis_up_and_down():
+    async with test_cluster.running_cluster(1) as cl:
+        nd = cl.nodes[0]
+        text = nd.metrics()
+        fams = parse_exposition(text)
+        promtool(text)
+        check(value(fams, "relay_redis_up") == "1", "relay_redis_up is not 1 with Redis up")
+        rtt = float(value(fams, "relay_redis_rtt_seconds"))
+        check(rtt == rtt and 0 <= rtt < 1, f"relay_redis_rtt_seconds {rtt} with Redis up")
+        check("relay_redis_rtt_microseconds" not in fams, "the old microseconds gauge is still there")
+        cl.redis.kill()
+        test_cluster.wait_ready(nd, timeout=cl.node_ttl + 1.5, want=503)
+        fams = parse_exposition(nd.metrics())
+        check(value(fams, "relay_redis_up") == "0", "relay_redis_up is not 0 with Redis down")
+        rtt = value(fams, "relay_redis_rtt_seconds")
+        check(rtt == "NaN", f"relay_redis_rtt_seconds {rtt!r} while Redis is down (want NaN)")
+        cl.restart_redis()
+        fams = parse_exposition(nd.metrics())
+        check(value(fams, "relay_redis_up") == "1", "relay_redis_up is not 1 after Redis came back")
