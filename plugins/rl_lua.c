@@ -127,12 +127,15 @@ static const char prelude[] =
     "safe.coroutine = readonly(colib)\n"
     "safe.os = readonly({time = G.os.time, clock = G.os.clock, date = G.os.date,\n"
     "  difftime = G.os.difftime})\n"
-    /* durations are numbers of milliseconds; give them Go-like accessors */
+    /* durations are integers of nanoseconds; give them the platform's Duration accessors
+       (hours/minutes/seconds as floats, the smaller units as integers truncated toward 0) */
+    "local function trunc(x) if x < 0 then return -G.math.floor(-x) end return G.math.floor(x) end\n"
     "G.debug.setmetatable(0, {__metatable = false, __index = readonly({\n"
-    "  hours = function(d) return d / 3600000 end, minutes = function(d) return d / 60000 end,\n"
-    "  seconds = function(d) return d / 1000 end, milliseconds = function(d) return d end,\n"
-    "  microseconds = function(d) return d * 1000 end,\n"
-    "  nanoseconds = function(d) return d * 1000000 end})})\n"
+    "  hours = function(d) return d / 3.6e12 end, minutes = function(d) return d / 6e10 end,\n"
+    "  seconds = function(d) return d / 1e9 end,\n"
+    "  milliseconds = function(d) return trunc(d / 1e6) end,\n"
+    "  microseconds = function(d) return trunc(d / 1e3) end,\n"
+    "  nanoseconds = function(d) return trunc(d) end})})\n"
     "process.event = readonly({CANCEL = 'pid.cancel', EXIT = 'pid.exit',\n"
     "  LINK_DOWN = 'pid.link.down'})\n"
     "process.registry = readonly(process.registry)\n"

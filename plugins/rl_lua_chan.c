@@ -189,7 +189,7 @@ static void push_event(lua_State *L, const rl_lua_event *e)
         lua_setfield(L, -2, "from");
     }
     if (e->kind == RL_EV_CANCEL) {
-        lua_pushinteger(L, (lua_Integer)e->deadline_ms);
+        lua_pushinteger(L, (lua_Integer)e->deadline_ms * 1000000); /* a duration: ns */
         lua_setfield(L, -2, "deadline");
     } else {
         lua_createtable(L, 0, 1);

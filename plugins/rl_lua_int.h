@@ -21,6 +21,8 @@
 #define RL_LUA_CHAN_MAX 1000000   /* channel.new(size) upper bound */
 #define RL_LUA_POOL_MAX 256       /* Lua blocks up to this size are recycled per size class */
 #define RL_LUA_POOL_KEEP 1024     /* free blocks kept per class (2.2 MiB in all at most) */
+#define RL_LUA_DURATION_MAX 9.2e18 /* |duration| in ns (int64, as Go's time.Duration) */
+#define RL_LUA_TICK_MIN_NS 1e6     /* shortest ticker period: the loop's timer resolution */
 
 /* What the sandbox bounds per instance: the label of its kill and refusal counters. */
 #define RL_LUA_LIMITS(X)                                                                          \
@@ -200,10 +202,10 @@ rl_lua_timer *rl_lua_timer_start(rl_lua_inst *I, int kind, uint64_t ms, uint64_t
 /* Stops and closes t (freed in the close callback); releases its channel ref. */
 void rl_lua_timer_close(rl_lua_timer *t);
 void rl_lua_time_open(lua_State *L); /* pushes the time module table */
-/* Duration argument in ms: a number (milliseconds) or a Go duration string. Raises if bad. */
+/* Duration argument in ns: a number (nanoseconds) or a Go duration string. Raises if bad. */
 double rl_lua_duration_arg(lua_State *L, int idx);
-/* Go-style duration "1h2m3.5s", "150ms", "10us", "5ns" -> ms; -1 if malformed. */
-int rl_lua_duration_parse(const char *s, double *ms);
+/* Go-style duration "1h2m3.5s", "150ms", "10us", "5ns" -> ns; -1 if malformed. */
+int rl_lua_duration_parse(const char *s, double *ns);
 int64_t rl_lua_unix_ns(void);
 void rl_lua_time_push(lua_State *L, int64_t unix_ns);
 

@@ -1,6 +1,7 @@
 /* The process module of the Lua plugin host (pid, send, inbox, events, spawn*, cancel,
  * terminate, monitor, link, registry) and the host helpers the prelude uses. */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,12 +175,13 @@ static int l_cancel(lua_State *L)
 {
     rl_lua_inst *I = rl_lua_current(L);
     const char *dest = luaL_checkstring(L, 1);
-    double ms = CANCEL_DEFAULT_MS;
+    double ns = CANCEL_DEFAULT_MS * 1e6;
     if (lua_type(L, 2) == LUA_TNUMBER)
-        ms = lua_tonumber(L, 2);
-    else if (lua_type(L, 2) == LUA_TSTRING && rl_lua_duration_parse(lua_tostring(L, 2), &ms) < 0)
-        ms = CANCEL_DEFAULT_MS; /* a reason string (the other reading of the original API) */
-    int rc = rl_cancel(&I->proc, resolve(I, dest), ms > 0 ? (uint64_t)ms : 0);
+        ns = lua_tonumber(L, 2);
+    else if (lua_type(L, 2) == LUA_TSTRING && rl_lua_duration_parse(lua_tostring(L, 2), &ns) < 0)
+        ns = CANCEL_DEFAULT_MS * 1e6; /* a reason string (the other reading of the original API) */
+    double ms = ns > 0 ? ceil(ns / 1e6) : 0;
+    int rc = rl_cancel(&I->proc, resolve(I, dest), ms < 1e15 ? (uint64_t)ms : (uint64_t)1e15);
     if (rc < 0)
         return fail(L, send_error(rc));
     lua_pushboolean(L, 1);

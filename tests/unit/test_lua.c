@@ -144,7 +144,7 @@ static const char probe_src[] =
     "end\n"
     "function cmds.sleep(p)\n"
     "  local t0 = time.now()\n"
-    "  time.sleep(p.ms)\n"
+    "  time.sleep(p.ms * time.MILLISECOND)\n"
     "  time.sleep('5ms')\n"
     "  reply({elapsed = time.now():sub(t0)})\n"
     "end\n"
@@ -154,7 +154,7 @@ static const char probe_src[] =
     "  b:send('from b')\n"
     "  local r = channel.select({a:case_receive(), b:case_receive()})\n"
     "  got.v1 = r.value; got.c1 = r.channel == b; got.ok1 = r.ok\n"
-    "  local t = time.after(20)\n"
+    "  local t = time.after(20 * time.MILLISECOND)\n"
     "  local r2 = channel.select({a:case_receive(), t:case_receive()})\n"
     "  got.c2 = r2.channel == t\n"
     "  local r3 = channel.select({a:case_receive(), default = true})\n"
@@ -181,7 +181,7 @@ static const char probe_src[] =
     "  local tk = time.ticker('5ms')\n"
     "  for i = 1, 3 do tk:channel():receive() end\n"
     "  got.stopped = tk:stop()\n"
-    "  local tm = time.timer(5)\n"
+    "  local tm = time.timer(5000000)\n"
     "  got.timer = getmetatable(tm:channel():receive()) == false\n"
     "  -- a producer coroutine filling a buffered channel, drained by the instance\n"
     "  local q = channel.new(4)\n"
@@ -228,8 +228,8 @@ static const char probe_src[] =
     "  assert(json.decode(string.rep('[', 300) .. string.rep(']', 300)) == nil)\n"
     "  assert(json.decode('\"\\\\u00e9\"') == '\\195\\169')\n"
     "  assert(json.encode('\\255') == '\"\\\\ufffd\"')\n"
-    "  assert(time.parse_duration('1m30s') == 90000 and time.parse_duration('1.5s'):seconds() == 1.5)\n"
-    "  assert(time.parse_duration('bogus') == nil and time.SECOND == 1000)\n"
+    "  assert(time.parse_duration('1m30s') == 90 * time.SECOND)\n"
+    "  assert(time.parse_duration('1.5s'):seconds() == 1.5 and time.parse_duration('bogus') == nil)\n"
     "  local t = time.parse(time.RFC3339, '2024-01-02T03:04:05Z')\n"
     "  assert(t:unix() == 1704164645 and t:format_rfc3339() == '2024-01-02T03:04:05Z')\n"
     "  log:info('json ok', {x = 1})\n"
@@ -243,8 +243,44 @@ static const char probe_src[] =
     "  local _, e2 = process.send((process.pid():gsub('p%d+%.%x+$', 'p999.00000000')), 'x', 1)\n"
     "  reply({e = e, e2 = e2})\n"
     "end\n"
-    "function cmds.flood(p) time.sleep(p.ms) end\n"
-    "function cmds.ignore_cancel() while true do time.sleep(1000) end end\n"
+    "function cmds.flood(p) time.sleep(p.ms * time.MILLISECOND) end\n"
+    "function cmds.ignore_cancel() while true do time.sleep('1s') end end\n"
+    "function cmds.durations()\n"
+    "  local d = {}\n"
+    "  d.units = time.NANOSECOND == 1 and time.MICROSECOND == 1000 and time.MILLISECOND == 1000000\n"
+    "    and time.SECOND == 1000000000 and time.MINUTE == 60 * time.SECOND\n"
+    "    and time.HOUR == 3600 * time.SECOND and math.type(time.SECOND) == 'integer'\n"
+    "  local p = time.parse_duration\n"
+    "  d.parse = p('500ms') == 500000000 and p('1.5s') == 1500000000 and p('2m') == 120 * time.SECOND\n"
+    "    and p('1h30m') == 90 * time.MINUTE and p('10us') == 10000 and p('5ns') == 5\n"
+    "    and p(time.SECOND) == time.SECOND and math.type(p('1.5s')) == 'integer'\n"
+    "    and p('bogus') == nil and p('1') == nil and p('3000000h') == nil\n"
+    "  local x = p('1h30m45s500ms')\n"
+    "  d.accessors = math.abs(x:hours() - 5445.5 / 3600) < 1e-12\n"
+    "    and math.abs(x:minutes() - 5445.5 / 60) < 1e-12\n"
+    "    and x:seconds() == 5445.5 and x:milliseconds() == 5445500\n"
+    "    and x:microseconds() == 5445500000 and x:nanoseconds() == 5445500000000\n"
+    "    and math.type(x:milliseconds()) == 'integer' and (1999999):milliseconds() == 1\n"
+    "    and (-1999999):milliseconds() == -1\n"
+    "  local t0 = time.now()\n"
+    "  time.sleep(200000000)\n"
+    "  local e1 = time.now():sub(t0)\n"
+    "  time.sleep('150ms')\n"
+    "  local e2 = time.now():sub(t0)\n"
+    "  d.sub_int = math.type(e1) == 'integer' and math.type(time.since(t0)) == 'integer'\n"
+    "  d.e1, d.e2 = e1, e2\n"
+    "  local t1 = time.now()\n"
+    "  time.after(30 * time.MILLISECOND):receive()\n"
+    "  time.timer('30ms'):channel():receive()\n"
+    "  local tk = time.ticker(10 * time.MILLISECOND)\n"
+    "  tk:channel():receive(); tk:channel():receive(); tk:stop()\n"
+    "  d.e3 = time.now():sub(t1)\n"
+    "  d.ticker_min = not pcall(time.ticker, 1000)\n"
+    "  local a = time.unix(10, 0)\n"
+    "  d.add = a:add(time.SECOND):unix() == 11 and a:add('1.5s'):unix_nano() == 11500000000\n"
+    "    and a:add(2 * time.SECOND):sub(a) == 2 * time.SECOND and a:unix_nano() == 10 * time.SECOND\n"
+    "  reply(d)\n"
+    "end\n"
     "function cmds.spawn(p)\n"
     "  local child = process.spawn_monitored('app:probe', 'app:processes', {user_hub_pid = hub})\n"
     "  process.send(child, 'crash', {})\n"
@@ -802,7 +838,7 @@ static void test_sleep_and_select(void **state)
         cJSON *r = reply_json(k);
         if (cJSON_GetObjectItem(r, "elapsed")) {
             got_a = 1;
-            assert_true(cJSON_GetObjectItem(r, "elapsed")->valuedouble >= 44);
+            assert_true(cJSON_GetObjectItem(r, "elapsed")->valuedouble >= 44e6); /* ns */
         } else {
             got_b = 1;
             const char *keys[] = {"c1", "ok1", "c2", "d", "sent", "ok6", "stopped", "timer",
@@ -820,6 +856,29 @@ static void test_sleep_and_select(void **state)
     assert_true(got_a && got_b);
 }
 
+/* Durations are integers of nanoseconds, as on the platform; strings work everywhere. */
+static void test_durations(void **state)
+{
+    (void)state;
+    char a[RL_PID_MAX];
+    spawn(1, a);
+    send_cmd(a, "durations", NULL);
+    cJSON *r = reply_json(0);
+    const char *keys[] = {"units", "parse", "accessors", "sub_int", "add", "ticker_min"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        if (!jtrue(r, keys[i]))
+            fail_msg("durations check %s failed: %s", keys[i], cJSON_PrintUnformatted(r));
+    /* time.sleep(200000000) slept 0.2 s (not 2.3 days), then '150ms' */
+    double e1 = cJSON_GetObjectItem(r, "e1")->valuedouble;
+    double e2 = cJSON_GetObjectItem(r, "e2")->valuedouble;
+    double e3 = cJSON_GetObjectItem(r, "e3")->valuedouble;
+    /* (the loop's clock is read once per iteration: a timer may end a few ms early) */
+    assert_true(e1 >= 190e6 && e1 < 1000e6);
+    assert_true(e2 - e1 >= 140e6 && e2 < 2000e6);
+    assert_true(e3 >= 80e6 && e3 < 1000e6); /* after 30ms + timer 30ms + two 10ms ticks */
+    cJSON_Delete(r);
+}
+
 static void test_cancel(void **state)
 {
     (void)state;
@@ -829,7 +888,7 @@ static void test_cancel(void **state)
     assert_int_equal(rl_cancel(NULL, a, 5000), 0);
     cJSON *r = reply_json(0);
     assert_true(jtrue(r, "cancelled"));
-    assert_int_equal(cJSON_GetObjectItem(r, "deadline")->valueint, 5000);
+    assert_true(cJSON_GetObjectItem(r, "deadline")->valuedouble == 5e9); /* a duration: ns */
     cJSON_Delete(r);
     assert_int_equal(exit_of(a, err, sizeof err, 3000), 0);
     /* One that ignores CANCEL is killed at the deadline. */
@@ -1155,6 +1214,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_crash_and_return, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sleep_and_select, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_durations, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_json_registry_spawn, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mailbox_bound, setup, teardown),
