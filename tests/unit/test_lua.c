@@ -161,7 +161,7 @@ static const char probe_src[] =
     "  got.d = r3.default == true\n"
     "  local c = channel.new(1)\n"
     "  local r4 = channel.select({c:case_send(42)})\n"
-    "  got.sent = r4.ok\n"
+    "  got.sent = r4.ok and r4.value == 42 and r4.channel == c\n"
     "  got.v4 = c:receive()\n"
     "  -- a send and a receive case in one select; the receive case is the channel itself\n"
     "  local s1, s2 = channel.new(1), channel.new(1)\n"
@@ -174,6 +174,11 @@ static const char probe_src[] =
     "  got.bad = not pcall(channel.select, {42})\n"
     "  got.events_len = process.events():len() == 0\n"
     "  a:close()\n"
+    "  got.close2 = pcall(a.close, a) and select('#', a:close()) == 0\n"
+    "  got.send_closed = not pcall(a.send, a, 1)\n"
+    "  local sc = channel.new(2)\n"
+    "  local s_ok, s_n = sc:send('v'), select('#', sc:send('w'))\n"
+    "  got.send_true = s_ok == true and s_n == 1 and sc:receive() == 'v'\n"
     "  local r5 = channel.select({a:case_receive()})\n"
     "  got.ok5 = r5.ok\n"
     "  local v6, ok6 = a:receive()\n"
@@ -842,7 +847,8 @@ static void test_sleep_and_select(void **state)
         } else {
             got_b = 1;
             const char *keys[] = {"c1", "ok1", "c2", "d", "sent", "ok6", "stopped", "timer",
-                                  "nested", "same", "mixed", "bad", "events_len"};
+                                  "nested", "same", "mixed", "bad", "events_len", "close2",
+                                  "send_closed", "send_true"};
             for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
                 if (!jtrue(r, keys[i]))
                     fail_msg("select check %s failed: %s", keys[i], cJSON_PrintUnformatted(r));
