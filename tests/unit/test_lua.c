@@ -212,8 +212,11 @@ static const char probe_src[] =
     "  assert(json.encode(function() end) == nil)\n"
     "  assert(json.encode(0/0) == 'null' and json.encode(-1/0) == 'null')\n"
     "  assert(json.encode(json.object()) == '{}' and json.encode(json.decode('{}')) == '{}')\n"
-    "  assert(getmetatable(json.decode('{}')) == 'json.object')\n"
-    "  assert(not pcall(setmetatable, json.decode('{}'), {}))\n"
+    "  local emptied = json.decode('{\"a\":1}'); emptied.a = nil\n"
+    "  assert(json.encode(emptied) == '{}' and getmetatable(json.decode('{}')) == nil)\n"
+    "  assert(json.encode({v = 0/0, w = 1/0}) == '{\"v\":null,\"w\":null}')\n"
+    "  assert(math.type(json.decode('42.0')) == 'float' and json.encode(json.decode('42.0')) == '42.0')\n"
+    "  assert(math.type(json.decode('1e3')) == 'float' and json.decode(json.encode(json.decode('1e3'))) == 1000.0)\n"
     "  local deep = {}\n"
     "  local cur = deep\n"
     "  for i = 1, 200 do cur.x = {}; cur = cur.x end\n"
@@ -881,7 +884,8 @@ static void test_durations(void **state)
     /* (the loop's clock is read once per iteration: a timer may end a few ms early) */
     assert_true(e1 >= 190e6 && e1 < 1000e6);
     assert_true(e2 - e1 >= 140e6 && e2 < 2000e6);
-    assert_true(e3 >= 80e6 && e3 < 1000e6); /* after 30ms + timer 30ms + two 10ms ticks */
+    if (!(e3 >= 70e6 && e3 < 1000e6)) /* after 30ms + timer 30ms + two 10ms ticks */
+        fail_msg("timers took %.0f ns", e3);
     cJSON_Delete(r);
 }
 
