@@ -59,6 +59,7 @@ void rl_lua_event_free(rl_lua_event *e)
     if (!e)
         return;
     free(e->error);
+    free(e->reason);
     free(e);
 }
 
@@ -191,6 +192,8 @@ static void push_event(lua_State *L, const rl_lua_event *e)
     if (e->kind == RL_EV_CANCEL) {
         lua_pushinteger(L, (lua_Integer)e->deadline_ms * 1000000); /* a duration: ns */
         lua_setfield(L, -2, "deadline");
+        lua_pushstring(L, e->reason ? e->reason : "cancelled");
+        lua_setfield(L, -2, "reason");
     } else {
         lua_createtable(L, 0, 1);
         if (e->error) {

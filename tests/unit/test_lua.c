@@ -251,6 +251,23 @@ static const char probe_src[] =
     "  local _, e2 = process.send((process.pid():gsub('p%d+%.%x+$', 'p999.00000000')), 'x', 1)\n"
     "  reply({e = e, e2 = e2})\n"
     "end\n"
+    "function cmds.nilerr() return nil, 'bad thing' end\n"
+    "function cmds.procapi()\n"
+    "  local ev = process.events()\n"
+    "  local args = {user_hub_pid = hub}\n"
+    "  local c1 = process.spawn_monitored('app:probe', 'app:processes', args)\n"
+    "  local un = process.unmonitor(c1)\n"
+    "  process.send(c1, 'crash', {})\n"
+    "  local c2 = process.spawn_monitored('app:probe', 'app:processes', args)\n"
+    "  process.send(c2, 'nilerr', {})\n"
+    "  local e1 = ev:receive()\n"
+    "  local c3 = process.spawn_monitored('app:probe', 'app:processes', args)\n"
+    "  process.cancel(c3, 'shutting down')\n"
+    "  local e2 = ev:receive()\n"
+    "  reply({id_ok = process.id() == process.pid(), un = un == true, c2 = e1.from == c2,\n"
+    "    err = e1.result.error, c3 = e2.from == c3 and e2.result.error == nil,\n"
+    "    me = process.pid(), empty = ev:len() == 0})\n"
+    "end\n"
     "function cmds.flood(p) time.sleep(p.ms * time.MILLISECOND) end\n"
     "function cmds.ignore_cancel() while true do time.sleep('1s') end end\n"
     "function cmds.durations()\n"
@@ -303,15 +320,16 @@ static const char probe_src[] =
     "    if not r.ok then break end\n"
     "    if r.channel == events then\n"
     "      if r.value.kind == process.event.CANCEL then\n"
-    "        reply({cancelled = true, deadline = r.value.deadline})\n"
+    "        reply({cancelled = true, deadline = r.value.deadline, reason = r.value.reason,\n"
+    "          from = r.value.from})\n"
     "        return\n"
     "      end\n"
     "    else\n"
     "      local msg = r.value\n"
     "      local f = cmds[msg:topic()]\n"
     "      if f then\n"
-    "        local out = f(msg:payload():data())\n"
-    "        if out then return out end\n"
+    "        local out, e = f(msg:payload():data())\n"
+    "        if out or e then return out, e end\n"
     "      end\n"
     "    end\n"
     "  end\n"
@@ -899,6 +917,8 @@ static void test_cancel(void **state)
     cJSON *r = reply_json(0);
     assert_true(jtrue(r, "cancelled"));
     assert_true(cJSON_GetObjectItem(r, "deadline")->valuedouble == 5e9); /* a duration: ns */
+    assert_string_equal(cJSON_GetObjectItem(r, "reason")->valuestring, "cancelled");
+    assert_null(cJSON_GetObjectItem(r, "from")); /* the runtime cancelled it */
     cJSON_Delete(r);
     assert_int_equal(exit_of(a, err, sizeof err, 3000), 0);
     /* One that ignores CANCEL is killed at the deadline. */
@@ -933,6 +953,41 @@ static void test_json_registry_spawn(void **state)
     assert_non_null(strstr(cJSON_GetObjectItem(r, "err")->valuestring, "boom"));
     cJSON_Delete(r);
     assert_int_equal(exit_of(a, err, sizeof err, 100), -1); /* still alive */
+}
+
+/* process.id, unmonitor, CANCEL's reason and from, `return nil, err` as an error exit. */
+static void test_process_api(void **state)
+{
+    (void)state;
+    char a[RL_PID_MAX], err[256];
+    spawn(1, a);
+    send_cmd(a, "procapi", NULL);
+    cJSON *mine = NULL, *c3 = NULL;
+    for (int k = 0; k < 2; k++) {
+        cJSON *r = reply_json(k);
+        if (cJSON_GetObjectItem(r, "cancelled"))
+            c3 = r;
+        else
+            mine = r;
+    }
+    assert_non_null(mine);
+    assert_non_null(c3);
+    const char *keys[] = {"id_ok", "un", "c2", "c3", "empty"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        if (!jtrue(mine, keys[i]))
+            fail_msg("process check %s failed: %s", keys[i], cJSON_PrintUnformatted(mine));
+    assert_string_equal(cJSON_GetObjectItem(mine, "err")->valuestring, "bad thing");
+    assert_string_equal(cJSON_GetObjectItem(c3, "reason")->valuestring, "shutting down");
+    assert_string_equal(cJSON_GetObjectItem(c3, "from")->valuestring, a);
+    assert_string_equal(cJSON_GetObjectItem(mine, "me")->valuestring, a);
+    cJSON_Delete(mine);
+    cJSON_Delete(c3);
+    assert_int_equal(exit_of(a, err, sizeof err, 100), -1); /* still alive */
+    /* a hub's plugin whose run() returns nil, err exits with that error */
+    spawn(1, a);
+    send_cmd(a, "nilerr", NULL);
+    assert_int_equal(exit_of(a, err, sizeof err, 3000), 1);
+    assert_string_equal(err, "bad thing");
 }
 
 static void test_mailbox_bound(void **state)
@@ -1225,6 +1280,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_budget, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sleep_and_select, setup, teardown),
         cmocka_unit_test_setup_teardown(test_durations, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_process_api, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_json_registry_spawn, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mailbox_bound, setup, teardown),
