@@ -127,12 +127,15 @@ static const char prelude[] =
     "safe.coroutine = readonly(colib)\n"
     "safe.os = readonly({time = G.os.time, clock = G.os.clock, date = G.os.date,\n"
     "  difftime = G.os.difftime})\n"
-    /* durations are numbers of milliseconds; give them Go-like accessors */
+    /* durations are integers of nanoseconds; give them the platform's Duration accessors
+       (hours/minutes/seconds as floats, the smaller units as integers truncated toward 0) */
+    "local function trunc(x) if x < 0 then return -G.math.floor(-x) end return G.math.floor(x) end\n"
     "G.debug.setmetatable(0, {__metatable = false, __index = readonly({\n"
-    "  hours = function(d) return d / 3600000 end, minutes = function(d) return d / 60000 end,\n"
-    "  seconds = function(d) return d / 1000 end, milliseconds = function(d) return d end,\n"
-    "  microseconds = function(d) return d * 1000 end,\n"
-    "  nanoseconds = function(d) return d * 1000000 end})})\n"
+    "  hours = function(d) return d / 3.6e12 end, minutes = function(d) return d / 6e10 end,\n"
+    "  seconds = function(d) return d / 1e9 end,\n"
+    "  milliseconds = function(d) return trunc(d / 1e6) end,\n"
+    "  microseconds = function(d) return trunc(d / 1e3) end,\n"
+    "  nanoseconds = function(d) return trunc(d) end})})\n"
     "process.event = readonly({CANCEL = 'pid.cancel', EXIT = 'pid.exit',\n"
     "  LINK_DOWN = 'pid.link.down'})\n"
     "process.registry = readonly(process.registry)\n"
@@ -646,6 +649,13 @@ static void inst_resume(rl_lua_inst *I)
     char buf[512];
     const char *err = NULL;
     int done = 1;
+    /* `return nil, err` from run() is an error exit, as on the platform */
+    const char *ret_err = NULL;
+    if (st == LUA_OK && nres >= 2 && lua_isnil(co, -nres) && !lua_isnil(co, -nres + 1)) {
+        lua_pushvalue(co, -nres + 1);
+        ret_err = error_text(co, buf, sizeof buf);
+        lua_pop(co, 1);
+    }
     if (st == LUA_YIELD || st == LUA_OK)
         lua_pop(co, nres);
     if (I->exit_pending_set) {
@@ -661,6 +671,8 @@ static void inst_resume(rl_lua_inst *I)
         done = 0;
     } else if (st != LUA_OK) {
         err = error_text(co, buf, sizeof buf);
+    } else if (ret_err) {
+        err = ret_err;
     }
     if (done) {
         int quiet = I->exit_pending_set;
@@ -689,11 +701,19 @@ static int is_linked(rl_lua_inst *I, const char *pid)
     return 0;
 }
 
+int rl_lua_unmon_find(const rl_lua_inst *I, const char *pid)
+{
+    for (uint32_t i = 0; I->unmon && i < I->unmon->n; i++)
+        if (strcmp(I->unmon->pid[i], pid) == 0)
+            return (int)i;
+    return -1;
+}
+
 static void push_event(rl_lua_inst *I, rl_lua_ev_kind kind, const char *from, const char *error,
-                       uint64_t deadline)
+                       uint64_t deadline, const char *reason)
 {
     rl_lua_event *e = calloc(1, sizeof *e);
-    if (!e || (error && !(e->error = strdup(error)))) {
+    if (!e || (error && !(e->error = strdup(error))) || (reason && !(e->reason = strdup(reason)))) {
         rl_error("lua", "plugin %s: out of memory, event dropped", I->proc.pid);
         rl_lua_event_free(e);
         rl_metric_inc(RL_M_MSGS_DROPPED);
@@ -715,9 +735,13 @@ static void inst_handle(rl_proc *p, rl_msg *m)
     if (m->topic == RL_T_PID_EXIT) {
         const char *from = m->ctl.exit.pid;
         const char *error = m->ctl.exit.error ? m->ctl.exit.error->data : NULL;
-        push_event(I, RL_EV_EXIT, from, error, 0);
+        int u = rl_lua_unmon_find(I, from);
+        if (u >= 0) /* process.unmonitor(from): no EXIT; the report was its last word */
+            memmove(I->unmon->pid[u], I->unmon->pid[--I->unmon->n], RL_PID_MAX);
+        else
+            push_event(I, RL_EV_EXIT, from, error, 0, NULL);
         if (error && is_linked(I, from))
-            push_event(I, RL_EV_LINK_DOWN, from, error, 0);
+            push_event(I, RL_EV_LINK_DOWN, from, error, 0, NULL);
         rl_msg_free(m);
         return;
     }
@@ -733,7 +757,7 @@ static void inst_cancel(rl_proc *p, uint64_t deadline_ms)
     rl_lua_inst *I = (rl_lua_inst *)p;
     if (I->torn)
         return;
-    push_event(I, RL_EV_CANCEL, NULL, NULL, deadline_ms);
+    push_event(I, RL_EV_CANCEL, H.cancel_from, NULL, deadline_ms, H.cancel_reason);
     if (!I->deadline) {
         I->deadline = rl_lua_timer_start(I, RL_TIMER_DEADLINE, deadline_ms, 0, LUA_NOREF);
         if (!I->deadline)
@@ -749,6 +773,7 @@ static void inst_free(rl_proc *p)
     free(I->waits);
     rl_body_unref(I->user_meta);
     free(I->exit_pending);
+    free(I->unmon);
     for (size_t i = 0; i < I->nlinks; i++)
         free(I->links[i]);
     free(I->links);

@@ -59,6 +59,7 @@ void rl_lua_event_free(rl_lua_event *e)
     if (!e)
         return;
     free(e->error);
+    free(e->reason);
     free(e);
 }
 
@@ -189,8 +190,10 @@ static void push_event(lua_State *L, const rl_lua_event *e)
         lua_setfield(L, -2, "from");
     }
     if (e->kind == RL_EV_CANCEL) {
-        lua_pushinteger(L, (lua_Integer)e->deadline_ms);
+        lua_pushinteger(L, (lua_Integer)e->deadline_ms * 1000000); /* a duration: ns */
         lua_setfield(L, -2, "deadline");
+        lua_pushstring(L, e->reason ? e->reason : "cancelled");
+        lua_setfield(L, -2, "reason");
     } else {
         lua_createtable(L, 0, 1);
         if (e->error) {
@@ -355,7 +358,8 @@ static int chan_do(lua_State *L, int mode)
                 return 2;
             }
             do_send(L, c->ch, 1, 2);
-            return 0;
+            lua_pushboolean(L, 1); /* ch:send(v) -> true, as on the platform */
+            return 1;
         }
         lua_createtable(L, 0, 3);
         int res = lua_gettop(L);
@@ -371,7 +375,7 @@ static int chan_do(lua_State *L, int mode)
         } else {
             lua_rawgeti(L, chidx - 1, 3);
             do_send(L, c->ch, chidx, lua_gettop(L));
-            lua_pop(L, 1);
+            lua_setfield(L, res, "value"); /* a send case's result carries what it sent */
             lua_pushboolean(L, 1);
             lua_setfield(L, res, "ok");
         }
@@ -470,7 +474,7 @@ static int l_close(lua_State *L)
     if (ch->kind != RL_CH_LUA)
         return luaL_error(L, "cannot close a receive-only channel");
     if (ch->closed)
-        return luaL_error(L, "close of closed channel");
+        return 0; /* closing a closed channel is a no-op, as on the platform */
     ch->closed = 1;
     notify(ch);
     return 0;

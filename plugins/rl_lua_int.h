@@ -21,6 +21,9 @@
 #define RL_LUA_CHAN_MAX 1000000   /* channel.new(size) upper bound */
 #define RL_LUA_POOL_MAX 256       /* Lua blocks up to this size are recycled per size class */
 #define RL_LUA_POOL_KEEP 1024     /* free blocks kept per class (2.2 MiB in all at most) */
+#define RL_LUA_DURATION_MAX 9.2e18 /* |duration| in ns (int64, as Go's time.Duration) */
+#define RL_LUA_TICK_MIN_NS 1e6     /* shortest ticker period: the loop's timer resolution */
+#define RL_LUA_UNMON_MAX 256       /* processes one instance has unmonitored (pending exits) */
 
 /* What the sandbox bounds per instance: the label of its kill and refusal counters. */
 #define RL_LUA_LIMITS(X)                                                                          \
@@ -64,8 +67,16 @@ typedef struct rl_lua_event {
     rl_lua_ev_kind kind;
     uint64_t deadline_ms; /* CANCEL */
     char *error;          /* EXIT / LINK_DOWN: NULL = normal exit */
+    char *reason;         /* CANCEL: why (NULL: none given) */
     char from[RL_PID_MAX];
 } rl_lua_event;
+
+/* Pids an instance unmonitored: their PID_EXIT gives no EXIT event (the core keeps the
+   monitor; the host drops its report). */
+typedef struct rl_lua_unmon {
+    uint32_t n;
+    char pid[][RL_PID_MAX];
+} rl_lua_unmon;
 
 struct rl_lua_inst { /* 320 bytes: one jemalloc class per idle instance, keep it there */
     rl_proc proc; /* first member: (rl_lua_inst *)p */
@@ -82,6 +93,7 @@ struct rl_lua_inst { /* 320 bytes: one jemalloc class per idle instance, keep it
     char **links;       /* children started linked: their error exits also give LINK_DOWN */
     char **children;    /* live children it spawned: they end with it (plugin_max_children) */
     struct rl_lua_count *chans; /* live channels it made (plugin_max_channels) */
+    rl_lua_unmon *unmon;        /* processes it unmonitored, NULL if none */
     uint64_t parent;            /* serial of the instance that spawned it, 0 for a hub's plugin */
     rl_lua_inst_state state;
     rl_lua_limit limit_kind; /* with limit_hit: the limit that doomed it */
@@ -106,6 +118,7 @@ typedef struct rl_lua_host {
     int *config_refs; /* per cfg->plugins[i]: its shared read-only args.config (lazily) */
     int safe_ref, env_mt_ref, boot_ref, readonly_ref;
     rl_lua_inst *current; /* the instance inside lua_resume */
+    const char *cancel_from, *cancel_reason; /* set around rl_cancel by process.cancel */
     rl_lua_inst *insts;
     int open;
     uint64_t rng;
@@ -156,6 +169,8 @@ rl_lua_inst *rl_lua_inst_of(const char *pid);
 int rl_lua_spawn_child(lua_State *L, rl_lua_inst *parent, const rl_plugin_def *def,
                        const char *args_json, int monitored, char pid_out[RL_PID_MAX], char *err,
                        size_t errlen);
+/* Index of pid in I's unmonitored set, or -1. */
+int rl_lua_unmon_find(const rl_lua_inst *I, const char *pid);
 /* The plugin def whose id or name is s, or NULL. */
 const rl_plugin_def *rl_lua_find_def(const char *s);
 
@@ -200,10 +215,10 @@ rl_lua_timer *rl_lua_timer_start(rl_lua_inst *I, int kind, uint64_t ms, uint64_t
 /* Stops and closes t (freed in the close callback); releases its channel ref. */
 void rl_lua_timer_close(rl_lua_timer *t);
 void rl_lua_time_open(lua_State *L); /* pushes the time module table */
-/* Duration argument in ms: a number (milliseconds) or a Go duration string. Raises if bad. */
+/* Duration argument in ns: a number (nanoseconds) or a Go duration string. Raises if bad. */
 double rl_lua_duration_arg(lua_State *L, int idx);
-/* Go-style duration "1h2m3.5s", "150ms", "10us", "5ns" -> ms; -1 if malformed. */
-int rl_lua_duration_parse(const char *s, double *ms);
+/* Go-style duration "1h2m3.5s", "150ms", "10us", "5ns" -> ns; -1 if malformed. */
+int rl_lua_duration_parse(const char *s, double *ns);
 int64_t rl_lua_unix_ns(void);
 void rl_lua_time_push(lua_State *L, int64_t unix_ns);
 

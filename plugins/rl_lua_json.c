@@ -10,16 +10,21 @@
  * node runs in the "C" locale; out of range gives +-math.huge, as strtod does). null becomes nil:
  * a null member is absent, a null array item leaves its index empty (a hole: [1,null,3] gives
  * t[1] = 1, t[3] = 3), as the cJSON decoder did. Of repeated keys the first wins (as in the hub,
- * which routes on the first "type"); a first null also wins. An object that decodes to an empty
- * table gets the shared marker metatable "json.object", so that it encodes back as {}
- * (json.object() makes one); the marker is locked by __metatable: getmetatable gives the string
- * "json.object" and setmetatable on such a table raises. At most RL_LUA_JSON_DEPTH containers
- * nest (C recursion to that depth is fine).
+ * which routes on the first "type"); a first null also wins. Every table decoded from an object
+ * is remembered as an object (see below), so that it encodes back as {} however many of its keys
+ * the plugin removes. At most RL_LUA_JSON_DEPTH containers nest (C recursion to that depth is
+ * fine).
+ *
+ * Known objects: a weak-keyed set in the state's registry holds every table that is known to be
+ * an object: decoded from a JSON object, made by json.object(), or encoded as an object (it had
+ * string keys then). An empty table encodes as {} when it is in the set, as [] otherwise. The
+ * set holds no table alive and is reachable from no plugin; the tables keep no metatable, so a
+ * plugin may still set its own on them.
  *
  * Encoding: nil -> null; integers exact; a float as the first of %.15g, %.16g, %.17g that reads
  * back as the same double, ".0" appended when that looks like an integer so that it decodes as a
  * float again; NaN and +-inf -> null (as the original platform's encoder). An empty table -> []
- * unless it carries the object marker ({}); keys exactly 1..n -> array; only string keys ->
+ * unless it is a known object ({}); keys exactly 1..n -> array; only string keys ->
  * object with "type", then "topic", then the other keys in byte order (deterministic, and the
  * spec's example frame comes out as written). Strings byte for byte, except that '"', '\' and
  * bytes below 0x20 are escaped and invalid UTF-8 becomes U+FFFD (as Go's encoder does; the text
@@ -36,7 +41,8 @@
 #include "rl_lua_int.h"
 #include "rl_metrics.h"
 
-#define JOBJECT_MT "json.object" /* registry name of the marker; also what getmetatable says */
+/* Registry key (its address) of the weak set of known objects. */
+static const char objects_key;
 
 /* Bytes a string holds as is, both ways: printable ASCII other than '"' and '\'. The others
    (controls, quote, backslash, and >= 0x80, which is checked as UTF-8) take the slow path. */
@@ -277,12 +283,27 @@ static void sort_keys(skey *k, size_t n)
 
 static int is_object_marked(lua_State *L, int idx)
 {
-    if (!lua_getmetatable(L, idx))
+    idx = lua_absindex(L, idx);
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &objects_key) != LUA_TTABLE) {
+        lua_pop(L, 1);
         return 0;
-    luaL_getmetatable(L, JOBJECT_MT);
-    int r = lua_rawequal(L, -1, -2);
+    }
+    lua_pushvalue(L, idx);
+    int r = lua_rawget(L, -2) != LUA_TNIL;
     lua_pop(L, 2);
     return r;
+}
+
+/* Adds the table at idx to the known objects (a no-op in a state without the module). */
+static void mark_object_at(lua_State *L, int idx)
+{
+    idx = lua_absindex(L, idx);
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &objects_key) == LUA_TTABLE) {
+        lua_pushvalue(L, idx);
+        lua_pushboolean(L, 1);
+        lua_rawset(L, -3);
+    }
+    lua_pop(L, 1);
 }
 
 static const char *encode(lua_State *L, int idx, int depth);
@@ -365,6 +386,11 @@ static const char *encode_table(lua_State *L, int idx, int depth)
         lua_settop(L, top);
         return "table mixes string keys and array items";
     }
+    if (!lua_checkstack(L, 3)) {
+        lua_settop(L, top);
+        return "nested too deep";
+    }
+    mark_object_at(L, idx); /* it had string keys: {} if it is emptied later */
     sort_keys(keys, n);
     out_addc(L, '{');
     int vtop = lua_gettop(L);
@@ -727,10 +753,7 @@ static int grow(jdec *d, const unsigned char *p)
     return lua_checkstack(d->L, 6) ? 0 : fail(d, p, "out of Lua stack");
 }
 
-static void mark_object(lua_State *L)
-{
-    luaL_setmetatable(L, JOBJECT_MT);
-}
+static void mark_object(lua_State *L) { mark_object_at(L, -1); }
 
 /* Makes the table in slot t (a placeholder below the n items above it) and stores the items
    (a nil leaves a hole). */
@@ -820,6 +843,7 @@ static int dec_object(jdec *d, int depth)
     d->p = p + 1;
     if (!direct)
         flush_members(L, t, n, n, 0);
+    mark_object_at(L, t);
     if (!nulls)
         return 1;
     if (direct) { /* drop the held nulls; clearing fields during a traversal is allowed */
@@ -833,11 +857,6 @@ static int dec_object(jdec *d, int depth)
             lua_pop(L, 1);
         }
     }
-    lua_pushnil(L);
-    if (lua_next(L, t))
-        lua_pop(L, 2);
-    else
-        mark_object(L); /* only nulls: still an object */
     return 1;
 }
 
@@ -960,8 +979,8 @@ static int l_decode(lua_State *L)
     return 2;
 }
 
-/* json.object(): a new empty table that encodes as {} (keys added later make it an ordinary
-   object; the marker only matters while it is empty). */
+/* json.object(): a new empty table known to be an object: it encodes as {} while empty (items
+   1..n added later make it an array). */
 static int l_object(lua_State *L)
 {
     lua_createtable(L, 0, 0);
@@ -971,9 +990,13 @@ static int l_object(lua_State *L)
 
 void rl_lua_json_open(lua_State *L)
 {
-    if (luaL_newmetatable(L, JOBJECT_MT)) { /* shared by every marked table: locked */
-        lua_pushliteral(L, JOBJECT_MT);
-        lua_setfield(L, -2, "__metatable");
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &objects_key) != LUA_TTABLE) {
+        lua_newtable(L); /* the known objects: weak keys */
+        lua_createtable(L, 0, 1);
+        lua_pushliteral(L, "k");
+        lua_setfield(L, -2, "__mode");
+        lua_setmetatable(L, -2);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &objects_key);
     }
     lua_pop(L, 1);
     static const luaL_Reg fns[] = {

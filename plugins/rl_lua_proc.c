@@ -1,6 +1,7 @@
 /* The process module of the Lua plugin host (pid, send, inbox, events, spawn*, cancel,
  * terminate, monitor, link, registry) and the host helpers the prelude uses. */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +74,9 @@ static int l_pid(lua_State *L)
     lua_pushstring(L, rl_lua_current(L)->proc.pid);
     return 1;
 }
+
+/* process.id(): the platform's frame id; an instance is one frame here, so its pid. */
+static int l_id(lua_State *L) { return l_pid(L); }
 
 /* The message for one payload of process.send: ws.message writes a string as the frame itself
    and a table JSON-encoded; ws.close takes a reason string or {code=, reason=}; any other
@@ -174,12 +178,20 @@ static int l_cancel(lua_State *L)
 {
     rl_lua_inst *I = rl_lua_current(L);
     const char *dest = luaL_checkstring(L, 1);
-    double ms = CANCEL_DEFAULT_MS;
-    if (lua_type(L, 2) == LUA_TNUMBER)
-        ms = lua_tonumber(L, 2);
-    else if (lua_type(L, 2) == LUA_TSTRING && rl_lua_duration_parse(lua_tostring(L, 2), &ms) < 0)
-        ms = CANCEL_DEFAULT_MS; /* a reason string (the other reading of the original API) */
-    int rc = rl_cancel(&I->proc, resolve(I, dest), ms > 0 ? (uint64_t)ms : 0);
+    double ns = CANCEL_DEFAULT_MS * 1e6;
+    const char *reason = NULL;
+    if (lua_type(L, 2) == LUA_TNUMBER) {
+        ns = lua_tonumber(L, 2);
+    } else if (lua_type(L, 2) == LUA_TSTRING &&
+               rl_lua_duration_parse(lua_tostring(L, 2), &ns) < 0) {
+        ns = CANCEL_DEFAULT_MS * 1e6; /* a reason string (the other reading of the original API) */
+        reason = lua_tostring(L, 2);
+    }
+    double ms = ns > 0 ? ceil(ns / 1e6) : 0;
+    rl_lua_g.cancel_from = I->proc.pid; /* the target's CANCEL event says who and why */
+    rl_lua_g.cancel_reason = reason;
+    int rc = rl_cancel(&I->proc, resolve(I, dest), ms < 1e15 ? (uint64_t)ms : (uint64_t)1e15);
+    rl_lua_g.cancel_from = rl_lua_g.cancel_reason = NULL;
     if (rc < 0)
         return fail(L, send_error(rc));
     lua_pushboolean(L, 1);
@@ -209,9 +221,43 @@ static int l_terminate(lua_State *L)
 static int l_monitor(lua_State *L)
 {
     rl_lua_inst *I = rl_lua_current(L);
-    int rc = rl_monitor(&I->proc, resolve(I, luaL_checkstring(L, 1)));
+    const char *pid = resolve(I, luaL_checkstring(L, 1));
+    int u = rl_lua_unmon_find(I, pid);
+    if (u >= 0) { /* monitored again: its report counts once more */
+        memmove(I->unmon->pid[u], I->unmon->pid[--I->unmon->n], RL_PID_MAX);
+        if (rl_proc_find(pid)) {
+            lua_pushboolean(L, 1);
+            return 1;
+        }
+    }
+    int rc = rl_monitor(&I->proc, pid);
     if (rc < 0)
         return fail(L, send_error(rc));
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* process.unmonitor(dest): no EXIT event for dest any more (until monitored again). */
+static int l_unmonitor(lua_State *L)
+{
+    rl_lua_inst *I = rl_lua_current(L);
+    const char *pid = resolve(I, luaL_checkstring(L, 1));
+    rl_proc *T = rl_proc_find(pid);
+    if (T && !rl_may_control(&I->proc, T))
+        return fail(L, send_error(-EPERM));
+    if (rl_lua_unmon_find(I, pid) >= 0 || !T) { /* a gone process reports no more */
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    uint32_t n = I->unmon ? I->unmon->n : 0;
+    if (n >= RL_LUA_UNMON_MAX)
+        return fail(L, "too many unmonitored processes");
+    rl_lua_unmon *nu = realloc(I->unmon, sizeof *nu + (n + 1) * sizeof nu->pid[0]);
+    if (!nu)
+        return luaL_error(L, "not enough memory");
+    I->unmon = nu;
+    nu->n = n + 1;
+    snprintf(nu->pid[n], RL_PID_MAX, "%s", pid);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -404,12 +450,14 @@ void rl_lua_proc_open(lua_State *L)
 {
     static const luaL_Reg fns[] = {
         {"pid", l_pid},
+        {"id", l_id},
         {"send", l_send},
         {"inbox", l_inbox},
         {"events", l_events},
         {"cancel", l_cancel},
         {"terminate", l_terminate},
         {"monitor", l_monitor},
+        {"unmonitor", l_unmonitor},
         {"link", l_link},
         {"unlink", l_unlink},
         {"spawn", l_spawn},

@@ -1,12 +1,14 @@
 /* The time module of the Lua plugin host: now/sleep/after/timer/ticker/parse_duration and the
  * loop timers behind them.
  *
- * Durations are plain numbers of milliseconds (fractions allowed): time.SECOND == 1000,
- * time.MILLISECOND == 1, time.NANOSECOND == 1e-6, so `2 * time.SECOND` and `time.sleep(250)`
- * both mean what they say. Every duration argument also takes a Go duration string ("5s",
- * "150ms", "1h30m"). Numbers get :seconds()/:milliseconds()/... accessors (prelude), so
- * time.parse_duration("90s"):seconds() == 90 works as on the original platform. Timers belong
- * to the instance that made them and are closed when it exits. */
+ * Durations are integers of nanoseconds, as on the platform: time.NANOSECOND == 1,
+ * time.SECOND == 1e9, so `2 * time.SECOND` and `time.sleep(500000000)` mean what they say.
+ * Every duration argument also takes a Go duration string ("5s", "150ms", "1h30m").
+ * parse_duration, Time:sub and since return the same plain integers; numbers get the
+ * platform's Duration accessors (:seconds(), :milliseconds(), ... in the prelude), so
+ * time.parse_duration("90s"):seconds() == 90. The loop's timers run at millisecond
+ * resolution: a timer waits for its duration rounded up to the next millisecond. Timers
+ * belong to the instance that made them and are closed when it exits. */
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
@@ -42,18 +44,18 @@ int64_t rl_lua_unix_ns(void)
 
 /* ---- durations ------------------------------------------------------------------------- */
 
-int rl_lua_duration_parse(const char *s, double *ms)
+int rl_lua_duration_parse(const char *s, double *ns)
 {
     static const struct {
         const char *u;
-        double ms;
-    } units[] = {{"ns", 1e-6}, {"us", 1e-3}, {"\xc2\xb5s", 1e-3}, {"ms", 1},
-                 {"s", 1000},  {"m", 60000}, {"h", 3600000}};
+        double ns;
+    } units[] = {{"ns", 1},   {"us", 1e3},  {"\xc2\xb5s", 1e3}, {"ms", 1e6},
+                 {"s", 1e9}, {"m", 60e9}, {"h", 3600e9}};
     double sign = 1, total = 0;
     if (*s == '-' || *s == '+')
         sign = *s++ == '-' ? -1 : 1;
     if (strcmp(s, "0") == 0) {
-        *ms = 0;
+        *ns = 0;
         return 0;
     }
     if (!*s)
@@ -73,7 +75,7 @@ int rl_lua_duration_parse(const char *s, double *ms)
             size_t n = strlen(units[i].u);
             if (strncmp(s, units[i].u, n) == 0 && n > best) {
                 best = n;
-                mult = units[i].ms;
+                mult = units[i].ns;
             }
         }
         if (!best)
@@ -81,31 +83,38 @@ int rl_lua_duration_parse(const char *s, double *ms)
         s += best;
         total += v * mult;
     }
-    *ms = sign * total;
+    if (!(total <= RL_LUA_DURATION_MAX))
+        return -1; /* Go: "invalid duration" past int64 nanoseconds */
+    *ns = sign * total;
     return 0;
 }
 
 double rl_lua_duration_arg(lua_State *L, int idx)
 {
-    if (lua_type(L, idx) == LUA_TNUMBER)
-        return (double)lua_tonumber(L, idx);
+    if (lua_type(L, idx) == LUA_TNUMBER) {
+        double ns = (double)lua_tonumber(L, idx);
+        if (ns != ns)
+            luaL_argerror(L, idx, "invalid duration (NaN)");
+        return ns;
+    }
     if (lua_type(L, idx) == LUA_TSTRING) {
-        double ms;
-        if (rl_lua_duration_parse(lua_tostring(L, idx), &ms) == 0)
-            return ms;
+        double ns;
+        if (rl_lua_duration_parse(lua_tostring(L, idx), &ns) == 0)
+            return ns;
         luaL_argerror(L, idx, lua_pushfstring(L, "invalid duration '%s'", lua_tostring(L, idx)));
     }
-    luaL_argerror(L, idx, "duration expected (milliseconds or a string like \"5s\")");
+    luaL_argerror(L, idx, "duration expected (nanoseconds or a string like \"5s\")");
     return 0;
 }
 
-static uint64_t to_timeout(double ms)
+/* Nanoseconds to loop milliseconds, rounded up. */
+static uint64_t to_timeout(double ns)
 {
-    if (!(ms > 0))
+    if (!(ns > 0))
         return 0;
-    if (ms > 1e15)
+    if (ns > 1e21)
         return (uint64_t)1e15;
-    return (uint64_t)ceil(ms);
+    return (uint64_t)ceil(ns / 1e6);
 }
 
 /* ---- loop timers ----------------------------------------------------------------------- */
@@ -223,13 +232,13 @@ static int l_sleep(lua_State *L)
 }
 
 /* Pushes a timer channel fed by a new timer; returns the timer (NULL raises). */
-static rl_lua_timer *start_chan_timer(lua_State *L, rl_lua_inst *I, double ms, int ticker)
+static rl_lua_timer *start_chan_timer(lua_State *L, rl_lua_inst *I, double ns, int ticker)
 {
     timer_room(L, I);
     rl_lua_chan_new(L, RL_CH_TIMER, 1);
     lua_pushvalue(L, -1);
     int ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    uint64_t t0 = to_timeout(ms);
+    uint64_t t0 = to_timeout(ns);
     rl_lua_timer *t = rl_lua_timer_start(I, ticker ? RL_TIMER_TICKER : RL_TIMER_ONCE, t0,
                                          ticker ? t0 : 0, ref);
     if (!t)
@@ -247,14 +256,14 @@ static int l_after(lua_State *L)
 static int new_timer_obj(lua_State *L, int ticker)
 {
     rl_lua_inst *I = rl_lua_current(L);
-    double ms = rl_lua_duration_arg(L, 1);
-    if (ticker && !(ms >= 1))
+    double ns = rl_lua_duration_arg(L, 1);
+    if (ticker && !(ns >= RL_LUA_TICK_MIN_NS))
         return luaL_argerror(L, 1, "ticker period must be at least 1ms");
     timer_ud *u = lua_newuserdatauv(L, sizeof *u, 1);
     u->t = NULL;
     u->ticker = ticker;
     luaL_setmetatable(L, TIMER_MT);
-    rl_lua_timer *t = start_chan_timer(L, I, ms, ticker);
+    rl_lua_timer *t = start_chan_timer(L, I, ns, ticker);
     lua_setiuservalue(L, -2, 1); /* the channel */
     u->t = t;
     t->slot = &u->t;
@@ -285,15 +294,15 @@ static int l_timer_reset(lua_State *L)
 {
     timer_ud *u = luaL_checkudata(L, 1, TIMER_MT);
     rl_lua_inst *I = rl_lua_current(L);
-    double ms = rl_lua_duration_arg(L, 2);
-    if (u->ticker && !(ms >= 1))
+    double ns = rl_lua_duration_arg(L, 2);
+    if (u->ticker && !(ns >= RL_LUA_TICK_MIN_NS))
         return luaL_argerror(L, 2, "ticker period must be at least 1ms");
     int active = u->t != NULL;
     if (u->t)
         rl_lua_timer_close(u->t);
     lua_getiuservalue(L, 1, 1);
     int ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    uint64_t t0 = to_timeout(ms);
+    uint64_t t0 = to_timeout(ns);
     rl_lua_timer *t = rl_lua_timer_start(I, u->ticker ? RL_TIMER_TICKER : RL_TIMER_ONCE, t0,
                                          u->ticker ? t0 : 0, ref);
     if (!t)
@@ -313,16 +322,35 @@ static int l_timer_gc(lua_State *L)
     return 0;
 }
 
+/* Pushes a duration of ns nanoseconds: an integer, as every duration the module returns. */
+static void push_duration(lua_State *L, double ns)
+{
+    if (ns >= -RL_LUA_DURATION_MAX && ns <= RL_LUA_DURATION_MAX)
+        lua_pushinteger(L, (lua_Integer)llround(ns));
+    else
+        lua_pushinteger(L, ns < 0 ? LUA_MININTEGER : LUA_MAXINTEGER);
+}
+
+/* time.parse_duration(v): a duration string or a number of nanoseconds -> integer ns. */
 static int l_parse_duration(lua_State *L)
 {
-    double ms;
-    const char *s = luaL_checkstring(L, 1);
-    if (rl_lua_duration_parse(s, &ms) < 0) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "time: invalid duration \"%s\"", s);
-        return 2;
+    double ns;
+    if (lua_type(L, 1) == LUA_TNUMBER) {
+        ns = (double)lua_tonumber(L, 1);
+        if (ns != ns) {
+            lua_pushnil(L);
+            lua_pushliteral(L, "time: invalid duration (NaN)");
+            return 2;
+        }
+    } else {
+        const char *s = luaL_checkstring(L, 1);
+        if (rl_lua_duration_parse(s, &ns) < 0) {
+            lua_pushnil(L);
+            lua_pushfstring(L, "time: invalid duration \"%s\"", s);
+            return 2;
+        }
     }
-    lua_pushnumber(L, ms);
+    push_duration(L, ns);
     return 1;
 }
 
@@ -447,16 +475,18 @@ static int t_tostring(lua_State *L)
     lua_pushstring(L, buf);
     return 1;
 }
-static int t_sub(lua_State *L) /* -> duration in ms */
+static int t_sub(lua_State *L) /* -> duration in ns */
 {
-    lua_pushnumber(L, (lua_Number)(check_time(L, 1) - check_time(L, 2)) / 1e6);
+    lua_pushinteger(L, (lua_Integer)(check_time(L, 1) - check_time(L, 2)));
     return 1;
 }
 static int t_add(lua_State *L)
 {
     int64_t ns = check_time(L, 1);
-    double ms = rl_lua_duration_arg(L, 2);
-    rl_lua_time_push(L, ns + (int64_t)llround(ms * 1e6));
+    double d = rl_lua_duration_arg(L, 2);
+    if (!(d >= -RL_LUA_DURATION_MAX && d <= RL_LUA_DURATION_MAX))
+        return luaL_argerror(L, 2, "duration out of range");
+    rl_lua_time_push(L, (int64_t)((uint64_t)ns + (uint64_t)llround(d)));
     return 1;
 }
 static int t_before(lua_State *L)
@@ -482,7 +512,7 @@ static int t_le(lua_State *L)
 
 static int l_since(lua_State *L)
 {
-    lua_pushnumber(L, (lua_Number)(rl_lua_unix_ns() - check_time(L, 1)) / 1e6);
+    lua_pushinteger(L, (lua_Integer)(rl_lua_unix_ns() - check_time(L, 1)));
     return 1;
 }
 
@@ -530,14 +560,12 @@ void rl_lua_time_open(lua_State *L)
     luaL_newlib(L, fns);
     static const struct {
         const char *name;
-        double ms;
-    } consts[] = {{"NANOSECOND", 1e-6}, {"MICROSECOND", 1e-3}, {"MILLISECOND", 1},
-                  {"SECOND", 1000},     {"MINUTE", 60000},    {"HOUR", 3600000}};
+        lua_Integer ns;
+    } consts[] = {{"NANOSECOND", 1},          {"MICROSECOND", 1000},
+                  {"MILLISECOND", 1000000},   {"SECOND", 1000000000},
+                  {"MINUTE", 60000000000LL}, {"HOUR", 3600000000000LL}};
     for (size_t i = 0; i < sizeof consts / sizeof consts[0]; i++) {
-        if (consts[i].ms >= 1)
-            lua_pushinteger(L, (lua_Integer)consts[i].ms);
-        else
-            lua_pushnumber(L, consts[i].ms);
+        lua_pushinteger(L, consts[i].ns);
         lua_setfield(L, -2, consts[i].name);
     }
     lua_pushstring(L, "2006-01-02T15:04:05Z07:00");

@@ -144,7 +144,7 @@ static const char probe_src[] =
     "end\n"
     "function cmds.sleep(p)\n"
     "  local t0 = time.now()\n"
-    "  time.sleep(p.ms)\n"
+    "  time.sleep(p.ms * time.MILLISECOND)\n"
     "  time.sleep('5ms')\n"
     "  reply({elapsed = time.now():sub(t0)})\n"
     "end\n"
@@ -154,14 +154,14 @@ static const char probe_src[] =
     "  b:send('from b')\n"
     "  local r = channel.select({a:case_receive(), b:case_receive()})\n"
     "  got.v1 = r.value; got.c1 = r.channel == b; got.ok1 = r.ok\n"
-    "  local t = time.after(20)\n"
+    "  local t = time.after(20 * time.MILLISECOND)\n"
     "  local r2 = channel.select({a:case_receive(), t:case_receive()})\n"
     "  got.c2 = r2.channel == t\n"
     "  local r3 = channel.select({a:case_receive(), default = true})\n"
     "  got.d = r3.default == true\n"
     "  local c = channel.new(1)\n"
     "  local r4 = channel.select({c:case_send(42)})\n"
-    "  got.sent = r4.ok\n"
+    "  got.sent = r4.ok and r4.value == 42 and r4.channel == c\n"
     "  got.v4 = c:receive()\n"
     "  -- a send and a receive case in one select; the receive case is the channel itself\n"
     "  local s1, s2 = channel.new(1), channel.new(1)\n"
@@ -174,6 +174,11 @@ static const char probe_src[] =
     "  got.bad = not pcall(channel.select, {42})\n"
     "  got.events_len = process.events():len() == 0\n"
     "  a:close()\n"
+    "  got.close2 = pcall(a.close, a) and select('#', a:close()) == 0\n"
+    "  got.send_closed = not pcall(a.send, a, 1)\n"
+    "  local sc = channel.new(2)\n"
+    "  local s_ok, s_n = sc:send('v'), select('#', sc:send('w'))\n"
+    "  got.send_true = s_ok == true and s_n == 1 and sc:receive() == 'v'\n"
     "  local r5 = channel.select({a:case_receive()})\n"
     "  got.ok5 = r5.ok\n"
     "  local v6, ok6 = a:receive()\n"
@@ -181,7 +186,7 @@ static const char probe_src[] =
     "  local tk = time.ticker('5ms')\n"
     "  for i = 1, 3 do tk:channel():receive() end\n"
     "  got.stopped = tk:stop()\n"
-    "  local tm = time.timer(5)\n"
+    "  local tm = time.timer(5000000)\n"
     "  got.timer = getmetatable(tm:channel():receive()) == false\n"
     "  -- a producer coroutine filling a buffered channel, drained by the instance\n"
     "  local q = channel.new(4)\n"
@@ -207,8 +212,11 @@ static const char probe_src[] =
     "  assert(json.encode(function() end) == nil)\n"
     "  assert(json.encode(0/0) == 'null' and json.encode(-1/0) == 'null')\n"
     "  assert(json.encode(json.object()) == '{}' and json.encode(json.decode('{}')) == '{}')\n"
-    "  assert(getmetatable(json.decode('{}')) == 'json.object')\n"
-    "  assert(not pcall(setmetatable, json.decode('{}'), {}))\n"
+    "  local emptied = json.decode('{\"a\":1}'); emptied.a = nil\n"
+    "  assert(json.encode(emptied) == '{}' and getmetatable(json.decode('{}')) == nil)\n"
+    "  assert(json.encode({v = 0/0, w = 1/0}) == '{\"v\":null,\"w\":null}')\n"
+    "  assert(math.type(json.decode('42.0')) == 'float' and json.encode(json.decode('42.0')) == '42.0')\n"
+    "  assert(math.type(json.decode('1e3')) == 'float' and json.decode(json.encode(json.decode('1e3'))) == 1000.0)\n"
     "  local deep = {}\n"
     "  local cur = deep\n"
     "  for i = 1, 200 do cur.x = {}; cur = cur.x end\n"
@@ -228,8 +236,8 @@ static const char probe_src[] =
     "  assert(json.decode(string.rep('[', 300) .. string.rep(']', 300)) == nil)\n"
     "  assert(json.decode('\"\\\\u00e9\"') == '\\195\\169')\n"
     "  assert(json.encode('\\255') == '\"\\\\ufffd\"')\n"
-    "  assert(time.parse_duration('1m30s') == 90000 and time.parse_duration('1.5s'):seconds() == 1.5)\n"
-    "  assert(time.parse_duration('bogus') == nil and time.SECOND == 1000)\n"
+    "  assert(time.parse_duration('1m30s') == 90 * time.SECOND)\n"
+    "  assert(time.parse_duration('1.5s'):seconds() == 1.5 and time.parse_duration('bogus') == nil)\n"
     "  local t = time.parse(time.RFC3339, '2024-01-02T03:04:05Z')\n"
     "  assert(t:unix() == 1704164645 and t:format_rfc3339() == '2024-01-02T03:04:05Z')\n"
     "  log:info('json ok', {x = 1})\n"
@@ -243,8 +251,61 @@ static const char probe_src[] =
     "  local _, e2 = process.send((process.pid():gsub('p%d+%.%x+$', 'p999.00000000')), 'x', 1)\n"
     "  reply({e = e, e2 = e2})\n"
     "end\n"
-    "function cmds.flood(p) time.sleep(p.ms) end\n"
-    "function cmds.ignore_cancel() while true do time.sleep(1000) end end\n"
+    "function cmds.nilerr() return nil, 'bad thing' end\n"
+    "function cmds.procapi()\n"
+    "  local ev = process.events()\n"
+    "  local args = {user_hub_pid = hub}\n"
+    "  local c1 = process.spawn_monitored('app:probe', 'app:processes', args)\n"
+    "  local un = process.unmonitor(c1)\n"
+    "  process.send(c1, 'crash', {})\n"
+    "  local c2 = process.spawn_monitored('app:probe', 'app:processes', args)\n"
+    "  process.send(c2, 'nilerr', {})\n"
+    "  local e1 = ev:receive()\n"
+    "  local c3 = process.spawn_monitored('app:probe', 'app:processes', args)\n"
+    "  process.cancel(c3, 'shutting down')\n"
+    "  local e2 = ev:receive()\n"
+    "  reply({id_ok = process.id() == process.pid(), un = un == true, c2 = e1.from == c2,\n"
+    "    err = e1.result.error, c3 = e2.from == c3 and e2.result.error == nil,\n"
+    "    me = process.pid(), empty = ev:len() == 0})\n"
+    "end\n"
+    "function cmds.flood(p) time.sleep(p.ms * time.MILLISECOND) end\n"
+    "function cmds.ignore_cancel() while true do time.sleep('1s') end end\n"
+    "function cmds.durations()\n"
+    "  local d = {}\n"
+    "  d.units = time.NANOSECOND == 1 and time.MICROSECOND == 1000 and time.MILLISECOND == 1000000\n"
+    "    and time.SECOND == 1000000000 and time.MINUTE == 60 * time.SECOND\n"
+    "    and time.HOUR == 3600 * time.SECOND and math.type(time.SECOND) == 'integer'\n"
+    "  local p = time.parse_duration\n"
+    "  d.parse = p('500ms') == 500000000 and p('1.5s') == 1500000000 and p('2m') == 120 * time.SECOND\n"
+    "    and p('1h30m') == 90 * time.MINUTE and p('10us') == 10000 and p('5ns') == 5\n"
+    "    and p(time.SECOND) == time.SECOND and math.type(p('1.5s')) == 'integer'\n"
+    "    and p('bogus') == nil and p('1') == nil and p('3000000h') == nil\n"
+    "  local x = p('1h30m45s500ms')\n"
+    "  d.accessors = math.abs(x:hours() - 5445.5 / 3600) < 1e-12\n"
+    "    and math.abs(x:minutes() - 5445.5 / 60) < 1e-12\n"
+    "    and x:seconds() == 5445.5 and x:milliseconds() == 5445500\n"
+    "    and x:microseconds() == 5445500000 and x:nanoseconds() == 5445500000000\n"
+    "    and math.type(x:milliseconds()) == 'integer' and (1999999):milliseconds() == 1\n"
+    "    and (-1999999):milliseconds() == -1\n"
+    "  local t0 = time.now()\n"
+    "  time.sleep(200000000)\n"
+    "  local e1 = time.now():sub(t0)\n"
+    "  time.sleep('150ms')\n"
+    "  local e2 = time.now():sub(t0)\n"
+    "  d.sub_int = math.type(e1) == 'integer' and math.type(time.since(t0)) == 'integer'\n"
+    "  d.e1, d.e2 = e1, e2\n"
+    "  local t1 = time.now()\n"
+    "  time.after(30 * time.MILLISECOND):receive()\n"
+    "  time.timer('30ms'):channel():receive()\n"
+    "  local tk = time.ticker(10 * time.MILLISECOND)\n"
+    "  tk:channel():receive(); tk:channel():receive(); tk:stop()\n"
+    "  d.e3 = time.now():sub(t1)\n"
+    "  d.ticker_min = not pcall(time.ticker, 1000)\n"
+    "  local a = time.unix(10, 0)\n"
+    "  d.add = a:add(time.SECOND):unix() == 11 and a:add('1.5s'):unix_nano() == 11500000000\n"
+    "    and a:add(2 * time.SECOND):sub(a) == 2 * time.SECOND and a:unix_nano() == 10 * time.SECOND\n"
+    "  reply(d)\n"
+    "end\n"
     "function cmds.spawn(p)\n"
     "  local child = process.spawn_monitored('app:probe', 'app:processes', {user_hub_pid = hub})\n"
     "  process.send(child, 'crash', {})\n"
@@ -259,15 +320,16 @@ static const char probe_src[] =
     "    if not r.ok then break end\n"
     "    if r.channel == events then\n"
     "      if r.value.kind == process.event.CANCEL then\n"
-    "        reply({cancelled = true, deadline = r.value.deadline})\n"
+    "        reply({cancelled = true, deadline = r.value.deadline, reason = r.value.reason,\n"
+    "          from = r.value.from})\n"
     "        return\n"
     "      end\n"
     "    else\n"
     "      local msg = r.value\n"
     "      local f = cmds[msg:topic()]\n"
     "      if f then\n"
-    "        local out = f(msg:payload():data())\n"
-    "        if out then return out end\n"
+    "        local out, e = f(msg:payload():data())\n"
+    "        if out or e then return out, e end\n"
     "      end\n"
     "    end\n"
     "  end\n"
@@ -802,11 +864,12 @@ static void test_sleep_and_select(void **state)
         cJSON *r = reply_json(k);
         if (cJSON_GetObjectItem(r, "elapsed")) {
             got_a = 1;
-            assert_true(cJSON_GetObjectItem(r, "elapsed")->valuedouble >= 44);
+            assert_true(cJSON_GetObjectItem(r, "elapsed")->valuedouble >= 44e6); /* ns */
         } else {
             got_b = 1;
             const char *keys[] = {"c1", "ok1", "c2", "d", "sent", "ok6", "stopped", "timer",
-                                  "nested", "same", "mixed", "bad", "events_len"};
+                                  "nested", "same", "mixed", "bad", "events_len", "close2",
+                                  "send_closed", "send_true"};
             for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
                 if (!jtrue(r, keys[i]))
                     fail_msg("select check %s failed: %s", keys[i], cJSON_PrintUnformatted(r));
@@ -820,6 +883,30 @@ static void test_sleep_and_select(void **state)
     assert_true(got_a && got_b);
 }
 
+/* Durations are integers of nanoseconds, as on the platform; strings work everywhere. */
+static void test_durations(void **state)
+{
+    (void)state;
+    char a[RL_PID_MAX];
+    spawn(1, a);
+    send_cmd(a, "durations", NULL);
+    cJSON *r = reply_json(0);
+    const char *keys[] = {"units", "parse", "accessors", "sub_int", "add", "ticker_min"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        if (!jtrue(r, keys[i]))
+            fail_msg("durations check %s failed: %s", keys[i], cJSON_PrintUnformatted(r));
+    /* time.sleep(200000000) slept 0.2 s (not 2.3 days), then '150ms' */
+    double e1 = cJSON_GetObjectItem(r, "e1")->valuedouble;
+    double e2 = cJSON_GetObjectItem(r, "e2")->valuedouble;
+    double e3 = cJSON_GetObjectItem(r, "e3")->valuedouble;
+    /* (the loop's clock is read once per iteration: a timer may end a few ms early) */
+    assert_true(e1 >= 190e6 && e1 < 1000e6);
+    assert_true(e2 - e1 >= 140e6 && e2 < 2000e6);
+    if (!(e3 >= 70e6 && e3 < 1000e6)) /* after 30ms + timer 30ms + two 10ms ticks */
+        fail_msg("timers took %.0f ns", e3);
+    cJSON_Delete(r);
+}
+
 static void test_cancel(void **state)
 {
     (void)state;
@@ -829,7 +916,9 @@ static void test_cancel(void **state)
     assert_int_equal(rl_cancel(NULL, a, 5000), 0);
     cJSON *r = reply_json(0);
     assert_true(jtrue(r, "cancelled"));
-    assert_int_equal(cJSON_GetObjectItem(r, "deadline")->valueint, 5000);
+    assert_true(cJSON_GetObjectItem(r, "deadline")->valuedouble == 5e9); /* a duration: ns */
+    assert_string_equal(cJSON_GetObjectItem(r, "reason")->valuestring, "cancelled");
+    assert_null(cJSON_GetObjectItem(r, "from")); /* the runtime cancelled it */
     cJSON_Delete(r);
     assert_int_equal(exit_of(a, err, sizeof err, 3000), 0);
     /* One that ignores CANCEL is killed at the deadline. */
@@ -864,6 +953,41 @@ static void test_json_registry_spawn(void **state)
     assert_non_null(strstr(cJSON_GetObjectItem(r, "err")->valuestring, "boom"));
     cJSON_Delete(r);
     assert_int_equal(exit_of(a, err, sizeof err, 100), -1); /* still alive */
+}
+
+/* process.id, unmonitor, CANCEL's reason and from, `return nil, err` as an error exit. */
+static void test_process_api(void **state)
+{
+    (void)state;
+    char a[RL_PID_MAX], err[256];
+    spawn(1, a);
+    send_cmd(a, "procapi", NULL);
+    cJSON *mine = NULL, *c3 = NULL;
+    for (int k = 0; k < 2; k++) {
+        cJSON *r = reply_json(k);
+        if (cJSON_GetObjectItem(r, "cancelled"))
+            c3 = r;
+        else
+            mine = r;
+    }
+    assert_non_null(mine);
+    assert_non_null(c3);
+    const char *keys[] = {"id_ok", "un", "c2", "c3", "empty"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        if (!jtrue(mine, keys[i]))
+            fail_msg("process check %s failed: %s", keys[i], cJSON_PrintUnformatted(mine));
+    assert_string_equal(cJSON_GetObjectItem(mine, "err")->valuestring, "bad thing");
+    assert_string_equal(cJSON_GetObjectItem(c3, "reason")->valuestring, "shutting down");
+    assert_string_equal(cJSON_GetObjectItem(c3, "from")->valuestring, a);
+    assert_string_equal(cJSON_GetObjectItem(mine, "me")->valuestring, a);
+    cJSON_Delete(mine);
+    cJSON_Delete(c3);
+    assert_int_equal(exit_of(a, err, sizeof err, 100), -1); /* still alive */
+    /* a hub's plugin whose run() returns nil, err exits with that error */
+    spawn(1, a);
+    send_cmd(a, "nilerr", NULL);
+    assert_int_equal(exit_of(a, err, sizeof err, 3000), 1);
+    assert_string_equal(err, "bad thing");
 }
 
 static void test_mailbox_bound(void **state)
@@ -1155,6 +1279,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_crash_and_return, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sleep_and_select, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_durations, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_process_api, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_json_registry_spawn, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mailbox_bound, setup, teardown),
