@@ -134,10 +134,10 @@ def test_js_client_unit():
         node = jsdeps.node_bin()
     except jsdeps.Missing as e:
         return skip(str(e))
-    p = subprocess.run([node, "--test", os.path.join(ROOT, "tests", "js")], cwd=ROOT,
+    p = subprocess.run([node, "--test", os.path.join(ROOT, "tests", "js", "client_unit.test.mjs")], cwd=ROOT,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
     out = p.stdout.decode("utf-8", "replace")
-    check(p.returncode == 0, "node --test tests/js failed:\n" + out[-4000:])
+    check(p.returncode == 0, "node --test tests/js/client_unit.test.mjs failed:\n" + out[-4000:])
 
 
 async def test_js_client_requests_errors_timeout_events():
@@ -220,3 +220,22 @@ async def test_js_client_rewelcome_after_failover():
 
 
 test_js_client_rewelcome_after_failover.timeout = 45
+
+
+def test_console_serves_the_client():
+    """With console: true the node serves the page at / and this very client at /relay.js (the
+    page imports it); with the console off, neither."""
+    with open(os.path.join(ROOT, "clients", "js", "relay.js"), "rb") as f:
+        src = f.read()
+    with Node(Config(plugins=js_plugins(), node={"console": True})) as n:
+        st, hdrs, body = harness.http_get(n.port, "/relay.js")
+        check(st == 200 and hdrs.get("content-type", "").startswith("text/javascript"),
+              f"/relay.js: {st} {hdrs.get('content-type')!r}")
+        check(body == src, "/relay.js is not clients/js/relay.js (stale build?)")
+        st, _, page = harness.http_get(n.port, "/")
+        check(st == 200 and b"from './relay.js'" in page and b'var WS_PATH="/ws"' in page,
+              f"console page: {st} {page[:200]!r}")
+    with Node(Config(plugins=js_plugins())) as n:
+        for path in ("/", "/relay.js"):
+            st, _, _ = harness.http_get(n.port, path)
+            check(st == 404, f"{path} with the console off: {st}")

@@ -1,6 +1,6 @@
 // Unit tests of clients/js/relay.js against a scripted fake WebSocket: the close-code policy
 // (1008 final, 1013 later, 1000/1001/1006 back off and retry), the backoff bounds, request matching
-// and timeouts. Run: node --test tests/js/ (no packages needed).
+// and timeouts. Run: node --test tests/js/client_unit.test.mjs (no packages needed).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { RelayClient, RelayError } from '../../clients/js/relay.js';
