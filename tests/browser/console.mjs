@@ -75,6 +75,7 @@ try {
   const open = await openRow.innerText();
   say('ok node view: ' + open.replace(/\s+/g, ' '));
   await shot('console.png');
+  await card(1).screenshot({ path: path.join(OUT, 'console-connection.png') }); // docs/console.png
 
   // the node restarts: every card goes to waiting, then is welcomed again on a new socket
   say('step restart');
