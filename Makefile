@@ -25,6 +25,11 @@ CFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=
 LDFLAGS += -fsanitize=$(SANITIZE)
 endif
 
+# Files built into the node as C strings (edge/rl_console.h): the console page and its client.
+GEN       = $(BUILD)/gen
+CFLAGS   += -I$(GEN)
+CONSOLE_H = $(GEN)/rl_console_assets.h
+
 LAYERS   = common core edge hub cluster plugins
 LIB_SRC  = $(foreach d,$(LAYERS),$(wildcard $(d)/*.c))
 LIB_OBJ  = $(LIB_SRC:%.c=$(BUILD)/%.o)
@@ -32,7 +37,7 @@ UNIT_SRC = $(wildcard tests/unit/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TOOLS    = $(BUILD)/relay-bench
 
-.PHONY: all deps run test unit integration bench clean check compose-test fresh-test
+.PHONY: all deps run test unit integration test-browser bench clean check compose-test fresh-test
 all: $(BUILD)/relay-node $(UNIT_BIN) $(TOOLS)
 
 # Installs the Debian packages the build, the tests and `make run` need (as root, only when missing).
@@ -45,6 +50,14 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
 	@$(CC) $(CFLAGS) -c $< -o $@
+
+$(CONSOLE_H): edge/console.html clients/js/relay.js edge/embed.sh
+	@mkdir -p $(dir $@)
+	@echo "  GEN     $@"
+	@sh edge/embed.sh rl_console_html=edge/console.html rl_console_js=clients/js/relay.js > $@.tmp
+	@mv $@.tmp $@
+
+$(BUILD)/edge/rl_http.o $(BUILD)/fuzz/obj/edge/rl_http.o: $(CONSOLE_H)
 
 $(BUILD)/librelay.a: $(LIB_OBJ)
 	@rm -f $@
@@ -78,12 +91,19 @@ ifneq ($(SANITIZE),)
 	@# The binaries under test really carry the sanitizer runtime (not objects of another build).
 	@nm -D $(BUILD)/relay-node | grep -qE '__asan_init|__ubsan_handle' || { echo "!! $(BUILD)/relay-node is not sanitized"; exit 1; }
 endif
-	/usr/bin/python3 tests/integration/run.py --node $(BUILD)/relay-node
+	RELAY_JS_DEPS=$(CURDIR)/$(BUILD)/js /usr/bin/python3 tests/integration/run.py --node $(BUILD)/relay-node
 
 test: deps
 	$(MAKE) all
 	$(MAKE) unit
 	$(MAKE) integration
+
+# The console (/) in headless Chromium (tests/browser/run.py): installs Debian's chromium and
+# playwright-core (npm, into $(BUILD)/js) when missing, skips with a message when it cannot;
+# screenshots in $(BUILD)/test-browser/.
+test-browser: deps
+	$(MAKE) $(BUILD)/relay-node
+	RELAY_JS_DEPS=$(CURDIR)/$(BUILD)/js /usr/bin/python3 tests/browser/run.py --node $(BUILD)/relay-node --out $(BUILD)/test-browser
 
 # `make bench` (bench/bench.py): the peers and the allocation counter are built here only, and
 # the allocators it compares are installed when missing (as root; skipped in the report if not).

@@ -1,70 +1,13 @@
-/* The development console served at "/" when config console is on: connect as a user, watch
- * frames, send JSON. The gateway replaces @WS_PATH@ with the configured WebSocket path (as the
- * body of a JavaScript string) before serving it. Only the gateway includes this file. */
+/* The development console served at "/" when config console is on, and the JavaScript client it
+ * is built on, served at "/relay.js". Their sources are edge/console.html and clients/js/relay.js;
+ * the build embeds them (edge/embed.sh) as rl_console_html and rl_console_js. The gateway replaces
+ * @WS_PATH@ in the page with the configured WebSocket path (as the body of a JavaScript string)
+ * before serving it. Only the gateway includes this file. */
 #ifndef RL_CONSOLE_H
 #define RL_CONSOLE_H
 
 #define RL_CONSOLE_PATH_MARK "@WS_PATH@"
 
-static const char rl_console_html[] =
-    "<!doctype html>\n"
-    "<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
-    "<title>Relay console</title>\n"
-    "<style>\n"
-    "body{font:14px system-ui,sans-serif;margin:1.5em;max-width:60em}\n"
-    "fieldset{border:1px solid #ccc;margin:0 0 1em;padding:.6em}\n"
-    "input{margin-right:1em}\n"
-    "textarea{width:100%;font:13px monospace;box-sizing:border-box}\n"
-    "#log{border:1px solid #ccc;height:24em;overflow:auto;font:12px monospace;padding:.4em;"
-    "white-space:pre-wrap;word-break:break-all}\n"
-    ".in{color:#064}.out{color:#036}.sys{color:#777}.err{color:#a00}\n"
-    "</style></head><body>\n"
-    "<h1>Relay console</h1>\n"
-    "<fieldset><legend>Connection</legend>\n"
-    "<label>user_id <input id=\"uid\" value=\"alice\" size=\"12\"></label>\n"
-    "<label>token <input id=\"tok\" size=\"30\" placeholder=\"JWT (jwt auth mode)\"></label>\n"
-    "<button id=\"conn\">Connect</button> <button id=\"disc\" disabled>Disconnect</button>\n"
-    "<span id=\"state\" class=\"sys\">closed</span>\n"
-    "</fieldset>\n"
-    "<fieldset><legend>Send (one JSON value per frame)</legend>\n"
-    "<textarea id=\"msg\" rows=\"4\">{\"type\":\"session_ping\",\"request_id\":\"r1\",\"data\":{}}"
-    "</textarea>\n"
-    "<button id=\"send\" disabled>Send</button> <button id=\"clear\">Clear log</button>\n"
-    "</fieldset>\n"
-    "<div id=\"log\"></div>\n"
-    "<script>\n"
-    "(function(){\n"
-    "var WS_PATH=\"" RL_CONSOLE_PATH_MARK "\";\n"
-    "var ws=null,$=function(id){return document.getElementById(id);};\n"
-    "function log(cls,text){var d=document.createElement('div');d.className=cls;"
-    "d.textContent=new Date().toISOString().substr(11,12)+' '+text;$('log').appendChild(d);"
-    "$('log').scrollTop=$('log').scrollHeight;}\n"
-    "function setOpen(o){$('conn').disabled=o;$('disc').disabled=!o;$('send').disabled=!o;}\n"
-    "$('conn').onclick=function(){\n"
-    " var q=[],t=$('tok').value.trim(),u=$('uid').value.trim();\n"
-    " if(t)q.push('x-auth-token='+encodeURIComponent(t));\n"
-    " if(u)q.push('user_id='+encodeURIComponent(u));\n"
-    " var url=(location.protocol==='https:'?'wss://':'ws://')+location.host+WS_PATH+"
-    "(q.length?'?'+q.join('&'):'');\n"
-    " log('sys','connecting to '+url.replace(/x-auth-token=[^&]*/,'x-auth-token=...'));\n"
-    " $('state').textContent='connecting';\n"
-    " ws=new WebSocket(url);\n"
-    " ws.onopen=function(){$('state').textContent='open';setOpen(true);log('sys','open');};\n"
-    " ws.onmessage=function(e){var s=e.data;try{s=JSON.stringify(JSON.parse(s));}catch(x){}"
-    "log('in','< '+s);};\n"
-    " ws.onerror=function(){log('err','error (see the browser console)');};\n"
-    " ws.onclose=function(e){$('state').textContent='closed';setOpen(false);"
-    "log('sys','closed code='+e.code+(e.reason?' reason='+e.reason:''));ws=null;};\n"
-    "};\n"
-    "$('disc').onclick=function(){if(ws)ws.close(1000,'bye');};\n"
-    "$('send').onclick=function(){\n"
-    " var s=$('msg').value;\n"
-    " try{s=JSON.stringify(JSON.parse(s));}catch(x){log('err','not JSON: '+x.message);return;}\n"
-    " if(ws&&ws.readyState===1){ws.send(s);log('out','> '+s);}\n"
-    "};\n"
-    "$('clear').onclick=function(){$('log').textContent='';};\n"
-    "})();\n"
-    "</script>\n"
-    "</body></html>\n";
+#include "rl_console_assets.h"
 
 #endif

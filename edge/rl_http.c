@@ -1,5 +1,5 @@
-/* The gateway's HTTP side: /healthz, /readyz, /metrics and the console (one table of routes),
- * and the JSON refusals of an upgrade. */
+/* The gateway's HTTP side: /healthz, /readyz, /metrics, the console and its client (one table
+ * of routes), and the JSON refusals of an upgrade. */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
@@ -85,6 +85,15 @@ static int http_console(struct lws *wsi)
     return http_reply(wsi, 200, "text/html; charset=utf-8", gw.console, gw.console_len);
 }
 
+/* The client the console imports; served only with the console (a development aid). */
+static int http_console_js(struct lws *wsi)
+{
+    if (!gw.console)
+        return http_error(wsi, 404, "not_found", "No such path");
+    return http_reply(wsi, 200, "text/javascript; charset=utf-8", rl_console_js,
+                      sizeof rl_console_js - 1);
+}
+
 static const struct {
     const char *path;
     int (*fn)(struct lws *wsi);
@@ -93,6 +102,7 @@ static const struct {
     {"/readyz", http_readyz},
     {"/metrics", http_metrics},
     {"/", http_console},
+    {"/relay.js", http_console_js},
 };
 
 /* LWS_CALLBACK_HTTP: uri is the decoded path without the query. */
