@@ -1201,7 +1201,7 @@ static int http_start(api_http *h, struct lws *wsi, const char *uri)
 
 static int http_body(api_http *h, const char *in, size_t len)
 {
-    if (h->discard)
+    if (h->discard || len == 0) /* lws reports an empty body as (NULL, 0) */
         return 0;
     if (h->blen + len > api.cfg->api_max_body) { /* more than Content-Length said */
         h->deferred = 1;
