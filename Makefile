@@ -17,7 +17,7 @@ DEB_PKGS  = build-essential pkg-config libwebsockets-dev libuv1-dev libhiredis-d
 
 CFLAGS  += -std=c11 -D_GNU_SOURCE -O2 -g -MMD -MP \
            -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wwrite-strings -Werror \
-           -Icommon -Icore -Iedge -Ihub -Icluster -Iplugins -Inode
+           -Icommon -Icore -Iedge -Ihub -Icluster -Iplugins -Iapi -Inode
 CFLAGS  += $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
 ifneq ($(SANITIZE),)
@@ -30,7 +30,7 @@ GEN       = $(BUILD)/gen
 CFLAGS   += -I$(GEN)
 CONSOLE_H = $(GEN)/rl_console_assets.h
 
-LAYERS   = common core edge hub cluster plugins
+LAYERS   = common core edge hub cluster plugins api
 LIB_SRC  = $(foreach d,$(LAYERS),$(wildcard $(d)/*.c))
 LIB_OBJ  = $(LIB_SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC = $(wildcard tests/unit/test_*.c)

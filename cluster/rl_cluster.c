@@ -175,6 +175,16 @@ static int wire_ctl(const rl_msg *m, char **out, size_t *len)
         n = put_field(buf, sizeof buf, 0, m->ctl.control.target, strlen(m->ctl.control.target));
         n += (size_t)snprintf(buf + n, sizeof buf - n, "%" PRIu64 ":", m->ctl.control.epoch);
         break;
+    case RL_T_API_PUSH:
+    case RL_T_API_MESSAGE:
+    case RL_T_API_DISCONNECT:
+    case RL_T_API_QUERY:
+    case RL_T_API_REPLY: /* "req:code:count:" then the topic and data bodies */
+        meta = m->ctl.api.topic;
+        scope = m->ctl.api.data;
+        n = (size_t)snprintf(buf, sizeof buf, "%" PRIu64 ":%d:%" PRIu32 ":", m->ctl.api.req,
+                             m->ctl.api.code, m->ctl.api.count);
+        break;
     default:
         return -EINVAL;
     }
@@ -184,7 +194,8 @@ static int wire_ctl(const rl_msg *m, char **out, size_t *len)
         return -ENOMEM;
     memcpy(o, buf, n);
     size_t cap = n + extra;
-    if (m->topic == RL_T_WS_JOIN) {
+    if (m->topic == RL_T_WS_JOIN || rl_topic_is_api_request((rl_topic)m->topic) ||
+        m->topic == RL_T_API_REPLY) {
         const rl_body *f[2] = {meta, scope};
         for (int i = 0; i < 2; i++) {
             if (f[i]) {
@@ -393,6 +404,8 @@ static void bounce(const char *to, const rl_msg *m, int rc)
             rl_send_or_free(NULL, m->from, rl_msg_rehome(m->from, to));
     } else if (m->topic == RL_T_WS_JOIN && rc == -ENOENT) {
         rl_send_or_free(NULL, m->ctl.join.conn, rl_msg_rehome(m->ctl.join.conn, to));
+    } else if (rl_topic_is_api_request((rl_topic)m->topic) && m->from[0]) {
+        rl_send_or_free(NULL, m->from, rl_msg_api_reply(m->ctl.api.req, rc, 0, NULL));
     }
 }
 
@@ -473,6 +486,29 @@ static int read_ctl(rl_msg *m, const char *v, size_t len)
             return -1;
         m->ctl.control.epoch = strtoull(p, NULL, 10);
         return 0;
+    case RL_T_API_PUSH:
+    case RL_T_API_MESSAGE:
+    case RL_T_API_DISCONNECT:
+    case RL_T_API_QUERY:
+    case RL_T_API_REPLY: {
+        char *end;
+        unsigned long long req = strtoull(p, &end, 10);
+        if (end >= e || *end != ':')
+            return -1;
+        long code = strtol(end + 1, &end, 10);
+        if (end >= e || *end != ':' || code < INT32_MIN || code > INT32_MAX)
+            return -1;
+        unsigned long count = strtoul(end + 1, &end, 10);
+        if (end >= e || *end != ':' || count > UINT32_MAX)
+            return -1;
+        m->ctl.api.req = req;
+        m->ctl.api.code = (int)code;
+        m->ctl.api.count = (uint32_t)count;
+        p = end + 1;
+        return get_body(&p, e, &m->ctl.api.topic) < 0 || get_body(&p, e, &m->ctl.api.data) < 0
+                   ? -1
+                   : 0;
+    }
     default:
         return -1;
     }
@@ -1231,6 +1267,110 @@ static void on_lease(const redisReply *r, void *ud)
     }
     o->cb.lease(&l, o->ud);
     free(o);
+}
+
+/* GET of a lease: "<node>|<incarnation>|<epoch>|<hub_pid>" or nil. */
+static void on_lease_get(const redisReply *r, void *ud)
+{
+    op *o = ud;
+    rl_lease l = {.status = RL_LEASE_ERROR};
+    if (r && r->type == REDIS_REPLY_NIL) {
+        l.status = RL_LEASE_NONE;
+    } else if (r && r->type == REDIS_REPLY_STRING && r->len < 256) {
+        char v[256], *save = NULL;
+        memcpy(v, r->str, r->len);
+        v[r->len] = '\0';
+        const char *node = strtok_r(v, "|", &save), *inc = strtok_r(NULL, "|", &save);
+        const char *ep = strtok_r(NULL, "|", &save), *hub = strtok_r(NULL, "|", &save);
+        if (node && inc && ep && hub && strlen(node) < sizeof l.holder &&
+            strlen(hub) < sizeof l.hub_pid) {
+            l.epoch = strtoull(ep, NULL, 10);
+            snprintf(l.holder, sizeof l.holder, "%s", node);
+            snprintf(l.hub_pid, sizeof l.hub_pid, "%s", hub);
+            l.status = !rl_cluster_pid_alive(hub) ? RL_LEASE_NONE
+                       : rl_pid_is_local(hub)     ? RL_LEASE_MINE
+                                                  : RL_LEASE_OTHER;
+        }
+    } else {
+        rl_metric_inc(RL_M_REDIS_ERRORS);
+    }
+    o->cb.lease(&l, o->ud);
+    free(o);
+}
+
+int rl_cluster_lease_get(const char *user, rl_cluster_lease_cb cb, void *ud)
+{
+    char key[RL_CKEY_MAX];
+    if (!cl.started || rl_ckey_user(key, sizeof key, cl.cfg->redis_prefix, user, "lease") < 0)
+        return -EINVAL;
+    op *o = op_new((void *)cb, ud);
+    if (!o)
+        return -ENOMEM;
+    const char *argv[] = {"GET", key};
+    int rc = rl_redis_commandargv(cl.cmd, 0, on_lease_get, o, 2, argv, NULL);
+    if (rc < 0)
+        free(o);
+    return rc;
+}
+
+/* The node registry as JSON, built in Redis (one string reply). */
+static const char nodes_src[] =
+    "local out = {}\n"
+    "local z = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')\n"
+    "for i = 1, #z, 2 do\n"
+    "  local n = {id = z[i], last_heartbeat_ms = tonumber(z[i + 1]), alive = false}\n"
+    "  local v = redis.call('GET', ARGV[1] .. z[i])\n"
+    "  if v then\n"
+    "    local ok, info = pcall(cjson.decode, v)\n"
+    "    if ok and type(info) == 'table' then\n"
+    "      for k, x in pairs(info) do n[k] = x end\n"
+    "      n.alive = true\n"
+    "    end\n"
+    "  end\n"
+    "  out[#out + 1] = n\n"
+    "end\n"
+    "if #out == 0 then return '[]' end\n"
+    "return cjson.encode(out)\n";
+
+typedef struct nodes_op {
+    rl_cluster_nodes_cb cb;
+    void *ud;
+} nodes_op;
+
+static void on_nodes(const redisReply *r, void *ud)
+{
+    nodes_op *o = ud;
+    if (r && r->type == REDIS_REPLY_STRING) {
+        o->cb(r->str, r->len, o->ud);
+    } else {
+        if (r && r->type == REDIS_REPLY_ERROR)
+            rl_warn("cluster", "nodes script: %s", r->str);
+        rl_metric_inc(RL_M_REDIS_ERRORS);
+        o->cb(NULL, 0, o->ud);
+    }
+    free(o);
+}
+
+int rl_cluster_nodes(rl_cluster_nodes_cb cb, void *ud)
+{
+    static rl_redis_script_def script;
+    if (!cl.started)
+        return -EINVAL;
+    if (!script.name)
+        rl_redis_script_init(&script, "api_nodes", nodes_src);
+    nodes_op *o = malloc(sizeof *o);
+    if (!o)
+        return -ENOMEM;
+    o->cb = cb;
+    o->ud = ud;
+    char nodes[RL_CKEY_MAX], prefix[RL_CKEY_MAX];
+    rl_ckey_nodes(nodes, sizeof nodes, cl.cfg->redis_prefix);
+    rl_ckey_node(prefix, sizeof prefix, cl.cfg->redis_prefix, "");
+    const char *args[] = {nodes, prefix};
+    int rc = rl_redis_script(cl.cmd, &script, on_nodes, o, 1, 2, args, NULL);
+    if (rc < 0)
+        free(o);
+    return rc;
 }
 
 int rl_cluster_lease_acquire(const char *user, const char *hub_pid, rl_cluster_lease_cb cb, void *ud)

@@ -60,6 +60,7 @@ typedef enum {
     RL_LEASE_OTHER = 0,  /* held by another live node: holder, epoch, hub_pid */
     RL_LEASE_WON = 1,    /* taken by us with a new epoch for hub_pid */
     RL_LEASE_MINE = 2,   /* already held by this node incarnation: epoch, hub_pid */
+    RL_LEASE_NONE = 3,   /* rl_cluster_lease_get: nobody holds it */
 } rl_lease_status;
 
 typedef struct rl_lease {
@@ -77,6 +78,14 @@ int rl_cluster_lease_acquire(const char *user, const char *hub_pid, rl_cluster_l
 int rl_cluster_lease_renew(const char *user, uint64_t epoch, rl_cluster_lease_cb cb, void *ud);
 /* Releases our lease (drain); fire and forget. */
 void rl_cluster_lease_release(const char *user, uint64_t epoch);
+/* Reads the user's lease (no change): l->status OTHER or MINE with holder, epoch and hub_pid
+   while its holder is alive as of the last tick, RL_LEASE_NONE when there is none (or its holder
+   is gone), ERROR when Redis did not answer. For the server API, to find the user's hub. */
+int rl_cluster_lease_get(const char *user, rl_cluster_lease_cb cb, void *ud);
+/* The registered nodes as a JSON array [{"id","alive","last_heartbeat_ms","addr","incarnation",
+   "started_at","version"},...] (json NULL when Redis did not answer); json is valid during cb. */
+typedef void (*rl_cluster_nodes_cb)(const char *json, size_t len, void *ud);
+int rl_cluster_nodes(rl_cluster_nodes_cb cb, void *ud);
 /* As of the last tick: 1 when the pid's node incarnation is registered (local pids: 1). */
 int rl_cluster_pid_alive(const char *pid);
 /* Node incarnations ("<node>.<incarnation>") that went away at the last tick. */

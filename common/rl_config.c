@@ -126,6 +126,7 @@ typedef enum {
     F_PATH,     /* char *; a readable regular file, stored as an absolute path; "" = unset */
     F_STRLIST,  /* char ** at off, size_t count at off_n (YAML list only) */
     F_MAP,      /* a nested map: the rows of the submaps table under this key (YAML only) */
+    F_HOSTPORT, /* "host:port" into char * at off and int at off_n */
 } cfg_type;
 
 typedef int (*cfg_check_fn)(const char *v, char *why, size_t whylen);
@@ -204,6 +205,17 @@ static const cfg_field tls_fields[] = {
     {NULL, F_STR, 0, 0, 0, 0, 0, NULL},
 };
 
+/* relay.node api: the server API; listen turns it on, and then keys are required. */
+static const cfg_field api_fields[] = {
+    {"listen", F_HOSTPORT, OFF(api_host), OFF(api_port), 0, 0, 0, NULL},
+    {"keys", F_STRLIST, OFF(api_keys), OFF(napi_keys), 0, 0, 0, NULL},
+    {"max_body", F_SIZE, OFF(api_max_body), 0, 64, 1ULL << 30, 0, NULL},
+    {"rate", F_U64, OFF(api_rate), 0, 0, 1000000, 0, NULL},
+    {"burst", F_U64, OFF(api_burst), 0, 1, 1000000, 0, NULL},
+    {"idempotency_ttl", F_DUR, OFF(api_idempotency_ttl_ms), 0, 1000, 7ULL * 86400 * 1000, 0, NULL},
+    {NULL, F_STR, 0, 0, 0, 0, 0, NULL},
+};
+
 static const cfg_field node_fields[] = {
     {"listen", F_LISTEN, 0, 0, 0, 0, 0, NULL},
     {"ws_path", F_STR, OFF(ws_path), 0, 0, 0, 0, check_ws_path},
@@ -212,6 +224,7 @@ static const cfg_field node_fields[] = {
     {"redis_prefix", F_STR, OFF(redis_prefix), 0, 0, 0, 0, check_nonempty},
     {"auth", F_MAP, 0, 0, 0, 0, 0, NULL},
     {"tls", F_MAP, 0, 0, 0, 0, 0, NULL},
+    {"api", F_MAP, 0, 0, 0, 0, 0, NULL},
     {"allowed_origins", F_STRLIST, OFF(allowed_origins), OFF(norigins), 0, 0, 0, NULL},
     {"max_message_bytes", F_SIZE, OFF(max_message_bytes), 0, 16, 1ULL << 30, 0, NULL},
     {"max_outbound_bytes", F_SIZE, OFF(max_outbound_bytes), 0, 1024, 1ULL << 32, 0, NULL},
@@ -239,6 +252,7 @@ static const struct {
 } submaps[] = {
     {"auth", auth_fields},
     {"tls", tls_fields},
+    {"api", api_fields},
 };
 
 typedef struct cfg_env_var {
@@ -496,6 +510,17 @@ static int field_set(rl_config *c, const cfg_field *f, const char *s, char *why,
         c->listen_port = port;
         return 0;
     }
+    case F_HOSTPORT: {
+        char *host;
+        int port;
+        int rc = parse_hostport(s, &host, &port, why, whylen);
+        if (rc < 0)
+            return rc;
+        free(*(char **)(base + f->off));
+        *(char **)(base + f->off) = host;
+        *(int *)(base + f->off_n) = port;
+        return 0;
+    }
     case F_AUTHMODE:
         if (strcasecmp(s, "jwt") == 0)
             c->auth_mode = RL_AUTH_JWT;
@@ -524,6 +549,19 @@ static int config_check(const rl_config *c, char *why, size_t whylen)
     if (!c->tls_cert != !c->tls_key) {
         snprintf(why, whylen, "tls.cert and tls.key must be given together (only tls.%s is set)",
                  c->tls_cert ? "cert" : "key");
+        return -EINVAL;
+    }
+    if (c->api_host && !c->napi_keys) {
+        snprintf(why, whylen, "api.listen is set but api.keys is empty: the API would be open");
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < c->napi_keys; i++)
+        if (strlen(c->api_keys[i]) < 16) {
+            snprintf(why, whylen, "api.keys: key %zu is shorter than 16 bytes", i + 1);
+            return -EINVAL;
+        }
+    if (c->api_host && c->api_port == c->listen_port) {
+        snprintf(why, whylen, "api.listen uses the port of listen (%d)", c->listen_port);
         return -EINVAL;
     }
     if ((uint64_t)c->max_connections_per_user * (uint64_t)c->queue_multiplier > CFG_MAX_HUB_QUEUE) {
@@ -568,6 +606,10 @@ void rl_config_defaults(rl_config *c)
     c->plugin_max_children = 64;
     c->plugin_max_timers = 256;
     c->plugin_max_channels = 10000;
+    c->api_max_body = 1u << 20;
+    c->api_rate = 100;
+    c->api_burst = 200;
+    c->api_idempotency_ttl_ms = 600000;
 }
 
 /* An empty RELAY_* variable counts as unset, except RELAY_REDIS_URL="" which forces standalone. */
@@ -632,6 +674,10 @@ void rl_config_free(rl_config *c)
     for (size_t i = 0; i < c->norigins; i++)
         free(c->allowed_origins[i]);
     free(c->allowed_origins);
+    free(c->api_host);
+    for (size_t i = 0; i < c->napi_keys; i++)
+        free(c->api_keys[i]);
+    free(c->api_keys);
     memset(c, 0, sizeof *c);
 }
 

@@ -66,6 +66,15 @@ typedef struct rl_config {
     size_t plugin_max_children; /* live children one instance spawned, default 64 */
     size_t plugin_max_timers;   /* live timers, tickers and sleeps of one instance, 256 */
     size_t plugin_max_channels; /* channels one instance made with channel.new, 10,000 */
+    /* relay.node api: the server API (api/), off while api_host is NULL */
+    char *api_host;                  /* api.listen */
+    int api_port;
+    char **api_keys;                 /* api.keys: bearer keys, usually ${VAR} from env storage */
+    size_t napi_keys;
+    size_t api_max_body;             /* api.max_body, default 1 MiB */
+    uint64_t api_rate;               /* api.rate: requests/s per key, default 100; 0 = no limit */
+    uint64_t api_burst;              /* api.burst, default 200 */
+    uint64_t api_idempotency_ttl_ms; /* api.idempotency_ttl, default 10 min */
 } rl_config;
 
 /* Fills c with the defaults above (no plugins). */

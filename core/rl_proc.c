@@ -146,7 +146,14 @@ rl_body *rl_body_empty_object(void) { return &empty_object; }
 
 /* ---- topics -------------------------------------------------------------------------------- */
 
-typedef enum { RULE_SAME_USER, RULE_SYSTEM, RULE_OWN_CONN, RULE_CONN_SELF, RULE_HUB_LOCAL } rule;
+typedef enum {
+    RULE_SAME_USER,
+    RULE_SYSTEM,
+    RULE_OWN_CONN,
+    RULE_CONN_SELF,
+    RULE_HUB_LOCAL,
+    RULE_HUB_ANSWER
+} rule;
 
 static const struct {
     const char *name;
@@ -186,6 +193,8 @@ int rl_topic_allowed(rl_topic t, const rl_owner *sender, const char *sender_pid,
         return !sender || (t == RL_T_WS_REHOME && sender == target->owner && kind == 'h');
     case RULE_HUB_LOCAL:
         return sender && !target->owner && kind == 'h' && rl_pid_is_local(sender_pid);
+    case RULE_HUB_ANSWER:
+        return !target->owner && (!sender || kind == 'h');
     }
     return 0;
 }
@@ -278,6 +287,9 @@ void rl_msg_free(rl_msg *m)
         rl_body_unref(m->ctl.join.scope);
     } else if (m->topic == RL_T_PID_EXIT) {
         rl_body_unref(m->ctl.exit.error);
+    } else if (m->topic >= RL_T_API_PUSH && m->topic <= RL_T_API_REPLY) {
+        rl_body_unref(m->ctl.api.topic);
+        rl_body_unref(m->ctl.api.data);
     }
     rl_body *b = m->body;
     if (b && (b->flags & BODY_IN_MSG) && b == (rl_body *)(m + 1)) {
@@ -286,6 +298,18 @@ void rl_msg_free(rl_msg *m)
     }
     rl_body_unref(b);
     free(m);
+}
+
+rl_msg *rl_msg_api_reply(uint64_t req, int code, uint32_t count, rl_body *data)
+{
+    rl_msg *m = rl_msg_new(RL_T_API_REPLY);
+    if (!m)
+        return NULL;
+    m->ctl.api.req = req;
+    m->ctl.api.code = code;
+    m->ctl.api.count = count;
+    m->ctl.api.data = rl_body_ref(data);
+    return m;
 }
 
 const char *rl_msg_topic_name(const rl_msg *m, size_t *len)

@@ -66,7 +66,9 @@ rl_body *rl_body_empty_object(void);
      SYSTEM     the system only
      OWN_CONN   a connection of the target's own user (the hub then checks it is one of its own)
      CONN_SELF  to the system: a connection about itself; to a user's process: the system only
-     HUB_LOCAL  a user hub of this node, to the system */
+     HUB_LOCAL  a user hub of this node, to the system
+     HUB_ANSWER a user hub (of any node) or the system, to a system process
+   New topics go at the end: the cluster transport names a topic by its number. */
 #define RL_TOPICS(X)                                                                              \
     X(APP, "", SAME_USER)              /* application topic, named in the message; data body */  \
     X(WS_CLIENT, "ws.client", OWN_CONN) /* a client frame (body) + its envelope, conn -> hub */   \
@@ -79,7 +81,12 @@ rl_body *rl_body_empty_object(void);
     X(PID_EXIT, "pid.exit", SYSTEM)    /* a monitored process ended (the runtime) */             \
     X(HUB_ACTIVITY, "hub.activity", HUB_LOCAL) /* hub -> central: its client count */           \
     X(HUB_HANDOVER, "hub.handover", SYSTEM) /* central -> hub: re-home everyone and stop */      \
-    X(NODE_DOWN, "node.down", SYSTEM)  /* central -> hub: forget that node's connections */
+    X(NODE_DOWN, "node.down", SYSTEM)  /* central -> hub: forget that node's connections */   \
+    X(API_PUSH, "api.push", SYSTEM)    /* server API -> hub: a frame to every connection */     \
+    X(API_MESSAGE, "api.message", SYSTEM) /* server API -> hub: a message for its plugins */    \
+    X(API_DISCONNECT, "api.disconnect", SYSTEM) /* server API -> hub: close every connection */ \
+    X(API_QUERY, "api.query", SYSTEM)  /* server API -> hub: connections and plugin states */  \
+    X(API_REPLY, "api.reply", HUB_ANSWER) /* hub (or a node's runtime) -> server API */
 
 typedef enum {
 #define RL_TOPIC_ENUM(id, name, rule) RL_T_##id,
@@ -131,6 +138,13 @@ typedef struct rl_ctl_activity { /* HUB_ACTIVITY (the user is the sender's owner
 typedef struct rl_ctl_node {   /* NODE_DOWN */
     char node[RL_PID_MAX];     /* "<node>.<incarnation>" */
 } rl_ctl_node;
+typedef struct rl_ctl_api {    /* API_PUSH, API_MESSAGE, API_DISCONNECT, API_QUERY, API_REPLY */
+    uint64_t req;              /* the API's call number; API_REPLY echoes it */
+    int code;                  /* API_DISCONNECT: the close code; API_REPLY: 0 or -errno */
+    uint32_t count;            /* API_REPLY: connections reached */
+    rl_body *topic;            /* PUSH, MESSAGE: the topic name; DISCONNECT: the close reason */
+    rl_body *data;             /* PUSH, MESSAGE: the data (JSON); REPLY: a JSON detail or NULL */
+} rl_ctl_api;
 
 /* Client envelope spans (offsets into the body), from the gateway's scan. */
 typedef struct rl_msg_env {
@@ -160,6 +174,7 @@ typedef struct rl_msg {
         rl_ctl_exit exit;
         rl_ctl_activity activity;
         rl_ctl_node node;
+        rl_ctl_api api;
     } ctl;
 } rl_msg;
 
@@ -178,6 +193,14 @@ static inline char *rl_msg_data(rl_msg *m) { return m->body->data; }
 rl_msg *rl_msg_rehome(const char *conn, const char *hub);
 /* The raw JSON of a client message's request_id (into its body), *len set; NULL when none. */
 const char *rl_msg_request_id(const rl_msg *m, size_t *len);
+/* 1 for the server API's requests to a user hub (API_PUSH .. API_QUERY). */
+static inline int rl_topic_is_api_request(rl_topic t)
+{
+    return t == RL_T_API_PUSH || t == RL_T_API_MESSAGE || t == RL_T_API_DISCONNECT ||
+           t == RL_T_API_QUERY;
+}
+/* An API_REPLY to the API's call req (data: a reference is taken, may be NULL). NULL on OOM. */
+rl_msg *rl_msg_api_reply(uint64_t req, int code, uint32_t count, rl_body *data);
 /* Releases m, its body and owner references and the bodies a control struct holds. NULL-safe. */
 void rl_msg_free(rl_msg *m);
 /* The message's topic name: the APP name, else the internal topic's name. */

@@ -21,6 +21,7 @@
 #define RL_GW_HTTP_HEADROOM 512       /* response header bytes */
 #define RL_GW_CLOSE_FLUSH_S 5         /* a closing client gets this long to take queued frames */
 #define RL_GW_LWS_ERR_MAX 256         /* the first lws error line kept during start */
+#define RL_GW_EXTRA_MAX 4             /* listeners added with rl_gateway_add_listener */
 
 _Static_assert(LWS_PRE <= RL_BODY_HEADROOM, "message bodies must leave room for lws's header");
 

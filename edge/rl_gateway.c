@@ -173,24 +173,25 @@ out:
  * retries now and then, and lws_create_vhost still succeeds: the node would run holding no
  * socket. So the host is resolved here and lws gets the numeric address. */
 
-/* Resolves c->listen_host to an IPv4 address (port set). 0, or -EINVAL with the reason. */
-static int listen_resolve(const rl_config *c, struct sockaddr_in *sa, char *err, size_t errlen)
+/* Resolves host to an IPv4 address (port set). 0, or -EINVAL with the reason. */
+static int listen_resolve(const char *host, int port, struct sockaddr_in *sa, char *err,
+                          size_t errlen)
 {
     memset(sa, 0, sizeof *sa);
     sa->sin_family = AF_INET;
-    sa->sin_port = htons((uint16_t)c->listen_port);
-    if (strchr(c->listen_host, ':')) { /* lws would bind 0.0.0.0 instead (DISABLE_IPV6) */
+    sa->sin_port = htons((uint16_t)port);
+    if (strchr(host, ':')) { /* lws would bind 0.0.0.0 instead (DISABLE_IPV6) */
         snprintf(err, errlen, "listen: %s: IPv6 addresses are not supported (use an IPv4 one)",
-                 c->listen_host);
+                 host);
         return -EINVAL;
     }
-    if (inet_pton(AF_INET, c->listen_host, &sa->sin_addr) == 1)
+    if (inet_pton(AF_INET, host, &sa->sin_addr) == 1)
         return 0;
     struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res = NULL;
-    int rc = getaddrinfo(c->listen_host, NULL, &hints, &res);
+    int rc = getaddrinfo(host, NULL, &hints, &res);
     if (rc != 0 || !res) {
         snprintf(err, errlen, "listen: cannot resolve host '%s' to an IPv4 address: %s",
-                 c->listen_host, rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
+                 host, rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
         if (res)
             freeaddrinfo(res);
         return -EINVAL;
@@ -203,12 +204,12 @@ static int listen_resolve(const rl_config *c, struct sockaddr_in *sa, char *err,
 int rl_gateway_check_listen(const rl_config *c, char *err, size_t errlen)
 {
     struct sockaddr_in sa;
-    return listen_resolve(c, &sa, err, errlen);
+    return listen_resolve(c->listen_host, c->listen_port, &sa, err, errlen);
 }
 
 /* Binds a throwaway socket where the vhost will listen, for errors lws would not report: an
    address that is not this machine's (EADDRNOTAVAIL), a port below 1024 (EACCES), one in use. */
-static int listen_probe(const rl_config *c, const struct sockaddr_in *sa, char *err,
+static int listen_probe(const char *host, int port, const struct sockaddr_in *sa, char *err,
                         size_t errlen)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1, e = 0;
@@ -221,8 +222,8 @@ static int listen_probe(const rl_config *c, const struct sockaddr_in *sa, char *
         close(fd);
     if (!e)
         return 0;
-    snprintf(err, errlen, "cannot listen on %s:%d: %s%s", c->listen_host, c->listen_port,
-             strerror(e), e == EADDRNOTAVAIL ? " (not an address of this machine)" : "");
+    snprintf(err, errlen, "cannot listen on %s:%d: %s%s", host, port, strerror(e),
+             e == EADDRNOTAVAIL ? " (not an address of this machine)" : "");
     return -e;
 }
 
@@ -256,8 +257,8 @@ int rl_gateway_start(uv_loop_t *loop, const rl_config *c, char *err, size_t errl
     gw.nconns = 0;
     int rc;
     struct sockaddr_in sa;
-    if ((rc = listen_resolve(c, &sa, err, errlen)) < 0 ||
-        (rc = listen_probe(c, &sa, err, errlen)) < 0)
+    if ((rc = listen_resolve(c->listen_host, c->listen_port, &sa, err, errlen)) < 0 ||
+        (rc = listen_probe(c->listen_host, c->listen_port, &sa, err, errlen)) < 0)
         return rc;
     inet_ntop(AF_INET, &sa.sin_addr, gw.listen_ip, sizeof gw.listen_ip);
     if (c->tls_cert && (rc = rl_gateway_check_tls(c, err, errlen)) < 0)
@@ -339,6 +340,51 @@ int rl_gateway_start(uv_loop_t *loop, const rl_config *c, char *err, size_t errl
         rl_info("gateway", "TLS on (https, wss): cert %s, key %s", c->tls_cert, c->tls_key);
     else
         rl_info("gateway", "TLS off (plain http, ws)");
+    return 0;
+}
+
+/* A second vhost on the gateway's context rather than a second context: one evlib plugin load,
+   one two-stage destroy, and every wsi of both listeners closes in rl_gateway_stop. lws 4.1
+   binds each vhost's own port (EXPLICIT_VHOSTS) and gives it its own protocol list, so the
+   listeners share nothing but the loop. */
+int rl_gateway_add_listener(const char *name, const char *host, int port,
+                            const struct lws_protocols *protocols, char *err, size_t errlen)
+{
+    static char ips[RL_GW_EXTRA_MAX][16]; /* lws keeps the iface pointer */
+    static int nips;
+    if (!gw.ctx || gw.destroying || nips == RL_GW_EXTRA_MAX) {
+        snprintf(err, errlen, "%s: the gateway is not running", name);
+        return -EINVAL;
+    }
+    struct sockaddr_in sa;
+    int rc;
+    if ((rc = listen_resolve(host, port, &sa, err, errlen)) < 0 ||
+        (rc = listen_probe(host, port, &sa, err, errlen)) < 0)
+        return rc;
+    inet_ntop(AF_INET, &sa.sin_addr, ips[nips], sizeof ips[nips]);
+    struct lws_context_creation_info info;
+    memset(&info, 0, sizeof info);
+    info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_DISABLE_IPV6 |
+                   LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
+    info.port = port;
+    info.iface = ips[nips];
+    info.protocols = protocols;
+    info.vhost_name = name;
+    info.max_http_header_data = RL_GW_HEADER_DATA;
+    info.timeout_secs = 10;
+    info.timeout_secs_ah_idle = 10;
+    info.retry_and_idle_policy = &no_validity;
+    if (gw.cfg->tls_cert) { /* the same certificate as the gateway: no plain text beside TLS */
+        info.ssl_cert_filepath = gw.cfg->tls_cert;
+        info.ssl_private_key_filepath = gw.cfg->tls_key;
+        info.ssl_options_set = (long)(SSL_OP_NO_TLSv1 | SSL_OP_NO_TLSv1_1);
+        info.alpn = "http/1.1";
+    }
+    if (!lws_create_vhost(gw.ctx, &info)) {
+        snprintf(err, errlen, "%s: cannot listen on %s:%d", name, host, port);
+        return -EADDRINUSE;
+    }
+    nips++;
     return 0;
 }
 

@@ -24,6 +24,13 @@ int rl_gateway_check_tls(const rl_config *c, char *err, size_t errlen);
    too, and then binds once to see that the address is this machine's and the port free;
    --check calls it. */
 int rl_gateway_check_listen(const rl_config *c, char *err, size_t errlen);
+/* Another listener on host:port (an lws vhost on the gateway's context, plain or TLS like the
+   gateway) whose HTTP requests go to protocols[0]'s callback (the list must outlive the
+   gateway). After rl_gateway_start; its connections close in rl_gateway_stop. 0, or negative
+   with the reason in err (a host that does not resolve, a port in use). */
+struct lws_protocols;
+int rl_gateway_add_listener(const char *name, const char *host, int port,
+                            const struct lws_protocols *protocols, char *err, size_t errlen);
 /* Readiness hook for /readyz and admission (cluster mode: Redis round trip ok). NULL = ready.
    While it returns 0, new WebSockets are refused like rl_gateway_set_accepting(0). */
 void rl_gateway_set_ready_fn(int (*ready)(void));

@@ -806,6 +806,48 @@ static void cluster_tick(void)
     }
 }
 
+/* ---- the server API's look-ups ---- */
+
+typedef struct locate_req {
+    rl_central_locate_cb cb;
+    void *ud;
+} locate_req;
+
+static void on_locate_lease(const rl_lease *l, void *ud)
+{
+    locate_req *r = ud;
+    if (l->status == RL_LEASE_OTHER || l->status == RL_LEASE_MINE)
+        r->cb(0, l->hub_pid, l->epoch, r->ud);
+    else
+        r->cb(l->status == RL_LEASE_NONE ? -ENOENT : -EHOSTUNREACH, NULL, 0, r->ud);
+    free(r);
+}
+
+int rl_central_locate(const char *user, rl_central_locate_cb cb, void *ud)
+{
+    if (!central.started)
+        return -ESHUTDOWN;
+    central_user *u = user_find(user);
+    if (u && u->hub[0] && !u->placing) {
+        cb(0, u->hub, u->epoch, ud);
+        return 0;
+    }
+    if (!clustered()) {
+        cb(-ENOENT, NULL, 0, ud);
+        return 0;
+    }
+    /* Only the lease says where a user without connections here has a hub. */
+    locate_req *r = malloc(sizeof *r);
+    if (!r)
+        return -ENOMEM;
+    r->cb = cb;
+    r->ud = ud;
+    int rc = rl_cluster_lease_get(user, on_locate_lease, r);
+    if (rc < 0)
+        free(r);
+    return rc;
+}
+
 /* ---- start, drain, stop ---- */
 
 static void central_free(rl_proc *p) { (void)p; }

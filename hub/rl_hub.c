@@ -322,6 +322,132 @@ static void broadcast(rl_hub *h, rl_msg *m)
     rl_msg_free(m);
 }
 
+/* ---- the server API's requests (api/; the router let only the system send them) ---- */
+
+/* Answers an API request m: code 0 or -errno, count connections reached, data a JSON detail. */
+static void api_answer(rl_hub *h, const rl_msg *m, int code, uint32_t count, rl_body *data)
+{
+    if (m->from[0])
+        rl_send_or_free(&h->proc, m->from, rl_msg_api_reply(m->ctl.api.req, code, count, data));
+}
+
+/* API_PUSH: the data goes to every connection as {"topic":T,"data":D}, one body shared. */
+static void api_push(rl_hub *h, const rl_msg *m)
+{
+    const rl_ctl_api *a = &m->ctl.api;
+    uint32_t sent = 0;
+    for (size_t i = 0; i < h->nconns; i++) {
+        rl_msg *c = rl_msg_new_body(RL_T_APP, a->topic->data, a->topic->len, a->data);
+        if (rl_send_or_free(&h->proc, h->conns[i], c) == 0)
+            sent++;
+    }
+    api_answer(h, m, 0, sent, NULL);
+}
+
+/* API_MESSAGE: routed like a client message (longest prefix, topic minus the prefix), but
+   from the API: the plugin sees the API's pid as the sender and no conn_pid. */
+static void api_message(rl_hub *h, const rl_msg *m)
+{
+    const rl_ctl_api *a = &m->ctl.api;
+    ssize_t i = match_plugin(h, a->topic->data, a->topic->len);
+    if (i < 0) { /* -ENOENT would read as "no hub" */
+        api_answer(h, m, -ENOPROTOOPT, 0, NULL);
+        return;
+    }
+    hub_plugin *hp = &h->plugins[i];
+    if (hp->status == RL_PLUGIN_FAILED || (!hp->pid && spawn_plugin(h, (size_t)i) < 0)) {
+        api_answer(h, m, -EPIPE, 0, NULL);
+        return;
+    }
+    size_t plen = strlen(h->cfg->plugins[i].prefix);
+    rl_msg *fwd = rl_msg_new_body(RL_T_APP, a->topic->data + plen, a->topic->len - plen, a->data);
+    if (!fwd) {
+        api_answer(h, m, -ENOMEM, 0, NULL);
+        return;
+    }
+    memcpy(fwd->from, m->from, RL_PID_MAX);
+    int rc = rl_send_as(hp->pid, fwd);
+    if (rc < 0)
+        rl_msg_free(fwd);
+    api_answer(h, m, rc == 0 ? 0 : rc == -EAGAIN ? -EAGAIN : -EPIPE, rc == 0, NULL);
+}
+
+/* API_DISCONNECT: every connection is closed with the code and reason. */
+static void api_disconnect(rl_hub *h, const rl_msg *m)
+{
+    uint32_t sent = 0;
+    for (size_t i = 0; i < h->nconns; i++) {
+        rl_msg *c = rl_msg_new(RL_T_WS_CLOSE);
+        if (c) {
+            c->ctl.close.code = m->ctl.api.code;
+            snprintf(c->ctl.close.reason, sizeof c->ctl.close.reason, "%s",
+                     m->ctl.api.topic ? m->ctl.api.topic->data : "");
+        }
+        if (rl_send_or_free(&h->proc, h->conns[i], c) == 0)
+            sent++;
+    }
+    api_answer(h, m, 0, sent, NULL);
+}
+
+/* {"hub":{"pid":P,"node":N},"connections":{NODE:COUNT,...},"plugins":{PREFIX:{"status":S,
+   "id":ID},...}} */
+static size_t query_format(const rl_hub *h, char *out, size_t cap)
+{
+    size_t n = 0;
+#define W(...) n += (size_t)snprintf(n < cap ? out + n : NULL, n < cap ? cap - n : 0, __VA_ARGS__)
+#define WS(s) n += rl_json_escape(n < cap ? out + n : NULL, n < cap ? cap - n : 0, (s), strlen(s))
+    W("{\"hub\":{\"pid\":");
+    WS(h->proc.pid);
+    W(",\"node\":");
+    WS(rl_node_id());
+    W("},\"connections\":{");
+    int first = 1;
+    for (size_t i = 0; i < h->nconns; i++) {
+        char node[RL_NODE_ID_MAX], other[RL_NODE_ID_MAX];
+        if (rl_pid_node(h->conns[i], node) < 0)
+            continue;
+        size_t seen = 0, count = 0;
+        for (size_t j = 0; j < h->nconns; j++) {
+            if (rl_pid_node(h->conns[j], other) < 0 || strcmp(node, other) != 0)
+                continue;
+            if (j < i)
+                seen = 1;
+            count++;
+        }
+        if (seen) /* counted at its first connection */
+            continue;
+        W(first ? "" : ",");
+        first = 0;
+        WS(node);
+        W(":%zu", count);
+    }
+    W("},\"plugins\":{");
+    for (size_t i = 0; i < h->cfg->nplugins; i++) {
+        W(i ? "," : "");
+        WS(h->cfg->plugins[i].prefix);
+        W(":{\"status\":\"%s\",\"id\":", status_names[h->plugins[i].status]);
+        WS(h->cfg->plugins[i].id ? h->cfg->plugins[i].id : "");
+        W("}");
+    }
+    W("}}");
+#undef W
+#undef WS
+    return n;
+}
+
+static void api_query(rl_hub *h, const rl_msg *m)
+{
+    size_t need = query_format(h, NULL, 0);
+    rl_body *b = rl_body_new(NULL, need);
+    if (!b) {
+        api_answer(h, m, -ENOMEM, 0, NULL);
+        return;
+    }
+    query_format(h, b->data, need + 1);
+    api_answer(h, m, 0, h->nconns, b);
+    rl_body_unref(b);
+}
+
 /* NODE_DOWN: forget the connections of a dead node incarnation ("<node>.<incarnation>"). */
 static void on_node_down(rl_hub *h, const char *node)
 {
@@ -355,6 +481,8 @@ static void hub_handle(rl_proc *p, rl_msg *m)
 {
     rl_hub *h = (rl_hub *)p;
     if (m->epoch && m->epoch != h->epoch) {
+        if (rl_topic_is_api_request((rl_topic)m->topic)) /* the API looked up a stale lease */
+            api_answer(h, m, -ESTALE, 0, NULL);
         rl_metric_inc(RL_M_EPOCH_DROPPED);
         rl_msg_free(m);
         return;
@@ -381,6 +509,8 @@ static void hub_handle(rl_proc *p, rl_msg *m)
            places the user again). */
         if (m->topic == RL_T_WS_CLIENT)
             answer(h, m, RL_E_PLUGIN_FAILED, "User hub is moving, try again");
+        else if (rl_topic_is_api_request((rl_topic)m->topic))
+            api_answer(h, m, -EBUSY, 0, NULL);
         rl_metric_inc(RL_M_EPOCH_DROPPED);
         rl_msg_free(m);
         return;
@@ -399,6 +529,21 @@ static void hub_handle(rl_proc *p, rl_msg *m)
     case RL_T_WS_MESSAGE:
         broadcast(h, m);
         return;
+    case RL_T_API_PUSH:
+    case RL_T_API_MESSAGE:
+        if (!m->ctl.api.topic || !m->ctl.api.data) /* a malformed request from another node */
+            api_answer(h, m, -EINVAL, 0, NULL);
+        else if (m->topic == RL_T_API_PUSH)
+            api_push(h, m);
+        else
+            api_message(h, m);
+        break;
+    case RL_T_API_DISCONNECT:
+        api_disconnect(h, m);
+        break;
+    case RL_T_API_QUERY:
+        api_query(h, m);
+        break;
     default:
         rl_debug("hub", "user %s: ignoring %s", user_of(h), rl_topic_name((rl_topic)m->topic));
         break;
@@ -413,6 +558,8 @@ static void hub_orphan(rl_proc *p, rl_msg *m)
     rl_hub *h = (rl_hub *)p;
     if (m->topic == RL_T_WS_CLIENT) {
         answer(h, m, RL_E_PLUGIN_FAILED, "User hub stopped, try again");
+    } else if (rl_topic_is_api_request((rl_topic)m->topic)) {
+        api_answer(h, m, -ENOENT, 0, NULL);
     } else if (m->topic == RL_T_APP || m->topic == RL_T_WS_MESSAGE) {
         broadcast(h, m);
         return;

@@ -8,6 +8,7 @@
 #include <time.h>
 #include <uv.h>
 
+#include "rl_api.h"
 #include "rl_central.h"
 #include "rl_cluster.h"
 #include "rl_config.h"
@@ -159,6 +160,7 @@ static void drain_tick(uv_timer_t *t)
     if (left > 0)
         rl_warn("node", "drain timeout: %zu connections still open", left);
     uv_timer_stop(t);
+    rl_api_stop();
     rl_central_stop();
     rl_cluster_stop();
     rl_lua_close();
@@ -303,6 +305,31 @@ int main(int argc, char **argv)
         rl_gateway_free();
         status = 1;
         goto out_node;
+    }
+    /* The server API: its own listener beside the gateway's; requests find users' hubs through
+       the central hub (and Redis), the node list through the cluster. */
+    if (app.cfg.api_host) {
+        rc = rl_api_start(&app.cfg, rl_central_locate, rl_cluster_enabled() ? rl_cluster_nodes : NULL);
+        if (rc < 0)
+            snprintf(err, sizeof err, "cannot start (%d)", rc);
+        else
+            rc = rl_gateway_add_listener("api", app.cfg.api_host, app.cfg.api_port,
+                                         rl_api_protocols(), err, sizeof err);
+        if (rc < 0) {
+            fprintf(stderr, "relay-node: api: %s\n", err);
+            rl_api_stop();
+            rl_central_stop();
+            rl_cluster_stop();
+            rl_lua_close();
+            rl_gateway_stop();
+            uv_run(&app.loop, UV_RUN_DEFAULT);
+            rl_gateway_free();
+            status = 1;
+            goto out_node;
+        }
+        rl_metrics_add_source(rl_api_metrics);
+        rl_info("node", "server API listening on %s:%d (%zu keys)", app.cfg.api_host,
+                app.cfg.api_port, app.cfg.napi_keys);
     }
     uv_signal_init(&app.loop, &app.sigterm);
     uv_signal_init(&app.loop, &app.sigint);

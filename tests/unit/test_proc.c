@@ -276,6 +276,23 @@ static void test_authority(void **state)
         send_expect(NULL, ah.proc.pid, rl_msg_new(sys[i]), 0);
     }
 
+    /* the server API's requests: the system only (a plugin or hub of any user is refused) */
+    static const rl_topic apis[] = {RL_T_API_PUSH, RL_T_API_MESSAGE, RL_T_API_DISCONNECT,
+                                    RL_T_API_QUERY};
+    for (size_t i = 0; i < sizeof apis / sizeof apis[0]; i++) {
+        send_expect(&ap.proc, ah.proc.pid, rl_msg_new(apis[i]), -EPERM);
+        send_expect(&ah.proc, ah.proc.pid, rl_msg_new(apis[i]), -EPERM);
+        send_expect(&ac.proc, ah.proc.pid, rl_msg_new(apis[i]), -EPERM);
+        send_expect(&bp.proc, ah.proc.pid, rl_msg_new(apis[i]), -EPERM);
+        send_expect(NULL, ah.proc.pid, rl_msg_new(apis[i]), 0);
+    }
+    /* ... and their answers: a hub (or the system) to a system process, never to a user's */
+    send_expect(&ah.proc, central.proc.pid, rl_msg_api_reply(1, 0, 0, NULL), 0);
+    send_expect(&ap.proc, central.proc.pid, rl_msg_api_reply(1, 0, 0, NULL), -EPERM);
+    send_expect(&ac.proc, central.proc.pid, rl_msg_api_reply(1, 0, 0, NULL), -EPERM);
+    send_expect(&ah.proc, ap.proc.pid, rl_msg_api_reply(1, 0, 0, NULL), -EPERM);
+    send_expect(NULL, central.proc.pid, rl_msg_api_reply(1, 0, 0, NULL), 0);
+
     /* a client message reaches a hub only from a connection of the hub's own user */
     rl_msg *cm = rl_msg_new_data(RL_T_WS_CLIENT, NULL, 0, "{\"type\":\"a\"}", 12);
     send_expect(&ac.proc, ah.proc.pid, cm, 0);
@@ -492,6 +509,9 @@ static void test_topic_table(void **state)
     assert_int_equal(rl_topic_find("ws.message", 10), RL_T_WS_MESSAGE);
     assert_int_equal(rl_topic_find("", 0), RL_T_APP);
     assert_string_equal(rl_topic_name(RL_T_PID_EXIT), "pid.exit");
+    assert_int_equal(rl_topic_find("api.push", 8), RL_T_API_PUSH);
+    /* the wire names topics by number: the API's are appended after the older ones */
+    assert_true(RL_T_API_PUSH > RL_T_NODE_DOWN);
 }
 
 int main(void)
