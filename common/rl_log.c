@@ -41,7 +41,8 @@ static void put_escaped(char *buf, size_t *n, size_t cap, const char *s)
     }
 }
 
-static void vlog(rl_log_level level, const char *mod, const char *fmt, va_list ap)
+static void vlog(rl_log_level level, const char *mod, const rl_log_field *f, size_t nf,
+                 const char *fmt, va_list ap)
 {
     char msg[2048], line[4608];
     vsnprintf(msg, sizeof msg, fmt, ap);
@@ -57,8 +58,23 @@ static void vlog(rl_log_level level, const char *mod, const char *fmt, va_list a
     memcpy(line + n, "\",\"msg\":\"", 9);
     n += 9;
     put_escaped(line, &n, sizeof line - 4, msg);
-    memcpy(line + n, "\"}\n", 3);
-    n += 3;
+    line[n++] = '"';
+    for (size_t i = 0; i < nf && n + 64 < sizeof line; i++) {
+        line[n++] = ',';
+        line[n++] = '"';
+        put_escaped(line, &n, sizeof line - 32, f[i].key);
+        line[n++] = '"';
+        line[n++] = ':';
+        if (f[i].s) {
+            line[n++] = '"';
+            put_escaped(line, &n, sizeof line - 8, f[i].s);
+            line[n++] = '"';
+        } else {
+            n += (size_t)snprintf(line + n, sizeof line - n, "%lld", f[i].n);
+        }
+    }
+    memcpy(line + n, "}\n", 2);
+    n += 2;
     fwrite(line, 1, n, stderr);
 }
 
@@ -68,7 +84,18 @@ void rl_log(rl_log_level level, const char *mod, const char *fmt, ...)
         return;
     va_list ap;
     va_start(ap, fmt);
-    vlog(level, mod, fmt, ap);
+    vlog(level, mod, NULL, 0, fmt, ap);
+    va_end(ap);
+}
+
+void rl_log_fields(rl_log_level level, const char *mod, const rl_log_field *f, size_t nf,
+                   const char *fmt, ...)
+{
+    if (level < min_level)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(level, mod, f, nf, fmt, ap);
     va_end(ap);
 }
 

@@ -237,48 +237,50 @@ int rl_auth_handshake(struct lws *wsi, const char *upgrade)
     char *uri = hdr_dup(wsi, WSI_TOKEN_GET_URI);
     int path_ok = uri && strcmp(uri, gw.cfg->ws_path) == 0;
     free(uri);
-    int rc;
+    int status;
+    const char *code, *why, *extra = NULL;
     if (!path_ok) {
-        rc = rl_http_refuse_upgrade(wsi, 404, NULL, "not_found",
-                                    "No WebSocket endpoint at this path");
+        status = 404, code = "not_found", why = "No WebSocket endpoint at this path";
         goto refused;
     }
     if (!ws_version_ok(wsi)) {
         /* RFC 6455 4.4: the refusal names the versions the server speaks */
-        rc = rl_http_refuse_upgrade(wsi, 400, "sec-websocket-version: 13\r\n", "bad_request",
-                                    "Sec-WebSocket-Version must be 13");
+        status = 400, code = "bad_request", why = "Sec-WebSocket-Version must be 13";
+        extra = "sec-websocket-version: 13\r\n";
         goto refused;
     }
     if (!ws_key_ok(wsi)) {
-        rc = rl_http_refuse_upgrade(wsi, 400, NULL, "bad_request",
-                                    "Sec-WebSocket-Key must be 16 bytes in base64");
+        status = 400, code = "bad_request", why = "Sec-WebSocket-Key must be 16 bytes in base64";
         goto refused;
     }
     if (!origin_allowed(wsi)) {
-        rc = rl_http_refuse_upgrade(wsi, 403, NULL, "forbidden", "Origin not allowed");
+        status = 403, code = "forbidden", why = "Origin not allowed";
         goto refused;
     }
     rl_conn *c = calloc(1, sizeof *c);
-    if (c)
-        c->hs = 1;
     if (!c) {
-        rc = rl_http_refuse_upgrade(wsi, 503, NULL, "unavailable", "Out of memory");
+        status = 503, code = "unavailable", why = "Out of memory";
         goto refused;
     }
-    const char *why = NULL;
-    int status = authenticate(wsi, c, &why);
+    c->hs = 1;
+    why = NULL;
+    status = authenticate(wsi, c, &why);
     if (status) {
         rl_conn_free_mem(c);
-        rl_debug("gateway", "handshake refused (%d): %s", status, why);
-        rc = rl_http_refuse_upgrade(wsi, (unsigned int)status, NULL,
-                                    status == 400 ? "bad_request" : "unauthorized", why);
+        code = status == 400 ? "bad_request" : "unauthorized";
         goto refused;
     }
     c->state = RL_CONN_UPGRADING;
     lws_set_opaque_user_data(wsi, c);
     return 0;
-refused:
+refused:;
+    char peer[64] = "";
+    lws_get_peer_simple(wsi, peer, sizeof peer);
+    rl_log_field f[] = {{"status", NULL, status}, {"code", code, 0}, {"why", why ? why : "", 0},
+                        {"peer", peer, 0}};
+    rl_log_fields(RL_LOG_INFO, "gateway", f, sizeof f / sizeof f[0], "handshake refused");
     rl_metric_inc(RL_M_CONNS_REJECTED);
+    int rc = rl_http_refuse_upgrade(wsi, (unsigned int)status, extra, code, why);
     return rc < 0 ? -1 : 1;
 }
 

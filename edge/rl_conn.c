@@ -650,7 +650,7 @@ void rl_conn_on_established(struct lws *wsi)
     c->hs = 0;
     c->wsi = wsi;
     c->state = RL_CONN_JOINING;
-    c->last_rx_ms = (uint32_t)rl_now_ms();
+    c->last_rx_ms = c->opened_ms = (uint32_t)rl_now_ms();
     c->listed = 1;
     c->next = gw.conns;
     if (gw.conns)
@@ -684,10 +684,14 @@ void rl_conn_on_established(struct lws *wsi)
     memcpy(join->ctl.join.conn, c->proc.pid, RL_PID_MAX);
     join->ctl.join.meta = body_of(meta_json);
     join->ctl.join.scope = body_of(scope);
-    rl_debug("gateway", "%s: open (user %s)", c->proc.pid, user_id);
     rc = rl_send(&c->proc, rl_gw_central_pid(), join);
     if (rc == 0) {
         join = NULL;
+        char peer[64] = "";
+        lws_get_peer_simple(wsi, peer, sizeof peer);
+        rl_log_field f[] = {{"conn", c->proc.pid, 0}, {"user", user_id, 0},
+                            {"node", rl_node_id(), 0}, {"peer", peer, 0}};
+        rl_log_fields(RL_LOG_INFO, "gateway", f, sizeof f / sizeof f[0], "connected");
     } else {
         rl_error("gateway", "%s: ws.join to the central hub failed (%d)", c->proc.pid, rc);
         conn_fail(c, RL_E_HUB_CREATION_FAILED, NULL);
@@ -736,8 +740,11 @@ static int close_payload_fault(const unsigned char *p, size_t len, const char **
 int rl_conn_on_peer_close(rl_conn *c, struct lws *wsi, const unsigned char *in, size_t len)
 {
     if (c) {
-        if (c->state == RL_CONN_JOINING || c->state == RL_CONN_ROUTED)
+        if (c->state == RL_CONN_JOINING || c->state == RL_CONN_ROUTED) {
             c->state = RL_CONN_CLOSING;
+            c->peer_closed = 1;
+            c->close_code = len >= 2 ? (unsigned)(in[0] << 8 | in[1]) : 1005; /* 1005: no code */
+        }
         c->close_sent = 1;
     }
     const char *why = NULL;
@@ -761,10 +768,23 @@ void rl_conn_on_closed(struct lws *wsi)
     c->state = RL_CONN_CLOSED;
     conn_unlist(c);
     if (!c->has_proc) {
+        if (c->close_code) { /* established, refused before its process ran (missing_user_id) */
+            rl_log_field f[] = {{"code", NULL, (long long)c->close_code},
+                                {"reason", c->close_reason ? c->close_reason : "", 0}};
+            rl_log_fields(RL_LOG_INFO, "gateway", f, sizeof f / sizeof f[0], "refused");
+        }
         rl_conn_free_mem(c);
         return;
     }
-    rl_debug("gateway", "%s: closed", c->proc.pid);
+    rl_log_field f[] = {
+        {"conn", c->proc.pid, 0},
+        {"user", rl_owner_user(c->proc.owner), 0},
+        {"code", NULL, c->close_code ? (long long)c->close_code : 1006}, /* 1006: no close frame */
+        {"reason", c->peer_closed ? "" : c->close_reason ? c->close_reason : "", 0},
+        {"by", c->peer_closed ? "client" : c->close_code ? "server" : "network", 0},
+        {"duration_ms", NULL, (long long)(uint32_t)((uint32_t)rl_now_ms() - c->opened_ms)},
+    };
+    rl_log_fields(RL_LOG_INFO, "gateway", f, sizeof f / sizeof f[0], "closed");
     rl_msg *leave = rl_msg_new(RL_T_WS_LEAVE);
     if (leave)
         memcpy(leave->ctl.conn.conn, c->proc.pid, RL_PID_MAX);

@@ -55,7 +55,9 @@ typedef struct rl_conn { /* 320 bytes: one jemalloc class per idle connection, k
     char target[RL_PID_MAX];       /* the user hub, from WS_CONTROL */
     uint32_t rxlen;                /* bytes in rx (max_message_bytes is at most 1 GiB) */
     uint32_t last_rx_ms;           /* loop ms (mod 2^32) of the last frame or pong: keepalive */
-    int close_code;
+    uint32_t opened_ms;            /* loop ms (mod 2^32) when established: the close log's duration */
+    unsigned close_code : 16;      /* ours, or the client's when it started the close (0: none) */
+    unsigned peer_closed : 1;      /* the client started the close */
     unsigned state : 3;            /* rl_conn_state */
     unsigned hs : 1;               /* the union holds the handshake strings */
     unsigned has_proc : 1, listed : 1, close_sent : 1, pending_write : 1;

@@ -1,4 +1,5 @@
 """Gateway: HTTP endpoints, identity (jwt / insecure), origins, listen override."""
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -412,3 +413,37 @@ async def test_ws_path_other_than_ws_is_not_upgraded():
     with Node() as n:
         st = await http_status_of_upgrade(n, user="alice", path="/not-ws")
         check(st is not None and st >= 400, f"upgrade on /not-ws: status {st if st is not None else 'UPGRADED'}")
+
+
+async def test_info_log_records_connects_closes_and_refusals():
+    """At info level each connect, close and refusal is one JSON line with fields to filter on:
+    the connection, user, node and peer; the close code, who closed and how long it lasted; the
+    refusal's status or close code."""
+    with Node(Config()) as n:
+        ws, _ = await connect_welcomed(n, "loggy")
+        await ws.close(code=4000, reason="bye")
+        bare = await connect(n)  # no user_id: upgraded, then closed with missing_user_id
+        await bare.wait_closed()
+        try:
+            await connect(n, "loggy", path="/nope")
+        except Exception:  # noqa: BLE001 - refused with 404, as asserted from the log below
+            pass
+        deadline = time.monotonic() + 5
+        while True:
+            lines = [json.loads(l) for l in n.log_text().splitlines() if l.startswith("{")]
+            by = {}
+            for l in lines:
+                by.setdefault(l.get("msg"), []).append(l)
+            if "closed" in by and "refused" in by and "handshake refused" in by:
+                break
+            check(time.monotonic() < deadline, f"log lines missing: {sorted(by)}")
+            await asyncio.sleep(0.05)
+        c = [l for l in by.get("connected", []) if l.get("user") == "loggy"]
+        check(c and c[0]["node"] and c[0]["peer"] == "127.0.0.1" and c[0]["conn"], f"connect: {c}")
+        d = [l for l in by["closed"] if l.get("user") == "loggy"]
+        check(d and d[0]["code"] == 4000 and d[0]["by"] == "client" and
+              isinstance(d[0]["duration_ms"], int) and d[0]["conn"] == c[0]["conn"], f"close: {d}")
+        r = by["refused"][0]
+        check(r["code"] == 1008 and r["reason"] == "missing_user_id", f"refusal: {r}")
+        h = by["handshake refused"][0]
+        check(h["status"] == 404 and h["code"] == "not_found" and h["peer"] == "127.0.0.1", f"{h}")
