@@ -716,17 +716,21 @@ static void run_tick_cb(void)
 
 int rl_cluster_reregistered(void) { return cl.reregistered; }
 
-void rl_cluster_hub_info(const char *user, const char *hub_pid, uint64_t epoch, size_t clients)
+void rl_cluster_hub_info(const char *user, const char *hub_pid, uint64_t epoch, size_t clients,
+                         int created)
 {
     char key[RL_CKEY_MAX], ep[24], cn[24], now[24];
     if (rl_ckey_user(key, sizeof key, cl.cfg->redis_prefix, user, "hub") < 0)
         return;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
     snprintf(ep, sizeof ep, "%llu", (unsigned long long)epoch);
     snprintf(cn, sizeof cn, "%zu", clients);
-    snprintf(now, sizeof now, "%llu", (unsigned long long)time(NULL));
+    snprintf(now, sizeof now, "%llu", /* wall clock ms, for people */
+             (unsigned long long)ts.tv_sec * 1000ULL + (unsigned long long)(ts.tv_nsec / 1000000));
     const char *argv[] = {"HSET", key, "node", rl_node_id(), "pid", hub_pid, "epoch", ep,
-                          "clients", cn, "last_active", now};
-    if (rl_redis_commandargv(cl.cmd, 0, NULL, NULL, 12, argv, NULL) < 0)
+                          "clients", cn, "last_active", now, "created_at", now};
+    if (rl_redis_commandargv(cl.cmd, 0, NULL, NULL, created ? 14 : 12, argv, NULL) < 0)
         rl_metric_inc(RL_M_REDIS_ERRORS);
 }
 

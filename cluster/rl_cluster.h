@@ -24,7 +24,10 @@ void rl_cluster_set_tick_cb(rl_cluster_tick_cb cb);
    than node_ttl), so other nodes may have reclaimed its connection entries: re-admit them. */
 int rl_cluster_reregistered(void);
 /* Writes the user's <prefix>{user}:hub hash (node, pid, epoch, clients, last_active), for people. */
-void rl_cluster_hub_info(const char *user, const char *hub_pid, uint64_t epoch, size_t clients);
+/* Writes relay:{user}:hub for people (node, pid, epoch, clients, last_active; created_at too
+   when created: the hub was placed here just now). Times are wall-clock milliseconds. */
+void rl_cluster_hub_info(const char *user, const char *hub_pid, uint64_t epoch, size_t clients,
+                         int created);
 /* Closes the Redis clients and timers (shutdown; the loop must run once more). */
 void rl_cluster_stop(void);
 

@@ -240,7 +240,7 @@ static void on_lease(const rl_lease *l, void *ud)
             u->valid_until = lease_until(l->valid_until);
             rl_info("central", "user %s: hub %s here, lease epoch %llu", u->id, u->hub,
                     (unsigned long long)u->epoch);
-            rl_cluster_hub_info(u->id, u->hub, u->epoch, 0);
+            rl_cluster_hub_info(u->id, u->hub, u->epoch, 0, 1);
             rl_cluster_purge_conns(u->id); /* a previous holder may have died with clients */
             attach_all(u);
         }
@@ -519,7 +519,7 @@ static void on_activity(const rl_msg *m)
     if (u->hub_clients == 0)
         u->idle_since = rl_now_ms();
     if (clustered())
-        rl_cluster_hub_info(u->id, u->hub, u->epoch, u->hub_clients);
+        rl_cluster_hub_info(u->id, u->hub, u->epoch, u->hub_clients, 0);
 }
 
 static void on_hub_exit(const char *pid)

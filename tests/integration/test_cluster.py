@@ -938,6 +938,17 @@ async def test_cluster_idle_hub_collected_and_lease_released():
         a, b = cl.nodes
         wa, wb = await join_each(cl.nodes, "gina")
         first = cl.lease_on("gina", "n1")
+        # the hub hash for people: created_at and last_active in wall-clock ms, as documented
+        now_ms = time.time() * 1000
+        hub = {}
+        for _ in range(50):
+            f = cl.redis.cli("HGETALL", "relay:{gina}:hub").split("\n")
+            hub = dict(zip(f[0::2], f[1::2]))
+            if "created_at" in hub and "last_active" in hub:
+                break
+            await asyncio.sleep(0.05)
+        for k in ("created_at", "last_active"):
+            check(k in hub and abs(int(hub[k]) - now_ms) < 10000, f"relay:{{gina}}:hub {k}: {hub}")
         await wa.close()
         await wb.close()
         await cl.wait_hlen("gina", 0, "HLEN 0 after both closed")
