@@ -481,7 +481,21 @@ void rl_lua_proc_open(lua_State *L)
 
 /* ---- host helpers for the prelude ------------------------------------------------------ */
 
-/* host.log(level, name, msg, fields) */
+/* host.log(level, name, msg, fields): one line, the logger's fields as fields of the line
+   ({"msg":...,"plugin":"app.name","pid":...,"order":42}); numbers that are integers stay
+   numbers, anything else is written as its string. A field named like one of the line's own
+   keys is written as "field.<key>"; at most RL_LUA_LOG_FIELDS, the rest dropped. */
+#define RL_LUA_LOG_FIELDS 32
+
+static int reserved_key(const char *k)
+{
+    static const char *const own[] = {"ts", "level", "mod", "msg", "plugin", "pid", NULL};
+    for (size_t i = 0; own[i]; i++)
+        if (strcmp(k, own[i]) == 0)
+            return 1;
+    return 0;
+}
+
 static int h_log(lua_State *L)
 {
     static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
@@ -490,16 +504,38 @@ static int h_log(lua_State *L)
         return 0;
     const char *name = luaL_optstring(L, 2, "plugin");
     const char *msg = luaL_optstring(L, 3, "");
-    const char *fields = "";
-    if (lua_type(L, 4) == LUA_TTABLE) {
-        if (rl_lua_json_encode(L, 4))
-            fields = lua_tostring(L, -1);
-        else
-            fields = "{}";
-    }
     rl_lua_inst *I = rl_lua_g.current;
-    rl_log((rl_log_level)lvl, "plugin", "%s [%s %s]%s%s", msg, name,
-           I ? I->proc.pid : "-", fields[0] ? " " : "", fields);
+    rl_log_field f[2 + RL_LUA_LOG_FIELDS];
+    size_t nf = 0;
+    f[nf++] = (rl_log_field){"plugin", name, 0};
+    f[nf++] = (rl_log_field){"pid", I ? I->proc.pid : "-", 0};
+    lua_settop(L, 4);
+    lua_newtable(L); /* 5: keeps the strings made here alive until the line is written */
+    int held = 0;
+    if (lua_type(L, 4) == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (nf < sizeof f / sizeof f[0] && lua_next(L, 4)) {
+            if (lua_type(L, -2) != LUA_TSTRING) {
+                lua_pop(L, 1);
+                continue;
+            }
+            const char *k = lua_tostring(L, -2); /* the table keeps its keys alive */
+            if (reserved_key(k)) {
+                lua_pushfstring(L, "field.%s", k);
+                k = lua_tostring(L, -1);
+                lua_rawseti(L, 5, ++held);
+            }
+            if (lua_type(L, -1) == LUA_TNUMBER && lua_isinteger(L, -1)) {
+                f[nf++] = (rl_log_field){k, NULL, (long long)lua_tointeger(L, -1)};
+            } else {
+                const char *v = luaL_tolstring(L, -1, NULL); /* pushes the string */
+                lua_rawseti(L, 5, ++held);
+                f[nf++] = (rl_log_field){k, v, 0};
+            }
+            lua_pop(L, 1);
+        }
+    }
+    rl_log_fields((rl_log_level)lvl, "plugin", f, nf, "%s", msg);
     return 0;
 }
 

@@ -316,3 +316,39 @@ async def test_jwt_small_clock_skew_tolerated():
         check(st is None, f"nbf 2 s ahead refused ({st}); small leeway expected")
         st = await harness.http_status_of_upgrade(n, token=jwt_sign({"sub": "a", "exp": now - 600}, secret))
         check(st == 401, f"exp 10 min ago: {st}")
+
+
+LOGGER_PLUGIN = """
+local log = require("logger"):named("shop"):with({order = 42, tier = "gold"})
+local function run(args)
+    local inbox = process.inbox()
+    while true do
+        local msg = inbox:receive()
+        log:info("paid", {amount = 9.5, msg = "shadowed", ok = true})
+    end
+end
+return { run = run }
+"""
+
+
+async def test_plugin_logger_fields_are_fields_of_the_line():
+    """logger:with{...} and a call's own fields are JSON fields of the log line (integers as
+    numbers, the rest as strings), not text appended to the message; a field named like one of
+    the line's own keys is renamed, so no line has a key twice."""
+    with Node(_cfg(Plugin("log_plugin", "log_", "log.lua", text=LOGGER_PLUGIN))) as n:
+        ws, _ = await connect_welcomed(n, "logger")
+        await send_json(ws, {"type": "log_it"})
+        deadline = time.monotonic() + 5
+        while True:
+            lines = [l for l in n.log_text().splitlines() if '"msg":"paid"' in l]
+            if lines:
+                break
+            check(time.monotonic() < deadline, "no 'paid' line in the node log")
+            await asyncio.sleep(0.05)
+        raw = lines[0]
+        d = json.loads(raw)
+        check(d["msg"] == "paid" and d["plugin"] == "shop" and d["pid"].count(".") == 3, f"{raw}")
+        check(d["order"] == 42 and d["tier"] == "gold" and d["amount"] == "9.5" and d["ok"] == "true",
+              f"fields: {raw}")
+        check(d["field.msg"] == "shadowed" and raw.count('"msg"') == 1, f"renamed: {raw}")
+        await ws.close()
