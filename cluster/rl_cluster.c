@@ -299,14 +299,36 @@ static int wire_header(char *b, size_t cap, const out_msg *om)
     return n > cap ? -1 : (int)n;
 }
 
+static void bounce(const char *to, const rl_msg *m, int rc);
+
+/* The messages of one XADD, kept until Redis answers it: if it fails (an error, a timeout, a
+   connection that closed with it unanswered) each sender that waits is answered (bounce). */
+typedef struct xadd_batch {
+    size_t n;
+    out_msg *msgs[RL_BATCH];
+} xadd_batch;
+
+static void xadd_done(xadd_batch *b, int failed)
+{
+    for (size_t i = 0; i < b->n; i++) {
+        if (failed)
+            bounce(b->msgs[i]->to, b->msgs[i]->m, -EHOSTUNREACH);
+        om_free(b->msgs[i]);
+    }
+    free(b);
+}
+
 static void on_xadd(const redisReply *r, void *ud)
 {
-    size_t n = (size_t)(uintptr_t)ud;
-    if (!r || r->type == REDIS_REPLY_ERROR) {
+    xadd_batch *b = ud;
+    int failed = !r || r->type == REDIS_REPLY_ERROR;
+    if (failed) {
         rl_metric_inc(RL_M_REDIS_ERRORS);
-        rl_metric_add(RL_M_MSGS_DROPPED, n);
-        rl_warn("cluster", "XADD failed: %s; %zu messages lost", r ? r->str : "no reply", n);
+        rl_metric_add(RL_M_MSGS_DROPPED, b->n);
+        rl_warn("cluster", "XADD failed: %s; %zu messages not forwarded, their senders answered",
+                r ? r->str : "no reply", b->n);
     }
+    xadd_done(b, failed);
 }
 
 /* Sends up to RL_BATCH messages of ob as one stream entry. */
@@ -349,19 +371,31 @@ static void flush_batch(const char *node, outbox *ob)
     }
     if (!ob->head)
         ob->tail = NULL;
-    if (n > 0) {
-        int rc = rl_redis_commandargv(cl.cmd, 0, on_xadd, (void *)(uintptr_t)n, argc, argv, lens);
-        if (rc < 0)
-            rl_metric_add(RL_M_MSGS_DROPPED, n);
-        else
-            rl_metric_add(RL_M_FORWARDED_OUT, n);
-    }
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++)
         ob->bytes -= om_bytes(sent[i]);
-        om_free(sent[i]);
-    }
     ob->len -= n;
     cl.queued -= n;
+    if (n == 0)
+        return;
+    xadd_batch *b = malloc(sizeof *b);
+    if (b) {
+        b->n = n;
+        memcpy(b->msgs, sent, n * sizeof *sent);
+    }
+    int rc = b ? rl_redis_commandargv(cl.cmd, 0, on_xadd, b, argc, argv, lens) : -ENOMEM;
+    if (rc < 0) {
+        rl_metric_add(RL_M_MSGS_DROPPED, n);
+        if (b) {
+            xadd_done(b, 1);
+        } else {
+            for (size_t i = 0; i < n; i++) {
+                bounce(sent[i]->to, sent[i]->m, -EHOSTUNREACH);
+                om_free(sent[i]);
+            }
+        }
+    } else {
+        rl_metric_add(RL_M_FORWARDED_OUT, n);
+    }
 }
 
 /* End of a loop turn: everything queued for other nodes goes out, pipelined. */

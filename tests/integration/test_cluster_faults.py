@@ -238,3 +238,34 @@ async def test_fault_redis_restarted_empty_under_joins():
 
 
 test_fault_redis_restarted_empty_under_joins.timeout = 40
+
+
+async def test_fault_forward_lost_with_redis_is_answered():
+    """A client message forwarded while its node's Redis traffic is held (the XADD times out,
+    the connection is dropped with it unanswered) is answered to the client with its
+    request_id, not dropped with only a counter."""
+    async with fault_cluster(2, proxied=("n1",)) as cl:
+        a, b = cl.nodes
+        wb, _ = await join(b, "dan")            # dan's hub lives on n2
+        cl.track(wb)
+        wa, _ = await join(a, "dan")            # n1 forwards dan's messages to it
+        cl.track(wa)
+        px = cl.proxy("n1")
+        px.hold()
+        t0 = time.monotonic()
+        await wa.send('{"type":"cl_where","request_id":"lost-1"}')
+        got = None
+        while time.monotonic() - t0 < 6 and got is None:
+            try:
+                f = await recv_json(wa, timeout=6 - (time.monotonic() - t0))
+            except TestFailure:
+                break
+            if isinstance(f, dict) and f.get("topic") == "error" and \
+                    f.get("data", {}).get("request_id") == "lost-1":
+                got = f
+        px.heal()
+        check(got is not None, "the forwarded message lost with n1's Redis connection got no answer")
+        note(f"lost forward answered after {time.monotonic() - t0:.2f}s: {got['data']['error']}")
+
+
+test_fault_forward_lost_with_redis_is_answered.timeout = 40
