@@ -104,6 +104,27 @@ static void notify_session(rl_hub *h, const char *topic)
     }
 }
 
+/* {P:{"status":S,<idkey>:ID},...} for every configured plugin; snprintf-like (returns the length
+   it needs). The welcome names the id "process_id", the API's user view "id". */
+static size_t plugins_format(const rl_hub *h, const char *idkey, char *out, size_t cap)
+{
+    size_t n = 0;
+#define W(...) n += (size_t)snprintf(n < cap ? out + n : NULL, n < cap ? cap - n : 0, __VA_ARGS__)
+#define WS(s) n += rl_json_escape(n < cap ? out + n : NULL, n < cap ? cap - n : 0, (s), strlen(s))
+    W("{");
+    for (size_t i = 0; i < h->cfg->nplugins; i++) {
+        W(i ? "," : "");
+        WS(h->cfg->plugins[i].prefix);
+        W(":{\"status\":\"%s\",\"%s\":", status_names[h->plugins[i].status], idkey);
+        WS(h->cfg->plugins[i].id ? h->cfg->plugins[i].id : "");
+        W("}");
+    }
+    W("}");
+#undef W
+#undef WS
+    return n;
+}
+
 /* {"user_id":U,"client_count":N,"plugins":{P:{"status":S,"process_id":ID},...}} */
 static size_t welcome_format(const rl_hub *h, char *out, size_t cap)
 {
@@ -112,15 +133,9 @@ static size_t welcome_format(const rl_hub *h, char *out, size_t cap)
 #define WS(s) n += rl_json_escape(n < cap ? out + n : NULL, n < cap ? cap - n : 0, (s), strlen(s))
     W("{\"user_id\":");
     WS(user_of(h));
-    W(",\"client_count\":%zu,\"plugins\":{", (size_t)h->nconns);
-    for (size_t i = 0; i < h->cfg->nplugins; i++) {
-        W(i ? "," : "");
-        WS(h->cfg->plugins[i].prefix);
-        W(":{\"status\":\"%s\",\"process_id\":", status_names[h->plugins[i].status]);
-        WS(h->cfg->plugins[i].id ? h->cfg->plugins[i].id : "");
-        W("}");
-    }
-    W("}}");
+    W(",\"client_count\":%zu,\"plugins\":", (size_t)h->nconns);
+    n += plugins_format(h, "process_id", n < cap ? out + n : NULL, n < cap ? cap - n : 0);
+    W("}");
 #undef W
 #undef WS
     return n;
@@ -421,15 +436,9 @@ static size_t query_format(const rl_hub *h, char *out, size_t cap)
         WS(node);
         W(":%zu", count);
     }
-    W("},\"plugins\":{");
-    for (size_t i = 0; i < h->cfg->nplugins; i++) {
-        W(i ? "," : "");
-        WS(h->cfg->plugins[i].prefix);
-        W(":{\"status\":\"%s\",\"id\":", status_names[h->plugins[i].status]);
-        WS(h->cfg->plugins[i].id ? h->cfg->plugins[i].id : "");
-        W("}");
-    }
-    W("}}");
+    W("},\"plugins\":");
+    n += plugins_format(h, "id", n < cap ? out + n : NULL, n < cap ? cap - n : 0);
+    W("}");
 #undef W
 #undef WS
     return n;

@@ -193,6 +193,18 @@ static void on_signal(uv_signal_t *s, int signum)
     uv_timer_start(&app.drain, drain_tick, 0, 20);
 }
 
+/* A start that fails after the gateway's turn: the layers started so far stop, the loop runs
+   until their handles are closed, then the gateway's second destroy (stack.md, shutdown). */
+static void stop_started_layers(void)
+{
+    rl_central_stop();
+    rl_cluster_stop();
+    rl_lua_close();
+    rl_gateway_stop();
+    uv_run(&app.loop, UV_RUN_DEFAULT);
+    rl_gateway_free();
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -297,12 +309,7 @@ int main(int argc, char **argv)
     rl_metrics_add_source(rl_lua_metrics);
     if (rl_gateway_start(&app.loop, &app.cfg, err, sizeof err) < 0) {
         fprintf(stderr, "relay-node: %s\n", err);
-        rl_central_stop();
-        rl_cluster_stop();
-        rl_lua_close();
-        rl_gateway_stop();
-        uv_run(&app.loop, UV_RUN_DEFAULT);
-        rl_gateway_free();
+        stop_started_layers();
         status = 1;
         goto out_node;
     }
@@ -318,12 +325,7 @@ int main(int argc, char **argv)
         if (rc < 0) {
             fprintf(stderr, "relay-node: api: %s\n", err);
             rl_api_stop();
-            rl_central_stop();
-            rl_cluster_stop();
-            rl_lua_close();
-            rl_gateway_stop();
-            uv_run(&app.loop, UV_RUN_DEFAULT);
-            rl_gateway_free();
+            stop_started_layers();
             status = 1;
             goto out_node;
         }
