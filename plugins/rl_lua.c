@@ -176,7 +176,7 @@ static const char prelude[] =
     "  named_scope = function(name) return nil, 'security scopes are not supported' end,\n"
     "  can = function(action, resource) return true end,\n"
     "}\n"
-    "local modules = {json = readonly(json), time = readonly(time),\n"
+    "local modules = {json = readonly(json), time = readonly(time), uuid = readonly(host.uuid),\n"
     "  logger = readonly(mklogger(nil, nil)), security = readonly(security)}\n"
     "safe.require = function(name)\n"
     "  local m = modules[name]\n"
@@ -1087,6 +1087,8 @@ static int init_p(lua_State *L)
     rl_lua_str_open(L);
 
     rl_lua_host_open(L); /* 2: host helpers */
+    rl_lua_uuid_push(L);
+    lua_setfield(L, -2, "uuid");
     lua_pushglobaltable(L);
     rl_lua_json_open(L);
     rl_lua_time_open(L);

@@ -131,6 +131,9 @@ typedef struct rl_lua_host {
 
 extern rl_lua_host rl_lua_g;
 
+/* rl_lua_uuid.c: pushes the uuid module's table. */
+void rl_lua_uuid_push(lua_State *L);
+
 /* rl_lua.c */
 /* The running instance; raises a Lua error when called outside one. */
 rl_lua_inst *rl_lua_current(lua_State *L);

@@ -352,3 +352,56 @@ async def test_plugin_logger_fields_are_fields_of_the_line():
               f"fields: {raw}")
         check(d["field.msg"] == "shadowed" and raw.count('"msg"') == 1, f"renamed: {raw}")
         await ws.close()
+
+
+UUID_PLUGIN = """
+local json = require("json")
+local uuid = require("uuid")
+local function run(args)
+    local inbox = process.inbox()
+    while true do
+        local msg = inbox:receive()
+        local p = msg:payload():data()
+        local v4, v7, v1 = uuid.v4(), uuid.v7(), uuid.v1()
+        local NS_URL = "6ba7b811-9dad-11d1-80b4-00c04fd430c8"
+        local bad, err = uuid.version("nope")
+        local r = {
+            v4 = v4, v4ver = uuid.version(v4), v7ver = uuid.version(v7), v1ver = uuid.version(v1),
+            variant = uuid.variant(v4), v7ts = uuid.parse(v7).timestamp,
+            v1ts = uuid.parse(v1).timestamp, v1node = uuid.parse(v1).node,
+            v5 = uuid.v5(NS_URL, "https://example.com/resource"),
+            v3 = uuid.v3(NS_URL, "https://example.com/resource"),
+            ok = uuid.validate(v4), notok = uuid.validate("x"), nonstr = uuid.validate(42),
+            simple = uuid.format(v4, "simple"), urn = uuid.format(v4, "urn"),
+            back = uuid.format(uuid.format(v4, "urn")), bad = bad == nil and err,
+        }
+        process.send(p.conn_pid, "uuid", r)
+    end
+end
+return { run = run }
+"""
+
+
+async def test_uuid_module():
+    """require("uuid") as on the platform: v1/v4/v7 with their versions and timestamps, v3/v5
+    deterministic (the RFC 4122 example namespace), validate/version/variant/parse/format, and
+    (nil, reason) for a bad input."""
+    import uuid as pyuuid
+    with Node(_cfg(Plugin("uuid_plugin", "uuid_", "uuid.lua",
+                          modules=("json", "time", "logger", "uuid"), text=UUID_PLUGIN))) as n:
+        ws, _ = await connect_welcomed(n, "uuidy")
+        await send_json(ws, {"type": "uuid_go"})
+        f = await recv_json(ws)
+        d = f.get("data", {})
+        check(f.get("topic") == "uuid", f"{f}")
+        check(pyuuid.UUID(d["v4"]).version == 4 and d["v4ver"] == 4 and d["v7ver"] == 7
+              and d["v1ver"] == 1 and d["variant"] == "RFC4122", f"{d}")
+        now = time.time()
+        check(abs(d["v7ts"] - now) < 10 and abs(d["v1ts"] - now) < 10 and len(d["v1node"]) == 12, f"{d}")
+        ns = pyuuid.UUID("6ba7b811-9dad-11d1-80b4-00c04fd430c8")
+        check(d["v5"] == str(pyuuid.uuid5(ns, "https://example.com/resource")), f"v5 {d['v5']}")
+        check(d["v3"] == str(pyuuid.uuid3(ns, "https://example.com/resource")), f"v3 {d['v3']}")
+        check(d["ok"] is True and d["notok"] is False and d["nonstr"] is False, f"{d}")
+        check(d["simple"] == d["v4"].replace("-", "") and d["urn"] == "urn:uuid:" + d["v4"]
+              and d["back"] == d["v4"] and d["bad"] == "invalid uuid format", f"{d}")
+        await ws.close()
