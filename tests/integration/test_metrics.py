@@ -20,7 +20,9 @@ TYPES = {"counter", "gauge", "histogram", "summary", "untyped"}
 def parse_exposition(text):
     """Checks text against the Prometheus text format 0.0.4 and returns {name: (type, [(labels,
     value)])}: every sample follows its family's HELP and TYPE, a family appears once, values are
-    floats (NaN, +Inf, -Inf allowed), counters end in _total, the text ends with a newline."""
+    floats (NaN, +Inf, -Inf allowed), counters end in _total, the text ends with a newline. A
+    histogram's _bucket, _sum and _count samples are kept under its family with the suffix
+    prefixed to their labels ('_bucket{le="0.5"}', '_sum', '_count')."""
     check(text.endswith("\n"), "the exposition does not end with a newline")
     fams, current, seen_help = {}, None, set()
     for ln in text.split("\n")[:-1]:
@@ -46,12 +48,21 @@ def parse_exposition(text):
         m = SAMPLE.match(ln)
         check(m is not None, f"not a sample line: {ln!r}")
         name, labels, value = m.group(1), m.group(2) or "", m.group(3)
-        check(name == current and name in fams, f"sample {name} outside its family ({current})")
+        suffix = ""
+        if current in fams and fams[current][0] == "histogram":
+            for sfx in ("_bucket", "_sum", "_count"):
+                if name == current + sfx:
+                    suffix = sfx
+            check(suffix, f"sample {name} in histogram {current} is not _bucket, _sum or _count")
+            check((suffix == "_bucket") == ("le=" in labels), f"le label on {name}{labels}")
+        else:
+            check(name == current and name in fams, f"sample {name} outside its family ({current})")
         try:
             float(value)
         except ValueError:
             raise harness.TestFailure(f"value {value!r} of {name} is not a float")
-        fams[name][1].append((labels, value))
+        # a histogram's samples are kept as (suffix + labels, value): '_bucket{le="0.001"}', '_sum'
+        fams[current][1].append((suffix + labels, value))
     for name, (typ, samples) in fams.items():
         check(samples, f"family {name} has no samples")
         if typ == "counter":
@@ -80,6 +91,55 @@ def value(fams, name, labels=""):
     raise harness.TestFailure(f"no {name}{labels} sample: {fams[name][1]}")
 
 
+def histogram(fams, name):
+    """A histogram family's buckets [(le, cumulative count)], sum and count, checked: the buckets
+    are cumulative (never decreasing, le increasing), +Inf is last and equals _count."""
+    check(name in fams and fams[name][0] == "histogram", f"{name} missing or not a histogram")
+    buckets, total, count = [], None, None
+    for lb, v in fams[name][1]:
+        if lb.startswith("_bucket"):
+            le = re.fullmatch(r'_bucket\{le="([^"]+)"\}', lb)
+            check(le is not None, f"{name} bucket labels {lb}")
+            buckets.append((float(le.group(1)), float(v)))
+        elif lb == "_sum":
+            total = float(v)
+        elif lb == "_count":
+            count = float(v)
+    check(total is not None and count is not None, f"{name} without _sum or _count")
+    check(len(buckets) >= 2 and buckets[-1][0] == float("inf"), f"{name}: +Inf is not the last bucket")
+    for (le0, c0), (le1, c1) in zip(buckets, buckets[1:]):
+        check(le0 < le1 and c0 <= c1, f"{name} buckets not cumulative: le {le0} {c0}, le {le1} {c1}")
+    check(buckets[-1][1] == count, f"{name}: +Inf bucket {buckets[-1][1]} != _count {count}")
+    check(total >= 0, f"{name}_sum {total}")
+    return {"buckets": buckets, "sum": total, "count": count}
+
+
+async def test_metrics_routing_histogram():
+    with Node(Config()) as n:
+        fams = parse_exposition(n.metrics())
+        h = histogram(fams, "relay_routing_seconds")
+        check(h["count"] == 0 and h["sum"] == 0, f"relay_routing_seconds before any message: {h}")
+        ws, _ = await harness.connect_welcomed(n, "alice")
+        for i in range(25):
+            await harness.send_json(ws, {"type": "echo_hist", "request_id": i})
+            r = await harness.recv_json(ws)
+            check(r.get("payload", {}).get("request_id") == i, f"echo {i}: {r}")
+        await harness.send_json(ws, {"type": "nosuch_plugin_topic"})  # answered, not routed
+        await harness.recv_json(ws)
+        text = n.metrics()
+        fams = parse_exposition(text)
+        promtool(text)
+        routed = float(value(fams, "relay_messages_routed_total"))
+        h = histogram(fams, "relay_routing_seconds")
+        check(routed >= 25, f"relay_messages_routed_total {routed} after 25 echoes")
+        check(h["count"] == routed, f"relay_routing_seconds_count {h['count']} != routed {routed}")
+        check(0 < h["sum"] < routed, f"relay_routing_seconds_sum {h['sum']} for {routed} messages")
+        # an in-process hand-over takes well under a second
+        under_1s = [c for le, c in h["buckets"] if le == 1.0]
+        check(under_1s == [routed], f"routing slower than 1 s: {h['buckets']}")
+        await ws.close()
+
+
 async def test_metrics_standalone_format_build_and_process():
     with Node(Config()) as n:
         ws, _ = await harness.connect_welcomed(n, "alice")
@@ -102,7 +162,8 @@ async def test_metrics_standalone_format_build_and_process():
         check(time.time() - 60 < start <= time.time() + 1,
               f"process_start_time_seconds {start}, now {time.time()}")
         # standalone: no Redis, so no Redis gauges at all (not a 0 that reads as fast)
-        check(not any(k.startswith("relay_redis_rtt") or k == "relay_redis_up" for k in fams),
+        check(not any(k.startswith("relay_redis_rtt") or k in ("relay_redis_up", "relay_redis_heartbeat_seconds")
+                      for k in fams),
               "standalone node shows Redis gauges: " + ", ".join(k for k in fams if "redis" in k))
         await ws.close()
 
@@ -117,6 +178,8 @@ async def test_metrics_redis_up_and_down():
         rtt = float(value(fams, "relay_redis_rtt_seconds"))
         check(rtt == rtt and 0 <= rtt < 1, f"relay_redis_rtt_seconds {rtt} with Redis up")
         check("relay_redis_rtt_microseconds" not in fams, "the old microseconds gauge is still there")
+        hb = histogram(fams, "relay_redis_heartbeat_seconds")
+        check(hb["count"] >= 1, f"relay_redis_heartbeat_seconds counted no heartbeat: {hb}")
         cl.redis.kill()
         test_cluster.wait_ready(nd, timeout=cl.node_ttl + 1.5, want=503)
         fams = parse_exposition(nd.metrics())
