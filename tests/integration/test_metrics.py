@@ -1,5 +1,6 @@
 """/metrics: the Prometheus text format (promtool when installed, and a parser here), base units,
 build and process info, and Redis gauges that tell a down Redis from a fast one."""
+import json
 import os
 import re
 import shutil
@@ -189,3 +190,81 @@ async def test_metrics_redis_up_and_down():
         cl.restart_redis()
         fams = parse_exposition(nd.metrics())
         check(value(fams, "relay_redis_up") == "1", "relay_redis_up is not 1 after Redis came back")
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PROM_NAME = re.compile(r"\b(?:relay|process)_[a-zA-Z0-9_:]*")
+
+
+def _dashboard_exprs():
+    with open(os.path.join(ROOT, "deploy/grafana-relay.json")) as f:
+        dash = json.load(f)  # parses, or the test fails here
+    exprs = []
+    for p in dash.get("panels", []):
+        for t in p.get("targets", []):
+            exprs.append((p.get("title"), t["expr"]))
+    for v in dash.get("templating", {}).get("list", []):
+        if isinstance(v.get("query"), dict):
+            exprs.append(("variable " + v["name"], v["query"]["query"]))
+    check(len(exprs) >= 10, f"deploy/grafana-relay.json has {len(exprs)} queries")
+    return dash, exprs
+
+
+def test_prometheus_yml_scrapes_the_compose_nodes():
+    """deploy/prometheus.yml scrapes node1..node3 of docker-compose.yml on their RELAY_LISTEN
+    port (promtool check config when installed)."""
+    path = os.path.join(ROOT, "deploy/prometheus.yml")
+    with open(path) as f:
+        text = f.read()
+    with open(os.path.join(ROOT, "docker-compose.yml")) as f:
+        compose = f.read()
+    port = re.search(r"^\s+RELAY_LISTEN:\s*\"?[^\s\":]*:(\d+)", compose, re.M).group(1)
+    nodes = sorted(set(re.findall(r"^  (node\d+):", compose, re.M)))
+    check(nodes == ["node1", "node2", "node3"], f"compose nodes {nodes}")
+    targets = re.findall(r'"([^"]+:\d+)"', text)
+    check(sorted(targets) == [f"{n}:{port}" for n in nodes], f"prometheus.yml targets {targets}")
+    check(re.search(r"^\s+metrics_path:\s*/metrics\s*$", text, re.M), "metrics_path is not /metrics")
+    tool = shutil.which("promtool")
+    if tool:
+        p = subprocess.run([tool, "check", "config", "--syntax-only", path], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=20)
+        check(p.returncode == 0, f"promtool check config:\n{p.stdout.decode()}")
+
+
+async def test_grafana_dashboard_uses_live_metric_names():
+    """deploy/grafana-relay.json parses, and every metric its queries name is in a live cluster
+    node's /metrics (a histogram's _bucket/_sum/_count count as its family); with promtool, every
+    query is valid PromQL (as a recording rule, Grafana's variables filled in)."""
+    dash, exprs = _dashboard_exprs()
+    async with test_cluster.running_cluster(1) as cl:
+        fams = parse_exposition(cl.nodes[0].metrics())
+    used = set()
+    for title, e in exprs:
+        for name in PROM_NAME.findall(e):
+            fam = name
+            for sfx in ("_bucket", "_sum", "_count"):
+                base = name[:-len(sfx)]
+                if name.endswith(sfx) and fams.get(base, ("",))[0] == "histogram":
+                    fam = base
+            check(fam in fams, f"panel {title!r} uses {name}, not in a live node's /metrics")
+            used.add(fam)
+    for want in ("relay_connections", "relay_messages_routed_total", "relay_errors_total",
+                 "relay_routing_seconds", "relay_redis_up", "relay_plugin_kills_total",
+                 "relay_plugin_refusals_total", "process_resident_memory_bytes", "process_cpu_seconds_total"):
+        check(want in used, f"the dashboard has no panel on {want}")
+    tool = shutil.which("promtool")
+    if not tool:
+        test_cluster.note("promtool not installed: dashboard queries not checked as PromQL")
+        return
+    d = harness.temp_dir()
+    rules = os.path.join(d, "rules.yml")
+    with open(rules, "w") as f:
+        f.write("groups:\n  - name: dashboard\n    rules:\n")
+        for i, (_, e) in enumerate(exprs):
+            if e.startswith("label_values("):
+                continue  # a Grafana function, not PromQL
+            e = e.replace("$__rate_interval", "5m").replace("$instance", ".*")
+            f.write(f"      - record: dashboard:q{i}\n        expr: {json.dumps(e)}\n")
+    p = subprocess.run([tool, "check", "rules", rules], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       timeout=20)
+    check(p.returncode == 0, f"promtool check rules (dashboard queries):\n{p.stdout.decode()}")
