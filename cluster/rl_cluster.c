@@ -611,6 +611,7 @@ static void deliver_one(const redisReply *h, const redisReply *v)
         return;
     }
     m->epoch = epoch;
+    m->arrived_ns = uv_hrtime(); /* another node's clock is not ours: routing counts from here */
     m->flags = (uint16_t)flags;
     m->env.type_off = toff;
     m->env.type_len = tlen;
@@ -838,6 +839,7 @@ static void on_heartbeat(const redisReply *r, void *ud)
     cl.ready = 1;
     cl.node_valid_until = sent + cl.cfg->node_ttl_ms - RL_SAFETY_MS;
     rl_metric_set(RL_M_REDIS_RTT_US, (rl_now_ms() - sent) * 1000);
+    rl_hist_observe_ns(RL_H_REDIS_HEARTBEAT, (rl_now_ms() - sent) * 1000000);
     char nodes[RL_CKEY_MAX], prefix[RL_CKEY_MAX], reg[RL_CKEY_MAX];
     rl_ckey_nodes(nodes, sizeof nodes, cl.cfg->redis_prefix);
     rl_ckey_registry(reg, sizeof reg, cl.cfg->redis_prefix);

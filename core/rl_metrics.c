@@ -14,6 +14,27 @@
 
 uint64_t rl_metric_values[RL_M_COUNT];
 uint64_t rl_metric_errors[RL_E_COUNT];
+rl_hist rl_hists[RL_H_COUNT];
+
+/* The bucket bounds in nanoseconds and, for le, in seconds as text (no float formatting). */
+const uint64_t rl_hist_bounds_ns[RL_HIST_BOUNDS] = {
+    1000,       2500,       5000,       10000,      25000,      50000,      100000,    250000,
+    500000,     1000000,    2500000,    5000000,    10000000,   25000000,   50000000,  100000000,
+    250000000,  500000000,  1000000000, 2500000000, 5000000000, 10000000000,
+};
+static const char *const hist_le[RL_HIST_BOUNDS] = {
+    "0.000001", "0.0000025", "0.000005", "0.00001", "0.000025", "0.00005", "0.0001", "0.00025",
+    "0.0005",   "0.001",     "0.0025",   "0.005",   "0.01",     "0.025",   "0.05",   "0.1",
+    "0.25",     "0.5",       "1",        "2.5",     "5",        "10",
+};
+
+static const struct {
+    const char *name, *help;
+} hist_defs[] = {
+#define RL_HIST_ROW(n, pname, help) {pname, help},
+    RL_HISTOGRAMS(RL_HIST_ROW)
+#undef RL_HIST_ROW
+};
 
 static const struct {
     const char *name, *type, *help;
@@ -82,6 +103,22 @@ static void render_redis(buf *b)
         put(b, "%s NaN\n", n);
 }
 
+/* One histogram: cumulative buckets, +Inf, _sum in seconds, _count. */
+static void render_hist(buf *b, rl_histogram h)
+{
+    const char *n = hist_defs[h].name;
+    const rl_hist *hs = &rl_hists[h];
+    put(b, "# HELP %s %s\n# TYPE %s histogram\n", n, hist_defs[h].help, n);
+    uint64_t cum = 0;
+    for (int i = 0; i < RL_HIST_BOUNDS; i++) {
+        cum += hs->counts[i];
+        put(b, "%s_bucket{le=\"%s\"} %llu\n", n, hist_le[i], (unsigned long long)cum);
+    }
+    cum += hs->counts[RL_HIST_BOUNDS];
+    put(b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.9f\n%s_count %llu\n", n, (unsigned long long)cum,
+        n, (double)hs->sum_ns / 1e9, n, (unsigned long long)cum);
+}
+
 /* The process_* metrics every Prometheus client library exports, from /proc. */
 static void render_process(buf *b)
 {
@@ -113,8 +150,11 @@ char *rl_metrics_render(size_t *len)
         if (i != RL_M_REDIS_RTT_US)
             put(&b, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", defs[i].name, defs[i].help, defs[i].name,
                 defs[i].type, defs[i].name, (unsigned long long)rl_metric_values[i]);
-    if (redis_up)
+    render_hist(&b, RL_H_ROUTING);
+    if (redis_up) {
         render_redis(&b);
+        render_hist(&b, RL_H_REDIS_HEARTBEAT);
+    }
     put(&b, "# HELP relay_errors_total Errors answered to clients, by code\n"
             "# TYPE relay_errors_total counter\n");
     for (int e = 0; e < RL_E_COUNT; e++)

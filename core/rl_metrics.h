@@ -38,6 +38,37 @@ typedef enum {
     RL_M_COUNT
 } rl_metric;
 
+/* Latency histograms: X(name, prometheus name, help). Fixed log-spaced buckets (1, 2.5, 5 per
+   decade from 1 us to 10 s, then +Inf): an observation is a few compares and two adds, no
+   allocation. Observed in nanoseconds, rendered in seconds as a Prometheus histogram. */
+#define RL_HISTOGRAMS(X)                                                                          \
+    X(ROUTING, "relay_routing_seconds", "Client frame arrival at the node to its hand-over to a plugin") \
+    X(REDIS_HEARTBEAT, "relay_redis_heartbeat_seconds", "Cluster heartbeat round trips to Redis (millisecond resolution)")
+
+typedef enum {
+#define RL_HIST_ENUM(name, pname, help) RL_H_##name,
+    RL_HISTOGRAMS(RL_HIST_ENUM)
+#undef RL_HIST_ENUM
+    RL_H_COUNT
+} rl_histogram;
+
+#define RL_HIST_BOUNDS 22
+typedef struct rl_hist {
+    uint64_t counts[RL_HIST_BOUNDS + 1]; /* per bucket, not cumulative; the last is +Inf */
+    uint64_t sum_ns;
+} rl_hist;
+extern const uint64_t rl_hist_bounds_ns[RL_HIST_BOUNDS];
+extern rl_hist rl_hists[RL_H_COUNT];
+
+static inline void rl_hist_observe_ns(rl_histogram h, uint64_t ns)
+{
+    unsigned i = 0;
+    while (i < RL_HIST_BOUNDS && ns > rl_hist_bounds_ns[i])
+        i++;
+    rl_hists[h].counts[i]++;
+    rl_hists[h].sum_ns += ns;
+}
+
 extern uint64_t rl_metric_values[RL_M_COUNT];
 extern uint64_t rl_metric_errors[RL_E_COUNT];
 
@@ -61,7 +92,8 @@ void rl_metrics_gauge(rl_metrics_out *out, const char *name, const char *help, u
 
 /* Cluster mode: up() tells whether Redis answers (relay_redis_up). The REDIS_RTT_US value is kept
    in microseconds and shown in seconds, only with up() set, and NaN while up() is 0: a stale or
-   zero round trip must not look like a fast Redis. */
+   zero round trip must not look like a fast Redis. relay_redis_heartbeat_seconds is shown only
+   in cluster mode too. */
 void rl_metrics_set_redis(int (*up)(void));
 
 #endif

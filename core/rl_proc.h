@@ -158,6 +158,8 @@ typedef struct rl_msg {
     rl_body *body;       /* NULL for control topics */
     rl_owner *owner;     /* the sender's owner (a reference); NULL = the system */
     uint64_t epoch;      /* lease epoch of a message to a user hub (cluster); 0 = none */
+    uint64_t arrived_ns; /* uv_hrtime() when a client frame reached this node (the gateway, or
+                            the cluster transport for a forwarded one); 0 = not stamped */
     uint16_t topic;      /* rl_topic */
     uint16_t flags;      /* RL_MSG_* */
     uint32_t name_len;

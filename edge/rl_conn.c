@@ -310,6 +310,7 @@ static void conn_on_frame(rl_conn *c, const char *data, size_t len)
         return;
     }
     m->flags = RL_MSG_CLIENT;
+    m->arrived_ns = uv_hrtime(); /* relay_routing_seconds counts from here */
     m->env.type_off = (uint32_t)env.type.off;
     m->env.type_len = (uint32_t)env.type.len;
     m->env.type_escaped = env.type_escaped;

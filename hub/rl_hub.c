@@ -272,9 +272,11 @@ static void on_client_message(rl_hub *h, rl_msg *m)
     }
     fwd->flags |= RL_MSG_CLIENT;
     fwd->epoch = 0;
+    uint64_t arrived = m->arrived_ns, now = uv_hrtime();
     int rc = rl_send_as(hp->pid, fwd);
     if (rc == 0) {
         rl_metric_inc(RL_M_MSGS_ROUTED);
+        rl_hist_observe_ns(RL_H_ROUTING, arrived && now > arrived ? now - arrived : 0);
         if (fwd != m)
             rl_msg_free(m);
         return;
