@@ -338,7 +338,7 @@ static int valid_node_id(const char *id)
 }
 
 /* n bytes from the kernel's CSPRNG, drawn RL_RAND_POOL at a time. */
-static void random_bytes(unsigned char *out, size_t n)
+void rl_random_bytes(unsigned char *out, size_t n)
 {
     while (n) {
         if (node.rand_left == 0) {
@@ -373,7 +373,7 @@ int rl_node_init(uv_loop_t *loop, const char *node_id)
     node.loop = loop;
     snprintf(node.node_id, sizeof node.node_id, "%s", node_id);
     unsigned char b[3];
-    random_bytes(b, sizeof b);
+    rl_random_bytes(b, sizeof b);
     snprintf(node.incarnation, sizeof node.incarnation, "%02x%02x%02x", b[0], b[1], b[2]);
     node.prefix_len = (size_t)snprintf(node.prefix, sizeof node.prefix, "%s.%s.", node.node_id,
                                        node.incarnation);
@@ -558,7 +558,7 @@ int rl_proc_start(rl_proc *p, const rl_proc_ops *ops, size_t qcap, rl_owner *own
     p->monitors = NULL;
     p->nmonitors = 0;
     unsigned char r[4];
-    random_bytes(r, sizeof r);
+    rl_random_bytes(r, sizeof r);
     p->serial = ++node.serial;
     snprintf(p->pid, sizeof p->pid, "%s%c%llu.%02x%02x%02x%02x", node.prefix, ops->letter,
              (unsigned long long)p->serial, r[0], r[1], r[2], r[3]);

@@ -262,6 +262,9 @@ uv_loop_t *rl_node_loop(void);
 /* Milliseconds of the loop's clock (uv_now). */
 uint64_t rl_now_ms(void);
 
+/* n bytes from the kernel's CSPRNG (pids' random parts, the uuid module). */
+void rl_random_bytes(unsigned char *out, size_t n);
+
 /* 1 when pid names a process of this node incarnation. */
 int rl_pid_is_local(const char *pid);
 /* Writes the node id part of pid into out (size RL_NODE_ID_MAX); -EINVAL when malformed. */

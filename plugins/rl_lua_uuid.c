@@ -1,33 +1,16 @@
 /* The uuid module (the platform's names and returns): v1, v3, v4, v5, v7, validate, version,
  * variant, parse, format. Every function returns its value, or nil and a reason. */
-#include <errno.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <openssl/evp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 
 #include "rl_lua_int.h"
 
 typedef unsigned char uuid_t16[16];
-
-static int fill_random(unsigned char *b, size_t n)
-{
-    while (n) {
-        ssize_t got = getrandom(b, n, 0);
-        if (got < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        b += got;
-        n -= (size_t)got;
-    }
-    return 0;
-}
 
 static int fail(lua_State *L, const char *why)
 {
@@ -111,8 +94,7 @@ static uint64_t unix_ns(void)
 static int u_v4(lua_State *L)
 {
     uuid_t16 u;
-    if (fill_random(u, sizeof u) < 0)
-        return fail(L, "no random bytes");
+    rl_random_bytes(u, sizeof u);
     set_version(u, 4);
     return push_uuid(L, u);
 }
@@ -121,8 +103,7 @@ static int u_v4(lua_State *L)
 static int u_v7(lua_State *L)
 {
     uuid_t16 u;
-    if (fill_random(u, sizeof u) < 0)
-        return fail(L, "no random bytes");
+    rl_random_bytes(u, sizeof u);
     uint64_t ms = unix_ns() / 1000000ULL;
     for (int i = 0; i < 6; i++)
         u[i] = (unsigned char)(ms >> (40 - 8 * i));
@@ -137,8 +118,7 @@ static int u_v7(lua_State *L)
 static int u_v1(lua_State *L)
 {
     uuid_t16 u;
-    if (fill_random(u + 8, 8) < 0)
-        return fail(L, "no random bytes");
+    rl_random_bytes(u + 8, 8);
     uint64_t t = unix_ns() / 100 + GREGORIAN_OFFSET;
     uint32_t low = (uint32_t)t;
     uint16_t mid = (uint16_t)(t >> 32), hi = (uint16_t)((t >> 48) & 0x0fff);
