@@ -104,13 +104,16 @@ static void notify_session(rl_hub *h, const char *topic)
     }
 }
 
+/* Writers for the snprintf-like formatters below (welcome, plugin map, the API's user view):
+   each appends to out[n..cap) when there is room and counts what it needs either way. */
+#define W(...) n += (size_t)snprintf(n < cap ? out + n : NULL, n < cap ? cap - n : 0, __VA_ARGS__)
+#define WS(s) n += rl_json_escape(n < cap ? out + n : NULL, n < cap ? cap - n : 0, (s), strlen(s))
+
 /* {P:{"status":S,<idkey>:ID},...} for every configured plugin; snprintf-like (returns the length
    it needs). The welcome names the id "process_id", the API's user view "id". */
 static size_t plugins_format(const rl_hub *h, const char *idkey, char *out, size_t cap)
 {
     size_t n = 0;
-#define W(...) n += (size_t)snprintf(n < cap ? out + n : NULL, n < cap ? cap - n : 0, __VA_ARGS__)
-#define WS(s) n += rl_json_escape(n < cap ? out + n : NULL, n < cap ? cap - n : 0, (s), strlen(s))
     W("{");
     for (size_t i = 0; i < h->cfg->nplugins; i++) {
         W(i ? "," : "");
@@ -120,8 +123,6 @@ static size_t plugins_format(const rl_hub *h, const char *idkey, char *out, size
         W("}");
     }
     W("}");
-#undef W
-#undef WS
     return n;
 }
 
@@ -129,15 +130,11 @@ static size_t plugins_format(const rl_hub *h, const char *idkey, char *out, size
 static size_t welcome_format(const rl_hub *h, char *out, size_t cap)
 {
     size_t n = 0;
-#define W(...) n += (size_t)snprintf(n < cap ? out + n : NULL, n < cap ? cap - n : 0, __VA_ARGS__)
-#define WS(s) n += rl_json_escape(n < cap ? out + n : NULL, n < cap ? cap - n : 0, (s), strlen(s))
     W("{\"user_id\":");
     WS(user_of(h));
     W(",\"client_count\":%zu,\"plugins\":", (size_t)h->nconns);
     n += plugins_format(h, "process_id", n < cap ? out + n : NULL, n < cap ? cap - n : 0);
     W("}");
-#undef W
-#undef WS
     return n;
 }
 
@@ -411,8 +408,6 @@ static void api_disconnect(rl_hub *h, const rl_msg *m)
 static size_t query_format(const rl_hub *h, char *out, size_t cap)
 {
     size_t n = 0;
-#define W(...) n += (size_t)snprintf(n < cap ? out + n : NULL, n < cap ? cap - n : 0, __VA_ARGS__)
-#define WS(s) n += rl_json_escape(n < cap ? out + n : NULL, n < cap ? cap - n : 0, (s), strlen(s))
     W("{\"hub\":{\"pid\":");
     WS(h->proc.pid);
     W(",\"node\":");
@@ -441,10 +436,11 @@ static size_t query_format(const rl_hub *h, char *out, size_t cap)
     W("},\"plugins\":");
     n += plugins_format(h, "id", n < cap ? out + n : NULL, n < cap ? cap - n : 0);
     W("}");
-#undef W
-#undef WS
     return n;
 }
+
+#undef W
+#undef WS
 
 static void api_query(rl_hub *h, const rl_msg *m)
 {
