@@ -198,8 +198,12 @@ static const char prelude[] =
 
 /* Small blocks: Lua makes and drops the same few sizes for every message (tables, their node
    arrays, short strings, userdata). Blocks up to RL_LUA_POOL_MAX bytes are kept on free lists
-   per 16-byte class (at most RL_LUA_POOL_KEEP each) and handed out again, so a routed message
-   rarely reaches the general allocator. Sanitized builds skip the lists so that ASan sees every
+   per 16-byte class and handed out again, so a routed message rarely reaches the general
+   allocator. What the lists hold is bounded in bytes by the live Lua heap (at least
+   RL_LUA_POOL_MIN, at most RL_LUA_POOL_CAP): between two collections Lua makes about as much
+   garbage as it holds live data (genminormul 100), and a smaller bound sent each collection's
+   surplus to free() and the next cycle's blocks back to malloc(). The lists are emptied when the
+   node goes quiet (gc_quiet_tick). Sanitized builds skip the lists so that ASan sees every
    block's life. Lua always tells the size of a block it frees or resizes, which picks the list. */
 #if defined(__SANITIZE_ADDRESS__)
 #define POOL_ON 0
@@ -217,6 +221,7 @@ static struct {
     pool_block *head;
     size_t n;
 } pool[POOL_CLASSES + 1];
+static size_t pool_bytes; /* held by every list */
 
 static int pooled(size_t n) { return POOL_ON && n > 0 && n <= RL_LUA_POOL_MAX; }
 static size_t pool_class(size_t n) { return (n + POOL_CLASS - 1) / POOL_CLASS; }
@@ -229,13 +234,17 @@ static void *pool_get(size_t n)
         return malloc(c * POOL_CLASS);
     pool[c].head = b->next;
     pool[c].n--;
+    pool_bytes -= c * POOL_CLASS;
     return b;
 }
 
 static void pool_put(void *p, size_t n)
 {
     size_t c = pool_class(n);
-    if (pool[c].n >= RL_LUA_POOL_KEEP) {
+    size_t bound = H.bytes < RL_LUA_POOL_MIN ? RL_LUA_POOL_MIN : H.bytes;
+    if (bound > RL_LUA_POOL_CAP)
+        bound = RL_LUA_POOL_CAP;
+    if (pool_bytes + c * POOL_CLASS > bound) {
         free(p);
         return;
     }
@@ -243,7 +252,10 @@ static void pool_put(void *p, size_t n)
     b->next = pool[c].head;
     pool[c].head = b;
     pool[c].n++;
+    pool_bytes += c * POOL_CLASS;
 }
+
+size_t rl_lua_pool_bytes(void) { return pool_bytes; }
 
 static void pool_drain(void)
 {
@@ -255,6 +267,7 @@ static void pool_drain(void)
         }
         pool[c].n = 0;
     }
+    pool_bytes = 0;
 }
 
 static void *block_alloc(size_t n) { return pooled(n) ? pool_get(n) : malloc(n); }
@@ -1208,7 +1221,7 @@ static void gc_quiet_tick(uv_timer_t *t)
     size_t before = H.bytes;
     lua_gc(H.L, LUA_GCCOLLECT);
     H.allocated_at_gc = H.allocated;
-    pool_drain(); /* the free lists hold up to 2.2 MiB: give it back while nothing runs */
+    pool_drain(); /* the free lists hold up to RL_LUA_POOL_CAP: give it back while nothing runs */
     return_free_memory();
     rl_debug("lua", "quiet: full collection %zu -> %zu bytes in %.1f ms", before, H.bytes,
              (double)(uv_hrtime() - t0) / 1e6);

@@ -44,8 +44,16 @@ struct rl_lua_chan {
     };
 };
 
+/* A message as Lua holds it: what msg:topic(), from() and data() read, taken out of the rl_msg
+   (272 bytes, freed when it reaches Lua) into the userdata itself. A plugin blocked in its loop
+   keeps the last message it read alive in a stack slot, so this is per idle instance. */
 typedef struct msg_ud {
-    rl_msg *m;
+    rl_body *body;   /* a reference; NULL = none (control topics) */
+    rl_owner *owner; /* the sender's owner (a reference); NULL = the system */
+    uint16_t flags;  /* RL_MSG_* */
+    uint16_t from_len;
+    uint32_t name_len;
+    char s[]; /* the sender's pid (from_len bytes, NUL), then the topic name (name_len, NUL) */
 } msg_ud;
 
 typedef struct sel_case {
@@ -171,11 +179,21 @@ static int can_send(const rl_lua_chan *ch)
     return ch->count == 0 && has_recv_waiter(ch);
 }
 
-/* Pushes a message object owning m. */
-static void push_msg(lua_State *L, rl_msg *m)
+/* Pushes a message object holding what Lua reads of m (m itself stays the caller's). */
+static void push_msg(lua_State *L, const rl_msg *m)
 {
-    msg_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
-    u->m = m;
+    size_t nlen, flen = strnlen(m->from, sizeof m->from - 1);
+    const char *name = rl_msg_topic_name(m, &nlen);
+    msg_ud *u = lua_newuserdatauv(L, sizeof *u + flen + nlen + 2, 0);
+    memcpy(u->s, m->from, flen);
+    u->s[flen] = 0;
+    memcpy(u->s + flen + 1, name, nlen);
+    u->s[flen + 1 + nlen] = 0;
+    u->from_len = (uint16_t)flen;
+    u->name_len = (uint32_t)nlen;
+    u->flags = m->flags;
+    u->body = rl_body_ref(m->body);
+    u->owner = rl_owner_ref(m->owner);
     luaL_setmetatable(L, MSG_MT);
 }
 
@@ -224,14 +242,13 @@ static void do_recv(lua_State *L, rl_lua_chan *ch, int chidx)
     case RL_CH_INBOX:
         if (!ch->mhead)
             break;
-        push_msg(L, NULL); /* allocate first: a raised OOM must not lose the message */
+        push_msg(L, ch->mhead); /* first: a raised OOM must not lose the message */
         {
             rl_msg *m = ch->mhead;
             ch->mhead = m->next;
             if (!ch->mhead)
                 ch->mtail = NULL;
-            m->next = NULL;
-            ((msg_ud *)lua_touserdata(L, -1))->m = m;
+            rl_msg_free(m);
             rl_proc *p = ch->owner;
             if (p && p->qlen)
                 p->qlen--; /* the message leaves the mailbox bound (see rl_lua.c handle) */
@@ -555,27 +572,20 @@ static int l_chan_tostring(lua_State *L)
 }
 
 /* Messages: msg:topic(), msg:from(), msg:payload():data(). */
-static rl_msg *check_msg(lua_State *L)
-{
-    msg_ud *u = luaL_checkudata(L, 1, MSG_MT);
-    if (!u->m)
-        luaL_error(L, "message is gone");
-    return u->m;
-}
+static msg_ud *check_msg(lua_State *L) { return luaL_checkudata(L, 1, MSG_MT); }
 
 static int l_msg_topic(lua_State *L)
 {
-    size_t len;
-    const char *name = rl_msg_topic_name(check_msg(L), &len);
-    lua_pushlstring(L, name, len);
+    msg_ud *u = check_msg(L);
+    lua_pushlstring(L, u->s + u->from_len + 1, u->name_len);
     return 1;
 }
 
 static int l_msg_from(lua_State *L)
 {
-    rl_msg *m = check_msg(L);
-    if (m->from[0])
-        lua_pushstring(L, m->from);
+    msg_ud *u = check_msg(L);
+    if (u->from_len)
+        lua_pushlstring(L, u->s, u->from_len);
     else
         lua_pushnil(L);
     return 1;
@@ -592,8 +602,10 @@ static int l_msg_payload(lua_State *L)
 static int l_msg_gc(lua_State *L)
 {
     msg_ud *u = lua_touserdata(L, 1);
-    rl_msg_free(u->m);
-    u->m = NULL;
+    rl_body_unref(u->body);
+    rl_owner_unref(u->owner);
+    u->body = NULL;
+    u->owner = NULL;
     return 0;
 }
 
@@ -603,7 +615,7 @@ static int l_msg_gc(lua_State *L)
    nil. */
 static int l_payload_data(lua_State *L)
 {
-    rl_msg *m = check_msg(L);
+    msg_ud *m = check_msg(L);
     if (!m->body)
         return 0;
     if (m->flags & RL_MSG_RAW) {
@@ -616,7 +628,7 @@ static int l_payload_data(lua_State *L)
         return 1;
     }
     if ((m->flags & RL_MSG_CLIENT) && lua_type(L, -1) == LUA_TTABLE) {
-        lua_pushstring(L, m->from);
+        lua_pushlstring(L, m->s, m->from_len);
         lua_setfield(L, -2, "conn_pid");
     }
     return 1;

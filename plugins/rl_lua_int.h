@@ -20,7 +20,8 @@
 #define RL_LUA_SLICE_MAX 200000   /* instructions after which a blocking-capable call yields */
 #define RL_LUA_CHAN_MAX 1000000   /* channel.new(size) upper bound */
 #define RL_LUA_POOL_MAX 256       /* Lua blocks up to this size are recycled per size class */
-#define RL_LUA_POOL_KEEP 1024     /* free blocks kept per class (2.2 MiB in all at most) */
+#define RL_LUA_POOL_MIN (2u << 20)  /* free blocks kept: up to the live heap, at least this */
+#define RL_LUA_POOL_CAP (32u << 20) /* ... and at most this */
 #define RL_LUA_DURATION_MAX 9.2e18 /* |duration| in ns (int64, as Go's time.Duration) */
 #define RL_LUA_TICK_MIN_NS 1e6     /* shortest ticker period: the loop's timer resolution */
 #define RL_LUA_UNMON_MAX 256       /* processes one instance has unmonitored (pending exits) */
@@ -130,6 +131,9 @@ typedef struct rl_lua_host {
 } rl_lua_host;
 
 extern rl_lua_host rl_lua_g;
+
+/* Bytes on the small-block free lists (tests). */
+size_t rl_lua_pool_bytes(void);
 
 /* rl_lua_uuid.c: pushes the uuid module's table. */
 void rl_lua_uuid_push(lua_State *L);

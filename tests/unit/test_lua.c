@@ -15,6 +15,7 @@
 #include "rl_config.h"
 #include "rl_json.h"
 #include "rl_lua.h"
+#include "rl_lua_int.h"
 #include "rl_metrics.h"
 #include "rl_proc.h"
 
@@ -1017,6 +1018,8 @@ static void test_memory_cap(void **state)
     send_cmd(a, "hog", NULL);
     assert_int_equal(exit_of(a, err, sizeof err, 10000), 1);
     assert_string_equal(err, "not enough memory");
+    /* the hog's tens of MiB of small strings went back to the free lists only up to their bound */
+    assert_true(rl_lua_pool_bytes() <= RL_LUA_POOL_CAP);
     send_cmd(b, "json", NULL); /* the node and the other instance survive */
     cJSON *r = reply_json(0);
     assert_true(jtrue(r, "ok"));
