@@ -99,7 +99,8 @@ static int uvr_attach(uv_loop_t *loop, redisAsyncContext *ac)
 
 typedef enum { ST_DOWN, ST_RESOLVING, ST_CONNECTING, ST_UP } conn_state;
 /* K_FALLBACK: a script's EVAL after NOSCRIPT, still allowed while closing */
-typedef enum { K_USER, K_HANDSHAKE, K_HANDSHAKE_LAST, K_PING, K_FALLBACK } req_kind;
+/* K_SENTINEL: a sentinel's answer with the master's address; K_ROLE: the master's ROLE check */
+typedef enum { K_USER, K_HANDSHAKE, K_HANDSHAKE_LAST, K_PING, K_FALLBACK, K_SENTINEL, K_ROLE } req_kind;
 
 typedef struct req {
     struct req *prev, *next;
@@ -132,6 +133,8 @@ struct rl_redis {
     uint64_t rng;
     rl_redis_state_cb state_cb;
     void *state_ud;
+    int at_sentinel; /* Sentinel: the current attempt asks url.sentinels[sidx], not the master */
+    int sidx;
 };
 
 static void start_connect(rl_redis *r);
@@ -216,6 +219,19 @@ static void schedule_retry(rl_redis *r)
     uv_timer_start(&r->retry_timer, on_retry, delay, 0);
 }
 
+/* Sentinel: after a failed attempt, the next one asks a sentinel again (the next one when this
+   one failed, the same one when the master it named was lost). */
+static void sentinel_next(rl_redis *r)
+{
+    if (!r->url.sentinel)
+        return;
+    if (r->at_sentinel)
+        r->sidx = (r->sidx + 1) % r->url.nsentinels;
+    r->at_sentinel = 1;
+    snprintf(r->url.host, sizeof r->url.host, "%s", r->url.sentinels[r->sidx].host);
+    r->url.port = r->url.sentinels[r->sidx].port;
+}
+
 /* The current connection is gone (or must go). free_ac: we free it ourselves (timeouts, handshake
    errors, rl_redis_free); otherwise hiredis is already freeing it (onConnect failure, onDisconnect,
    a NULL reply). Pending commands fail with NULL as hiredis frees the context. Calls the user's
@@ -233,6 +249,7 @@ static void conn_lost(rl_redis *r, const char *why, int free_ac)
     uv_timer_stop(&r->cmd_timer);
     rl_metric_inc(RL_M_REDIS_ERRORS);
     log_failure(r, was_up, why);
+    sentinel_next(r);
     schedule_retry(r);
     if (free_ac)
         redisAsyncFree(ac); /* deferred by hiredis when inside one of its reply callbacks */
@@ -262,6 +279,65 @@ static void on_disconnect(const redisAsyncContext *cac, int status)
     conn_lost(r, status == REDIS_OK ? "closed" : ac_errstr(cac), 0);
 }
 
+/* ROLE's first element is "master". */
+static int is_master(const redisReply *reply)
+{
+    return reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
+           reply->element[0]->type == REDIS_REPLY_STRING && reply->element[0]->len == 6 &&
+           memcmp(reply->element[0]->str, "master", 6) == 0;
+}
+
+/* A sentinel answered SENTINEL get-master-addr-by-name: [ip, port], or nil for a name it does
+   not monitor. With an address, this connection goes and the next attempt is the master's,
+   at once (not a failure). */
+static void sentinel_answer(rl_redis *r, const redisReply *reply)
+{
+    char why[160];
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+        reply->element[0]->type != REDIS_REPLY_STRING ||
+        reply->element[1]->type != REDIS_REPLY_STRING) {
+        if (reply->type == REDIS_REPLY_ERROR)
+            snprintf(why, sizeof why, "sentinel: %.*s", (int)(reply->len < 120 ? reply->len : 120),
+                     reply->str);
+        else
+            snprintf(why, sizeof why, "sentinel: no master named '%s'", r->url.master);
+        conn_lost(r, why, 1);
+        return;
+    }
+    const redisReply *h = reply->element[0], *pt = reply->element[1];
+    char host[RL_REDIS_HOST_MAX], port[8];
+    unsigned char b[16];
+    long v = 0;
+    int ok = h->len > 0 && h->len < sizeof host && pt->len > 0 && pt->len < sizeof port;
+    if (ok) {
+        memcpy(host, h->str, h->len);
+        host[h->len] = '\0';
+        memcpy(port, pt->str, pt->len);
+        port[pt->len] = '\0';
+        char *e;
+        v = strtol(port, &e, 10);
+        ok = *e == '\0' && v >= 1 && v <= 65535 &&
+             (inet_pton(AF_INET, host, b) == 1 || inet_pton(AF_INET6, host, b) == 1);
+    }
+    if (!ok) {
+        conn_lost(r, "sentinel: the master's address is not an IP address and port", 1);
+        return;
+    }
+    redisAsyncContext *ac = r->ac;
+    r->ac = NULL;
+    ac->data = NULL;
+    r->state = ST_DOWN;
+    uv_timer_stop(&r->conn_timer);
+    uv_timer_stop(&r->cmd_timer);
+    redisAsyncFree(ac); /* deferred by hiredis: we are inside its reply callback */
+    rl_debug(MOD, "%s: sentinel %s:%d: master '%s' is at %s:%s", r->name, r->url.host,
+             r->url.port, r->url.master, host, port);
+    snprintf(r->url.host, sizeof r->url.host, "%s", host);
+    r->url.port = (int)v;
+    r->at_sentinel = 0;
+    start_connect(r);
+}
+
 static void on_reply(redisAsyncContext *ac, void *vreply, void *privdata)
 {
     req *q = privdata;
@@ -275,8 +351,14 @@ static void on_reply(redisAsyncContext *ac, void *vreply, void *privdata)
         if (reply == NULL) {
             if (r->ac == ac) /* hiredis is freeing the context after an error */
                 conn_lost(r, ac_errstr(ac), 0);
+        } else if (q->kind == K_SENTINEL) {
+            if (r->ac == ac)
+                sentinel_answer(r, reply);
+        } else if (q->kind == K_ROLE && reply->type != REDIS_REPLY_ERROR) {
+            if (r->ac == ac && !is_master(reply))
+                conn_lost(r, "ROLE: the sentinels' master is not a master (yet)", 1);
         } else if (reply->type == REDIS_REPLY_ERROR &&
-                   (q->kind == K_HANDSHAKE || q->kind == K_HANDSHAKE_LAST)) {
+                   (q->kind == K_HANDSHAKE || q->kind == K_HANDSHAKE_LAST || q->kind == K_ROLE)) {
             if (r->ac == ac) {
                 char why[160];
                 snprintf(why, sizeof why, "handshake: %.*s", (int)(reply->len < 120 ? reply->len : 120),
@@ -286,6 +368,9 @@ static void on_reply(redisAsyncContext *ac, void *vreply, void *privdata)
         } else if (reply->type == REDIS_REPLY_ERROR) {
             if (strncmp(reply->str, "NOSCRIPT", 8) != 0) /* the script fallback handles that */
                 rl_metric_inc(RL_M_REDIS_ERRORS);
+            /* a demoted master answers writes with READONLY: find the new one */
+            if (r->url.sentinel && r->ac == ac && strncmp(reply->str, "READONLY", 8) == 0)
+                conn_lost(r, "the master became a replica (READONLY)", 1);
         } else if (q->kind == K_PING) {
             rl_metric_set(RL_M_REDIS_RTT_US, (uv_hrtime() - q->t0_ns) / 1000);
         } else if (q->kind == K_HANDSHAKE_LAST && r->ac == ac && r->state == ST_CONNECTING) {
@@ -346,6 +431,8 @@ static int submit(rl_redis *r, uint64_t timeout_ms, req_kind kind, rl_redis_cb c
 {
     if (r == NULL || r->freed || r->ac == NULL || (r->closing && kind != K_FALLBACK))
         return -ENOTCONN;
+    if (r->at_sentinel && kind != K_SENTINEL)
+        return -ENOTCONN; /* a sentinel is not where commands go */
     req *q = calloc(1, sizeof *q);
     if (q == NULL)
         return -ENOMEM;
@@ -425,8 +512,15 @@ static void do_connect(rl_redis *r, const char *ip)
     redisAsyncSetConnectCallback(ac, on_connect); /* also asks for the first writable event */
     uv_timer_start(&r->conn_timer, on_conn_timer, r->connect_ms, 0);
 
-    /* Handshake, pipelined: AUTH, SELECT, then PING; "up" when the PING is answered. */
     int err = 0;
+    if (r->at_sentinel) {
+        const char *a[3] = {"SENTINEL", "get-master-addr-by-name", r->url.master};
+        if (submit_argv(r, r->connect_ms, K_SENTINEL, NULL, NULL, 3, a, NULL) < 0)
+            conn_lost(r, "cannot queue the sentinel query", 1);
+        return;
+    }
+    /* Handshake, pipelined: AUTH, SELECT, ROLE (Sentinel), then PING; "up" when the PING is
+       answered. */
     if (r->url.password[0]) {
         const char *a[3] = {"AUTH", r->url.user, r->url.password};
         if (r->url.user[0])
@@ -441,6 +535,10 @@ static void do_connect(rl_redis *r, const char *ip)
         snprintf(db, sizeof db, "%d", r->url.db);
         const char *a[2] = {"SELECT", db};
         err = submit_argv(r, r->connect_ms, K_HANDSHAKE, NULL, NULL, 2, a, NULL);
+    }
+    if (!err && r->url.sentinel) {
+        const char *a[1] = {"ROLE"};
+        err = submit_argv(r, r->connect_ms, K_ROLE, NULL, NULL, 1, a, NULL);
     }
     if (!err) {
         const char *a[1] = {"PING"};
@@ -521,29 +619,10 @@ static int seterr(char *err, size_t n, const char *msg)
     return -EINVAL;
 }
 
-int rl_redis_parse_url(const char *url, rl_redis_url *out, char *err, size_t errlen)
+/* host[:port] in [p, end): IPv4, [IPv6], "localhost" (-> 127.0.0.1) or a DNS name. */
+static int parse_hostport(const char *p, const char *end, char host[RL_REDIS_HOST_MAX], int *port,
+                          char *err, size_t errlen)
 {
-    memset(out, 0, sizeof *out);
-    out->port = 6379;
-    if (url == NULL || strncmp(url, "redis://", 8) != 0)
-        return seterr(err, errlen, "redis URL must start with redis://");
-    const char *p = url + 8;
-    const char *end = p + strcspn(p, "/");
-    const char *at = NULL;
-    for (const char *s = p; s < end; s++)
-        if (*s == '@')
-            at = s;
-    if (at) {
-        const char *colon = memchr(p, ':', (size_t)(at - p));
-        if (colon == NULL)
-            return seterr(err, errlen, "redis URL: userinfo must be [user]:password@");
-        size_t ul = (size_t)(colon - p), pl = (size_t)(at - colon - 1);
-        if (ul >= sizeof out->user || pl >= sizeof out->password)
-            return seterr(err, errlen, "redis URL: user or password too long");
-        memcpy(out->user, p, ul);
-        memcpy(out->password, colon + 1, pl);
-        p = at + 1;
-    }
     const char *hs = p, *he;
     const char *portp = NULL;
     if (*p == '[') {
@@ -566,22 +645,23 @@ int rl_redis_parse_url(const char *url, rl_redis_url *out, char *err, size_t err
     size_t hl = (size_t)(he - hs);
     if (hl == 0)
         return seterr(err, errlen, "redis URL: empty host");
-    if (hl >= sizeof out->host)
+    if (hl >= RL_REDIS_HOST_MAX)
         return seterr(err, errlen, "redis URL: host too long");
-    memcpy(out->host, hs, hl);
+    memcpy(host, hs, hl);
+    host[hl] = '\0';
     for (size_t i = 0; i < hl; i++) {
-        char c = out->host[i];
+        char c = host[i];
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
               c == '.' || c == '-' || c == '_' || (c == ':' && *p == '[')))
             return seterr(err, errlen, "redis URL: bad character in host");
     }
     if (*p == '[') {
         unsigned char b[16];
-        if (inet_pton(AF_INET6, out->host, b) != 1)
+        if (inet_pton(AF_INET6, host, b) != 1)
             return seterr(err, errlen, "redis URL: bad IPv6 address");
     }
-    if (strcmp(out->host, "localhost") == 0)
-        strcpy(out->host, "127.0.0.1");
+    if (strcmp(host, "localhost") == 0)
+        strcpy(host, "127.0.0.1");
     if (portp) {
         if (portp == end)
             return seterr(err, errlen, "redis URL: empty port");
@@ -593,20 +673,90 @@ int rl_redis_parse_url(const char *url, rl_redis_url *out, char *err, size_t err
         }
         if (v < 1 || v > 65535)
             return seterr(err, errlen, "redis URL: port out of range");
-        out->port = (int)v;
+        *port = (int)v;
     }
-    if (*end == '/') {
-        const char *d = end + 1;
-        if (*d) {
-            long v = 0;
-            for (; *d; d++) {
-                if (*d < '0' || *d > '9' || v > 100000)
-                    return seterr(err, errlen, "redis URL: database must be a number");
-                v = v * 10 + (*d - '0');
-            }
-            out->db = (int)v;
-        }
+    return 0;
+}
+
+/* A database number in [d, end). */
+static int parse_db(const char *d, const char *end, int *db, char *err, size_t errlen)
+{
+    long v = 0;
+    for (; d < end; d++) {
+        if (*d < '0' || *d > '9' || v > 100000)
+            return seterr(err, errlen, "redis URL: database must be a number");
+        v = v * 10 + (*d - '0');
     }
+    *db = (int)v;
+    return 0;
+}
+
+int rl_redis_parse_url(const char *url, rl_redis_url *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    out->port = 6379;
+    const char *p;
+    if (url != NULL && strncmp(url, "redis://", 8) == 0)
+        p = url + 8;
+    else if (url != NULL && strncmp(url, "redis+sentinel://", 17) == 0) {
+        p = url + 17;
+        out->sentinel = 1;
+    } else
+        return seterr(err, errlen, "redis URL must start with redis:// or redis+sentinel://");
+    const char *end = p + strcspn(p, "/");
+    const char *at = NULL;
+    for (const char *s = p; s < end; s++)
+        if (*s == '@')
+            at = s;
+    if (at) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        if (colon == NULL)
+            return seterr(err, errlen, "redis URL: userinfo must be [user]:password@");
+        size_t ul = (size_t)(colon - p), pl = (size_t)(at - colon - 1);
+        if (ul >= sizeof out->user || pl >= sizeof out->password)
+            return seterr(err, errlen, "redis URL: user or password too long");
+        memcpy(out->user, p, ul);
+        memcpy(out->password, colon + 1, pl);
+        p = at + 1;
+    }
+    if (!out->sentinel) {
+        if (parse_hostport(p, end, out->host, &out->port, err, errlen) < 0)
+            return -EINVAL;
+        if (*end == '/' && parse_db(end + 1, end + 1 + strlen(end + 1), &out->db, err, errlen) < 0)
+            return -EINVAL;
+        return 0;
+    }
+    /* redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/master[/db] */
+    while (p < end) {
+        const char *c = memchr(p, ',', (size_t)(end - p));
+        const char *e = c ? c : end;
+        if (out->nsentinels == RL_REDIS_SENTINELS_MAX)
+            return seterr(err, errlen, "redis URL: too many sentinels (at most 8)");
+        rl_redis_sentinel *sn = &out->sentinels[out->nsentinels];
+        sn->port = 26379;
+        if (parse_hostport(p, e, sn->host, &sn->port, err, errlen) < 0)
+            return -EINVAL;
+        out->nsentinels++;
+        p = c ? c + 1 : end;
+        if (c && p == end)
+            return seterr(err, errlen, "redis URL: empty sentinel after ','");
+    }
+    if (out->nsentinels == 0)
+        return seterr(err, errlen, "redis URL: no sentinel host");
+    if (*end != '/' || !end[1] || end[1] == '/')
+        return seterr(err, errlen, "redis URL: redis+sentinel:// needs /master-name after the hosts");
+    const char *m = end + 1, *me = m + strcspn(m, "/");
+    if ((size_t)(me - m) >= sizeof out->master)
+        return seterr(err, errlen, "redis URL: master name too long");
+    for (const char *s = m; s < me; s++)
+        if ((unsigned char)*s <= ' ' || *s == 0x7f)
+            return seterr(err, errlen, "redis URL: bad character in the master name");
+    memcpy(out->master, m, (size_t)(me - m));
+    if (*me == '/' && parse_db(me + 1, me + 1 + strlen(me + 1), &out->db, err, errlen) < 0)
+        return -EINVAL;
+    /* the master's address comes from the sentinels; until then the target is the first one */
+    snprintf(out->host, sizeof out->host, "%s", out->sentinels[0].host);
+    out->port = out->sentinels[0].port;
     return 0;
 }
 
@@ -622,6 +772,7 @@ rl_redis *rl_redis_new(uv_loop_t *loop, const char *url, const char *name, char 
     }
     r->loop = loop;
     r->url = u;
+    r->at_sentinel = u.sentinel; /* url.host is the first sentinel */
     snprintf(r->name, sizeof r->name, "%s", name ? name : "redis");
     r->connect_ms = RL_REDIS_CONNECT_TIMEOUT_MS;
     r->command_ms = RL_REDIS_COMMAND_TIMEOUT_MS;

@@ -34,17 +34,36 @@ typedef void (*rl_redis_cb)(const redisReply *reply, void *ud);
    rl_redis_free. */
 typedef void (*rl_redis_state_cb)(rl_redis *r, int connected, void *ud);
 
+#define RL_REDIS_HOST_MAX 64
+#define RL_REDIS_SENTINELS_MAX 8
+
+typedef struct rl_redis_sentinel {
+    char host[RL_REDIS_HOST_MAX];
+    int port; /* default 26379 */
+} rl_redis_sentinel;
+
 typedef struct rl_redis_url {
-    char host[64];      /* numeric IPv4/IPv6 (no brackets) or a DNS name resolved asynchronously */
-    int port;           /* default 6379 */
-    int db;             /* default 0; SELECTed on every connect when non-zero */
-    char user[64];      /* ACL user ("" = none) */
-    char password[128]; /* "" = no AUTH */
+    char host[RL_REDIS_HOST_MAX]; /* numeric IPv4/IPv6 (no brackets) or a DNS name resolved
+                                     asynchronously; with Sentinel: the current target */
+    int port;                     /* default 6379 */
+    int db;                       /* default 0; SELECTed on every connect when non-zero */
+    char user[64];                /* ACL user ("" = none) */
+    char password[128];           /* "" = no AUTH (the master's; sentinels get none) */
+    int sentinel;                 /* redis+sentinel:// */
+    int nsentinels;
+    rl_redis_sentinel sentinels[RL_REDIS_SENTINELS_MAX];
+    char master[64]; /* the name the sentinels monitor */
 } rl_redis_url;
 
-/* Parses redis://[[user]:password@]host[:port][/db]. host: IPv4, [IPv6], "localhost"
-   (-> 127.0.0.1) or a DNS name (resolved with uv_getaddrinfo, never blocking the loop).
-   Returns 0 or -EINVAL with a reason in err. */
+/* Parses redis://[[user]:password@]host[:port][/db] and
+   redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/master[/db]. host: IPv4,
+   [IPv6], "localhost" (-> 127.0.0.1) or a DNS name (resolved with uv_getaddrinfo, never blocking
+   the loop). Returns 0 or -EINVAL with a reason in err.
+
+   With Sentinel, every connection attempt asks the sentinels in turn (SENTINEL
+   get-master-addr-by-name) for the master's address, connects there and checks ROLE is master
+   before it counts as connected; a connection lost, or a READONLY error (the master was demoted),
+   starts over at the sentinels. */
 int rl_redis_parse_url(const char *url, rl_redis_url *out, char *err, size_t errlen);
 
 /* Defaults, overridable per client with the setters below. A new connect timeout also re-arms the

@@ -160,9 +160,9 @@ static int check_ws_path(const char *v, char *why, size_t whylen)
 /* Only the scheme is checked here; the cluster module parses the rest when it connects. */
 static int check_redis_url(const char *v, char *why, size_t whylen)
 {
-    if (!*v || strncasecmp(v, "redis://", 8) == 0)
+    if (!*v || strncasecmp(v, "redis://", 8) == 0 || strncasecmp(v, "redis+sentinel://", 17) == 0)
         return 0;
-    snprintf(why, whylen, "'%s' is not a redis:// URL", v);
+    snprintf(why, whylen, "'%s' is not a redis:// or redis+sentinel:// URL", v);
     return -EINVAL;
 }
 

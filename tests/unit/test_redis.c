@@ -349,6 +349,41 @@ static void test_parse_url(void **state)
     assert_null(rl_redis_new(NULL, "nope://", "x", err, sizeof err));
 }
 
+static void test_parse_sentinel_url(void **state)
+{
+    (void)state;
+    rl_redis_url u;
+    char err[128];
+    assert_int_equal(rl_redis_parse_url("redis+sentinel://10.0.0.1:26380,sent2,[::1]:5/mymaster",
+                                        &u, err, sizeof err), 0);
+    assert_true(u.sentinel);
+    assert_int_equal(u.nsentinels, 3);
+    assert_string_equal(u.sentinels[0].host, "10.0.0.1");
+    assert_int_equal(u.sentinels[0].port, 26380);
+    assert_string_equal(u.sentinels[1].host, "sent2");
+    assert_int_equal(u.sentinels[1].port, 26379);
+    assert_string_equal(u.sentinels[2].host, "::1");
+    assert_int_equal(u.sentinels[2].port, 5);
+    assert_string_equal(u.master, "mymaster");
+    assert_int_equal(u.db, 0);
+    assert_string_equal(u.host, "10.0.0.1"); /* the first target: a sentinel */
+    assert_int_equal(u.port, 26380);
+    assert_int_equal(rl_redis_parse_url("redis+sentinel://:pw@localhost/m/2", &u, err, sizeof err), 0);
+    assert_string_equal(u.password, "pw");
+    assert_string_equal(u.sentinels[0].host, "127.0.0.1");
+    assert_string_equal(u.master, "m");
+    assert_int_equal(u.db, 2);
+    const char *bad[] = {"redis+sentinel://h1,h2", "redis+sentinel://h1/", "redis+sentinel:///m",
+                         "redis+sentinel://h1,/m", "redis+sentinel://h1:0/m",
+                         "redis+sentinel://a,b,c,d,e,f,g,h,i/m", "redis+sentinel://h/m/x",
+                         "redis+sentinel://h//m", "redis+sentinel://h/m m", NULL};
+    for (int i = 0; bad[i]; i++) {
+        err[0] = 0;
+        assert_int_equal(rl_redis_parse_url(bad[i], &u, err, sizeof err), -EINVAL);
+        assert_true(err[0] != 0);
+    }
+}
+
 static void test_connect_and_command(void **state)
 {
     NEED_REDIS();
@@ -1176,6 +1211,7 @@ int main(void)
     rl_cluster_scripts_init();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_url),
+        cmocka_unit_test(test_parse_sentinel_url),
         cmocka_unit_test(test_keys),
         cmocka_unit_test_setup_teardown(test_connect_and_command, setup, teardown),
         cmocka_unit_test_setup_teardown(test_select_db, setup, teardown),
