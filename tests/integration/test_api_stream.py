@@ -154,6 +154,8 @@ async def test_api_stream_dead_letters():
              400, "bad_entry", "max_body"),
             (["op", "message", "body", '{"topic":"x"}'], 400, "bad_request", "needs a user"),
             (["op", "broadcast", "body", '{"users":[],"topic":"x"}'], 400, "bad_request", "users"),
+            (["op", "m" * 17], 400, "bad_entry", "op must be"),
+            (["op", "user", "user", "u" * 257], 400, "bad_entry", "user must be"),
         ]
         ids = [xadd(redis, *c[0]) for c in cases]
         for eid, (flds, status, code, text) in zip(ids, cases):
@@ -167,6 +169,8 @@ async def test_api_stream_dead_letters():
             check(d["error"] == code and text in d["message"] and d["status"] == str(status),
                   f"{flds[:2]}: {d}")
             want = fields(flds)
+            if text in ("op must be", "user must be"):  # the refused field itself is not kept
+                want[text.split()[0]] = ""
             check(d["op"] == want.get("op", "") and d["user"] == want.get("user", ""), f"{d}")
             if "body" in want and len(want["body"]) < 1024:
                 check(d["body"] == want["body"], f"body kept: {d}")
@@ -237,6 +241,64 @@ async def test_api_stream_bounded():
         check(node.alive(), "node died")
     redis.stop()
 test_api_stream_bounded.timeout = 60
+
+
+async def test_api_stream_inflight_bound():
+    """alice's hub is on n1, which is stopped (SIGSTOP): n2's calls wait for their 5 s timeout,
+    and n2 takes no more than RL_API_STREAM_INFLIGHT (256) entries meanwhile."""
+    import signal
+    redis = RedisServer().start()
+    n1, _ = stream_node(redis, "n1", stream=False)
+    n2, _ = stream_node(redis, "n2")
+    with n1, n2:
+        wait_ready(n1)
+        wait_ready(n2)
+        a, _ = await connect_welcomed(n1, "alice")
+        n1.proc.send_signal(signal.SIGSTOP)
+        try:
+            ids = rj(redis, stdin="".join(
+                "XADD relay:api * op message user alice body '{\"topic\":\"t\"}'\n" for _ in range(400)))
+            check(len(ids) == 400, "xadd")
+            deadline = time.monotonic() + 3
+            while pending(redis) < 256 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)
+            check(pending(redis) == 256, f"n2 took {pending(redis)} entries, not 256")
+            m = n2.metrics()
+            check(harness.metric_sum(m, "relay_api_stream_inflight") == 256, m[-300:])
+        finally:
+            n1.proc.send_signal(signal.SIGCONT)
+        wait_result(redis, ids[-1], timeout=30)  # every entry is answered in the end
+        st = {}
+        for eid in (ids[0], ids[-1]):
+            st[eid] = wait_result(redis, eid)["status"]
+        check(st[ids[0]] in ("504", "200"), f"first entries: {st}")
+        check(pending(redis) == 0, "entries left pending")
+        await a.close()
+    redis.stop()
+test_api_stream_inflight_bound.timeout = 90
+
+
+async def test_api_stream_survives_redis_restart():
+    """Redis is killed and comes back empty: the node makes the group again and reads on."""
+    redis = RedisServer().start()
+    node, _ = stream_node(redis, "n1")
+    with node:
+        wait_ready(node)
+        eid = xadd(redis, "op", "nodes")
+        check(wait_result(redis, eid)["status"] == "200", "before")
+        redis.kill()
+        time.sleep(1.0)
+        check(node.alive(), "node died with Redis")
+        redis = RedisServer(port=redis.port, directory=redis.dir).start()
+        wait_ready(node, timeout=15)
+        deadline, h = time.monotonic() + 10, None
+        eid = xadd(redis, "op", "nodes")
+        h = wait_result(redis, eid, timeout=10)
+        check(h["status"] == "200" and time.monotonic() < deadline, f"after the restart: {h}")
+        check(rj(redis, "XPENDING", "relay:api", "relay")[0] == 0, "pending after the restart")
+    redis.stop()
+test_api_stream_survives_redis_restart.timeout = 60
 
 
 def test_api_stream_config():

@@ -31,9 +31,14 @@ async def test_api_users_standalone_paged():
         socks = [(await connect_welcomed(node, n))[0] for n in names]
         users, pages, cluster = await in_thread(page_all, api, 5)
         check(sorted(users) == names and pages >= 3 and cluster is False, f"{pages} {users}")
+        more = [(await connect_welcomed(node, f"v{i:03d}"))[0] for i in range(100)]
         st, _, j = await in_thread(api.get, "/api/v1/users?count=500")
-        check(st == 200 and len(j["users"]) == 12, f"count over 100 is 100: {j}")
+        check(st == 200 and len(j["users"]) == 100 and j["cursor"] != "0", f"count over 100 is 100: {j}")
+        users, _, _ = await in_thread(page_all, api, 100)
+        check(len(set(users)) == 112, f"all pages: {len(users)}")
         expect_err(await in_thread(api.get, "/api/v1/users?cursor=abc"), 400, "bad_request")
+        expect_err(await in_thread(api.get, "/api/v1/users?cursor=" + "1" * 33), 400, "bad_request")
+        socks += more
         expect_err(await in_thread(api.get, "/api/v1/users", key=None), 401, "unauthorized")
         for ws in socks:
             await ws.close()
@@ -99,7 +104,7 @@ def test_api_cors_only_configured_origins():
         st, h = raw(cfg.api_port, "OPTIONS", "/api/v1/nodes", {"Origin": ORIGIN})
         check(st == 401 and "access-control-allow-origin" not in h, f"default: {st} {h}")
     # origins are checked at load
-    for bad in ("*", "127.0.0.1:8080", "http://h/path", "ftp://h"):
+    for bad in ("*", "127.0.0.1:8080", "http://h/path", "ftp://h", "http://" + "h" * 194):
         cfg = api_config(api={"cors_origins": [bad]})
         cfg.write()
         rc, out = run_check(cfg.path, env=ENV)
