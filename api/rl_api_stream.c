@@ -90,6 +90,7 @@ static struct {
     size_t inflight;
     rl_redis_script_def finish;
     uint64_t outcomes[ST_NOUTCOMES], claimed;
+    int claim_warned;
 } st;
 
 static void read_next(void);
@@ -392,8 +393,11 @@ static void on_claim(const redisReply *r, void *ud)
         if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOGROUP", 7) == 0) {
             st.group_ok = 0;
             ensure_group();
-        } else if (r && r->type == REDIS_REPLY_ERROR) {
-            rl_warn("api", "stream %s: XAUTOCLAIM: %s", st.key, r->str);
+        } else if (r && r->type == REDIS_REPLY_ERROR && !st.claim_warned) {
+            /* once: before Redis 6.2 there is no XAUTOCLAIM, and this would repeat every tick */
+            st.claim_warned = 1;
+            rl_warn("api", "stream %s: XAUTOCLAIM failed, entries of dead consumers are not "
+                    "claimed (Redis 6.2 or later is needed): %s", st.key, r->str);
         }
         return;
     }
