@@ -29,7 +29,7 @@
 #include "rl_version.h"
 
 #define API_SWEEP_MS 100
-#define API_HEADROOM 512 /* response header bytes */
+#define API_HEADROOM 1024 /* response header bytes */
 
 /* X(ID, HTTP status, code, default message) */
 #define API_ERRORS(X)                                                                              \
@@ -40,6 +40,7 @@
     X(LENGTH_REQUIRED, 411, "length_required", "A POST needs a Content-Length")                   \
     X(TOO_LARGE, 413, "payload_too_large", "Body exceeds api.max_body")                           \
     X(BAD_REQUEST, 400, "bad_request", "Malformed request")                                       \
+    X(BAD_CURSOR, 400, "bad_request", "cursor must be the decimal cursor of the last page")    \
     X(BAD_IDEM, 400, "bad_request", "Idempotency-Key must be 1 to 128 bytes")                     \
     X(USER_OFFLINE, 404, "user_offline", "The user has no hub on any node")                       \
     X(PLUGIN_NOT_FOUND, 404, "plugin_not_found", "No plugin of the user's hub takes this topic")  \
@@ -50,6 +51,7 @@
     X(TIMEOUT, 504, "timeout", "No answer in time; the operation may or may not have happened")   \
     X(IDEM_IN_PROGRESS, 409, "idempotency_in_progress", "A request with this Idempotency-Key is still running") \
     X(IDEM_REUSED, 422, "idempotency_key_reused", "This Idempotency-Key was used for another request") \
+    X(UNKNOWN_OP, 400, "unknown_op", "Unknown op (message, broadcast, disconnect, user, nodes)") \
     X(INTERNAL, 500, "internal", "Internal error (out of memory)")
 
 typedef enum {
@@ -67,8 +69,12 @@ static const struct {
 #undef API_ERR_ROW
 };
 
-enum { M_OTHER, M_GET, M_POST };
-enum { OP_MESSAGE, OP_BROADCAST, OP_DISCONNECT, OP_USER, OP_NODES };
+enum { M_OTHER, M_GET, M_POST, M_OPTIONS };
+enum { OP_MESSAGE, OP_BROADCAST, OP_DISCONNECT, OP_USER, OP_NODES, OP_USERS };
+
+#define API_USERS_PAGE_MAX 100  /* users in one page of GET /api/v1/users */
+#define API_CURSOR_MAX 32       /* bytes of its cursor */
+#define API_ORIGIN_MAX 200      /* bytes of an Origin the API answers CORS for */
 
 typedef struct api_req api_req;
 
@@ -105,6 +111,13 @@ typedef struct api_http {
     size_t resp_len;
     unsigned status;
     char extra[160];      /* extra header lines "name: value\r\n" */
+    char origin[API_ORIGIN_MAX + 1]; /* an Origin of api.cors_origins ("" = none): CORS headers */
+    char cursor[API_CURSOR_MAX + 1]; /* GET /api/v1/users?cursor=&count= */
+    unsigned count;
+    /* Set for a call through rl_api_call (no wsi): the answer goes to cb, once. */
+    rl_api_result_cb cb;
+    void *cb_ud;
+    int in_call;
 } api_http;
 
 typedef struct api_target {
@@ -141,6 +154,7 @@ static struct {
     const rl_config *cfg;
     rl_api_locate_fn locate;
     rl_api_nodes_fn nodes;
+    rl_api_users_fn users;        /* NULL: this node's hubs */
     int started;
     uv_timer_t sweep;
     uint64_t next_call;
@@ -154,6 +168,8 @@ static struct {
     uint64_t by_class[6];         /* responses by status / 100 */
     uint64_t replayed;
 } api;
+
+static int local_users(const char *cursor, unsigned count, rl_api_users_cb cb, void *ud);
 
 /* ---- responses ---------------------------------------------------------------------------- */
 
@@ -172,6 +188,14 @@ static int http_write(api_http *h, struct lws *wsi)
               lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_CACHE_CONTROL,
                                            (const unsigned char *)nocache, (int)sizeof nocache - 1,
                                            &p, end);
+    if (!bad && h->origin[0]) {
+        static const char vary[] = "Origin";
+        bad = lws_add_http_header_by_name(wsi, (const unsigned char *)"access-control-allow-origin:",
+                                          (const unsigned char *)h->origin, (int)strlen(h->origin),
+                                          &p, end) ||
+              lws_add_http_header_by_name(wsi, (const unsigned char *)"vary:",
+                                          (const unsigned char *)vary, (int)sizeof vary - 1, &p, end);
+    }
     for (char *line = h->extra; !bad && *line;) { /* "name: value\r\n" lines */
         char *colon = strchr(line, ':'), *eol = strstr(line, "\r\n");
         if (!colon || !eol)
@@ -203,6 +227,13 @@ static int http_write(api_http *h, struct lws *wsi)
 static void idem_fill(api_idem *e, unsigned status, const char *body, size_t len);
 static void idem_drop(api_idem *e);
 
+static void vhttp_free(api_http *h)
+{
+    free(h->path);
+    free(h->body);
+    free(h);
+}
+
 /* The request's (or a synchronous) answer: status and body (copied). h may be NULL (the client
    left); e the idempotency entry to fill, or NULL. */
 static void complete(api_http *h, api_idem *e, unsigned status, const char *body, size_t len,
@@ -217,6 +248,18 @@ static void complete(api_http *h, api_idem *e, unsigned status, const char *body
     api.by_class[status / 100 < 6 ? status / 100 : 5]++;
     if (!h)
         return;
+    if (h->cb || !h->wsi) { /* rl_api_call's: the request lets go of h, which goes after cb */
+        rl_api_result_cb cb = h->cb;
+        h->cb = NULL;
+        if (h->req)
+            h->req->http = NULL;
+        h->req = NULL;
+        if (cb)
+            cb(status, body, len, h->cb_ud);
+        if (!h->in_call)
+            vhttp_free(h);
+        return;
+    }
     free(h->resp);
     h->resp = malloc(len ? len : 1);
     if (!h->resp) {
@@ -487,7 +530,9 @@ static void req_start(api_req *r)
         api.ncalls++;
         r->pending++;
         void *ud = (void *)(uintptr_t)t->call;
-        int rc = r->op == OP_NODES ? api.nodes(on_nodes, ud) : api.locate(t->user, on_located, ud);
+        int rc = r->op == OP_NODES   ? api.nodes(on_nodes, ud)
+                 : r->op == OP_USERS ? api.users(r->http->cursor, r->http->count, on_nodes, ud)
+                                     : api.locate(t->user, on_located, ud);
         if (rc < 0)
             target_done(t, rc);
     }
@@ -583,6 +628,16 @@ static void req_finish(api_req *r)
         break;
     case OP_USER:
         answer_user(r);
+        break;
+    case OP_USERS:
+        if (t->rc < 0) {
+            fail(r->http, r->idem, err_of(t->rc, 0), NULL);
+        } else {
+            cJSON *o = cJSON_ParseWithLength(t->detail->data, t->detail->len);
+            if (o)
+                cJSON_AddBoolToObject(o, "cluster", api.users != local_users);
+            complete_json(r->http, r->idem, 200, o, NULL);
+        }
         break;
     case OP_MESSAGE:
     case OP_DISCONNECT:
@@ -963,18 +1018,60 @@ static void op_nodes(api_http *h, api_idem *e, const char *unused)
     req_start(r);
 }
 
-/* The routes: a fixed prefix, then (with a suffix) one path segment, the user id. */
+/* GET /api/v1/users?cursor=C&count=N: one page of user ids (the users hook). */
+static void op_users(api_http *h, api_idem *e, const char *unused)
+{
+    (void)unused;
+    api_req *r = req_new(h, OP_USERS, 1);
+    if (!r) {
+        fail(h, e, E_INTERNAL, NULL);
+        return;
+    }
+    h->req = r;
+    req_start(r);
+}
+
+/* The users hook of a standalone node: this node's hubs, the cursor a slot of the process
+   table. Answers inside the call. */
+static int local_users(const char *cursor, unsigned count, rl_api_users_cb cb, void *ud)
+{
+    char *end;
+    size_t at = (size_t)strtoull(cursor[0] ? cursor : "0", &end, 10);
+    cJSON *o = cJSON_CreateObject(), *list = cJSON_CreateArray();
+    rl_proc *p;
+    for (unsigned n = 0; n < count && (p = rl_proc_next('h', &at));) {
+        const char *u = rl_owner_user(p->owner);
+        if (u && cJSON_AddItemToArray(list, cJSON_CreateString(u)))
+            n++;
+    }
+    char next[24];
+    snprintf(next, sizeof next, "%zu", at);
+    if (!rl_proc_next('h', &(size_t){at}))
+        snprintf(next, sizeof next, "0"); /* the end, as SCAN says it */
+    cJSON_AddItemToObject(o, "users", list);
+    cJSON_AddStringToObject(o, "cursor", next);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    cb(s, s ? strlen(s) : 0, ud);
+    free(s);
+    return 0;
+}
+
+/* The routes: a fixed prefix, then (with a suffix) one path segment, the user id. name: the
+   op of rl_api_call (the Redis stream), NULL for HTTP only. */
 typedef void (*api_op_fn)(api_http *h, api_idem *e, const char *user);
 static const struct {
     int method;
     const char *prefix, *suffix; /* suffix NULL: the path is the prefix exactly */
     api_op_fn fn;
+    const char *name;
 } routes[] = {
-    {M_POST, "/api/v1/users/", "/messages", op_message},
-    {M_POST, "/api/v1/users/", "/disconnect", op_disconnect},
-    {M_GET, "/api/v1/users/", "", op_user},
-    {M_POST, "/api/v1/broadcast", NULL, op_broadcast},
-    {M_GET, "/api/v1/nodes", NULL, op_nodes},
+    {M_POST, "/api/v1/users/", "/messages", op_message, "message"},
+    {M_POST, "/api/v1/users/", "/disconnect", op_disconnect, "disconnect"},
+    {M_GET, "/api/v1/users/", "", op_user, "user"},
+    {M_GET, "/api/v1/users", NULL, op_users, NULL},
+    {M_POST, "/api/v1/broadcast", NULL, op_broadcast, "broadcast"},
+    {M_GET, "/api/v1/nodes", NULL, op_nodes, "nodes"},
 };
 
 /* Index of the route for path (any method; *user set: a malloc'd copy, or NULL), or -1. With
@@ -1154,13 +1251,38 @@ static int http_start(api_http *h, struct lws *wsi, const char *uri)
 {
     http_reset(h);
     h->wsi = wsi;
-    h->method = lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) > 0    ? M_GET
-                : lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0 ? M_POST
-                                                                    : M_OTHER;
+    h->method = lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) > 0       ? M_GET
+                : lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0    ? M_POST
+                : lws_hdr_total_length(wsi, WSI_TOKEN_OPTIONS_URI) > 0 ? M_OPTIONS
+                                                                       : M_OTHER;
     if (!(h->path = strdup(uri)))
         return -1;
     char buf[1024];
-    int n = lws_hdr_copy(wsi, buf, sizeof buf, WSI_TOKEN_HTTP_AUTHORIZATION);
+    int n = lws_hdr_copy(wsi, buf, sizeof buf, WSI_TOKEN_ORIGIN);
+    for (size_t i = 0; n > 0 && n <= API_ORIGIN_MAX && i < api.cfg->napi_cors_origins; i++)
+        if (strcmp(buf, api.cfg->api_cors_origins[i]) == 0)
+            memcpy(h->origin, buf, (size_t)n + 1);
+    if (h->method == M_OPTIONS && h->origin[0]) { /* a CORS preflight: no key needed */
+        h->dispatched = 1;
+        complete(h, NULL, 204, "", 0,
+                 "access-control-allow-methods: GET, POST\r\n"
+                 "access-control-allow-headers: authorization, content-type, idempotency-key\r\n"
+                 "access-control-max-age: 600\r\n");
+        return 0;
+    }
+    h->count = 50;
+    const char *v;
+    int bad_args = 0;
+    if ((v = lws_get_urlarg_by_name(wsi, "cursor=", buf, sizeof buf))) {
+        bad_args = !*v || strlen(v) > API_CURSOR_MAX || strspn(v, "0123456789") != strlen(v);
+        if (!bad_args)
+            snprintf(h->cursor, sizeof h->cursor, "%s", v);
+    }
+    if ((v = lws_get_urlarg_by_name(wsi, "count=", buf, sizeof buf))) {
+        unsigned long c = strtoul(v, NULL, 10);
+        h->count = c < 1 ? 1 : c > API_USERS_PAGE_MAX ? API_USERS_PAGE_MAX : (unsigned)c;
+    }
+    n = lws_hdr_copy(wsi, buf, sizeof buf, WSI_TOKEN_HTTP_AUTHORIZATION);
     h->key = n > 0 ? auth_key(buf) : -1;
     if (h->key < 0) {
         h->deferred = 1;
@@ -1168,6 +1290,9 @@ static int http_start(api_http *h, struct lws *wsi, const char *uri)
     } else if ((h->wait = rate_take(h->key)) > 0) {
         h->deferred = 1;
         h->deferred_err = E_RATE_LIMITED;
+    } else if (bad_args) {
+        h->deferred = 1;
+        h->deferred_err = E_BAD_CURSOR;
     } else if ((n = lws_hdr_custom_copy(wsi, buf, sizeof buf, "idempotency-key:", 16)) >= 0) {
         if (n == 0 || n > RL_API_IDEM_KEY_MAX) {
             h->deferred = 1;
@@ -1266,6 +1391,49 @@ const struct lws_protocols *rl_api_protocols(void) { return api_protocols; }
 
 /* ---- start, stop, metrics ---------------------------------------------------------------- */
 
+void rl_api_set_users_fn(rl_api_users_fn fn) { api.users = fn; }
+
+const rl_config *rl_api_config(void) { return api.started ? api.cfg : NULL; }
+
+int rl_api_call(const char *op, const char *user, const char *body, size_t len,
+                rl_api_result_cb cb, void *ud)
+{
+    if (!api.started)
+        return -ESHUTDOWN;
+    api_http *h = calloc(1, sizeof *h);
+    if (!h || !(h->path = strdup("")) || !(h->body = malloc(len + 1))) {
+        if (h)
+            free(h->path);
+        free(h);
+        return -ENOMEM;
+    }
+    memcpy(h->body, body, len);
+    h->body[len] = '\0';
+    h->blen = len;
+    h->key = -1;
+    h->cb = cb;
+    h->cb_ud = ud;
+    h->in_call = 1;
+    h->dispatched = 1;
+    int i = 0, n = (int)(sizeof routes / sizeof routes[0]);
+    while (i < n && (!routes[i].name || strcmp(routes[i].name, op) != 0))
+        i++;
+    if (i == n) {
+        fail(h, NULL, E_UNKNOWN_OP, NULL);
+    } else if (routes[i].suffix && (!user || !user_ok(user))) {
+        fail(h, NULL, E_BAD_REQUEST, user ? "The user id must be 1 to 256 bytes of UTF-8 without control characters"
+                                          : "This op needs a user");
+    } else if (!routes[i].suffix && len == 0 && routes[i].method == M_POST) {
+        fail(h, NULL, E_BAD_REQUEST, "This op needs a body");
+    } else {
+        routes[i].fn(h, NULL, routes[i].suffix ? user : NULL);
+    }
+    h->in_call = 0;
+    if (!h->cb) /* answered inside */
+        vhttp_free(h);
+    return 0;
+}
+
 int rl_api_start(const rl_config *c, rl_api_locate_fn locate, rl_api_nodes_fn nodes)
 {
     if (api.started || !locate)
@@ -1273,6 +1441,8 @@ int rl_api_start(const rl_config *c, rl_api_locate_fn locate, rl_api_nodes_fn no
     api.cfg = c;
     api.locate = locate;
     api.nodes = nodes;
+    if (!api.users)
+        api.users = local_users;
     api.key_hash = calloc(c->napi_keys ? c->napi_keys : 1, sizeof *api.key_hash);
     api.buckets = calloc(c->napi_keys ? c->napi_keys : 1, sizeof *api.buckets);
     if (!api.key_hash || !api.buckets)

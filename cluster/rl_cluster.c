@@ -122,6 +122,7 @@ static struct {
 } cl;
 
 int rl_cluster_enabled(void) { return cl.started; }
+struct rl_redis *rl_cluster_redis(void) { return cl.started ? cl.cmd : NULL; }
 int rl_cluster_ready(void)
 {
     uint64_t now = rl_now_ms();

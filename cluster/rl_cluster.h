@@ -28,6 +28,10 @@ int rl_cluster_reregistered(void);
    when created: the hub was placed here just now). Times are wall-clock milliseconds. */
 void rl_cluster_hub_info(const char *user, const char *hub_pid, uint64_t epoch, size_t clients,
                          int created);
+/* The command connection (not the blocking one), for the server API's read-only look-ups
+   (api/rl_api_stream.c: SCAN for the user list); NULL when not started. Valid until
+   rl_cluster_stop. */
+struct rl_redis *rl_cluster_redis(void);
 /* Closes the Redis clients and timers (shutdown; the loop must run once more). */
 void rl_cluster_stop(void);
 

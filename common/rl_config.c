@@ -213,6 +213,12 @@ static const cfg_field api_fields[] = {
     {"rate", F_U64, OFF(api_rate), 0, 0, 1000000, 0, NULL},
     {"burst", F_U64, OFF(api_burst), 0, 1, 1000000, 0, NULL},
     {"idempotency_ttl", F_DUR, OFF(api_idempotency_ttl_ms), 0, 1000, 7ULL * 86400 * 1000, 0, NULL},
+    {"cors_origins", F_STRLIST, OFF(api_cors_origins), OFF(napi_cors_origins), 0, 0, 0, NULL},
+    {"stream", F_BOOL, OFF(api_stream), 0, 0, 0, 0, NULL},
+    {"stream_claim_after", F_DUR, OFF(api_stream_claim_after_ms), 0, 6000, 86400 * 1000, 0, NULL},
+    {"stream_result_ttl", F_DUR, OFF(api_stream_result_ttl_ms), 0, 1000, 30ULL * 86400 * 1000, 0,
+     NULL},
+    {"stream_maxlen", F_U64, OFF(api_stream_maxlen), 0, 100, 100000000, 0, NULL},
     {NULL, F_STR, 0, 0, 0, 0, 0, NULL},
 };
 
@@ -560,6 +566,14 @@ static int config_check(const rl_config *c, char *why, size_t whylen)
             snprintf(why, whylen, "api.keys: key %zu is shorter than 16 bytes", i + 1);
             return -EINVAL;
         }
+    for (size_t i = 0; i < c->napi_cors_origins; i++) {
+        const char *o = c->api_cors_origins[i], *host = strstr(o, "://");
+        if (!host || (strncmp(o, "http://", 7) != 0 && strncmp(o, "https://", 8) != 0) ||
+            !host[3] || strpbrk(host + 3, "/ ?#*") || strlen(o) > 200) {
+            snprintf(why, whylen, "api.cors_origins: '%s' is not an origin (scheme://host[:port])", o);
+            return -EINVAL;
+        }
+    }
     if (c->api_host && c->api_port == c->listen_port) {
         snprintf(why, whylen, "api.listen uses the port of listen (%d)", c->listen_port);
         return -EINVAL;
@@ -610,6 +624,9 @@ void rl_config_defaults(rl_config *c)
     c->api_rate = 100;
     c->api_burst = 200;
     c->api_idempotency_ttl_ms = 600000;
+    c->api_stream_claim_after_ms = 30000;
+    c->api_stream_result_ttl_ms = 3600000;
+    c->api_stream_maxlen = 100000;
 }
 
 /* An empty RELAY_* variable counts as unset, except RELAY_REDIS_URL="" which forces standalone. */
@@ -678,6 +695,9 @@ void rl_config_free(rl_config *c)
     for (size_t i = 0; i < c->napi_keys; i++)
         free(c->api_keys[i]);
     free(c->api_keys);
+    for (size_t i = 0; i < c->napi_cors_origins; i++)
+        free(c->api_cors_origins[i]);
+    free(c->api_cors_origins);
     memset(c, 0, sizeof *c);
 }
 

@@ -75,6 +75,12 @@ typedef struct rl_config {
     uint64_t api_rate;               /* api.rate: requests/s per key, default 100; 0 = no limit */
     uint64_t api_burst;              /* api.burst, default 200 */
     uint64_t api_idempotency_ttl_ms; /* api.idempotency_ttl, default 10 min */
+    char **api_cors_origins;         /* api.cors_origins: origins the API answers CORS for */
+    size_t napi_cors_origins;
+    int api_stream;                  /* api.stream: read <prefix>api (needs redis), default 0 */
+    uint64_t api_stream_claim_after_ms; /* api.stream_claim_after, default 30 s */
+    uint64_t api_stream_result_ttl_ms;  /* api.stream_result_ttl, default 1 h */
+    uint64_t api_stream_maxlen;         /* api.stream_maxlen: ~entries per stream, 100,000 */
 } rl_config;
 
 /* Fills c with the defaults above (no plugins). */

@@ -581,6 +581,19 @@ rl_proc *rl_proc_by_serial(uint64_t serial)
 
 size_t rl_proc_count(char letter) { return node.counts[(unsigned char)letter & 127]; }
 
+rl_proc *rl_proc_next(char letter, size_t *cursor)
+{
+    for (size_t i = *cursor; i < node.procs.cap; i++) {
+        rl_proc *p = node.procs.slots[i];
+        if (p && !p->exited && p->ops->letter == letter) {
+            *cursor = i + 1;
+            return p;
+        }
+    }
+    *cursor = node.procs.cap;
+    return NULL;
+}
+
 void rl_turn_request(void)
 {
     node.requested = 1;

@@ -284,6 +284,10 @@ rl_proc *rl_proc_find(const char *pid);
 rl_proc *rl_proc_by_serial(uint64_t serial);
 /* Number of live local processes of a kind letter. */
 size_t rl_proc_count(char letter);
+/* For listings (the server API's user list): the next live local process of kind letter at or
+   after table slot *cursor, with *cursor moved past it; NULL at the end. Processes that start or
+   exit between calls may be missed or seen twice, never invalid. Start with *cursor = 0. */
+rl_proc *rl_proc_next(char letter, size_t *cursor);
 /* Schedules p's ops->run for this turn (or the next, when the scheduler runs already). */
 void rl_proc_wake(rl_proc *p);
 

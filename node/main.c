@@ -9,6 +9,7 @@
 #include <uv.h>
 
 #include "rl_api.h"
+#include "rl_api_stream.h"
 #include "rl_central.h"
 #include "rl_cluster.h"
 #include "rl_config.h"
@@ -161,6 +162,7 @@ static void drain_tick(uv_timer_t *t)
     if (left > 0)
         rl_warn("node", "drain timeout: %zu connections still open", left);
     uv_timer_stop(t);
+    rl_api_stream_stop();
     rl_api_stop();
     rl_central_stop();
     rl_cluster_stop();
@@ -316,23 +318,33 @@ int main(int argc, char **argv)
     }
     /* The server API: its own listener beside the gateway's; requests find users' hubs through
        the central hub (and Redis), the node list through the cluster. */
-    if (app.cfg.api_host) {
+    if (app.cfg.api_host || app.cfg.api_stream) {
+        if (rl_cluster_enabled())
+            rl_api_set_users_fn(rl_api_cluster_users);
         rc = rl_api_start(&app.cfg, rl_central_locate, rl_cluster_enabled() ? rl_cluster_nodes : NULL);
         if (rc < 0)
             snprintf(err, sizeof err, "cannot start (%d)", rc);
-        else
+        else if (app.cfg.api_host)
             rc = rl_gateway_add_listener("api", app.cfg.api_host, app.cfg.api_port,
                                          rl_api_protocols(), err, sizeof err);
+        if (rc == 0 && app.cfg.api_stream)
+            rc = rl_api_stream_start(&app.cfg, err, sizeof err);
         if (rc < 0) {
             fprintf(stderr, "relay-node: api: %s\n", err);
+            rl_api_stream_stop();
             rl_api_stop();
             stop_started_layers();
             status = 1;
             goto out_node;
         }
         rl_metrics_add_source(rl_api_metrics);
-        rl_info("node", "server API listening on %s:%d (%zu keys)", app.cfg.api_host,
-                app.cfg.api_port, app.cfg.napi_keys);
+        if (app.cfg.api_host)
+            rl_info("node", "server API listening on %s:%d (%zu keys)", app.cfg.api_host,
+                    app.cfg.api_port, app.cfg.napi_keys);
+        if (app.cfg.api_stream) {
+            rl_metrics_add_source(rl_api_stream_metrics);
+            rl_info("node", "server API reading the Redis stream %sapi", app.cfg.redis_prefix);
+        }
     }
     uv_signal_init(&app.loop, &app.sigterm);
     uv_signal_init(&app.loop, &app.sigint);

@@ -1,6 +1,7 @@
 // Drives the console page (edge/console.html) in headless Chromium with playwright-core;
 // started by tests/browser/run.py, which owns the node and restarts it when this prints
-// "step restart".   env: RELAY_BASE (http://127.0.0.1:PORT), RELAY_JS_DEPS, CHROMIUM, OUT_DIR
+// "step restart", and starts a 2-node cluster when it prints "step cluster" (answering with a
+// JSON line: each node's console and API URL, the API key).   env: RELAY_BASE (http://127.0.0.1:PORT), RELAY_JS_DEPS, CHROMIUM, OUT_DIR
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import path from 'node:path';
@@ -90,6 +91,64 @@ try {
   await card(1).locator('pre.sys', { hasText: 'request echo_again answered' }).waitFor(T);
   say('ok all connections reconnected after the restart');
   await shot('console-reconnected.png');
+
+  // the cluster view: n1's console reads the cluster through n1's API (its origin is allowed)
+  say('step cluster');
+  const cl = JSON.parse(await nextLine());
+  const quiet = /WebSocket|ERR_CONNECTION_REFUSED|Failed to load resource|CORS policy/;
+  const openPage = async (base) => {
+    const p = await browser.newPage({ viewport: { width: 1300, height: 1000 } });
+    p.on('pageerror', (e) => problems.push('page error: ' + e.message));
+    p.on('console', (m) => { if (m.type() === 'error' && !quiet.test(m.text())) problems.push('console: ' + m.text()); });
+    await p.goto(base + '/');
+    await p.locator('[data-conn="1"] .badge.ready').waitFor(T); // alice
+    return p;
+  };
+  const p1 = await openPage(cl.n1.base);            // alice's hub: n1
+  await p1.fill('#uid', 'bob');
+  await p1.click('#add');
+  await p1.locator('[data-conn="2"] .badge.ready').waitFor(T);
+  const p2 = await openPage(cl.n2.base);            // alice again, on n2
+  await p2.fill('#uid', 'carol');
+  await p2.click('#add');
+  await p2.locator('[data-conn="2"] .badge.ready').waitFor(T);
+  // a wrong key is refused, and the page says so
+  await p1.fill('#api-url', cl.n1.api);
+  await p1.fill('#api-key', 'not-the-key-at-all-000');
+  await p1.click('#cl-load');
+  await p1.locator('#cl-status.err', { hasText: '401 unauthorized' }).waitFor(T);
+  await p1.fill('#api-key', cl.key);
+  await p1.click('#cl-load');
+  const nodeRow = (id) => p1.locator(`#cl-view table.cl-nodes tr[data-node="${id}"]`);
+  const userRow = (id) => p1.locator(`#cl-view table.cl-users tr[data-user="${id}"]`);
+  await nodeRow('n2').waitFor(T);
+  const cells = async (loc) => (await loc.locator('td').allInnerTexts()).map((t) => t.trim());
+  const n1 = await cells(nodeRow('n1')), n2 = await cells(nodeRow('n2'));
+  assert.deepEqual([n1[0], n1[1], n1[4], n1[5]], ['n1 (answering)', 'alive', '2', '2'], 'n1 row: ' + n1);
+  assert.deepEqual([n2[0], n2[1], n2[4], n2[5]], ['n2', 'alive', '2', '1'], 'n2 row: ' + n2);
+  const alice = await cells(userRow('alice')), carol = await cells(userRow('carol'));
+  assert.equal(alice[1], 'n1', 'alice hub node: ' + alice);
+  assert.match(alice[2], /^n1\./, 'alice hub pid: ' + alice);
+  assert.equal(alice[3], 'n1: 1, n2: 1', 'alice connections: ' + alice);
+  assert.match(alice[4], /session_ running/, 'alice plugins: ' + alice);
+  assert.equal(carol[1], 'n2', 'carol hub node: ' + carol);
+  assert.equal(carol[3], 'n2: 1', 'carol connections: ' + carol);
+  assert.equal(await userRow('bob').count(), 1);
+  assert.equal(await p1.locator('#cl-view table.cl-users tbody tr').count(), 3);
+  const running = p1.locator('#cl-view table.cl-users span.st-running').first();
+  assert.equal(await running.evaluate((e) => getComputedStyle(e).color), 'rgb(0, 102, 51)');
+  say('ok cluster view: nodes ' + [n1, n2].map((r) => r.join(' ')).join(' | '));
+  say('ok cluster view: users ' + [alice, carol].map((r) => r.join(' ')).join(' | '));
+  await p1.screenshot({ path: path.join(OUT, 'console-cluster.png'), fullPage: true });
+  await p1.locator('#cluster').screenshot({ path: path.join(OUT, 'console-cluster-view.png') });
+  say('screenshot ' + path.join(OUT, 'console-cluster.png'));
+  // n2's page is not in n1's api.cors_origins: the browser keeps n1's answers from it
+  await p2.fill('#api-url', cl.n1.api);
+  await p2.fill('#api-key', cl.key);
+  await p2.click('#cl-load');
+  await p2.locator('#cl-status.err', { hasText: 'api.cors_origins' }).waitFor(T);
+  assert.equal(await p2.locator('#cl-view table').count(), 0);
+  say('ok another origin is refused by CORS');
 
   assert.deepEqual(problems, []);
   say('PASS console');

@@ -180,6 +180,43 @@ static void test_process_table_churn(void **state)
     uv_run(&loop, UV_RUN_NOWAIT);
 }
 
+/* rl_proc_next lists the live processes of one kind, each once, and skips exited ones. */
+static void test_proc_next(void **state)
+{
+    (void)state;
+    static rec hubs[40], others[10];
+    memset(hubs, 0, sizeof hubs);
+    memset(others, 0, sizeof others);
+    for (int i = 0; i < 40; i++) {
+        assert_int_equal(rl_proc_start(&hubs[i].proc, &hub_ops, 0, NULL), 0);
+        if (i < 10)
+            assert_int_equal(rl_proc_start(&others[i].proc, &rec_ops, 0, NULL), 0);
+    }
+    rl_proc_exit(&hubs[7].proc, NULL);
+    size_t cursor = 0, n = 0;
+    int seen[40] = {0};
+    rl_proc *p;
+    while ((p = rl_proc_next('h', &cursor))) {
+        rec *r = (rec *)p;
+        assert_true(r >= hubs && r < hubs + 40);
+        assert_int_equal(seen[r - hubs]++, 0);
+        n++;
+    }
+    assert_int_equal(n, 39);
+    assert_int_equal(seen[7], 0);
+    assert_null(rl_proc_next('h', &cursor)); /* at the end it stays at the end */
+    cursor = 0;
+    assert_null(rl_proc_next('z', &cursor));
+    for (int i = 0; i < 40; i++) {
+        rl_proc_exit(&hubs[i].proc, NULL);
+        if (i < 10)
+            rl_proc_exit(&others[i].proc, NULL);
+    }
+    cursor = 0;
+    assert_null(rl_proc_next('h', &cursor));
+    uv_run(&loop, UV_RUN_NOWAIT);
+}
+
 static void test_owners_interned(void **state)
 {
     (void)state;
@@ -519,6 +556,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_pids, setup, teardown),
         cmocka_unit_test_setup_teardown(test_process_table_churn, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_proc_next, setup, teardown),
         cmocka_unit_test_setup_teardown(test_owners_interned, setup, teardown),
         cmocka_unit_test_setup_teardown(test_order_and_bound, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bodies_shared, setup, teardown),
