@@ -393,34 +393,35 @@ static void push_headers(lua_State *L, const char *h, size_t len)
 {
     lua_newtable(L);
     int t = lua_gettop(L);
-    const char *end = h + len, *p = h;
-    while (p < end) {
-        const char *eol = memchr(p, '\n', (size_t)(end - p));
-        const char *le = eol ? eol : end;
-        const char *ve = le;
-        if (ve > p && ve[-1] == '\r')
+    size_t i = 0;
+    while (i < len) {
+        size_t ls = i, le = i; /* the line [ls, le), without its CR LF */
+        while (le < len && h[le] != '\n')
+            le++;
+        i = le < len ? le + 1 : len;
+        if (le > ls && h[le - 1] == '\r')
+            le--;
+        size_t colon = ls;
+        while (colon < le && h[colon] != ':')
+            colon++;
+        if (colon == le || colon == ls || (le - ls >= 5 && memcmp(h + ls, "HTTP/", 5) == 0))
+            continue; /* the status line, a blank line, or not a header */
+        size_t v = colon + 1, ve = le;
+        while (v < ve && (h[v] == ' ' || h[v] == '\t'))
+            v++;
+        while (ve > v && (h[ve - 1] == ' ' || h[ve - 1] == '\t'))
             ve--;
-        const char *colon = memchr(p, ':', (size_t)(ve - p));
-        if (colon && colon > p && memcmp(p, "HTTP/", 5) != 0) {
-            const char *v = colon + 1;
-            while (v < ve && (*v == ' ' || *v == '\t'))
-                v++;
-            const char *vend = ve;
-            while (vend > v && (vend[-1] == ' ' || vend[-1] == '\t'))
-                vend--;
-            push_canon_name(L, p, (size_t)(colon - p));
-            lua_pushvalue(L, -1);
-            if (lua_rawget(L, t) == LUA_TSTRING) {
-                lua_pushliteral(L, ", ");
-                lua_pushlstring(L, v, (size_t)(vend - v));
-                lua_concat(L, 3);
-            } else {
-                lua_pop(L, 1);
-                lua_pushlstring(L, v, (size_t)(vend - v));
-            }
-            lua_rawset(L, t);
+        push_canon_name(L, h + ls, colon - ls);
+        lua_pushvalue(L, -1);
+        if (lua_rawget(L, t) == LUA_TSTRING) {
+            lua_pushliteral(L, ", ");
+            lua_pushlstring(L, h + v, ve - v);
+            lua_concat(L, 3);
+        } else {
+            lua_pop(L, 1);
+            lua_pushlstring(L, h + v, ve - v);
         }
-        p = eol ? eol + 1 : end;
+        lua_rawset(L, t);
     }
 }
 
