@@ -174,8 +174,7 @@ static int hc_open(void)
         hc.timer = NULL;
         return -ENOMEM;
     }
-    uv_timer_init(rl_node_loop(), hc.timer);
-    uv_unref((uv_handle_t *)hc.timer); /* never what keeps the loop running */
+    uv_timer_init(rl_node_loop(), hc.timer); /* armed only while curl has work */
     curl_multi_setopt(hc.multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
     curl_multi_setopt(hc.multi, CURLMOPT_TIMERFUNCTION, timer_cb);
     return 0;
