@@ -142,12 +142,15 @@ static void on_result(void *ud, const rl_hc_result *r)
 
 /* ---- reading a request from Lua -------------------------------------------------------------- */
 
+/* 1 when ch is one of set's characters (never for NUL, which strchr would find). */
+static int in_set(unsigned char ch, const char *set) { return ch && strchr(set, ch) != NULL; }
+
 static int token_ok(const char *s, size_t n)
 {
     if (!n)
         return 0;
     for (size_t i = 0; i < n; i++)
-        if (!isalnum((unsigned char)s[i]) && !strchr("!#$%&'*+-.^_`|~", s[i]))
+        if (!isalnum((unsigned char)s[i]) && !in_set((unsigned char)s[i], "!#$%&'*+-.^_`|~"))
             return 0;
     return 1;
 }
@@ -191,7 +194,7 @@ static void push_encoded(lua_State *L, const char *s, size_t n)
     luaL_buffinit(L, &b);
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
-        if (isalnum(ch) || strchr("-._~", ch)) {
+        if (isalnum(ch) || in_set(ch, "-._~")) {
             luaL_addchar(&b, (char)ch);
         } else {
             char hex[4];
@@ -269,7 +272,10 @@ static void spec_read(lua_State *L, int midx, int uidx, int oidx, int aidx, http
     } else {
         lua_pushvalue(L, uidx);
     }
-    sp->url = lua_tostring(L, -1);
+    size_t ulen;
+    sp->url = lua_tolstring(L, -1, &ulen);
+    if (memchr(sp->url, '\0', ulen))
+        luaL_error(L, "http: the URL holds a NUL byte");
     luaL_ref(L, aidx);
     if (!oidx)
         return;
@@ -594,6 +600,70 @@ static int l_request_batch(lua_State *L)
     return call_run(L, I, sp, n, 1);
 }
 
+/* encode_uri(s): query escaping as Go's url.QueryEscape (space -> "+", RFC 3986 unreserved kept,
+   the rest %XX), as on the platform. Charged one instruction per 16 bytes. */
+static int l_encode_uri(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    rl_lua_charge(L, n / 16);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (isalnum(ch) || in_set(ch, "-._~")) {
+            luaL_addchar(&b, (char)ch);
+        } else if (ch == ' ') {
+            luaL_addchar(&b, '+');
+        } else {
+            char hex[4];
+            snprintf(hex, sizeof hex, "%%%02X", ch);
+            luaL_addlstring(&b, hex, 3);
+        }
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
+static int hexval(int c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                                      : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* decode_uri(s): the reverse ("+" -> space); nil, "invalid URL escape" on a bad %. */
+static int l_decode_uri(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    rl_lua_charge(L, n / 16);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '+') {
+            luaL_addchar(&b, ' ');
+        } else if (s[i] == '%') {
+            int hi = i + 2 < n ? hexval((unsigned char)s[i + 1]) : -1;
+            int lo = hi >= 0 ? hexval((unsigned char)s[i + 2]) : -1;
+            if (lo < 0) {
+                luaL_pushresult(&b);
+                lua_pop(L, 1);
+                lua_pushnil(L);
+                const char *bad = lua_pushlstring(L, s + i, n - i < 3 ? n - i : 3);
+                lua_pushfstring(L, "invalid URL escape \"%s\"", bad);
+                lua_remove(L, -2);
+                return 2;
+            }
+            luaL_addchar(&b, (char)(hi * 16 + lo));
+            i += 2;
+        } else {
+            luaL_addchar(&b, s[i]);
+        }
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
 void rl_lua_http_push(lua_State *L)
 {
     static const luaL_Reg fns[] = {
@@ -601,6 +671,7 @@ void rl_lua_http_push(lua_State *L)
         {"get", l_get},         {"post", l_post},
         {"put", l_put},         {"patch", l_patch},
         {"delete", l_delete},   {"head", l_head},
+        {"encode_uri", l_encode_uri}, {"decode_uri", l_decode_uri},
         {NULL, NULL},
     };
     rl_hc_set_limit(rl_lua_g.cfg->http_max_node);

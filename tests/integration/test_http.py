@@ -94,6 +94,18 @@ async def test_http_get_post_and_headers():
         check(err and "not supported" in err, f"unsupported option: {err!r}")
         check(len(stub.requests) == n, "a refused request reached the server")
 
+        # NUL bytes: encoded in a query, refused in a header name or the URL
+        resp, err = await call(ws, "n", form="nul", url=stub.url("/echo"))
+        check(err is None and "q=a%00b" in (resp["path"] or ""), f"NUL in a query: {resp!r}")
+        check("bad header name" in resp["e2"] and "NUL" in resp["e3"], f"NUL: {resp!r}")
+        # the platform's URL helpers
+        resp, err = await call(ws, "u1", form="encode_uri", url="hello world&x=1/\u00e9~")
+        check(resp == "hello+world%26x%3D1%2F%C3%A9~", f"encode_uri: {resp!r}")
+        resp, err = await call(ws, "u2", form="decode_uri", url="hello+world%26%C3%A9")
+        check(resp == "hello world&\u00e9", f"decode_uri: {resp!r}")
+        resp, err = await call(ws, "u3", form="decode_uri", url="bad%zz")
+        check(resp is None and "invalid URL escape" in (err or ""), f"decode_uri bad: {resp!r} {err!r}")
+
         m = node.metrics()
         check(metric_sum(m, "relay_http_requests_total", 'client="plugin"') >= 6,
               "relay_http_requests_total{client=plugin}")

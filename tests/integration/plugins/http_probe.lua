@@ -18,6 +18,12 @@ local function call(p)
         return http.request(p.method, p.url, p.opts)
     elseif f == "batch" then
         return http.request_batch(p.requests)
+    elseif f == "nul" then -- NUL bytes (a client's JSON cannot carry \u0000)
+        local r1, e1 = http.get(p.url, { query = { q = "a\0b" } })
+        local _, e2 = pcall(http.get, p.url, { headers = { ["X\0Y"] = "v" } })
+        local _, e3 = pcall(http.get, p.url .. "\0x")
+        return { path = r1 and json.decode(r1.body).path, e1 = e1, e2 = tostring(e2),
+                 e3 = tostring(e3) }
     elseif f == "pcall" then
         local ok, a, b = pcall(http.request, p.method, p.url, p.opts)
         if not ok then return nil, "raised: " .. tostring(a) end
