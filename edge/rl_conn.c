@@ -216,6 +216,8 @@ void rl_conn_close(rl_conn *c, int code, const char *reason, int flush)
 {
     if (!c->wsi || c->state == RL_CONN_CLOSING || c->state == RL_CONN_CLOSED)
         return;
+    if (c->state == RL_CONN_HOOK) /* read again: the client's answer to our close frame */
+        lws_rx_flow_control(c->wsi, 1);
     c->state = RL_CONN_CLOSING;
     c->close_code = code;
     free(c->close_reason);

@@ -196,3 +196,26 @@ def test_hook_config_errors():
         cfg = Config(plugins=[], node={"connect_hook": hook})
         rc, out = run_check(cfg.write())
         check(rc != 0 and why in out, f"{hook}: rc {rc}, {out!r}")
+
+
+async def test_hook_pending_at_shutdown():
+    with Stub() as stub:
+        node = Node(config(stub, timeout="10s"))
+        node.start()
+        stub.set_hook(delay=4.0)
+        ws = await connect(node, token=token())
+        deadline = time.monotonic() + 2
+        while not stub.hook_requests() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        check(stub.hook_requests(), "the hook request did not reach the backend")
+        t0 = time.monotonic()
+        node.proc.send_signal(__import__("signal").SIGTERM)
+        await expect_close(ws, 1001, timeout=3)
+        rc = node.wait_exit(5)
+        check(rc == 0, f"exit code {rc} with a hook in flight")
+        check(time.monotonic() - t0 < 3, "shutdown waited for the hook")
+        node.stop()
+        text = node.log_text()
+        for mark in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+            check(mark not in text, f"sanitizer report: {mark}")
+test_hook_pending_at_shutdown.timeout = 30
