@@ -7,12 +7,12 @@ comma    := ,
 ALLOCATOR ?= jemalloc
 # One build directory per flag set: a sanitized build never reuses plain objects (or the reverse).
 BUILD    ?= build$(if $(SANITIZE),-san-$(subst $(comma),-,$(SANITIZE)))$(if $(filter-out jemalloc,$(ALLOCATOR)),-$(ALLOCATOR))
-PKGS      = libwebsockets libuv hiredis libcjson lua5.4 yaml-0.1 libcrypto
+PKGS      = libwebsockets libuv hiredis libcjson lua5.4 yaml-0.1 libcrypto libcurl
 # Everything a bare Debian 12 with only `make` needs, named even when another package would pull
 # it in: the toolchain, the libraries, and what the tests run (python3, openssl for test certs,
 # redis-server and redis-cli, haproxy).
 DEB_PKGS  = build-essential pkg-config libwebsockets-dev libuv1-dev libhiredis-dev libcjson-dev \
-            liblua5.4-dev libyaml-dev libssl-dev libcmocka-dev libjemalloc-dev \
+            liblua5.4-dev libyaml-dev libssl-dev libcmocka-dev libjemalloc-dev libcurl4-openssl-dev \
             python3 python3-websockets openssl redis-server redis-tools haproxy
 
 CFLAGS  += -std=c11 -D_GNU_SOURCE -O2 -g -MMD -MP \

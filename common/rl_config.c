@@ -1,6 +1,7 @@
 /* The node's configuration: reads the spec's YAML entries file, expands ${VAR}, applies RELAY_*. */
 #include "rl_config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -14,6 +15,7 @@
 #include <yaml.h>
 
 #include "rl_log.h"
+#include "rl_urlmatch.h"
 #include "rl_version.h"
 
 /* Bounds on what a config file may hold. The file is trusted more than a peer, but a mistake
@@ -176,6 +178,43 @@ static int check_ref(const char *v, char *why, size_t whylen)
     return -EINVAL;
 }
 
+/* http.allow items: patterns as rl_urlmatch.h defines them. */
+static int check_url_pattern(const char *v, char *why, size_t whylen)
+{
+    return rl_url_pattern_check(v, why, whylen);
+}
+
+/* connect_hook.url: an http:// or https:// URL without credentials. */
+static int check_hook_url(const char *v, char *why, size_t whylen)
+{
+    if (!*v)
+        return 0;
+    if ((strncasecmp(v, "http://", 7) == 0 || strncasecmp(v, "https://", 8) == 0) &&
+        !strpbrk(v, " \t\r\n@"))
+        return 0;
+    snprintf(why, whylen, "'%s' is not an http:// or https:// URL (without user@)", v);
+    return -EINVAL;
+}
+
+static int check_on_failure(const char *v, char *why, size_t whylen)
+{
+    if (strcmp(v, "refuse") == 0 || strcmp(v, "accept") == 0)
+        return 0;
+    snprintf(why, whylen, "'%s' is not refuse or accept", v);
+    return -EINVAL;
+}
+
+/* connect_hook.pass_headers items: header names (RFC 9110 token characters). */
+static int check_header_name(const char *v, char *why, size_t whylen)
+{
+    for (const char *p = v; *p; p++)
+        if (!isalnum((unsigned char)*p) && !strchr("!#$%&'*+-.^_`|~", *p)) {
+            snprintf(why, whylen, "'%s' is not a header name", v);
+            return -EINVAL;
+        }
+    return 0;
+}
+
 #define OFF(f) offsetof(rl_config, f)
 
 static const cfg_field param_fields[] = {
@@ -222,6 +261,26 @@ static const cfg_field api_fields[] = {
     {NULL, F_STR, 0, 0, 0, 0, 0, NULL},
 };
 
+/* relay.node http: what plugins may fetch, and the bounds of each request. */
+static const cfg_field http_fields[] = {
+    {"allow", F_STRLIST, OFF(http_allow), OFF(nhttp_allow), 0, 0, 0, check_url_pattern},
+    {"timeout", F_DUR, OFF(http_timeout_ms), 0, 1, 3600ULL * 1000, 0, NULL},
+    {"max_response_bytes", F_SIZE, OFF(http_max_response), 0, 1, 1ULL << 30, 0, NULL},
+    {"max_request_bytes", F_SIZE, OFF(http_max_request), 0, 0, 1ULL << 30, 0, NULL},
+    {"max_concurrent", F_SIZE, OFF(http_max_per_instance), 0, 1, 1024, 0, NULL},
+    {"max_concurrent_node", F_SIZE, OFF(http_max_node), 0, 1, 100000, 0, NULL},
+    {NULL, F_STR, 0, 0, 0, 0, 0, NULL},
+};
+
+/* relay.node connect_hook: the backend decides whether a user may join (docs/configuration.md). */
+static const cfg_field hook_fields[] = {
+    {"url", F_STR, OFF(hook_url), 0, 0, 0, 0, check_hook_url},
+    {"timeout", F_DUR, OFF(hook_timeout_ms), 0, 1, CFG_MAX_MS, 0, NULL},
+    {"on_failure", F_STR, OFF(hook_on_failure), 0, 0, 0, 0, check_on_failure},
+    {"pass_headers", F_STRLIST, OFF(hook_headers), OFF(nhook_headers), 0, 0, 0, check_header_name},
+    {NULL, F_STR, 0, 0, 0, 0, 0, NULL},
+};
+
 static const cfg_field node_fields[] = {
     {"listen", F_LISTEN, 0, 0, 0, 0, 0, NULL},
     {"ws_path", F_STR, OFF(ws_path), 0, 0, 0, 0, check_ws_path},
@@ -231,6 +290,8 @@ static const cfg_field node_fields[] = {
     {"auth", F_MAP, 0, 0, 0, 0, 0, NULL},
     {"tls", F_MAP, 0, 0, 0, 0, 0, NULL},
     {"api", F_MAP, 0, 0, 0, 0, 0, NULL},
+    {"http", F_MAP, 0, 0, 0, 0, 0, NULL},
+    {"connect_hook", F_MAP, 0, 0, 0, 0, 0, NULL},
     {"allowed_origins", F_STRLIST, OFF(allowed_origins), OFF(norigins), 0, 0, 0, NULL},
     {"max_message_bytes", F_SIZE, OFF(max_message_bytes), 0, 16, 1ULL << 30, 0, NULL},
     {"max_outbound_bytes", F_SIZE, OFF(max_outbound_bytes), 0, 1024, 1ULL << 32, 0, NULL},
@@ -259,6 +320,8 @@ static const struct {
     {"auth", auth_fields},
     {"tls", tls_fields},
     {"api", api_fields},
+    {"http", http_fields},
+    {"connect_hook", hook_fields},
 };
 
 typedef struct cfg_env_var {
@@ -627,6 +690,12 @@ void rl_config_defaults(rl_config *c)
     c->api_stream_claim_after_ms = 30000;
     c->api_stream_result_ttl_ms = 3600000;
     c->api_stream_maxlen = 100000;
+    c->http_timeout_ms = 10000;
+    c->http_max_response = 1u << 20;
+    c->http_max_request = 1u << 20;
+    c->http_max_per_instance = 4;
+    c->http_max_node = 64;
+    c->hook_timeout_ms = 2000;
 }
 
 /* An empty RELAY_* variable counts as unset, except RELAY_REDIS_URL="" which forces standalone. */
@@ -698,6 +767,14 @@ void rl_config_free(rl_config *c)
     for (size_t i = 0; i < c->napi_cors_origins; i++)
         free(c->api_cors_origins[i]);
     free(c->api_cors_origins);
+    for (size_t i = 0; i < c->nhttp_allow; i++)
+        free(c->http_allow[i]);
+    free(c->http_allow);
+    free(c->hook_url);
+    free(c->hook_on_failure);
+    for (size_t i = 0; i < c->nhook_headers; i++)
+        free(c->hook_headers[i]);
+    free(c->hook_headers);
     memset(c, 0, sizeof *c);
 }
 
@@ -1006,6 +1083,15 @@ static int field_set_node(cfg_loader *ld, const cfg_field *f, const yaml_node_t 
         int rc = strlist_get(ld, n, key, &list, &len);
         if (rc < 0)
             return rc;
+        char why[384];
+        for (size_t i = 0; i < len && f->check; i++)
+            if (f->check(list[i], why, sizeof why) < 0) {
+                rc = cfg_fail(ld, -EINVAL, "%s: %s", key, why);
+                for (size_t j = 0; j < len; j++)
+                    free(list[j]);
+                free(list);
+                return rc;
+            }
         for (size_t i = 0; i < *nslot; i++)
             free((*slot)[i]);
         free(*slot);
@@ -1060,7 +1146,8 @@ static const char *const file_versions[] = {"1.0", NULL};
 
 /* The names `require` resolves in a plugin: the prelude's `modules` table in plugins/rl_lua.c
    (kept in step by hand: common/ may not include the plugin host). */
-static const char *const plugin_modules[] = {"json", "time", "logger", "security", "uuid", NULL};
+static const char *const plugin_modules[] = {"json", "time", "logger", "security", "uuid",
+                                             "http_client", "http", NULL};
 
 /* Parses up to three dot-separated numbers ("1", "0.1", "0.1.0"); returns how many, 0 if bad. */
 static int semver_parse(const char *s, unsigned v[3])

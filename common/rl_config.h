@@ -81,6 +81,20 @@ typedef struct rl_config {
     uint64_t api_stream_claim_after_ms; /* api.stream_claim_after, default 30 s */
     uint64_t api_stream_result_ttl_ms;  /* api.stream_result_ttl, default 1 h */
     uint64_t api_stream_maxlen;         /* api.stream_maxlen: ~entries per stream, 100,000 */
+    /* relay.node http: the plugins' http module (plugins/rl_lua_http.c) */
+    char **http_allow;               /* http.allow: URL patterns (rl_urlmatch.h); none = no access */
+    size_t nhttp_allow;
+    uint64_t http_timeout_ms;        /* http.timeout: default and longest per request, 10 s */
+    size_t http_max_response;        /* http.max_response_bytes: body bytes, default 1 MiB */
+    size_t http_max_request;         /* http.max_request_bytes: body bytes sent, default 1 MiB */
+    size_t http_max_per_instance;    /* http.max_concurrent: in flight per instance, default 4 */
+    size_t http_max_node;            /* http.max_concurrent_node: in flight per node, default 64 */
+    /* relay.node connect_hook: ask the backend before a user joins (edge/rl_hook.c) */
+    char *hook_url;                  /* connect_hook.url: off while NULL */
+    uint64_t hook_timeout_ms;        /* connect_hook.timeout, default 2 s (and the handshake's) */
+    char *hook_on_failure;           /* connect_hook.on_failure: "refuse" (NULL too) or "accept" */
+    char **hook_headers;             /* connect_hook.pass_headers: request headers passed on */
+    size_t nhook_headers;
 } rl_config;
 
 /* Fills c with the defaults above (no plugins). */

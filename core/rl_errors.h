@@ -16,7 +16,8 @@
     X(MESSAGE_TOO_LARGE, "message_too_large", 1009, "Message exceeds max_message_bytes")         \
     X(OVERLOADED, "overloaded", 0, "Queue full, message not accepted")                           \
     X(SLOW_CONSUMER, "slow_consumer", 1008, "Outbound queue full: client does not read")         \
-    X(UNAVAILABLE, "unavailable", 1013, "Node cannot accept connections right now")
+    X(UNAVAILABLE, "unavailable", 1013, "Node cannot accept connections right now")            \
+    X(CONNECT_DENIED, "connect_denied", 1008, "Connection refused by the application")
 
 typedef enum {
 #define RL_ERR_ENUM(name, code, close, msg) RL_E_##name,

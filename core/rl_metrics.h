@@ -29,7 +29,10 @@
     X(REDIS_RTT_US, "relay_redis_rtt_seconds", "gauge", "Last measured Redis round trip (NaN while Redis is down)") \
     X(LUA_BYTES, "relay_lua_memory_bytes", "gauge", "Bytes allocated by the Lua state")         \
     X(JSON_DECODES, "relay_json_decodes_total", "counter", "JSON documents decoded into Lua values") \
-    X(JSON_ENCODES, "relay_json_encodes_total", "counter", "Lua values encoded to JSON")
+    X(JSON_ENCODES, "relay_json_encodes_total", "counter", "Lua values encoded to JSON")        \
+    X(HOOK_ACCEPTED, "relay_connect_hook_accepted_total", "counter", "Connections the connect hook accepted") \
+    X(HOOK_DENIED, "relay_connect_hook_denied_total", "counter", "Connections the connect hook denied (closed 1008)") \
+    X(HOOK_FAILED, "relay_connect_hook_failed_total", "counter", "Connect hook calls that failed (timeout, error status, bad answer, unreachable)")
 
 typedef enum {
 #define RL_METRIC_ENUM(name, pname, type, help) RL_M_##name,

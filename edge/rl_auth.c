@@ -175,9 +175,10 @@ static int user_id_ok(const char *s)
     return rl_env_utf8_valid(s, strlen(s));
 }
 
-/* Fills c's identity from the request. Returns 0, or the HTTP status to refuse with (400: a
-   malformed ?user_id=, 401: the token) and *why. */
-static int authenticate(struct lws *wsi, rl_conn *c, const char **why)
+/* Fills c's identity from the request (and *claims with the token's JSON claims when the
+   connect hook needs them). Returns 0, or the HTTP status to refuse with (400: a malformed
+   ?user_id=, 401: the token) and *why. */
+static int authenticate(struct lws *wsi, rl_conn *c, const char **why, char **claims)
 {
     const rl_config *cfg = gw.cfg;
     if (cfg->auth_mode == RL_AUTH_INSECURE) {
@@ -212,6 +213,8 @@ static int authenticate(struct lws *wsi, rl_conn *c, const char **why)
     rl_jwt_claims cl = {0};
     const char *reason = NULL;
     int rc = rl_jwt_verify(token, &o, (int64_t)time(NULL), &cl, &reason);
+    if (rc >= 0 && cfg->hook_url)
+        *claims = rl_hook_claims(token);
     free(token);
     if (rc < 0) {
         *why = reason ? reason : "invalid token";
@@ -264,12 +267,27 @@ int rl_auth_handshake(struct lws *wsi, const char *upgrade)
     }
     c->hs = 1;
     why = NULL;
-    status = authenticate(wsi, c, &why);
+    char *claims = NULL;
+    status = authenticate(wsi, c, &why, &claims);
     if (status) {
+        free(claims);
         rl_conn_free_mem(c);
         code = status == 400 ? "bad_request" : "unauthorized";
         goto refused;
     }
+    if (gw.cfg->hook_url && c->user_id) { /* asked once the WebSocket is up (rl_hook.c) */
+        size_t n = 0;
+        c->rx = rl_hook_body(wsi, c->user_id, c->meta_json, c->scope, claims, &n);
+        c->rxlen = (uint32_t)n;
+        free(claims);
+        claims = NULL;
+        if (!c->rx) {
+            rl_conn_free_mem(c);
+            status = 503, code = "unavailable", why = "Out of memory";
+            goto refused;
+        }
+    }
+    free(claims); /* a token without sub: no hook (the client gets missing_user_id) */
     c->state = RL_CONN_UPGRADING;
     lws_set_opaque_user_data(wsi, c);
     return 0;

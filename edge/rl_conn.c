@@ -216,6 +216,8 @@ void rl_conn_close(rl_conn *c, int code, const char *reason, int flush)
 {
     if (!c->wsi || c->state == RL_CONN_CLOSING || c->state == RL_CONN_CLOSED)
         return;
+    if (c->state == RL_CONN_HOOK) /* read again: the client's answer to our close frame */
+        lws_rx_flow_control(c->wsi, 1);
     c->state = RL_CONN_CLOSING;
     c->close_code = code;
     free(c->close_reason);
@@ -591,7 +593,9 @@ static void conn_unlist(rl_conn *c)
 void rl_conn_free_mem(rl_conn *c)
 {
     conn_drop_queue(c);
-    if (c->hs) {
+    if (c->hooked) {
+        rl_hook_free(c->hook); /* cancels its request: no answer reaches c */
+    } else if (c->hs) {
         free(c->user_id);
         free(c->meta_json);
         free(c->scope);
@@ -638,6 +642,86 @@ static rl_body *body_of(const char *s)
     return s ? rl_body_new(s, strlen(s)) : NULL;
 }
 
+/* Starts c's process and sends its ws.join (user_id known; meta_json and scope may be NULL).
+   The strings stay the caller's. */
+static void conn_join(rl_conn *c, const char *user_id, const char *meta_json, const char *scope)
+{
+    /* The connection's owner is its user, from the handshake: no message can change it. */
+    rl_owner *owner = rl_owner_get(user_id, strlen(user_id));
+    rl_msg *join = rl_msg_new(RL_T_WS_JOIN);
+    int rc = owner && join ? rl_proc_start(&c->proc, &conn_ops, 0, owner) : -ENOMEM;
+    rl_owner_unref(owner);
+    if (rc < 0) {
+        rl_metric_inc(RL_M_CONNS_REJECTED);
+        conn_fail(c, RL_E_UNAVAILABLE, "Out of memory");
+        rl_msg_free(join);
+        return;
+    }
+    c->has_proc = 1;
+    rl_metric_inc(RL_M_CONNS_ACCEPTED);
+    memcpy(join->ctl.join.conn, c->proc.pid, RL_PID_MAX);
+    join->ctl.join.meta = body_of(meta_json);
+    join->ctl.join.scope = body_of(scope);
+    rc = rl_send(&c->proc, rl_gw_central_pid(), join);
+    if (rc == 0) {
+        char peer[64] = "";
+        lws_get_peer_simple(c->wsi, peer, sizeof peer);
+        rl_log_field f[] = {{"conn", c->proc.pid, 0}, {"user", user_id, 0},
+                            {"node", rl_node_id(), 0}, {"peer", peer, 0}};
+        rl_log_fields(RL_LOG_INFO, "gateway", f, sizeof f / sizeof f[0], "connected");
+    } else {
+        rl_error("gateway", "%s: ws.join to the central hub failed (%d)", c->proc.pid, rc);
+        conn_fail(c, RL_E_HUB_CREATION_FAILED, NULL);
+        rl_msg_free(join);
+    }
+}
+
+/* The connect hook could not answer: refuse with 1013 (unavailable), or accept as if there
+   were no hook (connect_hook.on_failure). */
+static void conn_hook_failed(rl_conn *c, const char *user_id, const char *meta_json,
+                             const char *scope, const char *why)
+{
+    rl_metric_inc(RL_M_HOOK_FAILED);
+    int accept = gw.cfg->hook_on_failure && strcmp(gw.cfg->hook_on_failure, "accept") == 0;
+    rl_warn("gateway", "connect hook failed for user %s (%s): %s", user_id, why,
+            accept ? "accepting (on_failure: accept)" : "refusing with 1013");
+    if (accept) {
+        conn_join(c, user_id, meta_json, scope);
+        return;
+    }
+    rl_metric_inc(RL_M_CONNS_REJECTED);
+    conn_fail(c, RL_E_UNAVAILABLE, "Cannot check the connection with the application, try again");
+}
+
+void rl_conn_hook_done(rl_conn *c, rl_hook_outcome o, const char *meta, const char *reason)
+{
+    char *user_id, *meta_json, *scope;
+    rl_hook *h = c->hook;
+    rl_hook_take(h, &user_id, &meta_json, &scope);
+    c->hooked = 0;
+    c->pend_head = c->pend_tail = NULL; /* the union holds the pending messages again */
+    c->npend = 0;
+    rl_hook_free(h);
+    if (c->state == RL_CONN_HOOK && c->wsi) {
+        c->state = RL_CONN_JOINING;
+        lws_rx_flow_control(c->wsi, 1);
+        if (o == RL_HOOK_ACCEPT) {
+            rl_metric_inc(RL_M_HOOK_ACCEPTED);
+            conn_join(c, user_id, meta ? meta : meta_json, scope);
+        } else if (o == RL_HOOK_DENY) {
+            rl_metric_inc(RL_M_HOOK_DENIED);
+            rl_metric_inc(RL_M_CONNS_REJECTED);
+            rl_info("gateway", "connect hook denied user %s: %s", user_id, reason);
+            conn_fail(c, RL_E_CONNECT_DENIED, reason);
+        } else {
+            conn_hook_failed(c, user_id, meta_json, scope, reason);
+        }
+    } /* else the connection closed meanwhile */
+    free(user_id);
+    free(meta_json);
+    free(scope);
+}
+
 void rl_conn_on_established(struct lws *wsi)
 {
     rl_conn *c = lws_get_opaque_user_data(wsi);
@@ -659,46 +743,27 @@ void rl_conn_on_established(struct lws *wsi)
     gw.conns = c;
     gw.nconns++;
     rl_metric_inc(RL_M_CONNS_OPEN);
-    rl_msg *join = NULL;
+    char *hook_body = c->rx; /* the connect hook's request, from the handshake (or NULL) */
+    size_t hook_len = c->rxlen;
+    c->rx = NULL;
+    c->rxlen = 0;
     if (!rl_gw_ready()) {
         rl_metric_inc(RL_M_CONNS_REJECTED);
         conn_fail(c, RL_E_UNAVAILABLE, NULL);
-        goto out;
-    }
-    if (!user_id) {
+    } else if (!user_id) {
         rl_metric_inc(RL_M_CONNS_REJECTED);
         conn_fail(c, RL_E_MISSING_USER_ID, NULL);
-        goto out;
-    }
-    /* The connection's owner is its user, from the handshake: no message can change it. */
-    rl_owner *owner = rl_owner_get(user_id, strlen(user_id));
-    join = rl_msg_new(RL_T_WS_JOIN);
-    int rc = owner && join ? rl_proc_start(&c->proc, &conn_ops, 0, owner) : -ENOMEM;
-    rl_owner_unref(owner);
-    if (rc < 0) {
-        rl_metric_inc(RL_M_CONNS_REJECTED);
-        conn_fail(c, RL_E_UNAVAILABLE, "Out of memory");
-        goto out;
-    }
-    c->has_proc = 1;
-    rl_metric_inc(RL_M_CONNS_ACCEPTED);
-    memcpy(join->ctl.join.conn, c->proc.pid, RL_PID_MAX);
-    join->ctl.join.meta = body_of(meta_json);
-    join->ctl.join.scope = body_of(scope);
-    rc = rl_send(&c->proc, rl_gw_central_pid(), join);
-    if (rc == 0) {
-        join = NULL;
-        char peer[64] = "";
-        lws_get_peer_simple(wsi, peer, sizeof peer);
-        rl_log_field f[] = {{"conn", c->proc.pid, 0}, {"user", user_id, 0},
-                            {"node", rl_node_id(), 0}, {"peer", peer, 0}};
-        rl_log_fields(RL_LOG_INFO, "gateway", f, sizeof f / sizeof f[0], "connected");
+    } else if (hook_body) {
+        int rc = rl_hook_start(c, user_id, meta_json, scope, hook_body, hook_len);
+        hook_body = NULL; /* freed by rl_hook_start */
+        if (rc == 0)
+            return; /* the identity waits in the hook */
+        conn_hook_failed(c, user_id, meta_json, scope,
+                         rc == -EAGAIN ? "busy" : rc == -ENOMEM ? "out of memory" : "bad request");
     } else {
-        rl_error("gateway", "%s: ws.join to the central hub failed (%d)", c->proc.pid, rc);
-        conn_fail(c, RL_E_HUB_CREATION_FAILED, NULL);
+        conn_join(c, user_id, meta_json, scope);
     }
-out:
-    rl_msg_free(join);
+    free(hook_body);
     free(user_id);
     free(meta_json);
     free(scope);

@@ -31,7 +31,11 @@ typedef enum {
     RL_CONN_ROUTED,    /* target known; client frames go to it */
     RL_CONN_CLOSING,   /* close requested: queued frames flushed (or dropped), then close frame */
     RL_CONN_CLOSED,    /* wsi gone; process exited; freed by the scheduler (ops->free) */
+    RL_CONN_HOOK,      /* established; waiting for the connect hook's answer (rl_hook.c); no
+                          process, nothing read from the client (rx flow off) */
 } rl_conn_state;
+
+typedef struct rl_hook rl_hook;
 
 typedef struct rl_conn { /* 320 bytes: one jemalloc class per idle connection, keep it there */
     rl_proc proc; /* first member: rl_proc * <-> rl_conn *; owner: the user */
@@ -44,9 +48,11 @@ typedef struct rl_conn { /* 320 bytes: one jemalloc class per idle connection, k
             rl_msg *pend_head, *pend_tail;
             size_t npend;
         };
+        rl_hook *hook; /* while hooked (RL_CONN_HOOK): the identity waits in the hook */
     };
     uint64_t epoch;                /* the target's lease epoch (cluster mode; 0 standalone) */
-    char *rx;                      /* message being reassembled */
+    char *rx; /* message being reassembled; while UPGRADING, the connect hook's request body
+                 (rxlen bytes), built at the handshake because lws drops the headers after it */
     rl_msg *out_head, *out_tail;   /* frames to write (WS_MESSAGE bodies, or APP to wrap) */
     size_t out_bytes;
     char *close_reason; /* malloc'd at the close (NULL: none); idle connections carry no buffer */
@@ -62,6 +68,7 @@ typedef struct rl_conn { /* 320 bytes: one jemalloc class per idle connection, k
     unsigned hs : 1;               /* the union holds the handshake strings */
     unsigned has_proc : 1, listed : 1, close_sent : 1, pending_write : 1;
     unsigned ping_out : 1, ping_pending : 1, dead : 1; /* a ping unanswered / to write; cut */
+    unsigned hooked : 1;           /* the union holds hook */
 } rl_conn;
 
 typedef struct rl_gw {
@@ -114,7 +121,28 @@ int rl_http_console_build(const char *ws_path);
    rl_conn hangs on the wsi's opaque user data), 1 when a refusal was written, -1 to hang up. */
 int rl_auth_handshake(struct lws *wsi, const char *upgrade);
 
+/* rl_hook.c: the connect hook (relay.node connect_hook). */
+typedef enum { RL_HOOK_ACCEPT, RL_HOOK_DENY, RL_HOOK_FAIL } rl_hook_outcome;
+/* The JSON claims of a verified JWT (its payload decoded), malloc'd; NULL if not decodable. */
+char *rl_hook_claims(const char *token);
+/* At CONFIRM_UPGRADE: the hook's request body (user, token meta and claims, the headers the
+   config passes, the peer address), malloc'd with its length in *len; NULL on OOM. */
+char *rl_hook_body(struct lws *wsi, const char *user_id, const char *meta_json,
+                   const char *scope, const char *claims, size_t *len);
+/* At ESTABLISHED: sends body (always freed) and puts c in RL_CONN_HOOK; on 0 the identity
+   strings belong to the hook and rl_conn_hook_done runs exactly once with the answer, unless
+   rl_hook_free comes first. Negative: nothing started, the strings are still the caller's. */
+int rl_hook_start(rl_conn *c, char *user_id, char *meta_json, char *scope, char *body,
+                  size_t len);
+/* Hands the identity strings back (the hook keeps NULLs). */
+void rl_hook_take(rl_hook *h, char **user_id, char **meta_json, char **scope);
+/* Cancels a hook still waiting and frees it (and any identity it still holds). */
+void rl_hook_free(rl_hook *h);
+
 /* rl_conn.c */
+/* The hook's answer for c: meta (may be NULL: the token's) is the merged metadata on ACCEPT,
+   reason the backend's (DENY) or the failure's (FAIL). Frees the hook; copies what it keeps. */
+void rl_conn_hook_done(rl_conn *c, rl_hook_outcome o, const char *meta, const char *reason);
 void rl_conn_on_established(struct lws *wsi);
 void rl_conn_on_receive(rl_conn *c, struct lws *wsi, const char *in, size_t len);
 int rl_conn_on_writable(rl_conn *c, struct lws *wsi);

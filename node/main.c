@@ -14,6 +14,7 @@
 #include "rl_cluster.h"
 #include "rl_config.h"
 #include "rl_gateway.h"
+#include "rl_http_client.h"
 #include "rl_hub.h"
 #include "rl_json.h"
 #include "rl_jwt.h"
@@ -168,6 +169,7 @@ static void drain_tick(uv_timer_t *t)
     rl_cluster_stop();
     rl_lua_close();
     rl_gateway_stop();
+    rl_hc_stop(); /* after both of its users: what is left in flight is cancelled */
     stop_loop_handles();
 }
 
@@ -204,6 +206,7 @@ static void stop_started_layers(void)
     rl_cluster_stop();
     rl_lua_close();
     rl_gateway_stop();
+    rl_hc_stop();
     uv_run(&app.loop, UV_RUN_DEFAULT);
     rl_gateway_free();
 }
@@ -310,6 +313,7 @@ int main(int argc, char **argv)
     rl_metrics_add_source(rl_central_metrics);
     rl_metrics_add_source(rl_hub_metrics);
     rl_metrics_add_source(rl_lua_metrics);
+    rl_metrics_add_source(rl_hc_metrics);
     if (rl_gateway_start(&app.loop, &app.cfg, err, sizeof err) < 0) {
         fprintf(stderr, "relay-node: %s\n", err);
         stop_started_layers();

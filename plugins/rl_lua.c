@@ -178,6 +178,8 @@ static const char prelude[] =
     "}\n"
     "local modules = {json = readonly(json), time = readonly(time), uuid = readonly(host.uuid),\n"
     "  logger = readonly(mklogger(nil, nil)), security = readonly(security)}\n"
+    "modules.http_client = readonly(host.http)\n"
+    "modules.http = modules.http_client\n"
     "safe.require = function(name)\n"
     "  local m = modules[name]\n"
     "  if m == nil then error(\"module '\" .. tostring(name) .. \"' not found\", 2) end\n"
@@ -442,6 +444,7 @@ static void inst_teardown(rl_lua_inst *I)
     while (I->timers)
         rl_lua_timer_close(I->timers);
     I->deadline = NULL;
+    rl_lua_http_release(I);
     rl_lua_names_release(I->proc.pid);
     rl_lua_chan *in = rl_lua_ref_udata(I->inbox_ref);
     if (in)
@@ -1102,6 +1105,8 @@ static int init_p(lua_State *L)
     rl_lua_host_open(L); /* 2: host helpers */
     rl_lua_uuid_push(L);
     lua_setfield(L, -2, "uuid");
+    rl_lua_http_push(L);
+    lua_setfield(L, -2, "http");
     lua_pushglobaltable(L);
     rl_lua_json_open(L);
     rl_lua_time_open(L);

@@ -138,6 +138,11 @@ size_t rl_lua_pool_bytes(void);
 /* rl_lua_uuid.c: pushes the uuid module's table. */
 void rl_lua_uuid_push(lua_State *L);
 
+/* rl_lua_http.c: pushes the http module's table; cancels and frees the requests of an ending
+   instance (from inst_teardown: no callback reaches it afterwards). */
+void rl_lua_http_push(lua_State *L);
+void rl_lua_http_release(rl_lua_inst *I);
+
 /* rl_lua.c */
 /* The running instance; raises a Lua error when called outside one. */
 rl_lua_inst *rl_lua_current(lua_State *L);
