@@ -22,6 +22,7 @@
 
 #include "rl_log.h"
 #include "rl_lua_int.h"
+#include "rl_lua_types.h"
 #include "rl_metrics.h"
 
 rl_lua_host rl_lua_g;
@@ -178,19 +179,22 @@ static const char prelude[] =
     "}\n"
     "local modules = {json = readonly(json), time = readonly(time), uuid = readonly(host.uuid),\n"
     "  logger = readonly(mklogger(nil, nil)), security = readonly(security)}\n"
+    /* errors, env, ctx, funcs, process.with_context and imports: rl_lua_fid.c */
+    "local import = host.extend(modules, safe, process, readonly, G)\n"
     "safe.require = function(name)\n"
     "  local m = modules[name]\n"
+    "  if m == nil and type(name) == 'string' then m = import(name) end\n"
     "  if m == nil then error(\"module '\" .. tostring(name) .. \"' not found\", 2) end\n"
     "  return m\n"
     "end\n"
-    "local function boot(chunk, env, method, args)\n"
+    "local function boot(chunk, env, method, ...)\n"
     "  local mod = chunk(env)\n"
     "  local f\n"
     "  if type(mod) == 'table' then f = mod[method] end\n"
     "  if f == nil then f = rawget(env, method) end\n"
     "  if type(f) ~= 'function' then\n"
     "    error(\"plugin has no function '\" .. method .. \"'\", 0) end\n"
-    "  return f(args)\n"
+    "  return f(...)\n"
     "end\n"
     "return safe, {__index = safe, __metatable = false}, boot, readonly\n";
 
@@ -363,12 +367,19 @@ uint64_t rl_lua_rand(void)
     return H.rng = x;
 }
 
+size_t rl_lua_ndefs(void) { return H.cfg ? H.cfg->nplugins + H.cfg->nlua_entries : 0; }
+
+const rl_plugin_def *rl_lua_def_at(size_t i)
+{
+    return i < H.cfg->nplugins ? &H.cfg->plugins[i] : &H.cfg->lua_entries[i - H.cfg->nplugins];
+}
+
 const rl_plugin_def *rl_lua_find_def(const char *s)
 {
     if (!H.cfg)
         return NULL;
-    for (size_t i = 0; i < H.cfg->nplugins; i++) {
-        const rl_plugin_def *d = &H.cfg->plugins[i];
+    for (size_t i = 0; i < rl_lua_ndefs(); i++) {
+        const rl_plugin_def *d = rl_lua_def_at(i);
         if ((d->id && strcmp(d->id, s) == 0) || (d->name && strcmp(d->name, s) == 0))
             return d;
     }
@@ -377,13 +388,21 @@ const rl_plugin_def *rl_lua_find_def(const char *s)
 
 static ssize_t def_index(const rl_plugin_def *def)
 {
-    for (size_t i = 0; i < H.cfg->nplugins; i++)
-        if (&H.cfg->plugins[i] == def)
+    for (size_t i = 0; i < rl_lua_ndefs(); i++)
+        if (rl_lua_def_at(i) == def)
             return (ssize_t)i;
-    for (size_t i = 0; i < H.cfg->nplugins; i++)
-        if (def->id && H.cfg->plugins[i].id && strcmp(H.cfg->plugins[i].id, def->id) == 0)
+    for (size_t i = 0; i < rl_lua_ndefs(); i++) {
+        const rl_plugin_def *d = rl_lua_def_at(i);
+        if (def->id && d->id && strcmp(d->id, def->id) == 0 && d->lua_kind == def->lua_kind)
             return (ssize_t)i;
+    }
     return -1;
+}
+
+int rl_lua_chunk_of(const rl_plugin_def *def)
+{
+    ssize_t i = def_index(def);
+    return i < 0 ? LUA_NOREF : H.chunk_refs[i];
 }
 
 /* ---- scheduling: instances are processes in the node's one run queue ---------------------- */
@@ -443,6 +462,7 @@ static void inst_teardown(rl_lua_inst *I)
     }
     I->co_ref = I->env_ref = I->inbox_ref = I->events_ref = LUA_NOREF;
     I->co = NULL;
+    rl_lua_aux_free(I);
 }
 
 int rl_lua_child_add(rl_lua_inst *I, const char *pid)
@@ -656,6 +676,9 @@ static void inst_resume(rl_lua_inst *I)
         ret_err = error_text(co, buf, sizeof buf);
         lua_pop(co, 1);
     }
+    if (st == LUA_OK && !ret_err && nres >= 1 && !lua_isnil(co, -nres) && !I->exit_pending_set &&
+        !rl_lua_doomed(I))
+        rl_lua_exitval_post(co, I, -nres); /* result.value of its monitors' EXIT events */
     if (st == LUA_YIELD || st == LUA_OK)
         lua_pop(co, nres);
     if (I->exit_pending_set) {
@@ -710,9 +733,13 @@ int rl_lua_unmon_find(const rl_lua_inst *I, const char *pid)
 }
 
 static void push_event(rl_lua_inst *I, rl_lua_ev_kind kind, const char *from, const char *error,
-                       uint64_t deadline, const char *reason)
+                       uint64_t deadline, const char *reason, rl_body *value)
 {
     rl_lua_event *e = calloc(1, sizeof *e);
+    if (e)
+        e->value = value; /* taken over */
+    else
+        rl_body_unref(value);
     if (!e || (error && !(e->error = strdup(error))) || (reason && !(e->reason = strdup(reason)))) {
         rl_error("lua", "plugin %s: out of memory, event dropped", I->proc.pid);
         rl_lua_event_free(e);
@@ -736,12 +763,15 @@ static void inst_handle(rl_proc *p, rl_msg *m)
         const char *from = m->ctl.exit.pid;
         const char *error = m->ctl.exit.error ? m->ctl.exit.error->data : NULL;
         int u = rl_lua_unmon_find(I, from);
-        if (u >= 0) /* process.unmonitor(from): no EXIT; the report was its last word */
+        rl_body *value = rl_lua_exitval_take(I, from);
+        if (u >= 0) { /* process.unmonitor(from): no EXIT; the report was its last word */
             memmove(I->unmon->pid[u], I->unmon->pid[--I->unmon->n], RL_PID_MAX);
-        else
-            push_event(I, RL_EV_EXIT, from, error, 0, NULL);
+            rl_body_unref(value);
+        } else {
+            push_event(I, RL_EV_EXIT, from, error, 0, NULL, value);
+        }
         if (error && is_linked(I, from))
-            push_event(I, RL_EV_LINK_DOWN, from, error, 0, NULL);
+            push_event(I, RL_EV_LINK_DOWN, from, error, 0, NULL, NULL);
         rl_msg_free(m);
         return;
     }
@@ -757,7 +787,7 @@ static void inst_cancel(rl_proc *p, uint64_t deadline_ms)
     rl_lua_inst *I = (rl_lua_inst *)p;
     if (I->torn)
         return;
-    push_event(I, RL_EV_CANCEL, H.cancel_from, NULL, deadline_ms, H.cancel_reason);
+    push_event(I, RL_EV_CANCEL, H.cancel_from, NULL, deadline_ms, H.cancel_reason, NULL);
     if (!I->deadline) {
         I->deadline = rl_lua_timer_start(I, RL_TIMER_DEADLINE, deadline_ms, 0, LUA_NOREF);
         if (!I->deadline)
@@ -815,6 +845,8 @@ typedef struct spawn_ctx {
     int chunk_ref;
     const char *args_json;    /* a child's run() argument (JSON), or NULL */
     const rl_spawn_args *hub; /* or the hub's arguments */
+    int nargs;                /* >= 0: args_json is an array of nargs run() arguments */
+    const char *ctx;          /* process.with_context values (JSON object) or NULL */
 } spawn_ctx;
 
 /* Pushes args.config: the relay's parameters and the plugin's identity. The same for every
@@ -828,13 +860,24 @@ static void push_config(lua_State *L, const rl_config *c, const rl_plugin_def *d
         return;
     }
     lua_rawgeti(L, LUA_REGISTRYINDEX, H.readonly_ref);
-    lua_createtable(L, 0, 6);
+    lua_createtable(L, 0, 10);
     lua_pushinteger(L, c->max_connections_per_user);
     lua_setfield(L, -2, "max_connections_per_user");
     lua_pushinteger(L, c->queue_multiplier);
     lua_setfield(L, -2, "queue_multiplier");
     lua_pushfstring(L, "%Is", (lua_Integer)(c->user_hub_inactivity_timeout_ms / 1000));
     lua_setfield(L, -2, "user_hub_inactivity_timeout");
+    /* the platform's derived fields (consts.get_config): seconds as "Ns" duration strings */
+    lua_pushinteger(L, (lua_Integer)c->max_connections_per_user * c->queue_multiplier);
+    lua_setfield(L, -2, "message_queue_size");
+    lua_pushfstring(L, "%Is", (lua_Integer)(c->user_hub_inactivity_timeout_ms / 2500));
+    lua_setfield(L, -2, "gc_check_interval");
+    lua_pushfstring(L, "%Is", (lua_Integer)(c->user_hub_inactivity_timeout_ms / 5000));
+    lua_setfield(L, -2, "heartbeat_interval");
+    if (c->application_host) {
+        lua_pushstring(L, c->application_host);
+        lua_setfield(L, -2, "user_hub_host");
+    }
     if (c->user_security_scope) {
         lua_pushstring(L, c->user_security_scope);
         lua_setfield(L, -2, "user_security_scope");
@@ -895,17 +938,34 @@ static int spawn_p(lua_State *L)
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->chunk_ref);
     lua_pushvalue(L, env);
     lua_pushstring(L, I->def->method && I->def->method[0] ? I->def->method : "run");
+    int nvals = 1;
     if (s->hub) {
         push_hub_args(L, s->hub);
+    } else if (s->nargs >= 0 && s->args_json) { /* every argument of process.spawn*(id, host, ...) */
+        if (!rl_lua_json_decode(L, s->args_json, strlen(s->args_json)) || !lua_istable(L, -1))
+            return luaL_error(L, "bad spawn arguments: %s", lua_tostring(L, -1));
+        luaL_checkstack(L, s->nargs + 8, "too many spawn arguments");
+        int t = lua_gettop(L);
+        for (int i = 1; i <= s->nargs; i++)
+            lua_rawgeti(L, t, i);
+        lua_remove(L, t);
+        nvals = s->nargs;
+    } else if (s->nargs >= 0) {
+        nvals = 0;
     } else if (!s->args_json) {
         lua_newtable(L);
     } else if (!rl_lua_json_decode(L, s->args_json, strlen(s->args_json))) {
         return luaL_error(L, "bad spawn arguments: %s", lua_tostring(L, -1));
     }
-    if (!lua_checkstack(co, 5))
+    if (s->ctx) {
+        rl_lua_aux *A = rl_lua_aux_of(I);
+        if (!A || !(A->ctx = rl_body_new(s->ctx, strlen(s->ctx))))
+            return luaL_error(L, "not enough memory");
+    }
+    if (!lua_checkstack(co, 4 + nvals))
         return luaL_error(L, "not enough memory");
-    lua_xmove(L, co, 5);
-    I->nargs = 4;
+    lua_xmove(L, co, 4 + nvals);
+    I->nargs = 3 + nvals;
     if (hook_step)
         lua_sethook(co, count_hook, LUA_MASKCOUNT, (int)hook_step);
     return 0;
@@ -929,7 +989,7 @@ static int spawn(lua_State *L, const rl_plugin_def *def, rl_owner *owner, rl_bod
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
-    I->def = &H.cfg->plugins[idx];
+    I->def = rl_lua_def_at((size_t)idx);
     I->co_ref = I->env_ref = I->inbox_ref = I->events_ref = LUA_NOREF;
     I->state = RL_INST_READY;
     if (rl_proc_start(&I->proc, &inst_ops, H.cfg->plugin_queue, owner) < 0) {
@@ -969,7 +1029,16 @@ int rl_lua_spawn_child(lua_State *L, rl_lua_inst *parent, const rl_plugin_def *d
                        const char *args_json, int monitored, char pid_out[RL_PID_MAX], char *err,
                        size_t errlen)
 {
-    spawn_ctx s = {NULL, LUA_NOREF, args_json, NULL};
+    spawn_ctx s = {NULL, LUA_NOREF, args_json, NULL, -1, NULL};
+    return spawn(L, def, parent->proc.owner, parent->user_meta, &s,
+                 monitored ? &parent->proc : NULL, pid_out, err, errlen);
+}
+
+int rl_lua_spawn_child_n(lua_State *L, rl_lua_inst *parent, const rl_plugin_def *def,
+                         const char *args_json, int nargs, const char *ctx, int monitored,
+                         char pid_out[RL_PID_MAX], char *err, size_t errlen)
+{
+    spawn_ctx s = {NULL, LUA_NOREF, args_json, NULL, nargs < 0 ? 0 : nargs, ctx};
     return spawn(L, def, parent->proc.owner, parent->user_meta, &s,
                  monitored ? &parent->proc : NULL, pid_out, err, errlen);
 }
@@ -980,7 +1049,7 @@ int rl_lua_spawn(const rl_spawn_args *a, char pid_out[RL_PID_MAX], char *err, si
         snprintf(err, errlen, "the plugin host is closed");
         return -ESHUTDOWN;
     }
-    spawn_ctx s = {NULL, LUA_NOREF, NULL, a};
+    spawn_ctx s = {NULL, LUA_NOREF, NULL, a, -1, NULL};
     return spawn(H.L, a->def, a->owner, a->user_metadata, &s, a->parent, pid_out, err, errlen);
 }
 
@@ -1035,11 +1104,11 @@ static char *read_file(const char *path, size_t *len)
 /* Compiles plugin i (or reuses the chunk of an earlier plugin with the same source). */
 static int compile_plugin(lua_State *L, size_t i, init_ctx *c)
 {
-    const rl_plugin_def *d = &H.cfg->plugins[i];
+    const rl_plugin_def *d = rl_lua_def_at(i);
     const char *file = H.cfg->path ? H.cfg->path : (d->source_path ? d->source_path : "?");
     for (size_t j = 0; j < i; j++) {
-        if (d->source_path && H.cfg->plugins[j].source_path &&
-            strcmp(d->source_path, H.cfg->plugins[j].source_path) == 0) {
+        if (d->source_path && rl_lua_def_at(j)->source_path &&
+            strcmp(d->source_path, rl_lua_def_at(j)->source_path) == 0) {
             H.chunk_refs[i] = H.chunk_refs[j];
             return 0;
         }
@@ -1050,6 +1119,13 @@ static int compile_plugin(lua_State *L, size_t i, init_ctx *c)
         snprintf(c->err, c->errlen, "%s: entry %s: cannot read source %s: %s", file,
                  d->name ? d->name : "?", d->source_path ? d->source_path : "(none)",
                  strerror(errno ? errno : ENOENT));
+        return -1;
+    }
+    char why[256];
+    if (rl_lua_strip_types(src, len, why, sizeof why) < 0) { /* the platform's annotations */
+        snprintf(c->err, c->errlen, "%s: entry %s: %s: %s", file, d->name ? d->name : "?",
+                 d->source_path, why);
+        free(src);
         return -1;
     }
     /* On the first line, so error line numbers match the file; a "#!" line becomes a comment. */
@@ -1087,6 +1163,7 @@ static int init_p(lua_State *L)
     rl_lua_str_open(L);
 
     rl_lua_host_open(L); /* 2: host helpers */
+    rl_lua_fid_host(L);
     rl_lua_uuid_push(L);
     lua_setfield(L, -2, "uuid");
     lua_pushglobaltable(L);
@@ -1104,9 +1181,9 @@ static int init_p(lua_State *L)
     H.env_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     H.safe_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
-    for (size_t i = 0; i < H.cfg->nplugins; i++)
+    for (size_t i = 0; i < rl_lua_ndefs(); i++)
         H.chunk_refs[i] = H.config_refs[i] = LUA_NOREF;
-    for (size_t i = 0; i < H.cfg->nplugins; i++)
+    for (size_t i = 0; i < rl_lua_ndefs(); i++)
         if (compile_plugin(L, i, c) < 0) {
             lua_pushinteger(L, -1);
             return 1;
@@ -1130,7 +1207,7 @@ static void unref_chunks(lua_State *L, int *refs, size_t n)
 static int reload_p(lua_State *L)
 {
     init_ctx *c = lua_touserdata(L, 1);
-    for (size_t i = 0; i < H.cfg->nplugins; i++)
+    for (size_t i = 0; i < rl_lua_ndefs(); i++)
         if (compile_plugin(L, i, c) < 0) {
             lua_pushinteger(L, -1);
             return 1;
@@ -1143,7 +1220,7 @@ int rl_lua_reload(char *err, size_t errlen)
 {
     if (!H.L || !H.open)
         return -ESHUTDOWN;
-    size_t n = H.cfg->nplugins;
+    size_t n = rl_lua_ndefs();
     int *old = H.chunk_refs, *fresh = malloc((n ? n : 1) * sizeof *fresh);
     if (!fresh) {
         snprintf(err, errlen, "out of memory");
@@ -1237,8 +1314,9 @@ int rl_lua_init(const rl_config *c, char *err, size_t errlen)
     H.rng = uv_hrtime() | 1;
     uint64_t budget = c->lua_instruction_budget;
     hook_step = budget == 0 ? 0 : (budget < RL_LUA_HOOK_STEP ? budget : RL_LUA_HOOK_STEP);
-    H.chunk_refs = calloc(c->nplugins ? c->nplugins : 1, sizeof *H.chunk_refs);
-    H.config_refs = calloc(c->nplugins ? c->nplugins : 1, sizeof *H.config_refs);
+    size_t ndefs = c->nplugins + c->nlua_entries;
+    H.chunk_refs = calloc(ndefs ? ndefs : 1, sizeof *H.chunk_refs);
+    H.config_refs = calloc(ndefs ? ndefs : 1, sizeof *H.config_refs);
     if (!H.chunk_refs || !H.config_refs || !(H.L = lua_newstate(host_alloc, NULL))) {
         snprintf(err, errlen, "%s: cannot create the Lua state: out of memory",
                  c->path ? c->path : "config");

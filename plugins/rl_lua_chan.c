@@ -60,6 +60,7 @@ void rl_lua_event_free(rl_lua_event *e)
         return;
     free(e->error);
     free(e->reason);
+    rl_body_unref(e->value);
     free(e);
 }
 
@@ -195,10 +196,16 @@ static void push_event(lua_State *L, const rl_lua_event *e)
         lua_pushstring(L, e->reason ? e->reason : "cancelled");
         lua_setfield(L, -2, "reason");
     } else {
-        lua_createtable(L, 0, 1);
+        lua_createtable(L, 0, 2);
         if (e->error) {
             lua_pushstring(L, e->error);
             lua_setfield(L, -2, "error");
+        }
+        if (e->value) { /* the process's return value, as it went through JSON */
+            if (rl_lua_json_decode(L, e->value->data, e->value->len))
+                lua_setfield(L, -2, "value");
+            else
+                lua_pop(L, 1);
         }
         lua_setfield(L, -2, "result");
     }

@@ -66,6 +66,7 @@ typedef struct rl_lua_event {
     struct rl_lua_event *next;
     rl_lua_ev_kind kind;
     uint64_t deadline_ms; /* CANCEL */
+    rl_body *value;       /* EXIT: the process's return value (JSON), NULL if none */
     char *error;          /* EXIT / LINK_DOWN: NULL = normal exit */
     char *reason;         /* CANCEL: why (NULL: none given) */
     char from[RL_PID_MAX];
@@ -100,9 +101,24 @@ struct rl_lua_inst { /* 320 bytes: one jemalloc class per idle instance, keep it
     int co_ref, env_ref, inbox_ref, events_ref;
     int nargs; /* values on co's stack for the next resume */
     unsigned budget_hit : 1, oom : 1, torn : 1, listed : 1, exit_pending_set : 1;
-    int oom_refusals; /* consecutive refused allocations while running */
+    unsigned oom_refusals : 2; /* consecutive refused allocations while running */
+    struct rl_lua_aux *aux;    /* what few instances use (rl_lua_fid.c), NULL until then */
     uint32_t nwaits, wcap, nlinks, nchildren, ntimers; /* ntimers: live timers it owns */
 };
+
+/* The exit value of a process one of its monitors has not handled yet (result.value). */
+typedef struct rl_lua_exitval {
+    struct rl_lua_exitval *next;
+    char pid[RL_PID_MAX];
+    rl_body *value; /* JSON */
+} rl_lua_exitval;
+
+/* Per-instance state of the platform-fidelity parts (rl_lua_fid.c). */
+typedef struct rl_lua_aux {
+    rl_lua_exitval *exitvals;
+    rl_body *ctx;     /* process.with_context values it was spawned with (JSON object) */
+    int imports_ref;  /* table: library id -> the module this instance imported */
+} rl_lua_aux;
 
 /* A count shared by an instance and the objects it made, freed by whichever goes last. */
 typedef struct rl_lua_count {
@@ -172,6 +188,11 @@ rl_lua_inst *rl_lua_inst_of(const char *pid);
 int rl_lua_spawn_child(lua_State *L, rl_lua_inst *parent, const rl_plugin_def *def,
                        const char *args_json, int monitored, char pid_out[RL_PID_MAX], char *err,
                        size_t errlen);
+/* The same with every run() argument: args_json is a JSON array of nargs values (holes are
+   nil), ctx a JSON object for the child's ctx module (may be NULL). */
+int rl_lua_spawn_child_n(lua_State *L, rl_lua_inst *parent, const rl_plugin_def *def,
+                         const char *args_json, int nargs, const char *ctx, int monitored,
+                         char pid_out[RL_PID_MAX], char *err, size_t errlen);
 /* Index of pid in I's unmonitored set, or -1. */
 int rl_lua_unmon_find(const rl_lua_inst *I, const char *pid);
 /* The plugin def whose id or name is s, or NULL. */
@@ -230,8 +251,33 @@ void rl_lua_time_push(lua_State *L, int64_t unix_ns);
    state's global tables with bounded ones (before the prelude copies them). */
 void rl_lua_str_open(lua_State *L);
 
+/* rl_lua_fid.c: the platform's errors, env, ctx, funcs modules, imports of library.lua
+   entries, process.with_context, exit values. */
+/* The aux state of I, made on first use; NULL on OOM. */
+rl_lua_aux *rl_lua_aux_of(rl_lua_inst *I);
+/* Frees I's aux state (teardown). */
+void rl_lua_aux_free(rl_lua_inst *I);
+/* Takes the pending exit value of pid for I (NULL if none); the caller owns the reference. */
+rl_body *rl_lua_exitval_take(rl_lua_inst *I, const char *pid);
+/* Hands the exit value at idx of the ending instance I to every Lua instance monitoring it. */
+void rl_lua_exitval_post(lua_State *co, rl_lua_inst *I, int idx);
+/* Adds host.extend (run by the prelude: errors, env, ctx, funcs, process.with_context, and
+   the import function require falls back to) and its host.fid_* helpers to the table on top. */
+void rl_lua_fid_host(lua_State *L);
+/* The def at index i of the host's list (plugins, then the other Lua entries), count. */
+const rl_plugin_def *rl_lua_def_at(size_t i);
+size_t rl_lua_ndefs(void);
+/* The compiled chunk of def (LUA_NOREF if none). */
+int rl_lua_chunk_of(const rl_plugin_def *def);
+/* Pushes a fresh environment table for a library or function run (the instance's globals
+   table is not shared with it; it sees the same sandbox). */
+void rl_lua_push_env(lua_State *L);
+
 /* rl_lua_proc.c */
 void rl_lua_proc_open(lua_State *L); /* pushes the process module table */
+/* process.spawn* with (id, host, args...) from stack index first; ctx: with_context values
+   (JSON object) or NULL. Returns the Lua results (pid, or nil and the reason). */
+int rl_lua_proc_spawn(lua_State *L, int first, int monitored, int linked, const char *ctx);
 /* Pushes the host helper table used by the prelude (log, env, actor). */
 void rl_lua_host_open(lua_State *L);
 /* Drops every registry name owned by pid. */
