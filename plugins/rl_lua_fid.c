@@ -330,6 +330,7 @@ static const char fid_lua[] =
     "  return {thread = 'main', frames = frames}\n"
     "end\n"
     "safe.errors = readonly(errors)\n"
+    "modules.errors = safe.errors\n"
     "local function as_err(x, kind)\n"
     "  if x == nil or made[x] then return x end\n"
     "  return mkerr(tostring(x), kind or 'UNKNOWN')\n"
