@@ -122,6 +122,7 @@ static const char prelude[] =
     "safe.math = readonly(copy(G.math, {randomseed = true}))\n"
     "safe.utf8 = readonly(copy(G.utf8))\n"
     "local colib = copy(G.coroutine)\n"
+    "colib.spawn = host.co_spawn\n" /* scheduler-run coroutines (rl_lua.c tasks) */
     "local resume, coclose = colib.resume, colib.close\n"
     "colib.resume = function(co, ...) return pass(resume(co, ...)) end\n"
     "colib.close = function(co) return pass(coclose(co)) end\n"
@@ -332,7 +333,20 @@ size_t rl_lua_memory(void) { return H.bytes; }
 
 /* ---- helpers shared with the other modules --------------------------------------------- */
 
+/* The instance a coroutine.spawn task belongs to, or I itself. */
+static rl_lua_inst *main_of(const rl_lua_inst *I)
+{
+    return I && I->aux && I->aux->main ? I->aux->main : (rl_lua_inst *)I;
+}
+
 rl_lua_inst *rl_lua_current(lua_State *L)
+{
+    if (!H.current)
+        luaL_error(L, "not inside a plugin process");
+    return main_of(H.current);
+}
+
+rl_lua_inst *rl_lua_running(lua_State *L)
 {
     if (!H.current)
         luaL_error(L, "not inside a plugin process");
@@ -342,7 +356,8 @@ rl_lua_inst *rl_lua_current(lua_State *L)
 void rl_lua_check_block(lua_State *L, rl_lua_inst *I)
 {
     if (L != I->co)
-        luaL_error(L, "blocking call inside a coroutine created by the plugin is not supported");
+        luaL_error(L, "blocking call inside a coroutine created by the plugin is not supported "
+                      "(coroutine.spawn runs a function in which blocking calls work)");
     if (!lua_isyieldable(L))
         luaL_error(L, "attempt to block across a C-call boundary (inside a metamethod, an "
                       "iterator or a callback of a C function)");
@@ -507,10 +522,13 @@ static void family_release(rl_lua_inst *I)
 }
 
 /* Ends I: tears it down and exits its process (monitors get "pid.exit" with error). */
+static void tasks_end(rl_lua_inst *I);
+
 static void inst_finish(rl_lua_inst *I, const char *error, int quiet)
 {
     if (I->torn)
         return;
+    tasks_end(I);
     family_release(I);
     if (error && !quiet)
         rl_warn("lua", "plugin %s (%s) crashed: %s", I->def && I->def->id ? I->def->id : "?",
@@ -526,7 +544,8 @@ void rl_lua_kill(rl_lua_inst *I, const char *error)
 {
     if (I->torn)
         return;
-    if (I == H.current) { /* exits when its resume returns */
+    if (I == H.current || (H.current && main_of(H.current) == I)) { /* exits when its resume
+                                                                       (or its task's) returns */
         if (!I->exit_pending_set) {
             I->exit_pending_set = 1;
             I->exit_pending = error ? strdup(error) : NULL;
@@ -551,10 +570,8 @@ static const char *error_text(lua_State *co, char *buf, size_t n)
     return buf;
 }
 
-const char *rl_lua_doomed(const rl_lua_inst *I)
+static const char *doomed_self(const rl_lua_inst *I)
 {
-    if (!I)
-        return NULL;
     if (I->exit_pending_set)
         return I->exit_pending ? I->exit_pending : "terminated";
     if (I->oom)
@@ -562,6 +579,14 @@ const char *rl_lua_doomed(const rl_lua_inst *I)
     if (I->budget_hit)
         return "instruction budget exceeded";
     return I->limit_hit;
+}
+
+const char *rl_lua_doomed(const rl_lua_inst *I)
+{
+    if (!I)
+        return NULL;
+    const char *d = doomed_self(I);
+    return d || main_of(I) == I ? d : doomed_self(main_of(I)); /* a task dies with its instance */
 }
 
 static void doom(lua_State *L, rl_lua_inst *I);
@@ -652,6 +677,8 @@ void rl_lua_metrics(rl_metrics_out *out)
                        (unsigned long long)H.refusals[k]);
 }
 
+static void task_after_resume(rl_lua_inst *T, int st, int nres);
+
 static void inst_resume(rl_lua_inst *I)
 {
     lua_State *co = I->co;
@@ -666,6 +693,10 @@ static void inst_resume(rl_lua_inst *I)
     I->nargs = 0;
     if (I->torn)
         return;
+    if (main_of(I) != I) {
+        task_after_resume(I, st, nres);
+        return;
+    }
     char buf[512];
     const char *err = NULL;
     int done = 1;
@@ -712,6 +743,148 @@ static void inst_resume(rl_lua_inst *I)
         I->state = RL_INST_READY;
         runq_push(I);
     }
+}
+
+/* ---- coroutine.spawn: tasks ---------------------------------------------------------------
+ * A task is a coroutine of an instance that the node's scheduler runs: an rl_lua_inst of its
+ * own (its coroutine, waits, sleep timer, budget per resume, a hidden rl_proc for the run
+ * queue) whose aux->main is the instance. Every API call inside it acts for the instance
+ * (rl_lua_current: pid, inbox, sends, children, limits); only blocking and waking are the
+ * task's (rl_lua_running). An uncaught error or a limit in a task ends the instance with that
+ * error; the instance's end ends its tasks; a task's return values are dropped. */
+
+static void task_handle(rl_proc *p, rl_msg *m)
+{
+    (void)p;
+    rl_msg_free(m); /* nobody knows its pid */
+}
+
+static void task_cancel(rl_proc *p, uint64_t deadline_ms)
+{
+    (void)p;
+    (void)deadline_ms; /* ends with its instance, not on its own */
+}
+
+static void inst_run(rl_proc *p);
+static void inst_free(rl_proc *p);
+
+static const rl_proc_ops task_ops = {
+    .kind = "plugin task",
+    .letter = 'k',
+    .handle = task_handle,
+    .run = inst_run,
+    .cancel = task_cancel,
+    .free = inst_free,
+};
+
+static void tasks_end(rl_lua_inst *I)
+{
+    while (I->aux && I->aux->ntasks) {
+        rl_lua_inst *T = I->aux->tasks[I->aux->ntasks - 1];
+        inst_finish(T, NULL, 1); /* its teardown takes it off the list */
+        if (I->aux && I->aux->ntasks && I->aux->tasks[I->aux->ntasks - 1] == T)
+            I->aux->ntasks--; /* (out of memory for its aux: taken off here) */
+    }
+}
+
+static rl_lua_limit limit_of(const rl_lua_inst *I, int st)
+{
+    if (st == LUA_ERRMEM || I->oom)
+        return RL_LIMIT_MEMORY;
+    if (I->budget_hit)
+        return RL_LIMIT_INSTRUCTIONS;
+    return I->limit_kind;
+}
+
+static void task_after_resume(rl_lua_inst *T, int st, int nres)
+{
+    rl_lua_inst *M = main_of(T);
+    if (st == LUA_YIELD && !rl_lua_doomed(T)) {
+        lua_pop(T->co, nres);
+        if (T->state == RL_INST_RUNNING) { /* coroutine.yield() or a long slice */
+            T->state = RL_INST_READY;
+            runq_push(T);
+        }
+        return;
+    }
+    char buf[512];
+    const char *err = NULL;
+    if (M->exit_pending_set) {
+        err = NULL; /* the instance ends below with its own reason */
+    } else if (st == LUA_ERRMEM || doomed_self(T)) {
+        err = st == LUA_ERRMEM ? "not enough memory" : doomed_self(T);
+        H.kills[limit_of(T, st)]++;
+    } else if (rl_lua_doomed(M)) {
+        err = rl_lua_doomed(M);
+        H.kills[limit_of(M, st)]++;
+    } else if (st != LUA_OK) {
+        err = error_text(T->co, buf, sizeof buf);
+    }
+    if (err && err != buf) {
+        snprintf(buf, sizeof buf, "%s", err);
+        err = buf;
+    }
+    inst_finish(T, NULL, 1);
+    if (M->torn)
+        return;
+    if (M->exit_pending_set) { /* process.terminate of the instance from the task */
+        char *why = M->exit_pending;
+        M->exit_pending = NULL;
+        inst_finish(M, why, 1);
+        free(why);
+    } else if (err) {
+        inst_finish(M, err, 0);
+    }
+}
+
+/* coroutine.spawn(fn, ...): runs fn(...) as a task of the calling instance; returns true. */
+static int l_co_spawn(lua_State *L)
+{
+    rl_lua_inst *M = rl_lua_current(L);
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    rl_lua_aux *A = rl_lua_aux_of(M);
+    if (!A)
+        return luaL_error(L, "not enough memory");
+    if (A->ntasks >= RL_LUA_TASKS_MAX) {
+        rl_lua_refused(M, RL_LIMIT_CHILDREN);
+        return luaL_error(L, "too many spawned coroutines (at most %d)", RL_LUA_TASKS_MAX);
+    }
+    rl_lua_inst **nt = realloc(A->tasks, (A->ntasks + 1) * sizeof *nt);
+    if (!nt)
+        return luaL_error(L, "not enough memory");
+    A->tasks = nt;
+    int n = lua_gettop(L);
+    rl_lua_inst *T = calloc(1, sizeof *T);
+    if (!T)
+        return luaL_error(L, "not enough memory");
+    T->def = M->def;
+    T->co_ref = T->env_ref = T->inbox_ref = T->events_ref = LUA_NOREF;
+    T->state = RL_INST_READY;
+    if (!rl_lua_aux_of(T) || rl_proc_start(&T->proc, &task_ops, 1, M->proc.owner) < 0) {
+        free(T->aux);
+        free(T);
+        return luaL_error(L, "not enough memory");
+    }
+    T->aux->main = M;
+    A->tasks[A->ntasks++] = T;
+    T->listed = 1;
+    T->next = H.insts;
+    if (H.insts)
+        H.insts->prev = T;
+    H.insts = T;
+    lua_State *co = lua_newthread(L); /* may raise: T is on every list and is ended with M */
+    T->co = co;
+    T->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    luaL_checkstack(co, n, "too many arguments");
+    for (int i = 1; i <= n; i++)
+        lua_pushvalue(L, i);
+    lua_xmove(L, co, n);
+    T->nargs = n - 1;
+    if (hook_step)
+        lua_sethook(co, count_hook, LUA_MASKCOUNT, (int)hook_step);
+    runq_push(T);
+    lua_pushboolean(L, 1);
+    return 1;
 }
 
 /* ---- rl_proc operations ---------------------------------------------------------------- */
@@ -1164,6 +1337,8 @@ static int init_p(lua_State *L)
 
     rl_lua_host_open(L); /* 2: host helpers */
     rl_lua_fid_host(L);
+    lua_pushcfunction(L, l_co_spawn);
+    lua_setfield(L, -2, "co_spawn");
     rl_lua_uuid_push(L);
     lua_setfield(L, -2, "uuid");
     lua_pushglobaltable(L);

@@ -335,7 +335,7 @@ static int parse_cases(lua_State *L, sel_case *cs, int *dflt)
    is ready. MODE_SELECT: select(cases); MODE_RECV: ch:receive(); MODE_SEND: ch:send(v). */
 static int chan_do(lua_State *L, int mode)
 {
-    rl_lua_inst *I = rl_lua_current(L);
+    rl_lua_inst *I = rl_lua_running(L); /* the instance, or its coroutine.spawn task */
     sel_case cs[RL_LUA_SELECT_MAX];
     int n, dflt = 0;
     if (mode == MODE_SELECT) {
@@ -422,6 +422,20 @@ static int chan_do(lua_State *L, int mode)
         cs[i].ch->waiters = w;
     }
     I->state = RL_INST_BLOCKED;
+    /* A receiver now waits on an unbuffered channel: a sender already blocked on it (another
+       task of the instance) can complete the rendezvous, so it tries again. */
+    for (int i = 0; i < n; i++) {
+        if (cs[i].op != OP_RECV || cs[i].ch->kind != RL_CH_LUA || cs[i].ch->cap)
+            continue;
+        for (rl_lua_waiter *w = cs[i].ch->waiters; w;) {
+            if (w->op == OP_SEND && w->inst != I) {
+                rl_lua_wake(w->inst); /* unlinks its waiters: start over */
+                w = cs[i].ch->waiters;
+            } else {
+                w = w->next;
+            }
+        }
+    }
     return lua_yieldk(L, 0, mode, chan_k);
 }
 
@@ -451,7 +465,7 @@ static int l_new(lua_State *L)
 {
     lua_Integer n = luaL_optinteger(L, 1, 0);
     luaL_argcheck(L, n >= 0 && n <= RL_LUA_CHAN_MAX, 1, "size out of range");
-    rl_lua_inst *I = rl_lua_g.current;
+    rl_lua_inst *I = rl_lua_g.current ? rl_lua_current(L) : NULL; /* a task's count is its instance's */
     if (I && !I->chans) {
         if (!(I->chans = calloc(1, sizeof *I->chans)))
             return luaL_error(L, "not enough memory");

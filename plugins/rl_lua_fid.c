@@ -29,6 +29,15 @@ void rl_lua_aux_free(rl_lua_inst *I)
     if (!A)
         return;
     I->aux = NULL;
+    if (A->main && A->main->aux) { /* a task: off its instance's list */
+        rl_lua_aux *M = A->main->aux;
+        for (uint32_t i = 0; i < M->ntasks; i++)
+            if (M->tasks[i] == I) {
+                M->tasks[i] = M->tasks[--M->ntasks];
+                break;
+            }
+    }
+    free(A->tasks); /* an instance's tasks were ended before (inst_finish) */
     while (A->exitvals) {
         rl_lua_exitval *v = A->exitvals;
         A->exitvals = v->next;

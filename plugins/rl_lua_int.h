@@ -24,6 +24,7 @@
 #define RL_LUA_DURATION_MAX 9.2e18 /* |duration| in ns (int64, as Go's time.Duration) */
 #define RL_LUA_TICK_MIN_NS 1e6     /* shortest ticker period: the loop's timer resolution */
 #define RL_LUA_UNMON_MAX 256       /* processes one instance has unmonitored (pending exits) */
+#define RL_LUA_TASKS_MAX 1024      /* live coroutine.spawn tasks of one instance */
 
 /* What the sandbox bounds per instance: the label of its kill and refusal counters. */
 #define RL_LUA_LIMITS(X)                                                                          \
@@ -118,6 +119,9 @@ typedef struct rl_lua_aux {
     rl_lua_exitval *exitvals;
     rl_body *ctx;     /* process.with_context values it was spawned with (JSON object) */
     int imports_ref;  /* table: library id -> the module this instance imported */
+    struct rl_lua_inst *main;   /* a coroutine.spawn task: the instance it belongs to */
+    struct rl_lua_inst **tasks; /* an instance: its live tasks */
+    uint32_t ntasks;
 } rl_lua_aux;
 
 /* A count shared by an instance and the objects it made, freed by whichever goes last. */
@@ -151,8 +155,12 @@ extern rl_lua_host rl_lua_g;
 void rl_lua_uuid_push(lua_State *L);
 
 /* rl_lua.c */
-/* The running instance; raises a Lua error when called outside one. */
+/* The running instance (the one a running coroutine.spawn task belongs to); raises a Lua
+   error when called outside one. */
 rl_lua_inst *rl_lua_current(lua_State *L);
+/* What is inside lua_resume: the instance or one of its tasks (what blocks, and is woken, is
+   this one); raises outside. */
+rl_lua_inst *rl_lua_running(lua_State *L);
 /* Raises unless L may block: it must be the instance's own coroutine (not one the plugin
    created) and yieldable (not inside a C call such as a table.sort comparator). */
 /* Registers the metatable `name` for a userdata class: methods (may be NULL) as __index, the

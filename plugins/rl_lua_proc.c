@@ -577,7 +577,7 @@ static int h_log(lua_State *L)
         return 0;
     const char *name = luaL_optstring(L, 2, "plugin");
     const char *msg = luaL_optstring(L, 3, "");
-    rl_lua_inst *I = rl_lua_g.current;
+    rl_lua_inst *I = rl_lua_g.current ? rl_lua_current(L) : NULL;
     rl_log_field f[2 + RL_LUA_LOG_FIELDS];
     size_t nf = 0;
     f[nf++] = (rl_log_field){"plugin", name, 0};

@@ -221,7 +221,7 @@ static int sleep_k(lua_State *L, int status, lua_KContext ctx)
 
 static int l_sleep(lua_State *L)
 {
-    rl_lua_inst *I = rl_lua_current(L);
+    rl_lua_inst *I = rl_lua_running(L); /* the instance, or its coroutine.spawn task */
     uint64_t ms = to_timeout(rl_lua_duration_arg(L, 1));
     rl_lua_check_block(L, I);
     timer_room(L, I);

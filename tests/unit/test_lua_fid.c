@@ -37,7 +37,11 @@ static char tmpdir[64];
 static void rec_handle(rl_proc *p, rl_msg *m)
 {
     rec *r = (rec *)p;
-    if (r->n < REC_MAX && m->body) {
+    if (r->n < REC_MAX && m->topic == RL_T_PID_EXIT) {
+        r->topic[r->n] = strdup("pid.exit");
+        r->payload[r->n] = strdup(m->ctl.exit.error ? m->ctl.exit.error->data : "");
+        r->n++;
+    } else if (r->n < REC_MAX && m->body) {
         size_t n;
         const char *t = rl_msg_topic_name(m, &n);
         r->topic[r->n] = strndup(t, n);
@@ -193,6 +197,49 @@ static const char fid_src[] =
     "  r.unknown = not pcall(require, 'nothing_here')\n"
     "  r.cycle = select(2, pcall(require, 'cyc')):find('import cycle') ~= nil\n"
     "  reply(r)\n"
+    "end\n"
+    "function cmds.tasks()\n"
+    "  local r: Reply = {}\n"
+    "  local ch, order = channel.new(), {}\n"
+    "  r.ret = coroutine.spawn(function(a: integer, b: integer)\n"
+    "    time.sleep('20ms')\n"
+    "    order[#order + 1] = 'task'\n"
+    "    ch:send(a + b)\n"
+    "  end, 1, 2) == true\n"
+    "  order[#order + 1] = 'main'\n"
+    "  r.value = ch:receive() == 3\n"
+    "  r.order = order[1] == 'main' and order[2] == 'task'\n"
+    "  local out = channel.new(10)\n"
+    "  for i = 1, 10 do coroutine.spawn(function() time.sleep((11 - i) .. 'ms'); out:send(i) end) end\n"
+    "  local sum, first = 0, nil\n"
+    "  for i = 1, 10 do local v = out:receive(); first = first or v; sum = sum + v end\n"
+    "  r.fan = sum == 55 and first == 10\n"
+    "  local idc = channel.new(1)\n"
+    "  coroutine.spawn(function() idc:send(process.pid()) end)\n"
+    "  r.pid = idc:receive() == process.pid()\n"
+    "  r.bad = not pcall(coroutine.spawn, 5)\n"
+    "  local sel = channel.new()\n"
+    "  coroutine.spawn(function()\n"
+    "    local t = time.after('5ms')\n"
+    "    local x = channel.select({sel:case_receive(), t:case_receive()})\n"
+    "    sel:send(x.channel == t)\n"
+    "  end)\n"
+    "  time.sleep('30ms')\n"
+    "  r.select = sel:receive() == true\n"
+    "  r.plain = select(2, pcall(coroutine.wrap(function() time.sleep(1) end))):find('coroutine.spawn') ~= nil\n"
+    "  reply(r)\n"
+    "end\n"
+    "function cmds.task_crash() coroutine.spawn(function() error('task boom', 0) end); time.sleep('2s') end\n"
+    "function cmds.task_spin()\n"
+    "  coroutine.spawn(function() while true do pcall(function() while true do end end) end end)\n"
+    "  time.sleep('2s')\n"
+    "end\n"
+    "function cmds.task_forever() for i = 1, 3 do coroutine.spawn(function() time.sleep('1h') end) end\n"
+    "  coroutine.spawn(function() process.inbox():receive() end)\n"
+    "  reply({spawned = true})\n"
+    "end\n"
+    "function cmds.task_terminate() coroutine.spawn(function() process.terminate(process.pid()) end)\n"
+    "  time.sleep('2s')\n"
     "end\n"
     "function cmds.config(p)\n"
     "  local c = p.config\n"
@@ -460,6 +507,80 @@ static void test_imports_per_instance(void **state)
     expect_all_true(b, "imports", "\"want\":1"); /* b's library state is its own */
 }
 
+/* The exit error of pid's PID_EXIT ("" for a normal exit), or NULL if none within 3 s. */
+static const char *exit_error(void)
+{
+    uv_timer_start(&tick, tick_cb, 5, 5);
+    uint64_t end = uv_now(&loop) + 3000;
+    for (;;) {
+        for (int i = 0; i < parent.n; i++)
+            if (strcmp(parent.topic[i], "pid.exit") == 0) {
+                uv_timer_stop(&tick);
+                return parent.payload[i];
+            }
+        if (uv_now(&loop) >= end)
+            break;
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+    uv_timer_stop(&tick);
+    return NULL;
+}
+
+static void send_only(const char *pid, const char *cmd)
+{
+    rl_msg *m = rl_msg_new_data(RL_T_APP, cmd, strlen(cmd), "{}", 2);
+    assert_int_equal(rl_send(&parent.proc, pid, m), 0);
+}
+
+static void test_coroutine_spawn(void **state)
+{
+    (void)state;
+    char pid[RL_PID_MAX];
+    start(pid);
+    expect_all_true(pid, "tasks", NULL);
+    expect_all_true(pid, "task_forever", NULL);
+    assert_int_equal(rl_proc_count('k'), 4);
+    /* the instance's end ends its tasks */
+    assert_int_equal(rl_cancel(NULL, pid, 0), 0);
+    assert_non_null(exit_error());
+    assert_int_equal(rl_proc_count('k'), 0);
+    assert_int_equal(rl_proc_count('p'), 0);
+}
+
+static void test_task_error_ends_the_instance(void **state)
+{
+    (void)state;
+    char pid[RL_PID_MAX];
+    start(pid);
+    send_only(pid, "task_crash");
+    const char *e = exit_error();
+    assert_non_null(e);
+    assert_string_equal(e, "task boom");
+    (void)0;
+}
+
+static void test_task_budget_and_terminate(void **state)
+{
+    (void)state;
+    char a[RL_PID_MAX], b[RL_PID_MAX];
+    start(a);
+    send_only(a, "task_spin");
+    const char *e = exit_error();
+    assert_non_null(e);
+    assert_string_equal(e, "instruction budget exceeded");
+    for (int i = 0; i < parent.n; i++) {
+        free(parent.topic[i]);
+        free(parent.payload[i]);
+    }
+    parent.n = 0;
+    start(b);
+    send_only(b, "task_terminate");
+    e = exit_error();
+    assert_non_null(e);
+    assert_string_equal(e, "terminated");
+    assert_int_equal(rl_proc_count('k'), 0);
+}
+
 static void test_config_fields(void **state)
 {
     (void)state;
@@ -478,6 +599,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_funcs_module, setup, teardown),
         cmocka_unit_test_setup_teardown(test_imports_per_instance, setup, teardown),
         cmocka_unit_test_setup_teardown(test_config_fields, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_coroutine_spawn, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_task_error_ends_the_instance, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_task_budget_and_terminate, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
