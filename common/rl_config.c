@@ -237,6 +237,7 @@ static const cfg_field node_fields[] = {
     {"console", F_BOOL, OFF(console), 0, 0, 0, 0, NULL},
     {"lua_instruction_budget", F_U64, OFF(lua_instruction_budget), 0, 1000, 1ULL << 40, 0, NULL},
     {"lua_memory_limit", F_SIZE, OFF(lua_memory_limit), 0, 1ULL << 20, 1ULL << 40, 0, NULL},
+    {"plugin_memory_limit", F_SIZE, OFF(plugin_memory_limit), 0, 0, 1ULL << 40, 0, NULL},
     {"plugin_queue", F_SIZE, OFF(plugin_queue), 0, 1, 1000000, 0, NULL},
     {"lua_result_max", F_SIZE, OFF(lua_result_max), 0, 1024, 1ULL << 31, 0, NULL},
     {"plugin_max_children", F_SIZE, OFF(plugin_max_children), 0, 0, 1000000, 0, NULL},
@@ -601,6 +602,7 @@ void rl_config_defaults(rl_config *c)
     c->console = 0;
     c->lua_instruction_budget = 10000000;
     c->lua_memory_limit = 256u << 20;
+    c->plugin_memory_limit = 64u << 20;
     c->plugin_queue = 1024;
     c->lua_result_max = 16u << 20;
     c->plugin_max_children = 64;

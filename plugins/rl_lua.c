@@ -199,6 +199,14 @@ static const char prelude[] =
     "end\n"
     "return safe, {__index = safe, __metatable = false}, boot, readonly\n";
 
+/* The instance a coroutine.spawn task belongs to, or I itself. */
+static rl_lua_inst *main_of(const rl_lua_inst *I)
+{
+    return I && I->aux && I->aux->main ? I->aux->main : (rl_lua_inst *)I;
+}
+
+static const char *doomed_self(const rl_lua_inst *I);
+
 /* ---- memory ---------------------------------------------------------------------------- */
 
 /* Small blocks: Lua makes and drops the same few sizes for every message (tables, their node
@@ -289,14 +297,115 @@ static void *block_realloc(void *p, size_t osize, size_t nsize)
     return np;
 }
 
+/* Memory per instance. Every block carries a header with the account it is charged to: the
+   instance that was running when it was made (a task's is its instance's), 0 for the host. A
+   block is charged to that account until it is freed, whoever frees it (the collector runs
+   during any resume), so an account is what the instance made and is still alive, plus the
+   message bodies it holds (rl_lua_mem_hold). An account outlives its instance until its last
+   byte is gone (strings and tables another instance still uses). */
+#define BLK_HDR 8 /* keeps Lua's 8-byte alignment (LUAI_MAXALIGN on 64-bit) */
+
+typedef struct mem_acct {
+    size_t bytes;
+    uint32_t live;      /* 1 while its instance exists */
+    uint32_t next_free; /* free list, when neither live nor holding bytes */
+} mem_acct;
+
+static mem_acct *accts;
+static uint32_t nacct, acct_free;
+
+static uint32_t current_acct(void) { return H.current ? main_of(H.current)->mem_acct : 0; }
+
+static void acct_put(uint32_t a)
+{
+    accts[a].next_free = acct_free;
+    acct_free = a;
+}
+
+static void acct_charge(uint32_t a, size_t add, size_t sub)
+{
+    if (!a || a >= nacct)
+        return;
+    accts[a].bytes = accts[a].bytes + add - sub;
+    if (!accts[a].live && accts[a].bytes == 0 && sub)
+        acct_put(a);
+}
+
+/* A new account (0 when none can be had: the instance is then only under the node's cap). */
+static uint32_t acct_new(void)
+{
+    if (!acct_free) {
+        uint32_t n = nacct ? nacct * 2 : 64;
+        mem_acct *na = realloc(accts, n * sizeof *na);
+        if (!na)
+            return 0;
+        accts = na;
+        for (uint32_t i = n; i-- > (nacct ? nacct : 1);) {
+            memset(&accts[i], 0, sizeof accts[i]);
+            acct_put(i);
+        }
+        if (!nacct)
+            memset(&accts[0], 0, sizeof accts[0]);
+        nacct = n;
+    }
+    uint32_t a = acct_free;
+    acct_free = accts[a].next_free;
+    accts[a].bytes = 0;
+    accts[a].live = 1;
+    return a;
+}
+
+static void acct_release(uint32_t a)
+{
+    if (!a || a >= nacct || !accts[a].live)
+        return;
+    accts[a].live = 0;
+    if (accts[a].bytes == 0)
+        acct_put(a);
+}
+
+void rl_lua_mem_hold(uint32_t acct, size_t add, size_t sub)
+{
+    acct_charge(acct, add, sub);
+    H.bytes = H.bytes + add - sub;
+    rl_metric_set(RL_M_LUA_BYTES, H.bytes);
+}
+
+size_t rl_lua_mem_of(const rl_lua_inst *I)
+{
+    return I->mem_acct && I->mem_acct < nacct ? accts[I->mem_acct].bytes : 0;
+}
+
+/* A refused allocation of the running instance: Lua collects and retries once, so a second
+   refusal in a row means it really is over (the node's cap: out of memory; its own cap: the
+   per-instance limit, a limit violation). */
+static void refused(int own_cap)
+{
+    rl_lua_inst *I = H.current;
+    if (!I || ++I->oom_refusals < 2)
+        return;
+    if (!own_cap) {
+        I->oom = 1;
+        return;
+    }
+    rl_lua_inst *M = main_of(I);
+    if (!doomed_self(M)) {
+        M->limit_kind = RL_LIMIT_MEMORY;
+        M->limit_hit = "memory limit of the instance exceeded (plugin_memory_limit)";
+    }
+}
+
 static void *host_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     (void)ud;
     size_t old = ptr ? osize : 0;
+    char *real = ptr ? (char *)ptr - BLK_HDR : NULL;
+    uint32_t acct = real ? *(uint32_t *)real : current_acct();
     if (nsize == 0) {
         if (ptr)
-            block_free(ptr, osize);
+            block_free(real, osize + BLK_HDR);
         H.bytes -= old;
+        acct_charge(acct, 0, old);
         rl_metric_set(RL_M_LUA_BYTES, H.bytes);
         return NULL;
     }
@@ -304,23 +413,27 @@ static void *host_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         /* Host work (spawning) gets a little headroom so a plugin at the cap fails first. */
         size_t cap = H.limit + (H.current ? 0 : H.headroom);
         if (H.bytes - old + nsize > cap) {
-            /* Lua retries once after an emergency collection: a second refusal in a row
-               means the running instance really is out of memory. */
-            if (H.current && ++H.current->oom_refusals >= 2)
-                H.current->oom = 1;
+            refused(0);
             return NULL;
         }
     }
-    void *np = block_realloc(ptr, old, nsize);
+    if (nsize > old && acct && acct == current_acct() && H.cfg->plugin_memory_limit &&
+        accts[acct].bytes - old + nsize > H.cfg->plugin_memory_limit) {
+        refused(1);
+        return NULL;
+    }
+    void *np = block_realloc(real, real ? old + BLK_HDR : 0, nsize + BLK_HDR);
     if (!np)
         return NULL;
+    *(uint32_t *)np = acct;
     H.bytes = H.bytes - old + nsize;
+    acct_charge(acct, nsize, old);
     if (nsize > old)
         H.allocated += nsize - old;
     if (H.current && nsize > old)
         H.current->oom_refusals = 0;
     rl_metric_set(RL_M_LUA_BYTES, H.bytes);
-    return np;
+    return (char *)np + BLK_HDR;
 }
 
 static int host_panic(lua_State *L)
@@ -332,12 +445,6 @@ static int host_panic(lua_State *L)
 size_t rl_lua_memory(void) { return H.bytes; }
 
 /* ---- helpers shared with the other modules --------------------------------------------- */
-
-/* The instance a coroutine.spawn task belongs to, or I itself. */
-static rl_lua_inst *main_of(const rl_lua_inst *I)
-{
-    return I && I->aux && I->aux->main ? I->aux->main : (rl_lua_inst *)I;
-}
 
 rl_lua_inst *rl_lua_current(lua_State *L)
 {
@@ -719,7 +826,7 @@ static void inst_resume(rl_lua_inst *I)
         rl_lua_limit k = st == LUA_ERRMEM || I->oom ? RL_LIMIT_MEMORY
                          : I->budget_hit            ? RL_LIMIT_INSTRUCTIONS
                                                     : I->limit_kind;
-        err = st == LUA_ERRMEM ? "not enough memory" : rl_lua_doomed(I);
+        err = rl_lua_doomed(I) ? rl_lua_doomed(I) : "not enough memory";
         H.kills[k]++;
     } else if (st == LUA_YIELD) {
         done = 0;
@@ -811,12 +918,15 @@ static void task_after_resume(rl_lua_inst *T, int st, int nres)
     const char *err = NULL;
     if (M->exit_pending_set) {
         err = NULL; /* the instance ends below with its own reason */
-    } else if (st == LUA_ERRMEM || doomed_self(T)) {
-        err = st == LUA_ERRMEM ? "not enough memory" : doomed_self(T);
+    } else if (doomed_self(T)) {
+        err = doomed_self(T);
         H.kills[limit_of(T, st)]++;
-    } else if (rl_lua_doomed(M)) {
-        err = rl_lua_doomed(M);
+    } else if (doomed_self(M)) {
+        err = doomed_self(M);
         H.kills[limit_of(M, st)]++;
+    } else if (st == LUA_ERRMEM) {
+        err = "not enough memory";
+        H.kills[RL_LIMIT_MEMORY]++;
     } else if (st != LUA_OK) {
         err = error_text(T->co, buf, sizeof buf);
     }
@@ -972,6 +1082,7 @@ static void inst_free(rl_proc *p)
 {
     rl_lua_inst *I = (rl_lua_inst *)p;
     inst_teardown(I);
+    acct_release(I->mem_acct);
     list_remove(I);
     free(I->waits);
     rl_body_unref(I->user_meta);
@@ -1163,6 +1274,7 @@ static int spawn(lua_State *L, const rl_plugin_def *def, rl_owner *owner, rl_bod
         return -ENOMEM;
     }
     I->def = rl_lua_def_at((size_t)idx);
+    I->mem_acct = acct_new();
     I->co_ref = I->env_ref = I->inbox_ref = I->events_ref = LUA_NOREF;
     I->state = RL_INST_READY;
     if (rl_proc_start(&I->proc, &inst_ops, H.cfg->plugin_queue, owner) < 0) {
@@ -1539,6 +1651,9 @@ void rl_lua_close(void)
     rl_lua_names_close();
     lua_close(H.L);
     H.L = NULL;
+    free(accts);
+    accts = NULL;
+    nacct = acct_free = 0;
     pool_drain();
     rl_lua_json_close();
     free(H.chunk_refs);

@@ -46,7 +46,17 @@ struct rl_lua_chan {
 
 typedef struct msg_ud {
     rl_msg *m;
+    uint32_t acct; /* the memory account its body is charged to (0: none) */
 } msg_ud;
+
+/* Bytes of m's body an instance is charged for holding it. */
+static size_t body_bytes(const rl_msg *m) { return m && m->body ? m->body->len : 0; }
+
+/* The memory account of the instance owning an inbox (0 once it is torn down). */
+static uint32_t inbox_acct(const rl_lua_chan *ch)
+{
+    return ch->owner ? ((const rl_lua_inst *)ch->owner)->mem_acct : 0;
+}
 
 typedef struct sel_case {
     rl_lua_chan *ch;
@@ -105,10 +115,17 @@ rl_lua_chan *rl_lua_chan_new(lua_State *L, int kind, size_t cap)
     return ch;
 }
 
-void rl_lua_chan_set_owner(rl_lua_chan *ch, rl_proc *p) { ch->owner = p; }
+void rl_lua_chan_set_owner(rl_lua_chan *ch, rl_proc *p)
+{
+    if (!p && ch->owner) /* torn down: what is still queued is nobody's any more */
+        for (rl_msg *m = ch->mhead; m; m = m->next)
+            rl_lua_mem_hold(inbox_acct(ch), 0, body_bytes(m));
+    ch->owner = p;
+}
 
 void rl_lua_chan_push_msg(rl_lua_chan *ch, rl_msg *m)
 {
+    rl_lua_mem_hold(inbox_acct(ch), body_bytes(m), 0); /* a body the instance holds */
     m->next = NULL;
     if (ch->mtail)
         ch->mtail->next = m;
@@ -177,6 +194,7 @@ static void push_msg(lua_State *L, rl_msg *m)
 {
     msg_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
     u->m = m;
+    u->acct = 0;
     luaL_setmetatable(L, MSG_MT);
 }
 
@@ -238,7 +256,9 @@ static void do_recv(lua_State *L, rl_lua_chan *ch, int chidx)
             if (!ch->mhead)
                 ch->mtail = NULL;
             m->next = NULL;
-            ((msg_ud *)lua_touserdata(L, -1))->m = m;
+            msg_ud *u = lua_touserdata(L, -1);
+            u->m = m;
+            u->acct = inbox_acct(ch); /* the charge moves with the message */
             rl_proc *p = ch->owner;
             if (p && p->qlen)
                 p->qlen--; /* the message leaves the mailbox bound (see rl_lua.c handle) */
@@ -613,8 +633,11 @@ static int l_msg_payload(lua_State *L)
 static int l_msg_gc(lua_State *L)
 {
     msg_ud *u = lua_touserdata(L, 1);
+    if (u->acct)
+        rl_lua_mem_hold(u->acct, 0, body_bytes(u->m));
     rl_msg_free(u->m);
     u->m = NULL;
+    u->acct = 0;
     return 0;
 }
 

@@ -41,6 +41,7 @@ typedef enum {
 #undef RL_LIMIT_ENUM
     RL_LIMIT_COUNT
 } rl_lua_limit;
+_Static_assert(RL_LIMIT_COUNT <= 8, "rl_lua_inst.limit_kind is a 3-bit field");
 
 typedef struct rl_lua_inst rl_lua_inst;
 typedef struct rl_lua_timer rl_lua_timer;
@@ -96,15 +97,16 @@ struct rl_lua_inst { /* 320 bytes: one jemalloc class per idle instance, keep it
     char **children;    /* live children it spawned: they end with it (plugin_max_children) */
     struct rl_lua_count *chans; /* live channels it made (plugin_max_channels) */
     rl_lua_unmon *unmon;        /* processes it unmonitored, NULL if none */
+    struct rl_lua_aux *aux;     /* what few instances use (rl_lua_fid.c), NULL until then */
     uint64_t parent;            /* serial of the instance that spawned it, 0 for a hub's plugin */
-    rl_lua_inst_state state;
-    rl_lua_limit limit_kind; /* with limit_hit: the limit that doomed it */
     int co_ref, env_ref, inbox_ref, events_ref;
     int nargs; /* values on co's stack for the next resume */
     unsigned budget_hit : 1, oom : 1, torn : 1, listed : 1, exit_pending_set : 1;
     unsigned oom_refusals : 2; /* consecutive refused allocations while running */
-    struct rl_lua_aux *aux;    /* what few instances use (rl_lua_fid.c), NULL until then */
+    unsigned state : 2;        /* rl_lua_inst_state */
+    unsigned limit_kind : 3;   /* rl_lua_limit: with limit_hit, the limit that doomed it */
     uint32_t nwaits, wcap, nlinks, nchildren, ntimers; /* ntimers: live timers it owns */
+    uint32_t mem_acct; /* its memory account (rl_lua.c), 0 = none */
 };
 
 /* The exit value of a process one of its monitors has not handled yet (result.value). */
@@ -173,6 +175,11 @@ const char *rl_lua_doomed(const rl_lua_inst *I);
 /* Counts n steps of C work of the running instance against its instruction budget; raises
    (and dooms it) when the budget is spent. No-op outside an instance. */
 void rl_lua_charge(lua_State *L, uint64_t n);
+/* Charges (add) or gives back (sub) bytes the instance of account acct holds outside Lua
+   (message bodies) to its account and to the node's count. */
+void rl_lua_mem_hold(uint32_t acct, size_t add, size_t sub);
+/* Bytes charged to I's account. */
+size_t rl_lua_mem_of(const rl_lua_inst *I);
 /* Dooms the running instance for exceeding `kind` (reason: static text) and raises. */
 void rl_lua_violation(lua_State *L, rl_lua_limit kind, const char *reason);
 /* Logs and counts a request of I refused at limit `kind` (the caller answers the error). */

@@ -241,6 +241,15 @@ static const char fid_src[] =
     "function cmds.task_terminate() coroutine.spawn(function() process.terminate(process.pid()) end)\n"
     "  time.sleep('2s')\n"
     "end\n"
+    "function cmds.hog()\n"
+    "  local t = {}\n"
+    "  for i = 1, 1e9 do t[i] = string.rep('x', 1000) .. i end\n"
+    "end\n"
+    "function cmds.hold()\n"
+    "  reply({holding = true})\n"
+    "  local held, inbox = {}, process.inbox()\n"
+    "  while true do held[#held + 1] = inbox:receive() end\n"
+    "end\n"
     "function cmds.config(p)\n"
     "  local c = p.config\n"
     "  reply({fields = c.message_queue_size == 15 and c.gc_check_interval == '48s'\n"
@@ -581,6 +590,69 @@ static void test_task_budget_and_terminate(void **state)
     assert_int_equal(rl_proc_count('k'), 0);
 }
 
+static void free_recs(void)
+{
+    for (int i = 0; i < parent.n; i++) {
+        free(parent.topic[i]);
+        free(parent.payload[i]);
+    }
+    parent.n = 0;
+}
+
+/* One instance allocating past plugin_memory_limit dies with that reason; another one (and
+   the host) goes on. */
+static void test_instance_memory_cap(void **state)
+{
+    (void)state;
+    cfg.plugin_memory_limit = 4u << 20;
+    char a[RL_PID_MAX], b[RL_PID_MAX];
+    start(a);
+    start(b);
+    send_only(a, "hog");
+    const char *e = exit_error();
+    assert_non_null(e);
+    assert_string_equal(e, "memory limit of the instance exceeded (plugin_memory_limit)");
+    free_recs();
+    expect_all_true(b, "errors", NULL); /* the other instance works */
+}
+
+/* Message bodies an instance holds count against its cap. */
+static void test_instance_memory_counts_bodies(void **state)
+{
+    (void)state;
+    cfg.plugin_memory_limit = 4u << 20;
+    char a[RL_PID_MAX], b[RL_PID_MAX];
+    start(a);
+    start(b);
+    expect_all_true(a, "hold", NULL);
+    size_t before = rl_lua_memory();
+    size_t big = 512u << 10;
+    char *body = malloc(big + 3);
+    body[0] = '"';
+    memset(body + 1, 'x', big);
+    body[big + 1] = '"';
+    body[big + 2] = '\0';
+    int sent = 0;
+    for (int i = 0; i < 12; i++) {
+        rl_msg *m = rl_msg_new_data(RL_T_APP, "big", 3, body, big + 2);
+        if (rl_send(&parent.proc, a, m) < 0) {
+            rl_msg_free(m);
+            break;
+        }
+        sent++;
+        uv_run(&loop, UV_RUN_NOWAIT);
+        if (i == 2) /* bodies held are in the node's count too */
+            assert_true(rl_lua_memory() >= before + 3 * big);
+    }
+    free(body);
+    assert_true(sent >= 8);
+    const char *e = exit_error();
+    assert_non_null(e);
+    assert_string_equal(e, "memory limit of the instance exceeded (plugin_memory_limit)");
+    free_recs();
+    expect_all_true(b, "errors", NULL);
+}
+
 static void test_config_fields(void **state)
 {
     (void)state;
@@ -600,6 +672,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_imports_per_instance, setup, teardown),
         cmocka_unit_test_setup_teardown(test_config_fields, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coroutine_spawn, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_instance_memory_cap, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_instance_memory_counts_bodies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_task_error_ends_the_instance, setup, teardown),
         cmocka_unit_test_setup_teardown(test_task_budget_and_terminate, setup, teardown),
     };
