@@ -1058,7 +1058,8 @@ static void inst_handle(rl_proc *p, rl_msg *m)
         rl_msg_free(m);
         return;
     }
-    rl_lua_chan_push_msg(rl_lua_ref_udata(I->inbox_ref), m);
+    rl_lua_chan *to = rl_lua_listen_chan(I, m); /* process.listen(topic), else the inbox */
+    rl_lua_chan_push_msg(to ? to : rl_lua_ref_udata(I->inbox_ref), m);
     /* The scheduler took m out of the mailbox count; until the plugin receives it, it still
        counts against the mailbox bound, so a plugin that does not keep up makes senders see
        -EAGAIN (overloaded) instead of growing the inbox without limit. */

@@ -24,6 +24,8 @@ enum { MODE_SELECT = 0, MODE_RECV = 1, MODE_SEND = 2 };
    has a uservalue (its ring buffer). A receive case is the channel itself. */
 struct rl_lua_chan {
     unsigned char kind, closed;
+    unsigned char data_only; /* an inbox-kind channel of process.listen(t, {message = false}):
+                                a receive gives the payload's data, not the message */
     rl_lua_waiter *waiters;
     union {
         struct {
@@ -121,6 +123,20 @@ void rl_lua_chan_set_owner(rl_lua_chan *ch, rl_proc *p)
         for (rl_msg *m = ch->mhead; m; m = m->next)
             rl_lua_mem_hold(inbox_acct(ch), 0, body_bytes(m));
     ch->owner = p;
+}
+
+void rl_lua_chan_set_data_only(rl_lua_chan *ch, int on) { ch->data_only = on ? 1 : 0; }
+
+void rl_lua_chan_detach(rl_lua_chan *ch)
+{
+    size_t queued = 0;
+    for (rl_msg *m = ch->mhead; m; m = m->next)
+        queued++;
+    if (ch->owner) /* what it still holds leaves the mailbox bound and the memory account */
+        ch->owner->qlen = ch->owner->qlen > queued ? ch->owner->qlen - (uint32_t)queued : 0;
+    rl_lua_chan_set_owner(ch, NULL);
+    ch->closed = 1;
+    notify(ch);
 }
 
 void rl_lua_chan_push_msg(rl_lua_chan *ch, rl_msg *m)
@@ -230,6 +246,8 @@ static void push_event(lua_State *L, const rl_lua_event *e)
 }
 
 /* Receives from ch (userdata at chidx), known ready: pushes value and ok. */
+static int push_data(lua_State *L, const rl_msg *m);
+
 static void do_recv(lua_State *L, rl_lua_chan *ch, int chidx)
 {
     switch (ch->kind) {
@@ -262,6 +280,12 @@ static void do_recv(lua_State *L, rl_lua_chan *ch, int chidx)
             rl_proc *p = ch->owner;
             if (p && p->qlen)
                 p->qlen--; /* the message leaves the mailbox bound (see rl_lua.c handle) */
+            if (ch->data_only) { /* the data instead of the message (collected soon) */
+                int ud = lua_gettop(L);
+                if (!push_data(L, m))
+                    lua_pushnil(L);
+                lua_remove(L, ud);
+            }
         }
         lua_pushboolean(L, 1);
         return;
@@ -645,9 +669,10 @@ static int l_msg_gc(lua_State *L)
    frame is decoded here, once, and nowhere else). A client message gets conn_pid: its sender,
    the connection, never what the client wrote. A raw frame comes back as a string; no body as
    nil. */
-static int l_payload_data(lua_State *L)
+static int l_payload_data(lua_State *L) { return push_data(L, check_msg(L)); }
+
+static int push_data(lua_State *L, const rl_msg *m)
 {
-    rl_msg *m = check_msg(L);
     if (!m->body)
         return 0;
     if (m->flags & RL_MSG_RAW) {

@@ -38,6 +38,15 @@ void rl_lua_aux_free(rl_lua_inst *I)
             }
     }
     free(A->tasks); /* an instance's tasks were ended before (inst_finish) */
+    for (uint32_t i = 0; i < A->nlistens; i++) {
+        rl_lua_chan *ch = rl_lua_ref_udata(A->listens[i].chan_ref);
+        if (ch)
+            rl_lua_chan_detach(ch); /* the channel may outlive the process */
+        if (H.L)
+            luaL_unref(H.L, LUA_REGISTRYINDEX, A->listens[i].chan_ref);
+        free(A->listens[i].topic);
+    }
+    free(A->listens);
     while (A->exitvals) {
         rl_lua_exitval *v = A->exitvals;
         A->exitvals = v->next;
@@ -93,6 +102,85 @@ void rl_lua_exitval_post(lua_State *co, rl_lua_inst *I, int idx)
         A->exitvals = v;
     }
     rl_body_unref(b);
+}
+
+/* ---- process.listen ------------------------------------------------------------------------ */
+
+rl_lua_chan *rl_lua_listen_chan(const rl_lua_inst *I, const rl_msg *m)
+{
+    if (!I->aux || !I->aux->nlistens)
+        return NULL;
+    size_t n;
+    const char *name = rl_msg_topic_name(m, &n);
+    for (uint32_t i = 0; i < I->aux->nlistens; i++) {
+        const char *t = I->aux->listens[i].topic;
+        if (strlen(t) == n && memcmp(t, name, n) == 0)
+            return rl_lua_ref_udata(I->aux->listens[i].chan_ref);
+    }
+    return NULL;
+}
+
+/* process.listen(topic[, {message = bool}]): a channel that gets the messages of that topic
+   instead of the inbox: their data (the default), or the message objects with message = true. */
+static int h_listen(lua_State *L)
+{
+    rl_lua_inst *I = rl_lua_current(L);
+    size_t n;
+    const char *topic = luaL_checklstring(L, 1, &n);
+    if (n == 0 || topic[0] == '@' || n > 255 || memchr(topic, '\0', n))
+        return luaL_error(L, "process.listen: the topic must be 1..255 bytes, not starting with @");
+    int message = 0;
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        lua_getfield(L, 2, "message");
+        message = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    } else if (!lua_isnoneornil(L, 2)) {
+        return luaL_typeerror(L, 2, "table of options");
+    }
+    rl_lua_aux *A = rl_lua_aux_of(I);
+    if (!A)
+        return luaL_error(L, "not enough memory");
+    for (uint32_t i = 0; i < A->nlistens; i++)
+        if (strcmp(A->listens[i].topic, topic) == 0)
+            return luaL_error(L, "process.listen: already listening to %s", topic);
+    if (A->nlistens >= RL_LUA_LISTEN_MAX)
+        return luaL_error(L, "process.listen: at most %d topics", RL_LUA_LISTEN_MAX);
+    rl_lua_listen *nl = realloc(A->listens, (A->nlistens + 1) * sizeof *nl);
+    if (!nl)
+        return luaL_error(L, "not enough memory");
+    A->listens = nl;
+    char *t = strdup(topic);
+    if (!t)
+        return luaL_error(L, "not enough memory");
+    rl_lua_chan *ch = rl_lua_chan_new(L, RL_CH_INBOX, 0); /* may raise: t is not kept yet */
+    rl_lua_chan_set_owner(ch, &I->proc);
+    rl_lua_chan_set_data_only(ch, !message);
+    lua_pushvalue(L, -1);
+    nl[A->nlistens].chan_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    nl[A->nlistens].topic = t;
+    A->nlistens++;
+    return 1;
+}
+
+/* process.unlisten(ch): the topic goes to the inbox again; ch is closed (what it holds can
+   still be received). true, or false when ch is no subscription of this instance. */
+static int h_unlisten(lua_State *L)
+{
+    rl_lua_inst *I = rl_lua_current(L);
+    void *ud = lua_touserdata(L, 1);
+    for (uint32_t i = 0; ud && I->aux && i < I->aux->nlistens; i++) {
+        rl_lua_listen *l = &I->aux->listens[i];
+        if (rl_lua_ref_udata(l->chan_ref) != ud)
+            continue;
+        rl_lua_chan_detach(ud);
+        luaL_unref(L, LUA_REGISTRYINDEX, l->chan_ref);
+        free(l->topic);
+        *l = I->aux->listens[--I->aux->nlistens];
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushboolean(L, 0);
+    return 1;
 }
 
 /* ---- host helpers ------------------------------------------------------------------------ */
@@ -418,6 +506,7 @@ static const char fid_lua[] =
     "S.spawn_linked = spawner(2)\n"
     "S.spawn_linked_monitored = spawner(3)\n"
     "function process.with_context(values) return mksp(merged({}, values), nil, {}) end\n"
+    "process.listen, process.unlisten = host.fid_listen, host.fid_unlisten\n"
     /* funcs: function.lua entries, run synchronously in the caller's instance */
     "local pcall = safe.pcall\n"
     "local function fcall(id, ...)\n"
@@ -463,6 +552,7 @@ void rl_lua_fid_host(lua_State *L)
     static const luaL_Reg fns[] = {
         {"fid_import", h_import}, {"fid_env_get", h_env_get}, {"fid_env_all", h_env_all},
         {"fid_ctx", h_ctx},       {"fid_spawn", h_spawn},     {"fid_func", h_func},
+        {"fid_listen", h_listen}, {"fid_unlisten", h_unlisten},
         {NULL, NULL},
     };
     luaL_setfuncs(L, fns, 0);

@@ -116,11 +116,20 @@ typedef struct rl_lua_exitval {
     rl_body *value; /* JSON */
 } rl_lua_exitval;
 
+/* process.listen(topic): messages of that topic go to its channel, not the inbox. */
+typedef struct rl_lua_listen {
+    char *topic;
+    int chan_ref;
+} rl_lua_listen;
+#define RL_LUA_LISTEN_MAX 64 /* subscriptions of one instance */
+
 /* Per-instance state of the platform-fidelity parts (rl_lua_fid.c). */
 typedef struct rl_lua_aux {
     rl_lua_exitval *exitvals;
     rl_body *ctx;     /* process.with_context values it was spawned with (JSON object) */
     int imports_ref;  /* table: library id -> the module this instance imported */
+    struct rl_lua_listen *listens; /* process.listen subscriptions */
+    uint32_t nlistens;
     struct rl_lua_inst *main;   /* a coroutine.spawn task: the instance it belongs to */
     struct rl_lua_inst **tasks; /* an instance: its live tasks */
     uint32_t ntasks;
@@ -225,6 +234,11 @@ void rl_lua_chan_push_event(rl_lua_chan *ch, rl_lua_event *e);
 void rl_lua_chan_fire(rl_lua_chan *ch, int64_t unix_ns);
 /* Stores the process whose mailbox count an inbox channel gives back on receive (NULL: none). */
 void rl_lua_chan_set_owner(rl_lua_chan *ch, rl_proc *p);
+/* An inbox-kind channel whose receive gives the payload's data instead of the message. */
+void rl_lua_chan_set_data_only(rl_lua_chan *ch, int on);
+/* Ends a host-fed inbox-kind channel: what it holds leaves its owner's mailbox count and memory
+   account, it is closed (receivers get what is left, then nil, false) and has no owner. */
+void rl_lua_chan_detach(rl_lua_chan *ch);
 /* Unlinks every waiter of I. */
 void rl_lua_unwait(rl_lua_inst *I);
 void rl_lua_event_free(rl_lua_event *e);
@@ -272,6 +286,8 @@ void rl_lua_str_open(lua_State *L);
 rl_lua_aux *rl_lua_aux_of(rl_lua_inst *I);
 /* Frees I's aux state (teardown). */
 void rl_lua_aux_free(rl_lua_inst *I);
+/* The process.listen channel m goes to instead of I's inbox, or NULL. */
+rl_lua_chan *rl_lua_listen_chan(const rl_lua_inst *I, const rl_msg *m);
 /* Takes the pending exit value of pid for I (NULL if none); the caller owns the reference. */
 rl_body *rl_lua_exitval_take(rl_lua_inst *I, const char *pid);
 /* Hands the exit value at idx of the ending instance I to every Lua instance monitoring it. */

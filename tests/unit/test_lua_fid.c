@@ -241,6 +241,33 @@ static const char fid_src[] =
     "function cmds.task_terminate() coroutine.spawn(function() process.terminate(process.pid()) end)\n"
     "  time.sleep('2s')\n"
     "end\n"
+    "function cmds.listen()\n"
+    "  local r: Reply = {}\n"
+    "  local me = process.pid()\n"
+    "  local ch, chm = process.listen('note'), process.listen('memo', {message = true})\n"
+    "  process.send(me, 'note', {n = 1}); process.send(me, 'memo', 'hello'); process.send(me, 'other', {})\n"
+    "  local v, ok = ch:receive()\n"
+    "  r.data = ok == true and v.n == 1\n"
+    "  local m = chm:receive()\n"
+    "  r.message = m:topic() == 'memo' and m:payload():data() == 'hello' and m:from() == me\n"
+    "  r.inbox = process.inbox():receive():topic() == 'other'\n"
+    "  r.dup = not pcall(process.listen, 'note')\n"
+    "  r.bad = not pcall(process.listen, '@x') and not pcall(process.listen, '')\n"
+    "    and not pcall(process.listen, 'y', 5)\n"
+    "  process.send(me, 'note', {n = 2})\n"
+    "  time.sleep('10ms')\n"
+    "  r.unlisten = process.unlisten(ch) == true and process.unlisten(ch) == false\n"
+    "    and process.unlisten({}) == false\n"
+    "  local v2, ok2 = ch:receive()\n"
+    "  local v3, ok3 = ch:receive()\n"
+    "  r.drained = ok2 == true and v2.n == 2 and ok3 == false and v3 == nil\n"
+    "  process.send(me, 'note', {n = 3})\n"
+    "  r.back = process.inbox():receive():topic() == 'note'\n"
+    "  local many = true\n"
+    "  for i = 1, 63 do many = many and pcall(process.listen, 't' .. i) end\n"
+    "  r.bound = many and not pcall(process.listen, 'one_more')\n"
+    "  reply(r)\n"
+    "end\n"
     "function cmds.hog()\n"
     "  local t = {}\n"
     "  for i = 1, 1e9 do t[i] = string.rep('x', 1000) .. i end\n"
@@ -653,6 +680,14 @@ static void test_instance_memory_counts_bodies(void **state)
     expect_all_true(b, "errors", NULL);
 }
 
+static void test_listen(void **state)
+{
+    (void)state;
+    char pid[RL_PID_MAX];
+    start(pid);
+    expect_all_true(pid, "listen", NULL);
+}
+
 static void test_config_fields(void **state)
 {
     (void)state;
@@ -672,6 +707,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_imports_per_instance, setup, teardown),
         cmocka_unit_test_setup_teardown(test_config_fields, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coroutine_spawn, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_listen, setup, teardown),
         cmocka_unit_test_setup_teardown(test_instance_memory_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_instance_memory_counts_bodies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_task_error_ends_the_instance, setup, teardown),
