@@ -302,7 +302,7 @@ static int l_link(lua_State *L)
        is taken for the link only */
     int was = monitors(I, pid);
     int rc = add_link(I, pid);
-    if (rc == 0 && !was && T)
+    if (rc == 0 && !was) /* (a process already gone reports "noproc" at once: LINK_DOWN) */
         rc = unmon_add(I, pid) == 0 ? rl_monitor(&I->proc, pid) : -ENOMEM;
     if (rc < 0)
         return fail(L, send_error(rc));
