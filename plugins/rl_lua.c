@@ -123,9 +123,36 @@ static const char prelude[] =
     "safe.utf8 = readonly(copy(G.utf8))\n"
     "local colib = copy(G.coroutine)\n"
     "colib.spawn = host.co_spawn\n" /* scheduler-run coroutines (rl_lua.c tasks) */
-    "local resume, coclose = colib.resume, colib.close\n"
-    "colib.resume = function(co, ...) return pass(resume(co, ...)) end\n"
+    "local resume, coclose, cocreate = colib.resume, colib.close, colib.create\n"
+    /* A blocking call inside a coroutine the plugin made yields host.block (rl_lua_block):
+       the resume that sees it blocks its own coroutine in turn, up to the instance's, and once
+       woken resumes the inner one again, which retries the call. So blocking works at any
+       depth; only a resume inside a C call (a sort comparator) cannot, and says so. */
+    "local BLOCK, unblock, coyield = host.block, host.unblock, G.coroutine.yield\n"
+    "local function relay(co, ok, ...)\n"
+    "  if ok and select('#', ...) == 1 and ... == BLOCK then\n"
+    "    if not pcall(coyield, BLOCK) then\n"
+    "      unblock()\n"
+    "      error('attempt to block across a C-call boundary (a coroutine resumed inside a '\n"
+    "        .. 'metamethod, an iterator or a callback of a C function)', 0)\n"
+    "    end\n"
+    "    return relay(co, resume(co))\n"
+    "  end\n"
+    "  return ok, ...\n"
+    "end\n"
+    "colib.resume = function(co, ...) return pass(relay(co, resume(co, ...))) end\n"
     "colib.close = function(co) return pass(coclose(co)) end\n"
+    "local coresume = colib.resume\n"
+    "local function unwrap(ok, ...)\n"
+    "  if ok then return ... end\n"
+    "  local e = ...\n"
+    "  if type(e) == 'string' then error(e, 2) end\n"
+    "  error(e, 0)\n"
+    "end\n"
+    "colib.wrap = function(f)\n"
+    "  local co = cocreate(f)\n"
+    "  return function(...) return unwrap(coresume(co, ...)) end\n"
+    "end\n"
     "safe.coroutine = readonly(colib)\n"
     "safe.os = readonly({time = G.os.time, clock = G.os.clock, date = G.os.date,\n"
     "  difftime = G.os.difftime})\n"
@@ -469,12 +496,30 @@ rl_lua_inst *rl_lua_running(lua_State *L)
 
 void rl_lua_check_block(lua_State *L, rl_lua_inst *I)
 {
-    if (L != I->co)
-        luaL_error(L, "blocking call inside a coroutine created by the plugin is not supported "
-                      "(coroutine.spawn runs a function in which blocking calls work)");
+    (void)I; /* its own coroutine, or one of the plugin's below it (rl_lua_block) */
     if (!lua_isyieldable(L))
         luaL_error(L, "attempt to block across a C-call boundary (inside a metamethod, an "
                       "iterator or a callback of a C function)");
+}
+
+/* The value a blocking call inside a plugin's own coroutine yields to the prelude's resume. */
+static char block_token;
+
+int rl_lua_block(lua_State *L, rl_lua_inst *I, lua_KContext ctx, lua_KFunction k)
+{
+    I->state = RL_INST_BLOCKED;
+    if (L == I->co)
+        return lua_yieldk(L, 0, ctx, k);
+    lua_pushlightuserdata(L, &block_token);
+    return lua_yieldk(L, 1, ctx, k);
+}
+
+static int h_block_unblock(lua_State *L)
+{
+    rl_lua_inst *I = rl_lua_running(L); /* the block could not reach the instance: undo it */
+    rl_lua_unwait(I);
+    I->state = RL_INST_RUNNING;
+    return 0;
 }
 
 void *rl_lua_ref_udata(int ref)
@@ -1459,6 +1504,10 @@ static int init_p(lua_State *L)
     rl_lua_fid_host(L);
     lua_pushcfunction(L, l_co_spawn);
     lua_setfield(L, -2, "co_spawn");
+    lua_pushlightuserdata(L, &block_token);
+    lua_setfield(L, -2, "block");
+    lua_pushcfunction(L, h_block_unblock);
+    lua_setfield(L, -2, "unblock");
     rl_lua_uuid_push(L);
     lua_setfield(L, -2, "uuid");
     lua_pushglobaltable(L);

@@ -465,7 +465,6 @@ static int chan_do(lua_State *L, int mode)
             w->next->prev = w;
         cs[i].ch->waiters = w;
     }
-    I->state = RL_INST_BLOCKED;
     /* A receiver now waits on an unbuffered channel: a sender already blocked on it (another
        task of the instance) can complete the rendezvous, so it tries again. */
     for (int i = 0; i < n; i++) {
@@ -480,7 +479,7 @@ static int chan_do(lua_State *L, int mode)
             }
         }
     }
-    return lua_yieldk(L, 0, mode, chan_k);
+    return rl_lua_block(L, I, mode, chan_k);
 }
 
 static int l_select(lua_State *L) { return chan_do(L, MODE_SELECT); }

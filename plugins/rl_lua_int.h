@@ -172,13 +172,18 @@ rl_lua_inst *rl_lua_current(lua_State *L);
 /* What is inside lua_resume: the instance or one of its tasks (what blocks, and is woken, is
    this one); raises outside. */
 rl_lua_inst *rl_lua_running(lua_State *L);
-/* Raises unless L may block: it must be the instance's own coroutine (not one the plugin
-   created) and yieldable (not inside a C call such as a table.sort comparator). */
+/* Raises unless L may block: it must be yieldable (not inside a C call such as a table.sort
+   comparator); it may be a coroutine the plugin made (rl_lua_block). */
 /* Registers the metatable `name` for a userdata class: methods (may be NULL) as __index, the
    metamethods meta (may be NULL, e.g. __gc, __tostring), and a locked __metatable so plugins
    cannot read or replace it. Leaves the stack as it was. */
 void rl_lua_new_class(lua_State *L, const char *name, const luaL_Reg *methods, const luaL_Reg *meta);
 void rl_lua_check_block(lua_State *L, rl_lua_inst *I);
+/* Blocks I (the running unit, rl_lua_running) in a blocking call of L: yields with k as the
+   continuation (k retries the call). L is I's coroutine or one the plugin made and resumed
+   below it: then the prelude's resume blocks the coroutines above in turn. Call after
+   rl_lua_check_block and after linking I's waiters or timer. */
+int rl_lua_block(lua_State *L, rl_lua_inst *I, lua_KContext ctx, lua_KFunction k);
 /* Why I must end now (budget, memory, another limit, terminate), or NULL while it may run. */
 const char *rl_lua_doomed(const rl_lua_inst *I);
 /* Counts n steps of C work of the running instance against its instruction budget; raises

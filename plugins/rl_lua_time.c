@@ -227,8 +227,7 @@ static int l_sleep(lua_State *L)
     timer_room(L, I);
     if (!rl_lua_timer_start(I, RL_TIMER_SLEEP, ms, 0, LUA_NOREF))
         return luaL_error(L, "not enough memory");
-    I->state = RL_INST_BLOCKED;
-    return lua_yieldk(L, 0, 0, sleep_k);
+    return rl_lua_block(L, I, 0, sleep_k);
 }
 
 /* Pushes a timer channel fed by a new timer; returns the timer (NULL raises). */

@@ -226,7 +226,9 @@ static const char fid_src[] =
     "  end)\n"
     "  time.sleep('30ms')\n"
     "  r.select = sel:receive() == true\n"
-    "  r.plain = select(2, pcall(coroutine.wrap(function() time.sleep(1) end))):find('coroutine.spawn') ~= nil\n"
+    "  local pch = channel.new()\n"
+    "  coroutine.spawn(function() time.sleep('2ms'); pch:send('p') end)\n"
+    "  r.plain = coroutine.wrap(function() return pch:receive() end)() == 'p'\n"
     /* the platform's channel doc example: two spawned senders on unbuffered channels, a
        spawned handler selecting both; and a producer/consumer pair through a buffered one */
     "  local ch1, ch2, got = channel.new(), channel.new(), {}\n"
