@@ -304,6 +304,7 @@ static const cfg_field node_fields[] = {
     {"console", F_BOOL, OFF(console), 0, 0, 0, 0, NULL},
     {"lua_instruction_budget", F_U64, OFF(lua_instruction_budget), 0, 1000, 1ULL << 40, 0, NULL},
     {"lua_memory_limit", F_SIZE, OFF(lua_memory_limit), 0, 1ULL << 20, 1ULL << 40, 0, NULL},
+    {"plugin_memory_limit", F_SIZE, OFF(plugin_memory_limit), 0, 0, 1ULL << 40, 0, NULL},
     {"plugin_queue", F_SIZE, OFF(plugin_queue), 0, 1, 1000000, 0, NULL},
     {"lua_result_max", F_SIZE, OFF(lua_result_max), 0, 1024, 1ULL << 31, 0, NULL},
     {"plugin_max_children", F_SIZE, OFF(plugin_max_children), 0, 0, 1000000, 0, NULL},
@@ -678,6 +679,7 @@ void rl_config_defaults(rl_config *c)
     c->console = 0;
     c->lua_instruction_budget = 10000000;
     c->lua_memory_limit = 256u << 20;
+    c->plugin_memory_limit = 64u << 20;
     c->plugin_queue = 1024;
     c->lua_result_max = 16u << 20;
     c->plugin_max_children = 64;
@@ -734,6 +736,12 @@ static void plugin_free(rl_plugin_def *p)
     for (size_t i = 0; i < p->nmodules; i++)
         free(p->modules[i]);
     free(p->modules);
+    for (size_t i = 0; i < p->nimports; i++) {
+        free(p->import_names[i]);
+        free(p->import_ids[i]);
+    }
+    free(p->import_names);
+    free(p->import_ids);
     memset(p, 0, sizeof *p);
 }
 
@@ -747,6 +755,17 @@ void rl_config_free(rl_config *c)
     for (size_t i = 0; i < c->nplugins; i++)
         plugin_free(&c->plugins[i]);
     free(c->plugins);
+    for (size_t i = 0; i < c->nlua_entries; i++)
+        plugin_free(&c->lua_entries[i]);
+    free(c->lua_entries);
+    for (size_t i = 0; i < c->nenv_vars; i++) {
+        free(c->env_vars[i].id);
+        free(c->env_vars[i].name);
+        free(c->env_vars[i].key);
+        free(c->env_vars[i].deflt);
+        free(c->env_vars[i].storage);
+    }
+    free(c->env_vars);
     free(c->listen_host);
     free(c->ws_path);
     free(c->node_id);
@@ -1147,7 +1166,8 @@ static const char *const file_versions[] = {"1.0", NULL};
 /* The names `require` resolves in a plugin: the prelude's `modules` table in plugins/rl_lua.c
    (kept in step by hand: common/ may not include the plugin host). */
 static const char *const plugin_modules[] = {"json", "time", "logger", "security", "uuid",
-                                             "http_client", "http", NULL};
+                                             "http_client", "http", "env", "funcs", "ctx",
+                                             "errors", NULL};
 
 /* Parses up to three dot-separated numbers ("1", "0.1", "0.1.0"); returns how many, 0 if bad. */
 static int semver_parse(const char *s, unsigned v[3])
@@ -1339,7 +1359,7 @@ static int entry_dependency(cfg_loader *ld, const yaml_node_t *e)
     for (const yaml_node_item_t *it = items; it < params->data.sequence.items.top; it++) {
         static const char *const pkeys[] = {"name", "value", NULL};
         const yaml_node_t *p = node_at(ld, *it);
-        const char *pname;
+        const char *pname = NULL;
         if ((rc = map_check(ld, p, "a parameter")) < 0)
             return rc;
         if ((rc = literal_get(ld, map_get(ld, p, "name"), "parameter name", &pname)) < 0)
@@ -1407,10 +1427,108 @@ static int plugin_add(cfg_loader *ld, rl_plugin_def **out)
     return 0;
 }
 
-/* A process.lua entry: a relay plugin when meta.type is relay.plugin, otherwise ignored. */
+/* imports: {name: namespace:entry}: library.lua entries a Lua entry gets with require(name).
+   The targets are checked once the whole file is read (check_refs). */
+static int imports_read(cfg_loader *ld, const yaml_node_t *e, rl_plugin_def *p)
+{
+    const yaml_node_t *n = map_get(ld, e, "imports");
+    if (!n || is_null(n))
+        return 0;
+    int rc = map_check(ld, n, "imports");
+    if (rc < 0)
+        return rc;
+    size_t cnt = (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
+    if (cnt > CFG_MAX_LIST)
+        return cfg_fail(ld, -EINVAL, "imports has more than %d items", CFG_MAX_LIST);
+    if (cnt && (!(p->import_names = calloc(cnt, sizeof(char *))) ||
+                !(p->import_ids = calloc(cnt, sizeof(char *)))))
+        return cfg_fail(ld, -ENOMEM, "out of memory");
+    for (size_t i = 0; i < cnt; i++) {
+        const yaml_node_pair_t *pr = &n->data.mapping.pairs.start[i];
+        const char *name = scalar_text(node_at(ld, pr->key));
+        if (!name_ok(name) || strchr(name, '-'))
+            return cfg_fail(ld, -EINVAL, "imports: '%s' is not a module name", name);
+        if (key_in(name, plugin_modules))
+            return cfg_fail(ld, -EINVAL, "imports: '%s' is the name of a built-in module", name);
+        if (!(p->import_names[i] = strdup(name)))
+            return cfg_fail(ld, -ENOMEM, "out of memory");
+        p->nimports = i + 1;
+        char what[CFG_MAX_NAME + 16];
+        snprintf(what, sizeof what, "imports.%s", name);
+        if ((rc = value_get(ld, node_at(ld, pr->value), what, &p->import_ids[i])) < 0)
+            return rc;
+        char why[320];
+        if (check_ref(p->import_ids[i], why, sizeof why) < 0)
+            return cfg_fail(ld, -EINVAL, "%s: %s", what, why);
+    }
+    return 0;
+}
+
+/* A Lua entry that is not a relay plugin: a process.lua plugins may spawn, a library.lua others
+   import, a function.lua funcs.call runs. */
+static int lua_entry_read(cfg_loader *ld, const yaml_node_t *e, int kind)
+{
+    static const char *const keys[] = {"source", "modules", "method", "imports", NULL};
+    static const char *const lib_keys[] = {"source", "modules", "imports", NULL};
+    rl_config *c = ld->c;
+    int rc;
+    const yaml_node_t *meta = map_get(ld, e, "meta");
+    if (meta && !is_null(meta) && (rc = map_check(ld, meta, "meta")) < 0)
+        return rc;
+    if ((rc = entry_keys_check(ld, e, kind == RL_LUA_ENTRY_LIBRARY ? lib_keys : keys)) < 0)
+        return rc;
+    if (c->nlua_entries >= CFG_MAX_PLUGINS)
+        return cfg_fail(ld, -EINVAL, "more than %d Lua entries besides plugins", CFG_MAX_PLUGINS);
+    rl_plugin_def *np = realloc(c->lua_entries, (c->nlua_entries + 1) * sizeof *np);
+    if (!np)
+        return cfg_fail(ld, -ENOMEM, "out of memory");
+    c->lua_entries = np;
+    rl_plugin_def *p = &np[c->nlua_entries++];
+    memset(p, 0, sizeof *p);
+    p->lua_kind = kind;
+    size_t idlen = strlen(c->namespace_) + 1 + strlen(ld->entry) + 1;
+    p->name = strdup(ld->entry);
+    p->id = malloc(idlen);
+    p->method = strdup(kind == RL_LUA_ENTRY_LIBRARY ? "" : "run");
+    if (!p->name || !p->id || !p->method)
+        return cfg_fail(ld, -ENOMEM, "out of memory");
+    snprintf(p->id, idlen, "%s:%s", c->namespace_, ld->entry);
+    const yaml_node_t *n = map_get(ld, e, "source");
+    if (!n)
+        return cfg_fail(ld, -EINVAL, "missing source (file://PATH)");
+    if ((rc = plugin_source(ld, n, &p->source_path)) < 0)
+        return rc;
+    if ((n = map_get(ld, e, "modules")) &&
+        (rc = strlist_get(ld, n, "modules", &p->modules, &p->nmodules)) < 0)
+        return rc;
+    for (size_t i = 0; i < p->nmodules; i++)
+        if (!key_in(p->modules[i], plugin_modules))
+            rl_debug(MOD, "%s: entry %s: module '%s' is not provided here; require() of it fails",
+                     ld->path, ld->entry, p->modules[i]);
+    if ((rc = imports_read(ld, e, p)) < 0)
+        return rc;
+    if (kind == RL_LUA_ENTRY_LIBRARY)
+        return 0;
+    char *v;
+    if ((n = map_get(ld, e, "method"))) {
+        if ((rc = value_get(ld, n, "method", &v)) < 0)
+            return rc;
+        if (!name_ok(v) || strchr(v, '.') || strchr(v, '-') || (v[0] >= '0' && v[0] <= '9')) {
+            rc = cfg_fail(ld, -EINVAL, "method '%s' is not a Lua name", v);
+            free(v);
+            return rc;
+        }
+        free(p->method);
+        p->method = v;
+    }
+    return plugin_method_check(ld, p, n != NULL);
+}
+
+/* A process.lua entry: a relay plugin when meta.type is relay.plugin, otherwise a process
+   plugins may spawn (process.spawn*). */
 static int entry_process_lua(cfg_loader *ld, const yaml_node_t *e)
 {
-    static const char *const keys[] = {"source", "modules", "method", NULL};
+    static const char *const keys[] = {"source", "modules", "method", "imports", NULL};
     const yaml_node_t *meta = map_get(ld, e, "meta");
     const yaml_node_t *type = NULL;
     int rc;
@@ -1420,9 +1538,18 @@ static int entry_process_lua(cfg_loader *ld, const yaml_node_t *e)
         type = map_get(ld, meta, "type");
     }
     if (!type || type->type != YAML_SCALAR_NODE || strcmp(scalar_text(type), "relay.plugin") != 0) {
-        rl_debug(MOD, "%s: entry %s: process.lua without meta.type relay.plugin, ignored", ld->path,
-                 ld->entry);
-        return 0;
+        /* a process plugins may spawn; one this node cannot run (no readable source, no
+           method, keys of another runtime) is left out, as before, and only logged */
+        size_t before = ld->c->nlua_entries;
+        rc = lua_entry_read(ld, e, RL_LUA_ENTRY_PROCESS);
+        if (rc < 0 && rc != -ENOMEM) {
+            rl_debug(MOD, "process.lua without meta.type relay.plugin not spawnable: %s", ld->err);
+            while (ld->c->nlua_entries > before)
+                plugin_free(&ld->c->lua_entries[--ld->c->nlua_entries]);
+            ld->err[0] = '\0';
+            return 0;
+        }
+        return rc;
     }
     if ((rc = entry_keys_check(ld, e, keys)) < 0)
         return rc;
@@ -1499,7 +1626,59 @@ static int entry_process_lua(cfg_loader *ld, const yaml_node_t *e)
         free(p->method);
         p->method = v;
     }
+    if ((rc = imports_read(ld, e, p)) < 0)
+        return rc;
     return plugin_method_check(ld, p, n != NULL);
+}
+
+static int entry_library_lua(cfg_loader *ld, const yaml_node_t *e)
+{
+    return lua_entry_read(ld, e, RL_LUA_ENTRY_LIBRARY);
+}
+
+static int entry_function_lua(cfg_loader *ld, const yaml_node_t *e)
+{
+    return lua_entry_read(ld, e, RL_LUA_ENTRY_FUNCTION);
+}
+
+/* env.variable: a name the plugins' env module may read, from a storage (env.storage.os reads
+   the node's environment; any other storage gives only the default). */
+static int entry_env_variable(cfg_loader *ld, const yaml_node_t *e)
+{
+    static const char *const keys[] = {"variable", "storage", "default", "readonly", NULL};
+    rl_config *c = ld->c;
+    int rc;
+    if ((rc = entry_keys_check(ld, e, keys)) < 0)
+        return rc;
+    if (c->nenv_vars >= CFG_MAX_LIST * 4)
+        return cfg_fail(ld, -EINVAL, "more than %d env.variable entries", CFG_MAX_LIST * 4);
+    rl_env_var *nv = realloc(c->env_vars, (c->nenv_vars + 1) * sizeof *nv);
+    if (!nv)
+        return cfg_fail(ld, -ENOMEM, "out of memory");
+    c->env_vars = nv;
+    rl_env_var *v = &nv[c->nenv_vars++];
+    memset(v, 0, sizeof *v);
+    size_t idlen = strlen(c->namespace_) + 1 + strlen(ld->entry) + 1;
+    if (!(v->id = malloc(idlen)))
+        return cfg_fail(ld, -ENOMEM, "out of memory");
+    snprintf(v->id, idlen, "%s:%s", c->namespace_, ld->entry);
+    const yaml_node_t *n;
+    if ((n = map_get(ld, e, "variable")) && !is_null(n)) {
+        if ((rc = value_get(ld, n, "variable", &v->name)) < 0)
+            return rc;
+        if (!valid_var_name(v->name, strlen(v->name)))
+            return cfg_fail(ld, -EINVAL, "variable '%s' is not letters, digits and _", v->name);
+    }
+    if (!(v->key = strdup(v->name ? v->name : ld->entry)))
+        return cfg_fail(ld, -ENOMEM, "out of memory");
+    if (!(n = map_get(ld, e, "storage")))
+        return cfg_fail(ld, -EINVAL, "missing storage");
+    if ((rc = value_get(ld, n, "storage", &v->storage)) < 0)
+        return rc;
+    if ((n = map_get(ld, e, "default")) && !is_null(n) &&
+        (rc = value_get(ld, n, "default", &v->deflt)) < 0)
+        return rc;
+    return 0;
 }
 
 static int entry_node(cfg_loader *ld, const yaml_node_t *e)
@@ -1524,6 +1703,9 @@ static const struct {
     {"process.host", NULL},
     {"ns.dependency", entry_dependency},
     {"process.lua", entry_process_lua},
+    {"library.lua", entry_library_lua},
+    {"env.variable", entry_env_variable},
+    {"function.lua", entry_function_lua},
     {"security.scope", NULL},
     {"security.policy", NULL},
     {"relay.node", entry_node},
@@ -1626,6 +1808,25 @@ static int check_refs(cfg_loader *ld)
         const char *host = c->plugins[i].default_host;
         if (host && (rc = ref_check(ld, "meta.default_host", host, "process.host")) < 0)
             return rc;
+    }
+    for (size_t i = 0; i < c->nenv_vars; i++) {
+        rl_env_var *v = &c->env_vars[i];
+        const char *k = ref_kind(ld, v->storage, &other);
+        ld->entry = strrchr(v->id, ':') + 1;
+        if (!other && !k)
+            return cfg_fail(ld, -EINVAL, "storage %s names no entry in this file", v->storage);
+        v->os = k && strcmp(k, "env.storage.os") == 0;
+    }
+    for (size_t i = 0; i < c->nplugins + c->nlua_entries; i++) {
+        const rl_plugin_def *p = i < c->nplugins ? &c->plugins[i] : &c->lua_entries[i - c->nplugins];
+        ld->entry = p->name;
+        for (size_t j = 0; j < p->nimports; j++) {
+            /* an import must be a library.lua entry of this file: the host compiles only those */
+            const char *k = ref_kind(ld, p->import_ids[j], &other);
+            if (!k || strcmp(k, "library.lua") != 0)
+                return cfg_fail(ld, -EINVAL, "imports.%s: %s is not a library.lua entry of this "
+                                             "file", p->import_names[j], p->import_ids[j]);
+        }
     }
     ld->entry = NULL;
     return 0;

@@ -17,7 +17,25 @@ typedef struct rl_plugin_def {
     char *method;        /* "run" by default */
     char **modules;      /* modules: [...] */
     size_t nmodules;
+    int lua_kind;        /* RL_LUA_ENTRY_*: what kind of Lua entry this is */
+    char **import_names; /* imports: {name: namespace:entry} of library.lua entries */
+    char **import_ids;
+    size_t nimports;
 } rl_plugin_def;
+
+/* Kinds of Lua entries (rl_plugin_def.lua_kind). */
+enum { RL_LUA_ENTRY_PLUGIN = 0, RL_LUA_ENTRY_PROCESS, RL_LUA_ENTRY_LIBRARY, RL_LUA_ENTRY_FUNCTION };
+
+/* An env.variable entry: what the env module may read (a name no variable declares is not
+   readable, as on the platform). */
+typedef struct rl_env_var {
+    char *id;     /* namespace:name */
+    char *name;   /* the public name (`variable`), or NULL: reachable by id only */
+    char *key;    /* the OS variable read (env.storage.os): `variable`, else the entry name */
+    char *deflt;  /* `default`, or NULL */
+    char *storage; /* the storage entry (namespace:name) */
+    int os;       /* the storage is env.storage.os (else no value but the default) */
+} rl_env_var;
 
 typedef struct rl_config {
     char *path;      /* the file read (NULL for built-in defaults) */
@@ -34,6 +52,12 @@ typedef struct rl_config {
     /* process.lua entries with meta.type relay.plugin, sorted by prefix length, longest first */
     rl_plugin_def *plugins;
     size_t nplugins;
+    /* the other Lua entries: process.lua without meta.type relay.plugin (spawnable children),
+       library.lua (imports) and function.lua (funcs.call), in the file's order */
+    rl_plugin_def *lua_entries;
+    size_t nlua_entries;
+    rl_env_var *env_vars; /* env.variable entries, in the file's order */
+    size_t nenv_vars;
 
     /* relay.node entry (all optional) and overrides */
     char *listen_host;        /* default "127.0.0.1" */
@@ -61,6 +85,7 @@ typedef struct rl_config {
     int console;                   /* serve the console page at / (default 0) */
     uint64_t lua_instruction_budget; /* per resume, default 10,000,000 */
     size_t lua_memory_limit;         /* bytes for the node's Lua state, default 256 MiB */
+    size_t plugin_memory_limit;      /* bytes one instance holds (message bodies too), 64 MiB */
     size_t plugin_queue;             /* plugin mailbox size, default 1024 */
     size_t lua_result_max;      /* bytes of one string.rep/table.concat/gsub result, 16 MiB */
     size_t plugin_max_children; /* live children one instance spawned, default 64 */

@@ -22,6 +22,7 @@
 
 #include "rl_log.h"
 #include "rl_lua_int.h"
+#include "rl_lua_types.h"
 #include "rl_metrics.h"
 
 rl_lua_host rl_lua_g;
@@ -121,9 +122,37 @@ static const char prelude[] =
     "safe.math = readonly(copy(G.math, {randomseed = true}))\n"
     "safe.utf8 = readonly(copy(G.utf8))\n"
     "local colib = copy(G.coroutine)\n"
-    "local resume, coclose = colib.resume, colib.close\n"
-    "colib.resume = function(co, ...) return pass(resume(co, ...)) end\n"
+    "colib.spawn = host.co_spawn\n" /* scheduler-run coroutines (rl_lua.c tasks) */
+    "local resume, coclose, cocreate = colib.resume, colib.close, colib.create\n"
+    /* A blocking call inside a coroutine the plugin made yields host.block (rl_lua_block):
+       the resume that sees it blocks its own coroutine in turn, up to the instance's, and once
+       woken resumes the inner one again, which retries the call. So blocking works at any
+       depth; only a resume inside a C call (a sort comparator) cannot, and says so. */
+    "local BLOCK, unblock, coyield = host.block, host.unblock, G.coroutine.yield\n"
+    "local function relay(co, ok, ...)\n"
+    "  if ok and select('#', ...) == 1 and ... == BLOCK then\n"
+    "    if not pcall(coyield, BLOCK) then\n"
+    "      unblock()\n"
+    "      error('attempt to block across a C-call boundary (a coroutine resumed inside a '\n"
+    "        .. 'metamethod, an iterator or a callback of a C function)', 0)\n"
+    "    end\n"
+    "    return relay(co, resume(co))\n"
+    "  end\n"
+    "  return ok, ...\n"
+    "end\n"
+    "colib.resume = function(co, ...) return pass(relay(co, resume(co, ...))) end\n"
     "colib.close = function(co) return pass(coclose(co)) end\n"
+    "local coresume = colib.resume\n"
+    "local function unwrap(ok, ...)\n"
+    "  if ok then return ... end\n"
+    "  local e = ...\n"
+    "  if type(e) == 'string' then error(e, 2) end\n"
+    "  error(e, 0)\n"
+    "end\n"
+    "colib.wrap = function(f)\n"
+    "  local co = cocreate(f)\n"
+    "  return function(...) return unwrap(coresume(co, ...)) end\n"
+    "end\n"
     "safe.coroutine = readonly(colib)\n"
     "safe.os = readonly({time = G.os.time, clock = G.os.clock, date = G.os.date,\n"
     "  difftime = G.os.difftime})\n"
@@ -180,21 +209,32 @@ static const char prelude[] =
     "  logger = readonly(mklogger(nil, nil)), security = readonly(security)}\n"
     "modules.http_client = readonly(host.http)\n"
     "modules.http = modules.http_client\n"
+    /* errors, env, ctx, funcs, process.with_context and imports: rl_lua_fid.c */
+    "local import = host.extend(modules, safe, process, readonly, G)\n"
     "safe.require = function(name)\n"
     "  local m = modules[name]\n"
+    "  if m == nil and type(name) == 'string' then m = import(name) end\n"
     "  if m == nil then error(\"module '\" .. tostring(name) .. \"' not found\", 2) end\n"
     "  return m\n"
     "end\n"
-    "local function boot(chunk, env, method, args)\n"
+    "local function boot(chunk, env, method, ...)\n"
     "  local mod = chunk(env)\n"
     "  local f\n"
     "  if type(mod) == 'table' then f = mod[method] end\n"
     "  if f == nil then f = rawget(env, method) end\n"
     "  if type(f) ~= 'function' then\n"
     "    error(\"plugin has no function '\" .. method .. \"'\", 0) end\n"
-    "  return f(args)\n"
+    "  return f(...)\n"
     "end\n"
     "return safe, {__index = safe, __metatable = false}, boot, readonly\n";
+
+/* The instance a coroutine.spawn task belongs to, or I itself. */
+static rl_lua_inst *main_of(const rl_lua_inst *I)
+{
+    return I && I->aux && I->aux->main ? I->aux->main : (rl_lua_inst *)I;
+}
+
+static const char *doomed_self(const rl_lua_inst *I);
 
 /* ---- memory ---------------------------------------------------------------------------- */
 
@@ -299,14 +339,121 @@ static void *block_realloc(void *p, size_t osize, size_t nsize)
     return np;
 }
 
+/* Memory per instance. Every block carries a header with the account it is charged to: the
+   instance that was running when it was made (a task's is its instance's), 0 for the host. A
+   block is charged to that account until it is freed, whoever frees it (the collector runs
+   during any resume), so an account is what the instance made and is still alive, plus the
+   message bodies it holds (rl_lua_mem_hold). An account outlives its instance until its last
+   byte is gone (strings and tables another instance still uses). */
+#define BLK_HDR_SIZE 8 /* keeps Lua's 8-byte alignment (LUAI_MAXALIGN on 64-bit) */
+/* The header's size: BLK_HDR_SIZE, or 0 when plugin_memory_limit is 0 at start (no accounts:
+   an idle instance's 21 blocks cost 144 bytes less). Fixed for the state's life. */
+static size_t blk_hdr = BLK_HDR_SIZE;
+#define BLK_HDR blk_hdr
+
+typedef struct mem_acct {
+    size_t bytes;
+    uint32_t live;      /* 1 while its instance exists */
+    uint32_t next_free; /* free list, when neither live nor holding bytes */
+} mem_acct;
+
+static mem_acct *accts;
+static uint32_t nacct, acct_free;
+
+static uint32_t current_acct(void) { return H.current ? main_of(H.current)->mem_acct : 0; }
+
+static void acct_put(uint32_t a)
+{
+    accts[a].next_free = acct_free;
+    acct_free = a;
+}
+
+static void acct_charge(uint32_t a, size_t add, size_t sub)
+{
+    if (!a || a >= nacct)
+        return;
+    accts[a].bytes = accts[a].bytes + add - sub;
+    if (!accts[a].live && accts[a].bytes == 0 && sub)
+        acct_put(a);
+}
+
+/* A new account (0 when none can be had: the instance is then only under the node's cap). */
+static uint32_t acct_new(void)
+{
+    if (!BLK_HDR)
+        return 0;
+    if (!acct_free) {
+        uint32_t n = nacct ? nacct * 2 : 64;
+        mem_acct *na = realloc(accts, n * sizeof *na);
+        if (!na)
+            return 0;
+        accts = na;
+        for (uint32_t i = n; i-- > (nacct ? nacct : 1);) {
+            memset(&accts[i], 0, sizeof accts[i]);
+            acct_put(i);
+        }
+        if (!nacct)
+            memset(&accts[0], 0, sizeof accts[0]);
+        nacct = n;
+    }
+    uint32_t a = acct_free;
+    acct_free = accts[a].next_free;
+    accts[a].bytes = 0;
+    accts[a].live = 1;
+    return a;
+}
+
+static void acct_release(uint32_t a)
+{
+    if (!a || a >= nacct || !accts[a].live)
+        return;
+    accts[a].live = 0;
+    if (accts[a].bytes == 0)
+        acct_put(a);
+}
+
+void rl_lua_mem_hold(uint32_t acct, size_t add, size_t sub)
+{
+    acct_charge(acct, add, sub);
+    H.bytes = H.bytes + add - sub;
+    rl_metric_set(RL_M_LUA_BYTES, H.bytes);
+}
+
+size_t rl_lua_mem_of(const rl_lua_inst *I)
+{
+    return I->mem_acct && I->mem_acct < nacct ? accts[I->mem_acct].bytes : 0;
+}
+
+/* A refused allocation of the running instance: Lua collects and retries once, so a second
+   refusal in a row means it really is over (the node's cap: out of memory; its own cap: the
+   per-instance limit, a limit violation). */
+static void refused(int own_cap)
+{
+    rl_lua_inst *I = H.current;
+    if (!I || ++I->oom_refusals < 2)
+        return;
+    if (!own_cap) {
+        I->oom = 1;
+        return;
+    }
+    rl_lua_inst *M = main_of(I);
+    if (!doomed_self(M)) {
+        M->limit_kind = RL_LIMIT_MEMORY;
+        M->limit_hit = "memory limit of the instance exceeded (plugin_memory_limit)";
+    }
+}
+
 static void *host_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     (void)ud;
     size_t old = ptr ? osize : 0;
+    char *real = ptr ? (char *)ptr - BLK_HDR : NULL;
+    uint32_t acct = !BLK_HDR ? 0 : real ? *(uint32_t *)real : current_acct();
     if (nsize == 0) {
         if (ptr)
-            block_free(ptr, osize);
+            block_free(real, osize + BLK_HDR);
         H.bytes -= old;
+        acct_charge(acct, 0, old);
         rl_metric_set(RL_M_LUA_BYTES, H.bytes);
         return NULL;
     }
@@ -314,23 +461,28 @@ static void *host_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         /* Host work (spawning) gets a little headroom so a plugin at the cap fails first. */
         size_t cap = H.limit + (H.current ? 0 : H.headroom);
         if (H.bytes - old + nsize > cap) {
-            /* Lua retries once after an emergency collection: a second refusal in a row
-               means the running instance really is out of memory. */
-            if (H.current && ++H.current->oom_refusals >= 2)
-                H.current->oom = 1;
+            refused(0);
             return NULL;
         }
     }
-    void *np = block_realloc(ptr, old, nsize);
+    if (nsize > old && acct && acct == current_acct() && H.cfg->plugin_memory_limit &&
+        accts[acct].bytes - old + nsize > H.cfg->plugin_memory_limit) {
+        refused(1);
+        return NULL;
+    }
+    void *np = block_realloc(real, real ? old + BLK_HDR : 0, nsize + BLK_HDR);
     if (!np)
         return NULL;
+    if (BLK_HDR)
+        *(uint32_t *)np = acct;
     H.bytes = H.bytes - old + nsize;
+    acct_charge(acct, nsize, old);
     if (nsize > old)
         H.allocated += nsize - old;
     if (H.current && nsize > old)
         H.current->oom_refusals = 0;
     rl_metric_set(RL_M_LUA_BYTES, H.bytes);
-    return np;
+    return (char *)np + BLK_HDR;
 }
 
 static int host_panic(lua_State *L)
@@ -347,16 +499,42 @@ rl_lua_inst *rl_lua_current(lua_State *L)
 {
     if (!H.current)
         luaL_error(L, "not inside a plugin process");
+    return main_of(H.current);
+}
+
+rl_lua_inst *rl_lua_running(lua_State *L)
+{
+    if (!H.current)
+        luaL_error(L, "not inside a plugin process");
     return H.current;
 }
 
 void rl_lua_check_block(lua_State *L, rl_lua_inst *I)
 {
-    if (L != I->co)
-        luaL_error(L, "blocking call inside a coroutine created by the plugin is not supported");
+    (void)I; /* its own coroutine, or one of the plugin's below it (rl_lua_block) */
     if (!lua_isyieldable(L))
         luaL_error(L, "attempt to block across a C-call boundary (inside a metamethod, an "
                       "iterator or a callback of a C function)");
+}
+
+/* The value a blocking call inside a plugin's own coroutine yields to the prelude's resume. */
+static char block_token;
+
+int rl_lua_block(lua_State *L, rl_lua_inst *I, lua_KContext ctx, lua_KFunction k)
+{
+    I->state = RL_INST_BLOCKED;
+    if (L == I->co)
+        return lua_yieldk(L, 0, ctx, k);
+    lua_pushlightuserdata(L, &block_token);
+    return lua_yieldk(L, 1, ctx, k);
+}
+
+static int h_block_unblock(lua_State *L)
+{
+    rl_lua_inst *I = rl_lua_running(L); /* the block could not reach the instance: undo it */
+    rl_lua_unwait(I);
+    I->state = RL_INST_RUNNING;
+    return 0;
 }
 
 void *rl_lua_ref_udata(int ref)
@@ -378,12 +556,19 @@ uint64_t rl_lua_rand(void)
     return H.rng = x;
 }
 
+size_t rl_lua_ndefs(void) { return H.cfg ? H.cfg->nplugins + H.cfg->nlua_entries : 0; }
+
+const rl_plugin_def *rl_lua_def_at(size_t i)
+{
+    return i < H.cfg->nplugins ? &H.cfg->plugins[i] : &H.cfg->lua_entries[i - H.cfg->nplugins];
+}
+
 const rl_plugin_def *rl_lua_find_def(const char *s)
 {
     if (!H.cfg)
         return NULL;
-    for (size_t i = 0; i < H.cfg->nplugins; i++) {
-        const rl_plugin_def *d = &H.cfg->plugins[i];
+    for (size_t i = 0; i < rl_lua_ndefs(); i++) {
+        const rl_plugin_def *d = rl_lua_def_at(i);
         if ((d->id && strcmp(d->id, s) == 0) || (d->name && strcmp(d->name, s) == 0))
             return d;
     }
@@ -392,13 +577,21 @@ const rl_plugin_def *rl_lua_find_def(const char *s)
 
 static ssize_t def_index(const rl_plugin_def *def)
 {
-    for (size_t i = 0; i < H.cfg->nplugins; i++)
-        if (&H.cfg->plugins[i] == def)
+    for (size_t i = 0; i < rl_lua_ndefs(); i++)
+        if (rl_lua_def_at(i) == def)
             return (ssize_t)i;
-    for (size_t i = 0; i < H.cfg->nplugins; i++)
-        if (def->id && H.cfg->plugins[i].id && strcmp(H.cfg->plugins[i].id, def->id) == 0)
+    for (size_t i = 0; i < rl_lua_ndefs(); i++) {
+        const rl_plugin_def *d = rl_lua_def_at(i);
+        if (def->id && d->id && strcmp(d->id, def->id) == 0 && d->lua_kind == def->lua_kind)
             return (ssize_t)i;
+    }
     return -1;
+}
+
+int rl_lua_chunk_of(const rl_plugin_def *def)
+{
+    ssize_t i = def_index(def);
+    return i < 0 ? LUA_NOREF : H.chunk_refs[i];
 }
 
 /* ---- scheduling: instances are processes in the node's one run queue ---------------------- */
@@ -459,6 +652,7 @@ static void inst_teardown(rl_lua_inst *I)
     }
     I->co_ref = I->env_ref = I->inbox_ref = I->events_ref = LUA_NOREF;
     I->co = NULL;
+    rl_lua_aux_free(I);
 }
 
 int rl_lua_child_add(rl_lua_inst *I, const char *pid)
@@ -503,10 +697,13 @@ static void family_release(rl_lua_inst *I)
 }
 
 /* Ends I: tears it down and exits its process (monitors get "pid.exit" with error). */
+static void tasks_end(rl_lua_inst *I);
+
 static void inst_finish(rl_lua_inst *I, const char *error, int quiet)
 {
     if (I->torn)
         return;
+    tasks_end(I);
     family_release(I);
     if (error && !quiet)
         rl_warn("lua", "plugin %s (%s) crashed: %s", I->def && I->def->id ? I->def->id : "?",
@@ -522,7 +719,8 @@ void rl_lua_kill(rl_lua_inst *I, const char *error)
 {
     if (I->torn)
         return;
-    if (I == H.current) { /* exits when its resume returns */
+    if (I == H.current || (H.current && main_of(H.current) == I)) { /* exits when its resume
+                                                                       (or its task's) returns */
         if (!I->exit_pending_set) {
             I->exit_pending_set = 1;
             I->exit_pending = error ? strdup(error) : NULL;
@@ -547,10 +745,8 @@ static const char *error_text(lua_State *co, char *buf, size_t n)
     return buf;
 }
 
-const char *rl_lua_doomed(const rl_lua_inst *I)
+static const char *doomed_self(const rl_lua_inst *I)
 {
-    if (!I)
-        return NULL;
     if (I->exit_pending_set)
         return I->exit_pending ? I->exit_pending : "terminated";
     if (I->oom)
@@ -558,6 +754,14 @@ const char *rl_lua_doomed(const rl_lua_inst *I)
     if (I->budget_hit)
         return "instruction budget exceeded";
     return I->limit_hit;
+}
+
+const char *rl_lua_doomed(const rl_lua_inst *I)
+{
+    if (!I)
+        return NULL;
+    const char *d = doomed_self(I);
+    return d || main_of(I) == I ? d : doomed_self(main_of(I)); /* a task dies with its instance */
 }
 
 static void doom(lua_State *L, rl_lua_inst *I);
@@ -648,6 +852,8 @@ void rl_lua_metrics(rl_metrics_out *out)
                        (unsigned long long)H.refusals[k]);
 }
 
+static void task_after_resume(rl_lua_inst *T, int st, int nres);
+
 static void inst_resume(rl_lua_inst *I)
 {
     lua_State *co = I->co;
@@ -662,6 +868,10 @@ static void inst_resume(rl_lua_inst *I)
     I->nargs = 0;
     if (I->torn)
         return;
+    if (main_of(I) != I) {
+        task_after_resume(I, st, nres);
+        return;
+    }
     char buf[512];
     const char *err = NULL;
     int done = 1;
@@ -672,6 +882,9 @@ static void inst_resume(rl_lua_inst *I)
         ret_err = error_text(co, buf, sizeof buf);
         lua_pop(co, 1);
     }
+    if (st == LUA_OK && !ret_err && nres >= 1 && !lua_isnil(co, -nres) && !I->exit_pending_set &&
+        !rl_lua_doomed(I))
+        rl_lua_exitval_post(co, I, -nres); /* result.value of its monitors' EXIT events */
     if (st == LUA_YIELD || st == LUA_OK)
         lua_pop(co, nres);
     if (I->exit_pending_set) {
@@ -681,7 +894,7 @@ static void inst_resume(rl_lua_inst *I)
         rl_lua_limit k = st == LUA_ERRMEM || I->oom ? RL_LIMIT_MEMORY
                          : I->budget_hit            ? RL_LIMIT_INSTRUCTIONS
                                                     : I->limit_kind;
-        err = st == LUA_ERRMEM ? "not enough memory" : rl_lua_doomed(I);
+        err = rl_lua_doomed(I) ? rl_lua_doomed(I) : "not enough memory";
         H.kills[k]++;
     } else if (st == LUA_YIELD) {
         done = 0;
@@ -707,6 +920,151 @@ static void inst_resume(rl_lua_inst *I)
     }
 }
 
+/* ---- coroutine.spawn: tasks ---------------------------------------------------------------
+ * A task is a coroutine of an instance that the node's scheduler runs: an rl_lua_inst of its
+ * own (its coroutine, waits, sleep timer, budget per resume, a hidden rl_proc for the run
+ * queue) whose aux->main is the instance. Every API call inside it acts for the instance
+ * (rl_lua_current: pid, inbox, sends, children, limits); only blocking and waking are the
+ * task's (rl_lua_running). An uncaught error or a limit in a task ends the instance with that
+ * error; the instance's end ends its tasks; a task's return values are dropped. */
+
+static void task_handle(rl_proc *p, rl_msg *m)
+{
+    (void)p;
+    rl_msg_free(m); /* nobody knows its pid */
+}
+
+static void task_cancel(rl_proc *p, uint64_t deadline_ms)
+{
+    (void)p;
+    (void)deadline_ms; /* ends with its instance, not on its own */
+}
+
+static void inst_run(rl_proc *p);
+static void inst_free(rl_proc *p);
+
+static const rl_proc_ops task_ops = {
+    .kind = "plugin task",
+    .letter = 'k',
+    .handle = task_handle,
+    .run = inst_run,
+    .cancel = task_cancel,
+    .free = inst_free,
+};
+
+static void tasks_end(rl_lua_inst *I)
+{
+    while (I->aux && I->aux->ntasks) {
+        rl_lua_inst *T = I->aux->tasks[I->aux->ntasks - 1];
+        inst_finish(T, NULL, 1); /* its teardown takes it off the list */
+        if (I->aux && I->aux->ntasks && I->aux->tasks[I->aux->ntasks - 1] == T)
+            I->aux->ntasks--; /* (out of memory for its aux: taken off here) */
+    }
+}
+
+static rl_lua_limit limit_of(const rl_lua_inst *I, int st)
+{
+    if (st == LUA_ERRMEM || I->oom)
+        return RL_LIMIT_MEMORY;
+    if (I->budget_hit)
+        return RL_LIMIT_INSTRUCTIONS;
+    return I->limit_kind;
+}
+
+static void task_after_resume(rl_lua_inst *T, int st, int nres)
+{
+    rl_lua_inst *M = main_of(T);
+    if (st == LUA_YIELD && !rl_lua_doomed(T)) {
+        lua_pop(T->co, nres);
+        if (T->state == RL_INST_RUNNING) { /* coroutine.yield() or a long slice */
+            T->state = RL_INST_READY;
+            runq_push(T);
+        }
+        return;
+    }
+    char buf[512];
+    const char *err = NULL;
+    if (M->exit_pending_set) {
+        err = NULL; /* the instance ends below with its own reason */
+    } else if (doomed_self(T)) {
+        err = doomed_self(T);
+        H.kills[limit_of(T, st)]++;
+    } else if (doomed_self(M)) {
+        err = doomed_self(M);
+        H.kills[limit_of(M, st)]++;
+    } else if (st == LUA_ERRMEM) {
+        err = "not enough memory";
+        H.kills[RL_LIMIT_MEMORY]++;
+    } else if (st != LUA_OK) {
+        err = error_text(T->co, buf, sizeof buf);
+    }
+    if (err && err != buf) {
+        snprintf(buf, sizeof buf, "%s", err);
+        err = buf;
+    }
+    inst_finish(T, NULL, 1);
+    if (M->torn)
+        return;
+    if (M->exit_pending_set) { /* process.terminate of the instance from the task */
+        char *why = M->exit_pending;
+        M->exit_pending = NULL;
+        inst_finish(M, why, 1);
+        free(why);
+    } else if (err) {
+        inst_finish(M, err, 0);
+    }
+}
+
+/* coroutine.spawn(fn, ...): runs fn(...) as a task of the calling instance; returns true. */
+static int l_co_spawn(lua_State *L)
+{
+    rl_lua_inst *M = rl_lua_current(L);
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    rl_lua_aux *A = rl_lua_aux_of(M);
+    if (!A)
+        return luaL_error(L, "not enough memory");
+    if (A->ntasks >= RL_LUA_TASKS_MAX) {
+        rl_lua_refused(M, RL_LIMIT_CHILDREN);
+        return luaL_error(L, "too many spawned coroutines (at most %d)", RL_LUA_TASKS_MAX);
+    }
+    rl_lua_inst **nt = realloc(A->tasks, (A->ntasks + 1) * sizeof *nt);
+    if (!nt)
+        return luaL_error(L, "not enough memory");
+    A->tasks = nt;
+    int n = lua_gettop(L);
+    rl_lua_inst *T = calloc(1, sizeof *T);
+    if (!T)
+        return luaL_error(L, "not enough memory");
+    T->def = M->def;
+    T->co_ref = T->env_ref = T->inbox_ref = T->events_ref = LUA_NOREF;
+    T->state = RL_INST_READY;
+    if (!rl_lua_aux_of(T) || rl_proc_start(&T->proc, &task_ops, 1, M->proc.owner) < 0) {
+        free(T->aux);
+        free(T);
+        return luaL_error(L, "not enough memory");
+    }
+    T->aux->main = M;
+    A->tasks[A->ntasks++] = T;
+    T->listed = 1;
+    T->next = H.insts;
+    if (H.insts)
+        H.insts->prev = T;
+    H.insts = T;
+    lua_State *co = lua_newthread(L); /* may raise: T is on every list and is ended with M */
+    T->co = co;
+    T->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    luaL_checkstack(co, n, "too many arguments");
+    for (int i = 1; i <= n; i++)
+        lua_pushvalue(L, i);
+    lua_xmove(L, co, n);
+    T->nargs = n - 1;
+    if (hook_step)
+        lua_sethook(co, count_hook, LUA_MASKCOUNT, (int)hook_step);
+    runq_push(T);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* ---- rl_proc operations ---------------------------------------------------------------- */
 
 static int is_linked(rl_lua_inst *I, const char *pid)
@@ -726,9 +1084,13 @@ int rl_lua_unmon_find(const rl_lua_inst *I, const char *pid)
 }
 
 static void push_event(rl_lua_inst *I, rl_lua_ev_kind kind, const char *from, const char *error,
-                       uint64_t deadline, const char *reason)
+                       uint64_t deadline, const char *reason, rl_body *value)
 {
     rl_lua_event *e = calloc(1, sizeof *e);
+    if (e)
+        e->value = value; /* taken over */
+    else
+        rl_body_unref(value);
     if (!e || (error && !(e->error = strdup(error))) || (reason && !(e->reason = strdup(reason)))) {
         rl_error("lua", "plugin %s: out of memory, event dropped", I->proc.pid);
         rl_lua_event_free(e);
@@ -752,16 +1114,20 @@ static void inst_handle(rl_proc *p, rl_msg *m)
         const char *from = m->ctl.exit.pid;
         const char *error = m->ctl.exit.error ? m->ctl.exit.error->data : NULL;
         int u = rl_lua_unmon_find(I, from);
-        if (u >= 0) /* process.unmonitor(from): no EXIT; the report was its last word */
+        rl_body *value = rl_lua_exitval_take(I, from);
+        if (u >= 0) { /* process.unmonitor(from): no EXIT; the report was its last word */
             memmove(I->unmon->pid[u], I->unmon->pid[--I->unmon->n], RL_PID_MAX);
-        else
-            push_event(I, RL_EV_EXIT, from, error, 0, NULL);
+            rl_body_unref(value);
+        } else {
+            push_event(I, RL_EV_EXIT, from, error, 0, NULL, value);
+        }
         if (error && is_linked(I, from))
-            push_event(I, RL_EV_LINK_DOWN, from, error, 0, NULL);
+            push_event(I, RL_EV_LINK_DOWN, from, error, 0, NULL, NULL);
         rl_msg_free(m);
         return;
     }
-    rl_lua_chan_push_msg(rl_lua_ref_udata(I->inbox_ref), m);
+    rl_lua_chan *to = rl_lua_listen_chan(I, m); /* process.listen(topic), else the inbox */
+    rl_lua_chan_push_msg(to ? to : rl_lua_ref_udata(I->inbox_ref), m);
     /* The scheduler took m out of the mailbox count; until the plugin receives it, it still
        counts against the mailbox bound, so a plugin that does not keep up makes senders see
        -EAGAIN (overloaded) instead of growing the inbox without limit. */
@@ -773,7 +1139,7 @@ static void inst_cancel(rl_proc *p, uint64_t deadline_ms)
     rl_lua_inst *I = (rl_lua_inst *)p;
     if (I->torn)
         return;
-    push_event(I, RL_EV_CANCEL, H.cancel_from, NULL, deadline_ms, H.cancel_reason);
+    push_event(I, RL_EV_CANCEL, H.cancel_from, NULL, deadline_ms, H.cancel_reason, NULL);
     if (!I->deadline) {
         I->deadline = rl_lua_timer_start(I, RL_TIMER_DEADLINE, deadline_ms, 0, LUA_NOREF);
         if (!I->deadline)
@@ -785,6 +1151,7 @@ static void inst_free(rl_proc *p)
 {
     rl_lua_inst *I = (rl_lua_inst *)p;
     inst_teardown(I);
+    acct_release(I->mem_acct);
     list_remove(I);
     free(I->waits);
     rl_body_unref(I->user_meta);
@@ -831,6 +1198,8 @@ typedef struct spawn_ctx {
     int chunk_ref;
     const char *args_json;    /* a child's run() argument (JSON), or NULL */
     const rl_spawn_args *hub; /* or the hub's arguments */
+    int nargs;                /* >= 0: args_json is an array of nargs run() arguments */
+    const char *ctx;          /* process.with_context values (JSON object) or NULL */
 } spawn_ctx;
 
 /* Pushes args.config: the relay's parameters and the plugin's identity. The same for every
@@ -844,13 +1213,24 @@ static void push_config(lua_State *L, const rl_config *c, const rl_plugin_def *d
         return;
     }
     lua_rawgeti(L, LUA_REGISTRYINDEX, H.readonly_ref);
-    lua_createtable(L, 0, 6);
+    lua_createtable(L, 0, 10);
     lua_pushinteger(L, c->max_connections_per_user);
     lua_setfield(L, -2, "max_connections_per_user");
     lua_pushinteger(L, c->queue_multiplier);
     lua_setfield(L, -2, "queue_multiplier");
     lua_pushfstring(L, "%Is", (lua_Integer)(c->user_hub_inactivity_timeout_ms / 1000));
     lua_setfield(L, -2, "user_hub_inactivity_timeout");
+    /* the platform's derived fields (consts.get_config): seconds as "Ns" duration strings */
+    lua_pushinteger(L, (lua_Integer)c->max_connections_per_user * c->queue_multiplier);
+    lua_setfield(L, -2, "message_queue_size");
+    lua_pushfstring(L, "%Is", (lua_Integer)(c->user_hub_inactivity_timeout_ms / 2500));
+    lua_setfield(L, -2, "gc_check_interval");
+    lua_pushfstring(L, "%Is", (lua_Integer)(c->user_hub_inactivity_timeout_ms / 5000));
+    lua_setfield(L, -2, "heartbeat_interval");
+    if (c->application_host) {
+        lua_pushstring(L, c->application_host);
+        lua_setfield(L, -2, "user_hub_host");
+    }
     if (c->user_security_scope) {
         lua_pushstring(L, c->user_security_scope);
         lua_setfield(L, -2, "user_security_scope");
@@ -911,17 +1291,34 @@ static int spawn_p(lua_State *L)
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->chunk_ref);
     lua_pushvalue(L, env);
     lua_pushstring(L, I->def->method && I->def->method[0] ? I->def->method : "run");
+    int nvals = 1;
     if (s->hub) {
         push_hub_args(L, s->hub);
+    } else if (s->nargs >= 0 && s->args_json) { /* every argument of process.spawn*(id, host, ...) */
+        if (!rl_lua_json_decode(L, s->args_json, strlen(s->args_json)) || !lua_istable(L, -1))
+            return luaL_error(L, "bad spawn arguments: %s", lua_tostring(L, -1));
+        luaL_checkstack(L, s->nargs + 8, "too many spawn arguments");
+        int t = lua_gettop(L);
+        for (int i = 1; i <= s->nargs; i++)
+            lua_rawgeti(L, t, i);
+        lua_remove(L, t);
+        nvals = s->nargs;
+    } else if (s->nargs >= 0) {
+        nvals = 0;
     } else if (!s->args_json) {
         lua_newtable(L);
     } else if (!rl_lua_json_decode(L, s->args_json, strlen(s->args_json))) {
         return luaL_error(L, "bad spawn arguments: %s", lua_tostring(L, -1));
     }
-    if (!lua_checkstack(co, 5))
+    if (s->ctx) {
+        rl_lua_aux *A = rl_lua_aux_of(I);
+        if (!A || !(A->ctx = rl_body_new(s->ctx, strlen(s->ctx))))
+            return luaL_error(L, "not enough memory");
+    }
+    if (!lua_checkstack(co, 4 + nvals))
         return luaL_error(L, "not enough memory");
-    lua_xmove(L, co, 5);
-    I->nargs = 4;
+    lua_xmove(L, co, 4 + nvals);
+    I->nargs = 3 + nvals;
     if (hook_step)
         lua_sethook(co, count_hook, LUA_MASKCOUNT, (int)hook_step);
     return 0;
@@ -945,7 +1342,8 @@ static int spawn(lua_State *L, const rl_plugin_def *def, rl_owner *owner, rl_bod
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
-    I->def = &H.cfg->plugins[idx];
+    I->def = rl_lua_def_at((size_t)idx);
+    I->mem_acct = acct_new();
     I->co_ref = I->env_ref = I->inbox_ref = I->events_ref = LUA_NOREF;
     I->state = RL_INST_READY;
     if (rl_proc_start(&I->proc, &inst_ops, H.cfg->plugin_queue, owner) < 0) {
@@ -985,7 +1383,16 @@ int rl_lua_spawn_child(lua_State *L, rl_lua_inst *parent, const rl_plugin_def *d
                        const char *args_json, int monitored, char pid_out[RL_PID_MAX], char *err,
                        size_t errlen)
 {
-    spawn_ctx s = {NULL, LUA_NOREF, args_json, NULL};
+    spawn_ctx s = {NULL, LUA_NOREF, args_json, NULL, -1, NULL};
+    return spawn(L, def, parent->proc.owner, parent->user_meta, &s,
+                 monitored ? &parent->proc : NULL, pid_out, err, errlen);
+}
+
+int rl_lua_spawn_child_n(lua_State *L, rl_lua_inst *parent, const rl_plugin_def *def,
+                         const char *args_json, int nargs, const char *ctx, int monitored,
+                         char pid_out[RL_PID_MAX], char *err, size_t errlen)
+{
+    spawn_ctx s = {NULL, LUA_NOREF, args_json, NULL, nargs < 0 ? 0 : nargs, ctx};
     return spawn(L, def, parent->proc.owner, parent->user_meta, &s,
                  monitored ? &parent->proc : NULL, pid_out, err, errlen);
 }
@@ -996,7 +1403,7 @@ int rl_lua_spawn(const rl_spawn_args *a, char pid_out[RL_PID_MAX], char *err, si
         snprintf(err, errlen, "the plugin host is closed");
         return -ESHUTDOWN;
     }
-    spawn_ctx s = {NULL, LUA_NOREF, NULL, a};
+    spawn_ctx s = {NULL, LUA_NOREF, NULL, a, -1, NULL};
     return spawn(H.L, a->def, a->owner, a->user_metadata, &s, a->parent, pid_out, err, errlen);
 }
 
@@ -1051,11 +1458,11 @@ static char *read_file(const char *path, size_t *len)
 /* Compiles plugin i (or reuses the chunk of an earlier plugin with the same source). */
 static int compile_plugin(lua_State *L, size_t i, init_ctx *c)
 {
-    const rl_plugin_def *d = &H.cfg->plugins[i];
+    const rl_plugin_def *d = rl_lua_def_at(i);
     const char *file = H.cfg->path ? H.cfg->path : (d->source_path ? d->source_path : "?");
     for (size_t j = 0; j < i; j++) {
-        if (d->source_path && H.cfg->plugins[j].source_path &&
-            strcmp(d->source_path, H.cfg->plugins[j].source_path) == 0) {
+        if (d->source_path && rl_lua_def_at(j)->source_path &&
+            strcmp(d->source_path, rl_lua_def_at(j)->source_path) == 0) {
             H.chunk_refs[i] = H.chunk_refs[j];
             return 0;
         }
@@ -1066,6 +1473,13 @@ static int compile_plugin(lua_State *L, size_t i, init_ctx *c)
         snprintf(c->err, c->errlen, "%s: entry %s: cannot read source %s: %s", file,
                  d->name ? d->name : "?", d->source_path ? d->source_path : "(none)",
                  strerror(errno ? errno : ENOENT));
+        return -1;
+    }
+    char why[256];
+    if (rl_lua_strip_types(src, len, why, sizeof why) < 0) { /* the platform's annotations */
+        snprintf(c->err, c->errlen, "%s: entry %s: %s: %s", file, d->name ? d->name : "?",
+                 d->source_path, why);
+        free(src);
         return -1;
     }
     /* On the first line, so error line numbers match the file; a "#!" line becomes a comment. */
@@ -1103,6 +1517,13 @@ static int init_p(lua_State *L)
     rl_lua_str_open(L);
 
     rl_lua_host_open(L); /* 2: host helpers */
+    rl_lua_fid_host(L);
+    lua_pushcfunction(L, l_co_spawn);
+    lua_setfield(L, -2, "co_spawn");
+    lua_pushlightuserdata(L, &block_token);
+    lua_setfield(L, -2, "block");
+    lua_pushcfunction(L, h_block_unblock);
+    lua_setfield(L, -2, "unblock");
     rl_lua_uuid_push(L);
     lua_setfield(L, -2, "uuid");
     rl_lua_http_push(L);
@@ -1122,9 +1543,9 @@ static int init_p(lua_State *L)
     H.env_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     H.safe_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
-    for (size_t i = 0; i < H.cfg->nplugins; i++)
+    for (size_t i = 0; i < rl_lua_ndefs(); i++)
         H.chunk_refs[i] = H.config_refs[i] = LUA_NOREF;
-    for (size_t i = 0; i < H.cfg->nplugins; i++)
+    for (size_t i = 0; i < rl_lua_ndefs(); i++)
         if (compile_plugin(L, i, c) < 0) {
             lua_pushinteger(L, -1);
             return 1;
@@ -1148,7 +1569,7 @@ static void unref_chunks(lua_State *L, int *refs, size_t n)
 static int reload_p(lua_State *L)
 {
     init_ctx *c = lua_touserdata(L, 1);
-    for (size_t i = 0; i < H.cfg->nplugins; i++)
+    for (size_t i = 0; i < rl_lua_ndefs(); i++)
         if (compile_plugin(L, i, c) < 0) {
             lua_pushinteger(L, -1);
             return 1;
@@ -1161,7 +1582,7 @@ int rl_lua_reload(char *err, size_t errlen)
 {
     if (!H.L || !H.open)
         return -ESHUTDOWN;
-    size_t n = H.cfg->nplugins;
+    size_t n = rl_lua_ndefs();
     int *old = H.chunk_refs, *fresh = malloc((n ? n : 1) * sizeof *fresh);
     if (!fresh) {
         snprintf(err, errlen, "out of memory");
@@ -1255,8 +1676,10 @@ int rl_lua_init(const rl_config *c, char *err, size_t errlen)
     H.rng = uv_hrtime() | 1;
     uint64_t budget = c->lua_instruction_budget;
     hook_step = budget == 0 ? 0 : (budget < RL_LUA_HOOK_STEP ? budget : RL_LUA_HOOK_STEP);
-    H.chunk_refs = calloc(c->nplugins ? c->nplugins : 1, sizeof *H.chunk_refs);
-    H.config_refs = calloc(c->nplugins ? c->nplugins : 1, sizeof *H.config_refs);
+    size_t ndefs = c->nplugins + c->nlua_entries;
+    blk_hdr = c->plugin_memory_limit ? BLK_HDR_SIZE : 0; /* before the state's first block */
+    H.chunk_refs = calloc(ndefs ? ndefs : 1, sizeof *H.chunk_refs);
+    H.config_refs = calloc(ndefs ? ndefs : 1, sizeof *H.config_refs);
     if (!H.chunk_refs || !H.config_refs || !(H.L = lua_newstate(host_alloc, NULL))) {
         snprintf(err, errlen, "%s: cannot create the Lua state: out of memory",
                  c->path ? c->path : "config");
@@ -1304,6 +1727,9 @@ void rl_lua_close(void)
     rl_lua_names_close();
     lua_close(H.L);
     H.L = NULL;
+    free(accts);
+    accts = NULL;
+    nacct = acct_free = 0;
     pool_drain();
     rl_lua_json_close();
     free(H.chunk_refs);

@@ -24,6 +24,8 @@ enum { MODE_SELECT = 0, MODE_RECV = 1, MODE_SEND = 2 };
    has a uservalue (its ring buffer). A receive case is the channel itself. */
 struct rl_lua_chan {
     unsigned char kind, closed;
+    unsigned char data_only; /* an inbox-kind channel of process.listen(t, {message = false}):
+                                a receive gives the payload's data, not the message */
     rl_lua_waiter *waiters;
     union {
         struct {
@@ -53,8 +55,18 @@ typedef struct msg_ud {
     uint16_t flags;  /* RL_MSG_* */
     uint16_t from_len;
     uint32_t name_len;
+    uint32_t acct;   /* the memory account its body is charged to (0: none) */
     char s[]; /* the sender's pid (from_len bytes, NUL), then the topic name (name_len, NUL) */
 } msg_ud;
+
+/* Bytes of m's body an instance is charged for holding it. */
+static size_t body_bytes(const rl_msg *m) { return m && m->body ? m->body->len : 0; }
+
+/* The memory account of the instance owning an inbox (0 once it is torn down). */
+static uint32_t inbox_acct(const rl_lua_chan *ch)
+{
+    return ch->owner ? ((const rl_lua_inst *)ch->owner)->mem_acct : 0;
+}
 
 typedef struct sel_case {
     rl_lua_chan *ch;
@@ -68,6 +80,7 @@ void rl_lua_event_free(rl_lua_event *e)
         return;
     free(e->error);
     free(e->reason);
+    rl_body_unref(e->value);
     free(e);
 }
 
@@ -112,10 +125,31 @@ rl_lua_chan *rl_lua_chan_new(lua_State *L, int kind, size_t cap)
     return ch;
 }
 
-void rl_lua_chan_set_owner(rl_lua_chan *ch, rl_proc *p) { ch->owner = p; }
+void rl_lua_chan_set_owner(rl_lua_chan *ch, rl_proc *p)
+{
+    if (!p && ch->owner) /* torn down: what is still queued is nobody's any more */
+        for (rl_msg *m = ch->mhead; m; m = m->next)
+            rl_lua_mem_hold(inbox_acct(ch), 0, body_bytes(m));
+    ch->owner = p;
+}
+
+void rl_lua_chan_set_data_only(rl_lua_chan *ch, int on) { ch->data_only = on ? 1 : 0; }
+
+void rl_lua_chan_detach(rl_lua_chan *ch)
+{
+    size_t queued = 0;
+    for (rl_msg *m = ch->mhead; m; m = m->next)
+        queued++;
+    if (ch->owner) /* what it still holds leaves the mailbox bound and the memory account */
+        ch->owner->qlen = ch->owner->qlen > queued ? ch->owner->qlen - (uint32_t)queued : 0;
+    rl_lua_chan_set_owner(ch, NULL);
+    ch->closed = 1;
+    notify(ch);
+}
 
 void rl_lua_chan_push_msg(rl_lua_chan *ch, rl_msg *m)
 {
+    rl_lua_mem_hold(inbox_acct(ch), body_bytes(m), 0); /* a body the instance holds */
     m->next = NULL;
     if (ch->mtail)
         ch->mtail->next = m;
@@ -194,6 +228,7 @@ static void push_msg(lua_State *L, const rl_msg *m)
     u->flags = m->flags;
     u->body = rl_body_ref(m->body);
     u->owner = rl_owner_ref(m->owner);
+    u->acct = 0;
     luaL_setmetatable(L, MSG_MT);
 }
 
@@ -213,16 +248,24 @@ static void push_event(lua_State *L, const rl_lua_event *e)
         lua_pushstring(L, e->reason ? e->reason : "cancelled");
         lua_setfield(L, -2, "reason");
     } else {
-        lua_createtable(L, 0, 1);
+        lua_createtable(L, 0, 2);
         if (e->error) {
             lua_pushstring(L, e->error);
             lua_setfield(L, -2, "error");
+        }
+        if (e->value) { /* the process's return value, as it went through JSON */
+            if (rl_lua_json_decode(L, e->value->data, e->value->len))
+                lua_setfield(L, -2, "value");
+            else
+                lua_pop(L, 1);
         }
         lua_setfield(L, -2, "result");
     }
 }
 
 /* Receives from ch (userdata at chidx), known ready: pushes value and ok. */
+static int push_data(lua_State *L, const msg_ud *m);
+
 static void do_recv(lua_State *L, rl_lua_chan *ch, int chidx)
 {
     switch (ch->kind) {
@@ -248,10 +291,18 @@ static void do_recv(lua_State *L, rl_lua_chan *ch, int chidx)
             ch->mhead = m->next;
             if (!ch->mhead)
                 ch->mtail = NULL;
-            rl_msg_free(m);
+            msg_ud *u = lua_touserdata(L, -1);
+            u->acct = inbox_acct(ch); /* the charge moves with the message */
             rl_proc *p = ch->owner;
             if (p && p->qlen)
                 p->qlen--; /* the message leaves the mailbox bound (see rl_lua.c handle) */
+            rl_msg_free(m);
+            if (ch->data_only) { /* the data instead of the message (collected soon) */
+                int ud = lua_gettop(L);
+                if (!push_data(L, u))
+                    lua_pushnil(L);
+                lua_remove(L, ud);
+            }
         }
         lua_pushboolean(L, 1);
         return;
@@ -345,7 +396,7 @@ static int parse_cases(lua_State *L, sel_case *cs, int *dflt)
    is ready. MODE_SELECT: select(cases); MODE_RECV: ch:receive(); MODE_SEND: ch:send(v). */
 static int chan_do(lua_State *L, int mode)
 {
-    rl_lua_inst *I = rl_lua_current(L);
+    rl_lua_inst *I = rl_lua_running(L); /* the instance, or its coroutine.spawn task */
     sel_case cs[RL_LUA_SELECT_MAX];
     int n, dflt = 0;
     if (mode == MODE_SELECT) {
@@ -431,8 +482,21 @@ static int chan_do(lua_State *L, int mode)
             w->next->prev = w;
         cs[i].ch->waiters = w;
     }
-    I->state = RL_INST_BLOCKED;
-    return lua_yieldk(L, 0, mode, chan_k);
+    /* A receiver now waits on an unbuffered channel: a sender already blocked on it (another
+       task of the instance) can complete the rendezvous, so it tries again. */
+    for (int i = 0; i < n; i++) {
+        if (cs[i].op != OP_RECV || cs[i].ch->kind != RL_CH_LUA || cs[i].ch->cap)
+            continue;
+        for (rl_lua_waiter *w = cs[i].ch->waiters; w;) {
+            if (w->op == OP_SEND && w->inst != I) {
+                rl_lua_wake(w->inst); /* unlinks its waiters: start over */
+                w = cs[i].ch->waiters;
+            } else {
+                w = w->next;
+            }
+        }
+    }
+    return rl_lua_block(L, I, mode, chan_k);
 }
 
 static int l_select(lua_State *L) { return chan_do(L, MODE_SELECT); }
@@ -461,7 +525,7 @@ static int l_new(lua_State *L)
 {
     lua_Integer n = luaL_optinteger(L, 1, 0);
     luaL_argcheck(L, n >= 0 && n <= RL_LUA_CHAN_MAX, 1, "size out of range");
-    rl_lua_inst *I = rl_lua_g.current;
+    rl_lua_inst *I = rl_lua_g.current ? rl_lua_current(L) : NULL; /* a task's count is its instance's */
     if (I && !I->chans) {
         if (!(I->chans = calloc(1, sizeof *I->chans)))
             return luaL_error(L, "not enough memory");
@@ -602,6 +666,9 @@ static int l_msg_payload(lua_State *L)
 static int l_msg_gc(lua_State *L)
 {
     msg_ud *u = lua_touserdata(L, 1);
+    if (u->acct)
+        rl_lua_mem_hold(u->acct, 0, u->body ? u->body->len : 0);
+    u->acct = 0;
     rl_body_unref(u->body);
     rl_owner_unref(u->owner);
     u->body = NULL;
@@ -613,9 +680,10 @@ static int l_msg_gc(lua_State *L)
    frame is decoded here, once, and nowhere else). A client message gets conn_pid: its sender,
    the connection, never what the client wrote. A raw frame comes back as a string; no body as
    nil. */
-static int l_payload_data(lua_State *L)
+static int l_payload_data(lua_State *L) { return push_data(L, check_msg(L)); }
+
+static int push_data(lua_State *L, const msg_ud *m)
 {
-    msg_ud *m = check_msg(L);
     if (!m->body)
         return 0;
     if (m->flags & RL_MSG_RAW) {

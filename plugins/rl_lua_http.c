@@ -458,10 +458,8 @@ static int call_k(lua_State *L, int status, lua_KContext ctx)
 {
     (void)status;
     http_call *c = (http_call *)ctx;
-    if (c->left) { /* woken by something else: keep waiting */
-        c->inst->state = RL_INST_BLOCKED;
-        return lua_yieldk(L, 0, ctx, call_k);
-    }
+    if (c->left) /* woken by something else: keep waiting */
+        return rl_lua_block(L, c->inst, ctx, call_k);
     if (!c->batch) {
         push_one(L, &c->one[0]);
         call_free(c);
@@ -508,8 +506,7 @@ static int call_run(lua_State *L, rl_lua_inst *I, const http_spec *sp, size_t n,
     }
     if (!c->left)
         return call_k(L, LUA_OK, (lua_KContext)c);
-    I->state = RL_INST_BLOCKED;
-    return lua_yieldk(L, 0, (lua_KContext)c, call_k);
+    return rl_lua_block(L, I, (lua_KContext)c, call_k);
 }
 
 /* ---- Lua functions ------------------------------------------------------------------------ */
@@ -518,7 +515,7 @@ static int call_run(lua_State *L, rl_lua_inst *I, const http_spec *sp, size_t n,
    specs point into) above them, at nargs + 1. */
 static rl_lua_inst *http_enter(lua_State *L, int nargs)
 {
-    rl_lua_inst *I = rl_lua_current(L);
+    rl_lua_inst *I = rl_lua_running(L); /* the instance, or its coroutine.spawn task */
     rl_lua_check_block(L, I);
     lua_settop(L, nargs);
     lua_newtable(L);

@@ -25,6 +25,7 @@
 #define RL_LUA_DURATION_MAX 9.2e18 /* |duration| in ns (int64, as Go's time.Duration) */
 #define RL_LUA_TICK_MIN_NS 1e6     /* shortest ticker period: the loop's timer resolution */
 #define RL_LUA_UNMON_MAX 256       /* processes one instance has unmonitored (pending exits) */
+#define RL_LUA_TASKS_MAX 1024      /* live coroutine.spawn tasks of one instance */
 
 /* What the sandbox bounds per instance: the label of its kill and refusal counters. */
 #define RL_LUA_LIMITS(X)                                                                          \
@@ -41,6 +42,7 @@ typedef enum {
 #undef RL_LIMIT_ENUM
     RL_LIMIT_COUNT
 } rl_lua_limit;
+_Static_assert(RL_LIMIT_COUNT <= 8, "rl_lua_inst.limit_kind is a 3-bit field");
 
 typedef struct rl_lua_inst rl_lua_inst;
 typedef struct rl_lua_timer rl_lua_timer;
@@ -67,6 +69,7 @@ typedef struct rl_lua_event {
     struct rl_lua_event *next;
     rl_lua_ev_kind kind;
     uint64_t deadline_ms; /* CANCEL */
+    rl_body *value;       /* EXIT: the process's return value (JSON), NULL if none */
     char *error;          /* EXIT / LINK_DOWN: NULL = normal exit */
     char *reason;         /* CANCEL: why (NULL: none given) */
     char from[RL_PID_MAX];
@@ -95,15 +98,43 @@ struct rl_lua_inst { /* 320 bytes: one jemalloc class per idle instance, keep it
     char **children;    /* live children it spawned: they end with it (plugin_max_children) */
     struct rl_lua_count *chans; /* live channels it made (plugin_max_channels) */
     rl_lua_unmon *unmon;        /* processes it unmonitored, NULL if none */
+    struct rl_lua_aux *aux;     /* what few instances use (rl_lua_fid.c), NULL until then */
     uint64_t parent;            /* serial of the instance that spawned it, 0 for a hub's plugin */
-    rl_lua_inst_state state;
-    rl_lua_limit limit_kind; /* with limit_hit: the limit that doomed it */
     int co_ref, env_ref, inbox_ref, events_ref;
     int nargs; /* values on co's stack for the next resume */
     unsigned budget_hit : 1, oom : 1, torn : 1, listed : 1, exit_pending_set : 1;
-    int oom_refusals; /* consecutive refused allocations while running */
+    unsigned oom_refusals : 2; /* consecutive refused allocations while running */
+    unsigned state : 2;        /* rl_lua_inst_state */
+    unsigned limit_kind : 3;   /* rl_lua_limit: with limit_hit, the limit that doomed it */
     uint32_t nwaits, wcap, nlinks, nchildren, ntimers; /* ntimers: live timers it owns */
+    uint32_t mem_acct; /* its memory account (rl_lua.c), 0 = none */
 };
+
+/* The exit value of a process one of its monitors has not handled yet (result.value). */
+typedef struct rl_lua_exitval {
+    struct rl_lua_exitval *next;
+    char pid[RL_PID_MAX];
+    rl_body *value; /* JSON */
+} rl_lua_exitval;
+
+/* process.listen(topic): messages of that topic go to its channel, not the inbox. */
+typedef struct rl_lua_listen {
+    char *topic;
+    int chan_ref;
+} rl_lua_listen;
+#define RL_LUA_LISTEN_MAX 64 /* subscriptions of one instance */
+
+/* Per-instance state of the platform-fidelity parts (rl_lua_fid.c). */
+typedef struct rl_lua_aux {
+    rl_lua_exitval *exitvals;
+    rl_body *ctx;     /* process.with_context values it was spawned with (JSON object) */
+    int imports_ref;  /* table: library id -> the module this instance imported */
+    struct rl_lua_listen *listens; /* process.listen subscriptions */
+    uint32_t nlistens;
+    struct rl_lua_inst *main;   /* a coroutine.spawn task: the instance it belongs to */
+    struct rl_lua_inst **tasks; /* an instance: its live tasks */
+    uint32_t ntasks;
+} rl_lua_aux;
 
 /* A count shared by an instance and the objects it made, freed by whichever goes last. */
 typedef struct rl_lua_count {
@@ -144,20 +175,34 @@ void rl_lua_http_push(lua_State *L);
 void rl_lua_http_release(rl_lua_inst *I);
 
 /* rl_lua.c */
-/* The running instance; raises a Lua error when called outside one. */
+/* The running instance (the one a running coroutine.spawn task belongs to); raises a Lua
+   error when called outside one. */
 rl_lua_inst *rl_lua_current(lua_State *L);
-/* Raises unless L may block: it must be the instance's own coroutine (not one the plugin
-   created) and yieldable (not inside a C call such as a table.sort comparator). */
+/* What is inside lua_resume: the instance or one of its tasks (what blocks, and is woken, is
+   this one); raises outside. */
+rl_lua_inst *rl_lua_running(lua_State *L);
+/* Raises unless L may block: it must be yieldable (not inside a C call such as a table.sort
+   comparator); it may be a coroutine the plugin made (rl_lua_block). */
 /* Registers the metatable `name` for a userdata class: methods (may be NULL) as __index, the
    metamethods meta (may be NULL, e.g. __gc, __tostring), and a locked __metatable so plugins
    cannot read or replace it. Leaves the stack as it was. */
 void rl_lua_new_class(lua_State *L, const char *name, const luaL_Reg *methods, const luaL_Reg *meta);
 void rl_lua_check_block(lua_State *L, rl_lua_inst *I);
+/* Blocks I (the running unit, rl_lua_running) in a blocking call of L: yields with k as the
+   continuation (k retries the call). L is I's coroutine or one the plugin made and resumed
+   below it: then the prelude's resume blocks the coroutines above in turn. Call after
+   rl_lua_check_block and after linking I's waiters or timer. */
+int rl_lua_block(lua_State *L, rl_lua_inst *I, lua_KContext ctx, lua_KFunction k);
 /* Why I must end now (budget, memory, another limit, terminate), or NULL while it may run. */
 const char *rl_lua_doomed(const rl_lua_inst *I);
 /* Counts n steps of C work of the running instance against its instruction budget; raises
    (and dooms it) when the budget is spent. No-op outside an instance. */
 void rl_lua_charge(lua_State *L, uint64_t n);
+/* Charges (add) or gives back (sub) bytes the instance of account acct holds outside Lua
+   (message bodies) to its account and to the node's count. */
+void rl_lua_mem_hold(uint32_t acct, size_t add, size_t sub);
+/* Bytes charged to I's account. */
+size_t rl_lua_mem_of(const rl_lua_inst *I);
 /* Dooms the running instance for exceeding `kind` (reason: static text) and raises. */
 void rl_lua_violation(lua_State *L, rl_lua_limit kind, const char *reason);
 /* Logs and counts a request of I refused at limit `kind` (the caller answers the error). */
@@ -181,6 +226,11 @@ rl_lua_inst *rl_lua_inst_of(const char *pid);
 int rl_lua_spawn_child(lua_State *L, rl_lua_inst *parent, const rl_plugin_def *def,
                        const char *args_json, int monitored, char pid_out[RL_PID_MAX], char *err,
                        size_t errlen);
+/* The same with every run() argument: args_json is a JSON array of nargs values (holes are
+   nil), ctx a JSON object for the child's ctx module (may be NULL). */
+int rl_lua_spawn_child_n(lua_State *L, rl_lua_inst *parent, const rl_plugin_def *def,
+                         const char *args_json, int nargs, const char *ctx, int monitored,
+                         char pid_out[RL_PID_MAX], char *err, size_t errlen);
 /* Index of pid in I's unmonitored set, or -1. */
 int rl_lua_unmon_find(const rl_lua_inst *I, const char *pid);
 /* The plugin def whose id or name is s, or NULL. */
@@ -198,6 +248,11 @@ void rl_lua_chan_push_event(rl_lua_chan *ch, rl_lua_event *e);
 void rl_lua_chan_fire(rl_lua_chan *ch, int64_t unix_ns);
 /* Stores the process whose mailbox count an inbox channel gives back on receive (NULL: none). */
 void rl_lua_chan_set_owner(rl_lua_chan *ch, rl_proc *p);
+/* An inbox-kind channel whose receive gives the payload's data instead of the message. */
+void rl_lua_chan_set_data_only(rl_lua_chan *ch, int on);
+/* Ends a host-fed inbox-kind channel: what it holds leaves its owner's mailbox count and memory
+   account, it is closed (receivers get what is left, then nil, false) and has no owner. */
+void rl_lua_chan_detach(rl_lua_chan *ch);
 /* Unlinks every waiter of I. */
 void rl_lua_unwait(rl_lua_inst *I);
 void rl_lua_event_free(rl_lua_event *e);
@@ -239,8 +294,35 @@ void rl_lua_time_push(lua_State *L, int64_t unix_ns);
    state's global tables with bounded ones (before the prelude copies them). */
 void rl_lua_str_open(lua_State *L);
 
+/* rl_lua_fid.c: the platform's errors, env, ctx, funcs modules, imports of library.lua
+   entries, process.with_context, exit values. */
+/* The aux state of I, made on first use; NULL on OOM. */
+rl_lua_aux *rl_lua_aux_of(rl_lua_inst *I);
+/* Frees I's aux state (teardown). */
+void rl_lua_aux_free(rl_lua_inst *I);
+/* The process.listen channel m goes to instead of I's inbox, or NULL. */
+rl_lua_chan *rl_lua_listen_chan(const rl_lua_inst *I, const rl_msg *m);
+/* Takes the pending exit value of pid for I (NULL if none); the caller owns the reference. */
+rl_body *rl_lua_exitval_take(rl_lua_inst *I, const char *pid);
+/* Hands the exit value at idx of the ending instance I to every Lua instance monitoring it. */
+void rl_lua_exitval_post(lua_State *co, rl_lua_inst *I, int idx);
+/* Adds host.extend (run by the prelude: errors, env, ctx, funcs, process.with_context, and
+   the import function require falls back to) and its host.fid_* helpers to the table on top. */
+void rl_lua_fid_host(lua_State *L);
+/* The def at index i of the host's list (plugins, then the other Lua entries), count. */
+const rl_plugin_def *rl_lua_def_at(size_t i);
+size_t rl_lua_ndefs(void);
+/* The compiled chunk of def (LUA_NOREF if none). */
+int rl_lua_chunk_of(const rl_plugin_def *def);
+/* Pushes a fresh environment table for a library or function run (the instance's globals
+   table is not shared with it; it sees the same sandbox). */
+void rl_lua_push_env(lua_State *L);
+
 /* rl_lua_proc.c */
 void rl_lua_proc_open(lua_State *L); /* pushes the process module table */
+/* process.spawn* with (id, host, args...) from stack index first; ctx: with_context values
+   (JSON object) or NULL. Returns the Lua results (pid, or nil and the reason). */
+int rl_lua_proc_spawn(lua_State *L, int first, int monitored, int linked, const char *ctx);
 /* Pushes the host helper table used by the prelude (log, env, actor). */
 void rl_lua_host_open(lua_State *L);
 /* Drops every registry name owned by pid. */

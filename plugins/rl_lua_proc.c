@@ -262,6 +262,17 @@ static int l_unmonitor(lua_State *L)
     return 1;
 }
 
+static int monitors(const rl_lua_inst *I, const char *pid);
+static int unmon_add(rl_lua_inst *I, const char *pid);
+
+static int is_linked_pid(const rl_lua_inst *I, const char *pid)
+{
+    for (size_t i = 0; i < I->nlinks; i++)
+        if (strcmp(I->links[i], pid) == 0)
+            return 1;
+    return 0;
+}
+
 static int add_link(rl_lua_inst *I, const char *pid)
 {
     char **nl = realloc(I->links, (I->nlinks + 1) * sizeof *nl);
@@ -283,9 +294,16 @@ static int l_link(lua_State *L)
     rl_proc *T = rl_proc_find(pid);
     if (T && !rl_may_control(&I->proc, T))
         return fail(L, send_error(-EPERM));
+    if (is_linked_pid(I, pid)) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    /* a link alone gives LINK_DOWN, not EXIT: unless I monitors pid already, its exit report
+       is taken for the link only */
+    int was = monitors(I, pid);
     int rc = add_link(I, pid);
-    if (rc == 0)
-        rc = rl_monitor(&I->proc, pid);
+    if (rc == 0 && !was) /* (a process already gone reports "noproc" at once: LINK_DOWN) */
+        rc = unmon_add(I, pid) == 0 ? rl_monitor(&I->proc, pid) : -ENOMEM;
     if (rc < 0)
         return fail(L, send_error(rc));
     lua_pushboolean(L, 1);
@@ -307,12 +325,45 @@ static int l_unlink(lua_State *L)
     return 1;
 }
 
-static int do_spawn(lua_State *L, int monitored, int linked)
+/* Whether I already monitors the process pid (by process.monitor or a monitored spawn). */
+static int monitors(const rl_lua_inst *I, const char *pid)
+{
+    rl_proc *T = rl_proc_find(pid);
+    for (size_t i = 0; T && i < T->nmonitors; i++)
+        if (T->monitors[i] == I->proc.serial)
+            return 1;
+    return 0;
+}
+
+/* Adds pid to I's unmonitored set (no EXIT event for it). Returns 0 or -ENOMEM / -ENOSPC. */
+static int unmon_add(rl_lua_inst *I, const char *pid)
+{
+    if (rl_lua_unmon_find(I, pid) >= 0)
+        return 0;
+    uint32_t n = I->unmon ? I->unmon->n : 0;
+    if (n >= RL_LUA_UNMON_MAX)
+        return -ENOSPC;
+    rl_lua_unmon *nu = realloc(I->unmon, sizeof *nu + (n + 1) * sizeof nu->pid[0]);
+    if (!nu)
+        return -ENOMEM;
+    I->unmon = nu;
+    nu->n = n + 1;
+    snprintf(nu->pid[n], RL_PID_MAX, "%s", pid);
+    return 0;
+}
+
+#define SPAWN_ARGS_MAX 64 /* run() arguments of one spawn */
+
+/* process.spawn*(id, host, ...) with the arguments from index `first` (id, host, args...):
+   every argument reaches the child's run(...) (as JSON: what json.encode takes, nil as nil).
+   id names a relay plugin or a plain process.lua entry. ctx: with_context values (JSON) or
+   NULL. Pushes the pid, or nil and the reason. */
+int rl_lua_proc_spawn(lua_State *L, int first, int monitored, int linked, const char *ctx)
 {
     rl_lua_inst *I = rl_lua_current(L);
-    const char *id = luaL_checkstring(L, 1);
+    const char *id = luaL_checkstring(L, first);
     const rl_plugin_def *def = rl_lua_find_def(id);
-    if (!def)
+    if (!def || (def->lua_kind != RL_LUA_ENTRY_PLUGIN && def->lua_kind != RL_LUA_ENTRY_PROCESS))
         return fail(L, "unknown process id");
     if (I->nchildren >= rl_lua_g.cfg->plugin_max_children) {
         rl_lua_refused(I, RL_LIMIT_CHILDREN);
@@ -321,30 +372,52 @@ static int do_spawn(lua_State *L, int monitored, int linked)
                         (int)rl_lua_g.cfg->plugin_max_children);
         return 2;
     }
-    const char *args = NULL;
-    if (!lua_isnoneornil(L, 3)) {
-        if (!rl_lua_json_encode(L, 3)) {
+    int top = lua_gettop(L), nargs = top > first + 1 ? top - (first + 1) : 0;
+    if (nargs > SPAWN_ARGS_MAX)
+        return fail(L, "too many spawn arguments (at most 64)");
+    luaL_Buffer b;
+    luaL_buffinit(L, &b); /* the buffer sits on the stack above the arguments */
+    luaL_addchar(&b, '[');
+    for (int i = 0; i < nargs; i++) {
+        int idx = first + 2 + i;
+        if (i)
+            luaL_addchar(&b, ',');
+        if (lua_isnil(L, idx)) {
+            luaL_addstring(&b, "null");
+            continue;
+        }
+        if (!rl_lua_json_encode(L, idx)) {
+            lua_pushfstring(L, "spawn argument %d: %s", i + 1, lua_tostring(L, -1));
             lua_pushnil(L);
             lua_insert(L, -2);
             return 2;
         }
-        args = lua_tostring(L, -1);
+        luaL_addvalue(&b);
     }
+    luaL_addchar(&b, ']');
+    luaL_pushresult(&b);
+    const char *args = lua_tostring(L, -1);
     char pid[RL_PID_MAX], err[256];
-    /* a child acts for the same user (its owner is the parent's) */
-    int rc = rl_lua_spawn_child(L, I, def, args, monitored || linked, pid, err, sizeof err);
+    /* a child acts for the same user (its owner is the parent's); linked-only children are
+       monitored by the core too (LINK_DOWN comes from the exit report) but give no EXIT */
+    int rc = rl_lua_spawn_child_n(L, I, def, args, nargs, ctx, monitored || linked, pid, err,
+                                  sizeof err);
     if (rc < 0)
         return fail(L, err);
-    if (rl_lua_child_add(I, pid) < 0) {
+    if (rl_lua_child_add(I, pid) < 0 || (linked && add_link(I, pid) < 0) ||
+        (linked && !monitored && unmon_add(I, pid) < 0)) {
         rl_lua_inst *C = rl_lua_inst_of(pid);
         if (C) /* a child nobody would end: not started at all */
             rl_lua_kill(C, "not enough memory");
         return luaL_error(L, "not enough memory");
     }
-    if (linked && add_link(I, pid) < 0)
-        return luaL_error(L, "not enough memory");
     lua_pushstring(L, pid);
     return 1;
+}
+
+static int do_spawn(lua_State *L, int monitored, int linked)
+{
+    return rl_lua_proc_spawn(L, 1, monitored, linked, NULL);
 }
 
 static int l_spawn(lua_State *L) { return do_spawn(L, 0, 0); }
@@ -504,7 +577,7 @@ static int h_log(lua_State *L)
         return 0;
     const char *name = luaL_optstring(L, 2, "plugin");
     const char *msg = luaL_optstring(L, 3, "");
-    rl_lua_inst *I = rl_lua_g.current;
+    rl_lua_inst *I = rl_lua_g.current ? rl_lua_current(L) : NULL;
     rl_log_field f[2 + RL_LUA_LOG_FIELDS];
     size_t nf = 0;
     f[nf++] = (rl_log_field){"plugin", name, 0};

@@ -221,14 +221,13 @@ static int sleep_k(lua_State *L, int status, lua_KContext ctx)
 
 static int l_sleep(lua_State *L)
 {
-    rl_lua_inst *I = rl_lua_current(L);
+    rl_lua_inst *I = rl_lua_running(L); /* the instance, or its coroutine.spawn task */
     uint64_t ms = to_timeout(rl_lua_duration_arg(L, 1));
     rl_lua_check_block(L, I);
     timer_room(L, I);
     if (!rl_lua_timer_start(I, RL_TIMER_SLEEP, ms, 0, LUA_NOREF))
         return luaL_error(L, "not enough memory");
-    I->state = RL_INST_BLOCKED;
-    return lua_yieldk(L, 0, 0, sleep_k);
+    return rl_lua_block(L, I, 0, sleep_k);
 }
 
 /* Pushes a timer channel fed by a new timer; returns the timer (NULL raises). */

@@ -82,3 +82,35 @@ async def test_children_and_timers_are_bounded_per_instance():
         await still_works(n)
         await ws.close()
         await b.close()
+
+
+async def test_memory_is_capped_per_instance():
+    """One user's plugin allocating past plugin_memory_limit (or hoarding message bodies) is ended
+    with that reason, counted under limit="memory", restarted; another user's plugin, sharing the
+    node's Lua state, keeps working meanwhile."""
+    for attack in ("hog", "hoard"):
+        with Node(_cfg(node={"plugin_memory_limit": "4MiB", "lua_memory_limit": "64MiB"})) as n:
+            ws, _ = await connect_welcomed(n, "alice")
+            b, _ = await connect_welcomed(n, "bob")
+            await send_json(ws, {"type": "hostile_" + attack})
+            if attack == "hoard":
+                blob = "y" * 60000
+                for i in range(120):  # 7 MB of bodies; the mailbox and the cap are far apart
+                    try:
+                        await send_json(ws, {"type": "hostile_x", "data": blob})
+                    except Exception:
+                        break
+            deadline = time.monotonic() + 10
+            while "memory limit of the instance exceeded" not in n.log_text():
+                check(time.monotonic() < deadline, f"{attack}: the instance was not ended")
+                await _bob_meanwhile(n, b)
+                time.sleep(0.05)
+            took = await _bob_meanwhile(n, b)
+            check(took < 1.0, f"{attack}: bob's echo took {took:.2f} s")
+            await _restarted(ws)
+            m = n.metrics()
+            kills = metric_sum(m, "relay_plugin_kills_total", 'limit="memory"')
+            check(kills is not None and kills >= 1, f"{attack}: kills by memory {kills}")
+            await still_works(n)
+            await ws.close()
+            await b.close()

@@ -215,6 +215,76 @@ static void test_spec_setup_loads(void **state)
     rl_config_free(&c);
 }
 
+/* The other Lua entries (spawnable processes, libraries, functions), imports and env.variable. */
+static void test_lua_entries_imports_env(void **state)
+{
+    (void)state;
+    rl_config c;
+    char err[512];
+    const char *yaml = HEAD P_REQ
+        "  - name: lib\n    kind: library.lua\n    source: file://p.lua\n    modules: [json, fancy]\n"
+        "  - name: lib2\n    kind: library.lua\n    source: file://p.lua\n"
+        "    imports: {lib: app:lib}\n"
+        "  - name: worker\n    kind: process.lua\n    source: file://m.lua\n    method: main\n"
+        "    imports: {helpers: app:lib2}\n"
+        "  - name: fn\n    kind: function.lua\n    source: file://m.lua\n    method: main\n"
+        "  - name: foreign\n    kind: process.lua\n    source: file://nowhere.lua\n"
+        "  - name: v1\n    kind: env.variable\n    variable: API_URL\n    storage: app:os_env\n"
+        "    default: http://x\n"
+        "  - name: v2\n    kind: env.variable\n    storage: app:os_env\n"
+        PLUGIN("p1", "p1_", "p.lua")
+        "    imports:\n      lib: app:lib\n      other: app:lib2\n";
+    assert_int_equal(load(yaml, &c, err, sizeof err), 0);
+    assert_int_equal(c.nplugins, 1);
+    assert_int_equal(c.plugins[0].nimports, 2);
+    assert_string_equal(c.plugins[0].import_names[1], "other");
+    assert_string_equal(c.plugins[0].import_ids[1], "app:lib2");
+    /* foreign (no readable source) is left out, not refused */
+    assert_int_equal(c.nlua_entries, 4);
+    assert_int_equal(c.lua_entries[0].lua_kind, RL_LUA_ENTRY_LIBRARY);
+    assert_string_equal(c.lua_entries[1].import_ids[0], "app:lib");
+    assert_int_equal(c.lua_entries[2].lua_kind, RL_LUA_ENTRY_PROCESS);
+    assert_string_equal(c.lua_entries[2].id, "app:worker");
+    assert_string_equal(c.lua_entries[2].method, "main");
+    assert_int_equal(c.lua_entries[3].lua_kind, RL_LUA_ENTRY_FUNCTION);
+    assert_int_equal(c.nenv_vars, 2);
+    assert_string_equal(c.env_vars[0].name, "API_URL");
+    assert_string_equal(c.env_vars[0].key, "API_URL");
+    assert_string_equal(c.env_vars[0].deflt, "http://x");
+    assert_true(c.env_vars[0].os);
+    assert_null(c.env_vars[1].name);
+    assert_string_equal(c.env_vars[1].key, "v2");
+    assert_string_equal(c.env_vars[1].id, "app:v2");
+    rl_config_free(&c);
+
+    /* an import must name a library.lua entry of this file */
+    expect_error(HEAD P_REQ "  - name: fn\n    kind: function.lua\n    source: file://m.lua\n"
+                 "    method: main\n" PLUGIN("p1", "p1_", "p.lua") "    imports: {x: app:fn}\n",
+                 "p1", "imports.x: app:fn is not a library.lua entry of this file");
+    expect_error(HEAD P_REQ PLUGIN("p1", "p1_", "p.lua") "    imports: {x: other:lib}\n", "p1",
+                 "imports.x: other:lib is not a library.lua entry");
+    expect_error(HEAD P_REQ PLUGIN("p1", "p1_", "p.lua") "    imports: {json: app:lib}\n", "p1",
+                 "imports: 'json' is the name of a built-in module");
+    expect_error(HEAD P_REQ PLUGIN("p1", "p1_", "p.lua") "    imports: [a, b]\n", "p1",
+                 "imports must be a map");
+    expect_error(HEAD P_REQ PLUGIN("p1", "p1_", "p.lua") "    imports: {x: 'nocolon'}\n", "p1",
+                 "imports.x");
+    /* libraries and functions are strict: a missing source or method stops the load */
+    expect_error(HEAD P_REQ "  - name: lib\n    kind: library.lua\n    source: file://nowhere.lua\n",
+                 "lib", "source");
+    expect_error(HEAD P_REQ "  - name: lib\n    kind: library.lua\n    source: file://p.lua\n"
+                 "    method: run\n", "lib", "unknown key 'method'");
+    expect_error(HEAD P_REQ "  - name: fn\n    kind: function.lua\n    source: file://m.lua\n",
+                 "fn", "defines no 'run'");
+    /* env.variable */
+    expect_error(HEAD P_REQ "  - name: v\n    kind: env.variable\n    variable: A\n", "v",
+                 "missing storage");
+    expect_error(HEAD P_REQ "  - name: v\n    kind: env.variable\n    variable: A-B\n"
+                 "    storage: app:os_env\n", "v", "not letters, digits and _");
+    expect_error(HEAD P_REQ "  - name: v\n    kind: env.variable\n    variable: A\n"
+                 "    storage: app:nope\n", "v", "storage app:nope names no entry");
+}
+
 static void test_plugin_defaults_and_ignored_kinds(void **state)
 {
     (void)state;
@@ -826,6 +896,7 @@ int main(void)
         cmocka_unit_test(test_tls_keys),
         cmocka_unit_test(test_set_listen),
         cmocka_unit_test(test_durations),
+        cmocka_unit_test(test_lua_entries_imports_env),
         cmocka_unit_test(test_failed_load_frees_and_truncates),
         cmocka_unit_test(test_truncated_prefixes),
     };

@@ -195,10 +195,20 @@ static const char probe_src[] =
     "  local sum = 0\n"
     "  for i = 1, 4 do sum = sum + q:receive() end\n"
     "  got.sum = sum\n"
-    "  got.nested = select(2, pcall(function()\n"
-    "    local co = coroutine.wrap(function() return q:receive() end)\n"
-    "    return co()\n"
-    "  end)):find('coroutine') ~= nil\n"
+    "  -- blocking inside the plugin's own coroutines, nested two deep, works (the resumes block too)\n"
+    "  local t0 = time.now()\n"
+    "  local inner = coroutine.wrap(function()\n"
+    "    local deep = coroutine.create(function(x) time.sleep('10ms'); coroutine.yield(x + 1); return q:receive() end)\n"
+    "    local ok1, v1 = coroutine.resume(deep, 1)\n"
+    "    q:send(5)\n"
+    "    local ok2, v2 = coroutine.resume(deep)\n"
+    "    return ok1 and v1 == 2 and ok2 and v2 == 5\n"
+    "  end)\n"
+    "  got.nested = inner() == true\n"
+    "  got.nested_slept = time.now():sub(t0) >= 5 * time.MILLISECOND -- (the loop clock is cached)\n"
+    "  got.nested_sort = select(2, pcall(table.sort, {2, 1}, function(a, b)\n"
+    "    return coroutine.wrap(function() time.sleep('1ms'); return a < b end)()\n"
+    "  end)):find('C%-call boundary') ~= nil\n"
     "  reply(got)\n"
     "end\n"
     "function cmds.json()\n"
@@ -869,7 +879,7 @@ static void test_sleep_and_select(void **state)
         } else {
             got_b = 1;
             const char *keys[] = {"c1", "ok1", "c2", "d", "sent", "ok6", "stopped", "timer",
-                                  "nested", "same", "mixed", "bad", "events_len", "close2",
+                                  "nested", "nested_slept", "nested_sort", "same", "mixed", "bad", "events_len", "close2",
                                   "send_closed", "send_true"};
             for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
                 if (!jtrue(r, keys[i]))

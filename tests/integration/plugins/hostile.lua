@@ -3,6 +3,8 @@
 --   catch    -> infinite loops behind pcall, a plugin coroutine, a sort comparator, __tostring
 --   trim     -> {"type":"hostile_trim","len":#trimmed,"ms":elapsed} for the common trim idiom
 --   ping     -> {"type":"hostile_pong","n":k} (k counts pings of this instance)
+--   hog      -> allocates until its memory cap ends it (plugin_memory_limit)
+--   hoard    -> keeps every message it receives from then on (their bodies count in its memory)
 --   swarm    -> spawns children and tickers until refused:
 --               {"type":"hostile_swarm","children":n,"cerr":...,"tickers":m,"terr":...}
 local function spin() while true do end end
@@ -10,6 +12,14 @@ local function spin() while true do end end
 local attacks = {
     bomb = function()
         while true do pcall(string.find, ("a"):rep(40), ("a*"):rep(40) .. "b") end
+    end,
+    hog = function()
+        local t = {}
+        for i = 1, 1e9 do t[i] = ("x"):rep(1000) .. i end
+    end,
+    hoard = function()
+        local kept, inbox = {}, process.inbox()
+        while true do kept[#kept + 1] = inbox:receive() end
     end,
     catch = function()
         local t = setmetatable({}, { __tostring = function() while true do pcall(spin) end end })
