@@ -25,6 +25,7 @@
 #include "rl_log.h"
 #include "rl_map.h"
 #include "rl_metrics.h"
+#include "rl_placement_redis.h"
 #include "rl_redis.h"
 
 #define RL_BATCH 256                /* messages per stream entry */
@@ -423,8 +424,8 @@ static void read_next(void);
 
 /* A forwarded message could not be delivered here: answer where a client is waiting, so nothing
    is lost silently. A full hub answers "overloaded"; a hub that is gone (it moved or was
-   collected) sends the connection to its node to be placed again. The answers come from the
-   system (this node's runtime). */
+   collected) or fenced (-ESTALE: it does not hold that epoch's lease) sends the connection to its
+   node to be placed again. The answers come from the system (this node's runtime). */
 static void bounce(const char *to, const rl_msg *m, int rc)
 {
     if (m->topic == RL_T_WS_CLIENT && m->from[0]) {
@@ -434,9 +435,9 @@ static void bounce(const char *to, const rl_msg *m, int rc)
             rl_err_send(NULL, m->from, RL_E_OVERLOADED, NULL, rid, rl);
         else
             rl_err_send(NULL, m->from, RL_E_PLUGIN_FAILED, "User hub unavailable, try again", rid, rl);
-        if (rc == -ENOENT)
+        if (rc == -ENOENT || rc == -ESTALE)
             rl_send_or_free(NULL, m->from, rl_msg_rehome(m->from, to));
-    } else if (m->topic == RL_T_WS_JOIN && rc == -ENOENT) {
+    } else if (m->topic == RL_T_WS_JOIN && (rc == -ENOENT || rc == -ESTALE)) {
         rl_send_or_free(NULL, m->ctl.join.conn, rl_msg_rehome(m->ctl.join.conn, to));
     } else if (rl_topic_is_api_request((rl_topic)m->topic) && m->from[0]) {
         rl_send_or_free(NULL, m->from, rl_msg_api_reply(m->ctl.api.req, rc, 0, NULL));
@@ -625,7 +626,12 @@ static void deliver_one(const redisReply *h, const redisReply *v)
         return;
     }
     rl_metric_inc(RL_M_FORWARDED_IN);
-    int rc = rl_pid_is_local(to) ? rl_send_as(to, m) : -ENOENT;
+    /* The fence: a message addressed by a lease epoch reaches only the hub holding that lease. */
+    int rc = !rl_pid_is_local(to)               ? -ENOENT
+             : rl_fence_refuses(to, m->epoch) ? -ESTALE
+                                              : rl_send_as(to, m);
+    if (rc == -ESTALE)
+        rl_metric_inc(RL_M_EPOCH_DROPPED);
     if (rc < 0) {
         rl_metric_inc(RL_M_MSGS_DROPPED);
         bounce(to, m, rc);
@@ -1554,6 +1560,7 @@ void rl_cluster_stop(void)
 {
     if (!cl.started)
         return;
+    rl_fence_clear();
     flush_cb(NULL); /* what is queued goes out before the connection closes */
     /* Pending releases get one last try (our entries die with our key anyway); replies to them
        and to admissions still on the wire free their own state. */
