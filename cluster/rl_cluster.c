@@ -660,6 +660,8 @@ static void on_xread(const redisReply *r, void *ud)
         rl_metric_inc(RL_M_REDIS_ERRORS);
         return; /* the state callback restarts reading on reconnect */
     }
+    if (!rl_redis_connected(cl.cmd))
+        return; /* no answer could leave now: read these entries again once it is back */
     /* [[key, [[id, [f, v, ...]], ...]]] */
     if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->elements == 2) {
         const redisReply *entries = r->element[0]->element[1];
@@ -678,9 +680,12 @@ static void on_xread(const redisReply *r, void *ud)
     read_next();
 }
 
+/* Reads only while the command connection is up too: what is delivered here may need answers
+   (replies, bounces) to other nodes, and those leave through it. While it is down the entries
+   wait in the stream. */
 static void read_next(void)
 {
-    if (cl.reading || !cl.last_id[0] || !rl_redis_connected(cl.blk))
+    if (cl.reading || !cl.last_id[0] || !rl_redis_connected(cl.blk) || !rl_redis_connected(cl.cmd))
         return;
     char block[16];
     snprintf(block, sizeof block, "%d", RL_READ_BLOCK_MS);
@@ -877,6 +882,7 @@ static void on_cmd_state(rl_redis *r, int connected, void *ud)
     (void)ud;
     if (connected) {
         rl_info("cluster", "redis connected");
+        read_next(); /* reading waited for this connection */
         tick(&cl.tick); /* register at once */
         if (cl.releases.len)
             retry_arm();

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "rl_central.h"
 #include "rl_errors.h"
@@ -482,6 +483,25 @@ static void hand_over(rl_hub *h)
     h->proc.ops->cancel(&h->proc, RL_PLUGIN_CANCEL_MS);
 }
 
+/* At debug level, one line per client message a hub accepts (past its validity gate): what the
+   fault tests check their invariants on (never two hubs of a user accepting at once, each
+   sender's order). at_us: wall clock, comparable between the nodes of one machine. */
+static void log_accepted(const rl_hub *h, const rl_msg *m)
+{
+    size_t len;
+    const char *rid = rl_msg_request_id(m, &len);
+    char r[65];
+    len = rid && len < sizeof r ? len : 0;
+    memcpy(r, rid ? rid : "", len);
+    r[len] = '\0';
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    rl_log_field f[] = {{"user", user_of(h), 0}, {"hub", h->proc.pid, 0}, {"from", m->from, 0},
+                        {"rid", r, 0},
+                        {"at_us", NULL, (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000}};
+    rl_log_fields(RL_LOG_DEBUG, "hub", f, sizeof f / sizeof f[0], "accepted");
+}
+
 static void hub_handle(rl_proc *p, rl_msg *m)
 {
     rl_hub *h = (rl_hub *)p;
@@ -515,6 +535,8 @@ static void hub_handle(rl_proc *p, rl_msg *m)
     }
     switch (m->topic) {
     case RL_T_WS_CLIENT:
+        if (rl_log_get_level() == RL_LOG_DEBUG)
+            log_accepted(h, m);
         on_client_message(h, m);
         return;
     case RL_T_WS_JOIN:
