@@ -120,7 +120,23 @@ static struct {
     int burst;              /* releases have been failing since burst_t0; logged once */
     uint64_t burst_t0, burst_retries, burst_fixed;
     uint64_t m_retries, m_reconciled, m_dropped; /* /metrics */
+    size_t swept;           /* messages of dead nodes' inboxes answered to their senders */
+    rl_map gone;            /* "<node>.<incarnation>" -> (void *)1: died (sends refused) */
 } cl;
+
+#define RL_GONE_MAX 4096    /* dead incarnations remembered; past that the set starts again */
+
+/* "<node>.<incarnation>" of pid into out (size RL_PID_MAX); -1 when malformed. */
+static int pid_incarnation(const char *pid, char out[RL_PID_MAX])
+{
+    const char *dot = strchr(pid, '.');
+    dot = dot ? strchr(dot + 1, '.') : NULL;
+    if (!dot || (size_t)(dot - pid) >= RL_PID_MAX)
+        return -1;
+    memcpy(out, pid, (size_t)(dot - pid));
+    out[dot - pid] = '\0';
+    return 0;
+}
 
 int rl_cluster_enabled(void) { return cl.started; }
 int rl_cluster_ready(void)
@@ -220,6 +236,13 @@ static int remote_send(const char *to, rl_msg *m, void *ud)
         return -EINVAL;
     if (!rl_redis_connected(cl.cmd))
         return -EHOSTUNREACH;
+    /* A request to a node whose inbox was swept would wait for an answer nobody gives: its
+       sender is answered at once instead. Anything else still goes (the node may only have been
+       stopped or cut off and read again: the welcome and replies of a hub here to its clients). */
+    char inc[RL_PID_MAX];
+    if (cl.gone.len && (m->topic == RL_T_WS_CLIENT || rl_topic_is_api_request((rl_topic)m->topic)) &&
+        pid_incarnation(to, inc) == 0 && rl_map_get(&cl.gone, inc))
+        return -EHOSTDOWN;
     outbox *ob = rl_map_get(&cl.outboxes, node);
     if (!ob) {
         ob = calloc(1, sizeof *ob);
@@ -551,7 +574,10 @@ static int read_ctl(rl_msg *m, const char *v, size_t len)
 
 /* One message of a stream entry: header field h, value v. Delivered as sent: the same body
    bytes, the sender and its owner (nodes trust one another; the router checks authority). */
-static void deliver_one(const redisReply *h, const redisReply *v)
+/* Delivers one message of a stream entry. swept: NULL, or the pid prefix "<node>.<incarnation>."
+   of a node that died before it read this entry: then only messages this node sent to it are
+   looked at, and answered to their senders (bounce) instead of delivered. */
+static void deliver_one(const redisReply *h, const redisReply *v, const char *swept)
 {
     /* "RL1 topic epoch flags type_off type_len rid_off rid_len type_escaped\n" (wire_header) */
     uint64_t f[8];
@@ -588,10 +614,14 @@ static void deliver_one(const redisReply *h, const redisReply *v)
     int urc;
     if (get_pid(&p, e, to) < 0 || get_pid(&p, e, from) < 0 || get_field(&p, e, &name, &nlen) < 0 ||
         (urc = get_field(&p, e, &user, &ulen)) == -1) {
+        if (swept)
+            return;
         rl_metric_inc(RL_M_MSGS_DROPPED);
         rl_warn("cluster", "malformed stream entry header dropped");
         return;
     }
+    if (swept && (!rl_pid_is_local(from) || strncmp(to, swept, strlen(swept)) != 0))
+        return; /* another node's, or for a later incarnation */
     rl_msg *m;
     int is_data = topic == RL_T_APP || topic == RL_T_WS_CLIENT || topic == RL_T_WS_MESSAGE;
     if (is_data) {
@@ -625,6 +655,13 @@ static void deliver_one(const redisReply *h, const redisReply *v)
         rl_metric_inc(RL_M_MSGS_DROPPED);
         return;
     }
+    if (swept) {
+        rl_metric_inc(RL_M_MSGS_DROPPED);
+        bounce(to, m, -EHOSTDOWN);
+        rl_msg_free(m);
+        cl.swept++;
+        return;
+    }
     rl_metric_inc(RL_M_FORWARDED_IN);
     /* The fence: a message addressed by a lease epoch reaches only the hub holding that lease. */
     int rc = !rl_pid_is_local(to)               ? -ENOENT
@@ -639,13 +676,26 @@ static void deliver_one(const redisReply *h, const redisReply *v)
     }
 }
 
-static void deliver_entry(const redisReply *fields)
+static void deliver_entry(const redisReply *fields, const char *swept)
 {
     for (size_t i = 0; i + 1 < fields->elements; i += 2) {
         const redisReply *h = fields->element[i], *v = fields->element[i + 1];
         if (h->type == REDIS_REPLY_STRING && v->type == REDIS_REPLY_STRING)
-            deliver_one(h, v);
+            deliver_one(h, v, swept);
     }
+}
+
+/* Where this node has read its inbox to ("<incarnation> <id>" in <prefix>inbox:<node>:read),
+   written after every read on the command connection, ahead of any answer to what was read:
+   once an answer reached Redis, so did the position past its request. */
+static void note_read_position(void)
+{
+    char key[160], val[RL_NODE_ID_MAX + 80];
+    snprintf(key, sizeof key, "%s:read", cl.inbox_key);
+    snprintf(val, sizeof val, "%s %s", rl_node_incarnation(), cl.last_id);
+    const char *argv[] = {"SET", key, val};
+    if (rl_redis_commandargv(cl.cmd, 0, NULL, NULL, 3, argv, NULL) < 0)
+        rl_metric_inc(RL_M_REDIS_ERRORS);
 }
 
 static void on_xread(const redisReply *r, void *ud)
@@ -674,8 +724,10 @@ static void on_xread(const redisReply *r, void *ud)
                 cl.last_id[e->element[0]->len] = '\0';
             }
             if (e->element[1]->type == REDIS_REPLY_ARRAY)
-                deliver_entry(e->element[1]);
+                deliver_entry(e->element[1], NULL);
         }
+        if (entries->elements)
+            note_read_position();
     }
     read_next();
 }
@@ -702,6 +754,7 @@ static void on_tail(const redisReply *r, void *ud)
     if (r && r->type == REDIS_REPLY_STRING && r->len < sizeof cl.last_id) {
         memcpy(cl.last_id, r->str, r->len);
         cl.last_id[r->len] = '\0';
+        note_read_position();
         read_next();
     }
 }
@@ -717,6 +770,129 @@ static void on_blk_state(rl_redis *r, int connected, void *ud)
                          RL_STREAM_MAXLEN, rl_node_incarnation());
     else
         read_next();
+}
+
+/* ---- the inbox of a node that died ---- */
+
+/* A node that dies leaves in its inbox what it never read: every node answers the messages it
+   sent there (a client gets plugin_failed with its request_id), from the dead node's last
+   recorded read position on. Bounded: RL_SWEEP_PAGES pages of RL_SWEEP_COUNT entries. */
+#define RL_SWEEP_COUNT 64
+#define RL_SWEEP_COUNT_S "64"
+#define RL_SWEEP_PAGES 64
+
+typedef struct sweep_op {
+    char node[RL_NODE_ID_MAX];
+    char prefix[RL_PID_MAX];  /* "<node>.<incarnation>." */
+    char from_id[64];
+    unsigned pages;
+    size_t before;            /* cl.swept at the start */
+} sweep_op;
+
+static void sweep_page(sweep_op *o);
+
+static void sweep_done(sweep_op *o)
+{
+    size_t n = cl.swept - o->before;
+    if (n)
+        rl_warn("cluster", "node %.*s gone: %zu messages sent to it and never read were answered "
+                           "to their senders", (int)(strlen(o->prefix) - 1), o->prefix, n);
+    free(o);
+}
+
+static void on_sweep_page(const redisReply *r, void *ud)
+{
+    sweep_op *o = ud;
+    if (!cl.started || !r || r->type != REDIS_REPLY_ARRAY) {
+        sweep_done(o);
+        return;
+    }
+    /* An entry is one XADD of one node: the ones we answered are ours, and are deleted, so the
+       node (if it only was stopped or cut off, and reads again) does not deliver them as well. */
+    const char *del[2 + RL_SWEEP_COUNT];
+    size_t dlen[2 + RL_SWEEP_COUNT];
+    char key[160];
+    int nd = 2;
+    del[0] = "XDEL", dlen[0] = 4;
+    dlen[1] = (size_t)snprintf(key, sizeof key, "%sinbox:%s", cl.cfg->redis_prefix, o->node);
+    del[1] = key;
+    for (size_t i = 0; i < r->elements; i++) {
+        const redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[0]->type != REDIS_REPLY_STRING)
+            continue;
+        if (e->element[0]->len + 2 < sizeof o->from_id) {
+            o->from_id[0] = '(';
+            memcpy(o->from_id + 1, e->element[0]->str, e->element[0]->len);
+            o->from_id[e->element[0]->len + 1] = '\0';
+        }
+        size_t before = cl.swept;
+        if (e->element[1]->type == REDIS_REPLY_ARRAY)
+            deliver_entry(e->element[1], o->prefix);
+        if (cl.swept != before && nd < 2 + RL_SWEEP_COUNT) {
+            del[nd] = e->element[0]->str;
+            dlen[nd++] = e->element[0]->len;
+        }
+    }
+    if (nd > 2 && rl_redis_commandargv(cl.cmd, 0, NULL, NULL, nd, del, dlen) < 0)
+        rl_metric_inc(RL_M_REDIS_ERRORS);
+    if (r->elements == RL_SWEEP_COUNT && ++o->pages < RL_SWEEP_PAGES)
+        sweep_page(o);
+    else
+        sweep_done(o);
+}
+
+static void sweep_page(sweep_op *o)
+{
+    char key[160];
+    snprintf(key, sizeof key, "%sinbox:%s", cl.cfg->redis_prefix, o->node);
+    const char *argv[] = {"XRANGE", key, o->from_id, "+", "COUNT", RL_SWEEP_COUNT_S};
+    if (rl_redis_commandargv(cl.cmd, 0, on_sweep_page, o, 6, argv, NULL) < 0)
+        sweep_done(o);
+}
+
+static void on_sweep_pos(const redisReply *r, void *ud)
+{
+    sweep_op *o = ud;
+    /* "<incarnation> <id>": the dead incarnation's own record, else it read nothing we know of */
+    size_t plen = strlen(o->prefix), nlen = strlen(o->node);
+    const char *inc = o->prefix + nlen + 1;
+    size_t ilen = plen - nlen - 2;
+    if (cl.started && r && r->type == REDIS_REPLY_STRING && r->len > ilen + 1 &&
+        r->len - ilen - 1 + 2 < sizeof o->from_id && memcmp(r->str, inc, ilen) == 0 &&
+        r->str[ilen] == ' ') {
+        o->from_id[0] = '(';
+        memcpy(o->from_id + 1, r->str + ilen + 1, r->len - ilen - 1);
+        o->from_id[r->len - ilen] = '\0';
+        sweep_page(o);
+        return;
+    }
+    sweep_done(o);
+}
+
+/* dead: "<node>.<incarnation>", gone at this tick. */
+static void sweep_start(const char *dead)
+{
+    const char *dot = strchr(dead, '.');
+    if (!dot || (size_t)(dot - dead) >= RL_NODE_ID_MAX || strlen(dead) + 2 > RL_PID_MAX)
+        return;
+    sweep_op *o = calloc(1, sizeof *o);
+    if (!o)
+        return;
+    memcpy(o->node, dead, (size_t)(dot - dead));
+    snprintf(o->prefix, sizeof o->prefix, "%s.", dead);
+    o->before = cl.swept;
+    if (cl.gone.len >= RL_GONE_MAX) {
+        rl_map_close(&cl.gone);
+        rl_map_init(&cl.gone);
+    }
+    rl_map_set(&cl.gone, dead, (void *)1); /* from now on, sends to it are refused */
+    /* What this turn queued for the dead node goes out first: the sweep then sees it. */
+    flush_cb(NULL);
+    char key[160];
+    snprintf(key, sizeof key, "%sinbox:%s:read", cl.cfg->redis_prefix, o->node);
+    const char *argv[] = {"GET", key};
+    if (rl_redis_commandargv(cl.cmd, 0, on_sweep_pos, o, 2, argv, NULL) < 0)
+        free(o);
 }
 
 /* ---- heartbeat and node liveness ---- */
@@ -810,10 +986,14 @@ static void on_live_nodes(const redisReply *r, void *ud)
         cl.dead = nd;
         cl.dead[cl.ndead++] = strdup(k);
         rl_warn("cluster", "node %s is gone", k);
+        if (cl.dead[cl.ndead - 1])
+            sweep_start(cl.dead[cl.ndead - 1]);
     }
     for (size_t it = 0; rl_map_next(&now, &it, &k, NULL);)
-        if (!rl_map_get(&cl.live, k))
+        if (!rl_map_get(&cl.live, k)) {
             rl_info("cluster", "node %s is up", k);
+            rl_map_del(&cl.gone, k); /* back under the same incarnation (stopped, cut off) */
+        }
     rl_map_close(&cl.live);
     cl.live = now;
     run_tick_cb();
@@ -1538,6 +1718,7 @@ int rl_cluster_start(const rl_config *c, char *err, size_t errlen)
     rl_ckey_inbox(cl.inbox_key, sizeof cl.inbox_key, c->redis_prefix, rl_node_id());
     rl_map_init(&cl.outboxes);
     rl_map_init(&cl.live);
+    rl_map_init(&cl.gone);
     rl_map_init_borrowed(&cl.releases);
     rl_map_init_borrowed(&cl.admits);
     cl.rng = uv_hrtime() ^ 0x9e3779b97f4a7c15ULL;
@@ -1615,6 +1796,7 @@ void rl_cluster_stop(void)
     }
     free(cl.renew);
     rl_map_close(&cl.live);
+    rl_map_close(&cl.gone);
     for (size_t i = 0; i < cl.ndead; i++)
         free((char *)cl.dead[i]);
     free(cl.dead);
