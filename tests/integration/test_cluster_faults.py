@@ -16,8 +16,8 @@ import websockets.exceptions
 
 from faultproxy import FaultProxy
 from harness import Config, Node, TestFailure, check, connect, recv_json
-from test_cluster import (Cluster, closed_quietly, cluster_plugins, exits_0, is_welcome, join,
-                          kill9, note, wait_for)
+from test_cluster import (Cluster, closed_quietly, cluster_plugins, echo_ok, exits_0, is_welcome,
+                          join, kill9, note, wait_for)
 
 
 class FaultCluster(Cluster):
@@ -553,3 +553,57 @@ async def test_fault_command_connection_down_while_reading_is_up():
 
 
 test_fault_command_connection_down_while_reading_is_up.timeout = 40
+
+
+def resp(*args):
+    """One command in RESP (for redis-cli --pipe)."""
+    out = [f"*{len(args)}\r\n".encode()]
+    for a in args:
+        b = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+async def test_fault_dead_inbox_sweep_is_bounded():
+    """The sweep of a dead node's inbox answers at most 64 pages of 64 entries: 5,000 entries
+    (one client message each, from a connection of n2) put into a killed n1's inbox before n2
+    notices its death get exactly 4,096 error frames; n2 stays up and serves."""
+    import subprocess
+    async with fault_cluster(2) as cl:
+        a, b = cl.nodes
+        wa, _ = await join(a, "uma")            # the hub on n1
+        wb, _ = await join(b, "uma")
+        cl.socks += [wa, wb]
+        conn = next(pid for pid, node in cl.conns("uma").items() if node == "n2")
+        hub = cl.lease_on("uma", "n1")[3]
+        kill9(a)
+        cmds = []
+        for i in range(5000):
+            body = ('{"type":"echo_t","request_id":"f-%d"}' % i).encode()
+            rid = f"f-{i}"
+            # spans: type's value without its quotes, request_id's raw JSON value with them
+            hdr = f"RL1 1 0 1 9 6 30 {len(rid) + 2} 0\n{len(hub)}:{hub}{len(conn)}:{conn}0:3:uma".encode()
+            cmds.append(resp("XADD", "relay:inbox:n1", "*", hdr, body))
+        p = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(cl.redis.port), "--pipe"],
+                           input=b"".join(cmds), stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10)
+        check(p.returncode == 0, f"redis-cli --pipe: {p.stdout!r} {p.stderr!r}")
+        got = set()
+        deadline = time.monotonic() + cl.node_ttl + 6
+        while time.monotonic() < deadline:
+            try:
+                f = await recv_json(wb, timeout=max(0.1, min(1.5, deadline - time.monotonic())))
+            except TestFailure:
+                if len(got) >= 4096:
+                    break
+                continue
+            rid = (f.get("data") or {}).get("request_id") if isinstance(f, dict) else None
+            if f.get("topic") == "error" and isinstance(rid, str) and rid.startswith("f-"):
+                check(f["data"]["error"] == "plugin_failed", f"sweep answer {f}")
+                got.add(rid)
+        check(len(got) == 4096, f"{len(got)} of 5000 injected messages answered, expected the bound 4096")
+        check(got == {f"f-{i}" for i in range(4096)}, "the sweep did not answer the oldest 4096")
+        await echo_ok(wb, "after-sweep")
+        note(f"dead inbox sweep: {len(got)} of 5000 answered (bound 64 x 64 entries)")
+
+
+test_fault_dead_inbox_sweep_is_bounded.timeout = 40
