@@ -600,7 +600,7 @@ static void gc_tick(uv_timer_t *t)
     }
 }
 
-/* ---- cluster reconciliation, every tick ---- */
+/* ---- reconciliation, every placement tick ---- */
 
 typedef struct renew_req {
     char *user;
@@ -656,7 +656,7 @@ static void on_reassert(int result, size_t added, void *ud)
         user_maybe_drop(u);
         return;
     }
-    u->reassert = REASSERT_DUE; /* the next cluster tick past reassert_at sends it again */
+    u->reassert = REASSERT_DUE; /* the next placement tick past reassert_at sends it again */
     u->reassert_bad = 0;
     central.reassert_failed++;
     if (central.reassert_at <= rl_now_ms()) {

@@ -473,7 +473,7 @@ static void on_node_down(rl_hub *h, const char *node)
     report_activity(h);
 }
 
-/* The lease is gone or handed over: tell every connection to find the user's new hub
+/* Its place is gone or handed over: tell every connection to find the user's new hub
    (WS_REHOME makes its node place the user again), then stop. */
 static void hand_over(rl_hub *h)
 {
