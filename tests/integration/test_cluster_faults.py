@@ -1,9 +1,13 @@
 """Cluster accounting under Redis faults: a node's Redis traffic goes through a FaultProxy
 (faultproxy.py), which drops, resets, holds and late-delivers it.
 
-Each scenario checks the invariant of DESIGN.md §5: within node_ttl + 2 s after the fault heals,
-HLEN relay:{user}:conns equals the user's open connections on live nodes, and the limit admits
-exactly what fits. Short TTLs keep every scenario to a few seconds.
+The Redis-fault scenarios check the accounting invariant of DESIGN.md §5: within node_ttl + 2 s
+after the fault heals, HLEN relay:{user}:conns equals the user's open connections on live nodes,
+and the limit admits exactly what fits. The node-fault scenarios (kill -9, SIGSTOP, SIGTERM of
+the hub's node, its command connection lost alone) run clients sending requests and check, over
+the "accepted" debug lines of every hub and what every client got (check_invariants): never two
+hubs of a user accepting in overlapping time, at most once, each sender's order, and an answer
+for every request. Short TTLs keep every scenario to a few seconds.
 """
 import asyncio
 import contextlib
