@@ -685,16 +685,81 @@ static void deliver_entry(const redisReply *fields, const char *swept)
     }
 }
 
-/* Where this node has read its inbox to ("<incarnation> <id>" in <prefix>inbox:<node>:read),
-   written after every read on the command connection, ahead of any answer to what was read:
-   once an answer reached Redis, so did the position past its request. */
+/* Where this node has read its inbox to: field <incarnation> = stream id of the hash
+   <prefix>inbox:<node>:read, written after every read on the command connection, ahead of any
+   answer to what was read: once an answer reached Redis, so did the position past its request.
+   One field per incarnation, so a node restarted under the same id at once does not hide where
+   its previous life stopped; at start the hash is pruned to the RL_READ_KEEP latest. */
+#define RL_READ_KEEP 8
+
 static void note_read_position(void)
 {
-    char key[160], val[RL_NODE_ID_MAX + 80];
+    char key[160];
     snprintf(key, sizeof key, "%s:read", cl.inbox_key);
-    snprintf(val, sizeof val, "%s %s", rl_node_incarnation(), cl.last_id);
-    const char *argv[] = {"SET", key, val};
-    if (rl_redis_commandargv(cl.cmd, 0, NULL, NULL, 3, argv, NULL) < 0)
+    const char *argv[] = {"HSET", key, rl_node_incarnation(), cl.last_id};
+    if (rl_redis_commandargv(cl.cmd, 0, NULL, NULL, 4, argv, NULL) < 0)
+        rl_metric_inc(RL_M_REDIS_ERRORS);
+}
+
+/* 1 when stream id a is older than b ("ms-seq"). */
+static int id_older(const char *a, size_t alen, const char *b, size_t blen)
+{
+    char x[64], y[64];
+    if (alen >= sizeof x || blen >= sizeof y)
+        return 0;
+    memcpy(x, a, alen), x[alen] = '\0';
+    memcpy(y, b, blen), y[blen] = '\0';
+    char *ex, *ey;
+    unsigned long long mx = strtoull(x, &ex, 10), my = strtoull(y, &ey, 10);
+    if (mx != my)
+        return mx < my;
+    return strtoull(*ex == '-' ? ex + 1 : ex, NULL, 10) < strtoull(*ey == '-' ? ey + 1 : ey, NULL, 10);
+}
+
+static void on_read_positions(const redisReply *r, void *ud)
+{
+    (void)ud;
+    if (!cl.started || !r || r->type != REDIS_REPLY_ARRAY || r->elements / 2 <= RL_READ_KEEP)
+        return;
+    size_t n = r->elements / 2, drop = n - RL_READ_KEEP;
+    const char **argv = calloc(2 + drop, sizeof *argv);
+    size_t *lens = calloc(2 + drop, sizeof *lens);
+    char key[160];
+    if (!argv || !lens) {
+        free(argv);
+        free(lens);
+        return;
+    }
+    argv[0] = "HDEL", lens[0] = 4;
+    lens[1] = (size_t)snprintf(key, sizeof key, "%s:read", cl.inbox_key);
+    argv[1] = key;
+    /* the `drop` oldest: each field whose id at least RL_READ_KEEP others are newer than */
+    size_t k = 2;
+    for (size_t i = 0; i < n && k < 2 + drop; i++) {
+        const redisReply *f = r->element[2 * i], *v = r->element[2 * i + 1];
+        if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+            continue;
+        size_t newer = 0;
+        for (size_t j = 0; j < n; j++) {
+            const redisReply *w = r->element[2 * j + 1];
+            if (j != i && w->type == REDIS_REPLY_STRING && id_older(v->str, v->len, w->str, w->len))
+                newer++;
+        }
+        if (newer >= RL_READ_KEEP)
+            argv[k] = f->str, lens[k++] = f->len;
+    }
+    if (k > 2 && rl_redis_commandargv(cl.cmd, 0, NULL, NULL, (int)k, argv, lens) < 0)
+        rl_metric_inc(RL_M_REDIS_ERRORS);
+    free(argv);
+    free(lens);
+}
+
+static void prune_read_positions(void)
+{
+    char key[160];
+    snprintf(key, sizeof key, "%s:read", cl.inbox_key);
+    const char *argv[] = {"HGETALL", key};
+    if (rl_redis_commandargv(cl.cmd, 0, on_read_positions, NULL, 2, argv, NULL) < 0)
         rl_metric_inc(RL_M_REDIS_ERRORS);
 }
 
@@ -755,6 +820,7 @@ static void on_tail(const redisReply *r, void *ud)
         memcpy(cl.last_id, r->str, r->len);
         cl.last_id[r->len] = '\0';
         note_read_position();
+        prune_read_positions();
         read_next();
     }
 }
@@ -776,7 +842,9 @@ static void on_blk_state(rl_redis *r, int connected, void *ud)
 
 /* A node that dies leaves in its inbox what it never read: every node answers the messages it
    sent there (a client gets plugin_failed with its request_id), from the dead node's last
-   recorded read position on. Bounded: RL_SWEEP_PAGES pages of RL_SWEEP_COUNT entries. */
+   recorded read position on, up to a "hello" entry (a new life of the node reads from there on:
+   what follows is answered or delivered by it). Bounded: RL_SWEEP_PAGES pages of
+   RL_SWEEP_COUNT entries. */
 #define RL_SWEEP_COUNT 64
 #define RL_SWEEP_COUNT_S "64"
 #define RL_SWEEP_PAGES 64
@@ -816,10 +884,18 @@ static void on_sweep_page(const redisReply *r, void *ud)
     del[0] = "XDEL", dlen[0] = 4;
     dlen[1] = (size_t)snprintf(key, sizeof key, "%sinbox:%s", cl.cfg->redis_prefix, o->node);
     del[1] = key;
-    for (size_t i = 0; i < r->elements; i++) {
+    int reader = 0; /* a new life of the node started reading here: the rest is its own */
+    for (size_t i = 0; i < r->elements && !reader; i++) {
         const redisReply *e = r->element[i];
         if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[0]->type != REDIS_REPLY_STRING)
             continue;
+        const redisReply *fv = e->element[1];
+        if (fv->type == REDIS_REPLY_ARRAY && fv->elements >= 1 &&
+            fv->element[0]->type == REDIS_REPLY_STRING && fv->element[0]->len == 5 &&
+            memcmp(fv->element[0]->str, "hello", 5) == 0) {
+            reader = 1;
+            break;
+        }
         if (e->element[0]->len + 2 < sizeof o->from_id) {
             o->from_id[0] = '(';
             memcpy(o->from_id + 1, e->element[0]->str, e->element[0]->len);
@@ -835,7 +911,7 @@ static void on_sweep_page(const redisReply *r, void *ud)
     }
     if (nd > 2 && rl_redis_commandargv(cl.cmd, 0, NULL, NULL, nd, del, dlen) < 0)
         rl_metric_inc(RL_M_REDIS_ERRORS);
-    if (r->elements == RL_SWEEP_COUNT && ++o->pages < RL_SWEEP_PAGES)
+    if (!reader && r->elements == RL_SWEEP_COUNT && ++o->pages < RL_SWEEP_PAGES)
         sweep_page(o);
     else
         sweep_done(o);
@@ -853,16 +929,11 @@ static void sweep_page(sweep_op *o)
 static void on_sweep_pos(const redisReply *r, void *ud)
 {
     sweep_op *o = ud;
-    /* "<incarnation> <id>": the dead incarnation's own record, else it read nothing we know of */
-    size_t plen = strlen(o->prefix), nlen = strlen(o->node);
-    const char *inc = o->prefix + nlen + 1;
-    size_t ilen = plen - nlen - 2;
-    if (cl.started && r && r->type == REDIS_REPLY_STRING && r->len > ilen + 1 &&
-        r->len - ilen - 1 + 2 < sizeof o->from_id && memcmp(r->str, inc, ilen) == 0 &&
-        r->str[ilen] == ' ') {
+    /* the dead incarnation's position; none: it read nothing we know of */
+    if (cl.started && r && r->type == REDIS_REPLY_STRING && r->len + 2 < sizeof o->from_id) {
         o->from_id[0] = '(';
-        memcpy(o->from_id + 1, r->str + ilen + 1, r->len - ilen - 1);
-        o->from_id[r->len - ilen] = '\0';
+        memcpy(o->from_id + 1, r->str, r->len);
+        o->from_id[r->len + 1] = '\0';
         sweep_page(o);
         return;
     }
@@ -888,10 +959,11 @@ static void sweep_start(const char *dead)
     rl_map_set(&cl.gone, dead, (void *)1); /* from now on, sends to it are refused */
     /* What this turn queued for the dead node goes out first: the sweep then sees it. */
     flush_cb(NULL);
-    char key[160];
+    char key[160], inc[RL_PID_MAX];
     snprintf(key, sizeof key, "%sinbox:%s:read", cl.cfg->redis_prefix, o->node);
-    const char *argv[] = {"GET", key};
-    if (rl_redis_commandargv(cl.cmd, 0, on_sweep_pos, o, 2, argv, NULL) < 0)
+    snprintf(inc, sizeof inc, "%s", dot + 1);
+    const char *argv[] = {"HGET", key, inc};
+    if (rl_redis_commandargv(cl.cmd, 0, on_sweep_pos, o, 3, argv, NULL) < 0)
         free(o);
 }
 

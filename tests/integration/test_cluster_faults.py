@@ -318,7 +318,7 @@ class Client:
 
     def _answer(self, rid, kind):
         if rid in self.answers:
-            self.dups.append(rid)
+            self.dups.append(f"{rid} ({self.answers[rid][0]}, then {kind})")
         self.answers[rid] = (kind, time.monotonic())
 
     async def _read(self):
@@ -611,3 +611,36 @@ async def test_fault_dead_inbox_sweep_is_bounded():
 
 
 test_fault_dead_inbox_sweep_is_bounded.timeout = 40
+
+
+async def test_fault_kill9_and_instant_restart_of_hub_node():
+    """kill -9 of the hub's node and its restart under the same node id at once (a supervisor's
+    restart, quicker than node_ttl): the new life overwrites the node key, so the others see the
+    old incarnation gone at their next tick; what they sent it and it never read is still
+    answered (its read position is kept per incarnation). Then eight more restarts: the
+    positions kept are bounded (8)."""
+    async with fault_cluster(2) as cl:
+        a, b = cl.nodes
+        cs = await clients_on(cl, "ivy", [a, b])
+        await asyncio.sleep(1.0)
+        t0 = time.monotonic()
+        kill9(a)
+        a.start()
+        restarted = time.monotonic() - t0
+        await wait_for(lambda: cs[1].welcomes and cs[1].first_reply_after(cs[1].welcomes[-1]),
+                       cl.node_ttl + 4, "n2's client answered by a new hub")
+        healed = cs[1].first_reply_after(cs[1].welcomes[-1]) - t0
+        await asyncio.sleep(0.5)
+        await stop_all(cs)
+        figs = check_invariants(cl.nodes, "ivy", cs, "kill -9 and instant restart")
+        for _ in range(8):
+            kill9(a)
+            a.start()
+        key = "relay:inbox:n1:read"
+        check(int(cl.redis.cli("HLEN", key)) == 8,
+              f"{key} keeps {cl.redis.cli('HLEN', key)} positions after 10 lives of n1, expected 8")
+        note(f"kill -9 and restart in {restarted:.2f}s: n2's client answered by the new hub "
+             f"{healed:.2f}s after the kill; {figs}")
+
+
+test_fault_kill9_and_instant_restart_of_hub_node.timeout = 40
