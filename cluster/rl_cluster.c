@@ -121,10 +121,13 @@ static struct {
     uint64_t burst_t0, burst_retries, burst_fixed;
     uint64_t m_retries, m_reconciled, m_dropped; /* /metrics */
     size_t swept;           /* messages of dead nodes' inboxes answered to their senders */
-    rl_map gone;            /* "<node>.<incarnation>" -> (void *)1: died (sends refused) */
+    rl_map gone;            /* "<node>.<incarnation>" -> tick it died at (+1): requests refused */
+    uint64_t ticks;         /* live_nodes answers so far */
 } cl;
 
-#define RL_GONE_MAX 4096    /* dead incarnations remembered; past that the set starts again */
+/* A dead incarnation's requests are refused for this many ticks after its sweep: by then every
+   connection that sent to its hubs was placed again (at the tick that found it gone). */
+#define RL_GONE_TICKS 5
 
 /* "<node>.<incarnation>" of pid into out (size RL_PID_MAX); -1 when malformed. */
 static int pid_incarnation(const char *pid, char out[RL_PID_MAX])
@@ -952,11 +955,7 @@ static void sweep_start(const char *dead)
     memcpy(o->node, dead, (size_t)(dot - dead));
     snprintf(o->prefix, sizeof o->prefix, "%s.", dead);
     o->before = cl.swept;
-    if (cl.gone.len >= RL_GONE_MAX) {
-        rl_map_close(&cl.gone);
-        rl_map_init(&cl.gone);
-    }
-    rl_map_set(&cl.gone, dead, (void *)1); /* from now on, sends to it are refused */
+    rl_map_set(&cl.gone, dead, (void *)(uintptr_t)(cl.ticks + 1)); /* from now on, refused */
     /* What this turn queued for the dead node goes out first: the sweep then sees it. */
     flush_cb(NULL);
     char key[160], inc[RL_PID_MAX];
@@ -1040,6 +1039,12 @@ static void on_live_nodes(const redisReply *r, void *ud)
         return;
     }
     note_redis_clock(r->element[0]->integer, r->element[1]->integer);
+    cl.ticks++;
+    const char *gk;
+    void *gv;
+    for (size_t it = 0; rl_map_next(&cl.gone, &it, &gk, &gv);)
+        if ((uintptr_t)gv + RL_GONE_TICKS <= cl.ticks + 1)
+            rl_map_del(&cl.gone, gk);
     rl_map now;
     rl_map_init(&now);
     for (size_t i = 2; i < r->elements; i++)
