@@ -780,6 +780,9 @@ static void on_xread(const redisReply *r, void *ud)
     }
     if (!rl_redis_connected(cl.cmd))
         return; /* no answer could leave now: read these entries again once it is back */
+    if (rl_now_ms() >= cl.node_valid_until)
+        return; /* we may look dead (stopped, cut off): the others may be answering these entries
+                   from our inbox; read again after the next acknowledged heartbeat */
     /* [[key, [[id, [f, v, ...]], ...]]] */
     if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->elements == 2) {
         const redisReply *entries = r->element[0]->element[1];
@@ -802,10 +805,12 @@ static void on_xread(const redisReply *r, void *ud)
 
 /* Reads only while the command connection is up too: what is delivered here may need answers
    (replies, bounces) to other nodes, and those leave through it. While it is down the entries
-   wait in the stream. */
+   wait in the stream. And only while our registration is certainly alive: past that the others
+   may find us gone and answer (and delete) what we have not read, so we must not deliver it too. */
 static void read_next(void)
 {
-    if (cl.reading || !cl.last_id[0] || !rl_redis_connected(cl.blk) || !rl_redis_connected(cl.cmd))
+    if (cl.reading || !cl.last_id[0] || !rl_redis_connected(cl.blk) || !rl_redis_connected(cl.cmd) ||
+        rl_now_ms() >= cl.node_valid_until)
         return;
     char block[16];
     snprintf(block, sizeof block, "%d", RL_READ_BLOCK_MS);
@@ -1106,6 +1111,7 @@ static void on_heartbeat(const redisReply *r, void *ud)
     cl.registered = 1;
     cl.ready = 1;
     cl.node_valid_until = sent + cl.cfg->node_ttl_ms - RL_SAFETY_MS;
+    read_next(); /* reading may have waited for a registration certainly alive */
     rl_metric_set(RL_M_REDIS_RTT_US, (rl_now_ms() - sent) * 1000);
     rl_hist_observe_ns(RL_H_REDIS_HEARTBEAT, (rl_now_ms() - sent) * 1000000);
     char nodes[RL_CKEY_MAX], prefix[RL_CKEY_MAX], reg[RL_CKEY_MAX];

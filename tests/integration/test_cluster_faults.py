@@ -467,12 +467,13 @@ async def test_fault_kill9_of_hub_node_under_traffic():
 test_fault_kill9_of_hub_node_under_traffic.timeout = 40
 
 
-async def test_fault_sigstop_of_hub_node_past_node_ttl():
+async def test_fault_sigstop_of_hub_node_past_node_ttl(stop_for=None):
     """SIGSTOP of the hub's node for longer than node_ttl, then SIGCONT: meanwhile the user's
     hub moves to the other node; once awake, the stopped node's hub must not accept anything
     (its place lapsed by its own clock): its client's queued requests are answered with errors,
     then the client is re-homed to the new hub."""
     async with fault_cluster(2) as cl:
+        stop_for = stop_for or cl.node_ttl + 1.5
         a, b = cl.nodes
         cs = await clients_on(cl, "sid", [a, b])
         await asyncio.sleep(1.0)
@@ -482,7 +483,7 @@ async def test_fault_sigstop_of_hub_node_past_node_ttl():
             await wait_for(lambda: cs[1].welcomes and cs[1].first_reply_after(cs[1].welcomes[-1]),
                            cl.node_ttl + 4, "n2's client answered by a new hub while n1 is stopped")
             moved = cs[1].first_reply_after(cs[1].welcomes[-1]) - t0
-            while time.monotonic() - t0 < cl.node_ttl + 1.5:
+            while time.monotonic() - t0 < stop_for:
                 await asyncio.sleep(0.1)
         finally:
             a.proc.send_signal(signal.SIGCONT)
@@ -497,11 +498,22 @@ async def test_fault_sigstop_of_hub_node_past_node_ttl():
         check(lease and lease[0] == "n2", f"lease after SIGCONT: {lease}")
         for x in cs:
             check(x.closed is None, f"{x.name} closed ({x.closed}) by a SIGSTOP of n1")
-        note(f"SIGSTOP {cl.node_ttl + 1.5:g}s: n2's client answered by the new hub {moved:.2f}s "
+        note(f"SIGSTOP {stop_for:g}s: n2's client answered by the new hub {moved:.2f}s "
              f"after the stop; n1's client {rehomed:.2f}s after SIGCONT; {figs}")
 
 
 test_fault_sigstop_of_hub_node_past_node_ttl.timeout = 40
+
+
+async def test_fault_sigstop_shorter_than_the_read_timeout():
+    """The same with a stop of 2.5 s: past node_ttl (2 s), but short of the reading connection's
+    timeout (3 s), so a reply to its blocked read, with entries the other node meanwhile
+    answered from the stopped node's inbox, waits in the socket when it wakes: it must not
+    deliver those (each would be answered twice)."""
+    await test_fault_sigstop_of_hub_node_past_node_ttl(stop_for=2.5)
+
+
+test_fault_sigstop_shorter_than_the_read_timeout.timeout = 40
 
 
 async def test_fault_sigterm_of_hub_node_under_traffic():
