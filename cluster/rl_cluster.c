@@ -25,6 +25,7 @@
 #include "rl_log.h"
 #include "rl_map.h"
 #include "rl_metrics.h"
+#include "rl_placement_redis.h"
 #include "rl_redis.h"
 
 #define RL_BATCH 256                /* messages per stream entry */
@@ -119,7 +120,26 @@ static struct {
     int burst;              /* releases have been failing since burst_t0; logged once */
     uint64_t burst_t0, burst_retries, burst_fixed;
     uint64_t m_retries, m_reconciled, m_dropped; /* /metrics */
+    size_t swept;           /* messages of dead nodes' inboxes answered to their senders */
+    rl_map gone;            /* "<node>.<incarnation>" -> tick it died at (+1): requests refused */
+    uint64_t ticks;         /* live_nodes answers so far */
 } cl;
+
+/* A dead incarnation's requests are refused for this many ticks after its sweep: by then every
+   connection that sent to its hubs was placed again (at the tick that found it gone). */
+#define RL_GONE_TICKS 5
+
+/* "<node>.<incarnation>" of pid into out (size RL_PID_MAX); -1 when malformed. */
+static int pid_incarnation(const char *pid, char out[RL_PID_MAX])
+{
+    const char *dot = strchr(pid, '.');
+    dot = dot ? strchr(dot + 1, '.') : NULL;
+    if (!dot || (size_t)(dot - pid) >= RL_PID_MAX)
+        return -1;
+    memcpy(out, pid, (size_t)(dot - pid));
+    out[dot - pid] = '\0';
+    return 0;
+}
 
 int rl_cluster_enabled(void) { return cl.started; }
 struct rl_redis *rl_cluster_redis(void) { return cl.started ? cl.cmd : NULL; }
@@ -220,6 +240,13 @@ static int remote_send(const char *to, rl_msg *m, void *ud)
         return -EINVAL;
     if (!rl_redis_connected(cl.cmd))
         return -EHOSTUNREACH;
+    /* A request to a node whose inbox was swept would wait for an answer nobody gives: its
+       sender is answered at once instead. Anything else still goes (the node may only have been
+       stopped or cut off and read again: the welcome and replies of a hub here to its clients). */
+    char inc[RL_PID_MAX];
+    if (cl.gone.len && (m->topic == RL_T_WS_CLIENT || rl_topic_is_api_request((rl_topic)m->topic)) &&
+        pid_incarnation(to, inc) == 0 && rl_map_get(&cl.gone, inc))
+        return -EHOSTDOWN;
     outbox *ob = rl_map_get(&cl.outboxes, node);
     if (!ob) {
         ob = calloc(1, sizeof *ob);
@@ -424,8 +451,8 @@ static void read_next(void);
 
 /* A forwarded message could not be delivered here: answer where a client is waiting, so nothing
    is lost silently. A full hub answers "overloaded"; a hub that is gone (it moved or was
-   collected) sends the connection to its node to be placed again. The answers come from the
-   system (this node's runtime). */
+   collected) or fenced (-ESTALE: it does not hold that epoch's lease) sends the connection to its
+   node to be placed again. The answers come from the system (this node's runtime). */
 static void bounce(const char *to, const rl_msg *m, int rc)
 {
     if (m->topic == RL_T_WS_CLIENT && m->from[0]) {
@@ -435,9 +462,9 @@ static void bounce(const char *to, const rl_msg *m, int rc)
             rl_err_send(NULL, m->from, RL_E_OVERLOADED, NULL, rid, rl);
         else
             rl_err_send(NULL, m->from, RL_E_PLUGIN_FAILED, "User hub unavailable, try again", rid, rl);
-        if (rc == -ENOENT)
+        if (rc == -ENOENT || rc == -ESTALE)
             rl_send_or_free(NULL, m->from, rl_msg_rehome(m->from, to));
-    } else if (m->topic == RL_T_WS_JOIN && rc == -ENOENT) {
+    } else if (m->topic == RL_T_WS_JOIN && (rc == -ENOENT || rc == -ESTALE)) {
         rl_send_or_free(NULL, m->ctl.join.conn, rl_msg_rehome(m->ctl.join.conn, to));
     } else if (rl_topic_is_api_request((rl_topic)m->topic) && m->from[0]) {
         rl_send_or_free(NULL, m->from, rl_msg_api_reply(m->ctl.api.req, rc, 0, NULL));
@@ -551,7 +578,10 @@ static int read_ctl(rl_msg *m, const char *v, size_t len)
 
 /* One message of a stream entry: header field h, value v. Delivered as sent: the same body
    bytes, the sender and its owner (nodes trust one another; the router checks authority). */
-static void deliver_one(const redisReply *h, const redisReply *v)
+/* Delivers one message of a stream entry. swept: NULL, or the pid prefix "<node>.<incarnation>."
+   of a node that died before it read this entry: then only messages this node sent to it are
+   looked at, and answered to their senders (bounce) instead of delivered. */
+static void deliver_one(const redisReply *h, const redisReply *v, const char *swept)
 {
     /* "RL1 topic epoch flags type_off type_len rid_off rid_len type_escaped\n" (wire_header) */
     uint64_t f[8];
@@ -588,10 +618,14 @@ static void deliver_one(const redisReply *h, const redisReply *v)
     int urc;
     if (get_pid(&p, e, to) < 0 || get_pid(&p, e, from) < 0 || get_field(&p, e, &name, &nlen) < 0 ||
         (urc = get_field(&p, e, &user, &ulen)) == -1) {
+        if (swept)
+            return;
         rl_metric_inc(RL_M_MSGS_DROPPED);
         rl_warn("cluster", "malformed stream entry header dropped");
         return;
     }
+    if (swept && (!rl_pid_is_local(from) || strncmp(to, swept, strlen(swept)) != 0))
+        return; /* another node's, or for a later incarnation */
     rl_msg *m;
     int is_data = topic == RL_T_APP || topic == RL_T_WS_CLIENT || topic == RL_T_WS_MESSAGE;
     if (is_data) {
@@ -625,8 +659,20 @@ static void deliver_one(const redisReply *h, const redisReply *v)
         rl_metric_inc(RL_M_MSGS_DROPPED);
         return;
     }
+    if (swept) {
+        rl_metric_inc(RL_M_MSGS_DROPPED);
+        bounce(to, m, -EHOSTDOWN);
+        rl_msg_free(m);
+        cl.swept++;
+        return;
+    }
     rl_metric_inc(RL_M_FORWARDED_IN);
-    int rc = rl_pid_is_local(to) ? rl_send_as(to, m) : -ENOENT;
+    /* The fence: a message addressed by a lease epoch reaches only the hub holding that lease. */
+    int rc = !rl_pid_is_local(to)               ? -ENOENT
+             : rl_fence_refuses(to, m->epoch) ? -ESTALE
+                                              : rl_send_as(to, m);
+    if (rc == -ESTALE)
+        rl_metric_inc(RL_M_EPOCH_DROPPED);
     if (rc < 0) {
         rl_metric_inc(RL_M_MSGS_DROPPED);
         bounce(to, m, rc);
@@ -634,13 +680,91 @@ static void deliver_one(const redisReply *h, const redisReply *v)
     }
 }
 
-static void deliver_entry(const redisReply *fields)
+static void deliver_entry(const redisReply *fields, const char *swept)
 {
     for (size_t i = 0; i + 1 < fields->elements; i += 2) {
         const redisReply *h = fields->element[i], *v = fields->element[i + 1];
         if (h->type == REDIS_REPLY_STRING && v->type == REDIS_REPLY_STRING)
-            deliver_one(h, v);
+            deliver_one(h, v, swept);
     }
+}
+
+/* Where this node has read its inbox to: field <incarnation> = stream id of the hash
+   <prefix>inbox:<node>:read, written after every read on the command connection, ahead of any
+   answer to what was read: once an answer reached Redis, so did the position past its request.
+   One field per incarnation, so a node restarted under the same id at once does not hide where
+   its previous life stopped; at start the hash is pruned to the RL_READ_KEEP latest. */
+#define RL_READ_KEEP 8
+
+static void note_read_position(void)
+{
+    char key[160];
+    snprintf(key, sizeof key, "%s:read", cl.inbox_key);
+    const char *argv[] = {"HSET", key, rl_node_incarnation(), cl.last_id};
+    if (rl_redis_commandargv(cl.cmd, 0, NULL, NULL, 4, argv, NULL) < 0)
+        rl_metric_inc(RL_M_REDIS_ERRORS);
+}
+
+/* 1 when stream id a is older than b ("ms-seq"). */
+static int id_older(const char *a, size_t alen, const char *b, size_t blen)
+{
+    char x[64], y[64];
+    if (alen >= sizeof x || blen >= sizeof y)
+        return 0;
+    memcpy(x, a, alen), x[alen] = '\0';
+    memcpy(y, b, blen), y[blen] = '\0';
+    char *ex, *ey;
+    unsigned long long mx = strtoull(x, &ex, 10), my = strtoull(y, &ey, 10);
+    if (mx != my)
+        return mx < my;
+    return strtoull(*ex == '-' ? ex + 1 : ex, NULL, 10) < strtoull(*ey == '-' ? ey + 1 : ey, NULL, 10);
+}
+
+static void on_read_positions(const redisReply *r, void *ud)
+{
+    (void)ud;
+    if (!cl.started || !r || r->type != REDIS_REPLY_ARRAY || r->elements / 2 <= RL_READ_KEEP)
+        return;
+    size_t n = r->elements / 2, drop = n - RL_READ_KEEP;
+    const char **argv = calloc(2 + drop, sizeof *argv);
+    size_t *lens = calloc(2 + drop, sizeof *lens);
+    char key[160];
+    if (!argv || !lens) {
+        free(argv);
+        free(lens);
+        return;
+    }
+    argv[0] = "HDEL", lens[0] = 4;
+    lens[1] = (size_t)snprintf(key, sizeof key, "%s:read", cl.inbox_key);
+    argv[1] = key;
+    /* the `drop` oldest: each field whose id at least RL_READ_KEEP others are newer than */
+    size_t k = 2;
+    for (size_t i = 0; i < n && k < 2 + drop; i++) {
+        const redisReply *f = r->element[2 * i], *v = r->element[2 * i + 1];
+        if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+            continue;
+        size_t newer = 0;
+        for (size_t j = 0; j < n; j++) {
+            const redisReply *w = r->element[2 * j + 1];
+            if (j != i && w->type == REDIS_REPLY_STRING && id_older(v->str, v->len, w->str, w->len))
+                newer++;
+        }
+        if (newer >= RL_READ_KEEP)
+            argv[k] = f->str, lens[k++] = f->len;
+    }
+    if (k > 2 && rl_redis_commandargv(cl.cmd, 0, NULL, NULL, (int)k, argv, lens) < 0)
+        rl_metric_inc(RL_M_REDIS_ERRORS);
+    free(argv);
+    free(lens);
+}
+
+static void prune_read_positions(void)
+{
+    char key[160];
+    snprintf(key, sizeof key, "%s:read", cl.inbox_key);
+    const char *argv[] = {"HGETALL", key};
+    if (rl_redis_commandargv(cl.cmd, 0, on_read_positions, NULL, 2, argv, NULL) < 0)
+        rl_metric_inc(RL_M_REDIS_ERRORS);
 }
 
 static void on_xread(const redisReply *r, void *ud)
@@ -655,6 +779,11 @@ static void on_xread(const redisReply *r, void *ud)
         rl_metric_inc(RL_M_REDIS_ERRORS);
         return; /* the state callback restarts reading on reconnect */
     }
+    if (!rl_redis_connected(cl.cmd))
+        return; /* no answer could leave now: read these entries again once it is back */
+    if (rl_now_ms() >= cl.node_valid_until)
+        return; /* we may look dead (stopped, cut off): the others may be answering these entries
+                   from our inbox; read again after the next acknowledged heartbeat */
     /* [[key, [[id, [f, v, ...]], ...]]] */
     if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->elements == 2) {
         const redisReply *entries = r->element[0]->element[1];
@@ -667,15 +796,22 @@ static void on_xread(const redisReply *r, void *ud)
                 cl.last_id[e->element[0]->len] = '\0';
             }
             if (e->element[1]->type == REDIS_REPLY_ARRAY)
-                deliver_entry(e->element[1]);
+                deliver_entry(e->element[1], NULL);
         }
+        if (entries->elements)
+            note_read_position();
     }
     read_next();
 }
 
+/* Reads only while the command connection is up too: what is delivered here may need answers
+   (replies, bounces) to other nodes, and those leave through it. While it is down the entries
+   wait in the stream. And only while our registration is certainly alive: past that the others
+   may find us gone and answer (and delete) what we have not read, so we must not deliver it too. */
 static void read_next(void)
 {
-    if (cl.reading || !cl.last_id[0] || !rl_redis_connected(cl.blk))
+    if (cl.reading || !cl.last_id[0] || !rl_redis_connected(cl.blk) || !rl_redis_connected(cl.cmd) ||
+        rl_now_ms() >= cl.node_valid_until)
         return;
     char block[16];
     snprintf(block, sizeof block, "%d", RL_READ_BLOCK_MS);
@@ -692,6 +828,8 @@ static void on_tail(const redisReply *r, void *ud)
     if (r && r->type == REDIS_REPLY_STRING && r->len < sizeof cl.last_id) {
         memcpy(cl.last_id, r->str, r->len);
         cl.last_id[r->len] = '\0';
+        note_read_position();
+        prune_read_positions();
         read_next();
     }
 }
@@ -707,6 +845,131 @@ static void on_blk_state(rl_redis *r, int connected, void *ud)
                          RL_STREAM_MAXLEN, rl_node_incarnation());
     else
         read_next();
+}
+
+/* ---- the inbox of a node that died ---- */
+
+/* A node that dies leaves in its inbox what it never read: every node answers the messages it
+   sent there (a client gets plugin_failed with its request_id), from the dead node's last
+   recorded read position on, up to a "hello" entry (a new life of the node reads from there on:
+   what follows is answered or delivered by it). Bounded: RL_SWEEP_PAGES pages of
+   RL_SWEEP_COUNT entries. */
+#define RL_SWEEP_COUNT 64
+#define RL_SWEEP_COUNT_S "64"
+#define RL_SWEEP_PAGES 64
+
+typedef struct sweep_op {
+    char node[RL_NODE_ID_MAX];
+    char prefix[RL_PID_MAX];  /* "<node>.<incarnation>." */
+    char from_id[64];
+    unsigned pages;
+    size_t before;            /* cl.swept at the start */
+} sweep_op;
+
+static void sweep_page(sweep_op *o);
+
+static void sweep_done(sweep_op *o)
+{
+    size_t n = cl.swept - o->before;
+    if (n)
+        rl_warn("cluster", "node %.*s gone: %zu messages sent to it and never read were answered "
+                           "to their senders", (int)(strlen(o->prefix) - 1), o->prefix, n);
+    free(o);
+}
+
+static void on_sweep_page(const redisReply *r, void *ud)
+{
+    sweep_op *o = ud;
+    if (!cl.started || !r || r->type != REDIS_REPLY_ARRAY) {
+        sweep_done(o);
+        return;
+    }
+    /* An entry is one XADD of one node: the ones we answered are ours, and are deleted, so the
+       node (if it only was stopped or cut off, and reads again) does not deliver them as well. */
+    const char *del[2 + RL_SWEEP_COUNT];
+    size_t dlen[2 + RL_SWEEP_COUNT];
+    char key[160];
+    int nd = 2;
+    del[0] = "XDEL", dlen[0] = 4;
+    dlen[1] = (size_t)snprintf(key, sizeof key, "%sinbox:%s", cl.cfg->redis_prefix, o->node);
+    del[1] = key;
+    int reader = 0; /* a new life of the node started reading here: the rest is its own */
+    for (size_t i = 0; i < r->elements && !reader; i++) {
+        const redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[0]->type != REDIS_REPLY_STRING)
+            continue;
+        const redisReply *fv = e->element[1];
+        if (fv->type == REDIS_REPLY_ARRAY && fv->elements >= 1 &&
+            fv->element[0]->type == REDIS_REPLY_STRING && fv->element[0]->len == 5 &&
+            memcmp(fv->element[0]->str, "hello", 5) == 0) {
+            reader = 1;
+            break;
+        }
+        if (e->element[0]->len + 2 < sizeof o->from_id) {
+            o->from_id[0] = '(';
+            memcpy(o->from_id + 1, e->element[0]->str, e->element[0]->len);
+            o->from_id[e->element[0]->len + 1] = '\0';
+        }
+        size_t before = cl.swept;
+        if (e->element[1]->type == REDIS_REPLY_ARRAY)
+            deliver_entry(e->element[1], o->prefix);
+        if (cl.swept != before && nd < 2 + RL_SWEEP_COUNT) {
+            del[nd] = e->element[0]->str;
+            dlen[nd++] = e->element[0]->len;
+        }
+    }
+    if (nd > 2 && rl_redis_commandargv(cl.cmd, 0, NULL, NULL, nd, del, dlen) < 0)
+        rl_metric_inc(RL_M_REDIS_ERRORS);
+    if (!reader && r->elements == RL_SWEEP_COUNT && ++o->pages < RL_SWEEP_PAGES)
+        sweep_page(o);
+    else
+        sweep_done(o);
+}
+
+static void sweep_page(sweep_op *o)
+{
+    char key[160];
+    snprintf(key, sizeof key, "%sinbox:%s", cl.cfg->redis_prefix, o->node);
+    const char *argv[] = {"XRANGE", key, o->from_id, "+", "COUNT", RL_SWEEP_COUNT_S};
+    if (rl_redis_commandargv(cl.cmd, 0, on_sweep_page, o, 6, argv, NULL) < 0)
+        sweep_done(o);
+}
+
+static void on_sweep_pos(const redisReply *r, void *ud)
+{
+    sweep_op *o = ud;
+    /* the dead incarnation's position; none: it read nothing we know of */
+    if (cl.started && r && r->type == REDIS_REPLY_STRING && r->len + 2 < sizeof o->from_id) {
+        o->from_id[0] = '(';
+        memcpy(o->from_id + 1, r->str, r->len);
+        o->from_id[r->len + 1] = '\0';
+        sweep_page(o);
+        return;
+    }
+    sweep_done(o);
+}
+
+/* dead: "<node>.<incarnation>", gone at this tick. */
+static void sweep_start(const char *dead)
+{
+    const char *dot = strchr(dead, '.');
+    if (!dot || (size_t)(dot - dead) >= RL_NODE_ID_MAX || strlen(dead) + 2 > RL_PID_MAX)
+        return;
+    sweep_op *o = calloc(1, sizeof *o);
+    if (!o)
+        return;
+    memcpy(o->node, dead, (size_t)(dot - dead));
+    snprintf(o->prefix, sizeof o->prefix, "%s.", dead);
+    o->before = cl.swept;
+    rl_map_set(&cl.gone, dead, (void *)(uintptr_t)(cl.ticks + 1)); /* from now on, refused */
+    /* What this turn queued for the dead node goes out first: the sweep then sees it. */
+    flush_cb(NULL);
+    char key[160], inc[RL_PID_MAX];
+    snprintf(key, sizeof key, "%sinbox:%s:read", cl.cfg->redis_prefix, o->node);
+    snprintf(inc, sizeof inc, "%s", dot + 1);
+    const char *argv[] = {"HGET", key, inc};
+    if (rl_redis_commandargv(cl.cmd, 0, on_sweep_pos, o, 3, argv, NULL) < 0)
+        free(o);
 }
 
 /* ---- heartbeat and node liveness ---- */
@@ -782,6 +1045,12 @@ static void on_live_nodes(const redisReply *r, void *ud)
         return;
     }
     note_redis_clock(r->element[0]->integer, r->element[1]->integer);
+    cl.ticks++;
+    const char *gk;
+    void *gv;
+    for (size_t it = 0; rl_map_next(&cl.gone, &it, &gk, &gv);)
+        if ((uintptr_t)gv + RL_GONE_TICKS <= cl.ticks + 1)
+            rl_map_del(&cl.gone, gk);
     rl_map now;
     rl_map_init(&now);
     for (size_t i = 2; i < r->elements; i++)
@@ -800,10 +1069,14 @@ static void on_live_nodes(const redisReply *r, void *ud)
         cl.dead = nd;
         cl.dead[cl.ndead++] = strdup(k);
         rl_warn("cluster", "node %s is gone", k);
+        if (cl.dead[cl.ndead - 1])
+            sweep_start(cl.dead[cl.ndead - 1]);
     }
     for (size_t it = 0; rl_map_next(&now, &it, &k, NULL);)
-        if (!rl_map_get(&cl.live, k))
+        if (!rl_map_get(&cl.live, k)) {
             rl_info("cluster", "node %s is up", k);
+            rl_map_del(&cl.gone, k); /* back under the same incarnation (stopped, cut off) */
+        }
     rl_map_close(&cl.live);
     cl.live = now;
     run_tick_cb();
@@ -839,6 +1112,7 @@ static void on_heartbeat(const redisReply *r, void *ud)
     cl.registered = 1;
     cl.ready = 1;
     cl.node_valid_until = sent + cl.cfg->node_ttl_ms - RL_SAFETY_MS;
+    read_next(); /* reading may have waited for a registration certainly alive */
     rl_metric_set(RL_M_REDIS_RTT_US, (rl_now_ms() - sent) * 1000);
     rl_hist_observe_ns(RL_H_REDIS_HEARTBEAT, (rl_now_ms() - sent) * 1000000);
     char nodes[RL_CKEY_MAX], prefix[RL_CKEY_MAX], reg[RL_CKEY_MAX];
@@ -872,6 +1146,7 @@ static void on_cmd_state(rl_redis *r, int connected, void *ud)
     (void)ud;
     if (connected) {
         rl_info("cluster", "redis connected");
+        read_next(); /* reading waited for this connection */
         tick(&cl.tick); /* register at once */
         if (cl.releases.len)
             retry_arm();
@@ -1527,6 +1802,7 @@ int rl_cluster_start(const rl_config *c, char *err, size_t errlen)
     rl_ckey_inbox(cl.inbox_key, sizeof cl.inbox_key, c->redis_prefix, rl_node_id());
     rl_map_init(&cl.outboxes);
     rl_map_init(&cl.live);
+    rl_map_init(&cl.gone);
     rl_map_init_borrowed(&cl.releases);
     rl_map_init_borrowed(&cl.admits);
     cl.rng = uv_hrtime() ^ 0x9e3779b97f4a7c15ULL;
@@ -1555,6 +1831,7 @@ void rl_cluster_stop(void)
 {
     if (!cl.started)
         return;
+    rl_fence_clear();
     flush_cb(NULL); /* what is queued goes out before the connection closes */
     /* Pending releases get one last try (our entries die with our key anyway); replies to them
        and to admissions still on the wire free their own state. */
@@ -1603,6 +1880,7 @@ void rl_cluster_stop(void)
     }
     free(cl.renew);
     rl_map_close(&cl.live);
+    rl_map_close(&cl.gone);
     for (size_t i = 0; i < cl.ndead; i++)
         free((char *)cl.dead[i]);
     free(cl.dead);

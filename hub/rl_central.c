@@ -1,12 +1,13 @@
 /* The central hub: admission (exact per-user limit), user hub placement, idle hub collection.
  *
  * One per node. It keeps a record per user with connections on this node or a hub here: the
- * admitted local connections and where the user's hub is (pid and lease epoch). Standalone, the
- * hub is always local and admission is a local count. In cluster mode admission is one atomic
- * script in Redis (exact across nodes), and the hub lives where the user's lease is: this node
- * creates a hub only when it wins the lease, otherwise it attaches its connections to the holder's
- * hub through the stream transport. Every second (cluster tick) it renews the leases of its hubs,
- * notices dead holders and re-places those users, so their connections stay open. */
+ * admitted local connections and where the user's hub is (pid and placement token). Admission and
+ * placement go through the placement interface (rl_placement.h): local (in-process counts) or
+ * Redis (an atomic script, exact across nodes; the hub lives where the user's lease is), one code
+ * path for both. A new hub starts deferred and bids for its place: if it wins, it starts its
+ * plugins; otherwise the connections attach to the user's hub elsewhere (through the transport).
+ * On every placement tick (cluster: 1 s) it renews the places of its hubs, notices dead holders
+ * and re-places those users, so their connections stay open. */
 #include "rl_central.h"
 
 #include <errno.h>
@@ -14,12 +15,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "rl_cluster.h"
 #include "rl_errors.h"
 #include "rl_hub.h"
 #include "rl_log.h"
 #include "rl_map.h"
 #include "rl_metrics.h"
+#include "rl_placement.h"
 #include "rl_proc.h"
 
 #define RL_HUB_CANCEL_MS 10000
@@ -34,12 +35,12 @@ typedef struct central_user {
     rl_owner *owner;        /* the user (a reference) */
     local_conn *conns;      /* admitted connections on this node */
     uint32_t nconns, capconns;
-    uint32_t admitting;     /* cluster admissions in flight */
+    uint32_t admitting;     /* admissions in flight */
     char hub[RL_PID_MAX];   /* the user's hub ("" = not placed) */
-    uint64_t epoch;         /* its lease epoch (0 standalone) */
-    int hub_local;          /* the hub is ours (we hold the lease) */
-    uint64_t valid_until;   /* local hub in cluster mode: lease certainly ours until then */
-    int placing;            /* a lease acquisition is in flight */
+    uint64_t epoch;         /* its placement token (the lease epoch; 0 standalone), on messages to it */
+    int hub_local;          /* the hub is ours (we hold its place) */
+    uint64_t valid_until;   /* local hub: its place is certainly ours until then */
+    int placing;            /* an acquisition is in flight */
     uint8_t reassert;       /* REASSERT_*: re-asserting its connections after a lapse */
     uint8_t reassert_bad;   /* a chunk of the round in flight failed: due again */
     uint16_t reassert_out;  /* chunks in flight */
@@ -51,9 +52,12 @@ typedef struct central_user {
 
 enum { REASSERT_NONE, REASSERT_DUE, REASSERT_SENT };
 
+static const rl_placement *placement; /* rl_central_set_placement; local by default */
+
 static struct {
     rl_proc proc;
     const rl_config *cfg;
+    const rl_placement *pl;
     rl_map users;      /* user_id -> central_user; a connection's is found from its owner */
     rl_map cancelling; /* hub pid -> (void *)1, cancelled and not yet exited */
     uv_timer_t gc;
@@ -76,7 +80,7 @@ void rl_central_metrics(rl_metrics_out *out)
                      central.users.len);
 }
 
-static int clustered(void) { return rl_cluster_enabled(); }
+void rl_central_set_placement(const rl_placement *p) { placement = p; }
 
 /* Sends m (NULL = out of memory: counted) from the central hub. */
 static void send_ctl(const char *to, rl_msg *m, uint64_t epoch)
@@ -196,14 +200,6 @@ static void attach_all(central_user *u)
 
 static void place(central_user *u);
 
-/* A lease is only as good as this node's registration: once our node key may have expired,
-   another node may take the lease (its holder looks dead). */
-static uint64_t lease_until(uint64_t lease_valid_until)
-{
-    uint64_t node_until = rl_cluster_node_valid_until();
-    return lease_valid_until < node_until ? lease_valid_until : node_until;
-}
-
 static void clear_placement(central_user *u)
 {
     u->hub[0] = '\0';
@@ -220,7 +216,18 @@ typedef struct place_req {
     char hub[RL_PID_MAX];
 } place_req;
 
-static void on_lease(const rl_lease *l, void *ud)
+static void refuse_all(central_user *u, rl_err_code e)
+{
+    while (u->nconns) {
+        local_conn *lc = &u->conns[u->nconns - 1];
+        central.pl->release(u->id, lc->pid);
+        refuse(lc->pid, e, NULL);
+        u->nconns--;
+    }
+    u->idle_since = rl_now_ms();
+}
+
+static void on_place(const rl_place *l, void *ud)
 {
     place_req *r = ud;
     central_user *u = central.started ? user_find(r->user) : NULL;
@@ -228,43 +235,48 @@ static void on_lease(const rl_lease *l, void *ud)
     if (u)
         u->placing = 0;
     if (!u || central.draining) {
-        if (l->status == RL_LEASE_WON)
-            rl_cluster_lease_release(r->user, l->epoch);
-    } else if (l->status == RL_LEASE_WON) {
-        keep = rl_hub_activate(r->hub, l->epoch, lease_until(l->valid_until)) == 0;
+        if (l->status == RL_PLACE_WON)
+            central.pl->give_up(r->user, r->hub, l->token, 1);
+    } else if (l->status == RL_PLACE_WON) {
+        keep = rl_hub_activate(r->hub, l->valid_until) == 0;
         if (keep) {
             rl_map_del(&central.cancelling, r->hub);
             snprintf(u->hub, sizeof u->hub, "%s", r->hub);
-            u->epoch = l->epoch;
+            u->epoch = l->token;
             u->hub_local = 1;
-            u->valid_until = lease_until(l->valid_until);
-            rl_info("central", "user %s: hub %s here, lease epoch %llu", u->id, u->hub,
-                    (unsigned long long)u->epoch);
-            rl_cluster_hub_info(u->id, u->hub, u->epoch, 0, 1);
-            rl_cluster_purge_conns(u->id); /* a previous holder may have died with clients */
+            u->valid_until = l->valid_until;
+            if (u->epoch)
+                rl_info("central", "user %s: hub %s here, lease epoch %llu", u->id, u->hub,
+                        (unsigned long long)u->epoch);
+            if (central.pl->hub_info)
+                central.pl->hub_info(u->id, u->hub, u->epoch, 0, 1);
+            if (central.pl->purge)
+                central.pl->purge(u->id); /* a previous holder may have died with clients */
             attach_all(u);
+        } else {
+            central.pl->give_up(r->user, r->hub, l->token, 1);
         }
-    } else if (l->status == RL_LEASE_OTHER || l->status == RL_LEASE_MINE) {
-        rl_proc *old = l->status == RL_LEASE_MINE && !rl_map_get(&central.cancelling, l->hub_pid)
+    } else if (l->status == RL_PLACE_OTHER || l->status == RL_PLACE_MINE) {
+        rl_proc *old = l->status == RL_PLACE_MINE && !rl_map_get(&central.cancelling, l->hub_pid)
                            ? rl_proc_find(l->hub_pid)
                            : NULL;
-        if (l->status == RL_LEASE_MINE && !old) {
-            /* Our lease names a hub that is gone: give it up and place again next tick. */
-            rl_cluster_lease_release(u->id, l->epoch);
+        if (l->status == RL_PLACE_MINE && !old) {
+            /* Our place names a hub that is gone: give it up and place again next tick. */
+            central.pl->give_up(u->id, l->hub_pid, l->token, 1);
         } else if (l->hub_pid[0]) {
-            if (l->status == RL_LEASE_OTHER)
+            if (l->status == RL_PLACE_OTHER)
                 rl_info("central", "user %s: hub %s on node %s, lease epoch %llu", u->id,
-                        l->hub_pid, l->holder, (unsigned long long)l->epoch);
+                        l->hub_pid, l->holder, (unsigned long long)l->token);
             snprintf(u->hub, sizeof u->hub, "%s", l->hub_pid);
-            u->epoch = l->epoch;
+            u->epoch = l->token;
             u->hub_local = old != NULL;
-            u->valid_until = old ? lease_until(l->valid_until) : 0;
-            if (old) /* the lease script refreshed our TTL: so is the hub's validity */
+            u->valid_until = old ? l->valid_until : 0;
+            if (old) /* the acquisition refreshed our place: so is the hub's validity */
                 rl_hub_set_valid_until(u->hub, u->valid_until);
             attach_all(u);
         }
     } else {
-        rl_warn("central", "user %s: lease unavailable (redis); retrying", r->user);
+        rl_warn("central", "user %s: placement unavailable; retrying", r->user);
     }
     if (!keep)
         rl_cancel(NULL, r->hub, 0); /* the deferred hub has no plugins: it exits at once */
@@ -274,7 +286,8 @@ static void on_lease(const rl_lease *l, void *ud)
     free(r);
 }
 
-/* Finds or creates the user's hub and attaches every local connection to it. */
+/* Finds or creates the user's hub and attaches every local connection to it. A hub that only
+   has a pid bids for the user's place; it starts its plugins if it wins. */
 static void place(central_user *u)
 {
     if (u->placing || central.draining)
@@ -283,43 +296,31 @@ static void place(central_user *u)
         attach_all(u);
         return;
     }
-    if (!clustered()) {
-        if (rl_hub_start(central.cfg, u->owner, u->metadata, u->scope, 0, 0, u->hub) < 0 ||
-            rl_monitor(&central.proc, u->hub) < 0) {
-            rl_error("central", "user %s: hub creation failed", u->id);
-            u->hub[0] = '\0';
-            while (u->nconns) {
-                local_conn *lc = &u->conns[u->nconns - 1];
-                refuse(lc->pid, RL_E_HUB_CREATION_FAILED, NULL);
-                u->nconns--;
-            }
-            return;
-        }
-        u->hub_local = 1;
-        u->valid_until = UINT64_MAX;
-        attach_all(u);
-        return;
-    }
-    /* Cluster: a hub that only has a pid bids for the lease; it starts its plugins if it wins. */
     place_req *r = calloc(1, sizeof *r);
     if (!r || !(r->user = strdup(u->id))) {
         free(r);
+        rl_error("central", "user %s: hub creation failed", u->id);
+        refuse_all(u, RL_E_HUB_CREATION_FAILED);
         return;
     }
-    if (rl_hub_start(central.cfg, u->owner, u->metadata, u->scope, 0, 1, r->hub) < 0 ||
+    if (rl_hub_start(central.cfg, u->owner, u->metadata, u->scope, 1, r->hub) < 0 ||
         rl_monitor(&central.proc, r->hub) < 0) {
+        if (r->hub[0])
+            rl_cancel(NULL, r->hub, 0);
         free(r->user);
         free(r);
+        rl_error("central", "user %s: hub creation failed", u->id);
+        refuse_all(u, RL_E_HUB_CREATION_FAILED);
         return;
     }
     rl_map_set(&central.cancelling, r->hub, (void *)1); /* until it wins, its exit is expected */
-    if (rl_cluster_lease_acquire(u->id, r->hub, on_lease, r) < 0) {
+    u->placing = 1; /* before the call: the local placement answers inside it */
+    if (central.pl->acquire(u->id, r->hub, on_place, r) < 0) {
+        u->placing = 0;
         rl_cancel(NULL, r->hub, 0);
         free(r->user);
         free(r);
-        return;
     }
-    u->placing = 1;
 }
 
 /* ---- joins and leaves ---- */
@@ -375,8 +376,7 @@ static void admit_done(central_user *u, const char *conn, rl_body *meta, rl_body
 {
     int rc = add_conn(u, conn, meta, scope);
     if (rc < 0) {
-        if (clustered())
-            rl_cluster_release_conn(u->id, conn);
+        central.pl->release(u->id, conn);
         refuse(conn, RL_E_HUB_CREATION_FAILED, NULL);
         return;
     }
@@ -391,10 +391,10 @@ static void on_admit(int result, void *ud)
         u->admitting--;
     if (!u) {
         if (result == 1 && central.started)
-            rl_cluster_release_conn(r->user, r->conn);
+            central.pl->release(r->user, r->conn);
     } else if (!rl_proc_find(r->conn)) {
-        if (result == 1) /* the connection left while Redis answered */
-            rl_cluster_release_conn(r->user, r->conn);
+        if (result == 1) /* the connection left while the placement answered */
+            central.pl->release(r->user, r->conn);
     } else if (result == 1) {
         admit_done(u, r->conn, r->meta, r->scope);
     } else if (result == 0) {
@@ -431,34 +431,24 @@ static void on_join(const rl_msg *m)
         refuse(conn, RL_E_HUB_CREATION_FAILED, NULL);
         return;
     }
-    int limit = central.cfg->max_connections_per_user;
-    if (!clustered()) {
-        if (u->nconns >= (size_t)limit) {
-            char msg[96];
-            snprintf(msg, sizeof msg, "Maximum connection limit reached (%d connections)", limit);
-            refuse(conn, RL_E_MAX_CONNECTIONS, msg);
-            user_maybe_drop(u);
-            return;
-        }
-        admit_done(u, conn, m->ctl.join.meta, m->ctl.join.scope);
-        return;
-    }
     admit_req *r = calloc(1, sizeof *r);
     if (!r || !(r->user = strdup(u->id))) {
         free(r);
         refuse(conn, RL_E_HUB_CREATION_FAILED, NULL);
+        user_maybe_drop(u);
         return;
     }
     snprintf(r->conn, sizeof r->conn, "%s", conn);
     r->meta = rl_body_ref(m->ctl.join.meta);
     r->scope = rl_body_ref(m->ctl.join.scope);
-    if (rl_cluster_admit(u->id, conn, limit, on_admit, r) < 0) {
+    /* Counted before the call: the local placement answers inside it (and u may be gone after). */
+    u->admitting++;
+    if (central.pl->admit(u->id, conn, central.cfg->max_connections_per_user, on_admit, r) < 0) {
+        u->admitting--;
         admit_req_free(r);
         refuse(conn, RL_E_UNAVAILABLE, "Cluster registry unavailable");
         user_maybe_drop(u);
-        return;
     }
-    u->admitting++;
 }
 
 /* The record of the user that admitted connection conn here (NULL: not admitted). */
@@ -484,8 +474,7 @@ static void on_leave(const rl_msg *m)
             memcpy(l->ctl.conn.conn, conn, RL_PID_MAX);
         send_ctl(u->hub, l, u->epoch);
     }
-    if (clustered())
-        rl_cluster_release_conn(u->id, conn);
+    central.pl->release(u->id, conn);
     remove_conn(u, conn);
     user_maybe_drop(u);
 }
@@ -518,8 +507,8 @@ static void on_activity(const rl_msg *m)
     u->hub_clients = (size_t)m->ctl.activity.clients;
     if (u->hub_clients == 0)
         u->idle_since = rl_now_ms();
-    if (clustered())
-        rl_cluster_hub_info(u->id, u->hub, u->epoch, u->hub_clients, 0);
+    if (central.pl->hub_info)
+        central.pl->hub_info(u->id, u->hub, u->epoch, u->hub_clients, 0);
 }
 
 static void on_hub_exit(const char *pid)
@@ -532,8 +521,7 @@ static void on_hub_exit(const char *pid)
         central_user *u = v;
         if (strcmp(u->hub, pid) == 0) {
             rl_warn("central", "user %s: hub %s exited unexpectedly", k, u->hub);
-            if (clustered())
-                rl_cluster_lease_release(u->id, u->epoch);
+            central.pl->give_up(u->id, u->hub, u->epoch, 1);
             clear_placement(u);
             if (u->nconns)
                 place(u);
@@ -577,16 +565,17 @@ static void retire_hub(central_user *u, const char *why)
 {
     rl_info("central", "user %s: %s hub %s", u->id, why, u->hub);
     rl_map_set(&central.cancelling, u->hub, (void *)1);
-    if (clustered())
-        rl_cluster_lease_release(u->id, u->epoch);
+    central.pl->give_up(u->id, u->hub, u->epoch, 1);
     rl_cancel(NULL, u->hub, RL_HUB_CANCEL_MS);
     clear_placement(u);
 }
 
-/* The user's local hub may no longer (or soon not) hold the lease: it tells every connection
-   to re-home ("hub.handover") and stops; the user is placed again from scratch. */
-static void hand_over_hub(central_user *u)
+/* The user's local hub may no longer (or soon not) hold its place: it tells every connection
+   to re-home ("hub.handover") and stops; the user is placed again from scratch. release: free
+   the place at once (drain), else it is lost or expired already. */
+static void hand_over_hub(central_user *u, int release)
 {
+    central.pl->give_up(u->id, u->hub, u->epoch, release);
     rl_map_set(&central.cancelling, u->hub, (void *)1);
     send_ctl(u->hub, rl_msg_new(RL_T_HUB_HANDOVER), 0);
     clear_placement(u);
@@ -611,24 +600,24 @@ static void gc_tick(uv_timer_t *t)
     }
 }
 
-/* ---- cluster reconciliation, every tick ---- */
+/* ---- reconciliation, every placement tick ---- */
 
 typedef struct renew_req {
     char *user;
     char hub[RL_PID_MAX];
 } renew_req;
 
-static void on_renew(const rl_lease *l, void *ud)
+static void on_renew(const rl_place *l, void *ud)
 {
     renew_req *r = ud;
     central_user *u = central.started ? user_find(r->user) : NULL;
     if (u && strcmp(u->hub, r->hub) == 0 && u->hub_local) {
-        if (l->status == RL_LEASE_WON) {
-            u->valid_until = lease_until(l->valid_until);
+        if (l->status == RL_PLACE_WON) {
+            u->valid_until = l->valid_until;
             rl_hub_set_valid_until(u->hub, u->valid_until);
-        } else if (l->status == RL_LEASE_OTHER) {
+        } else if (l->status == RL_PLACE_OTHER) {
             rl_warn("central", "user %s: lease of hub %s lost", u->id, u->hub);
-            hand_over_hub(u);
+            hand_over_hub(u, 0);
             place(u);
         }
     }
@@ -667,7 +656,7 @@ static void on_reassert(int result, size_t added, void *ud)
         user_maybe_drop(u);
         return;
     }
-    u->reassert = REASSERT_DUE; /* the next cluster tick past reassert_at sends it again */
+    u->reassert = REASSERT_DUE; /* the next placement tick past reassert_at sends it again */
     u->reassert_bad = 0;
     central.reassert_failed++;
     if (central.reassert_at <= rl_now_ms()) {
@@ -687,13 +676,13 @@ static void reassert_send(central_user *u, int retry)
             reassert_round_done();
         return;
     }
-    for (uint32_t at = 0; at < u->nconns && u->reassert_out < UINT16_MAX; at += RL_CLUSTER_REASSERT_MAX) {
-        const char *pids[RL_CLUSTER_REASSERT_MAX];
-        size_t n = u->nconns - at < RL_CLUSTER_REASSERT_MAX ? u->nconns - at : RL_CLUSTER_REASSERT_MAX;
+    for (uint32_t at = 0; at < u->nconns && u->reassert_out < UINT16_MAX; at += RL_PLACE_REASSERT_MAX) {
+        const char *pids[RL_PLACE_REASSERT_MAX];
+        size_t n = u->nconns - at < RL_PLACE_REASSERT_MAX ? u->nconns - at : RL_PLACE_REASSERT_MAX;
         for (size_t i = 0; i < n; i++)
             pids[i] = u->conns[at + i].pid;
         char *user = strdup(u->id);
-        if (!user || rl_cluster_reassert(u->id, pids, n, retry, on_reassert, user) < 0) {
+        if (!user || central.pl->reassert(u->id, pids, n, retry, on_reassert, user) < 0) {
             free(user);
             u->reassert_bad = 1; /* due again once the chunks sent (if any) are answered */
             break;
@@ -735,7 +724,7 @@ static void reassert_retry(void)
 {
     /* only right after an acknowledged heartbeat: Redis answers again */
     uint64_t now = rl_now_ms();
-    if (!central.reassert_left || now < central.reassert_at || now >= rl_cluster_node_valid_until())
+    if (!central.reassert_left || now < central.reassert_at || now >= central.pl->node_valid_until())
         return;
     const char *k;
     void *v;
@@ -746,11 +735,11 @@ static void reassert_retry(void)
     }
 }
 
-static void cluster_tick(void)
+static void placement_tick(const rl_place_tick *t)
 {
     if (!central.started)
         return;
-    if (rl_cluster_reregistered()) {
+    if (t->lapsed) {
         reassert_all();
         /* Notices sent during the outage may be lost: look every remote hub up again. */
         const char *k2;
@@ -763,8 +752,8 @@ static void cluster_tick(void)
     }
     reassert_retry();
     uint64_t now = rl_now_ms();
-    const char **dead;
-    size_t ndead = rl_cluster_dead_since_last_tick(&dead);
+    const char *const *dead = t->dead;
+    size_t ndead = t->ndead;
     const char *k;
     void *v;
     for (size_t it = 0; rl_map_next(&central.users, &it, &k, &v);) {
@@ -774,7 +763,7 @@ static void cluster_tick(void)
         if (u->hub[0] && u->hub_local) {
             if (now >= u->valid_until) { /* not renewed in time: it may be someone else's now */
                 rl_warn("central", "user %s: lease of hub %s expired", u->id, u->hub);
-                hand_over_hub(u);
+                hand_over_hub(u, 0);
             } else {
                 for (size_t i = 0; i < ndead; i++) {
                     rl_msg *nd = rl_msg_new(RL_T_NODE_DOWN);
@@ -782,12 +771,12 @@ static void cluster_tick(void)
                         snprintf(nd->ctl.node.node, sizeof nd->ctl.node.node, "%s", dead[i]);
                     send_ctl(u->hub, nd, 0);
                 }
-                if (ndead)
-                    rl_cluster_purge_conns(u->id);
+                if (ndead && central.pl->purge)
+                    central.pl->purge(u->id);
                 renew_req *r = calloc(1, sizeof *r);
                 if (r && (r->user = strdup(u->id))) {
                     snprintf(r->hub, sizeof r->hub, "%s", u->hub);
-                    if (rl_cluster_lease_renew(u->id, u->epoch, on_renew, r) < 0) {
+                    if (central.pl->renew(u->id, u->hub, u->epoch, on_renew, r) < 0) {
                         free(r->user);
                         free(r);
                     }
@@ -795,7 +784,7 @@ static void cluster_tick(void)
                     free(r);
                 }
             }
-        } else if (u->hub[0] && !rl_cluster_pid_alive(u->hub)) {
+        } else if (u->hub[0] && !central.pl->pid_alive(u->hub)) {
             rl_warn("central", "user %s: hub %s's node is gone, placing again", u->id, u->hub);
             clear_placement(u);
         }
@@ -813,13 +802,13 @@ typedef struct locate_req {
     void *ud;
 } locate_req;
 
-static void on_locate_lease(const rl_lease *l, void *ud)
+static void on_locate(const rl_place *l, void *ud)
 {
     locate_req *r = ud;
-    if (l->status == RL_LEASE_OTHER || l->status == RL_LEASE_MINE)
-        r->cb(0, l->hub_pid, l->epoch, r->ud);
+    if (l->status == RL_PLACE_OTHER || l->status == RL_PLACE_MINE)
+        r->cb(0, l->hub_pid, l->token, r->ud);
     else
-        r->cb(l->status == RL_LEASE_NONE ? -ENOENT : -EHOSTUNREACH, NULL, 0, r->ud);
+        r->cb(l->status == RL_PLACE_NONE ? -ENOENT : -EHOSTUNREACH, NULL, 0, r->ud);
     free(r);
 }
 
@@ -832,17 +821,13 @@ int rl_central_locate(const char *user, rl_central_locate_cb cb, void *ud)
         cb(0, u->hub, u->epoch, ud);
         return 0;
     }
-    if (!clustered()) {
-        cb(-ENOENT, NULL, 0, ud);
-        return 0;
-    }
-    /* Only the lease says where a user without connections here has a hub. */
+    /* Only the placement says where a user without connections here has a hub. */
     locate_req *r = malloc(sizeof *r);
     if (!r)
         return -ENOMEM;
     r->cb = cb;
     r->ud = ud;
-    int rc = rl_cluster_lease_get(user, on_locate_lease, r);
+    int rc = central.pl->locate(user, on_locate, r);
     if (rc < 0)
         free(r);
     return rc;
@@ -860,6 +845,7 @@ int rl_central_start(const rl_config *c)
 {
     memset(&central, 0, sizeof central);
     central.cfg = c;
+    central.pl = placement ? placement : rl_placement_local();
     rl_map_init_borrowed(&central.users);
     rl_map_init(&central.cancelling);
     int rc = rl_proc_start(&central.proc, &central_ops, 0, NULL);
@@ -870,8 +856,9 @@ int rl_central_start(const rl_config *c)
         every = 100;
     uv_timer_init(rl_node_loop(), &central.gc);
     uv_timer_start(&central.gc, gc_tick, every, every);
-    rl_cluster_set_tick_cb(cluster_tick);
     central.started = 1;
+    if (central.pl->set_tick)
+        central.pl->set_tick(placement_tick);
     return 0;
 }
 
@@ -886,10 +873,8 @@ void rl_central_drain(void)
         central_user *u = v;
         if (!u->hub[0] || !u->hub_local)
             continue;
-        /* Release first, so the connections the hub sends away find the lease free. */
-        if (clustered())
-            rl_cluster_lease_release(u->id, u->epoch);
-        hand_over_hub(u);
+        /* Release first, so the connections the hub sends away find the place free. */
+        hand_over_hub(u, 1);
     }
 }
 
@@ -898,7 +883,8 @@ void rl_central_stop(void)
     if (!central.started)
         return;
     central.started = 0;
-    rl_cluster_set_tick_cb(NULL);
+    if (central.pl->set_tick)
+        central.pl->set_tick(NULL);
     uv_timer_stop(&central.gc);
     uv_close((uv_handle_t *)&central.gc, NULL);
     const char *k;

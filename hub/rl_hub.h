@@ -13,17 +13,18 @@ typedef enum { RL_PLUGIN_PENDING, RL_PLUGIN_RUNNING, RL_PLUGIN_STOPPED, RL_PLUGI
 
 /* Starts a user hub for owner's user. user_metadata: a JSON object body or NULL; scope may be
    NULL (references are taken).
-   Starts the auto_start plugins, unless deferred: then the hub only has its pid (to be named in
-   a lease) and takes no message until rl_hub_activate. c must outlive the hub. Writes its pid to
-   pid_out. Returns 0 or negative errno. The hub ends on rl_cancel (after its plugins stopped).
-   It reports its client count to the central hub (RL_T_HUB_ACTIVITY). */
+   Starts the auto_start plugins, unless deferred: then the hub only has its pid (to be named by
+   its placement) and takes no message until rl_hub_activate. c must outlive the hub. Writes its
+   pid to pid_out. Returns 0 or negative errno. The hub ends on rl_cancel (after its plugins
+   stopped). It reports its client count to the central hub (RL_T_HUB_ACTIVITY). */
 int rl_hub_start(const rl_config *c, rl_owner *owner, rl_body *user_metadata, rl_body *scope,
-                 uint64_t epoch, int deferred, char pid_out[RL_PID_MAX]);
-/* A deferred hub won its lease: takes messages of epoch until valid_until, starts plugins. */
-int rl_hub_activate(const char *pid, uint64_t epoch, uint64_t valid_until);
+                 int deferred, char pid_out[RL_PID_MAX]);
+/* A deferred hub won its place: takes messages until valid_until, starts plugins. */
+int rl_hub_activate(const char *pid, uint64_t valid_until);
 
-/* Cluster fencing: after until_ms (loop clock) the hub takes no message but plugin exits, since
-   its lease may have passed to another node. UINT64_MAX (the default) = always. Topics the hub
+/* After until_ms (loop clock) the hub takes no message but plugin exits: its placement could not
+   confirm in time that the hub is still the user's. UINT64_MAX (the default) = always. The hub
+   knows no epochs: which forwarded messages reach it is the transport's fence. Topics the hub
    also takes (from the system): RL_T_NODE_DOWN drops that node's connections; RL_T_HUB_HANDOVER
    sends RL_T_WS_REHOME to every connection and stops the hub. */
 int rl_hub_set_valid_until(const char *pid, uint64_t until_ms);

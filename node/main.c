@@ -12,6 +12,7 @@
 #include "rl_api_stream.h"
 #include "rl_central.h"
 #include "rl_cluster.h"
+#include "rl_placement_redis.h"
 #include "rl_config.h"
 #include "rl_gateway.h"
 #include "rl_http_client.h"
@@ -300,6 +301,8 @@ int main(int argc, char **argv)
     }
     if (app.cfg.auth_mode == RL_AUTH_INSECURE)
         rl_warn("node", "auth mode insecure: any client can claim any user_id (development only)");
+    /* Placement: local counts standalone; the user's lease and exact counts in Redis in a cluster. */
+    rl_central_set_placement(rl_cluster_enabled() ? rl_placement_redis() : rl_placement_local());
     if ((rc = rl_central_start(&app.cfg)) < 0) {
         fprintf(stderr, "relay-node: cannot start the central hub (%d)\n", rc);
         rl_cluster_stop();

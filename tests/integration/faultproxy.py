@@ -7,6 +7,8 @@ proxy carries (give each node its own proxy to fault one node):
 
 - drop(seconds): closes every current connection at once (FIN to the node, the upstream side is
   closed too) and, for `seconds`, accepts new connections and closes them straight away.
+- drop_commands(seconds): as drop(), but only the connections that never carried an XREAD (the
+  node's command connection); its reading connection stays up.
 - reset(): closes every current connection with an RST to the node.
 - hold(): stops forwarding both ways. Bytes keep being read into buffers, so the proxy notices a
   node closing its socket; such a socket's unsent bytes are kept with its upstream connection, as
@@ -37,6 +39,7 @@ class _Pipe:
         self.down_closed = False   # the node closed (or reset) its socket
         self.stale = False  # down closed while held: deliver to_up late, then close
         self.stale_at = None
+        self.reads = False  # it carried an XREAD: the node's reading connection
 
 
 class FaultProxy:
@@ -82,6 +85,17 @@ class FaultProxy:
             self.refuse_until = time.monotonic() + seconds
             for p in list(self.pipes):
                 self._close_pipe(p)
+        self._wake()
+
+    def drop_commands(self, seconds):
+        """drop(seconds) of the command connections only: every connection that never carried an
+        XREAD is closed, and new connections are refused for `seconds`; the reading connection
+        stays up (a node whose connections come back one at a time)."""
+        with self.lock:
+            self.refuse_until = time.monotonic() + seconds
+            for p in list(self.pipes):
+                if not p.reads:
+                    self._close_pipe(p)
         self._wake()
 
     def reset(self):
@@ -186,6 +200,8 @@ class FaultProxy:
         except OSError:
             data = b""
         if data:
+            if side == "down" and b"XREAD" in data:
+                p.reads = True
             due = time.monotonic() + self.delay_s
             (p.to_up if side == "down" else p.to_down).append((due, data))
             return
