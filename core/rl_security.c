@@ -315,24 +315,40 @@ int rl_sec_user_can(const char *user, const char *action, const char *resource)
 
 /* ---- the router's rule and cross-user sends --------------------------------------------- */
 
-static int may_send_to(const char *sender, const char *user, size_t len)
+static int may_send_to(const char *sender, const char *user, size_t len, rl_sec_lookup_fn look,
+                       void *ud)
 {
+    const rl_sec_policy *const *pols;
+    size_t n;
     char res[5 + RL_SEC_USER_MAX + 1];
-    if (len > RL_SEC_USER_MAX)
+    if (len > RL_SEC_USER_MAX || rl_sec_scope_get(rl_sec_user_scope(), &pols, &n) < 0)
         return 0;
-    snprintf(res, sizeof res, "user.%.*s", (int)len, user);
-    return rl_sec_user_can(sender, "process.send", res);
+    int rl = snprintf(res, sizeof res, "user.%.*s", (int)len, user);
+    /* meta.* stays absent: the lookup answers actor.meta.* only */
+    rl_sec_req r = {sender, "process.send", 12, res, (size_t)rl, look, ud};
+    return rl_sec_eval(pols, n, &r) == RL_SEC_ALLOW;
 }
 
 int rl_sec_send_allowed(const rl_msg *m, const rl_proc *target)
 {
-    if (m->topic != RL_T_APP || !m->owner || !target->owner || m->owner == target->owner)
+    if (m->topic != RL_T_APP || !(m->flags & RL_MSG_GRANTED) || !m->owner || !target->owner ||
+        m->owner == target->owner)
         return 0;
     char k = rl_pid_kind(target->pid);
-    if (k != 'h' && k != 'p')
-        return 0;
-    const char *u = rl_owner_user(target->owner);
-    return may_send_to(rl_owner_user(m->owner), u, strlen(u));
+    return k == 'h' || k == 'p';
+}
+
+/* Only actor.meta.* (the caller's lookup); meta.* is absent for a send. */
+typedef struct actor_only {
+    rl_sec_lookup_fn fn;
+    void *ud;
+} actor_only;
+
+static void actor_lookup(void *ud, int actor, const char *path, rl_sec_field *out)
+{
+    actor_only *a = ud;
+    if (actor && a->fn)
+        a->fn(a->ud, actor, path, out);
 }
 
 void rl_sec_set_locate(rl_sec_locate_fn fn) { sec.locate = fn; }
@@ -395,13 +411,17 @@ static void on_located(int rc, const char *hub, uint64_t epoch, void *ud)
     free(p);
 }
 
-int rl_send_user(rl_proc *from, const char *user, size_t len, rl_msg *m)
+int rl_send_user(rl_proc *from, const char *user, size_t len, rl_msg *m,
+                 rl_sec_lookup_fn actor_meta, void *ud)
 {
     if (len == 0 || len > RL_SEC_USER_MAX || memchr(user, '\0', len))
         return -EINVAL;
     const char *self = rl_owner_user(from->owner);
     int same = self && strlen(self) == len && memcmp(self, user, len) == 0;
-    if (!same && (m->topic != RL_T_APP || !self || !may_send_to(self, user, len))) {
+    actor_only ao = {actor_meta, ud};
+    m->flags &= (uint16_t)~RL_MSG_GRANTED;
+    if (!same && (m->topic != RL_T_APP || !self ||
+                  !may_send_to(self, user, len, actor_lookup, &ao))) {
         size_t nl;
         const char *name = rl_msg_topic_name(m, &nl);
         rl_metric_inc(RL_M_MSGS_REFUSED);
@@ -428,6 +448,8 @@ int rl_send_user(rl_proc *from, const char *user, size_t len, rl_msg *m)
         return -ENOMEM;
     }
     sec.npending++;
+    if (!same)
+        m->flags |= RL_MSG_GRANTED;
     rl_owner *prev = m->owner;
     memcpy(m->from, from->pid, RL_PID_MAX);
     m->owner = rl_owner_ref(from->owner);
@@ -442,6 +464,7 @@ int rl_send_user(rl_proc *from, const char *user, size_t len, rl_msg *m)
         if (rc < 0) {
             rl_owner_unref(m->owner);
             m->owner = prev;
+            m->flags &= (uint16_t)~RL_MSG_GRANTED;
             return rc;
         }
         rl_owner_unref(prev);

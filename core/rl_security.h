@@ -72,8 +72,9 @@ const char *rl_sec_user_scope(void);
 int rl_sec_user_can(const char *user, const char *action, const char *resource);
 
 /* The router's policy rule: 1 when m (an application topic from a user's process) may reach
-   target, a user hub or plugin of another user, because the sender's scope allows
-   process.send on "user.<target's user>". 0 otherwise (the topic table decides alone). */
+   target, a user hub or plugin of another user, because rl_send_user checked the sender's
+   scope and granted it (RL_MSG_GRANTED; carried across nodes, which trust one another). 0
+   otherwise (the topic table decides alone: a send to another user's pid stays refused). */
 int rl_sec_send_allowed(const rl_msg *m, const rl_proc *target);
 
 /* Where a user's hub is (main registers rl_central_locate, the server API's look-up). */
@@ -83,11 +84,13 @@ void rl_sec_set_locate(rl_sec_locate_fn fn);
 
 /* Sends m (an application topic) from `from` (a user's process) to the hub of user[0..len),
    on whichever node holds it, with the lease epoch. Another user needs process.send allowed on
-   "user.<id>" by the sender's scope: refused sends are counted and logged and deliver nothing.
+   "user.<id>" by the sender's scope, for the sender's user as actor (actor_meta, may be NULL,
+   gives its actor.meta.* fields): refused sends are counted and logged and deliver nothing.
    Returns 0 when m was taken (delivered, or waiting for the cluster's look-up: a later failure
    is counted, logged and told to the sender as topic "user.undelivered"); on error the caller
    keeps m: -EPERM refused, -ENOENT the user has no hub, -EINVAL a bad user id, -EAGAIN too
    many look-ups in flight or the hub's mailbox full, or the router's other errors. */
-int rl_send_user(rl_proc *from, const char *user, size_t len, rl_msg *m);
+int rl_send_user(rl_proc *from, const char *user, size_t len, rl_msg *m,
+                 rl_sec_lookup_fn actor_meta, void *ud);
 
 #endif

@@ -11,7 +11,6 @@
 #include "rl_lua_int.h"
 #include "rl_map.h"
 #include "rl_metrics.h"
-#include "rl_security.h"
 
 #define CANCEL_DEFAULT_MS 10000
 
@@ -142,7 +141,7 @@ static int send_user(lua_State *L, rl_lua_inst *I, rl_topic t, const char *topic
             lua_insert(L, -2);
             return 2;
         }
-        int rc = rl_send_user(&I->proc, user, ulen, m);
+        int rc = rl_lua_send_user(L, I, user, ulen, m);
         if (rc < 0) {
             rl_msg_free(m);
             return refuse(L, rc == -ENOENT ? "user offline"

@@ -219,6 +219,18 @@ static int l_can(lua_State *L)
     return 1;
 }
 
+int rl_lua_send_user(lua_State *L, rl_lua_inst *I, const char *user, size_t len, rl_msg *m)
+{
+    int top = lua_gettop(L);
+    lua_look k = {L, 0, 0};
+    if (I->user_meta && rl_lua_json_decode(L, I->user_meta->data, I->user_meta->len))
+        k.actor_meta = lua_gettop(L);
+    rl_lua_charge(L, rl_sec_policy_count() * (32 + len));
+    int rc = rl_send_user(&I->proc, user, len, m, look, &k);
+    lua_settop(L, top);
+    return rc;
+}
+
 /* ---- Scope and Policy methods ---------------------------------------------------------------- */
 
 static sec_scope_ud *check_scope(lua_State *L, int i) { return luaL_checkudata(L, i, SCOPE_MT); }

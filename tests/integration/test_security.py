@@ -32,6 +32,13 @@ POLICIES = [
     {"name": "no_delete", "kind": "security.policy", "groups": ["user_scope"],
      "policy": {"actions": "delete", "resources": "*", "effect": "deny"}},
     {"name": "other_scope", "kind": "security.scope", "policies": ["no_delete"]},
+    {"name": "muted", "kind": "security.policy", "groups": ["user_scope"],
+     "policy": {"actions": "process.send", "resources": "*", "effect": "deny",
+                "conditions": [{"field": "actor.meta.muted", "operator": "eq", "value": True}]}},
+    {"name": "vip_only", "kind": "security.policy", "groups": ["user_scope"],
+     "policy": {"actions": "process.send", "resources": "user.vip", "effect": "deny",
+                "conditions": [{"field": "actor.meta.role", "operator": "nin",
+                                "value": ["admin"]}]}},
 ]
 USER_POLICY_IDS = sorted("app:" + p["name"] for p in POLICIES if p["kind"] == "security.policy")
 
@@ -265,3 +272,34 @@ def test_check_refuses_bad_policies():
     path = sec_config().write()
     rc, err = run_check(path)
     check(rc == 0, f"the test policies pass --check: rc {rc} {err!r}")
+
+
+async def test_send_policies_see_the_actors_metadata():
+    """The send check runs on the sender's node with the sender's metadata (the token's meta
+    claim): a muted user is refused everywhere, only an admin reaches user.vip. A send to
+    another user's hub or plugin by pid stays refused whatever the policy allows: only
+    user.<id> sends are granted."""
+    with Node(sec_config(jwt=True)) as n:
+        alice = await user(n, "alice")
+        boss = await user(n, "boss", {"role": "admin"})
+        shh = await user(n, "shh", {"muted": True})
+        vip = await user(n, "vip")
+        f = await ask(shh, "send", user="alice", topic="news", data={})
+        check(f["ok"] is False and f["err"] == "permission denied", f"muted user: {f}")
+        f = await ask(alice, "send", user="vip", topic="news", data={})
+        check(f["ok"] is False and f["err"] == "permission denied", f"alice -> vip: {f}")
+        await expect_silence(vip, 0.3)
+        f = await ask(boss, "send", user="vip", topic="news", data={"from": "boss"})
+        check(f["ok"] is True, f"admin -> vip: {f}")
+        f = await recv_json(vip)
+        check(f == {"topic": "news", "data": {"from": "boss"}}, f"vip got: {f}")
+        me = await ask(vip, "whoami")
+        for pid in (me["hub"], me["plugin"]):
+            for topic in ("news", "note"):
+                f = await ask(boss, "sendpid", pid=pid, topic=topic, data={})
+                check(f["ok"] is False and f["err"] == "permission denied",
+                      f"boss -> vip's pid {pid} {topic}: {f}")
+        await expect_silence(vip, 0.3)
+        await expect_silence(alice, 0.1)
+        for ws in (alice, boss, shh, vip):
+            await ws.close()

@@ -7,6 +7,8 @@
 --                                        policy_err, policy_eval, with_eval, without_eval,
 --                                        contains, custom_eval, actor_id}
 --   register {name}                  -> {"type":"registered", ok, err}
+--   whoami                           -> {"type":"me", hub, plugin}
+--   sendpid {pid, topic, data}       -> process.send(pid, topic, data): {"type":"sent", ok, err}
 -- A message from another user's process (no conn_pid) goes to this user's connections as
 -- topic "sec.got" {topic, from, from_user, data}; so does user.undelivered.
 local security = require("security")
@@ -39,6 +41,11 @@ local function run(args)
                 reply({ type = "can", allowed = security.can(d.action, d.resource, d.meta) })
             elseif topic == "send" then
                 local ok, err = process.send("user." .. d.user, d.topic, d.data)
+                reply({ type = "sent", ok = ok, err = err })
+            elseif topic == "whoami" then
+                reply({ type = "me", hub = args.user_hub_pid, plugin = process.pid() })
+            elseif topic == "sendpid" then
+                local ok, err = process.send(d.pid, d.topic, d.data)
                 reply({ type = "sent", ok = ok, err = err })
             elseif topic == "register" then
                 local ok, err = process.registry.register(d.name)
