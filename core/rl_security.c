@@ -368,10 +368,19 @@ static const char *why(int rc)
    as "user.undelivered" {"user", "topic", "error"}, from the system. */
 static void tell_undelivered(sec_pending *p, int rc)
 {
+    static uint64_t last_ms, quiet; /* one line a second at most: a flood must not flood logs */
     rl_msg *m = p->m;
     rl_metric_inc(RL_M_MSGS_DROPPED);
-    rl_info(MOD, "message %.*s from %s to user.%s not delivered: %s", (int)m->name_len, m->name,
-            m->from, p->user, why(rc));
+    uint64_t now = rl_now_ms();
+    if (last_ms && now - last_ms < 1000) {
+        quiet++;
+    } else {
+        rl_info(MOD, "message %.*s from %s to user.%s not delivered: %s (and %" PRIu64 " more "
+                     "since the last line)", (int)m->name_len, m->name, m->from, p->user, why(rc),
+                quiet);
+        last_ms = now;
+        quiet = 0;
+    }
     if (!m->from[0] || !rl_pid_is_local(m->from) || !rl_proc_find(m->from))
         return;
     char user[2 * (RL_SEC_USER_MAX * 6 + 2)], topic[2 * 128 * 6];

@@ -303,3 +303,68 @@ async def test_send_policies_see_the_actors_metadata():
         await expect_silence(alice, 0.1)
         for ws in (alice, boss, shh, vip):
             await ws.close()
+
+
+async def test_can_bounds_its_arguments():
+    """An action or resource over 4096 bytes raises (the plugin may catch it); 4096 is fine."""
+    with Node(sec_config()) as n:
+        alice, _ = await connect_welcomed(n, "alice")
+        f = await ask(alice, "cansize", n=4096)
+        check(f["ok"] is True, f"4096 bytes: {f}")
+        f = await ask(alice, "cansize", n=4097)
+        check(f["ok"] is False and "at most 4096 bytes" in f["err"], f"4097 bytes: {f}")
+        await alice.close()
+
+
+async def test_cross_user_lookups_in_flight_are_bounded():
+    """In a cluster a send to a user with no connections here waits for the lease look-up in
+    Redis; at most 10,000 wait node-wide, the next send is refused at once ('mailbox full').
+    Each one that finds no hub is told to its sender as user.undelivered, and counted."""
+    from test_cluster import RedisServer, wait_ready
+    redis = RedisServer()
+    redis.start()
+    try:
+        # a mailbox big enough for every notice (past plugin_queue they are dropped, counted)
+        nd = Node(sec_config(node={"plugin_queue": 20000}),
+                  args=["--node-id", "n1", "--redis", redis.url], name="n1")
+        nd.start()
+        wait_ready(nd)
+        alice, _ = await connect_welcomed(nd, "alice")
+        f = await ask(alice, "flood", user="ghost", n=10001)
+        check(f["sent"] == 10000 and f["errs"] == {"mailbox full": 1},
+              f"10,001 sends to a user without hub: {f}")
+        count = 0
+        for _ in range(100):
+            count = (await ask(alice, "undelivered"))["count"]
+            if count == 10000:
+                break
+            await asyncio.sleep(0.05)
+        check(count == 10000, f"user.undelivered told {count} times, expected 10000")
+        dropped = metric_sum(nd.metrics(), "relay_messages_dropped_total") or 0
+        check(dropped >= 10000, f"the undelivered sends counted as dropped: {dropped}")
+        lines = nd.log_text().count("not delivered")
+        check(1 <= lines <= 20, f"{lines} log lines for 10,000 undelivered sends")
+        f = await ask(alice, "flood", user="ghost", n=10)
+        check(f["sent"] == 10, f"the bound is free again: {f}")
+        await alice.close()
+        nd.stop()
+    finally:
+        redis.stop()
+
+
+def test_check_bounds_policies():
+    """At most 32 conditions per policy, 1024 policies, 256 scopes."""
+    cond = {"field": "actor.id", "operator": "eq", "value": "x"}
+    ok = {"actions": "a", "resources": "r", "effect": "allow"}
+    _check_refused([{"name": "p", "kind": "security.policy",
+                     "policy": dict(ok, conditions=[cond] * 33)}], "p", "more than 32")
+    _check_refused([{"name": f"p{i}", "kind": "security.policy", "policy": ok}
+                    for i in range(1025)], "p1024", "more than 1024 security policies")
+    _check_refused([{"name": f"s{i}", "kind": "security.scope"} for i in range(257)],
+                   "s256", "more than 256 security scopes")
+    cfg = Config(plugins=[], params={"user_security_scope": "app:s0"},
+                 extra_entries=[{"name": "p", "kind": "security.policy",
+                                 "policy": dict(ok, conditions=[cond] * 32)}] +
+                               [{"name": f"s{i}", "kind": "security.scope"} for i in range(256)])
+    rc, err = run_check(cfg.write())
+    check(rc == 0, f"32 conditions and 256 scopes pass: {err!r}")

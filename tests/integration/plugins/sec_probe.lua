@@ -9,6 +9,12 @@
 --   register {name}                  -> {"type":"registered", ok, err}
 --   whoami                           -> {"type":"me", hub, plugin}
 --   sendpid {pid, topic, data}       -> process.send(pid, topic, data): {"type":"sent", ok, err}
+--   cansize {n}                      -> pcall(security.can, "read", ("x"):rep(n)):
+--                                       {"type":"cansize", ok, err}
+--   flood {user, n}                  -> n sends to user.<user> in one go:
+--                                       {"type":"flooded", sent, errs = {err = count}}
+--   undelivered                      -> {"type":"undelivered", count}: user.undelivered seen
+-- (user.undelivered is counted, not forwarded)
 -- A message from another user's process (no conn_pid) goes to this user's connections as
 -- topic "sec.got" {topic, from, from_user, data}; so does user.undelivered.
 local security = require("security")
@@ -21,6 +27,7 @@ local function ids(scope)
 end
 
 local function run(args)
+    local undelivered = 0
     local inbox = process.inbox()
     local events = process.events()
     while true do
@@ -34,7 +41,9 @@ local function run(args)
                 t.request_id = p.request_id
                 process.send(p.conn_pid, "ws.message", t)
             end
-            if type(p) ~= "table" or not p.conn_pid then
+            if topic == "user.undelivered" and not msg:from() then
+                undelivered = undelivered + 1
+            elseif type(p) ~= "table" or not p.conn_pid then
                 process.send(args.user_hub_pid, "sec.got", {
                     topic = topic, from = msg:from(), from_user = msg:from_user(), data = p })
             elseif topic == "can" then
@@ -47,6 +56,18 @@ local function run(args)
             elseif topic == "sendpid" then
                 local ok, err = process.send(d.pid, d.topic, d.data)
                 reply({ type = "sent", ok = ok, err = err })
+            elseif topic == "cansize" then
+                local ok, err = pcall(security.can, "read", ("x"):rep(d.n))
+                reply({ type = "cansize", ok = ok, err = not ok and tostring(err) or nil })
+            elseif topic == "flood" then
+                local sent, errs = 0, {}
+                for i = 1, d.n do
+                    local ok, err = process.send("user." .. d.user, "news", i)
+                    if ok then sent = sent + 1 else errs[err] = (errs[err] or 0) + 1 end
+                end
+                reply({ type = "flooded", sent = sent, errs = errs })
+            elseif topic == "undelivered" then
+                reply({ type = "undelivered", count = undelivered })
             elseif topic == "register" then
                 local ok, err = process.registry.register(d.name)
                 reply({ type = "registered", ok = ok and true or false, err = err })
