@@ -159,3 +159,49 @@ async def test_example_config_runs_the_chat():
                              "error": "permission denied"}], "user.system is denied")
         await alice.close()
         await bob.close()
+
+
+async def test_chat_bounds_and_bad_requests():
+    """100 rooms per host, 4096-byte messages, 64-byte names; malformed requests get an error
+    and change nothing."""
+    cfg = Config(plugins=[_chat_plugin()], extra_entries=POLICIES,
+                 params={"user_security_scope": "app:user_scope"})
+    with Node(cfg) as n:
+        alice, _ = await connect_welcomed(n, "alice")
+        for i in range(100):
+            await _cmd(alice, "join", f"j{i}", room=f"r{i}")
+        got = await _frames(alice, 200)
+        check(sum(1 for f in got if f.get("type") == "chat_ok") == 100 and
+              sum(1 for f in got if f.get("topic") == "chat.joined") == 100, "100 rooms opened")
+        await _cmd(alice, "join", "full", room="r100")
+        await _expect(alice, [{"type": "chat_ok", "request_id": "full"},
+                              _ev("chat.error", room="r100", host="alice", error="too many rooms")],
+                      "the 101st room")
+        await _cmd(alice, "say", "t1", room="r0", text="x" * 4096)
+        f = [await recv_json(alice), await recv_json(alice)]
+        check({"type": "chat_ok", "request_id": "t1"} in f, f"4096 bytes of text: {f}")
+        bad = [("say", dict(room="r0", text="x" * 4097), "text must be"),
+               ("say", dict(room="r0", text=5), "text must be"),
+               ("join", dict(room="r" * 65), "room and host"),
+               ("join", dict(room="r0", host=""), "room and host"),
+               ("join", dict(room=7), "room and host"),
+               ("leave", dict(room="nope"), None)]
+        for op, data, err in bad:
+            await _cmd(alice, op, "bad", **data)
+            if err is None:  # a leave of a room one is not in: the host says so
+                await _expect(alice, [{"type": "chat_ok", "request_id": "bad"},
+                                      _ev("chat.error", room="nope", host="alice",
+                                          error="not a member")], "leave of no room")
+                continue
+            f = await recv_json(alice)
+            check(f.get("type") == "chat_error" and err in f.get("error", ""),
+                  f"{op} {str(data)[:60]}: {f}")
+        await send_json(alice, {"type": "chat_dance", "request_id": "d"})
+        f = await recv_json(alice)
+        check(f == {"type": "chat_error", "request_id": "d", "error": "unknown command"}, f"{f}")
+        # a client cannot pose as another user's forward: chat_member_* from a client is refused
+        await send_json(alice, {"type": "chat_member_join", "room": "r0"})
+        f = await recv_json(alice)
+        check(f == {"type": "chat_error", "error": "unknown command"}, f"member_join by a client: {f}")
+        await expect_silence(alice, 0.3)
+        await alice.close()
