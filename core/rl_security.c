@@ -420,6 +420,13 @@ static void on_located(int rc, const char *hub, uint64_t epoch, void *ud)
     free(p);
 }
 
+/* The frames a hub itself sends its clients: another user must not make them up. */
+static int hub_topic(const rl_msg *m)
+{
+    return (m->name_len == 7 && memcmp(m->name, "welcome", 7) == 0) ||
+           (m->name_len == 5 && memcmp(m->name, "error", 5) == 0);
+}
+
 int rl_send_user(rl_proc *from, const char *user, size_t len, rl_msg *m,
                  rl_sec_lookup_fn actor_meta, void *ud)
 {
@@ -429,7 +436,7 @@ int rl_send_user(rl_proc *from, const char *user, size_t len, rl_msg *m,
     int same = self && strlen(self) == len && memcmp(self, user, len) == 0;
     actor_only ao = {actor_meta, ud};
     m->flags &= (uint16_t)~RL_MSG_GRANTED;
-    if (!same && (m->topic != RL_T_APP || !self ||
+    if (!same && (m->topic != RL_T_APP || !self || hub_topic(m) ||
                   !may_send_to(self, user, len, actor_lookup, &ao))) {
         size_t nl;
         const char *name = rl_msg_topic_name(m, &nl);

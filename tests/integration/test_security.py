@@ -185,7 +185,8 @@ async def test_cross_user_send_allowed_by_policy():
 async def test_refused_cross_user_send_delivers_nothing():
     """mallory (denied process.* by a condition on actor.id) and anyone writing to carol (denied
     by resource) get false, 'permission denied'; the receiver sees nothing, the refusal is
-    counted and logged, and internal topics stay refused whatever the policy says."""
+    counted and logged, and internal topics (and the hub's own welcome and error frames) stay
+    refused whatever the policy says."""
     with Node(sec_config()) as n:
         mallory, _ = await connect_welcomed(n, "mallory")
         alice, _ = await connect_welcomed(n, "alice")
@@ -195,7 +196,8 @@ async def test_refused_cross_user_send_delivers_nothing():
         for ws, to, topic in [(mallory, "bob", "news"), (mallory, "bob", "sec_note"),
                               (alice, "carol", "news"), (bob, "carol", "sec_note"),
                               (alice, "bob", "ws.close"), (alice, "bob", "ws.message"),
-                              (alice, "bob", "api.push"), (alice, "bob", "pid.exit")]:
+                              (alice, "bob", "api.push"), (alice, "bob", "pid.exit"),
+                              (alice, "bob", "welcome"), (alice, "bob", "error")]:
             f = await ask(ws, "send", user=to, topic=topic, data={"text": "pwned"})
             check(f["ok"] is False and f["err"] == "permission denied",
                   f"send {topic} to {to}: {f} (expected false, 'permission denied')")
