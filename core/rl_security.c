@@ -38,6 +38,7 @@ static struct {
     size_t npending;
     uint64_t next_call;
     int ready;
+    int user_meta; /* the user scope has conditions on actor.meta.* */
 } sec;
 
 /* ---- matching and evaluation ---------------------------------------------------------- */
@@ -240,6 +241,8 @@ const rl_sec_policy *rl_sec_policy_find(const char *id)
 
 size_t rl_sec_policy_count(void) { return sec.cfg ? sec.cfg->npolicies : 0; }
 
+static int reads_actor_meta(const char *scope);
+
 int rl_sec_init(const rl_config *c)
 {
     rl_sec_close();
@@ -265,6 +268,7 @@ int rl_sec_init(const rl_config *c)
     }
     rl_map_init(&sec.pending);
     sec.ready = 1;
+    sec.user_meta = reads_actor_meta(c->user_security_scope);
     return 0;
 }
 
@@ -289,6 +293,7 @@ void rl_sec_close(void)
         sec.ready = 0;
     }
     sec.cfg = NULL;
+    sec.user_meta = 0;
 }
 
 int rl_sec_scope_get(const char *id, const rl_sec_policy *const **pols, size_t *n)
@@ -298,6 +303,21 @@ int rl_sec_scope_get(const char *id, const rl_sec_policy *const **pols, size_t *
         return -ENOENT;
     *pols = s->pols;
     *n = s->n;
+    return 0;
+}
+
+int rl_sec_user_scope_reads_actor_meta(void) { return sec.user_meta; }
+
+static int reads_actor_meta(const char *scope)
+{
+    const rl_sec_policy *const *pols;
+    size_t n;
+    if (rl_sec_scope_get(scope, &pols, &n) < 0)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < pols[i]->nconds; j++)
+            if (strncmp(pols[i]->conds[j].field, "actor.meta.", 11) == 0)
+                return 1;
     return 0;
 }
 

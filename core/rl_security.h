@@ -65,6 +65,9 @@ int rl_sec_scope_get(const char *id, const rl_sec_policy *const **pols, size_t *
 const rl_sec_policy *rl_sec_policy_find(const char *id);
 /* Number of policies in the config (the bound of a scope built at run time). */
 size_t rl_sec_policy_count(void);
+/* 1 when a policy of the user scope has a condition on actor.meta.* (else a caller need not
+   build the actor's metadata for a check). */
+int rl_sec_user_scope_reads_actor_meta(void);
 /* The scope a user's processes run under (user_security_scope); NULL before init. */
 const char *rl_sec_user_scope(void);
 /* 1 when the user scope allows action on resource for actor `user` (no metadata: conditions on

@@ -223,7 +223,10 @@ int rl_lua_send_user(lua_State *L, rl_lua_inst *I, const char *user, size_t len,
 {
     int top = lua_gettop(L);
     lua_look k = {L, 0, 0};
-    if (I->user_meta && rl_lua_json_decode(L, I->user_meta->data, I->user_meta->len))
+    const char *self = rl_owner_user(I->proc.owner);
+    int other = !self || strlen(self) != len || memcmp(self, user, len) != 0;
+    if (other && I->user_meta && rl_sec_user_scope_reads_actor_meta() &&
+        rl_lua_json_decode(L, I->user_meta->data, I->user_meta->len))
         k.actor_meta = lua_gettop(L);
     rl_lua_charge(L, rl_sec_policy_count() * (32 + len));
     int rc = rl_send_user(&I->proc, user, len, m, look, &k);
