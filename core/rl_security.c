@@ -380,40 +380,48 @@ static const char *why(int rc)
     case -EAGAIN: return "mailbox full";
     case -EPERM: return "permission denied";
     case -ENOMEM: return "not enough memory";
+    case -ESTALE:
+    case -EBUSY: return "hub moving";
+    case -EPIPE: return "plugin failed";
     default: return "node unreachable";
     }
 }
 
-/* A send that failed after rl_send_user returned: the sender hears of it (if it still lives)
-   as "user.undelivered" {"user", "topic", "error"}, from the system. */
-static void tell_undelivered(sec_pending *p, int rc)
+/* A send that failed after rl_send_user returned: the sender hears of it (if it still lives,
+   on whichever node) as "user.undelivered" {"user", "topic", "error"}, from the system. */
+void rl_sec_undelivered(const rl_msg *m, const char *user, int rc)
 {
     static uint64_t last_ms, quiet; /* one line a second at most: a flood must not flood logs */
-    rl_msg *m = p->m;
     rl_metric_inc(RL_M_MSGS_DROPPED);
     uint64_t now = rl_now_ms();
     if (last_ms && now - last_ms < 1000) {
         quiet++;
     } else {
         rl_info(MOD, "message %.*s from %s to user.%s not delivered: %s (and %" PRIu64 " more "
-                     "since the last line)", (int)m->name_len, m->name, m->from, p->user, why(rc),
-                quiet);
+                     "since the last line)", (int)m->name_len, m->name, m->from,
+                user ? user : "?", why(rc), quiet);
         last_ms = now;
         quiet = 0;
     }
-    if (!m->from[0] || !rl_pid_is_local(m->from) || !rl_proc_find(m->from))
+    if (!m->from[0] || (rl_pid_is_local(m->from) && !rl_proc_find(m->from)))
         return;
-    char user[2 * (RL_SEC_USER_MAX * 6 + 2)], topic[2 * 128 * 6];
-    rl_json_escape(user, sizeof user, p->user, strlen(p->user));
+    char u[RL_SEC_USER_MAX * 6 + 3], topic[128 * 6 + 3];
+    size_t ulen = user ? strnlen(user, RL_SEC_USER_MAX) : 0;
+    if (user)
+        rl_json_escape(u, sizeof u, user, ulen);
+    else
+        snprintf(u, sizeof u, "null");
     rl_json_escape(topic, sizeof topic, m->name, m->name_len > 128 ? 128 : m->name_len);
-    char body[sizeof user + sizeof topic + 64];
-    int n = snprintf(body, sizeof body, "{\"user\":%s,\"topic\":%s,\"error\":\"%s\"}", user, topic,
+    char body[sizeof u + sizeof topic + 64];
+    int n = snprintf(body, sizeof body, "{\"user\":%s,\"topic\":%s,\"error\":\"%s\"}", u, topic,
                      why(rc));
     if (n < 0 || (size_t)n >= sizeof body)
         return;
     rl_send_or_free(NULL, m->from,
                     rl_msg_new_data(RL_T_APP, "user.undelivered", 16, body, (size_t)n));
 }
+
+static void tell_undelivered(sec_pending *p, int rc) { rl_sec_undelivered(p->m, p->user, rc); }
 
 static void call_key(char *out, size_t cap, uint64_t call) { snprintf(out, cap, "%" PRIu64, call); }
 

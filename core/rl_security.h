@@ -95,5 +95,10 @@ void rl_sec_set_locate(rl_sec_locate_fn fn);
    many look-ups in flight or the hub's mailbox full, or the router's other errors. */
 int rl_send_user(rl_proc *from, const char *user, size_t len, rl_msg *m,
                  rl_sec_lookup_fn actor_meta, void *ud);
+/* A granted send (RL_MSG_GRANTED) that could not be delivered after rl_send_user returned (no
+   hub, the hub gone or moving, its node unreachable): counts the drop, logs (at most a line a
+   second) and tells the sender, wherever it is, as topic "user.undelivered" {"user" (user, or
+   null when not known), "topic", "error"} from the system. Does not take m. */
+void rl_sec_undelivered(const rl_msg *m, const char *user, int rc);
 
 #endif

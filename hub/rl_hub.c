@@ -13,6 +13,7 @@
 #include "rl_json.h"
 #include "rl_log.h"
 #include "rl_metrics.h"
+#include "rl_security.h"
 #include "rl_spawn.h"
 
 #define RL_SESSION_PREFIX "session_"
@@ -362,12 +363,8 @@ static void from_other_user(rl_hub *h, rl_msg *m)
                 rl_msg_free(fwd);
         }
     }
-    if (rc < 0) {
-        rl_metric_inc(RL_M_MSGS_DROPPED);
-        rl_warn("hub", "user %s: message %.*s from %s (user %s) not delivered to plugin %s (%d)",
-                user_of(h), (int)m->name_len, m->name, m->from, rl_owner_user(m->owner),
-                h->cfg->plugins[i].prefix, rc);
-    }
+    if (rc < 0) /* counted, logged and told to the sender */
+        rl_sec_undelivered(m, user_of(h), rc == -EAGAIN ? rc : -EPIPE);
     rl_msg_free(m);
 }
 
@@ -525,6 +522,8 @@ static void hub_handle(rl_proc *p, rl_msg *m)
     if (m->epoch && m->epoch != h->epoch) {
         if (rl_topic_is_api_request((rl_topic)m->topic)) /* the API looked up a stale lease */
             api_answer(h, m, -ESTALE, 0, NULL);
+        else if (m->topic == RL_T_APP && (m->flags & RL_MSG_GRANTED)) /* so did a user.<id> send */
+            rl_sec_undelivered(m, user_of(h), -ESTALE);
         rl_metric_inc(RL_M_EPOCH_DROPPED);
         rl_msg_free(m);
         return;
@@ -553,6 +552,8 @@ static void hub_handle(rl_proc *p, rl_msg *m)
             answer(h, m, RL_E_PLUGIN_FAILED, "User hub is moving, try again");
         else if (rl_topic_is_api_request((rl_topic)m->topic))
             api_answer(h, m, -EBUSY, 0, NULL);
+        else if (m->topic == RL_T_APP && (m->flags & RL_MSG_GRANTED))
+            rl_sec_undelivered(m, user_of(h), -EBUSY);
         rl_metric_inc(RL_M_EPOCH_DROPPED);
         rl_msg_free(m);
         return;

@@ -370,3 +370,56 @@ def test_check_bounds_policies():
                                [{"name": f"s{i}", "kind": "security.scope"} for i in range(256)])
     rc, err = run_check(cfg.write())
     check(rc == 0, f"32 conditions and 256 scopes pass: {err!r}")
+
+
+async def test_undelivered_on_another_node_is_told_to_the_sender():
+    """A granted send whose hub is not there when it arrives on the hub's node (the lease names
+    a hub that is gone) is answered across the cluster: the sender's plugin gets
+    user.undelivered, the receiving node counts the drop."""
+    from test_cluster import RedisServer, wait_ready
+    redis = RedisServer()
+    redis.start()
+    nodes = []
+    try:
+        for nid in ("n1", "n2"):
+            nodes.append(Node(sec_config(), args=["--node-id", nid, "--redis", redis.url], name=nid))
+        for nd in nodes:
+            nd.start()
+        for nd in nodes:
+            wait_ready(nd)
+        n1, n2 = nodes
+        for nd, other in ((n1, "n2."), (n2, "n1.")):
+            for _ in range(100):
+                if f'"node {other}' in nd.log_text():
+                    break
+                await asyncio.sleep(0.05)
+        alice, _ = await connect_welcomed(n1, "alice")
+        bob, _ = await connect_welcomed(n2, "bob")
+        hub = (await ask(bob, "whoami"))["hub"]  # n2.<incarnation>.h<serial>.<random>
+        node, inc = hub.split(".")[:2]
+        ghost_hub = f"{node}.{inc}.h999999.deadbeef"
+        redis.cli("SET", "relay:{ghost}:lease", f"{node}|{inc}|7|{ghost_hub}", "PX", "20000")
+        before = metric_sum(n2.metrics(), "relay_messages_dropped_total") or 0
+        f = await ask(alice, "send", user="ghost", topic="news", data={})
+        check(f["ok"] is True, f"send to ghost (a lease, no hub): {f}")
+        count = 0
+        for _ in range(60):
+            count = (await ask(alice, "undelivered"))["count"]
+            if count:
+                break
+            await asyncio.sleep(0.05)
+        check(count == 1, f"alice told of the undelivered send {count} times")
+        after = metric_sum(n2.metrics(), "relay_messages_dropped_total") or 0
+        check(after > before, f"n2 counted the drop: {before} -> {after}")
+        check("not delivered" in n2.log_text(), "n2 logged it")
+        # a real cross-node send still arrives
+        f = await ask(alice, "send", user="bob", topic="news", data={"ok": 1})
+        check(f["ok"] is True, f"{f}")
+        f = await recv_json(bob)
+        check(f == {"topic": "news", "data": {"ok": 1}}, f"bob on n2 got {f}")
+        await alice.close()
+        await bob.close()
+    finally:
+        for nd in nodes:
+            nd.stop()
+        redis.stop()
