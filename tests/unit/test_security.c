@@ -13,8 +13,10 @@
 
 #include "rl_config.h"
 #include "rl_log.h"
+#include "rl_proc.h"
 #include "rl_security.h"
 
+static uv_loop_t loop;
 static char tmpdir[PATH_MAX];
 static char cfgpath[PATH_MAX + 32];
 static rl_config cfg;
@@ -76,6 +78,9 @@ static int setup(void **state)
         fprintf(stderr, "%s\n", err);
         return -1;
     }
+    uv_loop_init(&loop);
+    if (rl_node_init(&loop, "t1") < 0)
+        return -1;
     return rl_sec_init(&cfg);
 }
 
@@ -83,6 +88,9 @@ static int teardown(void **state)
 {
     (void)state;
     rl_sec_close();
+    rl_node_close();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
     rl_config_free(&cfg);
     unlink(cfgpath);
     return rmdir(tmpdir);
@@ -233,6 +241,141 @@ static void test_string_numbers(void **state)
     assert_int_equal(rl_sec_policy_eval(&p, &r), RL_SEC_DENY);
 }
 
+/* ---- rl_send_user and the router's rule, with real processes on a node ---- */
+
+typedef struct box {
+    rl_proc proc;
+    int got;
+    char topic[64], from[RL_PID_MAX], from_user[64];
+    uint16_t flags;
+} box;
+
+static void box_handle(rl_proc *p, rl_msg *m)
+{
+    box *b = (box *)p;
+    size_t n;
+    const char *t = rl_msg_topic_name(m, &n);
+    snprintf(b->topic, sizeof b->topic, "%.*s", (int)n, t);
+    snprintf(b->from, sizeof b->from, "%s", m->from);
+    snprintf(b->from_user, sizeof b->from_user, "%s",
+             m->owner ? rl_owner_user(m->owner) : "(system)");
+    b->flags = m->flags;
+    b->got++;
+    rl_msg_free(m);
+}
+
+static void box_free(rl_proc *p) { (void)p; }
+
+static const rl_proc_ops hub_box = {.kind = "hub", .letter = 'h', .handle = box_handle, .free = box_free};
+static const rl_proc_ops plug_box = {.kind = "plugin", .letter = 'p', .handle = box_handle, .free = box_free};
+
+static box bob_hub, alice_plugin, carol_hub;
+static int lookups, async_mode;
+static rl_sec_located_cb saved_cb;
+static void *saved_ud;
+
+/* The look-up main registers (rl_central_locate): bob and carol have hubs here. */
+static int locate(const char *user, rl_sec_located_cb cb, void *ud)
+{
+    lookups++;
+    const char *pid = strcmp(user, "bob") == 0 ? bob_hub.proc.pid
+                      : strcmp(user, "carol") == 0 ? carol_hub.proc.pid : NULL;
+    if (async_mode) {
+        saved_cb = cb;
+        saved_ud = ud;
+        return 0;
+    }
+    cb(pid ? 0 : -ENOENT, pid, 9, ud);
+    return 0;
+}
+
+static rl_msg *app(const char *topic)
+{
+    return rl_msg_new_data(RL_T_APP, topic, strlen(topic), "{}", 2);
+}
+
+static void start_box(box *b, const rl_proc_ops *ops, const char *user)
+{
+    memset(b, 0, sizeof *b);
+    rl_owner *o = rl_owner_get(user, strlen(user));
+    assert_int_equal(rl_proc_start(&b->proc, ops, 16, o), 0);
+    rl_owner_unref(o);
+}
+
+static void test_send_user(void **state)
+{
+    (void)state;
+    start_box(&bob_hub, &hub_box, "bob");
+    start_box(&carol_hub, &hub_box, "carol");
+    start_box(&alice_plugin, &plug_box, "alice");
+    rl_sec_set_locate(locate);
+    /* allowed: located, stamped with the epoch, granted, from alice's plugin */
+    rl_msg *m = app("news");
+    assert_int_equal(rl_send_user(&alice_plugin.proc, "bob", 3, m, NULL, NULL), 0);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    assert_int_equal(bob_hub.got, 1);
+    assert_string_equal(bob_hub.topic, "news");
+    assert_string_equal(bob_hub.from, alice_plugin.proc.pid);
+    assert_string_equal(bob_hub.from_user, "alice");
+    assert_true(bob_hub.flags & RL_MSG_GRANTED);
+    /* denied by the policy (user.carol): nothing looked up, nothing delivered, m kept */
+    int before = lookups;
+    m = app("news");
+    assert_int_equal(rl_send_user(&alice_plugin.proc, "carol", 5, m, NULL, NULL), -EPERM);
+    assert_int_equal(lookups, before);
+    assert_false(m->flags & RL_MSG_GRANTED);
+    rl_msg_free(m);
+    /* a hub's own frames and internal topics: refused whatever the policy */
+    m = app("welcome");
+    assert_int_equal(rl_send_user(&alice_plugin.proc, "bob", 3, m, NULL, NULL), -EPERM);
+    rl_msg_free(m);
+    m = rl_msg_new(RL_T_WS_CLOSE);
+    assert_int_equal(rl_send_user(&alice_plugin.proc, "bob", 3, m, NULL, NULL), -EPERM);
+    rl_msg_free(m);
+    /* no hub: -ENOENT at once, the caller keeps m; bad ids */
+    m = app("news");
+    assert_int_equal(rl_send_user(&alice_plugin.proc, "dave", 4, m, NULL, NULL), -ENOENT);
+    assert_null(m->owner);
+    rl_msg_free(m);
+    m = app("news");
+    assert_int_equal(rl_send_user(&alice_plugin.proc, "", 0, m, NULL, NULL), -EINVAL);
+    assert_int_equal(rl_send_user(&alice_plugin.proc, "a\0b", 3, m, NULL, NULL), -EINVAL);
+    rl_msg_free(m);
+    /* without the grant the router refuses a send into another user's hub (a pid send) */
+    m = app("news");
+    assert_int_equal(rl_send(&alice_plugin.proc, bob_hub.proc.pid, m), -EPERM);
+    rl_msg_free(m);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    assert_int_equal(bob_hub.got, 1);
+    assert_int_equal(carol_hub.got, 0);
+    /* asynchronous: taken now, a failure later is told to the sender as user.undelivered */
+    async_mode = 1;
+    assert_int_equal(rl_send_user(&alice_plugin.proc, "bob", 3, app("later"), NULL, NULL), 0);
+    saved_cb(-ENOENT, NULL, 0, saved_ud);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    assert_int_equal(alice_plugin.got, 1);
+    assert_string_equal(alice_plugin.topic, "user.undelivered");
+    assert_string_equal(alice_plugin.from_user, "(system)");
+    /* ... and a success later is delivered */
+    assert_int_equal(rl_send_user(&alice_plugin.proc, "bob", 3, app("later"), NULL, NULL), 0);
+    saved_cb(0, bob_hub.proc.pid, 9, saved_ud);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    assert_int_equal(bob_hub.got, 2);
+    assert_string_equal(bob_hub.topic, "later");
+    /* one still waiting when the module closes is dropped; its late answer finds nothing */
+    assert_int_equal(rl_send_user(&alice_plugin.proc, "bob", 3, app("never"), NULL, NULL), 0);
+    rl_sec_close();
+    saved_cb(0, bob_hub.proc.pid, 9, saved_ud);
+    assert_int_equal(rl_sec_init(&cfg), 0);
+    async_mode = 0;
+    rl_sec_set_locate(NULL);
+    rl_proc_exit(&bob_hub.proc, NULL);
+    rl_proc_exit(&carol_hub.proc, NULL);
+    rl_proc_exit(&alice_plugin.proc, NULL);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    assert_int_equal(bob_hub.got, 2);
+}
+
 int main(void)
 {
     rl_log_set_level(RL_LOG_ERROR);
@@ -242,6 +385,7 @@ int main(void)
         cmocka_unit_test(test_deny_over_allow_and_undefined),
         cmocka_unit_test(test_conditions),
         cmocka_unit_test(test_string_numbers),
+        cmocka_unit_test(test_send_user),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
