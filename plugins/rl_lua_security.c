@@ -193,6 +193,7 @@ static int l_new_scope(lua_State *L)
         if (!u)
             return luaL_error(L, "security.new_scope: item %d is not a policy", (int)i);
         int dup = 0;
+        rl_lua_charge(L, 1 + n); /* the repeat check: C work on plugin input */
         for (size_t j = 0; j < n; j++)
             dup |= tmp[j] == u->p;
         if (!dup && n < max)
