@@ -1603,10 +1603,9 @@ static int sec_value(cfg_loader *ld, const yaml_node_t *n, const char *what, rl_
     v->kind = RL_SEC_VSTR;
     if (n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE) {
         char *end;
-        int b;
-        if (parse_bool(v->s, &b) == 0 && (strcmp(v->s, "true") == 0 || strcmp(v->s, "false") == 0)) {
+        if (strcmp(v->s, "true") == 0 || strcmp(v->s, "false") == 0) {
             v->kind = RL_SEC_VBOOL;
-            v->num = b;
+            v->num = v->s[0] == 't';
         } else if (v->s[0] && (v->num = strtod(v->s, &end), *end == '\0')) {
             v->kind = RL_SEC_VNUM;
         }
@@ -1657,7 +1656,8 @@ static int sec_cond(cfg_loader *ld, const yaml_node_t *n, size_t idx, rl_sec_con
             found = i;
     if (found < 0)
         return cfg_fail(ld, -EINVAL, "%s: operator '%s' is not supported (eq, ne, lt, gt, lte, "
-                                     "gte, in, nin, exists, nexists, contains, ncontains)", what, op);
+                                     "gte, in, nin, exists, nexists, contains, ncontains)",
+                        what, op);
     c->op = (rl_sec_op)found;
     const yaml_node_t *v = map_get(ld, n, "value");
     if (c->op == RL_SEC_OP_EXISTS || c->op == RL_SEC_OP_NEXISTS) {

@@ -266,8 +266,10 @@ static void box_handle(rl_proc *p, rl_msg *m)
 
 static void box_free(rl_proc *p) { (void)p; }
 
-static const rl_proc_ops hub_box = {.kind = "hub", .letter = 'h', .handle = box_handle, .free = box_free};
-static const rl_proc_ops plug_box = {.kind = "plugin", .letter = 'p', .handle = box_handle, .free = box_free};
+static const rl_proc_ops hub_box = {.kind = "hub", .letter = 'h', .handle = box_handle,
+                                    .free = box_free};
+static const rl_proc_ops plug_box = {.kind = "plugin", .letter = 'p', .handle = box_handle,
+                                     .free = box_free};
 
 static box bob_hub, alice_plugin, carol_hub;
 static int lookups, async_mode;
