@@ -15,8 +15,9 @@
 --   chat_join  {room, host?}        host defaults to yourself (you host the room then)
 --   chat_leave {room, host?}
 --   chat_say   {room, host?, text}
--- Client <- its hub: chat.joined {room, host, user, members}, chat.left {room, host, user,
---   members}, chat.message {room, host, user, text}, chat.error {room, host, error}
+-- Client <- its hub: chat.joined {room, host, user} (who came; the newcomer's own one also has
+--   members, the sorted member list), chat.left {room, host, user},
+--   chat.message {room, host, user, text}, chat.error {room, host, error}
 -- Client <- its plugin: {"type":"chat_ok"|"chat_error", request_id, error?}
 -- Membership is lost when the host's hub ends (no connection for user_hub_inactivity_timeout).
 
@@ -62,16 +63,19 @@ local function run(args)
             end
             if not room.members[user] then
                 if room.n >= MAX_MEMBERS then return refuse("room is full") end
+                -- the others hear who came; only the newcomer gets the member list (a join
+                -- costs one small frame per member, not the whole list each)
+                fan_out(name, room, "chat.joined", { room = name, host = me, user = user })
                 room.members[user] = true
                 room.n = room.n + 1
             end
-            fan_out(name, room, "chat.joined",
+            to_user(user, "chat.joined",
                 { room = name, host = me, user = user, members = member_list(room) })
         elseif op == "leave" then
             if not (room and room.members[user]) then return refuse("not a member") end
             room.members[user] = nil
             room.n = room.n - 1
-            local ev = { room = name, host = me, user = user, members = member_list(room) }
+            local ev = { room = name, host = me, user = user }
             fan_out(name, room, "chat.left", ev)
             to_user(user, "chat.left", ev)
             if room.n == 0 then rooms[name] = nil end
