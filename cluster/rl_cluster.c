@@ -27,6 +27,7 @@
 #include "rl_metrics.h"
 #include "rl_placement_redis.h"
 #include "rl_redis.h"
+#include "rl_security.h"
 
 #define RL_BATCH 256                /* messages per stream entry */
 #define RL_OUTBOX_MAX 65536         /* queued messages per destination node before -EAGAIN */
@@ -468,6 +469,8 @@ static void bounce(const char *to, const rl_msg *m, int rc)
         rl_send_or_free(NULL, m->ctl.join.conn, rl_msg_rehome(m->ctl.join.conn, to));
     } else if (rl_topic_is_api_request((rl_topic)m->topic) && m->from[0]) {
         rl_send_or_free(NULL, m->from, rl_msg_api_reply(m->ctl.api.req, rc, 0, NULL));
+    } else if (m->topic == RL_T_APP && (m->flags & RL_MSG_GRANTED)) {
+        rl_sec_undelivered(m, NULL, rc); /* a plugin's process.send to user.<id> */
     }
 }
 

@@ -745,8 +745,11 @@ static void plugin_free(rl_plugin_def *p)
     memset(p, 0, sizeof *p);
 }
 
+static void sec_free(rl_config *c);
+
 void rl_config_free(rl_config *c)
 {
+    sec_free(c);
     free(c->path);
     free(c->namespace_);
     free(c->application_host);
@@ -1681,6 +1684,293 @@ static int entry_env_variable(cfg_loader *ld, const yaml_node_t *e)
     return 0;
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* security.policy and security.scope (the platform's shape: policy {actions, resources, effect,
+   conditions} and groups; a scope is a policy group, optionally declared with its policies) */
+
+#define CFG_MAX_POLICIES 1024
+#define CFG_MAX_SCOPES   256
+#define CFG_MAX_CONDS    32
+
+static const char *const sec_op_names[] = {
+#define RL_SEC_OP_NAME(id, name) name,
+    RL_SEC_OPS(RL_SEC_OP_NAME)
+#undef RL_SEC_OP_NAME
+};
+
+static void sec_strs_free(char **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
+static void sec_policy_free(rl_sec_policy *p)
+{
+    free(p->id);
+    sec_strs_free(p->actions, p->nactions);
+    sec_strs_free(p->resources, p->nresources);
+    sec_strs_free(p->groups, p->ngroups);
+    for (size_t i = 0; i < p->nconds; i++) {
+        free(p->conds[i].field);
+        for (size_t j = 0; j < p->conds[i].nvalues; j++)
+            free(p->conds[i].values[j].s);
+        free(p->conds[i].values);
+    }
+    free(p->conds);
+}
+
+static void sec_free(rl_config *c)
+{
+    for (size_t i = 0; i < c->npolicies; i++)
+        sec_policy_free(&c->policies[i]);
+    free(c->policies);
+    for (size_t i = 0; i < c->nscopes; i++) {
+        free(c->scopes[i].id);
+        sec_strs_free(c->scopes[i].policies, c->scopes[i].npolicies);
+    }
+    free(c->scopes);
+}
+
+/* "ns:name", or a bare name taken as this file's namespace (the platform's default for a
+   policy's groups), into a malloc'd id. */
+static int sec_ref(cfg_loader *ld, const char *what, const char *s, char **out)
+{
+    const char *colon = strrchr(s, ':');
+    char ns[CFG_MAX_NAME + 1];
+    if (colon) {
+        if ((size_t)(colon - s) > CFG_MAX_NAME)
+            return cfg_fail(ld, -EINVAL, "%s '%s' is not namespace:name", what, s);
+        snprintf(ns, sizeof ns, "%.*s", (int)(colon - s), s);
+    }
+    if ((colon && (!name_ok(ns) || !name_ok(colon + 1))) || (!colon && !name_ok(s)))
+        return cfg_fail(ld, -EINVAL, "%s '%s' is not namespace:name (letters, digits, '.', '_', "
+                                     "'-')", what, s);
+    size_t n = strlen(ld->c->namespace_) + 1 + strlen(s) + 1;
+    if (!(*out = malloc(n)))
+        return cfg_fail(ld, -ENOMEM, "out of memory");
+    if (colon)
+        snprintf(*out, n, "%s", s);
+    else
+        snprintf(*out, n, "%s:%s", ld->c->namespace_, s);
+    return 0;
+}
+
+/* Resolves every item of a list of references in place. */
+static int sec_refs(cfg_loader *ld, const char *what, char **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char *id;
+        int rc = sec_ref(ld, what, v[i], &id);
+        if (rc < 0)
+            return rc;
+        free(v[i]);
+        v[i] = id;
+    }
+    return 0;
+}
+
+/* One condition value: a plain true/false is a boolean, a plain number a number, anything
+   else (or quoted) a string. */
+static int sec_value(cfg_loader *ld, const yaml_node_t *n, const char *what, rl_sec_value *v)
+{
+    if (!n || n->type != YAML_SCALAR_NODE || is_null(n))
+        return cfg_fail(ld, -EINVAL, "%s must be a string, number or boolean", what);
+    int rc = value_get(ld, n, what, &v->s);
+    if (rc < 0)
+        return rc;
+    v->kind = RL_SEC_VSTR;
+    if (n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE) {
+        char *end;
+        if (strcmp(v->s, "true") == 0 || strcmp(v->s, "false") == 0) {
+            v->kind = RL_SEC_VBOOL;
+            v->num = v->s[0] == 't';
+        } else if (v->s[0] && (v->num = strtod(v->s, &end), *end == '\0')) {
+            v->kind = RL_SEC_VNUM;
+        }
+    }
+    return 0;
+}
+
+static int sec_field_ok(const char *f)
+{
+    if (strcmp(f, "actor.id") == 0 || strcmp(f, "action") == 0 || strcmp(f, "resource") == 0)
+        return 1;
+    const char *rest = strncmp(f, "actor.meta.", 11) == 0 ? f + 11
+                       : strncmp(f, "meta.", 5) == 0      ? f + 5
+                                                          : NULL;
+    if (!rest || !*rest || rest[strlen(rest) - 1] == '.' || strstr(rest, ".."))
+        return 0;
+    return 1;
+}
+
+static int sec_cond(cfg_loader *ld, const yaml_node_t *n, size_t idx, rl_sec_cond *c)
+{
+    static const char *const keys[] = {"field", "operator", "value", NULL};
+    char what[64];
+    snprintf(what, sizeof what, "policy.conditions[%zu]", idx + 1);
+    int rc = map_check(ld, n, what);
+    if (rc < 0)
+        return rc;
+    for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+        const char *key = scalar_text(node_at(ld, p->key));
+        if (strcmp(key, "value_from") == 0)
+            return cfg_fail(ld, -EINVAL, "%s: value_from is not supported by this node", what);
+        if (!key_in(key, keys))
+            return cfg_fail(ld, -EINVAL, "%s: unknown key '%s'", what, key);
+    }
+    const char *op;
+    if ((rc = literal_get(ld, map_get(ld, n, "field"), "condition field", &op)) < 0)
+        return rc;
+    if (!sec_field_ok(op))
+        return cfg_fail(ld, -EINVAL, "%s: field '%s' is not actor.id, actor.meta.NAME, action, "
+                                     "resource or meta.NAME", what, op);
+    if (!(c->field = strdup(op)))
+        return cfg_fail(ld, -ENOMEM, "out of memory");
+    if ((rc = literal_get(ld, map_get(ld, n, "operator"), "condition operator", &op)) < 0)
+        return rc;
+    int found = -1;
+    for (int i = 0; i < RL_SEC_OP_COUNT; i++)
+        if (strcmp(sec_op_names[i], op) == 0)
+            found = i;
+    if (found < 0)
+        return cfg_fail(ld, -EINVAL, "%s: operator '%s' is not supported (eq, ne, lt, gt, lte, "
+                                     "gte, in, nin, exists, nexists, contains, ncontains)",
+                        what, op);
+    c->op = (rl_sec_op)found;
+    const yaml_node_t *v = map_get(ld, n, "value");
+    if (c->op == RL_SEC_OP_EXISTS || c->op == RL_SEC_OP_NEXISTS) {
+        if (v && !is_null(v)) { /* "exists: false" reads as nexists */
+            rl_sec_value b = {0};
+            rc = sec_value(ld, v, what, &b);
+            int kind = b.kind, on = b.num != 0;
+            free(b.s);
+            if (rc < 0)
+                return rc;
+            if (kind != RL_SEC_VBOOL)
+                return cfg_fail(ld, -EINVAL, "%s: the value of %s must be true or false", what, op);
+            if (!on)
+                c->op = c->op == RL_SEC_OP_EXISTS ? RL_SEC_OP_NEXISTS : RL_SEC_OP_EXISTS;
+        }
+        return 0;
+    }
+    if (!v || is_null(v))
+        return cfg_fail(ld, -EINVAL, "%s: operator %s needs a value", what, op);
+    int list = c->op == RL_SEC_OP_IN || c->op == RL_SEC_OP_NIN;
+    if (list != (v->type == YAML_SEQUENCE_NODE))
+        return cfg_fail(ld, -EINVAL, "%s: the value of %s must be %s", what, op,
+                        list ? "a list" : "a single value");
+    size_t cnt = list ? (size_t)(v->data.sequence.items.top - v->data.sequence.items.start) : 1;
+    if (cnt == 0 || cnt > CFG_MAX_LIST)
+        return cfg_fail(ld, -EINVAL, "%s: the list must have 1 to %d values", what, CFG_MAX_LIST);
+    if (!(c->values = calloc(cnt, sizeof *c->values)))
+        return cfg_fail(ld, -ENOMEM, "out of memory");
+    for (size_t i = 0; i < cnt; i++) {
+        const yaml_node_t *item = list ? node_at(ld, v->data.sequence.items.start[i]) : v;
+        if ((rc = sec_value(ld, item, what, &c->values[i])) < 0)
+            return rc;
+        c->nvalues++;
+    }
+    int numeric = c->op == RL_SEC_OP_LT || c->op == RL_SEC_OP_GT || c->op == RL_SEC_OP_LTE ||
+                  c->op == RL_SEC_OP_GTE;
+    if (numeric && c->values[0].kind != RL_SEC_VNUM)
+        return cfg_fail(ld, -EINVAL, "%s: the value of %s must be a number", what, op);
+    if ((c->op == RL_SEC_OP_CONTAINS || c->op == RL_SEC_OP_NCONTAINS) &&
+        c->values[0].kind != RL_SEC_VSTR)
+        return cfg_fail(ld, -EINVAL, "%s: the value of %s must be a string", what, op);
+    return 0;
+}
+
+static int entry_policy(cfg_loader *ld, const yaml_node_t *e)
+{
+    static const char *const keys[] = {"policy", "groups", NULL};
+    static const char *const pkeys[] = {"actions", "resources", "effect", "conditions", NULL};
+    rl_config *c = ld->c;
+    int rc = entry_keys_check(ld, e, keys);
+    if (rc < 0)
+        return rc;
+    if (c->npolicies >= CFG_MAX_POLICIES)
+        return cfg_fail(ld, -EINVAL, "more than %d security policies", CFG_MAX_POLICIES);
+    rl_sec_policy *np = realloc(c->policies, (c->npolicies + 1) * sizeof *np);
+    if (!np)
+        return cfg_fail(ld, -ENOMEM, "out of memory");
+    c->policies = np;
+    rl_sec_policy *p = &np[c->npolicies++];
+    memset(p, 0, sizeof *p);
+    if ((rc = sec_ref(ld, "policy id", ld->entry, &p->id)) < 0)
+        return rc;
+    const yaml_node_t *pol = map_get(ld, e, "policy");
+    if (!pol)
+        return cfg_fail(ld, -EINVAL, "missing policy (actions, resources, effect)");
+    if ((rc = map_check(ld, pol, "policy")) < 0)
+        return rc;
+    for (yaml_node_pair_t *q = pol->data.mapping.pairs.start; q < pol->data.mapping.pairs.top; q++)
+        if (!key_in(scalar_text(node_at(ld, q->key)), pkeys))
+            return cfg_fail(ld, -EINVAL, "unknown key '%s' in policy",
+                            scalar_text(node_at(ld, q->key)));
+    const yaml_node_t *n;
+    if (!(n = map_get(ld, pol, "actions")) || is_null(n))
+        return cfg_fail(ld, -EINVAL, "missing policy.actions");
+    if ((rc = strlist_get(ld, n, "policy.actions", &p->actions, &p->nactions)) < 0)
+        return rc;
+    if (!(n = map_get(ld, pol, "resources")) || is_null(n))
+        return cfg_fail(ld, -EINVAL, "missing policy.resources");
+    if ((rc = strlist_get(ld, n, "policy.resources", &p->resources, &p->nresources)) < 0)
+        return rc;
+    const char *effect;
+    if ((rc = literal_get(ld, map_get(ld, pol, "effect"), "policy.effect", &effect)) < 0)
+        return rc;
+    if (strcmp(effect, "allow") != 0 && strcmp(effect, "deny") != 0)
+        return cfg_fail(ld, -EINVAL, "policy.effect '%s' is not allow or deny", effect);
+    p->deny = strcmp(effect, "deny") == 0;
+    if ((n = map_get(ld, pol, "conditions")) && !is_null(n)) {
+        if (n->type != YAML_SEQUENCE_NODE)
+            return cfg_fail(ld, -EINVAL, "policy.conditions must be a list");
+        size_t cnt = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+        if (cnt > CFG_MAX_CONDS)
+            return cfg_fail(ld, -EINVAL, "policy.conditions has more than %d items", CFG_MAX_CONDS);
+        if (cnt && !(p->conds = calloc(cnt, sizeof *p->conds)))
+            return cfg_fail(ld, -ENOMEM, "out of memory");
+        for (size_t i = 0; i < cnt; i++) {
+            p->nconds++;
+            if ((rc = sec_cond(ld, node_at(ld, n->data.sequence.items.start[i]), i,
+                               &p->conds[i])) < 0)
+                return rc;
+        }
+    }
+    if ((n = map_get(ld, e, "groups")) && !is_null(n)) {
+        if ((rc = strlist_get(ld, n, "groups", &p->groups, &p->ngroups)) < 0 ||
+            (rc = sec_refs(ld, "group", p->groups, p->ngroups)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int entry_scope(cfg_loader *ld, const yaml_node_t *e)
+{
+    static const char *const keys[] = {"policies", NULL};
+    rl_config *c = ld->c;
+    int rc = entry_keys_check(ld, e, keys);
+    if (rc < 0)
+        return rc;
+    if (c->nscopes >= CFG_MAX_SCOPES)
+        return cfg_fail(ld, -EINVAL, "more than %d security scopes", CFG_MAX_SCOPES);
+    rl_sec_scope *ns = realloc(c->scopes, (c->nscopes + 1) * sizeof *ns);
+    if (!ns)
+        return cfg_fail(ld, -ENOMEM, "out of memory");
+    c->scopes = ns;
+    rl_sec_scope *s = &ns[c->nscopes++];
+    memset(s, 0, sizeof *s);
+    if ((rc = sec_ref(ld, "scope id", ld->entry, &s->id)) < 0)
+        return rc;
+    const yaml_node_t *n = map_get(ld, e, "policies");
+    if (n && !is_null(n) &&
+        ((rc = strlist_get(ld, n, "policies", &s->policies, &s->npolicies)) < 0 ||
+         (rc = sec_refs(ld, "policies", s->policies, s->npolicies)) < 0))
+        return rc;
+    return 0;
+}
+
 static int entry_node(cfg_loader *ld, const yaml_node_t *e)
 {
     if (ld->node_entry)
@@ -1706,8 +1996,8 @@ static const struct {
     {"library.lua", entry_library_lua},
     {"env.variable", entry_env_variable},
     {"function.lua", entry_function_lua},
-    {"security.scope", NULL},
-    {"security.policy", NULL},
+    {"security.scope", entry_scope},
+    {"security.policy", entry_policy},
     {"relay.node", entry_node},
 };
 
@@ -1800,9 +2090,32 @@ static int check_refs(cfg_loader *ld)
     if (c->env_storage && (rc = ref_check(ld, "env_storage", c->env_storage, "env.storage.os")) < 0)
         return rc;
     const char *kind = ref_kind(ld, c->user_security_scope, &other);
-    if (!kind || strcmp(kind, "security.scope") != 0)
-        rl_warn(MOD, "%s: user_security_scope %s is not defined in this file; user hubs run with "
-                     "the default user policy", ld->path, c->user_security_scope);
+    if (kind && strcmp(kind, "security.scope") != 0)
+        return cfg_fail(ld, -EINVAL, "user_security_scope %s is of kind %s, not security.scope",
+                        c->user_security_scope, kind);
+    int grouped = kind != NULL;
+    for (size_t i = 0; i < c->npolicies; i++)
+        for (size_t j = 0; j < c->policies[i].ngroups; j++)
+            grouped |= strcmp(c->policies[i].groups[j], c->user_security_scope) == 0;
+    if (!grouped)
+        rl_warn(MOD, "%s: user_security_scope %s is no security.scope and no policy's group in "
+                     "this file; user hubs run with no policies (security.can answers false, "
+                     "sends to other users are refused)", ld->path, c->user_security_scope);
+    for (size_t i = 0; i < c->nscopes; i++) {
+        ld->entry = strchr(c->scopes[i].id, ':') + 1;
+        for (size_t j = 0; j < c->scopes[i].npolicies; j++)
+            if ((rc = ref_check(ld, "policies:", c->scopes[i].policies[j], "security.policy")) < 0)
+                return rc;
+    }
+    for (size_t i = 0; i < c->npolicies; i++) {
+        ld->entry = strchr(c->policies[i].id, ':') + 1;
+        for (size_t j = 0; j < c->policies[i].ngroups; j++) {
+            kind = ref_kind(ld, c->policies[i].groups[j], &other);
+            if (kind && strcmp(kind, "security.scope") != 0)
+                return cfg_fail(ld, -EINVAL, "group %s is of kind %s, not security.scope",
+                                c->policies[i].groups[j], kind);
+        }
+    }
     for (size_t i = 0; i < c->nplugins; i++) {
         ld->entry = c->plugins[i].name;
         const char *host = c->plugins[i].default_host;

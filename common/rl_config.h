@@ -37,6 +37,51 @@ typedef struct rl_env_var {
     int os;       /* the storage is env.storage.os (else no value but the default) */
 } rl_env_var;
 
+/* security.policy and security.scope entries (the platform's shape; docs/configuration.md). */
+#define RL_SEC_OPS(X)                                                                            \
+    X(EQ, "eq") X(NE, "ne") X(LT, "lt") X(GT, "gt") X(LTE, "lte") X(GTE, "gte") X(IN, "in")     \
+    X(NIN, "nin") X(EXISTS, "exists") X(NEXISTS, "nexists") X(CONTAINS, "contains")             \
+    X(NCONTAINS, "ncontains")
+typedef enum {
+#define RL_SEC_OP_ENUM(id, name) RL_SEC_OP_##id,
+    RL_SEC_OPS(RL_SEC_OP_ENUM)
+#undef RL_SEC_OP_ENUM
+    RL_SEC_OP_COUNT
+} rl_sec_op;
+
+typedef enum { RL_SEC_VSTR = 1, RL_SEC_VNUM, RL_SEC_VBOOL } rl_sec_vkind;
+typedef struct rl_sec_value {
+    rl_sec_vkind kind;
+    char *s;    /* the text as written (always set) */
+    double num; /* RL_SEC_VNUM: the number; RL_SEC_VBOOL: 0 or 1 */
+} rl_sec_value;
+
+typedef struct rl_sec_cond {
+    char *field;          /* actor.id, actor.meta.X, action, resource or meta.X */
+    rl_sec_op op;
+    rl_sec_value *values; /* one, or the list of in/nin; none for exists/nexists */
+    size_t nvalues;
+} rl_sec_cond;
+
+typedef struct rl_sec_policy {
+    char *id;       /* namespace:name */
+    int deny;       /* effect: deny (else allow) */
+    char **actions; /* patterns; '*' matches any run of bytes */
+    size_t nactions;
+    char **resources;
+    size_t nresources;
+    rl_sec_cond *conds; /* all must hold */
+    size_t nconds;
+    char **groups; /* scope ids (namespace:name) the policy belongs to */
+    size_t ngroups;
+} rl_sec_policy;
+
+typedef struct rl_sec_scope {
+    char *id;        /* namespace:name */
+    char **policies; /* policy ids it lists (namespace:name) */
+    size_t npolicies;
+} rl_sec_scope;
+
 typedef struct rl_config {
     char *path;      /* the file read (NULL for built-in defaults) */
     char *namespace_;
@@ -58,6 +103,12 @@ typedef struct rl_config {
     size_t nlua_entries;
     rl_env_var *env_vars; /* env.variable entries, in the file's order */
     size_t nenv_vars;
+
+    /* security.policy and security.scope entries, in file order */
+    rl_sec_policy *policies;
+    size_t npolicies;
+    rl_sec_scope *scopes;
+    size_t nscopes;
 
     /* relay.node entry (all optional) and overrides */
     char *listen_host;        /* default "127.0.0.1" */

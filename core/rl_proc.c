@@ -12,6 +12,7 @@
 #include "rl_log.h"
 #include "rl_map.h"
 #include "rl_metrics.h"
+#include "rl_security.h"
 #include "rl_spawn.h"
 
 /* Messages handled per process per turn, and per turn in all: bounds work per loop turn so
@@ -730,7 +731,8 @@ static int route(const char *to, rl_msg *m)
     rl_proc *p = procs_find(to);
     if (!p)
         return -ENOENT;
-    if (!rl_topic_allowed((rl_topic)m->topic, m->owner, m->from, p))
+    if (!rl_topic_allowed((rl_topic)m->topic, m->owner, m->from, p) &&
+        !rl_sec_send_allowed(m, p)) /* another user's hub or plugin: the sender's policy */
         return refuse(to, m, p);
     if (p->ops->deliver)
         return p->ops->deliver(p, m);

@@ -105,6 +105,8 @@ rl_topic rl_topic_find(const char *name, size_t len);
 enum {
     RL_MSG_CLIENT = 1, /* the body is a client's frame (WS_CLIENT, or APP routed to a plugin) */
     RL_MSG_RAW = 2,    /* the body is not JSON (a raw frame text) */
+    RL_MSG_GRANTED = 4, /* a send to another user that the sender's policy allowed (set only by
+                           rl_send_user; rl_security.h) */
 };
 
 /* Control structs carried by internal topics (rl_msg_ctl). */

@@ -14,6 +14,7 @@
 #include "rl_json.h"
 #include "rl_log.h"
 #include "rl_metrics.h"
+#include "rl_security.h"
 #include "rl_spawn.h"
 
 #define RL_SESSION_PREFIX "session_"
@@ -335,6 +336,37 @@ static void broadcast(rl_hub *h, rl_msg *m)
     rl_msg_free(m);
 }
 
+/* An application message from another user's process (the router let it through because the
+   sender's policy allows process.send on user.<this user>): a topic that matches a plugin's
+   prefix goes to that plugin as the server API's target "hub" does (topic minus the prefix),
+   with its sender's pid and user kept (msg:from(), msg:from_user()); any other topic goes to
+   every connection, as the API's target "connections". Takes m. */
+static void from_other_user(rl_hub *h, rl_msg *m)
+{
+    ssize_t i = match_plugin(h, m->name, m->name_len);
+    if (i < 0) {
+        broadcast(h, m);
+        return;
+    }
+    hub_plugin *hp = &h->plugins[i];
+    size_t plen = strlen(h->cfg->plugins[i].prefix);
+    int rc = -EPIPE;
+    if (hp->status != RL_PLUGIN_FAILED && (hp->pid || spawn_plugin(h, (size_t)i) == 0)) {
+        rl_msg *fwd = rl_msg_new_body(RL_T_APP, m->name + plen, m->name_len - plen, m->body);
+        rc = -ENOMEM;
+        if (fwd) {
+            memcpy(fwd->from, m->from, RL_PID_MAX);
+            fwd->owner = rl_owner_ref(m->owner);
+            fwd->flags = m->flags & ~RL_MSG_CLIENT;
+            if ((rc = rl_send_as(hp->pid, fwd)) < 0)
+                rl_msg_free(fwd);
+        }
+    }
+    if (rc < 0) /* counted, logged and told to the sender */
+        rl_sec_undelivered(m, user_of(h), rc == -EAGAIN ? rc : -EPIPE);
+    rl_msg_free(m);
+}
+
 /* ---- the server API's requests (api/; the router let only the system send them) ---- */
 
 /* Answers an API request m: code 0 or -errno, count connections reached, data a JSON detail. */
@@ -529,6 +561,8 @@ static void hub_handle(rl_proc *p, rl_msg *m)
             answer(h, m, RL_E_PLUGIN_FAILED, "User hub is moving, try again");
         else if (rl_topic_is_api_request((rl_topic)m->topic))
             api_answer(h, m, -EBUSY, 0, NULL);
+        else if (m->topic == RL_T_APP && (m->flags & RL_MSG_GRANTED))
+            rl_sec_undelivered(m, user_of(h), -EBUSY);
         rl_metric_inc(RL_M_EPOCH_DROPPED);
         rl_msg_free(m);
         return;
@@ -547,7 +581,10 @@ static void hub_handle(rl_proc *p, rl_msg *m)
         break;
     case RL_T_APP:
     case RL_T_WS_MESSAGE:
-        broadcast(h, m);
+        if (m->owner && m->owner != h->proc.owner)
+            from_other_user(h, m);
+        else
+            broadcast(h, m);
         return;
     case RL_T_API_PUSH:
     case RL_T_API_MESSAGE:

@@ -21,6 +21,7 @@
 #include "rl_jwt.h"
 #include "rl_log.h"
 #include "rl_lua.h"
+#include "rl_security.h"
 #include "rl_metrics.h"
 #include "rl_spawn.h"
 #include "rl_proc.h"
@@ -279,6 +280,11 @@ int main(int argc, char **argv)
         return 1;
     }
     int status = 0;
+    if (rl_sec_init(&app.cfg) < 0) {
+        fprintf(stderr, "relay-node: %s: security policies: out of memory\n", path);
+        status = 1;
+        goto out_node;
+    }
     if (rl_lua_init(&app.cfg, err, sizeof err) < 0) {
         fprintf(stderr, "relay-node: %s\n", err);
         status = 1;
@@ -312,6 +318,7 @@ int main(int argc, char **argv)
     /* The wiring: hubs start plugins through the plugin host, connections join through the
        central hub, /metrics shows the hubs' and the central's gauges. */
     rl_spawner_set(rl_lua_spawn);
+    rl_sec_set_locate(rl_central_locate); /* process.send to "user.<id>": the API's look-up */
     rl_gateway_set_central(rl_central_pid());
     rl_metrics_add_source(rl_central_metrics);
     rl_metrics_add_source(rl_hub_metrics);
@@ -377,6 +384,7 @@ int main(int argc, char **argv)
 out_lua:
     rl_lua_close();
 out_node:
+    rl_sec_close();
     rl_node_close();
     uv_run(&app.loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&app.loop) != 0)

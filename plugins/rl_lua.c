@@ -201,9 +201,9 @@ static const char prelude[] =
     "  actor = function() local id, meta = host.actor(); if id == nil then return nil end\n"
     "    return mkactor(id, meta) end,\n"
     "  new_actor = function(id, meta) return mkactor(id, meta) end,\n"
-    "  scope = function() return nil end,\n"
-    "  named_scope = function(name) return nil, 'security scopes are not supported' end,\n"
-    "  can = function(action, resource) return true end,\n"
+    "  scope = host.security.scope, named_scope = host.security.named_scope,\n"
+    "  policy = host.security.policy, new_scope = host.security.new_scope,\n"
+    "  can = host.security.can,\n"
     "}\n"
     "local modules = {json = readonly(json), time = readonly(time), uuid = readonly(host.uuid),\n"
     "  logger = readonly(mklogger(nil, nil)), security = readonly(security)}\n"
@@ -1528,6 +1528,8 @@ static int init_p(lua_State *L)
     lua_setfield(L, -2, "uuid");
     rl_lua_http_push(L);
     lua_setfield(L, -2, "http");
+    rl_lua_security_push(L);
+    lua_setfield(L, -2, "security");
     lua_pushglobaltable(L);
     rl_lua_json_open(L);
     rl_lua_time_open(L);

@@ -655,6 +655,18 @@ static int l_msg_from(lua_State *L)
     return 1;
 }
 
+/* msg:from_user(): the user whose process sent it (another user's, for a cross-user send the
+   policy allowed), or nil for the system. */
+static int l_msg_from_user(lua_State *L)
+{
+    const char *u = rl_owner_user(check_msg(L)->owner);
+    if (u)
+        lua_pushstring(L, u);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
 /* msg:payload() is the message itself (it has data()): one object less per message. */
 static int l_msg_payload(lua_State *L)
 {
@@ -716,6 +728,7 @@ void rl_lua_chan_open(lua_State *L)
     static const luaL_Reg msg_methods[] = {
         {"topic", l_msg_topic},
         {"from", l_msg_from},
+        {"from_user", l_msg_from_user},
         {"payload", l_msg_payload},
         {"data", l_payload_data},
         {NULL, NULL},

@@ -166,6 +166,11 @@ extern rl_lua_host rl_lua_g;
 /* Bytes on the small-block free lists (tests). */
 size_t rl_lua_pool_bytes(void);
 
+/* rl_lua_security.c: pushes the security module's C functions (the prelude adds actor). */
+void rl_lua_security_push(lua_State *L);
+/* rl_send_user (rl_security.h) for the running instance I, its user's metadata as actor.meta. */
+int rl_lua_send_user(lua_State *L, rl_lua_inst *I, const char *user, size_t len, rl_msg *m);
+
 /* rl_lua_uuid.c: pushes the uuid module's table. */
 void rl_lua_uuid_push(lua_State *L);
 

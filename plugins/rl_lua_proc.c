@@ -123,6 +123,35 @@ static rl_msg *make_msg(lua_State *L, rl_topic t, const char *name, size_t nlen,
     return m;
 }
 
+/* process.send("user.<id>", ...): the sender's scope must allow process.send on user.<id>
+   for another user. */
+static int send_user(lua_State *L, rl_lua_inst *I, rl_topic t, const char *topic, size_t nlen,
+                     const char *user)
+{
+    size_t ulen = strlen(user);
+    int n = lua_gettop(L);
+    if (n < 3) {
+        lua_settop(L, 3);
+        n = 3;
+    }
+    for (int i = 3; i <= n; i++) {
+        rl_msg *m = make_msg(L, t, topic, nlen, i);
+        if (!m) {
+            lua_pushboolean(L, 0);
+            lua_insert(L, -2);
+            return 2;
+        }
+        int rc = rl_lua_send_user(L, I, user, ulen, m);
+        if (rc < 0) {
+            rl_msg_free(m);
+            return refuse(L, rc == -ENOENT ? "user offline"
+                             : rc == -EINVAL ? "invalid user id" : send_error(rc));
+        }
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* process.send(dest, topic, payload...): one message per payload (none = null). Returns true,
    or false and the reason (permission denied, process not found, mailbox full, ...). */
 static int l_send(lua_State *L)
@@ -141,6 +170,8 @@ static int l_send(lua_State *L)
         rl_warn("lua", "%s: refused to send %s to %s: permission denied", I->proc.pid, topic, dest);
         return refuse(L, "permission denied");
     }
+    if (strncmp(dest, "user.", 5) == 0) /* a user's hub, wherever it lives (rl_security.h) */
+        return send_user(L, I, t, topic, nlen, dest + 5);
     char to[RL_PID_MAX];
     snprintf(to, sizeof to, "%s", resolve(I, dest));
     int n = lua_gettop(L);
@@ -449,6 +480,8 @@ static int l_reg_register(lua_State *L)
     rl_lua_inst *I = rl_lua_current(L);
     const char *name = luaL_checkstring(L, 1);
     const char *pid = luaL_optstring(L, 2, I->proc.pid);
+    if (strncmp(name, "user.", 5) == 0) /* the users' hubs' names (process.send to user.<id>) */
+        return fail(L, "name reserved: user.* names the users' hubs");
     if (!names_ready) {
         rl_map_init(&names);
         names_ready = 1;

@@ -291,8 +291,9 @@ static void test_plugin_defaults_and_ignored_kinds(void **state)
     rl_config c;
     char err[512];
     const char *yaml = HEAD P_REQ
-        "  - name: user_scope\n    kind: security.scope\n    policies: [a, b]\n"
-        "  - name: pol\n    kind: security.policy\n    policy: {actions: '*'}\n"
+        "  - name: user_scope\n    kind: security.scope\n    policies: [pol]\n"
+        "  - name: pol\n    kind: security.policy\n"
+        "    policy: {actions: '*', resources: '*', effect: allow}\n"
         "  - name: helper\n    kind: process.lua\n    source: file://nowhere.lua\n    anything: 1\n"
         "  - name: other\n    kind: process.lua\n    meta: {type: something.else}\n"
         PLUGIN("p1", "p1_", "p.lua")
