@@ -155,6 +155,11 @@ async def test_cross_user_send_allowed_by_policy():
         check(f["ok"] is True and "err" not in f, f"send to bob: {f}")
         f = await recv_json(bob)
         check(f == {"topic": "news", "data": {"n": 1, "big": 2 ** 60}}, f"bob's frame: {f}")
+        # the platform's way: the registry's user.<id> name is the hub's address
+        f = await ask(alice, "lookup_send", user="bob", topic="news", data={"n": 2})
+        check(f["ok"] is True and f["to"] == "user.bob", f"lookup and send to bob: {f}")
+        f = await recv_json(bob)
+        check(f == {"topic": "news", "data": {"n": 2}}, f"bob's frame after a lookup: {f}")
         f = await ask(alice, "send", user="bob", topic="sec_note", data={"x": "y"})
         check(f["ok"] is True, f"send to bob's plugin: {f}")
         f = await recv_json(bob)

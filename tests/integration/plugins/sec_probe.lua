@@ -51,6 +51,11 @@ local function run(args)
             elseif topic == "send" then
                 local ok, err = process.send("user." .. d.user, d.topic, d.data)
                 reply({ type = "sent", ok = ok, err = err })
+            elseif topic == "lookup_send" then -- the platform's way: the registry names the hub
+                local to, lerr = process.registry.lookup("user." .. d.user)
+                local ok, err = false, lerr
+                if to then ok, err = process.send(to, d.topic, d.data) end
+                reply({ type = "sent", ok = ok, err = err, to = to })
             elseif topic == "whoami" then
                 reply({ type = "me", hub = args.user_hub_pid, plugin = process.pid() })
             elseif topic == "sendpid" then
