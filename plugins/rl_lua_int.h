@@ -18,6 +18,8 @@
 #define RL_LUA_SELECT_MAX 64      /* cases in one channel.select */
 #define RL_LUA_HOOK_STEP 1000     /* instructions between two count-hook calls */
 #define RL_LUA_SLICE_MAX 200000   /* instructions after which a blocking-capable call yields */
+#define RL_LUA_PREEMPT 50000      /* instructions (C work included) of one slice of a long run */
+#define RL_LUA_SEND_COST 64       /* instructions charged per message process.send makes */
 #define RL_LUA_CHAN_MAX 1000000   /* channel.new(size) upper bound */
 #define RL_LUA_POOL_MAX 256       /* Lua blocks up to this size are recycled per size class */
 #define RL_LUA_POOL_MIN (2u << 20)  /* free blocks kept: up to the live heap, at least this */
@@ -83,7 +85,7 @@ struct rl_lua_inst { /* 320 bytes: one jemalloc class per idle instance, keep it
     rl_proc proc; /* first member: (rl_lua_inst *)p */
     const rl_plugin_def *def;
     lua_State *co; /* the instance's coroutine, anchored by co_ref */
-    uint64_t used; /* instructions counted in the current resume */
+    uint64_t used; /* instructions counted in the current run (preempted slices included) */
     const char *limit_hit; /* static reason text, NULL while within every limit */
     char *exit_pending;    /* process.terminate(self): exit with this once the resume returns */
     rl_lua_inst *prev, *next; /* host list of instances not yet freed */
@@ -101,6 +103,7 @@ struct rl_lua_inst { /* 320 bytes: one jemalloc class per idle instance, keep it
     int co_ref, env_ref, inbox_ref, events_ref;
     int nargs; /* values on co's stack for the next resume */
     unsigned budget_hit : 1, oom : 1, torn : 1, listed : 1, exit_pending_set : 1;
+    unsigned preempt_due : 1, preempted : 1; /* a slice is over / the run yielded for it */
     int oom_refusals; /* consecutive refused allocations while running */
     uint32_t nwaits, wcap, nlinks, nchildren, ntimers; /* ntimers: live timers it owns */
 };
