@@ -1062,6 +1062,9 @@ def section_hostile():
     bench/relay-bench-hostile.yaml; rounds alternate quiet (nobody else) and hostile (one more
     user, bench/hostile_client.py, whose plugin misbehaves in one way the whole window). One
     fresh server per kind, so that no kind inherits another's garbage or hubs."""
+    if subprocess.run(["/usr/bin/python3", "-c", "import websockets"], capture_output=True).returncode != 0:
+        note("hostile section skipped: /usr/bin/python3 has no `websockets` (Debian python3-websockets)")
+        return
     for kind in HOSTILE_KINDS:
         if kind not in HOSTILE_WHAT:
             note("hostile: unknown kind %r skipped" % kind)
