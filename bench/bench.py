@@ -32,7 +32,7 @@ group and is stopped on exit, on error and on SIGINT/SIGTERM; ports are picked f
 
 Environment (all optional):
   BENCH_SECTIONS=all       or some of: rt connect idle alloc allocs profile cluster hostile
-                           (e.g. BENCH_SECTIONS=hostile: that section alone, about 4 minutes);
+                           (e.g. BENCH_SECTIONS=hostile: that section alone, about 3 minutes);
                            a partial run writes bench/REPORT-<sections>.md (those sections only)
                            and leaves docs/performance.md and bench/REPORT.md alone
   BENCH_HOSTILE="loop bomb memory swarm flood"   kinds of the hostile section
@@ -1618,7 +1618,7 @@ def report(info, node_ver, ws_ver, pin_note):
         w(json.dumps(r, sort_keys=True))
     w("```")
     w("")
-    w("Reproduce: `make bench` (full, about 10-15 minutes) or `BENCH_QUICK=1 make bench` (smoke);")
+    w("Reproduce: `make bench` (full, about 15 minutes) or `BENCH_QUICK=1 make bench` (smoke);")
     w("the knobs are listed at the top of bench/bench.py.")
     return out
 
