@@ -21,13 +21,21 @@ Sections (the letters follow the issue that asked for them):
   e  allocator calls (build/malloc_count.so) and JSON decodes/encodes (/metrics) per round trip
   -  profile of Relay (perf) at 100 connections, without and with idle users
   -  cluster: same-node vs cross-node round trips on two nodes and a private redis-server
-Sections b-f and the profile use the pinned layout when the machine has two CPUs.
+  hostile  100 connections of ordinary users next to one user whose plugin misbehaves
+     (bench/hostile.lua, bench/hostile_client.py, bench/relay-bench-hostile.yaml): rounds
+     alternate quiet / hostile, one kind of misbehaviour per server (BENCH_HOSTILE)
+Sections b-f, hostile and the profile use the pinned layout when the machine has two CPUs.
 
 Writes bench/REPORT.md; a full run (not BENCH_QUICK) also rewrites the generated part of
 docs/performance.md (between its BEGIN/END markers). Everything started runs in its own process
 group and is stopped on exit, on error and on SIGINT/SIGTERM; ports are picked free at run time.
 
 Environment (all optional):
+  BENCH_SECTIONS=all       or some of: rt connect idle alloc allocs profile cluster hostile
+                           (e.g. BENCH_SECTIONS=hostile: that section alone, about 3 minutes);
+                           a partial run writes bench/REPORT-<sections>.md (those sections only)
+                           and leaves docs/performance.md and bench/REPORT.md alone
+  BENCH_HOSTILE="loop bomb memory swarm flood"   kinds of the hostile section
   BENCH_QUICK=1            smoke run (~2 min): 1 round, short runs, 2,000 idle users, no cluster
   BENCH_ROUNDS=3           rounds per figure (medians are over rounds)
   BENCH_DURATION=4         measured seconds per round-trip run (after BENCH_WARMUP=0.5)
@@ -89,9 +97,15 @@ PEERS = env("BENCH_PEERS", "relay echo node").split()
 PIN = env("BENCH_PIN", "auto")
 ALLOCATORS = env("BENCH_ALLOCATORS", "glibc jemalloc mimalloc").split()
 PROFILE = env("BENCH_PROFILE", "auto")
+ALL_SECTIONS = ("rt", "connect", "idle", "alloc", "allocs", "profile", "cluster", "hostile")
+SECTIONS = env("BENCH_SECTIONS", "all").replace(",", " ").split()
+SECTIONS = list(ALL_SECTIONS) if SECTIONS == ["all"] else SECTIONS
+PARTIAL = set(SECTIONS) != set(ALL_SECTIONS)
+HOSTILE_KINDS = env("BENCH_HOSTILE", "loop bomb memory swarm flood").split()
 CLUSTER = env("BENCH_CLUSTER", "0" if QUICK else "1") == "1"
-REPORT = env("BENCH_REPORT", os.path.join(ROOT, "bench", "REPORT.md"))
-DOCS = env("BENCH_DOCS", "0" if QUICK else "1") == "1"
+REPORT = env("BENCH_REPORT", os.path.join(ROOT, "bench", "REPORT%s.md" % (
+    "-" + "-".join(SECTIONS) if PARTIAL else "")))
+DOCS = env("BENCH_DOCS", "0" if QUICK or PARTIAL else "1") == "1"
 KEEP = env("BENCH_KEEP", "0") == "1"
 BUILD = env("BUILD", "build")
 BUILD = BUILD if os.path.isabs(BUILD) else os.path.join(ROOT, BUILD)
@@ -112,6 +126,17 @@ CONFIG_NOAUTO = os.path.join(ROOT, "bench", "relay-bench-noauto.yaml")
 # The spec's set-up for idle users: every user's hub auto-starts the session_ plugin only (the
 # echo plugin starts on the first echo message, before any measured run: see warm()).
 CONFIG_SESSION = os.path.join(ROOT, "bench", "relay-bench-session.yaml")
+# relay-bench.yaml plus bench/hostile.lua (prefix hostile_, not auto-started)
+CONFIG_HOSTILE = os.path.join(ROOT, "bench", "relay-bench-hostile.yaml")
+HOSTILE_CLIENT = os.path.join(ROOT, "bench", "hostile_client.py")
+HOSTILE_TARGET_P99 = 2.0  # issue 7: another user's p99 stays within 2x while one plugin misbehaves
+HOSTILE_WHAT = {
+    "loop": "endless loop behind pcall (instruction budget)",
+    "bomb": "backtracking pattern in a pcall loop (matcher steps on the budget)",
+    "memory": "1 MiB strings, 8 MiB a resume, up to the Lua memory cap",
+    "swarm": "children up to plugin_max_children, each (and the parent) with 1 ms tickers up to plugin_max_timers",
+    "flood": "process.send to its own user hub in an endless loop (instruction budget)",
+}
 DOC = os.path.join(ROOT, "docs", "performance.md")
 SOURCES = ["127.0.0.%d" % i for i in range(2, 10)]  # idle and connect-rate clients bind these
 ACTIVE = 100  # connections of the idle-user, allocator and allocation figures
@@ -1020,6 +1045,105 @@ def cluster_runs():
         PROCS.stop(redis)
 
 
+def labelled(server, name):
+    """{label text: value} of one labelled counter from GET /metrics ({} when unavailable)."""
+    status, body = http_get(server.port, "/metrics")
+    out = {}
+    if status == 200:
+        for line in body.splitlines():
+            m = re.match(r"%s\{([^}]*)\}\s+(\S+)$" % re.escape(name), line)
+            if m:
+                out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def section_hostile():
+    """100 connections of ordinary users (echo round trips, as in a and b) on a Relay node with
+    bench/relay-bench-hostile.yaml; rounds alternate quiet (nobody else) and hostile (one more
+    user, bench/hostile_client.py, whose plugin misbehaves in one way the whole window). One
+    fresh server per kind, so that no kind inherits another's garbage or hubs."""
+    if subprocess.run(["/usr/bin/python3", "-c", "import websockets"], capture_output=True).returncode != 0:
+        note("hostile section skipped: /usr/bin/python3 has no `websockets` (Debian python3-websockets)")
+        return
+    for kind in HOSTILE_KINDS:
+        if kind not in HOSTILE_WHAT:
+            note("hostile: unknown kind %r skipped" % kind)
+            continue
+        try:
+            s = Server("relay", "hostile-" + kind, config=CONFIG_HOSTILE).start()
+        except BenchError as e:
+            note("hostile %s: Relay did not start: %s" % (kind, str(e).splitlines()[0]))
+            continue
+        try:
+            warm(s)
+            for r in range(1, ROUNDS + 1):
+                hostile_run(s, kind, False, r)
+                hostile_run(s, kind, True, r)
+        finally:
+            s.stop()
+
+
+def hostile_run(server, kind, attack, r):
+    """One 100-connection run, with the hostile client going for the whole of it when attack.
+    Kills (relay_plugin_kills_total by limit), crashes and the Lua heap are read at the measure
+    marks, refusals from before the hostile user arrives to measure_end; the hostile client is stopped at measure_end, before the server quiets."""
+    client = None
+    out = None
+    pre = labelled(server, "relay_plugin_refusals_total")  # refusals come when the user arrives
+    if attack:
+        client = PROCS.spawn(["/usr/bin/python3", HOSTILE_CLIENT, "--url", server.url, "--kind", kind,
+                              "--prefix", "h%d-" % r], cpu=CLIENT_CPU, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL)
+        out = Lines(client.stdout)
+        time.sleep(0.3)  # it connects and starts misbehaving before the warm-up starts
+    at = {}
+
+    def snap():
+        return {"kills": labelled(server, "relay_plugin_kills_total"),
+                "refusals": labelled(server, "relay_plugin_refusals_total"),
+                "m": server.metrics(), "client_ticks": cpu_ticks(client.pid) if client else None,
+                "t": time.monotonic()}
+
+    def on_mark(name):
+        if name in ("measure_start", "measure_end"):
+            at[name] = snap()
+        if name == "measure_end" and client:
+            PROCS.stop(client, timeout=10)
+
+    rec = echo_run(server, ACTIVE, "hostile_rt", on_mark=on_mark, hostile=kind, attack=attack, round=r)
+    if client:
+        PROCS.stop(client, timeout=10)
+        out.join()
+        for line in reversed(out.lines):
+            if line.startswith("{"):
+                try:
+                    rec["hostile_client"] = json.loads(line)
+                except ValueError:
+                    pass
+                break
+    if "measure_start" in at and "measure_end" in at:
+        a, b = at["measure_start"], at["measure_end"]
+        rec["kills"] = {k.split('"')[1]: int(v - a["kills"].get(k, 0)) for k, v in b["kills"].items()
+                        if v - a["kills"].get(k, 0) > 0}
+        rec["kills_total"] = sum(rec["kills"].values())
+        rec["refusals"] = {k.split('"')[1]: int(v - pre.get(k, 0)) for k, v in b["refusals"].items()
+                           if v - pre.get(k, 0) > 0}
+        rec["crashed"] = int(b["m"].get("relay_plugins_crashed_total", 0) - a["m"].get("relay_plugins_crashed_total", 0))
+        rec["lua_heap_mb"] = [round(x["m"].get("relay_lua_memory_bytes", 0) / 1048576.0, 1) for x in (a, b)]
+        if client and a["client_ticks"] is not None and b["client_ticks"] is not None and b["t"] > a["t"]:
+            rec["hostile_client_cpu_pct"] = round(100.0 * (b["client_ticks"] - a["client_ticks"]) / HZ / (b["t"] - a["t"]), 1)
+    st, _ = http_get(server.port, "/healthz")
+    rec["healthz_after"] = st
+    if server.proc.poll() is not None:
+        raise BenchError("relay-node exited during the %s run (log %s)" % (kind, server.logpath))
+    with open(os.path.join(TMP, "results.jsonl"), "a") as f:
+        f.write(json.dumps(dict(rec, kind="hostile_detail"), sort_keys=True) + "\n")
+    log("hostile %s %s round %d: kills %s, crashed %s, refusals %s, client %s" % (
+        kind, "attack" if attack else "quiet", r, rec.get("kills"), rec.get("crashed"), rec.get("refusals"),
+        rec.get("hostile_client")))
+    return rec
+
+
 # ---- preparation -----------------------------------------------------------------------------
 
 
@@ -1475,6 +1599,8 @@ def report(info, node_ver, ws_ver, pin_note):
         w("Not run (%s)." % ("BENCH_CLUSTER=0" if not CLUSTER else "see notes"))
         w("")
 
+    out.extend(hostile_report())
+
     if NOTES:
         w("## Notes from this run")
         w("")
@@ -1484,15 +1610,92 @@ def report(info, node_ver, ws_ver, pin_note):
     w("## Raw runs")
     w("")
     w("Every measurement as recorded (kinds: rt = round trips, connect, idle_rt / idle_mem = idle")
-    w("users, alloc_rt / alloc_mem = allocators, allocs = per-message counts, cluster_*).")
+    w("users, alloc_rt / alloc_mem = allocators, allocs = per-message counts, cluster_*,")
+    w("hostile_rt = a misbehaving plugin next to other users).")
     w("")
     w("```")
     for r in ROWS:
         w(json.dumps(r, sort_keys=True))
     w("```")
     w("")
-    w("Reproduce: `make bench` (full, about 10-15 minutes) or `BENCH_QUICK=1 make bench` (smoke);")
+    w("Reproduce: `make bench` (full, about 15 minutes) or `BENCH_QUICK=1 make bench` (smoke);")
     w("the knobs are listed at the top of bench/bench.py.")
+    return out
+
+
+def hostile_report():
+    """## A misbehaving plugin next to other users: per kind, quiet vs hostile."""
+    out = []
+    w = out.append
+    if not rows("hostile_rt"):
+        return out
+    w("## A misbehaving plugin next to other users")
+    w("")
+    w("%d connections of ordinary users (each its own user, echo round trips as above) on Relay with" % ACTIVE)
+    w("`bench/relay-bench-hostile.yaml` (the bench config plus `bench/hostile.lua` under `hostile_`, not")
+    w("auto-started; sandbox limits at their defaults). Rounds alternate **quiet** (nobody else) and")
+    w("**hostile** (one more user, `bench/hostile_client.py`, whose plugin misbehaves in one way for the")
+    w("whole window), one fresh server per kind. The hub restarts a crashed plugin once, then marks it")
+    w("failed, so the hostile client comes back as a new user after each `plugin_failed` answer (two")
+    w("kills per user) and re-sends its message every 20 ms (a restarted instance needs its own).")
+    w("Kills are the increase of `relay_plugin_kills_total` (by limit) over the measured window;")
+    w("refusals (`relay_plugin_refusals_total`) are counted from the hostile user's arrival.")
+    w("Target (issue 7): another user's p99 within %.0fx of quiet." % HOSTILE_TARGET_P99)
+    w("")
+    w("| kind | the hostile plugin | quiet rt/s | hostile rt/s | rate hostile/quiet | quiet p99 | hostile p99 | p99 hostile/quiet | kills in window | hostile users | others' errors |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|")
+    for kind in HOSTILE_KINDS:
+        q = rows("hostile_rt", hostile=kind, attack=False)
+        h = rows("hostile_rt", hostile=kind, attack=True)
+        if not q or not h:
+            continue
+        rate = ratio(med(r["msgs_per_sec"] for r in h), med(r["msgs_per_sec"] for r in q))
+        p99 = ratio(med(r["p99_us"] for r in h), med(r["p99_us"] for r in q))
+        per_round = [ratio(a.get("p99_us"), b.get("p99_us")) for a in h for b in q if a["round"] == b["round"]]
+        limits = sorted({k for r in h for k in (r.get("kills") or {})})
+        kills = ", ".join("%s %s" % (fnum(med((r.get("kills") or {}).get(k, 0) for r in h)), k) for k in limits) or "0"
+        refs = sorted({k for r in h for k in (r.get("refusals") or {})})
+        if refs:
+            kills += " (refusals: %s)" % ", ".join("%s %s" % (fnum(med((r.get("refusals") or {}).get(k, 0) for r in h)), k)
+                                                 for k in refs)
+        users = med((r.get("hostile_client") or {}).get("users") for r in h)
+        errs = sum((r.get("errors") or 0) + (r.get("error_replies") or 0) for r in h)
+        w("| %s | %s | %s | %s | **%s** | %s | %s | **%s**%s%s | %s | %s | %d |" % (
+            kind, HOSTILE_WHAT[kind], fnum(med(r["msgs_per_sec"] for r in q)), fnum(med(r["msgs_per_sec"] for r in h)),
+            fx(rate), fus(med(r["p99_us"] for r in q)), fus(med(r["p99_us"] for r in h)), fx(p99), rng(per_round),
+            verdict(p99 <= HOSTILE_TARGET_P99 if p99 else None), kills, fnum(users), errs))
+    w("")
+    w("Medians over %d round%s; in brackets the p99 ratio round by round. Kills and hostile users are" % (
+        ROUNDS, "" if ROUNDS == 1 else "s"))
+    w("per measured window (%.1f s). Others' errors: the ordinary users' failed or error-answered" % DURATION)
+    w("round trips in the hostile windows. The hostile client's CPU (same CPU as the load generator")
+    w("when pinned): median %s of a core." % fnum(med(r.get("hostile_client_cpu_pct") for r in rows("hostile_rt")), "%"))
+    w("")
+    w(load_note(rows("hostile_rt")))
+    w("")
+    return out
+
+
+SECTION_HEADINGS = (  # report headings -> BENCH_SECTIONS names (a partial run keeps only its own)
+    ("## Summary", ("rt", "idle", "connect")), ("## Round trips", ("rt",)), ("## With ", ("idle",)),
+    ("## Idle bytes", ("idle",)), ("## Connect rate", ("connect",)), ("## Per routed message", ("allocs",)),
+    ("## Allocators", ("alloc",)), ("## Profile", ("profile", "idle")), ("## Cluster", ("cluster",)),
+    ("## A misbehaving plugin", ("hostile",)))
+
+
+def only_sections(lines):
+    """The report without the sections a partial run (BENCH_SECTIONS) did not run."""
+    if not PARTIAL:
+        return lines
+    out, keep = [], True
+    for line in lines:
+        if line.startswith("## "):
+            keep = True
+            for head, names in SECTION_HEADINGS:
+                if line.startswith(head):
+                    keep = any(n in SECTIONS for n in names)
+        if keep:
+            out.append(line)
     return out
 
 
@@ -1661,6 +1864,12 @@ def main():
     for path, what in ((RELAY_NODE, "relay-node"), (RELAY_BENCH, "relay-bench")):
         if not os.access(path, os.X_OK):
             sys.exit("bench: no %s at %s (run `make bench`)" % (what, path))
+    unknown = [x for x in SECTIONS if x not in ALL_SECTIONS]
+    if unknown:
+        sys.exit("bench: unknown BENCH_SECTIONS %s (known: %s)" % (" ".join(unknown), " ".join(ALL_SECTIONS)))
+    peers_needed = any(x in SECTIONS for x in ("rt", "connect", "idle"))
+    if not peers_needed:
+        PEERS[:] = ["relay"]
     if "echo" in PEERS and not os.access(LWS_ECHO, os.X_OK):
         sys.exit("bench: no lws-echo at %s (run `make bench`)" % LWS_ECHO)
     if "relay" not in PEERS:
@@ -1669,7 +1878,8 @@ def main():
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
     per_proc = IDLE // max(1, IDLE_PROCS) + 100
-    if hard != resource.RLIM_INFINITY and (hard < IDLE + 200 or hard < per_proc or hard < CONNECT_N + 100):
+    if any(x in SECTIONS for x in ("idle", "alloc", "connect")) and hard != resource.RLIM_INFINITY and (
+            hard < IDLE + 200 or hard < per_proc or hard < CONNECT_N + 100):
         sys.exit("bench: RLIMIT_NOFILE %d is too low for %d idle users (the server holds all of them)" % (hard, IDLE))
 
     TMP = tempfile.mkdtemp(prefix="relay-bench.")
@@ -1687,40 +1897,51 @@ def main():
                     " idle-user clients." if PINNING else
                     "No pinned runs (%s)." % ("BENCH_PIN=0" if PIN == "0" else "fewer than 2 CPUs or no taskset"))
         node_ver, ws_ver = prepare_node()
-        profile = perf_works()
-        log("peers %s; %d round(s) x %.1f s; conns %s; %d idle users; pinning %s; profile %s; cluster %s; tmp %s" % (
-            " ".join(PEERS), ROUNDS, DURATION, CONNS, IDLE, PINNING, profile, CLUSTER, TMP))
+        profile = perf_works() if any(x in SECTIONS for x in ("idle", "profile")) else False
+        log("sections %s; peers %s; %d round(s) x %.1f s; conns %s; %d idle users; pinning %s; profile %s; cluster %s; tmp %s" % (
+            " ".join(SECTIONS), " ".join(PEERS), ROUNDS, DURATION, CONNS, IDLE, PINNING, profile, CLUSTER, TMP))
 
-        log("== a: round trips, unpinned")
-        section_roundtrips(False)
-        if PINNING:
-            log("== a: round trips, pinned")
-            section_roundtrips(True)
-        servers = start_servers(PEERS, "connect")
-        try:
-            log("== d: connect rate")
-            section_connect(servers)
-        finally:
-            stop_servers(servers)
-        log("== b, c: idle users")
-        section_idle(profile)
-        log("== f: allocators")
-        section_allocators()
-        log("== e: allocations per message")
-        try:
-            section_allocs()
-        except BenchError as e:
-            note("allocation counts: %s" % str(e).splitlines()[0])
-        if profile:
+        if "rt" in SECTIONS:
+            log("== a: round trips, unpinned")
+            section_roundtrips(False)
+            if PINNING:
+                log("== a: round trips, pinned")
+                section_roundtrips(True)
+        if "connect" in SECTIONS:
+            servers = start_servers(PEERS, "connect")
+            try:
+                log("== d: connect rate")
+                section_connect(servers)
+            finally:
+                stop_servers(servers)
+        if "idle" in SECTIONS:
+            log("== b, c: idle users")
+            section_idle(profile)
+        if "alloc" in SECTIONS:
+            log("== f: allocators")
+            section_allocators()
+        if "allocs" in SECTIONS:
+            log("== e: allocations per message")
+            try:
+                section_allocs()
+            except BenchError as e:
+                note("allocation counts: %s" % str(e).splitlines()[0])
+        if profile and "profile" in SECTIONS:
             log("== profile")
             try:
                 section_profile()
             except BenchError as e:
                 note("profile: %s" % str(e).splitlines()[0])
-        if CLUSTER:
+        if "hostile" in SECTIONS:
+            log("== hostile: a misbehaving plugin next to other users")
+            try:
+                section_hostile()
+            except BenchError as e:
+                note("hostile: %s" % str(e).splitlines()[0])
+        if CLUSTER and "cluster" in SECTIONS:
             log("== cluster")
             section_cluster()
-        lines = report(MACHINE, node_ver, ws_ver, pin_note)
+        lines = only_sections(report(MACHINE, node_ver, ws_ver, pin_note))
         with open(REPORT, "w") as f:
             f.write("\n".join(lines) + "\n")
         log("wrote %s" % REPORT)

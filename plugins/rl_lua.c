@@ -765,6 +765,27 @@ const char *rl_lua_doomed(const rl_lua_inst *I)
 }
 
 static void doom(lua_State *L, rl_lua_inst *I);
+static void count_hook(lua_State *L, lua_Debug *ar);
+
+/* A long run is cut into slices of RL_LUA_PREEMPT instructions: at the end of one the instance
+   yields to the run queue (from its own coroutine, where a yield cannot be caught; inside a
+   coroutine of the plugin or a C call it yields once back out) and runs on in the next loop
+   turn, so sockets, timers and the other instances are served between its slices. The count
+   goes on across them: the budget bounds a run from wake-up to wait, not a slice. */
+static void preempt(lua_State *L, rl_lua_inst *I, uint64_t before)
+{
+    if (before / RL_LUA_PREEMPT != I->used / RL_LUA_PREEMPT)
+        I->preempt_due = 1;
+    if (!I->preempt_due)
+        return;
+    if (hook_step)
+        lua_sethook(L, count_hook, LUA_MASKCOUNT, (int)hook_step); /* rl_lua_charge set it to 1 */
+    if (L == I->co && lua_isyieldable(L)) {
+        I->preempt_due = 0;
+        I->preempted = 1;
+        lua_yield(L, 0);
+    }
+}
 
 static void count_hook(lua_State *L, lua_Debug *ar)
 {
@@ -773,9 +794,12 @@ static void count_hook(lua_State *L, lua_Debug *ar)
     if (!I)
         return;
     if (!rl_lua_doomed(I)) {
+        uint64_t before = I->used;
         I->used += hook_step;
-        if (I->used < H.cfg->lua_instruction_budget)
+        if (I->used < H.cfg->lua_instruction_budget) {
+            preempt(L, I, before);
             return;
+        }
         I->budget_hit = 1;
     }
     doom(L, I);
@@ -813,6 +837,10 @@ void rl_lua_charge(lua_State *L, uint64_t n)
     rl_lua_inst *I = H.current;
     if (!I || !H.cfg->lua_instruction_budget)
         return;
+    if ((I->used + n) / RL_LUA_PREEMPT != I->used / RL_LUA_PREEMPT && hook_step) {
+        I->preempt_due = 1; /* the hook after the next instruction yields */
+        lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+    }
     I->used += n;
     if (I->used < H.cfg->lua_instruction_budget && !rl_lua_doomed(I))
         return;
@@ -860,7 +888,9 @@ static void inst_resume(rl_lua_inst *I)
     int nres = 0;
     H.current = I;
     I->state = RL_INST_RUNNING;
-    I->used = 0;
+    if (!I->preempted)
+        I->used = 0;
+    I->preempted = I->preempt_due = 0;
     I->oom_refusals = 0;
     H.resumes++;
     int st = lua_resume(co, H.L, I->nargs, &nres);

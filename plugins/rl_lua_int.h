@@ -18,6 +18,8 @@
 #define RL_LUA_SELECT_MAX 64      /* cases in one channel.select */
 #define RL_LUA_HOOK_STEP 1000     /* instructions between two count-hook calls */
 #define RL_LUA_SLICE_MAX 200000   /* instructions after which a blocking-capable call yields */
+#define RL_LUA_PREEMPT 50000      /* instructions (C work included) of one slice of a long run */
+#define RL_LUA_SEND_COST 64       /* instructions charged per message process.send makes */
 #define RL_LUA_CHAN_MAX 1000000   /* channel.new(size) upper bound */
 #define RL_LUA_POOL_MAX 256       /* Lua blocks up to this size are recycled per size class */
 #define RL_LUA_POOL_MIN (2u << 20)  /* free blocks kept: up to the live heap, at least this */
@@ -86,7 +88,7 @@ struct rl_lua_inst { /* 320 bytes: one jemalloc class per idle instance, keep it
     rl_proc proc; /* first member: (rl_lua_inst *)p */
     const rl_plugin_def *def;
     lua_State *co; /* the instance's coroutine, anchored by co_ref */
-    uint64_t used; /* instructions counted in the current resume */
+    uint64_t used; /* instructions counted in the current run (preempted slices included) */
     const char *limit_hit; /* static reason text, NULL while within every limit */
     char *exit_pending;    /* process.terminate(self): exit with this once the resume returns */
     rl_lua_inst *prev, *next; /* host list of instances not yet freed */
@@ -106,6 +108,7 @@ struct rl_lua_inst { /* 320 bytes: one jemalloc class per idle instance, keep it
     unsigned oom_refusals : 2; /* consecutive refused allocations while running */
     unsigned state : 2;        /* rl_lua_inst_state */
     unsigned limit_kind : 3;   /* rl_lua_limit: with limit_hit, the limit that doomed it */
+    unsigned preempt_due : 1, preempted : 1; /* a slice is over / the run yielded for it */
     uint32_t nwaits, wcap, nlinks, nchildren, ntimers; /* ntimers: live timers it owns */
     uint32_t mem_acct; /* its memory account (rl_lua.c), 0 = none */
 };

@@ -181,6 +181,7 @@ static int l_send(lua_State *L)
         n = 3;
     }
     for (int i = 3; i <= n; i++) {
+        rl_lua_charge(L, RL_LUA_SEND_COST); /* the encode and the send are C work */
         rl_msg *m = make_msg(L, t, topic, nlen, i);
         if (!m) {
             lua_pushboolean(L, 0);

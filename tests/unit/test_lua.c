@@ -396,6 +396,10 @@ static const char probe_src[] =
     "  case(table.concat(s), table.concat(p), rnd(5) - 2)\n"                                       \
     "  if i % 50 == 0 then pause() end\n"                                                          \
     "end\n"                                                                                        \
+    "for _, r in ipairs({{'ab', 0}, {'ab', 1}, {'ab', 5}, {'', 3, ','}, {'x', 7, ', '},\n"         \
+    "    {'a', 1, 'sep'}, {'\\0z', 4, '\\0'}, {'xy', 33, '-'}, {'ab', 1000, '|'}, {'abc', 4097}}) do\n" \
+    "  out[#out + 1] = ser(pcall(string.rep, r[1], r[2], r[3])) .. '\\n'\n"                        \
+    "end\n"                                                                                        \
     "return table.concat(out)\n"
 
 /* A hostile plugin: each command attacks one part of the sandbox. Commands that must end the
@@ -862,6 +866,24 @@ static void test_budget(void **state)
     cJSON_Delete(r);
 }
 
+/* A long run is preempted every RL_LUA_PREEMPT instructions: another instance answers while the
+   spinning one still runs, and the spinner's count goes on across its slices (it still dies). */
+static void test_preempted(void **state)
+{
+    (void)state;
+    char a[RL_PID_MAX], c[RL_PID_MAX], err[256];
+    spawn(1, a);
+    spawn(1, c);
+    send_cmd(a, "spin", NULL);
+    send_cmd(c, "json", NULL);
+    cJSON *r = reply_json(0);
+    assert_true(jtrue(r, "ok"));
+    cJSON_Delete(r);
+    assert_true(rec_find(&parent, "pid.exit", a, 0) < 0); /* a is not through its budget yet */
+    assert_int_equal(exit_of(a, err, sizeof err, 5000), 1);
+    assert_string_equal(err, "instruction budget exceeded");
+}
+
 static void test_sleep_and_select(void **state)
 {
     (void)state;
@@ -1291,6 +1313,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_isolation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crash_and_return, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_preempted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sleep_and_select, setup, teardown),
         cmocka_unit_test_setup_teardown(test_durations, setup, teardown),
         cmocka_unit_test_setup_teardown(test_process_api, setup, teardown),
