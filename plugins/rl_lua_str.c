@@ -25,6 +25,14 @@
 #define PAT_MAXCAPTURES 32   /* as Lua: "too many captures" */
 #define PAT_MAXDEPTH 200     /* nested matcher calls, as Lua's MAXCCALLS: "pattern too complex" */
 #define PAT_CHARGE_EVERY 4096 /* steps between two charges to the budget */
+/* Steps one call may take (find, match, one gmatch step, a whole gsub): PAT_CALL_STEPS plus
+   PAT_STEPS_PER_BYTE per byte of the subject, at most a quarter of lua_instruction_budget. A C
+   call cannot be preempted, so this is how long one call can keep every other user waiting (250k
+   steps: about 1 ms here); linear patterns take a few steps a byte and stay far below it,
+   backtracking bombs get "pattern too complex" (an error the plugin may catch; each call's steps
+   are charged to its budget as well). */
+#define PAT_CALL_STEPS 250000
+#define PAT_STEPS_PER_BYTE 32
 #define BYTES_PER_STEP 16    /* bytes of output that cost one instruction */
 
 #define CAP_OPEN (-1) /* a capture still being matched */
@@ -37,6 +45,7 @@ typedef struct pat_state {
     int depth;             /* remaining nesting */
     int ncap;
     uint64_t steps; /* not yet charged */
+    uint64_t total, step_cap; /* steps taken in this call; at most step_cap */
     struct {
         const char *at;
         ptrdiff_t len;
@@ -51,6 +60,9 @@ static void step(pat_state *ps)
         uint64_t n = ps->steps;
         ps->steps = 0;
         rl_lua_charge(ps->L, n);
+        ps->total += n;
+        if (ps->total > ps->step_cap)
+            luaL_error(ps->L, "pattern too complex (over %d steps in one call)", (int)ps->step_cap);
     }
 }
 
@@ -64,6 +76,13 @@ static void pat_begin(pat_state *ps, lua_State *L, const char *s, size_t ls, con
     ps->depth = PAT_MAXDEPTH;
     ps->ncap = 0;
     ps->steps = 0;
+    ps->total = 0;
+    ps->step_cap = PAT_CALL_STEPS + (uint64_t)ls * PAT_STEPS_PER_BYTE;
+    uint64_t budget = rl_lua_g.cfg ? rl_lua_g.cfg->lua_instruction_budget : 0;
+    if (budget && ps->step_cap > budget / 4)
+        ps->step_cap = budget / 4; /* and never more than a quarter of a run's budget */
+    if (ps->step_cap > INT_MAX)
+        ps->step_cap = INT_MAX;
     ps->run_p = NULL;
 }
 
@@ -463,6 +482,7 @@ static int gmatch_next(lua_State *L)
 {
     gmatch_state *g = lua_touserdata(L, lua_upvalueindex(3));
     g->ps.L = L;
+    g->ps.total = 0; /* each step of the iterator is a call of its own */
     const char *p = lua_tostring(L, lua_upvalueindex(2));
     size_t ls = (size_t)(g->ps.send - g->ps.s0);
     for (; g->at <= ls; g->at++) {

@@ -501,6 +501,16 @@ static const char sandbox_src[] =
     "function cmds.catastrophic()\n"
     "  while true do pcall(string.find, ('a'):rep(40), ('a*'):rep(40) .. 'b') end\n"
     "end\n"
+    "function cmds.bomb_once()\n" /* one call is cut short and the instance lives on */
+    "  local ok, err = pcall(string.find, ('a'):rep(40), ('a*'):rep(40) .. 'b')\n"
+    "  local ok2, err2 = pcall(string.gsub, ('a'):rep(40), ('a*'):rep(40) .. 'b', '')\n"
+    "  local it = string.gmatch(('a'):rep(40), ('a*'):rep(40) .. 'b')\n"
+    "  local ok3, err3 = pcall(it)\n"
+    "  local n = 0 for _ in (('x '):rep(2000)):gmatch('%S+') do n = n + 1 end\n"
+    "  reply({ok = ok or ok2 or ok3, err = tostring(err), err2 = tostring(err2),\n"
+    "         err3 = tostring(err3), words = n,\n"
+    "         trim = (('  y  '):rep(500)):match('^%s*(.-)%s*$') ~= nil})\n"
+    "end\n"
     "function cmds.plain_find()\n"
     "  while true do pcall(string.find, ('a'):rep(1e6), ('a'):rep(5e5) .. 'b', 1, true) end\n"
     "end\n"
@@ -1171,6 +1181,17 @@ static void test_sandbox_budget_final(void **state)
     send_cmd(c, "alive", NULL);
     cJSON *r = reply_json(0);
     assert_true(jtrue(r, "alive"));
+    cJSON_Delete(r);
+    /* one backtracking call is cut at its step bound (find, gsub, a gmatch step) with an error
+       the plugin may catch, and linear work on long subjects stays under it */
+    send_cmd(c, "bomb_once", NULL);
+    r = reply_json(1);
+    assert_false(jtrue(r, "ok"));
+    assert_non_null(strstr(cJSON_GetObjectItem(r, "err")->valuestring, "pattern too complex"));
+    assert_non_null(strstr(cJSON_GetObjectItem(r, "err2")->valuestring, "pattern too complex"));
+    assert_non_null(strstr(cJSON_GetObjectItem(r, "err3")->valuestring, "pattern too complex"));
+    assert_int_equal(cJSON_GetObjectItem(r, "words")->valueint, 2000);
+    assert_true(jtrue(r, "trim"));
     cJSON_Delete(r);
 }
 
