@@ -9,6 +9,7 @@
  * inside another instance: blocking calls (channel receive/select/send, time.sleep) yield with a continuation
  * and are woken by the channel or timer they wait on. A count hook enforces the instruction
  * budget per resume; the allocator enforces the state's memory cap. */
+#include "rl_errors.h"
 #include "rl_lua.h"
 
 #include <errno.h>
@@ -626,6 +627,22 @@ static void list_remove(rl_lua_inst *I)
     I->listed = 0;
 }
 
+/* A message the instance ends without reading (still in its mailbox or its inbox channel): a
+   client's request is answered plugin_failed with its request_id, as the hub answers the ones
+   that come after; anything else is counted as dropped. Takes m. */
+static void inst_orphan(rl_proc *p, rl_msg *m)
+{
+    if (m->topic == RL_T_APP && (m->flags & RL_MSG_CLIENT) && m->from[0]) {
+        size_t len;
+        const char *rid = rl_msg_request_id(m, &len);
+        rl_err_send(p, m->from, RL_E_PLUGIN_FAILED, "Plugin ended before it read the message",
+                    rid, len);
+    } else {
+        rl_metric_inc(RL_M_MSGS_DROPPED);
+    }
+    rl_msg_free(m);
+}
+
 /* Releases everything Lua-side and on the loop; the struct stays until ops->free. */
 static void inst_teardown(rl_lua_inst *I)
 {
@@ -640,8 +657,12 @@ static void inst_teardown(rl_lua_inst *I)
     rl_lua_http_release(I);
     rl_lua_names_release(I->proc.pid);
     rl_lua_chan *in = rl_lua_ref_udata(I->inbox_ref);
-    if (in)
+    if (in) {
+        rl_msg *m;
+        while ((m = rl_lua_chan_take(in))) /* what it never read is answered, not dropped */
+            inst_orphan(&I->proc, m);
         rl_lua_chan_set_owner(in, NULL); /* the channel may outlive the process */
+    }
     if (H.L) {
         /* The coroutine is left to the collector: lua_resetthread would run pending __close
            handlers outside any budget. */
@@ -1212,6 +1233,7 @@ static const rl_proc_ops inst_ops = {
     .handle = inst_handle,
     .run = inst_run,
     .cancel = inst_cancel,
+    .orphan = inst_orphan,
     .free = inst_free,
 };
 

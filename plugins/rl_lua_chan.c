@@ -133,6 +133,20 @@ void rl_lua_chan_set_owner(rl_lua_chan *ch, rl_proc *p)
     ch->owner = p;
 }
 
+rl_msg *rl_lua_chan_take(rl_lua_chan *ch)
+{
+    rl_msg *m = ch->kind == RL_CH_INBOX ? ch->mhead : NULL;
+    if (!m)
+        return NULL;
+    if (ch->owner)
+        rl_lua_mem_hold(inbox_acct(ch), 0, body_bytes(m));
+    ch->mhead = m->next;
+    if (!ch->mhead)
+        ch->mtail = NULL;
+    m->next = NULL;
+    return m;
+}
+
 void rl_lua_chan_set_data_only(rl_lua_chan *ch, int on) { ch->data_only = on ? 1 : 0; }
 
 void rl_lua_chan_detach(rl_lua_chan *ch)

@@ -256,6 +256,9 @@ void rl_lua_chan_push_event(rl_lua_chan *ch, rl_lua_event *e);
 void rl_lua_chan_fire(rl_lua_chan *ch, int64_t unix_ns);
 /* Stores the process whose mailbox count an inbox channel gives back on receive (NULL: none). */
 void rl_lua_chan_set_owner(rl_lua_chan *ch, rl_proc *p);
+/* Takes the first message still queued in an inbox channel (NULL: none), out of its owner's
+   memory account. */
+rl_msg *rl_lua_chan_take(rl_lua_chan *ch);
 /* An inbox-kind channel whose receive gives the payload's data instead of the message. */
 void rl_lua_chan_set_data_only(rl_lua_chan *ch, int on);
 /* Ends a host-fed inbox-kind channel: what it holds leaves its owner's mailbox count and memory

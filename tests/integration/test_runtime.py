@@ -85,15 +85,29 @@ async def test_runaway_allocation_stopped_by_memory_limit():
         ws, _ = await connect_welcomed(n, "alice")
         b, _ = await connect_welcomed(n, "bob")
         await send_json(ws, {"type": "run_eat"})
-        await asyncio.sleep(0.5)
+        # queued behind the eating run, never read: answered when the instance ends, not dropped
+        await send_json(ws, {"type": "run_ping", "request_id": "queued"})
+        f = await recv_json(ws, timeout=8)
+        check(f.get("topic") == "error" and f["data"].get("error") == "plugin_failed" and
+              f["data"].get("request_id") == "queued", f"the ping queued at the dying plugin: {f}")
         st, _, _ = http_get(n.port, "/healthz")
         check(st == 200 and n.alive(), "node down after a plugin ate memory")
         await send_json(b, {"type": "run_ping"})
         f = await recv_json(b, timeout=5)
         check(f.get("type") == "pong", f"bob's plugin after alice's ate memory: {f}")
-        await send_json(ws, {"type": "run_ping"})
-        f = await recv_json(ws, timeout=5)
-        check(f.get("type") == "pong" and f.get("n") == 1, f"alice's plugin after the memory crash: {f}")
+        # the eating instance dies when it reaches the cap; a ping that reached it before is
+        # answered plugin_failed ("ended before it read the message"): ask until a fresh one answers
+        deadline = time.monotonic() + 5
+        while True:
+            await send_json(ws, {"type": "run_ping", "request_id": "p"})
+            f = await recv_json(ws, timeout=5)
+            if f.get("type") == "pong":
+                check(f.get("n") == 1, f"alice's plugin after the memory crash: {f}")
+                break
+            check(f.get("topic") == "error" and f["data"].get("error") == "plugin_failed" and
+                  f["data"].get("request_id") == "p", f"alice's ping while her plugin died: {f}")
+            check(time.monotonic() < deadline, f"no pong after the memory crash: {f}")
+            await asyncio.sleep(0.1)
         await still_works(n)
         await ws.close()
         await b.close()
