@@ -23,7 +23,7 @@
 #define RL_LUA_CHAN_MAX 1000000   /* channel.new(size) upper bound */
 #define RL_LUA_POOL_MAX 256       /* Lua blocks up to this size are recycled per size class */
 #define RL_LUA_POOL_MIN (2u << 20)  /* free blocks kept: up to the live heap, at least this */
-#define RL_LUA_POOL_CAP (32u << 20) /* ... and at most this */
+#define RL_LUA_POOL_CAP (4u << 20) /* ... and at most this (rl_lua.c: why) */
 #define RL_LUA_DURATION_MAX 9.2e18 /* |duration| in ns (int64, as Go's time.Duration) */
 #define RL_LUA_TICK_MIN_NS 1e6     /* shortest ticker period: the loop's timer resolution */
 #define RL_LUA_UNMON_MAX 256       /* processes one instance has unmonitored (pending exits) */
