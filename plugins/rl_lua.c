@@ -246,8 +246,8 @@ static const char *doomed_self(const rl_lua_inst *I);
    at most RL_LUA_POOL_CAP): 1,024 blocks a class sent each collection's surplus to free() and
    the next cycle's blocks back to malloc() (12.6 calls a round trip at 1,000 connections; 5.2
    with 4 MiB), while 32 MiB of free blocks made every allocation a cache miss on a cold block
-   with 15,000 idle users (100 active users' rate 0.64x of a node without them; 0.88x+ at 4 MiB). The lists are emptied when the
-   node goes quiet (gc_quiet_tick). Sanitized builds skip the lists so that ASan sees every
+   with 15,000 idle users (100 active users' rate 0.64x of a node without them; 0.88x+ at 4 MiB).
+   The lists are emptied when the node goes quiet (gc_quiet_tick). Sanitized builds skip the lists so that ASan sees every
    block's life. Lua always tells the size of a block it frees or resizes, which picks the list. */
 #if defined(__SANITIZE_ADDRESS__)
 #define POOL_ON 0
