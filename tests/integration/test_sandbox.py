@@ -178,3 +178,17 @@ async def test_a_users_whole_tree_is_bounded():
               f"alice's room after her tree ended: {f}")
         await ws.close()
         await b.close()
+
+
+async def test_a_users_many_timers_fire_slower():
+    """The n-th live timer of a user fires after n - 1 ms at the soonest: a 1 ms ticker alone
+    ticks about every millisecond, next to 49 other timers of the same user every 49 ms."""
+    with Node(_cfg()) as n:
+        ws, _ = await connect_welcomed(n, "alice")
+        await send_json(ws, {"type": "hostile_stretch", "hold": 0})
+        alone = (await _frame(ws, "hostile_stretch"))["ticks"]
+        await send_json(ws, {"type": "hostile_stretch", "hold": 49})
+        crowded = (await _frame(ws, "hostile_stretch"))["ticks"]
+        check(alone >= 50, f"a 1 ms ticker alone ticked {alone} times in 300 ms")
+        check(1 <= crowded <= 8, f"a 1 ms ticker next to 49 timers ticked {crowded} times in 300 ms")
+        await ws.close()

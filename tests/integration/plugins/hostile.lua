@@ -7,6 +7,8 @@
 --   hoard    -> keeps every message it receives from then on (their bodies count in its memory)
 --   swarm    -> spawns children and tickers until refused:
 --               {"type":"hostile_swarm","children":n,"cerr":...,"tickers":m,"terr":...}
+--   stretch  -> {"type":"hostile_stretch","ticks":k}: the ticks of a 1 ms ticker in 300 ms while
+--               the user holds p.hold other timers
 --   deep     -> a chain of children, each spawning the next, until refused; the last one sends
 --               {"type":"hostile_deep","depth":d,"err":...} (the per-user process bound)
 --   take     -> {"type":"hostile_take","who":"root"|"child","tickers":t,"terr":...,
@@ -114,6 +116,19 @@ local function run(args)
             held = held or {}
             take(p.conn_pid, "root", { tickers = p.tickers, chans = p.chans }, held)
             process.spawn("app:hostile_plugin", "app:processes", { mode = "take", conn = p.conn_pid })
+        elseif topic == "stretch" then -- holds p.hold tickers, then counts a 1 ms ticker's ticks
+            local time, keep = require("time"), {}
+            for i = 1, p.hold do keep[i] = time.ticker("10s") end
+            local t, ticks, t0 = time.ticker("1ms"), 0, os.clock()
+            local deadline = time.after("300ms")
+            while true do
+                local r = channel.select({ t:channel():case_receive(), deadline:case_receive() })
+                if r.channel == deadline then break end
+                ticks = ticks + 1
+            end
+            t:stop()
+            for i = 1, p.hold do keep[i]:stop() end
+            process.send(p.conn_pid, "ws.message", { type = "hostile_stretch", ticks = ticks })
         elseif topic == "ping" then
             n = n + 1
             process.send(p.conn_pid, "ws.message", { type = "hostile_pong", n = n })
