@@ -682,7 +682,7 @@ void rl_config_defaults(rl_config *c)
     c->console = 0;
     c->lua_instruction_budget = 10000000;
     c->lua_memory_limit = 256u << 20;
-    c->plugin_memory_limit = 64u << 20;
+    c->plugin_memory_limit = 16u << 20;
     c->plugin_queue = 1024;
     c->lua_result_max = 16u << 20;
     c->plugin_max_children = 64;

@@ -136,7 +136,7 @@ typedef struct rl_config {
     int console;                   /* serve the console page at / (default 0) */
     uint64_t lua_instruction_budget; /* per resume, default 10,000,000 */
     size_t lua_memory_limit;         /* bytes for the node's Lua state, default 256 MiB */
-    size_t plugin_memory_limit;      /* bytes one instance holds (message bodies too), 64 MiB */
+    size_t plugin_memory_limit;      /* bytes one instance holds (message bodies too), 16 MiB */
     size_t plugin_queue;             /* plugin mailbox size, default 1024 */
     size_t lua_result_max;      /* bytes of one string.rep/table.concat/gsub result, 16 MiB */
     size_t plugin_max_children; /* live children one instance spawned, default 64 */

@@ -28,6 +28,14 @@
 rl_lua_host rl_lua_g;
 #define H rl_lua_g
 
+/* jemalloc's options, read at its start (the node links it; glibc and the sanitizers ignore
+   the symbol; MALLOC_CONF in the environment still adds to it): pages freed in bulk (a dead
+   instance's heap, tens of MiB) are handed back to the kernel by jemalloc's own thread, not in
+   madvise bursts inside the loop turn that freed them (docs/performance.md, "A misbehaving
+   plugin"). */
+extern const char *malloc_conf;
+const char *malloc_conf = "background_thread:true,max_background_threads:1";
+
 static uint64_t hook_step;
 
 static const char *const limit_names[RL_REFUSAL_COUNT] = {
