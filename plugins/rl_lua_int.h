@@ -26,7 +26,7 @@
 #define RL_LUA_POOL_CAP (32u << 20) /* ... and at most this */
 #define RL_LUA_DURATION_MAX 9.2e18 /* |duration| in ns (int64, as Go's time.Duration) */
 #define RL_LUA_TICK_MIN_NS 1e6     /* shortest ticker period: the loop's timer resolution */
-#define RL_LUA_USER_TIMER_STEP_MS 1 /* a user's n-th live timer fires after n - 1 times this, at least */
+#define RL_LUA_USER_TIMER_STEP_MS 1 /* a ticker started as a user's n-th live timer: period >= (n - 1) x this */
 #define RL_LUA_UNMON_MAX 256       /* processes one instance has unmonitored (pending exits) */
 #define RL_LUA_TASKS_MAX 1024      /* live coroutine.spawn tasks of one instance */
 

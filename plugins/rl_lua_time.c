@@ -192,16 +192,18 @@ rl_lua_timer *rl_lua_timer_start(rl_lua_inst *I, int kind, uint64_t ms, uint64_t
     t->chan_ref = chan_ref;
     rl_owner_use *u = rl_owner_use_of(I->proc.owner);
     if (u) {
-        /* The n-th live timer of a user fires after n - 1 ms at the soonest (as Go allows: a timer
-           fires at least d after its start, a ticker drops ticks a slow receiver cannot take):
-           the user's timers together fire about 1000 * ln(n) times a second at the most,
-           however many 1 ms tickers its instances ask for. */
+        /* A ticker started as the user's n-th live timer ticks every n - 1 ms at the most (as Go
+           allows: a ticker drops ticks a slow receiver cannot take): the user's tickers together
+           tick about 1000 * ln(n) times a second at the most, however many 1 ms tickers its
+           instances ask for. One-shot timers and sleeps keep their durations (their order is
+           what plugins rely on); the count bounds them. */
         u->timers++;
         uint64_t floor_ms = (uint64_t)(u->timers - 1) * RL_LUA_USER_TIMER_STEP_MS;
-        if (ms < floor_ms)
-            ms = floor_ms;
-        if (period_ms && period_ms < floor_ms)
+        if (period_ms && period_ms < floor_ms) {
             period_ms = floor_ms;
+            if (ms < floor_ms)
+                ms = floor_ms;
+        }
     }
     uv_timer_init(rl_node_loop(), &t->h);
     t->h.data = t;

@@ -181,8 +181,9 @@ async def test_a_users_whole_tree_is_bounded():
 
 
 async def test_a_users_many_timers_fire_slower():
-    """The n-th live timer of a user fires after n - 1 ms at the soonest: a 1 ms ticker alone
-    ticks about every millisecond, next to 49 other timers of the same user every 49 ms."""
+    """A ticker started as a user's n-th live timer ticks every n - 1 ms at the most: a 1 ms
+    ticker alone ticks about every millisecond, next to 49 other timers of the same user every
+    49 ms (the 300 ms deadline, a one-shot timer, keeps its duration)."""
     with Node(_cfg()) as n:
         ws, _ = await connect_welcomed(n, "alice")
         await send_json(ws, {"type": "hostile_stretch", "hold": 0})
