@@ -310,8 +310,8 @@ static const cfg_field node_fields[] = {
     {"plugin_max_children", F_SIZE, OFF(plugin_max_children), 0, 0, 1000000, 0, NULL},
     {"plugin_max_timers", F_SIZE, OFF(plugin_max_timers), 0, 0, 1000000, 0, NULL},
     {"plugin_max_channels", F_SIZE, OFF(plugin_max_channels), 0, 0, 10000000, 0, NULL},
-    {"plugin_user_max_processes", F_SIZE, OFF(plugin_user_max_processes), 0, 1, 65535, 0, NULL},
-    {"plugin_user_max_timers", F_SIZE, OFF(plugin_user_max_timers), 0, 0, 65535, 0, NULL},
+    {"plugin_user_max_processes", F_SIZE, OFF(plugin_user_max_processes), 0, 1, 30000, 0, NULL},
+    {"plugin_user_max_timers", F_SIZE, OFF(plugin_user_max_timers), 0, 0, 30000, 0, NULL},
     {"plugin_user_max_channels", F_SIZE, OFF(plugin_user_max_channels), 0, 0, 100000000, 0, NULL},
     {NULL, F_STR, 0, 0, 0, 0, 0, NULL},
 };

@@ -44,8 +44,10 @@ const char *rl_owner_user(const rl_owner *o);
    back by whoever took it, while it holds a reference). Fits the owner's header padding, so an
    idle user costs nothing more. */
 typedef struct rl_owner_use {
-    uint16_t procs;  /* live plugin instances (plugin_user_max_processes, at most 65,535) */
-    uint16_t timers; /* live timers, tickers and sleeps (plugin_user_max_timers) */
+    uint16_t procs;  /* live plugin instances (plugin_user_max_processes, at most 30,000, plus
+                        the hub's own plugins) */
+    uint16_t timers; /* live timers, tickers and sleeps (plugin_user_max_timers, at most 30,000,
+                        plus one cancel deadline per instance) */
     uint32_t chans;  /* live channels made with channel.new (plugin_user_max_channels) */
 } rl_owner_use;
 /* o's counts, or NULL for the system (no per-user bounds). */
