@@ -8,7 +8,8 @@
 --   memory  grows a table of 1 MiB strings, 8 MiB per resume (a 1 ms sleep between: the budget
 --           is per resume), until the Lua memory cap ends it ("not enough memory")
 --   swarm   spawns children up to plugin_max_children; each child (and the parent) runs 1 ms
---           tickers up to plugin_max_timers and receives their ticks; nothing is ended
+--           tickers up to plugin_max_timers (or until the user's plugin_user_max_timers are
+--           taken; one refused its first waits) and receives their ticks; nothing is ended
 --           (refusals only); the parent ends, and its children with it, on hostile_stop (the
 --           client sends it before it leaves, so that the next quiet round is quiet)
 --   flood   sends its own user hub messages (each goes out to the user's connections) in an
@@ -23,6 +24,10 @@ local function tickers(inbox)
         local ok, t = pcall(time.ticker, "1ms")
         if not ok then break end
         chans[#chans + 1] = t:channel()
+    end
+    if #chans == 0 then -- refused its first ticker (the user's timers are all taken): wait
+        local _, ok = (inbox or process.inbox()):receive()
+        return ok
     end
     while true do -- select takes at most 64 cases: one receive after the other
         for i = 1, #chans do chans[i]:receive() end

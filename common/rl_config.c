@@ -310,6 +310,9 @@ static const cfg_field node_fields[] = {
     {"plugin_max_children", F_SIZE, OFF(plugin_max_children), 0, 0, 1000000, 0, NULL},
     {"plugin_max_timers", F_SIZE, OFF(plugin_max_timers), 0, 0, 1000000, 0, NULL},
     {"plugin_max_channels", F_SIZE, OFF(plugin_max_channels), 0, 0, 10000000, 0, NULL},
+    {"plugin_user_max_processes", F_SIZE, OFF(plugin_user_max_processes), 0, 1, 30000, 0, NULL},
+    {"plugin_user_max_timers", F_SIZE, OFF(plugin_user_max_timers), 0, 0, 30000, 0, NULL},
+    {"plugin_user_max_channels", F_SIZE, OFF(plugin_user_max_channels), 0, 0, 100000000, 0, NULL},
     {NULL, F_STR, 0, 0, 0, 0, 0, NULL},
 };
 
@@ -679,12 +682,15 @@ void rl_config_defaults(rl_config *c)
     c->console = 0;
     c->lua_instruction_budget = 10000000;
     c->lua_memory_limit = 256u << 20;
-    c->plugin_memory_limit = 64u << 20;
+    c->plugin_memory_limit = 16u << 20;
     c->plugin_queue = 1024;
     c->lua_result_max = 16u << 20;
     c->plugin_max_children = 64;
     c->plugin_max_timers = 256;
     c->plugin_max_channels = 10000;
+    c->plugin_user_max_processes = 256;
+    c->plugin_user_max_timers = 512;
+    c->plugin_user_max_channels = 20000;
     c->api_max_body = 1u << 20;
     c->api_rate = 100;
     c->api_burst = 200;

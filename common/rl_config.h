@@ -136,12 +136,16 @@ typedef struct rl_config {
     int console;                   /* serve the console page at / (default 0) */
     uint64_t lua_instruction_budget; /* per resume, default 10,000,000 */
     size_t lua_memory_limit;         /* bytes for the node's Lua state, default 256 MiB */
-    size_t plugin_memory_limit;      /* bytes one instance holds (message bodies too), 64 MiB */
+    size_t plugin_memory_limit;      /* bytes one instance holds (message bodies too), 16 MiB */
     size_t plugin_queue;             /* plugin mailbox size, default 1024 */
     size_t lua_result_max;      /* bytes of one string.rep/table.concat/gsub result, 16 MiB */
     size_t plugin_max_children; /* live children one instance spawned, default 64 */
     size_t plugin_max_timers;   /* live timers, tickers and sleeps of one instance, 256 */
     size_t plugin_max_channels; /* channels one instance made with channel.new, 10,000 */
+    /* the same for all of one user's plugin instances on the node (its whole tree) */
+    size_t plugin_user_max_processes; /* live instances, the hub's plugins too, default 256 */
+    size_t plugin_user_max_timers;    /* live timers, tickers and sleeps, default 512 */
+    size_t plugin_user_max_channels;  /* live channels made with channel.new, 20,000 */
     /* relay.node api: the server API (api/), off while api_host is NULL */
     char *api_host;                  /* api.listen */
     int api_port;

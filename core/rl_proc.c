@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,11 +22,13 @@
 #define RL_SCHED_BUDGET 4096
 #define RL_RAND_POOL 512 /* random bytes drawn at once for pids */
 
-struct rl_owner {
+struct rl_owner { /* 16 bytes before the id, as when len was a size_t after refs */
     uint32_t refs;
-    size_t len;
+    uint32_t len;
+    rl_owner_use use;
     char user[];
 };
+_Static_assert(offsetof(struct rl_owner, user) == 16, "an idle user's owner keeps its size");
 
 static struct {
     uv_loop_t *loop;
@@ -63,7 +66,7 @@ static struct {
 
 rl_owner *rl_owner_get(const char *user, size_t len)
 {
-    if (memchr(user, '\0', len))
+    if (len > UINT32_MAX - 1 || memchr(user, '\0', len))
         return NULL;
     char key[256], *k = len < sizeof key ? key : malloc(len + 1);
     if (!k)
@@ -75,7 +78,8 @@ rl_owner *rl_owner_get(const char *user, size_t len)
         o->refs++;
     } else if ((o = malloc(sizeof *o + len + 1))) {
         o->refs = 1;
-        o->len = len;
+        o->len = (uint32_t)len;
+        memset(&o->use, 0, sizeof o->use);
         memcpy(o->user, k, len + 1);
         if (rl_map_set(&node.owners, o->user, o) < 0) {
             free(o);
@@ -103,6 +107,8 @@ void rl_owner_unref(rl_owner *o)
 }
 
 const char *rl_owner_user(const rl_owner *o) { return o ? o->user : NULL; }
+
+rl_owner_use *rl_owner_use_of(rl_owner *o) { return o ? &o->use : NULL; }
 
 /* ---- bodies ------------------------------------------------------------------------------ */
 

@@ -39,6 +39,20 @@ void rl_owner_unref(rl_owner *o);    /* NULL-safe */
 /* The user's id (NUL-terminated, valid while o is), or NULL for the system. */
 const char *rl_owner_user(const rl_owner *o);
 
+/* What one user's plugin processes on this node hold, for the per-user bounds of the plugin
+   host (plugin_user_max_*): zero when the owner is made, kept by plugins/ (each count is given
+   back by whoever took it, while it holds a reference). Fits the owner's header padding, so an
+   idle user costs nothing more. */
+typedef struct rl_owner_use {
+    uint16_t procs;  /* live plugin instances (plugin_user_max_processes, at most 30,000, plus
+                        the hub's own plugins) */
+    uint16_t timers; /* live timers, tickers and sleeps (plugin_user_max_timers, at most 30,000,
+                        plus one cancel deadline per instance) */
+    uint32_t chans;  /* live channels made with channel.new (plugin_user_max_channels) */
+} rl_owner_use;
+/* o's counts, or NULL for the system (no per-user bounds). */
+rl_owner_use *rl_owner_use_of(rl_owner *o);
+
 /* ---- bodies ------------------------------------------------------------------------------ */
 
 /* Immutable bytes shared by reference. data[-RL_BODY_HEADROOM .. -1] may be scribbled on by the

@@ -29,11 +29,19 @@
 rl_lua_host rl_lua_g;
 #define H rl_lua_g
 
+/* jemalloc's options, read at its start (the node links it; glibc and the sanitizers ignore
+   the symbol; MALLOC_CONF in the environment still adds to it): pages freed in bulk (a dead
+   instance's heap, tens of MiB) are handed back to the kernel by jemalloc's own thread, not in
+   madvise bursts inside the loop turn that freed them (docs/performance.md, "A misbehaving
+   plugin"). */
+extern const char *malloc_conf;
+const char *malloc_conf = "background_thread:true,max_background_threads:1";
+
 static uint64_t hook_step;
 
-static const char *const limit_names[RL_LIMIT_COUNT] = {
+static const char *const limit_names[RL_REFUSAL_COUNT] = {
 #define RL_LIMIT_NAME(id, name) name,
-    RL_LUA_LIMITS(RL_LIMIT_NAME)
+    RL_LUA_LIMITS(RL_LIMIT_NAME) RL_LUA_USER_LIMITS(RL_LIMIT_NAME)
 #undef RL_LIMIT_NAME
 };
 
@@ -651,6 +659,10 @@ static void inst_teardown(rl_lua_inst *I)
         return;
     I->torn = 1;
     I->state = RL_INST_DEAD;
+    rl_owner_use *u = I->user_counted ? rl_owner_use_of(I->proc.owner) : NULL;
+    if (u)
+        u->procs--;
+    I->user_counted = 0;
     rl_lua_unwait(I);
     while (I->timers)
         rl_lua_timer_close(I->timers);
@@ -881,11 +893,28 @@ void rl_lua_violation(lua_State *L, rl_lua_limit kind, const char *reason)
     doom_raise(L, I);
 }
 
-void rl_lua_refused(rl_lua_inst *I, rl_lua_limit kind)
+void rl_lua_refused(rl_lua_inst *I, int kind)
 {
     H.refusals[kind]++;
     rl_warn("lua", "plugin %s (%s): %s limit reached, refused", I->def && I->def->id ? I->def->id : "?",
             I->proc.pid, limit_names[kind]);
+}
+
+int rl_lua_user_room(rl_lua_inst *I, int kind)
+{
+    const rl_owner_use *u = rl_owner_use_of(I->proc.owner);
+    if (!u)
+        return 1;
+    size_t have = kind == RL_LIMIT_USER_PROCESSES ? u->procs
+                  : kind == RL_LIMIT_USER_TIMERS  ? u->timers
+                                                  : u->chans;
+    size_t max = kind == RL_LIMIT_USER_PROCESSES ? H.cfg->plugin_user_max_processes
+                 : kind == RL_LIMIT_USER_TIMERS  ? H.cfg->plugin_user_max_timers
+                                                 : H.cfg->plugin_user_max_channels;
+    if (have < max)
+        return 1;
+    rl_lua_refused(I, kind);
+    return 0;
 }
 
 void rl_lua_metrics(rl_metrics_out *out)
@@ -895,9 +924,9 @@ void rl_lua_metrics(rl_metrics_out *out)
     for (int k = 0; k < RL_LIMIT_COUNT; k++)
         rl_metrics_put(out, "relay_plugin_kills_total{limit=\"%s\"} %llu\n", limit_names[k],
                        (unsigned long long)H.kills[k]);
-    rl_metrics_put(out, "# HELP relay_plugin_refusals_total Plugin requests refused at a per-instance limit\n"
+    rl_metrics_put(out, "# HELP relay_plugin_refusals_total Plugin requests refused at a per-instance or per-user limit\n"
                         "# TYPE relay_plugin_refusals_total counter\n");
-    for (int k = 0; k < RL_LIMIT_COUNT; k++)
+    for (int k = 0; k < RL_REFUSAL_COUNT; k++)
         rl_metrics_put(out, "relay_plugin_refusals_total{limit=\"%s\"} %llu\n", limit_names[k],
                        (unsigned long long)H.refusals[k]);
 }
@@ -1215,8 +1244,10 @@ static void inst_free(rl_proc *p)
     for (size_t i = 0; i < I->nchildren; i++)
         free(I->children[i]);
     free(I->children);
-    if (I->chans && --I->chans->refs == 0)
+    if (I->chans && --I->chans->refs == 0) {
+        rl_owner_unref(I->chans->owner);
         free(I->chans);
+    }
     free(I);
 }
 
@@ -1403,6 +1434,11 @@ static int spawn(lua_State *L, const rl_plugin_def *def, rl_owner *owner, rl_bod
         free(I);
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
+    }
+    rl_owner_use *u = rl_owner_use_of(owner); /* plugin_user_max_processes (rl_lua_proc.c) */
+    if (u) {
+        u->procs++;
+        I->user_counted = 1;
     }
     I->listed = 1;
     I->next = H.insts;

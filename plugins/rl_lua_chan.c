@@ -528,8 +528,13 @@ static int l_count_gc(lua_State *L)
     rl_lua_count **c = lua_touserdata(L, 1);
     if (*c) {
         (*c)->live--;
-        if (--(*c)->refs == 0)
+        rl_owner_use *u = rl_owner_use_of((*c)->owner);
+        if (u)
+            u->chans--;
+        if (--(*c)->refs == 0) {
+            rl_owner_unref((*c)->owner);
             free(*c);
+        }
         *c = NULL;
     }
     return 0;
@@ -544,12 +549,16 @@ static int l_new(lua_State *L)
         if (!(I->chans = calloc(1, sizeof *I->chans)))
             return luaL_error(L, "not enough memory");
         I->chans->refs = 1;
+        I->chans->owner = rl_owner_ref(I->proc.owner);
     }
     if (I && I->chans->live >= rl_lua_g.cfg->plugin_max_channels) {
         rl_lua_refused(I, RL_LIMIT_CHANNELS);
         return luaL_error(L, "too many channels (plugin_max_channels is %d)",
                           (int)rl_lua_g.cfg->plugin_max_channels);
     }
+    if (I && !rl_lua_user_room(I, RL_LIMIT_USER_CHANNELS))
+        return luaL_error(L, "too many channels for the user (plugin_user_max_channels is %d)",
+                          (int)rl_lua_g.cfg->plugin_user_max_channels);
     rl_lua_chan_new(L, RL_CH_LUA, (size_t)n);
     if (I) {
         rl_lua_count **tok = lua_newuserdatauv(L, sizeof *tok, 0);
@@ -558,6 +567,9 @@ static int l_new(lua_State *L)
         *tok = I->chans;
         I->chans->live++;
         I->chans->refs++;
+        rl_owner_use *u = rl_owner_use_of(I->chans->owner);
+        if (u)
+            u->chans++;
         lua_setiuservalue(L, -2, 2);
     }
     return 1;

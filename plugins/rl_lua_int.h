@@ -26,6 +26,7 @@
 #define RL_LUA_POOL_CAP (4u << 20) /* ... and at most this (rl_lua.c: why) */
 #define RL_LUA_DURATION_MAX 9.2e18 /* |duration| in ns (int64, as Go's time.Duration) */
 #define RL_LUA_TICK_MIN_NS 1e6     /* shortest ticker period: the loop's timer resolution */
+#define RL_LUA_USER_TIMER_STEP_MS 1 /* a ticker started as a user's n-th live timer: period >= (n - 1) x this */
 #define RL_LUA_UNMON_MAX 256       /* processes one instance has unmonitored (pending exits) */
 #define RL_LUA_TASKS_MAX 1024      /* live coroutine.spawn tasks of one instance */
 
@@ -45,6 +46,21 @@ typedef enum {
     RL_LIMIT_COUNT
 } rl_lua_limit;
 _Static_assert(RL_LIMIT_COUNT <= 8, "rl_lua_inst.limit_kind is a 3-bit field");
+
+/* What is bounded per user (the whole tree of one user's instances on this node, counted on
+   its rl_owner): these refuse, they never kill, so they have refusal counters only. */
+#define RL_LUA_USER_LIMITS(X)                                                                     \
+    X(USER_PROCESSES, "user_processes") /* plugin_user_max_processes */                        \
+    X(USER_TIMERS, "user_timers")       /* plugin_user_max_timers */                           \
+    X(USER_CHANNELS, "user_channels")   /* plugin_user_max_channels */
+
+enum {
+    RL_LIMIT_USER_FIRST_ = RL_LIMIT_COUNT - 1,
+#define RL_LIMIT_ENUM(id, name) RL_LIMIT_##id,
+    RL_LUA_USER_LIMITS(RL_LIMIT_ENUM)
+#undef RL_LIMIT_ENUM
+    RL_REFUSAL_COUNT
+};
 
 typedef struct rl_lua_inst rl_lua_inst;
 typedef struct rl_lua_timer rl_lua_timer;
@@ -109,6 +125,7 @@ struct rl_lua_inst { /* 320 bytes: one jemalloc class per idle instance, keep it
     unsigned state : 2;        /* rl_lua_inst_state */
     unsigned limit_kind : 3;   /* rl_lua_limit: with limit_hit, the limit that doomed it */
     unsigned preempt_due : 1, preempted : 1; /* a slice is over / the run yielded for it */
+    unsigned user_counted : 1; /* counted in its user's rl_owner_use.procs until torn down */
     uint32_t nwaits, wcap, nlinks, nchildren, ntimers; /* ntimers: live timers it owns */
     uint32_t mem_acct; /* its memory account (rl_lua.c), 0 = none */
 };
@@ -143,6 +160,7 @@ typedef struct rl_lua_aux {
 typedef struct rl_lua_count {
     size_t live;
     int refs;
+    rl_owner *owner; /* a reference: the user whose count (rl_owner_use.chans) it adds to */
 } rl_lua_count;
 
 typedef struct rl_lua_host {
@@ -161,7 +179,7 @@ typedef struct rl_lua_host {
     uint64_t allocated, allocated_at_gc; /* bytes ever allocated; at the last full collection */
     uv_timer_t *gc_timer; /* its own block: a closing handle outlives rl_lua_close */
     uint64_t kills[RL_LIMIT_COUNT];    /* instances ended by a limit */
-    uint64_t refusals[RL_LIMIT_COUNT]; /* requests refused at a limit */
+    uint64_t refusals[RL_REFUSAL_COUNT]; /* requests refused at a limit (per user too) */
 } rl_lua_host;
 
 extern rl_lua_host rl_lua_g;
@@ -213,8 +231,12 @@ void rl_lua_mem_hold(uint32_t acct, size_t add, size_t sub);
 size_t rl_lua_mem_of(const rl_lua_inst *I);
 /* Dooms the running instance for exceeding `kind` (reason: static text) and raises. */
 void rl_lua_violation(lua_State *L, rl_lua_limit kind, const char *reason);
-/* Logs and counts a request of I refused at limit `kind` (the caller answers the error). */
-void rl_lua_refused(rl_lua_inst *I, rl_lua_limit kind);
+/* Logs and counts a request of I refused at limit `kind` (an rl_lua_limit or one of
+   RL_LUA_USER_LIMITS; the caller answers the error). */
+void rl_lua_refused(rl_lua_inst *I, int kind);
+/* Per-user bounds: 1 when I's user may have one more of what `kind` (RL_LIMIT_USER_*) counts,
+   else counts and logs the refusal and returns 0. Always 1 for the system's instances. */
+int rl_lua_user_room(rl_lua_inst *I, int kind);
 /* Records pid as a live child of I (it is killed when I ends). Returns 0 or -ENOMEM. */
 int rl_lua_child_add(rl_lua_inst *I, const char *pid);
 /* Makes a blocked instance runnable (unlinks its waiters). */

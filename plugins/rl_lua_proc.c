@@ -405,6 +405,12 @@ int rl_lua_proc_spawn(lua_State *L, int first, int monitored, int linked, const 
                         (int)rl_lua_g.cfg->plugin_max_children);
         return 2;
     }
+    if (!rl_lua_user_room(I, RL_LIMIT_USER_PROCESSES)) { /* the user's whole tree */
+        lua_pushnil(L);
+        lua_pushfstring(L, "too many processes for the user (plugin_user_max_processes is %d)",
+                        (int)rl_lua_g.cfg->plugin_user_max_processes);
+        return 2;
+    }
     int top = lua_gettop(L), nargs = top > first + 1 ? top - (first + 1) : 0;
     if (nargs > SPAWN_ARGS_MAX)
         return fail(L, "too many spawn arguments (at most 64)");

@@ -137,6 +137,9 @@ void rl_lua_timer_close(rl_lua_timer *t)
         if (I->deadline == t)
             I->deadline = NULL;
         I->ntimers--;
+        rl_owner_use *u = rl_owner_use_of(I->proc.owner);
+        if (u)
+            u->timers--;
     }
     t->inst = NULL;
     if (t->slot)
@@ -187,6 +190,21 @@ rl_lua_timer *rl_lua_timer_start(rl_lua_inst *I, int kind, uint64_t ms, uint64_t
     t->inst = I;
     t->kind = kind;
     t->chan_ref = chan_ref;
+    rl_owner_use *u = rl_owner_use_of(I->proc.owner);
+    if (u) {
+        /* A ticker started as the user's n-th live timer ticks every n - 1 ms at the most (as Go
+           allows: a ticker drops ticks a slow receiver cannot take): the user's tickers together
+           tick about 1000 * ln(n) times a second at the most, however many 1 ms tickers its
+           instances ask for. One-shot timers and sleeps keep their durations (their order is
+           what plugins rely on); the count bounds them. */
+        u->timers++;
+        uint64_t floor_ms = (uint64_t)(u->timers - 1) * RL_LUA_USER_TIMER_STEP_MS;
+        if (period_ms && period_ms < floor_ms) {
+            period_ms = floor_ms;
+            if (ms < floor_ms)
+                ms = floor_ms;
+        }
+    }
     uv_timer_init(rl_node_loop(), &t->h);
     t->h.data = t;
     uv_timer_start(&t->h, timer_cb, ms, period_ms);
@@ -203,10 +221,13 @@ rl_lua_timer *rl_lua_timer_start(rl_lua_inst *I, int kind, uint64_t ms, uint64_t
 static void timer_room(lua_State *L, rl_lua_inst *I)
 {
     size_t max = rl_lua_g.cfg->plugin_max_timers;
-    if (I->ntimers < max)
-        return;
-    rl_lua_refused(I, RL_LIMIT_TIMERS);
-    luaL_error(L, "too many timers (plugin_max_timers is %d)", (int)max);
+    if (I->ntimers >= max) {
+        rl_lua_refused(I, RL_LIMIT_TIMERS);
+        luaL_error(L, "too many timers (plugin_max_timers is %d)", (int)max);
+    }
+    if (!rl_lua_user_room(I, RL_LIMIT_USER_TIMERS)) /* all of the user's instances together */
+        luaL_error(L, "too many timers for the user (plugin_user_max_timers is %d)",
+                   (int)rl_lua_g.cfg->plugin_user_max_timers);
 }
 
 /* ---- Lua functions --------------------------------------------------------------------- */

@@ -120,3 +120,82 @@ async def test_memory_is_capped_per_instance():
             await still_works(n)
             await ws.close()
             await b.close()
+
+
+async def _frame(ws, type_, timeout=10):
+    """The next frame of type type_ (others, e.g. echoes, are skipped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        f = await recv_json(ws, timeout=max(0.1, deadline - time.monotonic()))
+        if f.get("type") == type_:
+            return f
+
+
+async def test_a_users_whole_tree_is_bounded():
+    """Children spawning children (nothing bounds the depth per instance) stop at the user's
+    process bound; timers and channels are bounded over all of the user's instances; another
+    user's room is its own; every refusal is counted under its per-user label."""
+    node = {"plugin_user_max_processes": 10, "plugin_user_max_timers": 20,
+            "plugin_user_max_channels": 30, "plugin_max_children": 3}
+    with Node(_cfg(node=node)) as n:
+        ws, _ = await connect_welcomed(n, "alice")
+        b, _ = await connect_welcomed(n, "bob")
+        await send_json(ws, {"type": "hostile_deep"})
+        f = await _frame(ws, "hostile_deep")
+        # alice has 2 instances from her hub (echo, hostile): the chain holds the other 8
+        check(f.get("depth") == 8, f"the chain's depth: {f}")
+        check("too many processes for the user (plugin_user_max_processes is 10)" in (f.get("err") or ""),
+              f"the chain's refusal: {f}")
+        check("limit reached" in n.log_text() and "user_processes" in n.log_text(),
+              "the per-user refusal is not logged")
+
+        # bob is not alice: a root that takes 12 tickers and 20 channels, then a child that
+        # takes what is left of the user's 20 and 30
+        await send_json(b, {"type": "hostile_take", "tickers": 12, "chans": 20})
+        root = await _frame(b, "hostile_take")
+        check(root.get("who") == "root" and root.get("tickers") == 12 and root.get("chans") == 20,
+              f"bob's root: {root}")
+        child = await _frame(b, "hostile_take")
+        check(child.get("who") == "child" and child.get("tickers") == 8 and child.get("chans") == 10,
+              f"bob's child: {child}")
+        check("too many timers for the user (plugin_user_max_timers is 20)" in (child.get("terr") or ""),
+              f"bob's child timers: {child}")
+        check("too many channels for the user (plugin_user_max_channels is 30)" in (child.get("cerr") or ""),
+              f"bob's child channels: {child}")
+        m = n.metrics()
+        for limit in ("user_processes", "user_timers", "user_channels"):
+            r = metric_sum(m, "relay_plugin_refusals_total", f'limit="{limit}"')
+            check(r is not None and r >= 1, f"refusals at {limit}: {r}")
+        await still_works(n)
+
+        # alice's chain is gone with her connection (children die with their user); her
+        # next session has the whole room again
+        await ws.close()
+        deadline = time.monotonic() + 10
+        while True:
+            ws, _ = await connect_welcomed(n, "alice")
+            await send_json(ws, {"type": "hostile_take", "tickers": 20, "chans": 30})
+            f = await _frame(ws, "hostile_take")
+            if f.get("tickers") == 20 and f.get("chans") == 30 or time.monotonic() > deadline:
+                break
+            await ws.close()
+            time.sleep(0.2)
+        check(f.get("who") == "root" and f.get("tickers") == 20 and f.get("chans") == 30,
+              f"alice's room after her tree ended: {f}")
+        await ws.close()
+        await b.close()
+
+
+async def test_a_users_many_timers_fire_slower():
+    """A ticker started as a user's n-th live timer ticks every n - 1 ms at the most: a 1 ms
+    ticker alone ticks about every millisecond, next to 49 other timers of the same user every
+    49 ms (the 300 ms deadline, a one-shot timer, keeps its duration)."""
+    with Node(_cfg()) as n:
+        ws, _ = await connect_welcomed(n, "alice")
+        await send_json(ws, {"type": "hostile_stretch", "hold": 0})
+        alone = (await _frame(ws, "hostile_stretch"))["ticks"]
+        await send_json(ws, {"type": "hostile_stretch", "hold": 49})
+        crowded = (await _frame(ws, "hostile_stretch"))["ticks"]
+        check(alone >= 50, f"a 1 ms ticker alone ticked {alone} times in 300 ms")
+        check(1 <= crowded <= 8, f"a 1 ms ticker next to 49 timers ticked {crowded} times in 300 ms")
+        await ws.close()

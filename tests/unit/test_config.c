@@ -149,6 +149,10 @@ static void test_defaults(void **state)
     rl_config c;
     rl_config_defaults(&c);
     assert_int_equal(c.max_connections_per_user, 5);
+    assert_int_equal(c.plugin_memory_limit, 16u << 20);
+    assert_int_equal(c.plugin_user_max_processes, 256);
+    assert_int_equal(c.plugin_user_max_timers, 512);
+    assert_int_equal(c.plugin_user_max_channels, 20000);
     assert_int_equal(c.queue_multiplier, 100);
     assert_int_equal(c.user_hub_inactivity_timeout_ms, 7200000);
     assert_string_equal(c.listen_host, "127.0.0.1");
@@ -478,6 +482,9 @@ static void test_errors(void **state)
         {HEAD P_REQ PLUGIN("np", "n_", "p.lua") "    method: main\n", "np",
          "method 'main': source"},
         {HEAD P_REQ NODE("    bogus_key: 1\n"), "node", "unknown key 'bogus_key'"},
+        {HEAD P_REQ NODE("    plugin_user_max_processes: 0\n"), "node", "plugin_user_max_processes"},
+        {HEAD P_REQ NODE("    plugin_user_max_timers: 30001\n"), "node", "plugin_user_max_timers"},
+        {HEAD P_REQ NODE("    plugin_user_max_channels: 100000001\n"), "node", "plugin_user_max_channels"},
         {HEAD P_REQ NODE("    listen: 127.0.0.1:70000\n"), "node", "port must be 1..65535"},
         {HEAD P_REQ NODE("    listen: 127.0.0.1:0\n"), "node", "port must be 1..65535"},
         {HEAD P_REQ NODE("    listen: 127.0.0.1\n"), "node", "listen"},

@@ -638,6 +638,9 @@ static int setup_with(size_t mem_limit, size_t queue)
     cfg.plugin_max_children = defaults.plugin_max_children;
     cfg.plugin_max_timers = defaults.plugin_max_timers;
     cfg.plugin_max_channels = defaults.plugin_max_channels;
+    cfg.plugin_user_max_processes = defaults.plugin_user_max_processes;
+    cfg.plugin_user_max_timers = defaults.plugin_user_max_timers;
+    cfg.plugin_user_max_channels = defaults.plugin_user_max_channels;
     rl_config_free(&defaults);
     cfg.path = strdup("test.yaml");
     cfg.lua_instruction_budget = 1000000;
@@ -1291,6 +1294,9 @@ static void test_sandbox_bounds(void **state)
     assert_non_null(strstr(cJSON_GetObjectItem(r, "err")->valuestring, "too many children"));
     cJSON_Delete(r);
     assert_int_equal(rl_proc_count('p'), 1 + (int)cfg.plugin_max_children);
+    const rl_owner_use *u = rl_owner_use_of(parent.proc.owner); /* alice's whole tree */
+    assert_non_null(u);
+    assert_int_equal(u->procs, 1 + (int)cfg.plugin_max_children);
     send_cmd(a, "timers", NULL);
     r = reply_json(1);
     assert_int_equal(cJSON_GetObjectItem(r, "n")->valueint, (int)cfg.plugin_max_timers);
@@ -1304,10 +1310,16 @@ static void test_sandbox_bounds(void **state)
     assert_non_null(strstr(cJSON_GetObjectItem(r, "err")->valuestring, "too many channels"));
     cJSON_Delete(r);
     /* the children end with their parent */
+    assert_true(u->chans >= cfg.plugin_max_channels);
     send_cmd(a, "die", NULL);
     assert_int_equal(exit_of(a, err, sizeof err, 3000), 1);
     wait_for("never", 1, 20);
     assert_int_equal(rl_proc_count('p'), 0);
+    /* every count went back with the instances (channels with their collection) */
+    assert_int_equal(u->procs, 0);
+    assert_int_equal(u->timers, 0);
+    lua_gc(rl_lua_g.L, LUA_GCCOLLECT);
+    assert_int_equal(u->chans, 0);
 }
 
 /* A child that spawns children: the whole tree goes when its root does. */
