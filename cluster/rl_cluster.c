@@ -51,6 +51,7 @@
    (-EAGAIN: the client gets 1013 and retries later) and an acquisition waits for a later tick
    (the central hub backs off with jitter), instead of piling up behind a slow Redis. */
 #define RL_ADMITS_INFLIGHT_MAX ((size_t)cl.cfg->redis_inflight_max)    /* default 2048 */
+#define RL_PURGES_PER_TICK 512 /* purges of dead nodes' entries sent per second at most */
 #define RL_ACQUIRES_INFLIGHT_MAX ((size_t)(cl.cfg->redis_inflight_max + 1) / 2)
 
 typedef struct out_msg {
@@ -135,6 +136,8 @@ static struct {
     uint64_t m_lease_checks; /* leases checked in Redis (after a lapse): /metrics */
     size_t admitting, acquiring; /* admissions and acquisitions in flight */
     rl_map lease_rels;      /* user -> lease_rel: our leases to delete, retried until confirmed */
+    rl_map purges;          /* users whose dead nodes' entries are to be dropped (paced) */
+    unsigned purge_tokens;  /* purges that may still go out before the next tick */
     uint64_t m_admits_shed, m_acquires_deferred;
 } cl;
 
@@ -467,9 +470,13 @@ static void flush_batch(const char *node, outbox *ob)
 /* End of a loop turn: everything queued for other nodes goes out, pipelined. */
 static void flush_renewals(void);
 
+static void purges_send(void);
+
 static void flush_cb(void *ud)
 {
     (void)ud;
+    if (cl.purges.len && cl.purge_tokens)
+        purges_send();
     if (cl.nrenew)
         flush_renewals();
     if (cl.queued == 0)
@@ -1050,6 +1057,7 @@ static void lease_rels_retry(void);
 
 static void run_tick_cb(void)
 {
+    cl.purge_tokens = RL_PURGES_PER_TICK;
     if (cl.lease_rels.len && rl_redis_connected(cl.cmd))
         lease_rels_retry();
     if (cl.tick_cb)
@@ -1626,10 +1634,29 @@ int rl_cluster_reassert(const char *user, const char *const *conns, size_t n, in
     return 0;
 }
 
+/* A node going away makes every node purge each of its users once: that is per-user work in a
+   burst (16,000 scripts per node for 100,000 users on six nodes), and in a burst it can delay the
+   heartbeats behind it past node_ttl. So purges are a set, sent RL_PURGES_PER_TICK per second at
+   most (admissions reclaim dead entries by themselves meanwhile). */
+
+static void purges_send(void)
+{
+    const char *k;
+    for (size_t it = 0; cl.purge_tokens && rl_map_next(&cl.purges, &it, &k, NULL);) {
+        if (rl_cs_purge_conns(cl.cmd, cl.cfg->redis_prefix, k, NULL, NULL) < 0) {
+            rl_metric_inc(RL_M_REDIS_ERRORS);
+            return; /* not connected: the next tick tries again */
+        }
+        cl.purge_tokens--;
+        rl_map_del(&cl.purges, k);
+    }
+}
+
 void rl_cluster_purge_conns(const char *user)
 {
-    if (rl_cs_purge_conns(cl.cmd, cl.cfg->redis_prefix, user, NULL, NULL) < 0)
-        rl_metric_inc(RL_M_REDIS_ERRORS);
+    if (!cl.started || rl_map_set(&cl.purges, user, (void *)1) < 0)
+        return;
+    rl_turn_request();
 }
 
 void rl_cluster_release_conn(const char *user, const char *conn)
@@ -1768,6 +1795,14 @@ int rl_cluster_nodes(rl_cluster_nodes_cb cb, void *ud)
     if (rc < 0)
         free(o);
     return rc;
+}
+
+int rl_cluster_acquire_busy(void)
+{
+    if (!cl.started || cl.acquiring < RL_ACQUIRES_INFLIGHT_MAX)
+        return 0;
+    cl.m_acquires_deferred++;
+    return 1;
 }
 
 int rl_cluster_lease_acquire(const char *user, const char *hub_pid, rl_cluster_lease_cb cb, void *ud)
@@ -2002,6 +2037,8 @@ int rl_cluster_start(const rl_config *c, char *err, size_t errlen)
     rl_map_init_borrowed(&cl.admits);
     rl_map_init(&cl.verified);
     rl_map_init(&cl.lease_rels);
+    rl_map_init(&cl.purges);
+    cl.purge_tokens = RL_PURGES_PER_TICK;
     cl.rng = uv_hrtime() ^ 0x9e3779b97f4a7c15ULL;
     cl.started_at = (uint64_t)time(NULL) * 1000;
     cl.cmd = rl_redis_new(rl_node_loop(), c->redis_url, "main", err, errlen);
@@ -2057,6 +2094,7 @@ void rl_cluster_stop(void)
             lease_rel_free(lr);
     }
     rl_map_close(&cl.lease_rels);
+    rl_map_close(&cl.purges);
     uv_timer_stop(&cl.retry);
     uv_close((uv_handle_t *)&cl.retry, NULL);
     cl.started = 0;

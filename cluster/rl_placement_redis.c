@@ -217,6 +217,7 @@ static const rl_placement redis_placement = {
     .pid_alive = rl_cluster_pid_alive,
     .node_valid_until = rl_cluster_node_valid_until,
     .set_tick = redis_set_tick,
+    .busy = rl_cluster_acquire_busy,
 };
 
 const rl_placement *rl_placement_redis(void) { return &redis_placement; }

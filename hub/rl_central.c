@@ -324,6 +324,10 @@ static void place(central_user *u)
     }
     if (u->place_at && rl_now_ms() < u->place_at)
         return; /* backing off; the tick places it later */
+    if (central.pl->busy && central.pl->busy()) {
+        place_backoff(u); /* no hub started for nothing; the tick places it later */
+        return;
+    }
     place_req *r = calloc(1, sizeof *r);
     if (!r || !(r->user = strdup(u->id))) {
         free(r);
