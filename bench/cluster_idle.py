@@ -231,14 +231,16 @@ def conns_gauge(ports):
     return int(sum(metrics(p).get("relay_connections", 0) for p in ports))
 
 
-def closes_logged(nodes):
-    """Connections the nodes logged as closed so far ("closed" info lines), by close code."""
+def closes_logged(nodes, prefix="idle"):
+    """Connections of users prefix* the nodes logged as closed so far ("closed" info lines), by
+    close code."""
+    tag = ('"user":"%s' % prefix).encode()
     codes = {}
     for p in nodes:
         try:
             with open(os.path.join(TMP, p.name + ".log"), "rb") as f:
                 for line in f:
-                    if b'"msg":"closed"' in line:
+                    if b'"msg":"closed"' in line and tag in line:
                         try:
                             c = json.loads(line).get("code")
                         except ValueError:
@@ -356,8 +358,8 @@ def main():
                 "shed": delta("relay_admissions_shed_total"),
                 "placements_deferred": delta("relay_acquisitions_deferred_total"),
                 "established_open_after": open_after - late_end["open_at_end"] if open_after else None,
-                "closes_logged_during": {str(k): v - co0.get(k, 0) for k, v in co1.items()
-                                         if v != co0.get(k, 0)},
+                "established_closes_logged": {str(k): v - co0.get(k, 0) for k, v in co1.items()
+                                              if v != co0.get(k, 0)},
             }
             log("overload: %s" % json.dumps(result["overload"]))
         end = finish(clients)

@@ -128,6 +128,7 @@ struct rl_redis {
     req *head, *tail;
     size_t npending;
     uint64_t progress_at; /* uv_now of the last reply, or when the idle connection got a command */
+    int suspect;          /* looked stuck: one more look after the loop has read the socket */
     uint64_t expired, expired_logged_at; /* commands answered NULL at their deadline (logs) */
     uint64_t connect_ms, command_ms, backoff_min, backoff_max;
     unsigned attempts;    /* failed attempts since the last successful handshake */
@@ -351,8 +352,10 @@ static void on_reply(redisAsyncContext *ac, void *vreply, void *privdata)
     int closing = r != NULL && r->closing && !r->freed;
     if (r != NULL) {
         list_unlink(r, q);
-        if (reply != NULL && r->ac == ac)
+        if (reply != NULL && r->ac == ac) {
             r->progress_at = uv_now(r->loop);
+            r->suspect = 0;
+        }
         if (reply == NULL) {
             if (r->ac == ac) /* hiredis is freeing the context after an error */
                 conn_lost(r, ac_errstr(ac), 0);
@@ -381,6 +384,7 @@ static void on_reply(redisAsyncContext *ac, void *vreply, void *privdata)
         } else if (q->kind == K_HANDSHAKE_LAST && r->ac == ac && r->state == ST_CONNECTING) {
             r->state = ST_UP;
             r->progress_at = uv_now(r->loop);
+            r->suspect = 0;
             uv_timer_stop(&r->conn_timer);
             r->attempts = 0;
             r->connects++;
@@ -425,6 +429,14 @@ static void on_cmd_timer(uv_timer_t *t)
     if (r->head->deadline > dead_at)
         dead_at = r->head->deadline;
     if (now >= dead_at) {
+        /* Timers run before the loop polls its sockets: after this process itself was starved
+           of CPU (or stopped) the replies may be sitting unread. Look again once it has read. */
+        if (!r->suspect) {
+            r->suspect = 1;
+            uv_timer_start(&r->cmd_timer, on_cmd_timer, 1, 0);
+            return;
+        }
+        r->suspect = 0;
         conn_lost(r, "no reply within the command timeout", 1);
         return;
     }

@@ -629,6 +629,28 @@ static void test_slow_server_keeps_connection(void **state)
     rl_redis_free(r);
 }
 
+/* This process was starved (the loop did not run for longer than the command timeout) while the
+   reply waited in the socket: the connection is not declared dead before the loop has read it. */
+static void test_starved_client_keeps_connection(void **state)
+{
+    NEED_REDIS();
+    fx *f = *state;
+    state_rec st = {0};
+    rl_redis *r = connect_ok(f, &st);
+    rl_redis_set_timeouts(r, 0, 300);
+    cap c;
+    memset(&c, 0, sizeof c);
+    assert_int_equal(rl_redis_command(r, cap_cb, &c, "PING"), 0);
+    run_for(f, 5); /* written */
+    uv_sleep(700); /* the loop does not run: the PONG waits unread past 2x the timeout */
+    assert_true(run_until(f, &c.done, 2000));
+    assert_false(c.null);
+    assert_string_equal(c.str, "PONG");
+    assert_int_equal(st.downs, 0);
+    assert_true(rl_redis_connected(r));
+    rl_redis_free(r);
+}
+
 static void test_reconnect_after_restart(void **state)
 {
     NEED_REDIS();
@@ -1265,6 +1287,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reset_is_reported, setup, teardown),
         cmocka_unit_test_setup_teardown(test_command_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_server_keeps_connection, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_starved_client_keeps_connection, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_inside_callback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_with_pending_blocking, setup, teardown),
         cmocka_unit_test_setup_teardown(test_script_noscript_fallback, setup, teardown),
