@@ -135,6 +135,7 @@ static struct {
     rl_map verified;        /* user -> lease_mark: our lease, known ours since lapse number gen */
     uint64_t m_lease_checks; /* leases checked in Redis (after a lapse): /metrics */
     size_t admitting, acquiring; /* admissions and acquisitions in flight */
+    size_t reasserting;     /* re-assertions in flight (after a lapse: one per user) */
     rl_map lease_rels;      /* user -> lease_rel: our leases to delete, retried until confirmed */
     rl_map purges;          /* users whose dead nodes' entries are to be dropped (paced) */
     unsigned purge_tokens;  /* purges that may still go out before the next tick */
@@ -1583,6 +1584,7 @@ static void on_admit(const redisReply *r, void *ud)
             cl.m_reconciled += (uint64_t)count; /* entries that were missing */
     }
     if (o->reassert) {
+        cl.reasserting--;
         o->rcb(res, res == 1 ? (size_t)count : 0, o->ud);
     } else {
         cl.admitting--;
@@ -1616,6 +1618,10 @@ int rl_cluster_reassert(const char *user, const char *const *conns, size_t n, in
 {
     if (n == 0 || n > RL_CLUSTER_REASSERT_MAX)
         return -EINVAL;
+    /* after a lapse every user is re-asserted: bounded like admissions, the rest is retried
+       with the central hub's backoff */
+    if (cl.reasserting >= RL_ADMITS_INFLIGHT_MAX)
+        return -EAGAIN;
     admit_op *o = admit_op_new(user, n, conns, NULL, ud);
     if (!o)
         return -ENOMEM;
@@ -1629,6 +1635,7 @@ int rl_cluster_reassert(const char *user, const char *const *conns, size_t n, in
         admit_op_free(o);
         return rc;
     }
+    cl.reasserting++;
     for (size_t i = 0; i < n; i++)
         inflight_add(conns[i], o->until);
     return 0;

@@ -50,7 +50,8 @@ int rl_cluster_admit(const char *user, const char *conn, int limit, rl_cluster_a
 /* Re-asserts established connections of the user on this node (after the registration may have
    lapsed, or Redis lost its data), whatever the limit: they are open. n <= RL_CLUSTER_REASSERT_MAX;
    retry: this repeats a failed one (counted). cb: result 1 (added: entries that were missing) or
-   -1 (not done: try again later). */
+   -1 (not done: try again later). Returns -EAGAIN while redis_inflight_max re-assertions are in
+   flight (after a lapse every user is re-asserted: the caller retries at a later tick). */
 #define RL_CLUSTER_REASSERT_MAX 256
 typedef void (*rl_cluster_reassert_cb)(int result, size_t added, void *ud);
 int rl_cluster_reassert(const char *user, const char *const *conns, size_t n, int retry,

@@ -104,5 +104,21 @@ async def test_cluster_inflight_bounds_refuse_and_defer():
                 cl.track(ws)
         check(ws0.open, f"an established connection was closed ({ws0.close_code})")
 
+        # A lapse past node_ttl while the entries are lost (as if reclaimed): n1 re-asserts its 11
+        # users, at most 4 at once (the rest refused -EAGAIN and sent at later ticks), until
+        # every entry is back; nothing established is closed.
+        users = ["old0"] + [f"burst{i}" for i in range(10)]
+        px.hold()
+        await asyncio.sleep(cl.node_ttl + 1.0)
+        for u in users:
+            cl.redis.cli("DEL", f"relay:{{{u}}}:conns")
+        px.heal()
+        healed = time.monotonic()
+        await wait_for(lambda: all(cl.hlen(u) == 1 for u in users), cl.node_ttl + 6,
+                       "every user's entry re-asserted")
+        note(f"re-assertion of {len(users)} users 4 at a time: {time.monotonic() - healed:.1f}s "
+             f"after the heal")
+        check(ws0.open, f"an established connection was closed ({ws0.close_code})")
 
-test_cluster_inflight_bounds_refuse_and_defer.timeout = 60
+
+test_cluster_inflight_bounds_refuse_and_defer.timeout = 90
