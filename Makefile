@@ -37,7 +37,7 @@ UNIT_SRC = $(wildcard tests/unit/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TOOLS    = $(BUILD)/relay-bench
 
-.PHONY: all deps run test unit integration test-browser bench clean check compose-test fresh-test
+.PHONY: all deps run test unit integration test-browser bench bench-cluster-idle clean check compose-test fresh-test
 all: $(BUILD)/relay-node $(UNIT_BIN) $(TOOLS)
 
 # Installs the Debian packages the build, the tests and `make run` need (as root, only when missing).
@@ -129,6 +129,11 @@ bench: deps
 	$(MAKE) all $(BENCH_TOOLS)
 	$(MAKE) ALLOCATOR=glibc build-glibc/relay-node
 	BUILD=$(BUILD) bench/run.sh
+
+# Idle users on a local six-node cluster (bench/cluster_idle.py; IDLE_USERS, IDLE_HOLD, ...).
+bench-cluster-idle: deps
+	$(MAKE) all
+	BUILD=$(BUILD) /usr/bin/python3 bench/cluster_idle.py
 
 clean:
 	rm -rf build build-*

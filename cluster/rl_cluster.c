@@ -46,6 +46,13 @@
 #define RL_RETRY_MAX_MS 2000
 #define RL_RETRY_PER_WAKE 1024      /* releases sent per wake-up of the retry timer */
 #define RL_RELEASES_MAX 262144      /* pending releases kept; past that the oldest are dropped */
+/* Work a node puts on Redis at once is bounded (redis_inflight_max): past these, an admission is
+   refused at once
+   (-EAGAIN: the client gets 1013 and retries later) and an acquisition waits for a later tick
+   (the central hub backs off with jitter), instead of piling up behind a slow Redis. */
+#define RL_ADMITS_INFLIGHT_MAX ((size_t)cl.cfg->redis_inflight_max)    /* default 2048 */
+#define RL_PURGES_PER_TICK 512 /* purges of dead nodes' entries sent per second at most */
+#define RL_ACQUIRES_INFLIGHT_MAX ((size_t)(cl.cfg->redis_inflight_max + 1) / 2)
 
 typedef struct out_msg {
     struct out_msg *next;
@@ -124,7 +131,41 @@ static struct {
     size_t swept;           /* messages of dead nodes' inboxes answered to their senders */
     rl_map gone;            /* "<node>.<incarnation>" -> tick it died at (+1): requests refused */
     uint64_t ticks;         /* live_nodes answers so far */
+    uint64_t lapses;        /* times our registration may have lapsed (leases checked again) */
+    rl_map verified;        /* user -> lease_mark: our lease, known ours since lapse number gen */
+    uint64_t m_lease_checks; /* leases checked in Redis (after a lapse): /metrics */
+    size_t admitting, acquiring; /* admissions and acquisitions in flight */
+    size_t reasserting;     /* re-assertions in flight (after a lapse: one per user) */
+    rl_map lease_rels;      /* user -> lease_rel: our leases to delete, retried until confirmed */
+    rl_map purges;          /* users whose dead nodes' entries are to be dropped (paced) */
+    unsigned purge_tokens;  /* purges that may still go out before the next tick */
+    uint64_t m_admits_shed, m_acquires_deferred;
 } cl;
+
+/* A lease of ours lives as long as our registration (the node key, renewed every tick), so
+   renewing it costs nothing in Redis: it is ours until node_valid_until, unless our registration
+   may have lapsed since we last saw it in Redis (then it is checked there once). */
+typedef struct lease_mark {
+    uint64_t epoch;
+    uint64_t gen; /* cl.lapses when the command that saw it ours was sent */
+} lease_mark;
+
+static void mark_lease(const char *user, uint64_t epoch, uint64_t gen)
+{
+    lease_mark *m = rl_map_get(&cl.verified, user);
+    if (!m) {
+        if (!(m = malloc(sizeof *m)))
+            return; /* unmarked: checked in Redis at its next renewal */
+        if (rl_map_set(&cl.verified, user, m) < 0) {
+            free(m);
+            return;
+        }
+    }
+    m->epoch = epoch;
+    m->gen = gen;
+}
+
+static void unmark_lease(const char *user) { free(rl_map_del(&cl.verified, user)); }
 
 /* A dead incarnation's requests are refused for this many ticks after its sweep: by then every
    connection that sent to its hubs was placed again (at the tick that found it gone). */
@@ -430,9 +471,13 @@ static void flush_batch(const char *node, outbox *ob)
 /* End of a loop turn: everything queued for other nodes goes out, pipelined. */
 static void flush_renewals(void);
 
+static void purges_send(void);
+
 static void flush_cb(void *ud)
 {
     (void)ud;
+    if (cl.purges.len && cl.purge_tokens)
+        purges_send();
     if (cl.nrenew)
         flush_renewals();
     if (cl.queued == 0)
@@ -1009,8 +1054,13 @@ int rl_cluster_pid_alive(const char *pid)
     return rl_map_get(&cl.live, inc) != NULL;
 }
 
+static void lease_rels_retry(void);
+
 static void run_tick_cb(void)
 {
+    cl.purge_tokens = RL_PURGES_PER_TICK;
+    if (cl.lease_rels.len && rl_redis_connected(cl.cmd))
+        lease_rels_retry();
     if (cl.tick_cb)
         cl.tick_cb();
     cl.reregistered = 0;
@@ -1111,6 +1161,7 @@ static void on_heartbeat(const redisReply *r, void *ud)
         rl_warn("cluster", "registration %s: re-asserting connections and leases",
                 v != 1 ? "had lapsed (key gone)" : "may have lapsed (no renewal acknowledged within node_ttl)");
         cl.reregistered = 1;
+        cl.lapses++; /* every lease is checked in Redis at its next renewal */
     }
     cl.registered = 1;
     cl.ready = 1;
@@ -1168,18 +1219,25 @@ typedef struct op {
     } cb;
     void *ud;
     uint64_t sent;
+    uint64_t gen; /* cl.lapses when sent */
+    char user[]; /* lease ops: the user (marked when the lease is seen ours) */
 } op;
 
-static op *op_new(void *cb, void *ud)
+static op *op_new_user(void *cb, void *ud, const char *user)
 {
-    op *o = malloc(sizeof *o);
+    size_t ul = user ? strlen(user) : 0;
+    op *o = malloc(sizeof *o + ul + 1);
     if (!o)
         return NULL;
+    memcpy(o->user, user ? user : "", ul + 1);
     o->cb.admit = (rl_cluster_admit_cb)cb;
     o->ud = ud;
     o->sent = rl_now_ms();
+    o->gen = cl.lapses;
     return o;
 }
+
+static op *op_new(void *cb, void *ud) { return op_new_user(cb, ud, NULL); }
 
 /* ---- exact accounting: deadlines, releases retried until confirmed ---- */
 
@@ -1445,6 +1503,17 @@ static void cluster_metrics(rl_metrics_out *out)
          "connections)", &cl.m_reconciled},
         {"relay_releases_dropped_total", "Pending releases dropped because too many were pending",
          &cl.m_dropped},
+        {"relay_admissions_shed_total",
+         "Admissions refused at once because redis_inflight_max were in flight to redis (the "
+         "client gets 1013)",
+         &cl.m_admits_shed},
+        {"relay_acquisitions_deferred_total",
+         "Hub placements put off to a later tick because redis_inflight_max / 2 were in flight to "
+         "redis",
+         &cl.m_acquires_deferred},
+        {"relay_lease_checks_total",
+         "Leases checked in redis because the registration may have lapsed (otherwise a lease "
+         "costs no redis work)", &cl.m_lease_checks},
     };
     for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++)
         rl_metrics_put(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", counters[i].name,
@@ -1452,6 +1521,9 @@ static void cluster_metrics(rl_metrics_out *out)
                        (unsigned long long)*counters[i].v);
     rl_metrics_gauge(out, "relay_pending_releases", "Connection releases not yet confirmed by redis",
                      cl.releases.len);
+    rl_metrics_gauge(out, "relay_pending_lease_releases",
+                     "Leases given up here whose deletion redis has not confirmed yet",
+                     cl.lease_rels.len);
 }
 
 /* An admission or re-assertion on the wire. */
@@ -1511,15 +1583,22 @@ static void on_admit(const redisReply *r, void *ud)
         if (o->reassert && res == 1)
             cl.m_reconciled += (uint64_t)count; /* entries that were missing */
     }
-    if (o->reassert)
+    if (o->reassert) {
+        cl.reasserting--;
         o->rcb(res, res == 1 ? (size_t)count : 0, o->ud);
-    else
+    } else {
+        cl.admitting--;
         o->cb(res, o->ud);
+    }
     admit_op_free(o);
 }
 
 int rl_cluster_admit(const char *user, const char *conn, int limit, rl_cluster_admit_cb cb, void *ud)
 {
+    if (cl.admitting >= RL_ADMITS_INFLIGHT_MAX) {
+        cl.m_admits_shed++;
+        return -EAGAIN;
+    }
     admit_op *o = admit_op_new(user, 1, &conn, cb, ud);
     if (!o)
         return -ENOMEM;
@@ -1529,6 +1608,7 @@ int rl_cluster_admit(const char *user, const char *conn, int limit, rl_cluster_a
         admit_op_free(o);
         return rc;
     }
+    cl.admitting++;
     inflight_add(conn, o->until);
     return 0;
 }
@@ -1538,6 +1618,10 @@ int rl_cluster_reassert(const char *user, const char *const *conns, size_t n, in
 {
     if (n == 0 || n > RL_CLUSTER_REASSERT_MAX)
         return -EINVAL;
+    /* after a lapse every user is re-asserted: bounded like admissions, the rest is retried
+       with the central hub's backoff */
+    if (cl.reasserting >= RL_ADMITS_INFLIGHT_MAX)
+        return -EAGAIN;
     admit_op *o = admit_op_new(user, n, conns, NULL, ud);
     if (!o)
         return -ENOMEM;
@@ -1551,15 +1635,35 @@ int rl_cluster_reassert(const char *user, const char *const *conns, size_t n, in
         admit_op_free(o);
         return rc;
     }
+    cl.reasserting++;
     for (size_t i = 0; i < n; i++)
         inflight_add(conns[i], o->until);
     return 0;
 }
 
+/* A node going away makes every node purge each of its users once: that is per-user work in a
+   burst (16,000 scripts per node for 100,000 users on six nodes), and in a burst it can delay the
+   heartbeats behind it past node_ttl. So purges are a set, sent RL_PURGES_PER_TICK per second at
+   most (admissions reclaim dead entries by themselves meanwhile). */
+
+static void purges_send(void)
+{
+    const char *k;
+    for (size_t it = 0; cl.purge_tokens && rl_map_next(&cl.purges, &it, &k, NULL);) {
+        if (rl_cs_purge_conns(cl.cmd, cl.cfg->redis_prefix, k, NULL, NULL) < 0) {
+            rl_metric_inc(RL_M_REDIS_ERRORS);
+            return; /* not connected: the next tick tries again */
+        }
+        cl.purge_tokens--;
+        rl_map_del(&cl.purges, k);
+    }
+}
+
 void rl_cluster_purge_conns(const char *user)
 {
-    if (rl_cs_purge_conns(cl.cmd, cl.cfg->redis_prefix, user, NULL, NULL) < 0)
-        rl_metric_inc(RL_M_REDIS_ERRORS);
+    if (!cl.started || rl_map_set(&cl.purges, user, (void *)1) < 0)
+        return;
+    rl_turn_request();
 }
 
 void rl_cluster_release_conn(const char *user, const char *conn)
@@ -1571,6 +1675,7 @@ void rl_cluster_release_conn(const char *user, const char *conn)
 static void on_lease(const redisReply *r, void *ud)
 {
     op *o = ud;
+    cl.acquiring--;
     rl_lease l = {.status = RL_LEASE_ERROR};
     rl_lease_reply lr;
     if (rl_cs_parse_lease(r, &lr) == 0) {
@@ -1578,7 +1683,14 @@ static void on_lease(const redisReply *r, void *ud)
         l.epoch = lr.epoch;
         snprintf(l.holder, sizeof l.holder, "%s", lr.node);
         snprintf(l.hub_pid, sizeof l.hub_pid, "%s", lr.hub_pid);
-        l.valid_until = o->sent + cl.cfg->lease_ttl_ms - RL_SAFETY_MS;
+        /* A lease of ours is valid while our registration is: the script found our node key */
+        l.valid_until = cl.node_valid_until;
+        if (cl.started && o->user[0]) {
+            if (l.status == RL_LEASE_OTHER)
+                unmark_lease(o->user);
+            else
+                mark_lease(o->user, l.epoch, o->gen);
+        }
     } else {
         if (r && r->type == REDIS_REPLY_ERROR)
             rl_warn("cluster", "lease script: %s", r->str);
@@ -1692,20 +1804,40 @@ int rl_cluster_nodes(rl_cluster_nodes_cb cb, void *ud)
     return rc;
 }
 
+int rl_cluster_acquire_busy(void)
+{
+    if (!cl.started || cl.acquiring < RL_ACQUIRES_INFLIGHT_MAX)
+        return 0;
+    cl.m_acquires_deferred++;
+    return 1;
+}
+
 int rl_cluster_lease_acquire(const char *user, const char *hub_pid, rl_cluster_lease_cb cb, void *ud)
 {
-    op *o = op_new((void *)cb, ud);
+    if (cl.acquiring >= RL_ACQUIRES_INFLIGHT_MAX) {
+        cl.m_acquires_deferred++;
+        return -EAGAIN;
+    }
+    op *o = op_new_user((void *)cb, ud, user);
     if (!o)
         return -ENOMEM;
+    /* After Redis lost its data no lease is granted for this long: a hub of before keeps
+       accepting until its node's registration may have lapsed by its own clock (node_ttl after
+       the last acknowledged heartbeat), so the grace covers node_ttl too. */
+    uint64_t grace = cl.cfg->lease_ttl_ms > cl.cfg->node_ttl_ms ? cl.cfg->lease_ttl_ms : cl.cfg->node_ttl_ms;
     int rc = rl_cs_lease_acquire(cl.cmd, cl.cfg->redis_prefix, user, rl_node_id(),
-                                 rl_node_incarnation(), hub_pid, cl.cfg->lease_ttl_ms, on_lease, o);
+                                 rl_node_incarnation(), hub_pid, grace, on_lease, o);
     if (rc < 0)
         free(o);
+    else
+        cl.acquiring++;
     return rc;
 }
 
-/* Renewals asked for during a loop turn go out together at its end, RL_CS_RENEW_MAX per script
-   run: a node with many hubs pays one round trip per batch, not one per user. */
+/* Renewals asked for during a loop turn are answered at its end (never inside the call). A lease
+   seen ours since our registration last may have lapsed costs nothing: it is ours until
+   node_valid_until (the heartbeat renews the one key all our leases hang on). The others (after a
+   lapse, or never confirmed) are checked in Redis, RL_CS_RENEW_MAX per script run. */
 struct renew_op {
     char *user;
     uint64_t epoch;
@@ -1717,12 +1849,19 @@ typedef struct renew_batch {
     renew_op ops[RL_CS_RENEW_MAX];
 } renew_batch;
 
+/* v: the check's answer (integer 1 ours, 0 not), or NULL (no answer) */
 static void renew_done(renew_op *ro, const redisReply *v)
 {
     rl_lease l = {.status = RL_LEASE_ERROR};
     if (v && v->type == REDIS_REPLY_INTEGER) {
         l.status = v->integer == 1 ? RL_LEASE_WON : RL_LEASE_OTHER;
-        l.valid_until = ro->o->sent + cl.cfg->lease_ttl_ms - RL_SAFETY_MS;
+        l.valid_until = cl.node_valid_until;
+        if (cl.started) {
+            if (v->integer == 1)
+                mark_lease(ro->user, ro->epoch, ro->o->gen);
+            else
+                unmark_lease(ro->user);
+        }
     }
     ro->o->cb.lease(&l, ro->o->ud);
     free(ro->o);
@@ -1742,6 +1881,22 @@ static void on_renew_batch(const redisReply *r, void *ud)
 
 static void flush_renewals(void)
 {
+    uint64_t now = rl_now_ms();
+    size_t keep = 0;
+    for (size_t i = 0; i < cl.nrenew; i++) { /* answered here: no Redis work */
+        renew_op *ro = &cl.renew[i];
+        lease_mark *m = rl_map_get(&cl.verified, ro->user);
+        if (m && m->epoch == ro->epoch && m->gen == cl.lapses) {
+            rl_lease l = {.status = now < cl.node_valid_until ? RL_LEASE_WON : RL_LEASE_ERROR,
+                          .epoch = ro->epoch, .valid_until = cl.node_valid_until};
+            ro->o->cb.lease(&l, ro->o->ud);
+            free(ro->o);
+            free(ro->user);
+        } else {
+            cl.renew[keep++] = *ro;
+        }
+    }
+    cl.nrenew = keep;
     while (cl.nrenew > 0) {
         renew_batch *b = calloc(1, sizeof *b);
         if (!b)
@@ -1756,6 +1911,7 @@ static void flush_renewals(void)
         }
         cl.nrenew -= n;
         b->n = n;
+        cl.m_lease_checks += n;
         if (rl_cs_lease_renew_many(cl.cmd, cl.cfg->redis_prefix, n, users, epochs, rl_node_id(),
                                    rl_node_incarnation(), cl.cfg->lease_ttl_ms, on_renew_batch, b) < 0)
             on_renew_batch(NULL, b); /* every callback runs once, with an error */
@@ -1764,7 +1920,7 @@ static void flush_renewals(void)
 
 int rl_cluster_lease_renew(const char *user, uint64_t epoch, rl_cluster_lease_cb cb, void *ud)
 {
-    if (!rl_redis_connected(cl.cmd))
+    if (!cl.started)
         return -ENOTCONN;
     if (cl.nrenew == cl.caprenew) {
         size_t ncap = cl.caprenew ? cl.caprenew * 2 : 64;
@@ -1786,11 +1942,89 @@ int rl_cluster_lease_renew(const char *user, uint64_t epoch, rl_cluster_lease_cb
     return 0;
 }
 
+/* A lease no longer expires by itself: one this node gave up must be deleted, or it would keep
+   the user's hub here (a hub that no longer runs) for as long as this node lives. So a release is
+   retried every tick until Redis answers it (deleted, or not ours any more: the script checks
+   node, incarnation and epoch, so a late one never touches a newer lease). */
+#define RL_LEASE_RELS_PER_TICK 1024
+
+typedef struct lease_rel {
+    char *user;
+    uint64_t epoch;
+    uint8_t inflight;
+    uint8_t stale; /* replaced by a newer release of the user, or the cluster stopped */
+} lease_rel;
+
+static void lease_rel_free(lease_rel *lr)
+{
+    free(lr->user);
+    free(lr);
+}
+
+static void on_lease_rel(const redisReply *r, void *ud)
+{
+    lease_rel *lr = ud;
+    lr->inflight = 0;
+    if (!cl.started || lr->stale) {
+        lease_rel_free(lr);
+        return;
+    }
+    if (r && r->type == REDIS_REPLY_INTEGER) { /* confirmed: deleted (1) or not ours (0) */
+        rl_map_del(&cl.lease_rels, lr->user);
+        lease_rel_free(lr);
+    } else {
+        rl_metric_inc(RL_M_REDIS_ERRORS); /* kept: sent again at the next tick */
+    }
+}
+
+static void lease_rel_send(lease_rel *lr)
+{
+    if (lr->inflight)
+        return;
+    if (rl_cs_lease_release(cl.cmd, cl.cfg->redis_prefix, lr->user, rl_node_id(),
+                            rl_node_incarnation(), lr->epoch, on_lease_rel, lr) == 0)
+        lr->inflight = 1;
+}
+
+static void lease_rels_retry(void)
+{
+    size_t sent = 0;
+    const char *k;
+    void *v;
+    for (size_t it = 0; sent < RL_LEASE_RELS_PER_TICK && rl_map_next(&cl.lease_rels, &it, &k, &v);) {
+        lease_rel *lr = v;
+        if (!lr->inflight) {
+            lease_rel_send(lr);
+            sent++;
+        }
+    }
+}
+
 void rl_cluster_lease_release(const char *user, uint64_t epoch)
 {
-    if (rl_cs_lease_release(cl.cmd, cl.cfg->redis_prefix, user, rl_node_id(),
-                            rl_node_incarnation(), epoch, NULL, NULL) < 0)
+    unmark_lease(user);
+    if (!cl.started)
+        return;
+    lease_rel *lr = calloc(1, sizeof *lr);
+    if (!lr || !(lr->user = strdup(user))) {
+        free(lr);
         rl_metric_inc(RL_M_REDIS_ERRORS);
+        return;
+    }
+    lr->epoch = epoch;
+    lease_rel *old = rl_map_get(&cl.lease_rels, user);
+    if (rl_map_set(&cl.lease_rels, user, lr) < 0) {
+        lease_rel_free(lr);
+        rl_metric_inc(RL_M_REDIS_ERRORS);
+        return;
+    }
+    if (old) { /* an older epoch of the user: that lease was replaced in Redis since */
+        if (old->inflight)
+            old->stale = 1;
+        else
+            lease_rel_free(old);
+    }
+    lease_rel_send(lr);
 }
 
 /* ---- start and stop ---- */
@@ -1808,6 +2042,10 @@ int rl_cluster_start(const rl_config *c, char *err, size_t errlen)
     rl_map_init(&cl.gone);
     rl_map_init_borrowed(&cl.releases);
     rl_map_init_borrowed(&cl.admits);
+    rl_map_init(&cl.verified);
+    rl_map_init(&cl.lease_rels);
+    rl_map_init(&cl.purges);
+    cl.purge_tokens = RL_PURGES_PER_TICK;
     cl.rng = uv_hrtime() ^ 0x9e3779b97f4a7c15ULL;
     cl.started_at = (uint64_t)time(NULL) * 1000;
     cl.cmd = rl_redis_new(rl_node_loop(), c->redis_url, "main", err, errlen);
@@ -1854,6 +2092,16 @@ void rl_cluster_stop(void)
     for (size_t it = 0; rl_map_next(&cl.admits, &it, &rk, &rv);)
         free(rv);
     rl_map_close(&cl.admits);
+    for (size_t it = 0; rl_map_next(&cl.lease_rels, &it, &rk, &rv);) { /* one last try */
+        lease_rel *lr = rv;
+        lease_rel_send(lr);
+        if (lr->inflight)
+            lr->stale = 1; /* its reply frees it */
+        else
+            lease_rel_free(lr);
+    }
+    rl_map_close(&cl.lease_rels);
+    rl_map_close(&cl.purges);
     uv_timer_stop(&cl.retry);
     uv_close((uv_handle_t *)&cl.retry, NULL);
     cl.started = 0;
@@ -1882,6 +2130,9 @@ void rl_cluster_stop(void)
         free(cl.renew[i].user);
     }
     free(cl.renew);
+    for (size_t it = 0; rl_map_next(&cl.verified, &it, &k, &v);)
+        free(v);
+    rl_map_close(&cl.verified);
     rl_map_close(&cl.live);
     rl_map_close(&cl.gone);
     for (size_t i = 0; i < cl.ndead; i++)

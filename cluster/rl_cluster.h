@@ -50,12 +50,14 @@ int rl_cluster_admit(const char *user, const char *conn, int limit, rl_cluster_a
 /* Re-asserts established connections of the user on this node (after the registration may have
    lapsed, or Redis lost its data), whatever the limit: they are open. n <= RL_CLUSTER_REASSERT_MAX;
    retry: this repeats a failed one (counted). cb: result 1 (added: entries that were missing) or
-   -1 (not done: try again later). */
+   -1 (not done: try again later). Returns -EAGAIN while redis_inflight_max re-assertions are in
+   flight (after a lapse every user is re-asserted: the caller retries at a later tick). */
 #define RL_CLUSTER_REASSERT_MAX 256
 typedef void (*rl_cluster_reassert_cb)(int result, size_t added, void *ud);
 int rl_cluster_reassert(const char *user, const char *const *conns, size_t n, int retry,
                         rl_cluster_reassert_cb cb, void *ud);
-/* Drops the user's connection entries of dead nodes (fire and forget). */
+/* Drops the user's connection entries of dead nodes (fire and forget; paced: at most 512 users
+   a second, the rest wait in a set). */
 void rl_cluster_purge_conns(const char *user);
 /* Forgets a connection's entry: sent at once, or after any admission of it still on the wire has
    passed its deadline, and retried with jittered backoff until Redis confirms (a bounded set,
@@ -79,6 +81,9 @@ typedef struct rl_lease {
 } rl_lease;
 
 typedef void (*rl_cluster_lease_cb)(const rl_lease *l, void *ud);
+/* 1 when rl_cluster_lease_acquire would refuse now (-EAGAIN: half of redis_inflight_max
+   acquisitions in flight); counted as a deferred placement. */
+int rl_cluster_acquire_busy(void);
 /* Takes the user's lease for hub_pid when it is free or its holder node is gone. */
 int rl_cluster_lease_acquire(const char *user, const char *hub_pid, rl_cluster_lease_cb cb, void *ud);
 /* Renews our lease: l->status WON (valid_until set) when still ours, OTHER when lost, ERROR. */

@@ -76,11 +76,12 @@ static const char src_lease_acquire[] =
     "local node, inc, hub, ttl, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "if not alive(prefix, node, inc) then return {0, 0, '', '', ''} end\n"
     "local v = redis.call('GET', lease)\n"
     "if v then\n"
     "  local hn, hi, he, hp = string.match(v, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')\n"
     "  if hn == node and hi == inc then\n"
-    "    redis.call('PEXPIRE', lease, ttl)\n"
+    "    redis.call('PERSIST', lease)\n"
     "    return {2, tonumber(he) or 0, hp, hn, hi}\n"
     "  end\n"
     "  if hn and alive(prefix, hn, hi) then\n"
@@ -91,7 +92,7 @@ static const char src_lease_acquire[] =
     "if now - reg < tonumber(ttl) then return {0, 0, '', '', ''} end\n"
     "local e = redis.call('INCR', epoch)\n"
     "if e < now then e = now; redis.call('SET', epoch, e) end\n"
-    "redis.call('SET', lease, node .. '|' .. inc .. '|' .. e .. '|' .. hub, 'PX', ttl)\n"
+    "redis.call('SET', lease, node .. '|' .. inc .. '|' .. e .. '|' .. hub)\n"
     "return {1, e, hub, node, inc}\n";
 
 static const char src_lease_renew[] =
@@ -100,7 +101,7 @@ static const char src_lease_renew[] =
     "  local want = ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3 + i] .. '|'\n"
     "  local v = redis.call('GET', key)\n"
     "  if v and string.sub(v, 1, #want) == want then\n"
-    "    redis.call('PEXPIRE', key, ARGV[3])\n"
+    "    redis.call('PERSIST', key)\n"
     "    out[i] = 1\n"
     "  else\n"
     "    out[i] = 0\n"

@@ -3,7 +3,8 @@
  * Key layout (DESIGN.md §5, prefix P, default "relay:"; per-user keys share the hash tag {user}):
  *   P node:<node>       string PX node_ttl: {"addr","incarnation","started_at","version"} (JSON)
  *   P nodes             zset: node -> last heartbeat (Redis TIME, ms); dead members pruned after 1 h
- *   P {<user>}:lease    string PX lease_ttl: "<node>|<incarnation>|<epoch>|<hub_pid>"
+ *   P {<user>}:lease    string, no TTL: "<node>|<incarnation>|<epoch>|<hub_pid>"; valid while
+ *                       its holder's node key lives with that incarnation (never renewed)
  *   P {<user>}:epoch    counter: fencing token, INCR on every new lease
  *   P {<user>}:conns    hash conn_pid -> node; HLEN = the user's connections, cluster-wide
  *   P {<user>}:hub      hash node, pid, epoch, ... (for people; lease_release deletes it)
@@ -45,12 +46,16 @@
  *                leases granted before may still be held): code 0 with no holder, retry later.
  *                Epochs never repeat, even across a data loss: max(INCR, Redis TIME in ms).
  *                -> {code, epoch, hub_pid, holder_node, holder_incarnation}
- *                code 1: new lease for us (no lease, or its holder is dead): INCR epoch, SET PX.
- *                code 2: already ours (same node and incarnation): TTL refreshed, stored hub_pid.
- *                code 0: held by another live node (its epoch and hub_pid).
+ *                code 1: new lease for us (no lease, or its holder is dead): INCR epoch, SET
+ *                        (no TTL: it lives as long as our registration, which alone is renewed).
+ *                code 2: already ours (same node and incarnation): the stored hub_pid.
+ *                code 0: held by another live node (its epoch and hub_pid), or our own node key
+ *                        is not there with our incarnation (no holder: a lease is only ever
+ *                        granted to a node whose registration is live).
  * lease_renew    KEYS lease_1..lease_n; ARGV node, incarnation, ttl_ms, epoch_1..epoch_n
- *                -> {1 renewed | 0 not ours, ...} one per key (a node renews all its leases in
- *                batches of up to RL_CS_RENEW_MAX: one round trip, not one per user)
+ *                -> {1 still ours | 0 not ours, ...} one per key: a check (ttl_ms unused), made
+ *                only after the node's registration may have lapsed, in batches of up to
+ *                RL_CS_RENEW_MAX (a TTL left by an older version is removed)
  * lease_release  KEYS lease, hub; ARGV node, incarnation, epoch -> 1 deleted | 0 not ours
  *                (the hub hash is deleted too when its "epoch" field is ours)
  * heartbeat      KEYS node key, nodes, registry; ARGV node, incarnation, addr, started_at_ms,

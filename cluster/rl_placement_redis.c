@@ -141,11 +141,14 @@ static int redis_renew(const char *user, const char *hub_pid, uint64_t token, rl
     return rc;
 }
 
+/* Always released, whatever release says: a lease lives as long as our registration, so one
+   that expired by our clock (or was lost) may still name us in Redis and would keep the user's
+   hub "here" for good. The release is checked against our epoch: it never touches a newer one. */
 static void redis_give_up(const char *user, const char *hub_pid, uint64_t token, int release)
 {
+    (void)release;
     fence_del(hub_pid);
-    if (release)
-        rl_cluster_lease_release(user, token);
+    rl_cluster_lease_release(user, token);
 }
 
 static void on_locate(const rl_lease *l, void *ud)
@@ -214,6 +217,7 @@ static const rl_placement redis_placement = {
     .pid_alive = rl_cluster_pid_alive,
     .node_valid_until = rl_cluster_node_valid_until,
     .set_tick = redis_set_tick,
+    .busy = rl_cluster_acquire_busy,
 };
 
 const rl_placement *rl_placement_redis(void) { return &redis_placement; }

@@ -110,6 +110,7 @@ typedef struct req {
     uint64_t deadline; /* uv_now ms */
     uint64_t t0_ns;    /* K_PING */
     req_kind kind;
+    int expired;       /* its caller was answered NULL at the deadline; the reply is dropped */
 } req;
 
 struct rl_redis {
@@ -126,6 +127,9 @@ struct rl_redis {
     int closing; /* rl_redis_close: no new commands, free once nothing is pending */
     req *head, *tail;
     size_t npending;
+    uint64_t progress_at; /* uv_now of the last reply, or when the idle connection got a command */
+    int suspect;          /* looked stuck: one more look after the loop has read the socket */
+    uint64_t expired, expired_logged_at; /* commands answered NULL at their deadline (logs) */
     uint64_t connect_ms, command_ms, backoff_min, backoff_max;
     unsigned attempts;    /* failed attempts since the last successful handshake */
     uint64_t fail_streak; /* for log rate limiting */
@@ -348,6 +352,10 @@ static void on_reply(redisAsyncContext *ac, void *vreply, void *privdata)
     int closing = r != NULL && r->closing && !r->freed;
     if (r != NULL) {
         list_unlink(r, q);
+        if (reply != NULL && r->ac == ac) {
+            r->progress_at = uv_now(r->loop);
+            r->suspect = 0;
+        }
         if (reply == NULL) {
             if (r->ac == ac) /* hiredis is freeing the context after an error */
                 conn_lost(r, ac_errstr(ac), 0);
@@ -375,6 +383,8 @@ static void on_reply(redisAsyncContext *ac, void *vreply, void *privdata)
             rl_metric_set(RL_M_REDIS_RTT_US, (uv_hrtime() - q->t0_ns) / 1000);
         } else if (q->kind == K_HANDSHAKE_LAST && r->ac == ac && r->state == ST_CONNECTING) {
             r->state = ST_UP;
+            r->progress_at = uv_now(r->loop);
+            r->suspect = 0;
             uv_timer_stop(&r->conn_timer);
             r->attempts = 0;
             r->connects++;
@@ -397,20 +407,88 @@ static void on_reply(redisAsyncContext *ac, void *vreply, void *privdata)
         rl_redis_free(r); /* rl_redis_close: the last pending reply arrived */
 }
 
+/* Commands whose caller may be answered at their deadline while the connection stays (the
+   handshake's and the sentinels' decide the connection itself). */
+static int expirable(req_kind k) { return k == K_USER || k == K_PING || k == K_FALLBACK; }
+
+#define RL_REDIS_EXPIRE_SLACK_MS 20 /* deadlines this close together are expired in one pass */
+
+/* A command past its deadline is answered NULL (its caller gives up; its reply, when it comes,
+   is dropped) but the connection stays while replies keep coming: a slow server is not a dead
+   connection, and the other commands in flight still get their answers. The connection is
+   stuck, and dropped with everything in flight, only when nothing was answered for a whole
+   command timeout and the oldest command is past its own deadline: replies are ordered, so
+   nothing behind it can arrive either. */
 static void on_cmd_timer(uv_timer_t *t)
 {
     rl_redis *r = t->data;
-    uint64_t now = uv_now(r->loop), next = UINT64_MAX;
+    uint64_t now = uv_now(r->loop);
+    if (r->head == NULL)
+        return;
+    uint64_t dead_at = r->progress_at + r->command_ms;
+    if (r->head->deadline > dead_at)
+        dead_at = r->head->deadline;
+    if (now >= dead_at) {
+        /* Timers run before the loop polls its sockets: after this process itself was starved
+           of CPU (or stopped) the replies may be sitting unread. Look again once it has read. */
+        if (!r->suspect) {
+            r->suspect = 1;
+            uv_timer_start(&r->cmd_timer, on_cmd_timer, 1, 0);
+            return;
+        }
+        r->suspect = 0;
+        conn_lost(r, "no reply within the command timeout", 1);
+        return;
+    }
+    uint64_t next = dead_at;
+    size_t n = 0, cap = 0;
+    struct { rl_redis_cb cb; void *ud; } *due = NULL;
     for (req *q = r->head; q; q = q->next) {
-        if (q->deadline <= now) {
+        if (q->expired)
+            continue;
+        if (q->deadline > now + RL_REDIS_EXPIRE_SLACK_MS) {
+            if (q->deadline < next)
+                next = q->deadline;
+            continue;
+        }
+        if (!expirable(q->kind)) {
+            free(due);
             conn_lost(r, "command timeout", 1);
             return;
         }
-        if (q->deadline < next)
-            next = q->deadline;
+        if (n == cap) {
+            size_t nc = cap ? cap * 2 : 16;
+            void *nd = realloc(due, nc * sizeof *due);
+            if (nd == NULL) { /* cannot answer them apart: the old way, everything fails */
+                free(due);
+                conn_lost(r, "command timeout", 1);
+                return;
+            }
+            due = nd;
+            cap = nc;
+        }
+        due[n].cb = q->cb;
+        due[n].ud = q->ud;
+        n++;
+        q->cb = NULL;
+        q->ud = NULL;
+        q->expired = 1;
     }
-    if (next != UINT64_MAX)
-        uv_timer_start(&r->cmd_timer, on_cmd_timer, next - now, 0);
+    uv_timer_start(&r->cmd_timer, on_cmd_timer, next > now ? next - now : 1, 0);
+    if (n) {
+        r->expired += n;
+        rl_metric_add(RL_M_REDIS_ERRORS, n);
+        if (now - r->expired_logged_at >= 5000 || r->expired_logged_at == 0) {
+            rl_warn(MOD, "%s: %llu commands timed out so far, %zu in flight (replies still "
+                         "arriving: connection kept)", r->name, (unsigned long long)r->expired,
+                    r->npending);
+            r->expired_logged_at = now;
+        }
+    }
+    for (size_t i = 0; i < n; i++) /* last: a callback may free r */
+        if (due[i].cb)
+            due[i].cb(NULL, due[i].ud);
+    free(due);
 }
 
 static void on_conn_timer(uv_timer_t *t)
@@ -442,6 +520,8 @@ static int submit(rl_redis *r, uint64_t timeout_ms, req_kind kind, rl_redis_cb c
     q->ud = ud;
     q->kind = kind;
     q->deadline = now + (timeout_ms ? timeout_ms : r->command_ms);
+    if (r->npending == 0)
+        r->progress_at = now; /* an idle connection owes nothing until now */
     if (kind == K_PING)
         q->t0_ns = uv_hrtime();
     if (redisAsyncFormattedCommand(r->ac, on_reply, q, cmd, len) != REDIS_OK) {

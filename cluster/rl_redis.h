@@ -110,8 +110,12 @@ uint64_t rl_redis_connects(const rl_redis *r);
    Returns -ENOTCONN while there is no connection (backing off after a failure; nothing is queued
    then, the caller decides), -EINVAL when the command cannot be formatted, -ENOMEM; on any error
    cb is never called. The format is hiredis' (%s, %b with a size_t length, %d, %lld...).
-   Timeout: the client's command timeout; on expiry the connection is dropped (replies are ordered,
-   so the connection is stuck), every pending command fails with NULL and a reconnect follows. */
+   Timeout: the client's command timeout. On expiry cb gets NULL (the command may still execute:
+   its reply, if any, is dropped) and the connection stays while replies keep coming (a slow
+   server is not a dead one; what else is in flight still gets its replies). Only when nothing at
+   all was answered for a whole command timeout and the oldest command is past its deadline is
+   the connection stuck (replies are ordered): then it is dropped, every pending command fails
+   with NULL and a reconnect follows. */
 int rl_redis_command(rl_redis *r, rl_redis_cb cb, void *ud, const char *fmt, ...);
 int rl_redis_vcommand(rl_redis *r, uint64_t timeout_ms, rl_redis_cb cb, void *ud, const char *fmt,
                       va_list ap);

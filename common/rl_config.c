@@ -301,6 +301,7 @@ static const cfg_field node_fields[] = {
     {"drain_timeout", F_DUR, OFF(drain_timeout_ms), 0, 0, CFG_MAX_MS, 0, NULL},
     {"node_ttl", F_DUR, OFF(node_ttl_ms), 0, 100, CFG_MAX_MS, 0, NULL},
     {"lease_ttl", F_DUR, OFF(lease_ttl_ms), 0, 100, CFG_MAX_MS, 0, NULL},
+    {"redis_inflight_max", F_INT, OFF(redis_inflight_max), 0, 2, 1000000, 0, NULL},
     {"console", F_BOOL, OFF(console), 0, 0, 0, 0, NULL},
     {"lua_instruction_budget", F_U64, OFF(lua_instruction_budget), 0, 1000, 1ULL << 40, 0, NULL},
     {"lua_memory_limit", F_SIZE, OFF(lua_memory_limit), 0, 1ULL << 20, 1ULL << 40, 0, NULL},
@@ -679,6 +680,7 @@ void rl_config_defaults(rl_config *c)
     c->drain_timeout_ms = 10000;
     c->node_ttl_ms = 5000;
     c->lease_ttl_ms = 5000;
+    c->redis_inflight_max = 2048;
     c->console = 0;
     c->lua_instruction_budget = 10000000;
     c->lua_memory_limit = 256u << 20;

@@ -175,6 +175,8 @@ typedef struct rl_config {
     char *hook_on_failure;           /* connect_hook.on_failure: "refuse" (NULL too) or "accept" */
     char **hook_headers;             /* connect_hook.pass_headers: request headers passed on */
     size_t nhook_headers;
+    int redis_inflight_max;          /* admissions in flight to Redis per node (acquisitions:
+                                        half), default 2048 */
 } rl_config;
 
 /* Fills c with the defaults above (no plugins). */

@@ -41,6 +41,8 @@ typedef struct central_user {
     int hub_local;          /* the hub is ours (we hold its place) */
     uint64_t valid_until;   /* local hub: its place is certainly ours until then */
     int placing;            /* an acquisition is in flight */
+    uint8_t place_fails;    /* placements in a row the placement did not answer (backoff) */
+    uint64_t place_at;      /* loop ms before which it is not placed again (jittered backoff) */
     uint8_t reassert;       /* REASSERT_*: re-asserting its connections after a lapse */
     uint8_t reassert_bad;   /* a chunk of the round in flight failed: due again */
     uint16_t reassert_out;  /* chunks in flight */
@@ -211,6 +213,26 @@ static void clear_placement(central_user *u)
 
 /* ---- placement ---- */
 
+/* The placement did not answer (Redis slow or away, or too much in flight): the first retry
+   comes at the next tick, the second after 0.5-1 s, the later ones after 1-2 s (equal jitter),
+   so a node with many users spreads its retries instead of sending all of them at every tick
+   (or at every re-home). A re-registration (Redis back) ends every backoff. One line per 5 s
+   tells how many failed. */
+static void place_backoff(central_user *u)
+{
+    static uint64_t logged_at, failed;
+    uint64_t now = rl_now_ms(), wait = u->place_fails == 0 ? 0 : u->place_fails == 1 ? 1000 : 2000;
+    if (u->place_fails < UINT8_MAX)
+        u->place_fails++;
+    u->place_at = now + wait / 2 + uv_hrtime() % (wait / 2 + 1);
+    failed++;
+    if (now - logged_at >= 5000 || !logged_at) {
+        rl_warn("central", "user %s: placement unavailable; retrying with backoff (%llu failed "
+                           "placements so far)", u->id, (unsigned long long)failed);
+        logged_at = now;
+    }
+}
+
 typedef struct place_req {
     char *user;
     char hub[RL_PID_MAX];
@@ -238,6 +260,8 @@ static void on_place(const rl_place *l, void *ud)
         if (l->status == RL_PLACE_WON)
             central.pl->give_up(r->user, r->hub, l->token, 1);
     } else if (l->status == RL_PLACE_WON) {
+        u->place_fails = 0;
+        u->place_at = 0;
         keep = rl_hub_activate(r->hub, l->valid_until) == 0;
         if (keep) {
             rl_map_del(&central.cancelling, r->hub);
@@ -257,6 +281,8 @@ static void on_place(const rl_place *l, void *ud)
             central.pl->give_up(r->user, r->hub, l->token, 1);
         }
     } else if (l->status == RL_PLACE_OTHER || l->status == RL_PLACE_MINE) {
+        u->place_fails = 0;
+        u->place_at = 0;
         rl_proc *old = l->status == RL_PLACE_MINE && !rl_map_get(&central.cancelling, l->hub_pid)
                            ? rl_proc_find(l->hub_pid)
                            : NULL;
@@ -275,8 +301,8 @@ static void on_place(const rl_place *l, void *ud)
                 rl_hub_set_valid_until(u->hub, u->valid_until);
             attach_all(u);
         }
-    } else {
-        rl_warn("central", "user %s: placement unavailable; retrying", r->user);
+    } else if (u) {
+        place_backoff(u);
     }
     if (!keep)
         rl_cancel(NULL, r->hub, 0); /* the deferred hub has no plugins: it exits at once */
@@ -294,6 +320,12 @@ static void place(central_user *u)
         return;
     if (u->hub[0]) {
         attach_all(u);
+        return;
+    }
+    if (u->place_at && rl_now_ms() < u->place_at)
+        return; /* backing off; the tick places it later */
+    if (central.pl->busy && central.pl->busy()) {
+        place_backoff(u); /* no hub started for nothing; the tick places it later */
         return;
     }
     place_req *r = calloc(1, sizeof *r);
@@ -317,6 +349,7 @@ static void place(central_user *u)
     u->placing = 1; /* before the call: the local placement answers inside it */
     if (central.pl->acquire(u->id, r->hub, on_place, r) < 0) {
         u->placing = 0;
+        place_backoff(u);
         rl_cancel(NULL, r->hub, 0);
         free(r->user);
         free(r);
@@ -443,10 +476,12 @@ static void on_join(const rl_msg *m)
     r->scope = rl_body_ref(m->ctl.join.scope);
     /* Counted before the call: the local placement answers inside it (and u may be gone after). */
     u->admitting++;
-    if (central.pl->admit(u->id, conn, central.cfg->max_connections_per_user, on_admit, r) < 0) {
+    int rc = central.pl->admit(u->id, conn, central.cfg->max_connections_per_user, on_admit, r);
+    if (rc < 0) {
         u->admitting--;
         admit_req_free(r);
-        refuse(conn, RL_E_UNAVAILABLE, "Cluster registry unavailable");
+        refuse(conn, RL_E_UNAVAILABLE, rc == -EAGAIN ? "Too many admissions in flight, try again"
+                                                     : "Cluster registry unavailable");
         user_maybe_drop(u);
     }
 }
@@ -740,6 +775,10 @@ static void placement_tick(const rl_place_tick *t)
     if (!central.started)
         return;
     if (t->lapsed) {
+        const char *k0;
+        void *v0;
+        for (size_t it = 0; rl_map_next(&central.users, &it, &k0, &v0);)
+            ((central_user *)v0)->place_at = 0; /* Redis answers again: no more waiting */
         reassert_all();
         /* Notices sent during the outage may be lost: look every remote hub up again. */
         const char *k2;

@@ -76,6 +76,9 @@ typedef struct rl_placement {
     uint64_t (*node_valid_until)(void);
     /* Installs the tick callback (NULL: none). May be NULL (no tick: nothing expires). */
     void (*set_tick)(rl_place_tick_cb cb);
+    /* 1 when an acquire now would be put off (too much in flight): the caller backs off before
+       it starts a hub. May be NULL (never busy). */
+    int (*busy)(void);
 } rl_placement;
 
 /* In-process counts; every hub is local and never expires. */
