@@ -12,6 +12,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "rl_glob.h"
+
 #define HOST_MAX 256
 
 typedef struct url_parts {
@@ -97,28 +99,6 @@ static int host_canon(char *h, char *why, size_t whylen)
     return 0;
 }
 
-/* `*` matches any run (slashes included). Iterative, with one backtrack point: O(n*m). */
-static int glob_match(const char *p, const char *s)
-{
-    const char *star = NULL, *resume = NULL;
-    while (*s) {
-        if (*p == '*') {
-            star = p++;
-            resume = s;
-        } else if (*p == *s) {
-            p++;
-            s++;
-        } else if (star) {
-            p = star + 1;
-            s = ++resume;
-        } else {
-            return 0;
-        }
-    }
-    while (*p == '*')
-        p++;
-    return *p == '\0';
-}
 
 static int host_match(const char *pat, const char *host)
 {
@@ -287,7 +267,8 @@ int rl_url_check(const char *const *patterns, size_t n, const char *url, char **
         if (pattern_parse(patterns[i], &p, NULL, 0) < 0)
             continue; /* checked at config load */
         if (strcmp(p.scheme, x.scheme) == 0 && host_match(p.host, x.host) &&
-            (p.port < 0 || p.port == x.port) && (!p.path || glob_match(p.path, path)))
+            (p.port < 0 || p.port == x.port) &&
+            (!p.path || rl_glob_match(p.path, path, strlen(path))))
             rc = 0;
     }
     if (rc < 0) {

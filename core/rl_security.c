@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "rl_glob.h"
 #include "rl_json.h"
 #include "rl_log.h"
 #include "rl_map.h"
@@ -43,29 +44,7 @@ static struct {
 
 /* ---- matching and evaluation ---------------------------------------------------------- */
 
-int rl_sec_match(const char *p, const char *s, size_t len)
-{
-    /* Greedy with one back-track point (the last '*'): O(len * strlen(p)) at worst. */
-    size_t i = 0, star_s = 0;
-    const char *star_p = NULL;
-    while (i < len) {
-        if (*p == '*') {
-            star_p = ++p;
-            star_s = i;
-        } else if (*p && *p == s[i]) {
-            p++;
-            i++;
-        } else if (star_p) {
-            p = star_p;
-            i = ++star_s;
-        } else {
-            return 0;
-        }
-    }
-    while (*p == '*')
-        p++;
-    return *p == '\0';
-}
+int rl_sec_match(const char *p, const char *s, size_t len) { return rl_glob_match(p, s, len); }
 
 static int any_match(char *const *pats, size_t n, const char *s, size_t len)
 {
