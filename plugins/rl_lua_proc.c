@@ -124,29 +124,49 @@ static rl_msg *make_msg(lua_State *L, rl_topic t, const char *name, size_t nlen,
     return m;
 }
 
+/* A deliverer for send_each: sends m to `to`, NULL on success, else the reason (m stays the
+   caller's). */
+typedef const char *(*deliver_fn)(lua_State *L, rl_lua_inst *I, rl_msg *m, const char *to);
+
 /* process.send("user.<id>", ...): the sender's scope must allow process.send on user.<id>
    for another user. */
-static int send_user(lua_State *L, rl_lua_inst *I, rl_topic t, const char *topic, size_t nlen,
-                     const char *user)
+static const char *deliver_user(lua_State *L, rl_lua_inst *I, rl_msg *m, const char *user)
 {
-    size_t ulen = strlen(user);
+    int rc = rl_lua_send_user(L, I, user, strlen(user), m);
+    if (rc == 0)
+        return NULL;
+    return rc == -ENOENT ? "user offline" : rc == -EINVAL ? "invalid user id" : send_error(rc);
+}
+
+static const char *deliver_pid(lua_State *L, rl_lua_inst *I, rl_msg *m, const char *to)
+{
+    (void)L;
+    int rc = rl_send(&I->proc, to, m);
+    return rc == 0 ? NULL : send_error(rc);
+}
+
+/* One message per payload at 3.. (none = null), each charged and delivered; true, or false and
+   the reason of the first that fails. */
+static int send_each(lua_State *L, rl_lua_inst *I, rl_topic t, const char *topic, size_t nlen,
+                     deliver_fn deliver, const char *to)
+{
     int n = lua_gettop(L);
     if (n < 3) {
         lua_settop(L, 3);
         n = 3;
     }
     for (int i = 3; i <= n; i++) {
+        rl_lua_charge(L, RL_LUA_SEND_COST); /* the encode and the send are C work */
         rl_msg *m = make_msg(L, t, topic, nlen, i);
         if (!m) {
             lua_pushboolean(L, 0);
             lua_insert(L, -2);
             return 2;
         }
-        int rc = rl_lua_send_user(L, I, user, ulen, m);
-        if (rc < 0) {
+        const char *why = deliver(L, I, m, to);
+        if (why) {
             rl_msg_free(m);
-            return refuse(L, rc == -ENOENT ? "user offline"
-                             : rc == -EINVAL ? "invalid user id" : send_error(rc));
+            return refuse(L, why);
         }
     }
     lua_pushboolean(L, 1);
@@ -172,30 +192,10 @@ static int l_send(lua_State *L)
         return refuse(L, "permission denied");
     }
     if (strncmp(dest, "user.", 5) == 0) /* a user's hub, wherever it lives (rl_security.h) */
-        return send_user(L, I, t, topic, nlen, dest + 5);
+        return send_each(L, I, t, topic, nlen, deliver_user, dest + 5);
     char to[RL_PID_MAX];
     snprintf(to, sizeof to, "%s", resolve(I, dest));
-    int n = lua_gettop(L);
-    if (n < 3) {
-        lua_settop(L, 3);
-        n = 3;
-    }
-    for (int i = 3; i <= n; i++) {
-        rl_lua_charge(L, RL_LUA_SEND_COST); /* the encode and the send are C work */
-        rl_msg *m = make_msg(L, t, topic, nlen, i);
-        if (!m) {
-            lua_pushboolean(L, 0);
-            lua_insert(L, -2);
-            return 2;
-        }
-        int rc = rl_send(&I->proc, to, m);
-        if (rc < 0) {
-            rl_msg_free(m);
-            return refuse(L, send_error(rc));
-        }
-    }
-    lua_pushboolean(L, 1);
-    return 1;
+    return send_each(L, I, t, topic, nlen, deliver_pid, to);
 }
 
 static int push_ref(lua_State *L, int ref)
