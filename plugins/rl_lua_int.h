@@ -17,6 +17,7 @@
 #define RL_LUA_JSON_SCRATCH_KEEP (1u << 20) /* encode scratch kept between calls, bytes */
 #define RL_LUA_SELECT_MAX 64      /* cases in one channel.select */
 #define RL_LUA_HOOK_STEP 1000     /* instructions between two count-hook calls */
+#define RL_LUA_ALLOC_INSN 64      /* bytes allocated that count as one instruction */
 #define RL_LUA_SLICE_MAX 200000   /* instructions after which a blocking-capable call yields */
 #define RL_LUA_PREEMPT 50000      /* instructions (C work included) of one slice of a long run */
 #define RL_LUA_SEND_COST 64       /* instructions charged per message process.send makes */
@@ -126,6 +127,7 @@ struct rl_lua_inst { /* 320 bytes: one jemalloc class per idle instance, keep it
     unsigned limit_kind : 3;   /* rl_lua_limit: with limit_hit, the limit that doomed it */
     unsigned preempt_due : 1, preempted : 1; /* a slice is over / the run yielded for it */
     unsigned user_counted : 1; /* counted in its user's rl_owner_use.procs until torn down */
+    unsigned mem_over : 1;     /* went over plugin_memory_limit: its next hook decides (rl_lua.c) */
     uint32_t nwaits, wcap, nlinks, nchildren, ntimers; /* ntimers: live timers it owns */
     uint32_t mem_acct; /* its memory account (rl_lua.c), 0 = none */
 };
@@ -177,6 +179,8 @@ typedef struct rl_lua_host {
     uint64_t rng;
     uint64_t resumes, resumes_seen;     /* quiet-time collection (rl_lua.c) */
     uint64_t allocated, allocated_at_gc; /* bytes ever allocated; at the last full collection */
+    uint64_t cap_gc_next; /* uv_hrtime() before which no instance at its cap gets a collection */
+    uint64_t cap_gcs;     /* young collections run for instances at their cap (tests) */
     uv_timer_t *gc_timer; /* its own block: a closing handle outlives rl_lua_close */
     uint64_t kills[RL_LIMIT_COUNT];    /* instances ended by a limit */
     uint64_t refusals[RL_REFUSAL_COUNT]; /* requests refused at a limit (per user too) */

@@ -122,6 +122,21 @@ async def test_memory_is_capped_per_instance():
             await b.close()
 
 
+async def test_garbage_is_not_held_against_the_cap():
+    """An instance that goes over plugin_memory_limit only with garbage (64 MiB of 64 KiB strings
+    it drops, a 4 MiB cap) is not ended: the host collects before it decides, and without the
+    full collection of every user's objects that a refused allocation would make Lua run."""
+    with Node(_cfg(node={"plugin_memory_limit": "4MiB", "lua_memory_limit": "256MiB"})) as n:
+        ws, _ = await connect_welcomed(n, "alice")
+        await send_json(ws, {"type": "hostile_churn", "mb": 64})
+        f = await _frame(ws, "hostile_churned")
+        check(f.get("len", 0) > 65520, f"the churn's answer: {f}")
+        check("memory limit of the instance exceeded" not in n.log_text(), "garbage ended the instance")
+        kills = metric_sum(n.metrics(), "relay_plugin_kills_total", 'limit="memory"')
+        check(not kills, f"kills by memory {kills}")
+        await ws.close()
+
+
 async def _frame(ws, type_, timeout=10):
     """The next frame of type type_ (others, e.g. echoes, are skipped)."""
     deadline = time.monotonic() + timeout

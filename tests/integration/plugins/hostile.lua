@@ -4,6 +4,8 @@
 --   trim     -> {"type":"hostile_trim","len":#trimmed,"ms":elapsed} for the common trim idiom
 --   ping     -> {"type":"hostile_pong","n":k} (k counts pings of this instance)
 --   hog      -> allocates until its memory cap ends it (plugin_memory_limit)
+--   churn    -> makes p.mb MiB of garbage (64 KiB strings it drops) in one run, then
+--               {"type":"hostile_churned","len":...}: over any cap in all, never holding much
 --   hoard    -> keeps every message it receives from then on (their bodies count in its memory)
 --   swarm    -> spawns children and tickers until refused:
 --               {"type":"hostile_swarm","children":n,"cerr":...,"tickers":m,"terr":...}
@@ -129,6 +131,10 @@ local function run(args)
             t:stop()
             for i = 1, p.hold do keep[i]:stop() end
             process.send(p.conn_pid, "ws.message", { type = "hostile_stretch", ticks = ticks })
+        elseif topic == "churn" then -- p.mb MiB of garbage in 64 KiB strings, in one run
+            local last
+            for i = 1, p.mb * 16 do last = ("c"):rep(65536 - 16) .. i end
+            process.send(p.conn_pid, "ws.message", { type = "hostile_churned", len = #last })
         elseif topic == "ping" then
             n = n + 1
             process.send(p.conn_pid, "ws.message", { type = "hostile_pong", n = n })
