@@ -21,6 +21,7 @@
 #include "rl_jwt.h"
 #include "rl_log.h"
 #include "rl_lua.h"
+#include "rl_pg.h"
 #include "rl_security.h"
 #include "rl_metrics.h"
 #include "rl_spawn.h"
@@ -285,6 +286,11 @@ int main(int argc, char **argv)
         status = 1;
         goto out_node;
     }
+    if (rl_pg_start(app.cfg.pg_max_groups, app.cfg.pg_max_members) < 0) {
+        fprintf(stderr, "relay-node: process groups: out of memory\n");
+        status = 1;
+        goto out_node;
+    }
     if (rl_lua_init(&app.cfg, err, sizeof err) < 0) {
         fprintf(stderr, "relay-node: %s\n", err);
         status = 1;
@@ -384,6 +390,7 @@ int main(int argc, char **argv)
 out_lua:
     rl_lua_close();
 out_node:
+    rl_pg_stop();
     rl_sec_close();
     rl_node_close();
     uv_run(&app.loop, UV_RUN_DEFAULT);
