@@ -1184,7 +1184,7 @@ static const char *const file_versions[] = {"1.0", NULL};
    (kept in step by hand: common/ may not include the plugin host). */
 static const char *const plugin_modules[] = {"json", "time", "logger", "security", "uuid",
                                              "http_client", "http", "env", "funcs", "ctx",
-                                             "errors", NULL};
+                                             "errors", "pg", NULL};
 
 /* Parses up to three dot-separated numbers ("1", "0.1", "0.1.0"); returns how many, 0 if bad. */
 static int semver_parse(const char *s, unsigned v[3])
