@@ -47,6 +47,7 @@ static struct {
     size_t max_joins, max_members;
     rl_map groups;  /* key -> pg_group */
     rl_map members; /* pid -> pg_member (kept until the process exits: one monitor each) */
+    const rl_pg_remote *remote; /* NULL standalone */
 } pg;
 
 /* ---- names ---------------------------------------------------------------------------------- */
@@ -144,6 +145,8 @@ static int link_index(const pg_member *m, const pg_group *g)
 
 static void group_free(pg_group *g)
 {
+    if (pg.remote)
+        pg.remote->left(g->key, g->slen, g->key + g->slen + 1, strlen(g->key + g->slen + 1));
     rl_map_del(&pg.groups, g->key);
     free(g->slots);
     free(g->key);
@@ -234,6 +237,8 @@ int rl_pg_join(const char *pid, const char *scope, size_t slen, const char *grou
         }
         g->slots[g->n] = (pg_slot){m, 1};
         m->links[m->n++] = (pg_link){g, g->n++};
+        if (g->n == 1 && pg.remote)
+            pg.remote->joined(scope, slen, group, glen);
     }
     g->joins++;
     m->joins++;
@@ -336,8 +341,9 @@ size_t rl_pg_groups(const char *scope, size_t slen, rl_pg_each_fn fn, void *ud)
     return n;
 }
 
-size_t rl_pg_send(rl_proc *from, const char *scope, size_t slen, const char *group, size_t glen,
-                  const char *name, size_t nlen, rl_body *body)
+/* The local members' part of a group send, from pid `from` ("" = none) and owner. */
+static size_t fan_out(const char *from, rl_owner *owner, const char *scope, size_t slen,
+                      const char *group, size_t glen, const char *name, size_t nlen, rl_body *body)
 {
     pg_group *g = group_find(scope, slen, group, glen);
     size_t sent = 0;
@@ -349,10 +355,8 @@ size_t rl_pg_send(rl_proc *from, const char *scope, size_t slen, const char *gro
             rl_metric_inc(RL_M_MSGS_DROPPED);
             continue;
         }
-        if (from) {
-            memcpy(m->from, from->pid, RL_PID_MAX);
-            m->owner = rl_owner_ref(from->owner);
-        }
+        snprintf(m->from, sizeof m->from, "%s", from);
+        m->owner = rl_owner_ref(owner);
         m->flags = RL_MSG_PG;
         if (m->owner && m->owner != t->owner)
             m->flags |= RL_MSG_GRANTED; /* the caller checked the sender's pg.broadcast */
@@ -366,6 +370,103 @@ size_t rl_pg_send(rl_proc *from, const char *scope, size_t slen, const char *gro
     return sent;
 }
 
+size_t rl_pg_send_local(rl_proc *from, const char *scope, size_t slen, const char *group,
+                        size_t glen, const char *name, size_t nlen, rl_body *body)
+{
+    return fan_out(from ? from->pid : "", from ? from->owner : NULL, scope, slen, group, glen,
+                   name, nlen, body);
+}
+
+size_t rl_pg_send(rl_proc *from, const char *scope, size_t slen, const char *group, size_t glen,
+                  const char *name, size_t nlen, rl_body *body)
+{
+    if (pg.remote)
+        pg.remote->send(from ? from->pid : "", from ? from->owner : NULL, scope, slen, group,
+                        glen, name, nlen, body);
+    return rl_pg_send_local(from, scope, slen, group, glen, name, nlen, body);
+}
+
+void rl_pg_set_remote(const rl_pg_remote *r) { pg.remote = r; }
+
+const char *rl_pg_pid(void) { return pg.started ? pg.proc.pid : NULL; }
+
+void rl_pg_each_local_group(void (*fn)(const char *scope, size_t slen, const char *group,
+                                       size_t glen, void *ud), void *ud)
+{
+    const char *k;
+    void *v;
+    for (size_t it = 0; pg.started && rl_map_next(&pg.groups, &it, &k, &v);) {
+        const pg_group *g = v;
+        fn(g->key, g->slen, g->key + g->slen + 1, strlen(g->key + g->slen + 1), ud);
+    }
+}
+
+/* The packed name of a forwarded send: "<ulen>:<user><scope>\x1f<group>\x1f<topic>" (ulen -1
+   for the system). */
+rl_msg *rl_pg_forward_msg(const char *from, const rl_owner *owner, const char *scope, size_t slen,
+                          const char *group, size_t glen, const char *name, size_t nlen,
+                          rl_body *body)
+{
+    const char *user = rl_owner_user(owner);
+    size_t ulen = user ? strlen(user) : 0;
+    size_t cap = 24 + ulen + slen + glen + nlen;
+    char *packed = malloc(cap);
+    if (!packed)
+        return NULL;
+    int h = user ? snprintf(packed, cap, "%zu:", ulen) : snprintf(packed, cap, "-1:");
+    size_t n = (size_t)h;
+    memcpy(packed + n, user ? user : "", ulen), n += ulen;
+    memcpy(packed + n, scope, slen), n += slen;
+    packed[n++] = '\x1f';
+    memcpy(packed + n, group, glen), n += glen;
+    packed[n++] = '\x1f';
+    memcpy(packed + n, name, nlen), n += nlen;
+    rl_msg *m = rl_msg_new_body(RL_T_APP, packed, n, body);
+    free(packed);
+    if (!m)
+        return NULL;
+    snprintf(m->from, sizeof m->from, "%s", from);
+    m->flags = RL_MSG_PG;
+    return m;
+}
+
+/* Another node's part of a group send (rl_pg_forward_msg), to the local members. */
+static void on_forwarded(const rl_msg *m)
+{
+    const char *p = m->name, *e = m->name + m->name_len;
+    const char *colon = memchr(p, ':', (size_t)(e - p));
+    if (!colon || !m->body) {
+        rl_metric_inc(RL_M_MSGS_DROPPED);
+        return;
+    }
+    long ulen = -1;
+    if (!(colon - p == 2 && p[0] == '-' && p[1] == '1')) {
+        ulen = 0;
+        for (const char *q = p; q < colon; q++) {
+            if (*q < '0' || *q > '9' || ulen > RL_PG_NAME_MAX * 64) {
+                rl_metric_inc(RL_M_MSGS_DROPPED);
+                return;
+            }
+            ulen = ulen * 10 + (*q - '0');
+        }
+    }
+    const char *user = colon + 1, *scope = user + (ulen > 0 ? ulen : 0);
+    const char *s1 = scope <= e ? memchr(scope, '\x1f', (size_t)(e - scope)) : NULL;
+    const char *s2 = s1 ? memchr(s1 + 1, '\x1f', (size_t)(e - s1 - 1)) : NULL;
+    if (!s2) {
+        rl_metric_inc(RL_M_MSGS_DROPPED);
+        return;
+    }
+    rl_owner *o = ulen >= 0 ? rl_owner_get(user, (size_t)ulen) : NULL;
+    if (ulen >= 0 && !o) {
+        rl_metric_inc(RL_M_MSGS_DROPPED);
+        return;
+    }
+    fan_out(m->from, o, scope, (size_t)(s1 - scope), s1 + 1, (size_t)(s2 - s1 - 1), s2 + 1,
+            (size_t)(e - s2 - 1), m->body);
+    rl_owner_unref(o);
+}
+
 /* ---- the pg process ------------------------------------------------------------------------ */
 
 static void pg_handle(rl_proc *p, rl_msg *m)
@@ -375,6 +476,8 @@ static void pg_handle(rl_proc *p, rl_msg *m)
         pg_member *mb = member_find(m->ctl.exit.pid);
         if (mb)
             member_drop(mb);
+    } else if (m->topic == RL_T_APP && (m->flags & RL_MSG_PG) && !m->owner) {
+        on_forwarded(m); /* only the system (another node's pg process) sends these */
     }
     rl_msg_free(m);
 }
@@ -407,6 +510,7 @@ void rl_pg_stop(void)
         return;
     const char *k;
     void *v;
+    pg.remote = NULL; /* the cluster is gone already: nothing to tell it */
     for (size_t it = 0; rl_map_next(&pg.members, &it, &k, &v);)
         member_drop(v);
     rl_map_close(&pg.members);

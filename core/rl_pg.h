@@ -68,8 +68,39 @@ size_t rl_pg_groups(const char *scope, size_t slen, rl_pg_each_fn fn, void *ud);
 
 /* Sends topic name[0..nlen) with body (a reference is taken per message) from `from` (NULL:
    the system) to every member of the group. Returns the number of members reached; members
-   whose mailbox is full or that are gone are counted in relay_messages_dropped_total. */
+   whose mailbox is full or that are gone are counted in relay_messages_dropped_total. In a
+   cluster the other nodes' members get it too (rl_pg_remote.send: asynchronously, not counted
+   in the return). */
 size_t rl_pg_send(rl_proc *from, const char *scope, size_t slen, const char *group, size_t glen,
                   const char *name, size_t nlen, rl_body *body);
+
+/* ---- across nodes (cluster/rl_pg_redis.c registers it) ---- */
+
+/* What the cluster does for groups: `joined` when a group gets its first member on this node,
+   `left` when it loses its last, `send` for a group send's part for the other nodes (from: the
+   sender's pid, "" = the system; owner: its owner, NULL = the system; body: take a reference to
+   keep it). */
+typedef struct rl_pg_remote {
+    void (*joined)(const char *scope, size_t slen, const char *group, size_t glen);
+    void (*left)(const char *scope, size_t slen, const char *group, size_t glen);
+    void (*send)(const char *from, rl_owner *owner, const char *scope, size_t slen,
+                 const char *group, size_t glen, const char *name, size_t nlen, rl_body *body);
+} rl_pg_remote;
+void rl_pg_set_remote(const rl_pg_remote *r);
+/* The pg process's pid (where other nodes send this node's part of a group send). */
+const char *rl_pg_pid(void);
+/* A group send for another node's pg process: an application message from the system whose
+   name packs the sender's user, the scope, the group and the topic, sender pid `from`, marked
+   RL_MSG_PG; the receiving pg process unpacks it and sends to its local members with the
+   sender's pid and owner (nodes trust one another). NULL on OOM. */
+rl_msg *rl_pg_forward_msg(const char *from, const rl_owner *owner, const char *scope, size_t slen,
+                          const char *group, size_t glen, const char *name, size_t nlen,
+                          rl_body *body);
+/* Calls fn for every group with a member on this node (scope, group as "scope\x1fgroup"). */
+void rl_pg_each_local_group(void (*fn)(const char *scope, size_t slen, const char *group,
+                                       size_t glen, void *ud), void *ud);
+/* rl_pg_send without the other nodes (broadcast_local). */
+size_t rl_pg_send_local(rl_proc *from, const char *scope, size_t slen, const char *group,
+                        size_t glen, const char *name, size_t nlen, rl_body *body);
 
 #endif

@@ -211,7 +211,8 @@ static void add_item(void *ud, const char *s, size_t len)
     lua_rawseti(c->L, -2, ++c->n);
 }
 
-/* get_members / get_local_members: one node's members (no other node is asked). */
+/* get_members / get_local_members: this node's members (in a cluster no other node is asked:
+   docs/plugins.md). */
 static int members(lua_State *L, const char *action)
 {
     rl_lua_inst *I;
@@ -256,7 +257,7 @@ static int s_which_local_groups(lua_State *L) { return groups(L, "pg.which_local
 
 /* broadcast / broadcast_local(group, topic, payload...): one message per payload (none = null)
    to every member, each charged RL_LUA_SEND_COST per member. */
-static int send_group(lua_State *L, const char *action)
+static int send_group(lua_State *L, const char *action, int local_only)
 {
     rl_lua_inst *I;
     pg_ud *u = ready(L, &I);
@@ -291,15 +292,18 @@ static int send_group(lua_State *L, const char *action)
         rl_body *b = rl_body_new(data, len);
         if (!b)
             return luaL_error(L, "not enough memory");
-        rl_pg_send(&I->proc, u->id, u->len, g, glen, topic, tlen, b);
+        if (local_only)
+            rl_pg_send_local(&I->proc, u->id, u->len, g, glen, topic, tlen, b);
+        else
+            rl_pg_send(&I->proc, u->id, u->len, g, glen, topic, tlen, b);
         rl_body_unref(b);
     }
     lua_pushboolean(L, 1);
     return 1;
 }
 
-static int s_broadcast(lua_State *L) { return send_group(L, "pg.broadcast"); }
-static int s_broadcast_local(lua_State *L) { return send_group(L, "pg.broadcast_local"); }
+static int s_broadcast(lua_State *L) { return send_group(L, "pg.broadcast", 0); }
+static int s_broadcast_local(lua_State *L) { return send_group(L, "pg.broadcast_local", 1); }
 
 /* monitor / events: membership events are not built here; the call says so. */
 static int s_monitor(lua_State *L)
