@@ -1,18 +1,22 @@
 /* Process groups across nodes (rl_pg_redis.h).
  *
  * Membership in Redis is per node, not per member: a join or leave that does not change whether
- * this node has a member of the group costs Redis nothing. The set entries have no TTL; they are
- * kept true by three things: this node adds and removes its own as its groups gain their first
- * and lose their last member (in order, on the command connection); every RL_PG_REFRESH_MS it
- * adds its entries again (after Redis lost its data, or a command that failed); and a sender
- * that finds the pid of a node that is not alive (rl_cluster_pid_alive) removes it. So a node
- * that dies leaves entries for at most one send each, and what was sent to it meanwhile is lost
+ * this node has a member of the group costs Redis nothing. A group's key is a sorted set of pg
+ * process pids scored by when their node last wrote them (wall-clock ms): a node adds its pid
+ * when a group gains its first local member and removes it when the group loses its last (in
+ * order, on the command connection), and writes every entry of its groups again every
+ * RL_PG_REFRESH_MS (after Redis lost its data, or a command that failed). A sender first removes
+ * the entries older than RL_PG_STALE_MS (a node that died, or lost Redis, stopped refreshing),
+ * then sends to every pid whose node is alive as of the last tick, or whose entry is younger than
+ * node_ttl (a node that started less than a tick ago). So a dead node is skipped from the tick
+ * that sees it gone and forgotten after RL_PG_STALE_MS; what was sent to it before is lost
  * (counted in relay_messages_dropped_total by the transport's sweep). */
 #include "rl_pg_redis.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <uv.h>
 
 #include "rl_cluster.h"
@@ -22,7 +26,8 @@
 #include "rl_redis.h"
 
 #define RL_PG_REFRESH_MS 5000
-#define RL_PG_INFLIGHT_MAX 10000 /* group sends waiting for their SMEMBERS, node-wide */
+#define RL_PG_STALE_MS 15000   /* an entry not written again for this long is a dead node's */
+#define RL_PG_INFLIGHT_MAX 10000 /* group sends waiting for their ZRANGE, node-wide */
 
 static struct {
     const rl_config *cfg;
@@ -39,27 +44,35 @@ static int key_of(char *out, size_t cap, const char *scope, size_t slen, const c
     return n > 0 && (size_t)n < cap ? n : -1;
 }
 
-static void set_cmd(const char *cmd, const char *scope, size_t slen, const char *group,
-                    size_t glen)
+static long long wall_ms(void)
 {
-    char key[2 * RL_PG_NAME_MAX + 128];
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ZADD key <now> <our pg pid> (add) or ZREM key <our pg pid>. */
+static void set_cmd(int add, const char *scope, size_t slen, const char *group, size_t glen)
+{
+    char key[2 * RL_PG_NAME_MAX + 128], now[24];
     struct rl_redis *r = rl_cluster_redis();
     const char *pid = rl_pg_pid();
     if (!pr.on || !r || !pid || key_of(key, sizeof key, scope, slen, group, glen) < 0)
         return;
-    const char *argv[] = {cmd, key, pid};
-    if (rl_redis_commandargv(r, 0, NULL, NULL, 3, argv, NULL) < 0)
-        rl_metric_inc(RL_M_REDIS_ERRORS); /* the refresh adds it again */
+    snprintf(now, sizeof now, "%lld", wall_ms());
+    const char *zadd[] = {"ZADD", key, now, pid}, *zrem[] = {"ZREM", key, pid};
+    if (rl_redis_commandargv(r, 0, NULL, NULL, add ? 4 : 3, add ? zadd : zrem, NULL) < 0)
+        rl_metric_inc(RL_M_REDIS_ERRORS); /* the refresh writes it again */
 }
 
 static void joined(const char *scope, size_t slen, const char *group, size_t glen)
 {
-    set_cmd("SADD", scope, slen, group, glen);
+    set_cmd(1, scope, slen, group, glen);
 }
 
 static void left(const char *scope, size_t slen, const char *group, size_t glen)
 {
-    set_cmd("SREM", scope, slen, group, glen);
+    set_cmd(0, scope, slen, group, glen);
 }
 
 /* One group send waiting for the set of nodes: the message for the other nodes, built once. */
@@ -67,14 +80,6 @@ typedef struct pg_pending {
     rl_msg *m;
     char key[2 * RL_PG_NAME_MAX + 128];
 } pg_pending;
-
-static void forget_node(const char *key, const char *pid)
-{
-    struct rl_redis *r = rl_cluster_redis();
-    const char *argv[] = {"SREM", key, pid};
-    if (r)
-        rl_redis_commandargv(r, 0, NULL, NULL, 3, argv, NULL);
-}
 
 static void on_members(const redisReply *reply, void *ud)
 {
@@ -85,14 +90,14 @@ static void on_members(const redisReply *reply, void *ud)
         rl_metric_inc(RL_M_REDIS_ERRORS);
         rl_metric_inc(RL_M_MSGS_DROPPED);
     }
-    for (size_t i = 0; reply && reply->type == REDIS_REPLY_ARRAY && i < reply->elements; i++) {
-        const redisReply *e = reply->element[i];
+    long long young = wall_ms() - (long long)pr.cfg->node_ttl_ms;
+    for (size_t i = 0; reply && reply->type == REDIS_REPLY_ARRAY && i + 1 < reply->elements; i += 2) {
+        const redisReply *e = reply->element[i], *sc = reply->element[i + 1];
         if (e->type != REDIS_REPLY_STRING || e->len >= RL_PID_MAX || (self && strcmp(e->str, self) == 0))
             continue;
-        if (!rl_cluster_pid_alive(e->str)) { /* a node that went away: its members are gone */
-            forget_node(p->key, e->str);
-            continue;
-        }
+        long long at = sc->type == REDIS_REPLY_STRING ? atoll(sc->str) : 0;
+        if (!rl_cluster_pid_alive(e->str) && at < young)
+            continue; /* a node that went away (its entry goes at RL_PG_STALE_MS) */
         rl_msg *c = rl_msg_new_body(RL_T_APP, p->m->name, p->m->name_len, p->m->body);
         if (!c) {
             rl_metric_inc(RL_M_MSGS_DROPPED);
@@ -129,8 +134,12 @@ static void send_remote(const char *from, rl_owner *owner, const char *scope, si
         rl_metric_inc(RL_M_MSGS_DROPPED);
         return;
     }
-    const char *argv[] = {"SMEMBERS", p->key};
-    if (rl_redis_commandargv(r, 0, on_members, p, 2, argv, NULL) < 0) {
+    char stale[32];
+    snprintf(stale, sizeof stale, "(%lld", wall_ms() - RL_PG_STALE_MS);
+    const char *trim[] = {"ZREMRANGEBYSCORE", p->key, "-inf", stale};
+    const char *argv[] = {"ZRANGE", p->key, "0", "-1", "WITHSCORES"};
+    rl_redis_commandargv(r, 0, NULL, NULL, 4, trim, NULL);
+    if (rl_redis_commandargv(r, 0, on_members, p, 5, argv, NULL) < 0) {
         rl_metric_inc(RL_M_REDIS_ERRORS);
         rl_metric_inc(RL_M_MSGS_DROPPED);
         rl_msg_free(p->m);
@@ -143,7 +152,7 @@ static void send_remote(const char *from, rl_owner *owner, const char *scope, si
 static void refresh_one(const char *scope, size_t slen, const char *group, size_t glen, void *ud)
 {
     (void)ud;
-    set_cmd("SADD", scope, slen, group, glen);
+    set_cmd(1, scope, slen, group, glen);
 }
 
 static void on_refresh(uv_timer_t *t)

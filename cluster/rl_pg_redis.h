@@ -1,8 +1,8 @@
 /* Process groups across the nodes of a cluster (core/rl_pg.h's remote part). Redis keeps, per
- * group, the set of the pg process pids of the nodes that have a member of it:
- * <prefix>pg:<len(scope)>:<scope>:<group>. A group send reads that set (one SMEMBERS) and sends
- * one message to each other live node's pg process through the stream transport, which hands
- * it to the local members there. */
+ * group, the pg process pids of the nodes that have a member of it, in a sorted set scored by
+ * when each node last wrote its entry: <prefix>pg:<len(scope)>:<scope>:<group>. A group send
+ * reads it (one ZRANGE) and sends one message to each other live node's pg process through the
+ * stream transport, which hands it to the local members there. */
 #ifndef RL_PG_REDIS_H
 #define RL_PG_REDIS_H
 
