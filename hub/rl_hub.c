@@ -562,8 +562,8 @@ static void hub_handle(rl_proc *p, rl_msg *m)
             answer(h, m, RL_E_PLUGIN_FAILED, "User hub is moving, try again");
         else if (rl_topic_is_api_request((rl_topic)m->topic))
             api_answer(h, m, -EBUSY, 0, NULL);
-        else if (m->topic == RL_T_APP && (m->flags & RL_MSG_GRANTED))
-            rl_sec_undelivered(m, user_of(h), -EBUSY);
+        else if (m->topic == RL_T_APP && (m->flags & RL_MSG_GRANTED) && !(m->flags & RL_MSG_PG))
+            rl_sec_undelivered(m, user_of(h), -EBUSY); /* a group's sender is not told */
         rl_metric_inc(RL_M_EPOCH_DROPPED);
         rl_msg_free(m);
         return;
