@@ -314,6 +314,9 @@ static const cfg_field node_fields[] = {
     {"plugin_user_max_processes", F_SIZE, OFF(plugin_user_max_processes), 0, 1, 30000, 0, NULL},
     {"plugin_user_max_timers", F_SIZE, OFF(plugin_user_max_timers), 0, 0, 30000, 0, NULL},
     {"plugin_user_max_channels", F_SIZE, OFF(plugin_user_max_channels), 0, 0, 100000000, 0, NULL},
+    {"pg_max_scopes", F_SIZE, OFF(pg_max_scopes), 0, 0, 10000, 0, NULL},
+    {"pg_max_groups", F_SIZE, OFF(pg_max_groups), 0, 0, 100000, 0, NULL},
+    {"pg_max_members", F_SIZE, OFF(pg_max_members), 0, 0, 10000000, 0, NULL},
     {NULL, F_STR, 0, 0, 0, 0, 0, NULL},
 };
 
@@ -693,6 +696,9 @@ void rl_config_defaults(rl_config *c)
     c->plugin_user_max_processes = 256;
     c->plugin_user_max_timers = 512;
     c->plugin_user_max_channels = 20000;
+    c->pg_max_scopes = 16;
+    c->pg_max_groups = 64;
+    c->pg_max_members = 10000;
     c->api_max_body = 1u << 20;
     c->api_rate = 100;
     c->api_burst = 200;
@@ -1178,7 +1184,7 @@ static const char *const file_versions[] = {"1.0", NULL};
    (kept in step by hand: common/ may not include the plugin host). */
 static const char *const plugin_modules[] = {"json", "time", "logger", "security", "uuid",
                                              "http_client", "http", "env", "funcs", "ctx",
-                                             "errors", NULL};
+                                             "errors", "pg", NULL};
 
 /* Parses up to three dot-separated numbers ("1", "0.1", "0.1.0"); returns how many, 0 if bad. */
 static int semver_parse(const char *s, unsigned v[3])

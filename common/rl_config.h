@@ -146,6 +146,10 @@ typedef struct rl_config {
     size_t plugin_user_max_processes; /* live instances, the hub's plugins too, default 256 */
     size_t plugin_user_max_timers;    /* live timers, tickers and sleeps, default 512 */
     size_t plugin_user_max_channels;  /* live channels made with channel.new, 20,000 */
+    /* process groups (core/rl_pg.h, the plugins' pg module) */
+    size_t pg_max_scopes;  /* pg scope handles one instance holds open, default 16 */
+    size_t pg_max_groups;  /* joins one process (plugin or hub) holds, default 64 */
+    size_t pg_max_members; /* joins one group holds on a node, default 10,000 */
     /* relay.node api: the server API (api/), off while api_host is NULL */
     char *api_host;                  /* api.listen */
     int api_port;

@@ -121,6 +121,8 @@ enum {
     RL_MSG_RAW = 2,    /* the body is not JSON (a raw frame text) */
     RL_MSG_GRANTED = 4, /* a send to another user that the sender's policy allowed (set only by
                            rl_send_user; rl_security.h) */
+    RL_MSG_PG = 8,      /* a process group's send (rl_pg.h): a user hub writes it to its
+                           connections, whatever its topic */
 };
 
 /* Control structs carried by internal topics (rl_msg_ctl). */

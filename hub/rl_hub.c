@@ -11,6 +11,7 @@
 #include "rl_central.h"
 #include "rl_errors.h"
 #include "rl_envelope.h"
+#include "rl_hub_pg.h"
 #include "rl_json.h"
 #include "rl_log.h"
 #include "rl_metrics.h"
@@ -561,8 +562,8 @@ static void hub_handle(rl_proc *p, rl_msg *m)
             answer(h, m, RL_E_PLUGIN_FAILED, "User hub is moving, try again");
         else if (rl_topic_is_api_request((rl_topic)m->topic))
             api_answer(h, m, -EBUSY, 0, NULL);
-        else if (m->topic == RL_T_APP && (m->flags & RL_MSG_GRANTED))
-            rl_sec_undelivered(m, user_of(h), -EBUSY);
+        else if (m->topic == RL_T_APP && (m->flags & RL_MSG_GRANTED) && !(m->flags & RL_MSG_PG))
+            rl_sec_undelivered(m, user_of(h), -EBUSY); /* a group's sender is not told */
         rl_metric_inc(RL_M_EPOCH_DROPPED);
         rl_msg_free(m);
         return;
@@ -580,8 +581,11 @@ static void hub_handle(rl_proc *p, rl_msg *m)
         on_leave(h, m->ctl.conn.conn);
         break;
     case RL_T_APP:
-    case RL_T_WS_MESSAGE:
-        if (m->owner && m->owner != h->proc.owner)
+        if (rl_hub_pg_control(&h->proc, h->user_metadata, m))
+            return;
+        /* fall through */
+    case RL_T_WS_MESSAGE: /* a group's send (RL_MSG_PG) goes to the connections as is */
+        if (m->owner && m->owner != h->proc.owner && !(m->flags & RL_MSG_PG))
             from_other_user(h, m);
         else
             broadcast(h, m);

@@ -21,6 +21,8 @@
 #include "rl_jwt.h"
 #include "rl_log.h"
 #include "rl_lua.h"
+#include "rl_pg.h"
+#include "rl_pg_redis.h"
 #include "rl_security.h"
 #include "rl_metrics.h"
 #include "rl_spawn.h"
@@ -168,6 +170,7 @@ static void drain_tick(uv_timer_t *t)
     rl_api_stream_stop();
     rl_api_stop();
     rl_central_stop();
+    rl_pg_redis_stop();
     rl_cluster_stop();
     rl_lua_close();
     rl_gateway_stop();
@@ -205,6 +208,7 @@ static void on_signal(uv_signal_t *s, int signum)
 static void stop_started_layers(void)
 {
     rl_central_stop();
+    rl_pg_redis_stop();
     rl_cluster_stop();
     rl_lua_close();
     rl_gateway_stop();
@@ -285,6 +289,11 @@ int main(int argc, char **argv)
         status = 1;
         goto out_node;
     }
+    if (rl_pg_start(app.cfg.pg_max_groups, app.cfg.pg_max_members) < 0) {
+        fprintf(stderr, "relay-node: process groups: out of memory\n");
+        status = 1;
+        goto out_node;
+    }
     if (rl_lua_init(&app.cfg, err, sizeof err) < 0) {
         fprintf(stderr, "relay-node: %s\n", err);
         status = 1;
@@ -305,12 +314,15 @@ int main(int argc, char **argv)
         status = 1;
         goto out_lua;
     }
+    if (rl_cluster_enabled())
+        rl_pg_redis_start(&app.cfg); /* process groups across the nodes */
     if (app.cfg.auth_mode == RL_AUTH_INSECURE)
         rl_warn("node", "auth mode insecure: any client can claim any user_id (development only)");
     /* Placement: local counts standalone; the user's lease and exact counts in Redis in a cluster. */
     rl_central_set_placement(rl_cluster_enabled() ? rl_placement_redis() : rl_placement_local());
     if ((rc = rl_central_start(&app.cfg)) < 0) {
         fprintf(stderr, "relay-node: cannot start the central hub (%d)\n", rc);
+        rl_pg_redis_stop();
         rl_cluster_stop();
         status = 1;
         goto out_lua;
@@ -384,6 +396,7 @@ int main(int argc, char **argv)
 out_lua:
     rl_lua_close();
 out_node:
+    rl_pg_stop();
     rl_sec_close();
     rl_node_close();
     uv_run(&app.loop, UV_RUN_DEFAULT);

@@ -218,6 +218,7 @@ static const char prelude[] =
     "  logger = readonly(mklogger(nil, nil)), security = readonly(security)}\n"
     "modules.http_client = readonly(host.http)\n"
     "modules.http = modules.http_client\n"
+    "modules.pg = readonly(host.pg)\n"
     /* errors, env, ctx, funcs, process.with_context and imports: rl_lua_fid.c */
     "local import = host.extend(modules, safe, process, readonly, G)\n"
     "safe.require = function(name)\n"
@@ -1705,6 +1706,8 @@ static int init_p(lua_State *L)
     lua_setfield(L, -2, "unblock");
     rl_lua_uuid_push(L);
     lua_setfield(L, -2, "uuid");
+    rl_lua_pg_push(L);
+    lua_setfield(L, -2, "pg");
     rl_lua_http_push(L);
     lua_setfield(L, -2, "http");
     rl_lua_security_push(L);

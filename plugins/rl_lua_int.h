@@ -53,7 +53,10 @@ _Static_assert(RL_LIMIT_COUNT <= 8, "rl_lua_inst.limit_kind is a 3-bit field");
 #define RL_LUA_USER_LIMITS(X)                                                                     \
     X(USER_PROCESSES, "user_processes") /* plugin_user_max_processes */                        \
     X(USER_TIMERS, "user_timers")       /* plugin_user_max_timers */                           \
-    X(USER_CHANNELS, "user_channels")   /* plugin_user_max_channels */
+    X(USER_CHANNELS, "user_channels")   /* plugin_user_max_channels */                        \
+    X(PG_SCOPES, "pg_scopes")           /* pg_max_scopes: scope handles one instance holds */    \
+    X(PG_GROUPS, "pg_groups")           /* pg_max_groups: joins one process holds */             \
+    X(PG_MEMBERS, "pg_members")         /* pg_max_members: joins one group holds */
 
 enum {
     RL_LIMIT_USER_FIRST_ = RL_LIMIT_COUNT - 1,
@@ -195,6 +198,13 @@ size_t rl_lua_pool_bytes(void);
 void rl_lua_security_push(lua_State *L);
 /* rl_send_user (rl_security.h) for the running instance I, its user's metadata as actor.meta. */
 int rl_lua_send_user(lua_State *L, rl_lua_inst *I, const char *user, size_t len, rl_msg *m);
+
+/* 1 when the user scope allows action on res[0..rlen) for the running instance I (its user,
+   with the user's metadata as actor.meta); charged to I. */
+int rl_lua_can(lua_State *L, rl_lua_inst *I, const char *action, const char *res, size_t rlen);
+
+/* rl_lua_pg.c: pushes the pg module's table (pg.open). */
+void rl_lua_pg_push(lua_State *L);
 
 /* rl_lua_uuid.c: pushes the uuid module's table. */
 void rl_lua_uuid_push(lua_State *L);

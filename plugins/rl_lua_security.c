@@ -220,6 +220,23 @@ static int l_can(lua_State *L)
     return 1;
 }
 
+int rl_lua_can(lua_State *L, rl_lua_inst *I, const char *action, const char *res, size_t rlen)
+{
+    const rl_sec_policy *const *p = NULL;
+    size_t n = 0;
+    rl_sec_scope_get(rl_sec_user_scope(), &p, &n);
+    int top = lua_gettop(L);
+    lua_look k = {L, 0, 0};
+    if (I->user_meta && rl_sec_user_scope_reads_actor_meta() &&
+        rl_lua_json_decode(L, I->user_meta->data, I->user_meta->len))
+        k.actor_meta = lua_gettop(L);
+    rl_lua_charge(L, (uint64_t)n * (16 + strlen(action) + rlen));
+    rl_sec_req r = {rl_owner_user(I->proc.owner), action, strlen(action), res, rlen, look, &k};
+    int ok = rl_sec_eval(p, n, &r) == RL_SEC_ALLOW;
+    lua_settop(L, top);
+    return ok;
+}
+
 int rl_lua_send_user(lua_State *L, rl_lua_inst *I, const char *user, size_t len, rl_msg *m)
 {
     int top = lua_gettop(L);

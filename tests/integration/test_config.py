@@ -180,8 +180,8 @@ def test_check_rejects_unknown_method():
 
 
 def test_check_rejects_unknown_module():
-    cfg = Config(plugins=[Plugin("echo_plugin", "echo_", "echo.lua", modules=("json", "pg"))])
-    _assert_rejected(cfg, "echo_plugin", ["unknown module 'pg'"])
+    cfg = Config(plugins=[Plugin("echo_plugin", "echo_", "echo.lua", modules=("json", "sql"))])
+    _assert_rejected(cfg, "echo_plugin", ["unknown module 'sql'"])
 
 
 def test_check_rejects_unsupported_versions():
