@@ -25,8 +25,8 @@
 
 #define RL_HUB_CANCEL_MS 10000
 
-typedef struct local_conn {
-    char pid[RL_PID_MAX];
+typedef struct local_conn { /* 24 bytes (a 32-byte class); a pid string would take 72 */
+    rl_pid_local pid;             /* a connection of this node */
     uint64_t attached;            /* placement_key() of the hub it was last attached to (0 = none) */
 } local_conn;
 
@@ -174,9 +174,11 @@ static void attach(central_user *u, local_conn *lc)
     uint64_t key = placement_key(u);
     if (lc->attached == key)
         return;
+    char conn[RL_PID_MAX];
+    rl_pid_unpack(&lc->pid, conn);
     rl_msg *join = rl_msg_new(RL_T_WS_JOIN);
     if (join) {
-        memcpy(join->ctl.join.conn, lc->pid, RL_PID_MAX);
+        memcpy(join->ctl.join.conn, conn, RL_PID_MAX);
         join->ctl.join.meta = rl_body_ref(u->metadata);
         join->ctl.join.scope = rl_body_ref(u->scope);
     }
@@ -188,7 +190,7 @@ static void attach(central_user *u, local_conn *lc)
         memcpy(ctl->ctl.control.target, u->hub, RL_PID_MAX);
         ctl->ctl.control.epoch = u->epoch;
     }
-    send_ctl(lc->pid, ctl, 0);
+    send_ctl(conn, ctl, 0);
     lc->attached = key;
 }
 
@@ -241,9 +243,10 @@ typedef struct place_req {
 static void refuse_all(central_user *u, rl_err_code e)
 {
     while (u->nconns) {
-        local_conn *lc = &u->conns[u->nconns - 1];
-        central.pl->release(u->id, lc->pid);
-        refuse(lc->pid, e, NULL);
+        char conn[RL_PID_MAX];
+        rl_pid_unpack(&u->conns[u->nconns - 1].pid, conn);
+        central.pl->release(u->id, conn);
+        refuse(conn, e, NULL);
         u->nconns--;
     }
     u->idle_since = rl_now_ms();
@@ -360,6 +363,9 @@ static void place(central_user *u)
 
 static int add_conn(central_user *u, const char *conn, rl_body *meta, rl_body *scope)
 {
+    rl_pid_local pid;
+    if (rl_pid_pack(conn, &pid) < 0)
+        return -EINVAL; /* joins come from this node's connections only */
     if (u->nconns == u->capconns) {
         uint32_t ncap = u->capconns ? u->capconns * 2 : 1; /* most users hold one */
         local_conn *nc = realloc(u->conns, ncap * sizeof *nc);
@@ -370,7 +376,7 @@ static int add_conn(central_user *u, const char *conn, rl_body *meta, rl_body *s
     }
     local_conn *lc = &u->conns[u->nconns];
     memset(lc, 0, sizeof *lc);
-    snprintf(lc->pid, sizeof lc->pid, "%s", conn);
+    lc->pid = pid;
     u->nconns++;
     if (meta)
         set_body(&u->metadata, meta);
@@ -382,7 +388,7 @@ static int add_conn(central_user *u, const char *conn, rl_body *meta, rl_body *s
 static void remove_conn(central_user *u, const char *conn)
 {
     for (size_t i = 0; i < u->nconns; i++) {
-        if (strcmp(u->conns[i].pid, conn) != 0)
+        if (!rl_pid_local_is(&u->conns[i].pid, conn))
             continue;
         u->conns[i] = u->conns[--u->nconns];
         break;
@@ -491,7 +497,7 @@ static central_user *conn_user(const char *user, const char *conn)
 {
     central_user *u = user ? user_find(user) : NULL;
     for (uint32_t i = 0; u && i < u->nconns; i++)
-        if (strcmp(u->conns[i].pid, conn) == 0)
+        if (rl_pid_local_is(&u->conns[i].pid, conn))
             return u;
     return NULL;
 }
@@ -528,7 +534,7 @@ static void on_rehome(const rl_msg *m)
         clear_placement(u);
     }
     for (size_t i = 0; i < u->nconns; i++)
-        if (strcmp(u->conns[i].pid, conn) == 0)
+        if (rl_pid_local_is(&u->conns[i].pid, conn))
             u->conns[i].attached = 0;
     place(u);
 }
@@ -712,10 +718,13 @@ static void reassert_send(central_user *u, int retry)
         return;
     }
     for (uint32_t at = 0; at < u->nconns && u->reassert_out < UINT16_MAX; at += RL_PLACE_REASSERT_MAX) {
+        static char bufs[RL_PLACE_REASSERT_MAX][RL_PID_MAX]; /* the placement copies them */
         const char *pids[RL_PLACE_REASSERT_MAX];
         size_t n = u->nconns - at < RL_PLACE_REASSERT_MAX ? u->nconns - at : RL_PLACE_REASSERT_MAX;
-        for (size_t i = 0; i < n; i++)
-            pids[i] = u->conns[at + i].pid;
+        for (size_t i = 0; i < n; i++) {
+            rl_pid_unpack(&u->conns[at + i].pid, bufs[i]);
+            pids[i] = bufs[i];
+        }
         char *user = strdup(u->id);
         if (!user || central.pl->reassert(u->id, pids, n, retry, on_reassert, user) < 0) {
             free(user);
