@@ -36,13 +36,13 @@ typedef struct central_user {
     local_conn *conns;      /* admitted connections on this node */
     uint32_t nconns, capconns;
     uint32_t admitting;     /* admissions in flight */
-    char hub[RL_PID_MAX];   /* the user's hub ("" = not placed) */
+    char *hub;              /* the user's hub (no_hub "" = not placed; else malloc'd: set_hub) */
     uint64_t epoch;         /* its placement token (the lease epoch; 0 standalone), on messages to it */
-    int hub_local;          /* the hub is ours (we hold its place) */
     uint64_t valid_until;   /* local hub: its place is certainly ours until then */
-    int placing;            /* an acquisition is in flight */
-    uint8_t place_fails;    /* placements in a row the placement did not answer (backoff) */
     uint64_t place_at;      /* loop ms before which it is not placed again (jittered backoff) */
+    uint8_t hub_local;      /* the hub is ours (we hold its place) */
+    uint8_t placing;        /* an acquisition is in flight */
+    uint8_t place_fails;    /* placements in a row the placement did not answer (backoff) */
     uint8_t reassert;       /* REASSERT_*: re-asserting its connections after a lapse */
     uint8_t reassert_bad;   /* a chunk of the round in flight failed: due again */
     uint16_t reassert_out;  /* chunks in flight */
@@ -53,6 +53,9 @@ typedef struct central_user {
 } central_user;
 
 enum { REASSERT_NONE, REASSERT_DUE, REASSERT_SENT };
+
+/* central_user is 112 bytes (with the hub's pid inline it took the 192 class): */
+static char no_hub[1]; /* u->hub of a user not placed */
 
 static const rl_placement *placement; /* rl_central_set_placement; local by default */
 
@@ -118,6 +121,7 @@ static central_user *user_get(rl_owner *owner)
         return NULL;
     u->owner = rl_owner_ref(owner);
     u->id = rl_owner_user(u->owner);
+    u->hub = no_hub;
     if (rl_map_set(&central.users, u->id, u) < 0) {
         rl_owner_unref(u->owner);
         free(u);
@@ -129,6 +133,8 @@ static central_user *user_get(rl_owner *owner)
 
 static void user_free(central_user *u)
 {
+    if (u->hub != no_hub)
+        free(u->hub);
     free(u->conns);
     rl_body_unref(u->metadata);
     rl_body_unref(u->scope);
@@ -204,9 +210,22 @@ static void attach_all(central_user *u)
 
 static void place(central_user *u);
 
+/* Sets the user's hub pid ("" = none). Returns 0, or -ENOMEM (the hub is then none). */
+static int set_hub(central_user *u, const char *pid)
+{
+    if (u->hub != no_hub)
+        free(u->hub);
+    u->hub = no_hub;
+    if (pid[0] && !(u->hub = strdup(pid))) {
+        u->hub = no_hub;
+        return -ENOMEM;
+    }
+    return 0;
+}
+
 static void clear_placement(central_user *u)
 {
-    u->hub[0] = '\0';
+    set_hub(u, "");
     u->epoch = 0;
     u->hub_local = 0;
     u->hub_clients = 0;
@@ -265,10 +284,11 @@ static void on_place(const rl_place *l, void *ud)
     } else if (l->status == RL_PLACE_WON) {
         u->place_fails = 0;
         u->place_at = 0;
-        keep = rl_hub_activate(r->hub, l->valid_until) == 0;
+        keep = set_hub(u, r->hub) == 0 && rl_hub_activate(r->hub, l->valid_until) == 0;
+        if (!keep)
+            set_hub(u, "");
         if (keep) {
             rl_map_del(&central.cancelling, r->hub);
-            snprintf(u->hub, sizeof u->hub, "%s", r->hub);
             u->epoch = l->token;
             u->hub_local = 1;
             u->valid_until = l->valid_until;
@@ -292,11 +312,12 @@ static void on_place(const rl_place *l, void *ud)
         if (l->status == RL_PLACE_MINE && !old) {
             /* Our place names a hub that is gone: give it up and place again next tick. */
             central.pl->give_up(u->id, l->hub_pid, l->token, 1);
+        } else if (l->hub_pid[0] && set_hub(u, l->hub_pid) < 0) {
+            place_backoff(u); /* out of memory: placed again later */
         } else if (l->hub_pid[0]) {
             if (l->status == RL_PLACE_OTHER)
                 rl_info("central", "user %s: hub %s on node %s, lease epoch %llu", u->id,
                         l->hub_pid, l->holder, (unsigned long long)l->token);
-            snprintf(u->hub, sizeof u->hub, "%s", l->hub_pid);
             u->epoch = l->token;
             u->hub_local = old != NULL;
             u->valid_until = old ? l->valid_until : 0;

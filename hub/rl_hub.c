@@ -38,9 +38,9 @@ typedef struct rl_hub {
     rl_body *user_metadata; /* JSON object, or NULL */
     rl_body *scope;
     char **conns; /* connection pids, at most max_connections_per_user in normal operation */
-    uint32_t nconns, capconns;
+    uint32_t nconns;
+    uint32_t capconns : 31, cancelling : 1; /* 192 bytes: an int of its own took the 224 class */
     hub_plugin *plugins; /* parallel to cfg->plugins */
-    int cancelling;
     uint64_t valid_until; /* loop ms after which its place may be someone else's: stop accepting */
 } rl_hub;
 
@@ -164,7 +164,7 @@ static void on_join(rl_hub *h, const rl_msg *m)
         return;
     if (find_conn(h, conn) < 0) {
         if (h->nconns == h->capconns) {
-            uint32_t ncap = h->capconns ? h->capconns * 2 : 2;
+            uint32_t ncap = h->capconns ? h->capconns * 2 : 1; /* most users hold one */
             char **nc = realloc(h->conns, ncap * sizeof *nc);
             if (!nc)
                 return;
