@@ -193,7 +193,7 @@ static void attach(central_user *u, local_conn *lc)
     send_ctl(u->hub, join, u->epoch);
     rl_msg *ctl = rl_msg_new(RL_T_WS_CONTROL);
     if (ctl) {
-        memcpy(ctl->ctl.control.target, u->hub, RL_PID_MAX);
+        snprintf(ctl->ctl.control.target, sizeof ctl->ctl.control.target, "%s", u->hub);
         ctl->ctl.control.epoch = u->epoch;
     }
     send_ctl(conn, ctl, 0);
