@@ -26,11 +26,35 @@ static const char *const status_names[] = {"pending", "running", "stopped", "fai
 
 const char *rl_plugin_status_name(rl_plugin_status s) { return status_names[s]; }
 
-typedef struct hub_plugin {
-    rl_plugin_status status;
-    int restarts;
-    char *pid; /* malloc'd; NULL when not running */
+typedef struct hub_plugin { /* 16 bytes; a plugin is always of this node: its pid is packed */
+    uint64_t serial; /* of its pid (rl_pid_local), 0 when not running */
+    uint32_t rnd;
+    char kind;
+    uint8_t status;   /* rl_plugin_status */
+    uint8_t restarts; /* 0 or 1: a second crash fails it */
 } hub_plugin;
+
+static int plugin_running(const hub_plugin *hp) { return hp->serial != 0; }
+
+static void plugin_pid(const hub_plugin *hp, char out[RL_PID_MAX])
+{
+    rl_pid_local p = {.serial = hp->serial, .rnd = hp->rnd, .kind = hp->kind};
+    rl_pid_unpack(&p, out);
+}
+
+static int plugin_is(const hub_plugin *hp, const char *pid)
+{
+    rl_pid_local p = {.serial = hp->serial, .rnd = hp->rnd, .kind = hp->kind};
+    return plugin_running(hp) && rl_pid_local_is(&p, pid);
+}
+
+/* Sends fwd to the plugin (rl_send_as's contract). */
+static int plugin_send(const hub_plugin *hp, rl_msg *fwd)
+{
+    char pid[RL_PID_MAX];
+    plugin_pid(hp, pid);
+    return rl_send_as(pid, fwd);
+}
 
 typedef struct rl_hub {
     rl_proc proc; /* owner: the user */
@@ -71,10 +95,16 @@ static int spawn_plugin(rl_hub *h, size_t i)
     char err[256];
     char pid[RL_PID_MAX];
     int rc = rl_spawn(&a, pid, err, sizeof err);
-    if (rc == 0 && !(hp->pid = strdup(pid))) {
+    rl_pid_local packed;
+    if (rc == 0 && rl_pid_pack(pid, &packed) < 0) { /* not a pid of this node: cannot be */
         rl_cancel(&h->proc, pid, 0);
-        snprintf(err, sizeof err, "out of memory");
-        rc = -ENOMEM;
+        snprintf(err, sizeof err, "plugin pid %s is not of this node", pid);
+        rc = -EINVAL;
+    }
+    if (rc == 0) {
+        hp->serial = packed.serial;
+        hp->rnd = packed.rnd;
+        hp->kind = packed.kind;
     }
     if (rc < 0) {
         rl_warn("hub", "user %s: plugin %s failed to start: %s", user_of(h), def->id, err);
@@ -97,9 +127,11 @@ static ssize_t find_conn(rl_hub *h, const char *pid)
 static void notify_session(rl_hub *h, const char *topic)
 {
     for (size_t i = 0; i < h->cfg->nplugins; i++) {
-        if (strcmp(h->cfg->plugins[i].prefix, RL_SESSION_PREFIX) == 0 && h->plugins[i].pid) {
+        if (strcmp(h->cfg->plugins[i].prefix, RL_SESSION_PREFIX) == 0 && plugin_running(&h->plugins[i])) {
             rl_msg *m = rl_msg_new_body(RL_T_APP, topic, strlen(topic), rl_body_empty_object());
-            rl_send_or_free(&h->proc, h->plugins[i].pid, m);
+            char pid[RL_PID_MAX];
+            plugin_pid(&h->plugins[i], pid);
+            rl_send_or_free(&h->proc, pid, m);
             return;
         }
     }
@@ -243,7 +275,7 @@ static void on_client_message(rl_hub *h, rl_msg *m)
     }
     const rl_plugin_def *def = &h->cfg->plugins[i];
     hub_plugin *hp = &h->plugins[i];
-    if (hp->status == RL_PLUGIN_FAILED || (!hp->pid && spawn_plugin(h, (size_t)i) < 0)) {
+    if (hp->status == RL_PLUGIN_FAILED || (!plugin_running(hp) && spawn_plugin(h, (size_t)i) < 0)) {
         char msg[300];
         snprintf(msg, sizeof msg, "Plugin %s has failed permanently", def->prefix);
         answer(h, m, RL_E_PLUGIN_FAILED, msg);
@@ -270,7 +302,7 @@ static void on_client_message(rl_hub *h, rl_msg *m)
     }
     fwd->flags |= RL_MSG_CLIENT;
     uint64_t arrived = m->arrived_ns, now = uv_hrtime();
-    int rc = rl_send_as(hp->pid, fwd);
+    int rc = plugin_send(hp, fwd);
     if (rc == 0) {
         rl_metric_inc(RL_M_MSGS_ROUTED);
         rl_hist_observe_ns(RL_H_ROUTING, arrived && now > arrived ? now - arrived : 0);
@@ -288,7 +320,7 @@ static void on_client_message(rl_hub *h, rl_msg *m)
 static int all_plugins_stopped(const rl_hub *h)
 {
     for (size_t i = 0; i < h->cfg->nplugins; i++)
-        if (h->plugins[i].pid)
+        if (plugin_running(&h->plugins[i]))
             return 0;
     return 1;
 }
@@ -298,10 +330,9 @@ static void on_plugin_exit(rl_hub *h, const rl_ctl_exit *ex)
     const char *error = ex->error ? ex->error->data : NULL;
     for (size_t i = 0; i < h->cfg->nplugins; i++) {
         hub_plugin *hp = &h->plugins[i];
-        if (!hp->pid || strcmp(hp->pid, ex->pid) != 0)
+        if (!plugin_is(hp, ex->pid))
             continue;
-        free(hp->pid);
-        hp->pid = NULL;
+        hp->serial = 0;
         if (h->cancelling) {
             set_status(hp, RL_PLUGIN_STOPPED);
         } else if (!error) {
@@ -351,14 +382,14 @@ static void from_other_user(rl_hub *h, rl_msg *m)
     hub_plugin *hp = &h->plugins[i];
     size_t plen = strlen(h->cfg->plugins[i].prefix);
     int rc = -EPIPE;
-    if (hp->status != RL_PLUGIN_FAILED && (hp->pid || spawn_plugin(h, (size_t)i) == 0)) {
+    if (hp->status != RL_PLUGIN_FAILED && (plugin_running(hp) || spawn_plugin(h, (size_t)i) == 0)) {
         rl_msg *fwd = rl_msg_new_body(RL_T_APP, m->name + plen, m->name_len - plen, m->body);
         rc = -ENOMEM;
         if (fwd) {
             memcpy(fwd->from, m->from, RL_PID_MAX);
             fwd->owner = rl_owner_ref(m->owner);
             fwd->flags = m->flags & ~RL_MSG_CLIENT;
-            if ((rc = rl_send_as(hp->pid, fwd)) < 0)
+            if ((rc = plugin_send(hp, fwd)) < 0)
                 rl_msg_free(fwd);
         }
     }
@@ -400,7 +431,7 @@ static void api_message(rl_hub *h, const rl_msg *m)
         return;
     }
     hub_plugin *hp = &h->plugins[i];
-    if (hp->status == RL_PLUGIN_FAILED || (!hp->pid && spawn_plugin(h, (size_t)i) < 0)) {
+    if (hp->status == RL_PLUGIN_FAILED || (!plugin_running(hp) && spawn_plugin(h, (size_t)i) < 0)) {
         api_answer(h, m, -EPIPE, 0, NULL);
         return;
     }
@@ -411,7 +442,7 @@ static void api_message(rl_hub *h, const rl_msg *m)
         return;
     }
     memcpy(fwd->from, m->from, RL_PID_MAX);
-    int rc = rl_send_as(hp->pid, fwd);
+    int rc = plugin_send(hp, fwd);
     if (rc < 0)
         rl_msg_free(fwd);
     api_answer(h, m, rc == 0 ? 0 : rc == -EAGAIN ? -EAGAIN : -EPIPE, rc == 0, NULL);
@@ -631,11 +662,12 @@ static void hub_cancel(rl_proc *p, uint64_t deadline_ms)
     if (h->cancelling)
         return;
     h->cancelling = 1;
-    for (size_t i = 0; i < h->cfg->nplugins; i++)
-        if (h->plugins[i].pid && rl_cancel(&h->proc, h->plugins[i].pid, deadline_ms) < 0) {
-            free(h->plugins[i].pid);
-            h->plugins[i].pid = NULL;
-        }
+    for (size_t i = 0; i < h->cfg->nplugins; i++) {
+        char pid[RL_PID_MAX];
+        plugin_pid(&h->plugins[i], pid);
+        if (plugin_running(&h->plugins[i]) && rl_cancel(&h->proc, pid, deadline_ms) < 0)
+            h->plugins[i].serial = 0;
+    }
     if (all_plugins_stopped(h))
         rl_proc_exit(p, NULL);
 }
@@ -645,7 +677,6 @@ static void hub_free(rl_proc *p)
     rl_hub *h = (rl_hub *)p;
     for (size_t i = 0; i < h->cfg->nplugins; i++) {
         plugin_counts[h->plugins[i].status]--;
-        free(h->plugins[i].pid);
     }
     for (size_t i = 0; i < h->nconns; i++)
         free(h->conns[i]);
@@ -668,7 +699,7 @@ static const rl_proc_ops hub_ops = {
 static void start_plugins(rl_hub *h)
 {
     for (size_t i = 0; i < h->cfg->nplugins; i++)
-        if (h->cfg->plugins[i].auto_start && !h->plugins[i].pid)
+        if (h->cfg->plugins[i].auto_start && !plugin_running(&h->plugins[i]))
             spawn_plugin(h, i);
 }
 
