@@ -56,12 +56,57 @@ static int plugin_send(const hub_plugin *hp, rl_msg *fwd)
     return rl_send_as(pid, fwd);
 }
 
+/* A connection of the user: this node's packed (no allocation), another node's as a string. */
+typedef struct hub_conn { /* 16 bytes */
+    union {
+        uint64_t serial; /* kind != 0: of its rl_pid_local */
+        char *remote;    /* kind == 0: malloc'd pid */
+    };
+    uint32_t rnd;
+    char kind;
+} hub_conn;
+
+/* The connection's pid: its string, or buf filled in. */
+static const char *conn_pid(const hub_conn *c, char buf[RL_PID_MAX])
+{
+    if (!c->kind)
+        return c->remote;
+    rl_pid_local p = {.serial = c->serial, .rnd = c->rnd, .kind = c->kind};
+    rl_pid_unpack(&p, buf);
+    return buf;
+}
+
+static int conn_is(const hub_conn *c, const char *pid)
+{
+    if (!c->kind)
+        return strcmp(c->remote, pid) == 0;
+    rl_pid_local p = {.serial = c->serial, .rnd = c->rnd, .kind = c->kind};
+    return rl_pid_local_is(&p, pid);
+}
+
+static int conn_set(hub_conn *c, const char *pid)
+{
+    rl_pid_local p;
+    if (rl_pid_pack(pid, &p) == 0) {
+        *c = (hub_conn){.serial = p.serial, .rnd = p.rnd, .kind = p.kind};
+        return 0;
+    }
+    *c = (hub_conn){.remote = strdup(pid)};
+    return c->remote ? 0 : -ENOMEM;
+}
+
+static void conn_clear(hub_conn *c)
+{
+    if (!c->kind)
+        free(c->remote);
+}
+
 typedef struct rl_hub {
     rl_proc proc; /* owner: the user */
     const rl_config *cfg;
     rl_body *user_metadata; /* JSON object, or NULL */
     rl_body *scope;
-    char **conns; /* connection pids, at most max_connections_per_user in normal operation */
+    hub_conn *conns; /* at most max_connections_per_user in normal operation */
     uint32_t nconns;
     uint32_t capconns : 31, cancelling : 1; /* 192 bytes: an int of its own took the 224 class */
     hub_plugin *plugins; /* parallel to cfg->plugins */
@@ -119,7 +164,7 @@ static int spawn_plugin(rl_hub *h, size_t i)
 static ssize_t find_conn(rl_hub *h, const char *pid)
 {
     for (size_t i = 0; i < h->nconns; i++)
-        if (strcmp(h->conns[i], pid) == 0)
+        if (conn_is(&h->conns[i], pid))
             return (ssize_t)i;
     return -1;
 }
@@ -197,14 +242,13 @@ static void on_join(rl_hub *h, const rl_msg *m)
     if (find_conn(h, conn) < 0) {
         if (h->nconns == h->capconns) {
             uint32_t ncap = h->capconns ? h->capconns * 2 : 1; /* most users hold one */
-            char **nc = realloc(h->conns, ncap * sizeof *nc);
+            hub_conn *nc = realloc(h->conns, ncap * sizeof *nc);
             if (!nc)
                 return;
             h->conns = nc;
             h->capconns = ncap;
         }
-        h->conns[h->nconns] = strdup(conn);
-        if (!h->conns[h->nconns])
+        if (conn_set(&h->conns[h->nconns], conn) < 0)
             return;
         h->nconns++;
         if (h->nconns == 1)
@@ -219,7 +263,7 @@ static void on_leave(rl_hub *h, const char *conn)
     ssize_t i = find_conn(h, conn);
     if (i < 0)
         return;
-    free(h->conns[i]);
+    conn_clear(&h->conns[i]);
     h->conns[i] = h->conns[--h->nconns];
     if (h->nconns == 0)
         notify_session(h, "shutdown");
@@ -362,7 +406,8 @@ static void broadcast(rl_hub *h, rl_msg *m)
         rl_msg *c = rl_msg_new_body((rl_topic)m->topic, m->name, m->name_len, m->body);
         if (c)
             c->flags = m->flags;
-        rl_send_or_free(&h->proc, h->conns[i], c);
+        char buf[RL_PID_MAX];
+        rl_send_or_free(&h->proc, conn_pid(&h->conns[i], buf), c);
     }
     rl_msg_free(m);
 }
@@ -414,7 +459,8 @@ static void api_push(rl_hub *h, const rl_msg *m)
     uint32_t sent = 0;
     for (size_t i = 0; i < h->nconns; i++) {
         rl_msg *c = rl_msg_new_body(RL_T_APP, a->topic->data, a->topic->len, a->data);
-        if (rl_send_or_free(&h->proc, h->conns[i], c) == 0)
+        char buf[RL_PID_MAX];
+        if (rl_send_or_free(&h->proc, conn_pid(&h->conns[i], buf), c) == 0)
             sent++;
     }
     api_answer(h, m, 0, sent, NULL);
@@ -459,7 +505,8 @@ static void api_disconnect(rl_hub *h, const rl_msg *m)
             snprintf(c->ctl.close.reason, sizeof c->ctl.close.reason, "%s",
                      m->ctl.api.topic ? m->ctl.api.topic->data : "");
         }
-        if (rl_send_or_free(&h->proc, h->conns[i], c) == 0)
+        char buf[RL_PID_MAX];
+        if (rl_send_or_free(&h->proc, conn_pid(&h->conns[i], buf), c) == 0)
             sent++;
     }
     api_answer(h, m, 0, sent, NULL);
@@ -477,12 +524,12 @@ static size_t query_format(const rl_hub *h, char *out, size_t cap)
     W("},\"connections\":{");
     int first = 1;
     for (size_t i = 0; i < h->nconns; i++) {
-        char node[RL_NODE_ID_MAX], other[RL_NODE_ID_MAX];
-        if (rl_pid_node(h->conns[i], node) < 0)
+        char node[RL_NODE_ID_MAX], other[RL_NODE_ID_MAX], buf[RL_PID_MAX];
+        if (rl_pid_node(conn_pid(&h->conns[i], buf), node) < 0)
             continue;
         size_t seen = 0, count = 0;
         for (size_t j = 0; j < h->nconns; j++) {
-            if (rl_pid_node(h->conns[j], other) < 0 || strcmp(node, other) != 0)
+            if (rl_pid_node(conn_pid(&h->conns[j], buf), other) < 0 || strcmp(node, other) != 0)
                 continue;
             if (j < i)
                 seen = 1;
@@ -522,8 +569,10 @@ static void on_node_down(rl_hub *h, const char *node)
 {
     size_t before = h->nconns, plen = strlen(node);
     for (size_t i = 0; i < h->nconns;) {
-        if (strncmp(h->conns[i], node, plen) == 0 && h->conns[i][plen] == '.') {
-            free(h->conns[i]);
+        char buf[RL_PID_MAX];
+        const char *pid = conn_pid(&h->conns[i], buf);
+        if (strncmp(pid, node, plen) == 0 && pid[plen] == '.') {
+            conn_clear(&h->conns[i]);
             h->conns[i] = h->conns[--h->nconns];
         } else {
             i++;
@@ -540,8 +589,10 @@ static void on_node_down(rl_hub *h, const char *node)
    (WS_REHOME makes its node place the user again), then stop. */
 static void hand_over(rl_hub *h)
 {
-    for (size_t i = 0; i < h->nconns; i++)
-        rl_send_or_free(&h->proc, h->conns[i], rl_msg_rehome(NULL, h->proc.pid));
+    for (size_t i = 0; i < h->nconns; i++) {
+        char buf[RL_PID_MAX];
+        rl_send_or_free(&h->proc, conn_pid(&h->conns[i], buf), rl_msg_rehome(NULL, h->proc.pid));
+    }
     h->valid_until = 0;
     h->proc.ops->cancel(&h->proc, RL_PLUGIN_CANCEL_MS);
 }
@@ -679,7 +730,7 @@ static void hub_free(rl_proc *p)
         plugin_counts[h->plugins[i].status]--;
     }
     for (size_t i = 0; i < h->nconns; i++)
-        free(h->conns[i]);
+        conn_clear(&h->conns[i]);
     free(h->conns);
     free(h->plugins);
     rl_body_unref(h->user_metadata);
