@@ -454,6 +454,56 @@ int rl_pid_is_local(const char *pid)
     return node.prefix_len && strncmp(pid, node.prefix, node.prefix_len) == 0;
 }
 
+static void pid_format(char out[RL_PID_MAX], char kind, uint64_t serial, uint32_t rnd)
+{
+    snprintf(out, RL_PID_MAX, "%s%c%llu.%08x", node.prefix, kind, (unsigned long long)serial,
+             (unsigned)rnd);
+}
+
+static int hex_digit(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+int rl_pid_pack(const char *pid, rl_pid_local *out)
+{
+    if (!rl_pid_is_local(pid))
+        return -EINVAL;
+    const char *s = pid + node.prefix_len;
+    if (*s < 'a' || *s > 'z')
+        return -EINVAL;
+    char kind = *s++;
+    uint64_t serial = 0;
+    int digits = 0;
+    for (; *s >= '0' && *s <= '9' && digits < 19; s++, digits++)
+        serial = serial * 10 + (uint64_t)(*s - '0');
+    if (!digits || *s++ != '.')
+        return -EINVAL;
+    uint32_t rnd = 0;
+    for (int i = 0; i < 8; i++, s++) {
+        int d = hex_digit(*s);
+        if (d < 0)
+            return -EINVAL;
+        rnd = rnd << 4 | (uint32_t)d;
+    }
+    if (*s)
+        return -EINVAL;
+    char again[RL_PID_MAX];
+    pid_format(again, kind, serial, rnd);
+    if (strcmp(again, pid) != 0) /* leading zeros, or longer than a pid: not one we made */
+        return -EINVAL;
+    *out = (rl_pid_local){.serial = serial, .rnd = rnd, .kind = kind};
+    return 0;
+}
+
+void rl_pid_unpack(const rl_pid_local *p, char out[RL_PID_MAX]) { pid_format(out, p->kind, p->serial, p->rnd); }
+
+int rl_pid_local_is(const rl_pid_local *p, const char *pid)
+{
+    rl_pid_local q;
+    return rl_pid_pack(pid, &q) == 0 && q.serial == p->serial && q.rnd == p->rnd && q.kind == p->kind;
+}
+
 int rl_pid_node(const char *pid, char *out)
 {
     const char *dot = strchr(pid, '.');
@@ -569,8 +619,8 @@ int rl_proc_start(rl_proc *p, const rl_proc_ops *ops, size_t qcap, rl_owner *own
     unsigned char r[4];
     rl_random_bytes(r, sizeof r);
     p->serial = ++node.serial;
-    snprintf(p->pid, sizeof p->pid, "%s%c%llu.%02x%02x%02x%02x", node.prefix, ops->letter,
-             (unsigned long long)p->serial, r[0], r[1], r[2], r[3]);
+    pid_format(p->pid, ops->letter, p->serial,
+               (uint32_t)r[0] << 24 | (uint32_t)r[1] << 16 | (uint32_t)r[2] << 8 | r[3]);
     if (procs_put(p) < 0)
         return -ENOMEM;
     p->owner = rl_owner_ref(owner);

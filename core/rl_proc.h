@@ -290,6 +290,20 @@ int rl_pid_node(const char *pid, char *out);
 /* The kind letter of a well-formed pid, or 0. */
 char rl_pid_kind(const char *pid);
 
+/* A pid of this node incarnation in 16 bytes instead of a string (the tables that keep one per
+   connection: the central hub's admitted connections). The node prefix is implied. */
+typedef struct rl_pid_local {
+    uint64_t serial;
+    uint32_t rnd; /* the random part */
+    char kind;    /* the kind letter */
+} rl_pid_local;
+/* Packs pid; -EINVAL when it is not a pid of this node incarnation in rl_proc_start's form. */
+int rl_pid_pack(const char *pid, rl_pid_local *out);
+/* The pid string of p (as rl_proc_start wrote it). */
+void rl_pid_unpack(const rl_pid_local *p, char out[RL_PID_MAX]);
+/* 1 when pid is the one p packs. */
+int rl_pid_local_is(const rl_pid_local *p, const char *pid);
+
 /* Registers p (zeroed by the caller except its own fields) with a fresh pid, a mailbox of qcap
    messages and owner (a reference is taken; NULL = system). Returns 0 or -ENOMEM. */
 int rl_proc_start(rl_proc *p, const rl_proc_ops *ops, size_t qcap, rl_owner *owner);

@@ -248,14 +248,15 @@ static void conn_fail(rl_conn *c, rl_err_code e, const char *msg)
 /* Asks the central hub to place the user again: the target is gone or unreachable. */
 static void conn_rehome(rl_conn *c)
 {
-    rl_send_or_free(&c->proc, rl_gw_central_pid(), rl_msg_rehome(c->proc.pid, c->target));
+    rl_send_or_free(&c->proc, rl_gw_central_pid(),
+                    rl_msg_rehome(c->proc.pid, c->route ? c->route->hub : ""));
 }
 
 /* Sends a client message to the user hub, tagged with its lease epoch. Takes m. */
 static void conn_forward(rl_conn *c, rl_msg *m)
 {
-    m->epoch = c->epoch;
-    int rc = rl_send(&c->proc, c->target, m);
+    m->epoch = c->route ? c->route->epoch : 0;
+    int rc = c->route ? rl_send(&c->proc, c->route->hub, m) : -ENOENT;
     if (rc == 0)
         return;
     size_t rl;
@@ -266,7 +267,8 @@ static void conn_forward(rl_conn *c, rl_msg *m)
         /* -ENOENT, -EHOSTUNREACH, -EINVAL, -EPERM: the hub is gone or unreachable. The
            connection stays: the central hub places the user again and sends a new WS_CONTROL
            and welcome. */
-        rl_warn("gateway", "%s: hub %s unreachable (%d): re-homing", c->proc.pid, c->target, rc);
+        rl_warn("gateway", "%s: hub %s unreachable (%d): re-homing", c->proc.pid,
+                c->route ? c->route->hub : "none", rc);
         conn_send_error(c, RL_E_PLUGIN_FAILED, "User hub unavailable, try again", rid, rl);
         conn_rehome(c);
     }
@@ -478,8 +480,18 @@ static int conn_on_control(rl_conn *c, rl_msg *m)
         rl_msg_free(m);
         return 0;
     }
-    memcpy(c->target, m->ctl.control.target, RL_PID_MAX);
-    c->epoch = m->ctl.control.epoch;
+    size_t len = strnlen(m->ctl.control.target, RL_PID_MAX - 1);
+    rl_conn_route *r = malloc(sizeof *r + len + 1);
+    if (!r) {
+        rl_msg_free(m);
+        conn_fail(c, RL_E_OVERLOADED, "Out of memory");
+        return 0;
+    }
+    r->epoch = m->ctl.control.epoch;
+    memcpy(r->hub, m->ctl.control.target, len);
+    r->hub[len] = '\0';
+    free(c->route);
+    c->route = r;
     rl_msg_free(m);
     if (c->state == RL_CONN_JOINING)
         c->state = RL_CONN_ROUTED;
@@ -518,7 +530,7 @@ static int conn_on_close_msg(rl_conn *c, rl_msg *m)
    (a late notice from an old hub is ignored). */
 static int conn_on_rehome(rl_conn *c, rl_msg *m)
 {
-    if (strcmp(m->ctl.rehome.hub, c->target) == 0)
+    if (c->route && strcmp(m->ctl.rehome.hub, c->route->hub) == 0)
         conn_rehome(c);
     rl_msg_free(m);
     return 0;
@@ -608,6 +620,7 @@ void rl_conn_free_mem(rl_conn *c)
     }
     free(c->rx);
     free(c->close_reason);
+    free(c->route);
     free(c);
 }
 

@@ -37,7 +37,14 @@ typedef enum {
 
 typedef struct rl_hook rl_hook;
 
-typedef struct rl_conn { /* 320 bytes: one jemalloc class per idle connection, keep it there */
+/* Where a connection's client messages go: the user hub and its lease epoch (cluster mode; 0
+   standalone), from WS_CONTROL. One malloc'd block, so that rl_conn keeps to 256 bytes. */
+typedef struct rl_conn_route {
+    uint64_t epoch;
+    char hub[]; /* its pid */
+} rl_conn_route;
+
+typedef struct rl_conn { /* 256 bytes: one jemalloc class per idle connection, keep it there */
     rl_proc proc; /* first member: rl_proc * <-> rl_conn *; owner: the user */
     struct lws *wsi; /* NULL once lws closed it (or we detached) */
     union {
@@ -50,7 +57,7 @@ typedef struct rl_conn { /* 320 bytes: one jemalloc class per idle connection, k
         };
         rl_hook *hook; /* while hooked (RL_CONN_HOOK): the identity waits in the hook */
     };
-    uint64_t epoch;                /* the target's lease epoch (cluster mode; 0 standalone) */
+    rl_conn_route *route;          /* the user hub (NULL until the first WS_CONTROL) */
     char *rx; /* message being reassembled; while UPGRADING, the connect hook's request body
                  (rxlen bytes), built at the handshake because lws drops the headers after it */
     rl_msg *out_head, *out_tail;   /* frames to write (WS_MESSAGE bodies, or APP to wrap) */
@@ -58,7 +65,6 @@ typedef struct rl_conn { /* 320 bytes: one jemalloc class per idle connection, k
     char *close_reason; /* malloc'd at the close (NULL: none); idle connections carry no buffer */
     struct rl_conn *prev, *next;   /* gw.conns: established connections */
     struct rl_conn *write_next;    /* gw.writes: connections with frames to write this turn */
-    char target[RL_PID_MAX];       /* the user hub, from WS_CONTROL */
     uint32_t rxlen;                /* bytes in rx (max_message_bytes is at most 1 GiB) */
     uint32_t last_rx_ms;           /* loop ms (mod 2^32) of the last frame or pong: keepalive */
     uint32_t opened_ms;            /* loop ms (mod 2^32) when established: the close log's duration */

@@ -25,8 +25,8 @@
 
 #define RL_HUB_CANCEL_MS 10000
 
-typedef struct local_conn {
-    char pid[RL_PID_MAX];
+typedef struct local_conn { /* 24 bytes (a 32-byte class); a pid string would take 72 */
+    rl_pid_local pid;             /* a connection of this node */
     uint64_t attached;            /* placement_key() of the hub it was last attached to (0 = none) */
 } local_conn;
 
@@ -36,13 +36,13 @@ typedef struct central_user {
     local_conn *conns;      /* admitted connections on this node */
     uint32_t nconns, capconns;
     uint32_t admitting;     /* admissions in flight */
-    char hub[RL_PID_MAX];   /* the user's hub ("" = not placed) */
+    char *hub;              /* the user's hub (no_hub "" = not placed; else malloc'd: set_hub) */
     uint64_t epoch;         /* its placement token (the lease epoch; 0 standalone), on messages to it */
-    int hub_local;          /* the hub is ours (we hold its place) */
     uint64_t valid_until;   /* local hub: its place is certainly ours until then */
-    int placing;            /* an acquisition is in flight */
-    uint8_t place_fails;    /* placements in a row the placement did not answer (backoff) */
     uint64_t place_at;      /* loop ms before which it is not placed again (jittered backoff) */
+    uint8_t hub_local;      /* the hub is ours (we hold its place) */
+    uint8_t placing;        /* an acquisition is in flight */
+    uint8_t place_fails;    /* placements in a row the placement did not answer (backoff) */
     uint8_t reassert;       /* REASSERT_*: re-asserting its connections after a lapse */
     uint8_t reassert_bad;   /* a chunk of the round in flight failed: due again */
     uint16_t reassert_out;  /* chunks in flight */
@@ -53,6 +53,9 @@ typedef struct central_user {
 } central_user;
 
 enum { REASSERT_NONE, REASSERT_DUE, REASSERT_SENT };
+
+/* central_user is 112 bytes (with the hub's pid inline it took the 192 class): */
+static char no_hub[1]; /* u->hub of a user not placed */
 
 static const rl_placement *placement; /* rl_central_set_placement; local by default */
 
@@ -118,6 +121,7 @@ static central_user *user_get(rl_owner *owner)
         return NULL;
     u->owner = rl_owner_ref(owner);
     u->id = rl_owner_user(u->owner);
+    u->hub = no_hub;
     if (rl_map_set(&central.users, u->id, u) < 0) {
         rl_owner_unref(u->owner);
         free(u);
@@ -129,6 +133,8 @@ static central_user *user_get(rl_owner *owner)
 
 static void user_free(central_user *u)
 {
+    if (u->hub != no_hub)
+        free(u->hub);
     free(u->conns);
     rl_body_unref(u->metadata);
     rl_body_unref(u->scope);
@@ -174,9 +180,11 @@ static void attach(central_user *u, local_conn *lc)
     uint64_t key = placement_key(u);
     if (lc->attached == key)
         return;
+    char conn[RL_PID_MAX];
+    rl_pid_unpack(&lc->pid, conn);
     rl_msg *join = rl_msg_new(RL_T_WS_JOIN);
     if (join) {
-        memcpy(join->ctl.join.conn, lc->pid, RL_PID_MAX);
+        memcpy(join->ctl.join.conn, conn, RL_PID_MAX);
         join->ctl.join.meta = rl_body_ref(u->metadata);
         join->ctl.join.scope = rl_body_ref(u->scope);
     }
@@ -185,10 +193,10 @@ static void attach(central_user *u, local_conn *lc)
     send_ctl(u->hub, join, u->epoch);
     rl_msg *ctl = rl_msg_new(RL_T_WS_CONTROL);
     if (ctl) {
-        memcpy(ctl->ctl.control.target, u->hub, RL_PID_MAX);
+        snprintf(ctl->ctl.control.target, sizeof ctl->ctl.control.target, "%s", u->hub);
         ctl->ctl.control.epoch = u->epoch;
     }
-    send_ctl(lc->pid, ctl, 0);
+    send_ctl(conn, ctl, 0);
     lc->attached = key;
 }
 
@@ -202,9 +210,22 @@ static void attach_all(central_user *u)
 
 static void place(central_user *u);
 
+/* Sets the user's hub pid ("" = none). Returns 0, or -ENOMEM (the hub is then none). */
+static int set_hub(central_user *u, const char *pid)
+{
+    if (u->hub != no_hub)
+        free(u->hub);
+    u->hub = no_hub;
+    if (pid[0] && !(u->hub = strdup(pid))) {
+        u->hub = no_hub;
+        return -ENOMEM;
+    }
+    return 0;
+}
+
 static void clear_placement(central_user *u)
 {
-    u->hub[0] = '\0';
+    set_hub(u, "");
     u->epoch = 0;
     u->hub_local = 0;
     u->hub_clients = 0;
@@ -241,9 +262,10 @@ typedef struct place_req {
 static void refuse_all(central_user *u, rl_err_code e)
 {
     while (u->nconns) {
-        local_conn *lc = &u->conns[u->nconns - 1];
-        central.pl->release(u->id, lc->pid);
-        refuse(lc->pid, e, NULL);
+        char conn[RL_PID_MAX];
+        rl_pid_unpack(&u->conns[u->nconns - 1].pid, conn);
+        central.pl->release(u->id, conn);
+        refuse(conn, e, NULL);
         u->nconns--;
     }
     u->idle_since = rl_now_ms();
@@ -262,10 +284,11 @@ static void on_place(const rl_place *l, void *ud)
     } else if (l->status == RL_PLACE_WON) {
         u->place_fails = 0;
         u->place_at = 0;
-        keep = rl_hub_activate(r->hub, l->valid_until) == 0;
+        keep = set_hub(u, r->hub) == 0 && rl_hub_activate(r->hub, l->valid_until) == 0;
+        if (!keep)
+            set_hub(u, "");
         if (keep) {
             rl_map_del(&central.cancelling, r->hub);
-            snprintf(u->hub, sizeof u->hub, "%s", r->hub);
             u->epoch = l->token;
             u->hub_local = 1;
             u->valid_until = l->valid_until;
@@ -289,11 +312,12 @@ static void on_place(const rl_place *l, void *ud)
         if (l->status == RL_PLACE_MINE && !old) {
             /* Our place names a hub that is gone: give it up and place again next tick. */
             central.pl->give_up(u->id, l->hub_pid, l->token, 1);
+        } else if (l->hub_pid[0] && set_hub(u, l->hub_pid) < 0) {
+            place_backoff(u); /* out of memory: placed again later */
         } else if (l->hub_pid[0]) {
             if (l->status == RL_PLACE_OTHER)
                 rl_info("central", "user %s: hub %s on node %s, lease epoch %llu", u->id,
                         l->hub_pid, l->holder, (unsigned long long)l->token);
-            snprintf(u->hub, sizeof u->hub, "%s", l->hub_pid);
             u->epoch = l->token;
             u->hub_local = old != NULL;
             u->valid_until = old ? l->valid_until : 0;
@@ -360,6 +384,9 @@ static void place(central_user *u)
 
 static int add_conn(central_user *u, const char *conn, rl_body *meta, rl_body *scope)
 {
+    rl_pid_local pid;
+    if (rl_pid_pack(conn, &pid) < 0)
+        return -EINVAL; /* joins come from this node's connections only */
     if (u->nconns == u->capconns) {
         uint32_t ncap = u->capconns ? u->capconns * 2 : 1; /* most users hold one */
         local_conn *nc = realloc(u->conns, ncap * sizeof *nc);
@@ -370,7 +397,7 @@ static int add_conn(central_user *u, const char *conn, rl_body *meta, rl_body *s
     }
     local_conn *lc = &u->conns[u->nconns];
     memset(lc, 0, sizeof *lc);
-    snprintf(lc->pid, sizeof lc->pid, "%s", conn);
+    lc->pid = pid;
     u->nconns++;
     if (meta)
         set_body(&u->metadata, meta);
@@ -382,7 +409,7 @@ static int add_conn(central_user *u, const char *conn, rl_body *meta, rl_body *s
 static void remove_conn(central_user *u, const char *conn)
 {
     for (size_t i = 0; i < u->nconns; i++) {
-        if (strcmp(u->conns[i].pid, conn) != 0)
+        if (!rl_pid_local_is(&u->conns[i].pid, conn))
             continue;
         u->conns[i] = u->conns[--u->nconns];
         break;
@@ -491,7 +518,7 @@ static central_user *conn_user(const char *user, const char *conn)
 {
     central_user *u = user ? user_find(user) : NULL;
     for (uint32_t i = 0; u && i < u->nconns; i++)
-        if (strcmp(u->conns[i].pid, conn) == 0)
+        if (rl_pid_local_is(&u->conns[i].pid, conn))
             return u;
     return NULL;
 }
@@ -528,7 +555,7 @@ static void on_rehome(const rl_msg *m)
         clear_placement(u);
     }
     for (size_t i = 0; i < u->nconns; i++)
-        if (strcmp(u->conns[i].pid, conn) == 0)
+        if (rl_pid_local_is(&u->conns[i].pid, conn))
             u->conns[i].attached = 0;
     place(u);
 }
@@ -712,10 +739,13 @@ static void reassert_send(central_user *u, int retry)
         return;
     }
     for (uint32_t at = 0; at < u->nconns && u->reassert_out < UINT16_MAX; at += RL_PLACE_REASSERT_MAX) {
+        static char bufs[RL_PLACE_REASSERT_MAX][RL_PID_MAX]; /* the placement copies them */
         const char *pids[RL_PLACE_REASSERT_MAX];
         size_t n = u->nconns - at < RL_PLACE_REASSERT_MAX ? u->nconns - at : RL_PLACE_REASSERT_MAX;
-        for (size_t i = 0; i < n; i++)
-            pids[i] = u->conns[at + i].pid;
+        for (size_t i = 0; i < n; i++) {
+            rl_pid_unpack(&u->conns[at + i].pid, bufs[i]);
+            pids[i] = bufs[i];
+        }
         char *user = strdup(u->id);
         if (!user || central.pl->reassert(u->id, pids, n, retry, on_reassert, user) < 0) {
             free(user);

@@ -27,21 +27,90 @@ static const char *const status_names[] = {"pending", "running", "stopped", "fai
 
 const char *rl_plugin_status_name(rl_plugin_status s) { return status_names[s]; }
 
-typedef struct hub_plugin {
-    rl_plugin_status status;
-    int restarts;
-    char *pid; /* malloc'd; NULL when not running */
+typedef struct hub_plugin { /* 16 bytes; a plugin is always of this node: its pid is packed */
+    uint64_t serial; /* of its pid (rl_pid_local), 0 when not running */
+    uint32_t rnd;
+    char kind;
+    uint8_t status;   /* rl_plugin_status */
+    uint8_t restarts; /* 0 or 1: a second crash fails it */
 } hub_plugin;
+
+static int plugin_running(const hub_plugin *hp) { return hp->serial != 0; }
+
+static void plugin_pid(const hub_plugin *hp, char out[RL_PID_MAX])
+{
+    rl_pid_local p = {.serial = hp->serial, .rnd = hp->rnd, .kind = hp->kind};
+    rl_pid_unpack(&p, out);
+}
+
+static int plugin_is(const hub_plugin *hp, const char *pid)
+{
+    rl_pid_local p = {.serial = hp->serial, .rnd = hp->rnd, .kind = hp->kind};
+    return plugin_running(hp) && rl_pid_local_is(&p, pid);
+}
+
+/* Sends fwd to the plugin (rl_send_as's contract). */
+static int plugin_send(const hub_plugin *hp, rl_msg *fwd)
+{
+    char pid[RL_PID_MAX];
+    plugin_pid(hp, pid);
+    return rl_send_as(pid, fwd);
+}
+
+/* A connection of the user: this node's packed (no allocation), another node's as a string. */
+typedef struct hub_conn { /* 16 bytes */
+    union {
+        uint64_t serial; /* kind != 0: of its rl_pid_local */
+        char *remote;    /* kind == 0: malloc'd pid */
+    };
+    uint32_t rnd;
+    char kind;
+} hub_conn;
+
+/* The connection's pid: its string, or buf filled in. */
+static const char *conn_pid(const hub_conn *c, char buf[RL_PID_MAX])
+{
+    if (!c->kind)
+        return c->remote;
+    rl_pid_local p = {.serial = c->serial, .rnd = c->rnd, .kind = c->kind};
+    rl_pid_unpack(&p, buf);
+    return buf;
+}
+
+static int conn_is(const hub_conn *c, const char *pid)
+{
+    if (!c->kind)
+        return strcmp(c->remote, pid) == 0;
+    rl_pid_local p = {.serial = c->serial, .rnd = c->rnd, .kind = c->kind};
+    return rl_pid_local_is(&p, pid);
+}
+
+static int conn_set(hub_conn *c, const char *pid)
+{
+    rl_pid_local p;
+    if (rl_pid_pack(pid, &p) == 0) {
+        *c = (hub_conn){.serial = p.serial, .rnd = p.rnd, .kind = p.kind};
+        return 0;
+    }
+    *c = (hub_conn){.remote = strdup(pid)};
+    return c->remote ? 0 : -ENOMEM;
+}
+
+static void conn_clear(hub_conn *c)
+{
+    if (!c->kind)
+        free(c->remote);
+}
 
 typedef struct rl_hub {
     rl_proc proc; /* owner: the user */
     const rl_config *cfg;
     rl_body *user_metadata; /* JSON object, or NULL */
     rl_body *scope;
-    char **conns; /* connection pids, at most max_connections_per_user in normal operation */
-    uint32_t nconns, capconns;
+    hub_conn *conns; /* at most max_connections_per_user in normal operation */
+    uint32_t nconns;
+    uint32_t capconns : 31, cancelling : 1; /* 192 bytes: an int of its own took the 224 class */
     hub_plugin *plugins; /* parallel to cfg->plugins */
-    int cancelling;
     uint64_t valid_until; /* loop ms after which its place may be someone else's: stop accepting */
 } rl_hub;
 
@@ -72,10 +141,16 @@ static int spawn_plugin(rl_hub *h, size_t i)
     char err[256];
     char pid[RL_PID_MAX];
     int rc = rl_spawn(&a, pid, err, sizeof err);
-    if (rc == 0 && !(hp->pid = strdup(pid))) {
+    rl_pid_local packed;
+    if (rc == 0 && rl_pid_pack(pid, &packed) < 0) { /* not a pid of this node: cannot be */
         rl_cancel(&h->proc, pid, 0);
-        snprintf(err, sizeof err, "out of memory");
-        rc = -ENOMEM;
+        snprintf(err, sizeof err, "plugin pid %s is not of this node", pid);
+        rc = -EINVAL;
+    }
+    if (rc == 0) {
+        hp->serial = packed.serial;
+        hp->rnd = packed.rnd;
+        hp->kind = packed.kind;
     }
     if (rc < 0) {
         rl_warn("hub", "user %s: plugin %s failed to start: %s", user_of(h), def->id, err);
@@ -90,7 +165,7 @@ static int spawn_plugin(rl_hub *h, size_t i)
 static ssize_t find_conn(rl_hub *h, const char *pid)
 {
     for (size_t i = 0; i < h->nconns; i++)
-        if (strcmp(h->conns[i], pid) == 0)
+        if (conn_is(&h->conns[i], pid))
             return (ssize_t)i;
     return -1;
 }
@@ -98,9 +173,11 @@ static ssize_t find_conn(rl_hub *h, const char *pid)
 static void notify_session(rl_hub *h, const char *topic)
 {
     for (size_t i = 0; i < h->cfg->nplugins; i++) {
-        if (strcmp(h->cfg->plugins[i].prefix, RL_SESSION_PREFIX) == 0 && h->plugins[i].pid) {
+        if (strcmp(h->cfg->plugins[i].prefix, RL_SESSION_PREFIX) == 0 && plugin_running(&h->plugins[i])) {
             rl_msg *m = rl_msg_new_body(RL_T_APP, topic, strlen(topic), rl_body_empty_object());
-            rl_send_or_free(&h->proc, h->plugins[i].pid, m);
+            char pid[RL_PID_MAX];
+            plugin_pid(&h->plugins[i], pid);
+            rl_send_or_free(&h->proc, pid, m);
             return;
         }
     }
@@ -165,15 +242,14 @@ static void on_join(rl_hub *h, const rl_msg *m)
         return;
     if (find_conn(h, conn) < 0) {
         if (h->nconns == h->capconns) {
-            uint32_t ncap = h->capconns ? h->capconns * 2 : 2;
-            char **nc = realloc(h->conns, ncap * sizeof *nc);
+            uint32_t ncap = h->capconns ? h->capconns * 2 : 1; /* most users hold one */
+            hub_conn *nc = realloc(h->conns, ncap * sizeof *nc);
             if (!nc)
                 return;
             h->conns = nc;
             h->capconns = ncap;
         }
-        h->conns[h->nconns] = strdup(conn);
-        if (!h->conns[h->nconns])
+        if (conn_set(&h->conns[h->nconns], conn) < 0)
             return;
         h->nconns++;
         if (h->nconns == 1)
@@ -188,7 +264,7 @@ static void on_leave(rl_hub *h, const char *conn)
     ssize_t i = find_conn(h, conn);
     if (i < 0)
         return;
-    free(h->conns[i]);
+    conn_clear(&h->conns[i]);
     h->conns[i] = h->conns[--h->nconns];
     if (h->nconns == 0)
         notify_session(h, "shutdown");
@@ -244,7 +320,7 @@ static void on_client_message(rl_hub *h, rl_msg *m)
     }
     const rl_plugin_def *def = &h->cfg->plugins[i];
     hub_plugin *hp = &h->plugins[i];
-    if (hp->status == RL_PLUGIN_FAILED || (!hp->pid && spawn_plugin(h, (size_t)i) < 0)) {
+    if (hp->status == RL_PLUGIN_FAILED || (!plugin_running(hp) && spawn_plugin(h, (size_t)i) < 0)) {
         char msg[300];
         snprintf(msg, sizeof msg, "Plugin %s has failed permanently", def->prefix);
         answer(h, m, RL_E_PLUGIN_FAILED, msg);
@@ -271,7 +347,7 @@ static void on_client_message(rl_hub *h, rl_msg *m)
     }
     fwd->flags |= RL_MSG_CLIENT;
     uint64_t arrived = m->arrived_ns, now = uv_hrtime();
-    int rc = rl_send_as(hp->pid, fwd);
+    int rc = plugin_send(hp, fwd);
     if (rc == 0) {
         rl_metric_inc(RL_M_MSGS_ROUTED);
         rl_hist_observe_ns(RL_H_ROUTING, arrived && now > arrived ? now - arrived : 0);
@@ -289,7 +365,7 @@ static void on_client_message(rl_hub *h, rl_msg *m)
 static int all_plugins_stopped(const rl_hub *h)
 {
     for (size_t i = 0; i < h->cfg->nplugins; i++)
-        if (h->plugins[i].pid)
+        if (plugin_running(&h->plugins[i]))
             return 0;
     return 1;
 }
@@ -299,10 +375,9 @@ static void on_plugin_exit(rl_hub *h, const rl_ctl_exit *ex)
     const char *error = ex->error ? ex->error->data : NULL;
     for (size_t i = 0; i < h->cfg->nplugins; i++) {
         hub_plugin *hp = &h->plugins[i];
-        if (!hp->pid || strcmp(hp->pid, ex->pid) != 0)
+        if (!plugin_is(hp, ex->pid))
             continue;
-        free(hp->pid);
-        hp->pid = NULL;
+        hp->serial = 0;
         if (h->cancelling) {
             set_status(hp, RL_PLUGIN_STOPPED);
         } else if (!error) {
@@ -332,7 +407,8 @@ static void broadcast(rl_hub *h, rl_msg *m)
         rl_msg *c = rl_msg_new_body((rl_topic)m->topic, m->name, m->name_len, m->body);
         if (c)
             c->flags = m->flags;
-        rl_send_or_free(&h->proc, h->conns[i], c);
+        char buf[RL_PID_MAX];
+        rl_send_or_free(&h->proc, conn_pid(&h->conns[i], buf), c);
     }
     rl_msg_free(m);
 }
@@ -352,14 +428,14 @@ static void from_other_user(rl_hub *h, rl_msg *m)
     hub_plugin *hp = &h->plugins[i];
     size_t plen = strlen(h->cfg->plugins[i].prefix);
     int rc = -EPIPE;
-    if (hp->status != RL_PLUGIN_FAILED && (hp->pid || spawn_plugin(h, (size_t)i) == 0)) {
+    if (hp->status != RL_PLUGIN_FAILED && (plugin_running(hp) || spawn_plugin(h, (size_t)i) == 0)) {
         rl_msg *fwd = rl_msg_new_body(RL_T_APP, m->name + plen, m->name_len - plen, m->body);
         rc = -ENOMEM;
         if (fwd) {
             memcpy(fwd->from, m->from, RL_PID_MAX);
             fwd->owner = rl_owner_ref(m->owner);
             fwd->flags = m->flags & ~RL_MSG_CLIENT;
-            if ((rc = rl_send_as(hp->pid, fwd)) < 0)
+            if ((rc = plugin_send(hp, fwd)) < 0)
                 rl_msg_free(fwd);
         }
     }
@@ -384,7 +460,8 @@ static void api_push(rl_hub *h, const rl_msg *m)
     uint32_t sent = 0;
     for (size_t i = 0; i < h->nconns; i++) {
         rl_msg *c = rl_msg_new_body(RL_T_APP, a->topic->data, a->topic->len, a->data);
-        if (rl_send_or_free(&h->proc, h->conns[i], c) == 0)
+        char buf[RL_PID_MAX];
+        if (rl_send_or_free(&h->proc, conn_pid(&h->conns[i], buf), c) == 0)
             sent++;
     }
     api_answer(h, m, 0, sent, NULL);
@@ -401,7 +478,7 @@ static void api_message(rl_hub *h, const rl_msg *m)
         return;
     }
     hub_plugin *hp = &h->plugins[i];
-    if (hp->status == RL_PLUGIN_FAILED || (!hp->pid && spawn_plugin(h, (size_t)i) < 0)) {
+    if (hp->status == RL_PLUGIN_FAILED || (!plugin_running(hp) && spawn_plugin(h, (size_t)i) < 0)) {
         api_answer(h, m, -EPIPE, 0, NULL);
         return;
     }
@@ -412,7 +489,7 @@ static void api_message(rl_hub *h, const rl_msg *m)
         return;
     }
     memcpy(fwd->from, m->from, RL_PID_MAX);
-    int rc = rl_send_as(hp->pid, fwd);
+    int rc = plugin_send(hp, fwd);
     if (rc < 0)
         rl_msg_free(fwd);
     api_answer(h, m, rc == 0 ? 0 : rc == -EAGAIN ? -EAGAIN : -EPIPE, rc == 0, NULL);
@@ -429,7 +506,8 @@ static void api_disconnect(rl_hub *h, const rl_msg *m)
             snprintf(c->ctl.close.reason, sizeof c->ctl.close.reason, "%s",
                      m->ctl.api.topic ? m->ctl.api.topic->data : "");
         }
-        if (rl_send_or_free(&h->proc, h->conns[i], c) == 0)
+        char buf[RL_PID_MAX];
+        if (rl_send_or_free(&h->proc, conn_pid(&h->conns[i], buf), c) == 0)
             sent++;
     }
     api_answer(h, m, 0, sent, NULL);
@@ -447,12 +525,12 @@ static size_t query_format(const rl_hub *h, char *out, size_t cap)
     W("},\"connections\":{");
     int first = 1;
     for (size_t i = 0; i < h->nconns; i++) {
-        char node[RL_NODE_ID_MAX], other[RL_NODE_ID_MAX];
-        if (rl_pid_node(h->conns[i], node) < 0)
+        char node[RL_NODE_ID_MAX], other[RL_NODE_ID_MAX], buf[RL_PID_MAX];
+        if (rl_pid_node(conn_pid(&h->conns[i], buf), node) < 0)
             continue;
         size_t seen = 0, count = 0;
         for (size_t j = 0; j < h->nconns; j++) {
-            if (rl_pid_node(h->conns[j], other) < 0 || strcmp(node, other) != 0)
+            if (rl_pid_node(conn_pid(&h->conns[j], buf), other) < 0 || strcmp(node, other) != 0)
                 continue;
             if (j < i)
                 seen = 1;
@@ -492,8 +570,10 @@ static void on_node_down(rl_hub *h, const char *node)
 {
     size_t before = h->nconns, plen = strlen(node);
     for (size_t i = 0; i < h->nconns;) {
-        if (strncmp(h->conns[i], node, plen) == 0 && h->conns[i][plen] == '.') {
-            free(h->conns[i]);
+        char buf[RL_PID_MAX];
+        const char *pid = conn_pid(&h->conns[i], buf);
+        if (strncmp(pid, node, plen) == 0 && pid[plen] == '.') {
+            conn_clear(&h->conns[i]);
             h->conns[i] = h->conns[--h->nconns];
         } else {
             i++;
@@ -510,8 +590,10 @@ static void on_node_down(rl_hub *h, const char *node)
    (WS_REHOME makes its node place the user again), then stop. */
 static void hand_over(rl_hub *h)
 {
-    for (size_t i = 0; i < h->nconns; i++)
-        rl_send_or_free(&h->proc, h->conns[i], rl_msg_rehome(NULL, h->proc.pid));
+    for (size_t i = 0; i < h->nconns; i++) {
+        char buf[RL_PID_MAX];
+        rl_send_or_free(&h->proc, conn_pid(&h->conns[i], buf), rl_msg_rehome(NULL, h->proc.pid));
+    }
     h->valid_until = 0;
     h->proc.ops->cancel(&h->proc, RL_PLUGIN_CANCEL_MS);
 }
@@ -635,11 +717,12 @@ static void hub_cancel(rl_proc *p, uint64_t deadline_ms)
     if (h->cancelling)
         return;
     h->cancelling = 1;
-    for (size_t i = 0; i < h->cfg->nplugins; i++)
-        if (h->plugins[i].pid && rl_cancel(&h->proc, h->plugins[i].pid, deadline_ms) < 0) {
-            free(h->plugins[i].pid);
-            h->plugins[i].pid = NULL;
-        }
+    for (size_t i = 0; i < h->cfg->nplugins; i++) {
+        char pid[RL_PID_MAX];
+        plugin_pid(&h->plugins[i], pid);
+        if (plugin_running(&h->plugins[i]) && rl_cancel(&h->proc, pid, deadline_ms) < 0)
+            h->plugins[i].serial = 0;
+    }
     if (all_plugins_stopped(h))
         rl_proc_exit(p, NULL);
 }
@@ -649,10 +732,9 @@ static void hub_free(rl_proc *p)
     rl_hub *h = (rl_hub *)p;
     for (size_t i = 0; i < h->cfg->nplugins; i++) {
         plugin_counts[h->plugins[i].status]--;
-        free(h->plugins[i].pid);
     }
     for (size_t i = 0; i < h->nconns; i++)
-        free(h->conns[i]);
+        conn_clear(&h->conns[i]);
     free(h->conns);
     free(h->plugins);
     rl_body_unref(h->user_metadata);
@@ -672,7 +754,7 @@ static const rl_proc_ops hub_ops = {
 static void start_plugins(rl_hub *h)
 {
     for (size_t i = 0; i < h->cfg->nplugins; i++)
-        if (h->cfg->plugins[i].auto_start && !h->plugins[i].pid)
+        if (h->cfg->plugins[i].auto_start && !plugin_running(&h->plugins[i]))
             spawn_plugin(h, i);
 }
 

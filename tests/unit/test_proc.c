@@ -138,6 +138,45 @@ static void test_pids(void **state)
     assert_true(a.freed);
 }
 
+/* A packed local pid gives back the same string; pids of another node, altered ones and ones
+   not in rl_proc_start's form (leading zeros, upper-case hex, trailing bytes) do not pack. */
+static void test_pid_pack(void **state)
+{
+    (void)state;
+    rec a = {0};
+    assert_int_equal(rl_proc_start(&a.proc, &rec_ops, 4, NULL), 0);
+    rl_pid_local p;
+    assert_int_equal(rl_pid_pack(a.proc.pid, &p), 0);
+    assert_int_equal(p.kind, 'r');
+    assert_int_equal(p.serial, a.proc.serial);
+    char back[RL_PID_MAX];
+    rl_pid_unpack(&p, back);
+    assert_string_equal(back, a.proc.pid);
+    assert_true(rl_pid_local_is(&p, a.proc.pid));
+    char bad[RL_PID_MAX + 8];
+    const char *dot = strrchr(a.proc.pid, '.');
+    size_t head = (size_t)(dot - a.proc.pid);
+    snprintf(bad, sizeof bad, "%s0", a.proc.pid); /* trailing byte */
+    assert_int_equal(rl_pid_pack(bad, &p), -EINVAL);
+    snprintf(bad, sizeof bad, "%.*s.%s", (int)head, a.proc.pid, "ABCDEF01"); /* upper-case hex */
+    assert_int_equal(rl_pid_pack(bad, &p), -EINVAL);
+    snprintf(bad, sizeof bad, "%.*s.%s", (int)head, a.proc.pid, "abcdef0"); /* short */
+    assert_int_equal(rl_pid_pack(bad, &p), -EINVAL);
+    snprintf(bad, sizeof bad, "t1.%s", "xx"); /* another incarnation's prefix, or none */
+    assert_int_equal(rl_pid_pack(bad, &p), -EINVAL);
+    assert_int_equal(rl_pid_pack("n2.abcdef.h1.00000000", &p), -EINVAL);
+    char zero[RL_PID_MAX + 8];
+    const char *serial = a.proc.pid + (strstr(a.proc.pid, ".r") - a.proc.pid) + 2;
+    snprintf(zero, sizeof zero, "%.*s0%s", (int)(serial - a.proc.pid), a.proc.pid, serial);
+    assert_int_equal(rl_pid_pack(zero, &p), -EINVAL); /* a leading zero: not the same pid */
+    assert_int_equal(rl_pid_pack(a.proc.pid, &p), 0);
+    char other[RL_PID_MAX];
+    snprintf(other, sizeof other, "%.*s.%08x", (int)head, a.proc.pid, p.rnd ^ 1u);
+    assert_false(rl_pid_local_is(&p, other));
+    rl_proc_exit(&a.proc, NULL);
+    uv_run(&loop, UV_RUN_NOWAIT);
+}
+
 /* The process table under churn: starts and exits in a shuffled order across several growths;
    every live pid is found, every exited one and every altered one is not. */
 static void test_process_table_churn(void **state)
@@ -555,6 +594,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_pids, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pid_pack, setup, teardown),
         cmocka_unit_test_setup_teardown(test_process_table_churn, setup, teardown),
         cmocka_unit_test_setup_teardown(test_proc_next, setup, teardown),
         cmocka_unit_test_setup_teardown(test_owners_interned, setup, teardown),
