@@ -47,6 +47,12 @@ void rl_lua_aux_free(rl_lua_inst *I)
         free(A->listens[i].topic);
     }
     free(A->listens);
+    for (uint32_t i = 0; i < A->nexecs; i++) {
+        if (H.L)
+            luaL_unref(H.L, LUA_REGISTRYINDEX, A->execs[i].chan_ref);
+        free(A->execs[i].topic);
+    }
+    free(A->execs);
     while (A->exitvals) {
         rl_lua_exitval *v = A->exitvals;
         A->exitvals = v->next;
@@ -317,11 +323,73 @@ static int h_ctx(lua_State *L)
 
 /* host.fid_spawn(mode, ctx_json|nil, id, host, ...): mode 0 spawn, 1 monitored, 2 linked,
    3 linked and monitored. */
+int rl_lua_exec_done(rl_lua_inst *I, const char *pid, const char *error, rl_body *value)
+{
+    rl_lua_aux *A = I->aux;
+    for (uint32_t i = 0; A && i < A->nexecs; i++) {
+        rl_lua_listen *x = &A->execs[i];
+        if (strcmp(x->topic, pid) != 0)
+            continue;
+        rl_lua_chan *ch = rl_lua_ref_udata(x->chan_ref);
+        rl_lua_event *e = calloc(1, sizeof *e);
+        if (e && (!error || (e->error = strdup(error)))) {
+            e->kind = RL_EV_EXIT;
+            e->value = value;
+            snprintf(e->from, sizeof e->from, "%s", pid);
+            rl_lua_chan_push_event(ch, e);
+        } else { /* the caller still wakes: a closed channel answers its receive */
+            rl_error("lua", "plugin %s: out of memory, exec result of %s dropped", I->proc.pid,
+                     pid);
+            rl_lua_event_free(e);
+            rl_body_unref(value);
+            rl_lua_chan_detach(ch);
+        }
+        luaL_unref(H.L, LUA_REGISTRYINDEX, x->chan_ref); /* the waiting caller holds it */
+        free(x->topic);
+        *x = A->execs[--A->nexecs];
+        return 1;
+    }
+    return 0;
+}
+
+/* process.exec's start: the spawned child's pid is waited on; pushes the channel its exit
+   comes to after the pid (the Lua half receives from it). */
+static int exec_wait_on(lua_State *L, rl_lua_inst *I)
+{
+    const char *pid = lua_tostring(L, -1);
+    rl_lua_aux *A = rl_lua_aux_of(I);
+    rl_lua_listen *nx = A ? realloc(A->execs, (A->nexecs + 1) * sizeof *nx) : NULL;
+    char *t = nx ? strdup(pid) : NULL;
+    if (nx)
+        A->execs = nx;
+    if (!t) {
+        rl_lua_inst *C = rl_lua_inst_of(pid);
+        if (C)
+            rl_lua_kill(C, "not enough memory");
+        return luaL_error(L, "not enough memory");
+    }
+    rl_lua_chan *ch = rl_lua_chan_new(L, RL_CH_EVENTS, 0); /* a raise here: the child still
+                                                              ends with this instance */
+    rl_lua_chan_set_owner(ch, &I->proc);
+    lua_pushvalue(L, -1);
+    nx[A->nexecs].chan_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    nx[A->nexecs].topic = t;
+    A->nexecs++;
+    return 2;
+}
+
+/* host.fid_spawn(mode, ctx, id, host, ...): mode bit 1 monitored, bit 2 linked; mode 4 is
+   process.exec (monitored; pushes pid and the channel its exit comes to). */
 static int h_spawn(lua_State *L)
 {
     int mode = (int)luaL_checkinteger(L, 1);
     const char *ctx = lua_isnil(L, 2) ? NULL : luaL_checkstring(L, 2);
-    return rl_lua_proc_spawn(L, 3, mode & 1, mode & 2, ctx);
+    if (mode != 4)
+        return rl_lua_proc_spawn(L, 3, mode & 1, mode & 2, ctx);
+    int n = rl_lua_proc_spawn(L, 3, 1, 0, ctx);
+    if (n != 1 || lua_type(L, -1) != LUA_TSTRING)
+        return n;
+    return exec_wait_on(L, rl_lua_current(L));
 }
 
 /* host.fid_func(id): a function that runs the function.lua entry id afresh (a new
@@ -491,16 +559,27 @@ static const char fid_lua[] =
     "    local text, err = json.encode(self.ctx_)\n"
     "    if text == nil then return nil, 'with_context: ' .. tostring(err) end\n"
     "    if text == '[]' then text = '{}' end\n"
-    "    local pid, why = host.fid_spawn(mode, text, id, hst, ...)\n"
-    "    if pid == nil then return nil, why end\n"
+    "    local pid, wait = host.fid_spawn(mode, text, id, hst, ...)\n"
+    "    if pid == nil then return nil, wait end\n"
     "    if self.name_ then\n"
     "      local ok, e = process.registry.register(self.name_, pid)\n"
     "      if not ok then process.terminate(pid); return nil, e end\n"
     "    end\n"
     "    for _, m in G.ipairs(self.msgs_) do process.send(pid, m[1], G.table.unpack(m, 3, m[2] + 2)) end\n"
-    "    return pid\n"
+    "    return pid, wait\n"
     "  end\n"
     "end\n"
+    /* process.exec: spawn, then block until the child ends: its value, or nil and its error */
+    "local function exec_result(pid, wait)\n"
+    "  if pid == nil then return nil, wait end\n"
+    "  local ev = wait:receive()\n"
+    "  local r = type(ev) == 'table' and ev.result or {error = 'exec: result lost'}\n"
+    "  if r.error ~= nil then return nil, r.error end\n"
+    "  return r.value\n"
+    "end\n"
+    "local spawn_exec = spawner(4)\n"
+    "function S:exec(id, hst, ...) return exec_result(spawn_exec(self, id, hst, ...)) end\n"
+    "function process.exec(id, hst, ...) return exec_result(host.fid_spawn(4, nil, id, hst, ...)) end\n"
     "S.spawn = spawner(0)\n"
     "S.spawn_monitored = spawner(1)\n"
     "S.spawn_linked = spawner(2)\n"

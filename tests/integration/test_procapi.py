@@ -1,0 +1,57 @@
+"""The platform's process API beyond spawn (issue 7): process.exec and a spawner's :exec."""
+import os
+import shutil
+
+from harness import (PLUGIN_DIR, Config, Node, Plugin, check, connect_welcomed, recv_json,
+                     send_json, still_works)
+
+ENTRIES = [
+    {"name": "child", "kind": "process.lua", "source": "file://fid_child.lua", "method": "run",
+     "modules": ["ctx"]},
+]
+
+
+def _cfg():
+    cfg = Config(plugins=[Plugin("echo_plugin", "echo_", "echo.lua"),
+                          Plugin("procapi_plugin", "pa_", "procapi.lua", modules=("time",))],
+                 extra_entries=ENTRIES)
+    shutil.copy(os.path.join(PLUGIN_DIR, "fid_child.lua"), os.path.join(cfg.dir, "fid_child.lua"))
+    return cfg
+
+
+async def _recv_topic(ws, topic):
+    f = await recv_json(ws, timeout=10)
+    check(f.get("topic") == topic, f"expected {topic}: {f}")
+    return f.get("data")
+
+
+async def test_exec_returns_the_childs_result():
+    with Node(_cfg()) as n:
+        ws, _ = await connect_welcomed(n, "execer")
+        await send_json(ws, {"type": "pa_go"})
+        d = await _recv_topic(ws, "pa")
+        # every argument reached the child (the nil in the middle too); its return is exec's
+        check(d["value"] == {"sum": 5, "d_nil": True, "e": "e"}, f"value {d.get('value')}")
+        # `return nil, err` and a raise are nil, err
+        check(d["fail"] == [True, "child failed: 7"], f"fail {d.get('fail')}")
+        check(d["crash"] == [True, "boom"], f"crash {d.get('crash')}")
+        check(d["unknown"] == [True, "unknown process id"], f"unknown {d.get('unknown')}")
+        # a spawner's :exec: its context and messages reach the child
+        check(d["ctx"] == {"request_id": "req-9", "all": {"request_id": "req-9"},
+                           "topic": "hello", "payload": {"a": 2}, "missing": "NOT_FOUND"},
+              f"ctx {d.get('ctx')}")
+        check(d["events"] == [], f"no EXIT event for an exec'd child: {d.get('events')}")
+        await ws.close()
+
+
+async def test_exec_blocks_the_caller_only():
+    with Node(_cfg()) as n:
+        ws, _ = await connect_welcomed(n, "blocker")
+        await send_json(ws, {"type": "pa_gated"})
+        await _recv_topic(ws, "pa_wait")
+        # the caller is blocked in exec: the node and other users go on
+        await still_works(n)
+        await send_json(ws, {"type": "pa_release"})
+        d = await _recv_topic(ws, "pa_done")
+        check(d == {"value": "woke"}, f"{d}")
+        await ws.close()
