@@ -2,8 +2,10 @@
 import os
 import shutil
 
-from harness import (PLUGIN_DIR, Config, Node, Plugin, check, connect_welcomed, recv_json,
-                     send_json, still_works)
+import time
+
+from harness import (PLUGIN_DIR, Config, Node, Plugin, check, connect_welcomed, metric_sum,
+                     recv_json, send_json, still_works)
 
 ENTRIES = [
     {"name": "child", "kind": "process.lua", "source": "file://fid_child.lua", "method": "run",
@@ -11,10 +13,10 @@ ENTRIES = [
 ]
 
 
-def _cfg():
+def _cfg(**kw):
     cfg = Config(plugins=[Plugin("echo_plugin", "echo_", "echo.lua"),
                           Plugin("procapi_plugin", "pa_", "procapi.lua", modules=("time",))],
-                 extra_entries=ENTRIES)
+                 extra_entries=ENTRIES, **kw)
     shutil.copy(os.path.join(PLUGIN_DIR, "fid_child.lua"), os.path.join(cfg.dir, "fid_child.lua"))
     return cfg
 
@@ -54,4 +56,46 @@ async def test_exec_blocks_the_caller_only():
         await send_json(ws, {"type": "pa_release"})
         d = await _recv_topic(ws, "pa_done")
         check(d == {"value": "woke"}, f"{d}")
+        await ws.close()
+
+
+async def test_exec_is_bounded_like_spawn():
+    with Node(_cfg(node={"plugin_max_children": 2})) as n:
+        ws, _ = await connect_welcomed(n, "limited")
+        await send_json(ws, {"type": "pa_limit"})
+        d = await _recv_topic(ws, "pa_limit")
+        check(d == [True, "too many children (plugin_max_children is 2)"], f"{d}")
+        refused = metric_sum(n.metrics(), "relay_plugin_refusals_total", 'limit="children"')
+        check(refused and refused >= 1, f"refusals {refused}")
+        await ws.close()
+
+
+def _processes(n):
+    return metric_sum(n.metrics(), "relay_plugin_processes")
+
+
+async def test_the_child_of_exec_ends_with_its_caller():
+    with Node(_cfg()) as n:
+        ws, _ = await connect_welcomed(n, "doomed")
+        await send_json(ws, {"type": "pa_ping"})
+        await _recv_topic(ws, "pa_pong")
+        before = _processes(n)  # echo and procapi
+        await send_json(ws, {"type": "pa_gated"})
+        await _recv_topic(ws, "pa_wait")
+        check(_processes(n) > before, "the exec'd child runs")
+        await send_json(ws, {"type": "pa_kill"})  # a task of the caller raises: it ends
+        pong = None
+        for _ in range(50):  # the hub restarts the crashed instance
+            await send_json(ws, {"type": "pa_ping"})
+            try:
+                pong = await recv_json(ws, timeout=0.5)
+            except Exception:
+                continue
+            if pong.get("topic") == "pa_pong":
+                break
+        check(pong and pong.get("topic") == "pa_pong", f"restarted: {pong}")
+        deadline = time.monotonic() + 10
+        while _processes(n) != before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        check(_processes(n) == before, f"{_processes(n)} plugin processes, {before} before")
         await ws.close()

@@ -36,6 +36,7 @@ end
 local function gated(conn)
     coroutine.spawn(function()
         local m = process.inbox():receive()
+        if m:topic() == "kill" then error("killed while in exec", 0) end
         process.send(process.registry.lookup("gate"), "open", m:topic())
     end)
     process.send(conn, "pa_wait", {})
@@ -50,6 +51,15 @@ local function run(args)
         local p = msg:payload():data()
         if msg:topic() == "go" then go(p.conn_pid) end
         if msg:topic() == "gated" then gated(p.conn_pid) end
+        if msg:topic() == "ping" then process.send(p.conn_pid, "pa_pong", {}) end
+        if msg:topic() == "limit" then
+            local a = process.spawn(CHILD, HOST, "wait")
+            local b = process.spawn(CHILD, HOST, "wait")
+            local v, err = process.exec(CHILD, HOST, "value", 1, {x = 1})
+            process.terminate(a)
+            process.terminate(b)
+            process.send(p.conn_pid, "pa_limit", {v == nil, err})
+        end
     end
 end
 
