@@ -394,6 +394,13 @@ static int h_spawn(lua_State *L)
 
 /* host.fid_func(id): a function that runs the function.lua entry id afresh (a new
    environment, its chunk, then its method) with the arguments it is given; or nil, why. */
+static int run_func_k(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    (void)ctx;
+    return lua_gettop(L); /* what the method returned, after it blocked */
+}
+
 static int run_func(lua_State *L)
 {
     int chunk = (int)lua_tointeger(L, lua_upvalueindex(1));
@@ -413,7 +420,7 @@ static int run_func(lua_State *L)
     }
     lua_replace(L, n + 1); /* the method in the env's place */
     lua_insert(L, 1);
-    lua_call(L, n, LUA_MULTRET);
+    lua_callk(L, n, LUA_MULTRET, 0, run_func_k); /* yieldable: the method may block */
     return lua_gettop(L);
 }
 
@@ -608,9 +615,54 @@ static const char fid_lua[] =
     "function X:with_scope(s) return self end\n"
     "function X:with_options(o) return self end\n"
     "function X:call(id, ...) return fcall(id, ...) end\n"
-    "local function noasync() return nil, mkerr('funcs.async is not supported by this host', 'UNAVAILABLE', false) end\n"
-    "X.async = function(self) return noasync() end\n"
-    "modules.funcs = readonly({call = fcall, async = noasync, new = mkx})\n"
+    /* funcs.async: the call runs in a coroutine.spawn task of the caller; a Future */
+    "local PL = {}\n"
+    "local PLMT = {__index = PL, __metatable = false}\n"
+    "function PL:data() return self.v_ end\n"
+    "local F = {}\n"
+    "local FMT = {__index = F, __metatable = false}\n"
+    "function F:response() return self.ch_ end\n"
+    "F.channel = F.response\n"
+    "function F:is_complete() return self.done_ == true end\n"
+    "function F:is_canceled() return self.canceled_ == true end\n"
+    "function F:result()\n"
+    "  if self.err_ ~= nil then return nil, self.err_ end\n"
+    "  return self.value_\n"
+    "end\n"
+    "function F:error() return self.err_, self.err_ ~= nil end\n"
+    "function F:cancel()\n"
+    "  if self.done_ then return false, mkerr('funcs: the call already completed', 'INVALID', false) end\n"
+    "  self.canceled_, self.done_ = true, true\n"
+    "  self.err_ = mkerr('funcs: the call was canceled', 'CANCELED', false)\n"
+    "  self.ch_:close()\n"
+    "  return true\n"
+    "end\n"
+    "local unpack, pack = G.table.unpack, G.table.pack\n"
+    "local function fasync(id, ...)\n"
+    "  if type(id) ~= 'string' or id == '' then\n"
+    "    return nil, mkerr('funcs.async: target is empty', 'INVALID', false) end\n"
+    "  if not id:find(':', 1, true) then\n"
+    "    return nil, mkerr('funcs.async: namespace missing in ' .. id, 'INVALID', false) end\n"
+    "  local f, why = host.fid_func(id)\n"
+    "  if f == nil then return nil, mkerr(why, 'NOT_FOUND', false) end\n"
+    "  local fut = setmetatable({ch_ = safe.channel.new(1)}, FMT)\n"
+    "  local args = pack(...)\n"
+    "  safe.coroutine.spawn(function()\n"
+    /* in a coroutine of its own, not pcall: blocking calls work there and a raise is caught */
+    "    local co = safe.coroutine.create(f)\n"
+    "    local r = pack(safe.coroutine.resume(co, unpack(args, 1, args.n)))\n"
+    "    if fut.canceled_ then return end\n"
+    "    fut.done_ = true\n"
+    "    if not r[1] then fut.err_ = as_err(r[2], 'INTERNAL')\n"
+    "    elseif r[2] == nil and r[3] ~= nil then fut.err_ = as_err(r[3]) end\n"
+    "    if fut.err_ ~= nil then fut.ch_:close(); return end\n"
+    "    fut.value_ = setmetatable({v_ = r[2]}, PLMT)\n"
+    "    fut.ch_:send(fut.value_)\n"
+    "  end)\n"
+    "  return fut\n"
+    "end\n"
+    "X.async = function(self, id, ...) return fasync(id, ...) end\n"
+    "modules.funcs = readonly({call = fcall, async = fasync, new = mkx})\n"
     "return host.fid_import\n";
 
 /* host.extend(modules, safe, process, readonly, G): runs fid_lua; returns the import

@@ -10,6 +10,8 @@ from harness import (PLUGIN_DIR, Config, Node, Plugin, check, connect_welcomed, 
 ENTRIES = [
     {"name": "child", "kind": "process.lua", "source": "file://fid_child.lua", "method": "run",
      "modules": ["ctx"]},
+    {"name": "slow", "kind": "function.lua", "source": "file://pa_slow.lua", "method": "main",
+     "modules": ["time"]},
 ]
 
 
@@ -17,7 +19,8 @@ def _cfg(**kw):
     cfg = Config(plugins=[Plugin("echo_plugin", "echo_", "echo.lua"),
                           Plugin("procapi_plugin", "pa_", "procapi.lua", modules=("time",))],
                  extra_entries=ENTRIES, **kw)
-    shutil.copy(os.path.join(PLUGIN_DIR, "fid_child.lua"), os.path.join(cfg.dir, "fid_child.lua"))
+    for f in ("fid_child.lua", "pa_slow.lua"):
+        shutil.copy(os.path.join(PLUGIN_DIR, f), os.path.join(cfg.dir, f))
     return cfg
 
 
@@ -98,4 +101,24 @@ async def test_the_child_of_exec_ends_with_its_caller():
         while _processes(n) != before and time.monotonic() < deadline:
             time.sleep(0.05)
         check(_processes(n) == before, f"{_processes(n)} plugin processes, {before} before")
+        await ws.close()
+
+
+async def test_funcs_async_futures():
+    with Node(_cfg()) as n:
+        ws, _ = await connect_welcomed(n, "futures")
+        await send_json(ws, {"type": "pa_async"})
+        d = await _recv_topic(ws, "pa_async")
+        check("failed" not in d, f"{d}")
+        # the call runs in a task of the caller: not complete when async returns
+        check(d["pending"] == [False, True], f"pending {d.get('pending')}")
+        check(d["a1"] == [42, True, True, 42, True], f"a1 {d.get('a1')}")
+        check(d["a2"] == 2, f"a2 {d.get('a2')}")
+        # an error return: the channel closes empty, result() and error() carry it
+        check(d["fe"] == [True, False, "INVALID", "negative", True, True], f"fe {d.get('fe')}")
+        check(d["fr"] == ["INTERNAL", "unlucky"], f"fr {d.get('fr')}")
+        check(d["fc"] == [True, False, True, "CANCELED", True, False], f"fc {d.get('fc')}")
+        check(d["errs"] == ["NOT_FOUND", "INVALID"], f"errs {d.get('errs')}")
+        check(d["call_blocks"] == [8], f"funcs.call of a blocking function: {d.get('call_blocks')}")
+        await still_works(n)
         await ws.close()

@@ -1,6 +1,7 @@
 -- Exercises process.exec (tests/integration/test_procapi.py): values, errors, a spawner's
 -- :exec, no EXIT event for an exec'd child, and a caller that blocks while others go on.
 local time = require("time")
+local funcs = require("funcs")
 
 local CHILD <const> = "app:child"
 local HOST <const> = "app:processes"
@@ -44,6 +45,42 @@ local function gated(conn)
     process.send(conn, "pa_done", {value = v})
 end
 
+-- funcs.async: futures of calls that block, an error, a raise, a cancel
+local function async(conn)
+    local r = {}
+    local f1 = funcs.async("app:slow", 21)
+    local f2 = funcs.new():with_context({a = 1}):async("app:slow", 1)
+    r.pending = {f1:is_complete(), f1:result() == nil}
+    local p, ok = f1:response():receive()
+    if p == nil then
+        process.send(conn, "pa_async", {failed = tostring(select(2, f1:result()))})
+        return
+    end
+    r.a1 = {p:data(), ok, f1:is_complete(), f1:result():data(), f1:error() == nil}
+    f2:channel():receive()
+    r.a2 = f2:result():data()
+    local fe = funcs.async("app:slow", -1)
+    local none, okc = fe:response():receive()
+    local _, e = fe:result()
+    local ee, has = fe:error()
+    r.fe = {none == nil, okc, e:kind(), e:message(), ee == e, has}
+    local fr = funcs.async("app:slow", 13)
+    fr:response():receive()
+    r.fr = {select(2, fr:result()):kind(), select(2, fr:result()):message()}
+    local fc = funcs.async("app:slow", 5)
+    local c1 = fc:cancel()
+    local c2 = fc:cancel()
+    local _, ce = fc:result()
+    local cv, cok = fc:response():receive()
+    r.fc = {c1, c2, fc:is_canceled(), ce:kind(), cv == nil, cok}
+    time.sleep("60ms") -- the canceled call ends; its result is dropped, the instance lives on
+    r.call_blocks = {funcs.call("app:slow", 4)} -- funcs.call: the function may block too
+    local _, me = funcs.async("app:nope")
+    local _, ie = funcs.async("nope")
+    r.errs = {me:kind(), ie:kind()}
+    process.send(conn, "pa_async", r)
+end
+
 local function run(args)
     local inbox = process.inbox()
     while true do
@@ -51,6 +88,7 @@ local function run(args)
         local p = msg:payload():data()
         if msg:topic() == "go" then go(p.conn_pid) end
         if msg:topic() == "gated" then gated(p.conn_pid) end
+        if msg:topic() == "async" then async(p.conn_pid) end
         if msg:topic() == "ping" then process.send(p.conn_pid, "pa_pong", {}) end
         if msg:topic() == "limit" then
             local a = process.spawn(CHILD, HOST, "wait")
