@@ -1287,7 +1287,10 @@ static void inst_handle(rl_proc *p, rl_msg *m)
         const char *error = m->ctl.exit.error ? m->ctl.exit.error->data : NULL;
         int u = rl_lua_unmon_find(I, from);
         rl_body *value = rl_lua_exitval_take(I, from);
-        if (u >= 0) { /* process.unmonitor(from): no EXIT; the report was its last word */
+        if (rl_lua_exec_done(I, from, error, value)) { /* process.exec: its caller's result */
+            if (u >= 0)
+                memmove(I->unmon->pid[u], I->unmon->pid[--I->unmon->n], RL_PID_MAX);
+        } else if (u >= 0) { /* process.unmonitor(from): no EXIT; the report was its last word */
             memmove(I->unmon->pid[u], I->unmon->pid[--I->unmon->n], RL_PID_MAX);
             rl_body_unref(value);
         } else {

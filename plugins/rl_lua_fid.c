@@ -47,6 +47,12 @@ void rl_lua_aux_free(rl_lua_inst *I)
         free(A->listens[i].topic);
     }
     free(A->listens);
+    for (uint32_t i = 0; i < A->nexecs; i++) {
+        if (H.L)
+            luaL_unref(H.L, LUA_REGISTRYINDEX, A->execs[i].chan_ref);
+        free(A->execs[i].topic);
+    }
+    free(A->execs);
     while (A->exitvals) {
         rl_lua_exitval *v = A->exitvals;
         A->exitvals = v->next;
@@ -317,15 +323,84 @@ static int h_ctx(lua_State *L)
 
 /* host.fid_spawn(mode, ctx_json|nil, id, host, ...): mode 0 spawn, 1 monitored, 2 linked,
    3 linked and monitored. */
+int rl_lua_exec_done(rl_lua_inst *I, const char *pid, const char *error, rl_body *value)
+{
+    rl_lua_aux *A = I->aux;
+    for (uint32_t i = 0; A && i < A->nexecs; i++) {
+        rl_lua_listen *x = &A->execs[i];
+        if (strcmp(x->topic, pid) != 0)
+            continue;
+        rl_lua_chan *ch = rl_lua_ref_udata(x->chan_ref);
+        rl_lua_event *e = calloc(1, sizeof *e);
+        if (e && (!error || (e->error = strdup(error)))) {
+            e->kind = RL_EV_EXIT;
+            e->value = value;
+            snprintf(e->from, sizeof e->from, "%s", pid);
+            rl_lua_chan_push_event(ch, e);
+        } else { /* the caller still wakes: a closed channel answers its receive */
+            rl_error("lua", "plugin %s: out of memory, exec result of %s dropped", I->proc.pid,
+                     pid);
+            rl_lua_event_free(e);
+            rl_body_unref(value);
+            rl_lua_chan_detach(ch);
+        }
+        luaL_unref(H.L, LUA_REGISTRYINDEX, x->chan_ref); /* the waiting caller holds it */
+        free(x->topic);
+        *x = A->execs[--A->nexecs];
+        return 1;
+    }
+    return 0;
+}
+
+/* process.exec's start: the spawned child's pid is waited on; pushes the channel its exit
+   comes to after the pid (the Lua half receives from it). */
+static int exec_wait_on(lua_State *L, rl_lua_inst *I)
+{
+    const char *pid = lua_tostring(L, -1);
+    rl_lua_aux *A = rl_lua_aux_of(I);
+    rl_lua_listen *nx = A ? realloc(A->execs, (A->nexecs + 1) * sizeof *nx) : NULL;
+    char *t = nx ? strdup(pid) : NULL;
+    if (nx)
+        A->execs = nx;
+    if (!t) {
+        rl_lua_inst *C = rl_lua_inst_of(pid);
+        if (C)
+            rl_lua_kill(C, "not enough memory");
+        return luaL_error(L, "not enough memory");
+    }
+    rl_lua_chan *ch = rl_lua_chan_new(L, RL_CH_EVENTS, 0); /* a raise here: the child still
+                                                              ends with this instance */
+    rl_lua_chan_set_owner(ch, &I->proc);
+    lua_pushvalue(L, -1);
+    nx[A->nexecs].chan_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    nx[A->nexecs].topic = t;
+    A->nexecs++;
+    return 2;
+}
+
+/* host.fid_spawn(mode, ctx, id, host, ...): mode bit 1 monitored, bit 2 linked; mode 4 is
+   process.exec (monitored; pushes pid and the channel its exit comes to). */
 static int h_spawn(lua_State *L)
 {
     int mode = (int)luaL_checkinteger(L, 1);
     const char *ctx = lua_isnil(L, 2) ? NULL : luaL_checkstring(L, 2);
-    return rl_lua_proc_spawn(L, 3, mode & 1, mode & 2, ctx);
+    if (mode != 4)
+        return rl_lua_proc_spawn(L, 3, mode & 1, mode & 2, ctx);
+    int n = rl_lua_proc_spawn(L, 3, 1, 0, ctx);
+    if (n != 1 || lua_type(L, -1) != LUA_TSTRING)
+        return n;
+    return exec_wait_on(L, rl_lua_current(L));
 }
 
 /* host.fid_func(id): a function that runs the function.lua entry id afresh (a new
    environment, its chunk, then its method) with the arguments it is given; or nil, why. */
+static int run_func_k(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    (void)ctx;
+    return lua_gettop(L); /* what the method returned, after it blocked */
+}
+
 static int run_func(lua_State *L)
 {
     int chunk = (int)lua_tointeger(L, lua_upvalueindex(1));
@@ -345,7 +420,7 @@ static int run_func(lua_State *L)
     }
     lua_replace(L, n + 1); /* the method in the env's place */
     lua_insert(L, 1);
-    lua_call(L, n, LUA_MULTRET);
+    lua_callk(L, n, LUA_MULTRET, 0, run_func_k); /* yieldable: the method may block */
     return lua_gettop(L);
 }
 
@@ -491,16 +566,27 @@ static const char fid_lua[] =
     "    local text, err = json.encode(self.ctx_)\n"
     "    if text == nil then return nil, 'with_context: ' .. tostring(err) end\n"
     "    if text == '[]' then text = '{}' end\n"
-    "    local pid, why = host.fid_spawn(mode, text, id, hst, ...)\n"
-    "    if pid == nil then return nil, why end\n"
+    "    local pid, wait = host.fid_spawn(mode, text, id, hst, ...)\n"
+    "    if pid == nil then return nil, wait end\n"
     "    if self.name_ then\n"
     "      local ok, e = process.registry.register(self.name_, pid)\n"
     "      if not ok then process.terminate(pid); return nil, e end\n"
     "    end\n"
     "    for _, m in G.ipairs(self.msgs_) do process.send(pid, m[1], G.table.unpack(m, 3, m[2] + 2)) end\n"
-    "    return pid\n"
+    "    return pid, wait\n"
     "  end\n"
     "end\n"
+    /* process.exec: spawn, then block until the child ends: its value, or nil and its error */
+    "local function exec_result(pid, wait)\n"
+    "  if pid == nil then return nil, wait end\n"
+    "  local ev = wait:receive()\n"
+    "  local r = type(ev) == 'table' and ev.result or {error = 'exec: result lost'}\n"
+    "  if r.error ~= nil then return nil, r.error end\n"
+    "  return r.value\n"
+    "end\n"
+    "local spawn_exec = spawner(4)\n"
+    "function S:exec(id, hst, ...) return exec_result(spawn_exec(self, id, hst, ...)) end\n"
+    "function process.exec(id, hst, ...) return exec_result(host.fid_spawn(4, nil, id, hst, ...)) end\n"
     "S.spawn = spawner(0)\n"
     "S.spawn_monitored = spawner(1)\n"
     "S.spawn_linked = spawner(2)\n"
@@ -529,9 +615,54 @@ static const char fid_lua[] =
     "function X:with_scope(s) return self end\n"
     "function X:with_options(o) return self end\n"
     "function X:call(id, ...) return fcall(id, ...) end\n"
-    "local function noasync() return nil, mkerr('funcs.async is not supported by this host', 'UNAVAILABLE', false) end\n"
-    "X.async = function(self) return noasync() end\n"
-    "modules.funcs = readonly({call = fcall, async = noasync, new = mkx})\n"
+    /* funcs.async: the call runs in a coroutine.spawn task of the caller; a Future */
+    "local PL = {}\n"
+    "local PLMT = {__index = PL, __metatable = false}\n"
+    "function PL:data() return self.v_ end\n"
+    "local F = {}\n"
+    "local FMT = {__index = F, __metatable = false}\n"
+    "function F:response() return self.ch_ end\n"
+    "F.channel = F.response\n"
+    "function F:is_complete() return self.done_ == true end\n"
+    "function F:is_canceled() return self.canceled_ == true end\n"
+    "function F:result()\n"
+    "  if self.err_ ~= nil then return nil, self.err_ end\n"
+    "  return self.value_\n"
+    "end\n"
+    "function F:error() return self.err_, self.err_ ~= nil end\n"
+    "function F:cancel()\n"
+    "  if self.done_ then return false, mkerr('funcs: the call already completed', 'INVALID', false) end\n"
+    "  self.canceled_, self.done_ = true, true\n"
+    "  self.err_ = mkerr('funcs: the call was canceled', 'CANCELED', false)\n"
+    "  self.ch_:close()\n"
+    "  return true\n"
+    "end\n"
+    "local unpack, pack = G.table.unpack, G.table.pack\n"
+    "local function fasync(id, ...)\n"
+    "  if type(id) ~= 'string' or id == '' then\n"
+    "    return nil, mkerr('funcs.async: target is empty', 'INVALID', false) end\n"
+    "  if not id:find(':', 1, true) then\n"
+    "    return nil, mkerr('funcs.async: namespace missing in ' .. id, 'INVALID', false) end\n"
+    "  local f, why = host.fid_func(id)\n"
+    "  if f == nil then return nil, mkerr(why, 'NOT_FOUND', false) end\n"
+    "  local fut = setmetatable({ch_ = safe.channel.new(1)}, FMT)\n"
+    "  local args = pack(...)\n"
+    "  safe.coroutine.spawn(function()\n"
+    /* in a coroutine of its own, not pcall: blocking calls work there and a raise is caught */
+    "    local co = safe.coroutine.create(f)\n"
+    "    local r = pack(safe.coroutine.resume(co, unpack(args, 1, args.n)))\n"
+    "    if fut.canceled_ then return end\n"
+    "    fut.done_ = true\n"
+    "    if not r[1] then fut.err_ = as_err(r[2], 'INTERNAL')\n"
+    "    elseif r[2] == nil and r[3] ~= nil then fut.err_ = as_err(r[3]) end\n"
+    "    if fut.err_ ~= nil then fut.ch_:close(); return end\n"
+    "    fut.value_ = setmetatable({v_ = r[2]}, PLMT)\n"
+    "    fut.ch_:send(fut.value_)\n"
+    "  end)\n"
+    "  return fut\n"
+    "end\n"
+    "X.async = function(self, id, ...) return fasync(id, ...) end\n"
+    "modules.funcs = readonly({call = fcall, async = fasync, new = mkx})\n"
     "return host.fid_import\n";
 
 /* host.extend(modules, safe, process, readonly, G): runs fid_lua; returns the import

@@ -156,6 +156,8 @@ typedef struct rl_lua_aux {
     int imports_ref;  /* table: library id -> the module this instance imported */
     struct rl_lua_listen *listens; /* process.listen subscriptions */
     uint32_t nlistens;
+    struct rl_lua_listen *execs; /* process.exec waits: topic = the child's pid */
+    uint32_t nexecs;
     struct rl_lua_inst *main;   /* a coroutine.spawn task: the instance it belongs to */
     struct rl_lua_inst **tasks; /* an instance: its live tasks */
     uint32_t ntasks;
@@ -351,6 +353,9 @@ void rl_lua_aux_free(rl_lua_inst *I);
 rl_lua_chan *rl_lua_listen_chan(const rl_lua_inst *I, const rl_msg *m);
 /* Takes the pending exit value of pid for I (NULL if none); the caller owns the reference. */
 rl_body *rl_lua_exitval_take(rl_lua_inst *I, const char *pid);
+/* When I waits on pid in process.exec: its exit (error, value: taken over) goes to that
+   wait's channel instead of an EXIT event. Returns 1 if so, else 0 (value untouched). */
+int rl_lua_exec_done(rl_lua_inst *I, const char *pid, const char *error, rl_body *value);
 /* Hands the exit value at idx of the ending instance I to every Lua instance monitoring it. */
 void rl_lua_exitval_post(lua_State *co, rl_lua_inst *I, int idx);
 /* Adds host.extend (run by the prelude: errors, env, ctx, funcs, process.with_context, and
