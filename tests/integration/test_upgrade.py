@@ -98,3 +98,24 @@ async def test_upgrading_in_a_loop_ends_at_the_instruction_budget():
         else:
             check(False, "no fresh instance after the loop")
         await ws.close()
+
+
+async def test_upgrade_to_a_named_entry_keeps_pid_inbox_and_monitors():
+    with Node(_cfg()) as n:
+        ws, _ = await connect_welcomed(n, "alice")
+        await send_json(ws, {"type": "upg_watch", "to": "npg_plugin"})
+        got = [await recv_json(ws) for _ in range(3)]
+        by = {f["type"]: f for f in got}
+        check(set(by) == {"watch", "child_up", "exit"}, f"replies {got}")
+        child = by["watch"]["child"]
+        up = by["child_up"]
+        check(up["pid"] == child, f"the upgraded child keeps its pid: {child} -> {up}")
+        check(up["opt_in"] is False, f"it runs the named entry's code (npg, OPT_IN false): {up}")
+        check(up["queued"] == "queued", f"a message queued before the upgrade stays: {up}")
+        ex = by["exit"]
+        check(ex["from"] == child and ex["value"] == "done" and ex.get("error") is None,
+              f"the monitor gets one EXIT, of the new run: {ex}")
+        await send_json(ws, {"type": "upg_count"})
+        f = await recv_json(ws)
+        check(f.get("type") == "count", f"no second EXIT from the first run: {f}")
+        await ws.close()
