@@ -175,7 +175,7 @@ static const char prelude[] =
     "  microseconds = function(d) return trunc(d / 1e3) end,\n"
     "  nanoseconds = function(d) return trunc(d) end})})\n"
     "process.event = readonly({CANCEL = 'pid.cancel', EXIT = 'pid.exit',\n"
-    "  LINK_DOWN = 'pid.link.down'})\n"
+    "  LINK_DOWN = 'pid.link.down', OUTDATED = 'pid.outdated'})\n"
     "process.registry = readonly(process.registry)\n"
     "safe.process = readonly(process)\n"
     "safe.channel = readonly(channel)\n"
@@ -704,6 +704,21 @@ static void inst_orphan(rl_proc *p, rl_msg *m)
     rl_msg_free(m);
 }
 
+/* process.upgrade of the running instance, done when its resume returns (rl_lua_upgrade_request):
+   one at a time, as only one instance runs. */
+static struct {
+    rl_lua_inst *I;
+    const rl_plugin_def *def;
+    char *args; /* JSON array of nargs run() arguments */
+    int nargs;
+} upgrade;
+
+static void upgrade_drop(void)
+{
+    free(upgrade.args);
+    memset(&upgrade, 0, sizeof upgrade);
+}
+
 /* Releases everything Lua-side and on the loop; the struct stays until ops->free. */
 static void inst_teardown(rl_lua_inst *I)
 {
@@ -711,6 +726,8 @@ static void inst_teardown(rl_lua_inst *I)
         return;
     I->torn = 1;
     I->state = RL_INST_DEAD;
+    if (upgrade.I == I)
+        upgrade_drop();
     rl_owner_use *u = I->user_counted ? rl_owner_use_of(I->proc.owner) : NULL;
     if (u)
         u->procs--;
@@ -801,12 +818,31 @@ static void inst_finish(rl_lua_inst *I, const char *error, int quiet)
     rl_proc_exit(&I->proc, error);
 }
 
+void rl_lua_upgrade_request(rl_lua_inst *I, const rl_plugin_def *def, char *args_json, int nargs)
+{
+    upgrade_drop();
+    if (I->exit_pending_set) { /* already ending */
+        free(args_json);
+        return;
+    }
+    upgrade.I = I;
+    upgrade.def = def;
+    upgrade.args = args_json;
+    upgrade.nargs = nargs;
+    I->exit_pending_set = 1; /* unwinds as a terminate(self) does; no EXIT, no exit value */
+    I->exit_pending = NULL;
+}
+
 void rl_lua_kill(rl_lua_inst *I, const char *error)
 {
     if (I->torn)
         return;
     if (I == H.current || (H.current && main_of(H.current) == I)) { /* exits when its resume
                                                                        (or its task's) returns */
+        if (upgrade.I == I) { /* ends instead of upgrading */
+            upgrade_drop();
+            I->exit_pending_set = 0;
+        }
         if (!I->exit_pending_set) {
             I->exit_pending_set = 1;
             I->exit_pending = error ? strdup(error) : NULL;
@@ -1023,6 +1059,8 @@ void rl_lua_metrics(rl_metrics_out *out)
 }
 
 static void task_after_resume(rl_lua_inst *T, int st, int nres);
+static int inst_upgrade(rl_lua_inst *I);
+static rl_lua_limit limit_of(const rl_lua_inst *I, int st);
 
 static void inst_resume(rl_lua_inst *I)
 {
@@ -1074,6 +1112,19 @@ static void inst_resume(rl_lua_inst *I)
         err = error_text(co, buf, sizeof buf);
     } else if (ret_err) {
         err = ret_err;
+    }
+    if (done && upgrade.I == I) {
+        int limited = st == LUA_ERRMEM || I->oom || I->budget_hit || I->limit_hit;
+        if (!limited && inst_upgrade(I) == 0)
+            return;
+        upgrade_drop();
+        I->exit_pending_set = 0; /* ends as a crash, with the limit that stopped it */
+        if (limited)
+            H.kills[limit_of(I, st)]++;
+        if (!limited && !I->budget_hit)
+            err = "upgrade failed: not enough memory";
+        else
+            err = doomed_self(I) ? doomed_self(I) : "not enough memory";
     }
     if (done) {
         int quiet = I->exit_pending_set;
@@ -1458,11 +1509,13 @@ static int spawn_p(lua_State *L)
     lua_pushvalue(L, -1);
     I->env_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
-    rl_lua_chan *in = rl_lua_chan_new(L, RL_CH_INBOX, 0);
-    rl_lua_chan_set_owner(in, &I->proc);
-    I->inbox_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    rl_lua_chan_new(L, RL_CH_EVENTS, 0);
-    I->events_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (I->inbox_ref == LUA_NOREF) { /* (an upgrade keeps the inbox and the events) */
+        rl_lua_chan *in = rl_lua_chan_new(L, RL_CH_INBOX, 0);
+        rl_lua_chan_set_owner(in, &I->proc);
+        I->inbox_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        rl_lua_chan_new(L, RL_CH_EVENTS, 0);
+        I->events_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
 
     int env = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, H.boot_ref);
@@ -1499,6 +1552,57 @@ static int spawn_p(lua_State *L)
     I->nargs = 3 + nvals;
     if (hook_step)
         lua_sethook(co, count_hook, LUA_MASKCOUNT, (int)hook_step);
+    return 0;
+}
+
+/* What one process.upgrade costs against the instruction budget: the new run goes on counting
+   the run that upgraded (as a preempted one), so a plugin that upgrades in a loop without ever
+   waiting ends at its budget. */
+#define RL_LUA_UPGRADE_COST 10000
+
+/* Runs upgrade.def's current chunk in I (same pid, inbox, events, names, monitors, links,
+   children): the old run's tasks, timers, waits and requests end; a fresh coroutine and _ENV
+   get run(...) with upgrade.args. 0, or -1: out of memory, or the budget (budget_hit set);
+   I then ends. */
+static int inst_upgrade(rl_lua_inst *I)
+{
+    ssize_t idx = def_index(upgrade.def);
+    if (idx < 0 || H.chunk_refs[idx] == LUA_NOREF)
+        return -1;
+    tasks_end(I);
+    rl_lua_unwait(I);
+    while (I->timers) /* (no cancel deadline: process.upgrade refuses while one runs) */
+        rl_lua_timer_close(I->timers);
+    I->deadline = NULL;
+    rl_lua_http_release(I);
+    luaL_unref(H.L, LUA_REGISTRYINDEX, I->co_ref);
+    luaL_unref(H.L, LUA_REGISTRYINDEX, I->env_ref);
+    I->co_ref = I->env_ref = LUA_NOREF;
+    I->co = NULL;
+    I->def = upgrade.def;
+    free(I->exit_pending);
+    I->exit_pending = NULL;
+    I->exit_pending_set = 0;
+    spawn_ctx s = {I, H.chunk_refs[idx], upgrade.args, NULL, upgrade.nargs, NULL};
+    H.current = I; /* what the new run's setup allocates is the instance's */
+    lua_pushcfunction(H.L, spawn_p);
+    lua_pushlightuserdata(H.L, &s);
+    int st = lua_pcall(H.L, 1, 0, 0);
+    H.current = NULL;
+    upgrade_drop();
+    if (st != LUA_OK) {
+        lua_pop(H.L, 1);
+        return -1;
+    }
+    I->used += RL_LUA_UPGRADE_COST;
+    if (H.cfg->lua_instruction_budget && I->used >= H.cfg->lua_instruction_budget) {
+        I->budget_hit = 1;
+        H.kills[RL_LIMIT_INSTRUCTIONS]++;
+        return -1;
+    }
+    I->preempted = 1; /* the budget counts on across the upgrade */
+    I->state = RL_INST_READY;
+    runq_push(I);
     return 0;
 }
 
@@ -1638,6 +1742,19 @@ static char *read_file(const char *path, size_t *len)
     return buf;
 }
 
+/* The hash of each entry's source as compiled (src_hash), and the array compile_plugin fills
+   (src_hash itself at start, the fresh one during a reload): a reload tells the upgradable
+   instances whose entry's hash changed (OUTDATED). */
+static uint64_t *src_hash, *src_hash_fill;
+
+static uint64_t fnv1a(const char *p, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
+    return h;
+}
+
 /* Compiles plugin i (or reuses the chunk of an earlier plugin with the same source). */
 static int compile_plugin(lua_State *L, size_t i, init_ctx *c)
 {
@@ -1647,6 +1764,7 @@ static int compile_plugin(lua_State *L, size_t i, init_ctx *c)
         if (d->source_path && rl_lua_def_at(j)->source_path &&
             strcmp(d->source_path, rl_lua_def_at(j)->source_path) == 0) {
             H.chunk_refs[i] = H.chunk_refs[j];
+            src_hash_fill[i] = src_hash_fill[j];
             return 0;
         }
     }
@@ -1678,6 +1796,7 @@ static int compile_plugin(lua_State *L, size_t i, init_ctx *c)
     luaL_pushresult(&b);
     size_t total;
     const char *all = lua_tolstring(L, -1, &total);
+    src_hash_fill[i] = fnv1a(all, total);
     char name[512];
     snprintf(name, sizeof name, "@%s", d->source_path);
     if (luaL_loadbufferx(L, all, total, name, "t") != LUA_OK) {
@@ -1765,6 +1884,41 @@ static int reload_p(lua_State *L)
     return 1;
 }
 
+/* Appends "id" (JSON) to b; ids with characters JSON would escape are left out. */
+static void json_id(char *b, size_t cap, size_t *len, const char *id)
+{
+    size_t n = strlen(id);
+    for (size_t i = 0; i < n; i++)
+        if (id[i] == '"' || id[i] == '\\' || (unsigned char)id[i] < 0x20)
+            return;
+    int w = snprintf(b + *len, cap - *len, "%s\"%s\"", *len > 1 ? "," : "", id);
+    if (w > 0 && (size_t)w < cap - *len)
+        *len += (size_t)w;
+}
+
+/* After a reload: every live instance that set upgradable and whose entry's source changed
+   gets OUTDATED with the ids of every changed entry. */
+static void tell_outdated(const uint64_t *fresh, size_t n)
+{
+    char ids[4096] = "[";
+    size_t len = 1, changed = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (fresh[i] == src_hash[i] || !rl_lua_def_at(i)->id)
+            continue;
+        changed++;
+        json_id(ids, sizeof ids - 1, &len, rl_lua_def_at(i)->id);
+    }
+    ids[len++] = ']';
+    for (rl_lua_inst *I = H.insts; changed && I; I = I->next) {
+        ssize_t idx = I->torn || !I->upgradable || main_of(I) != I ? -1 : def_index(I->def);
+        if (idx < 0 || fresh[idx] == src_hash[idx])
+            continue;
+        rl_body *b = rl_body_new(ids, len);
+        if (b)
+            push_event(I, RL_EV_OUTDATED, NULL, NULL, 0, NULL, b);
+    }
+}
+
 int rl_lua_reload(char *err, size_t errlen)
 {
     if (!H.L || !H.open)
@@ -1775,9 +1929,16 @@ int rl_lua_reload(char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
+    uint64_t *hashes = calloc(n ? n : 1, sizeof *hashes);
+    if (!hashes) {
+        free(fresh);
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
     for (size_t i = 0; i < n; i++)
         fresh[i] = LUA_NOREF;
     H.chunk_refs = fresh; /* compile_plugin fills H.chunk_refs */
+    src_hash_fill = hashes;
     init_ctx ictx = {err, errlen};
     lua_pushcfunction(H.L, reload_p);
     lua_pushlightuserdata(H.L, &ictx);
@@ -1790,7 +1951,15 @@ int rl_lua_reload(char *err, size_t errlen)
     H.chunk_refs = ok ? fresh : old;
     unref_chunks(H.L, ok ? old : fresh, n);
     free(ok ? old : fresh);
-    return ok ? 0 : -EINVAL;
+    src_hash_fill = src_hash;
+    if (!ok) {
+        free(hashes);
+        return -EINVAL;
+    }
+    tell_outdated(hashes, n);
+    free(src_hash);
+    src_hash = src_hash_fill = hashes;
+    return 0;
 }
 
 /* ---- garbage collection ---------------------------------------------------------------------
@@ -1867,11 +2036,15 @@ int rl_lua_init(const rl_config *c, char *err, size_t errlen)
     blk_hdr = c->plugin_memory_limit ? BLK_HDR_SIZE : 0; /* before the state's first block */
     H.chunk_refs = calloc(ndefs ? ndefs : 1, sizeof *H.chunk_refs);
     H.config_refs = calloc(ndefs ? ndefs : 1, sizeof *H.config_refs);
-    if (!H.chunk_refs || !H.config_refs || !(H.L = lua_newstate(host_alloc, NULL))) {
+    free(src_hash);
+    src_hash = src_hash_fill = calloc(ndefs ? ndefs : 1, sizeof *src_hash);
+    if (!H.chunk_refs || !H.config_refs || !src_hash || !(H.L = lua_newstate(host_alloc, NULL))) {
         snprintf(err, errlen, "%s: cannot create the Lua state: out of memory",
                  c->path ? c->path : "config");
         free(H.chunk_refs);
         free(H.config_refs);
+        free(src_hash);
+        src_hash = src_hash_fill = NULL;
         H.chunk_refs = H.config_refs = NULL;
         return -ENOMEM;
     }
@@ -1922,6 +2095,8 @@ void rl_lua_close(void)
     free(H.chunk_refs);
     free(H.config_refs);
     H.chunk_refs = H.config_refs = NULL;
+    free(src_hash);
+    src_hash = src_hash_fill = NULL;
     rl_metric_set(RL_M_LUA_BYTES, 0);
     H.bytes = 0;
 }

@@ -248,7 +248,8 @@ static void push_msg(lua_State *L, const rl_msg *m)
 
 static void push_event(lua_State *L, const rl_lua_event *e)
 {
-    static const char *const kinds[] = {"pid.cancel", "pid.exit", "pid.link.down"};
+    static const char *const kinds[] = {"pid.cancel", "pid.exit", "pid.link.down",
+                                         "pid.outdated"};
     lua_createtable(L, 0, 4);
     lua_pushstring(L, kinds[e->kind]);
     lua_setfield(L, -2, "kind");
@@ -261,6 +262,12 @@ static void push_event(lua_State *L, const rl_lua_event *e)
         lua_setfield(L, -2, "deadline");
         lua_pushstring(L, e->reason ? e->reason : "cancelled");
         lua_setfield(L, -2, "reason");
+    } else if (e->kind == RL_EV_OUTDATED) {
+        if (!e->value)
+            lua_newtable(L);
+        else if (!rl_lua_json_decode(L, e->value->data, e->value->len))
+            lua_pop(L, 1), lua_newtable(L);
+        lua_setfield(L, -2, "sources"); /* the entry ids whose source changed */
     } else {
         lua_createtable(L, 0, 2);
         if (e->error) {

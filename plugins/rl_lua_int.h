@@ -86,12 +86,13 @@ typedef enum {
 } rl_lua_inst_state;
 
 /* Events of the events channel (C side until received). */
-typedef enum { RL_EV_CANCEL, RL_EV_EXIT, RL_EV_LINK_DOWN } rl_lua_ev_kind;
+typedef enum { RL_EV_CANCEL, RL_EV_EXIT, RL_EV_LINK_DOWN, RL_EV_OUTDATED } rl_lua_ev_kind;
 typedef struct rl_lua_event {
     struct rl_lua_event *next;
     rl_lua_ev_kind kind;
     uint64_t deadline_ms; /* CANCEL */
-    rl_body *value;       /* EXIT: the process's return value (JSON), NULL if none */
+    rl_body *value;       /* EXIT: the process's return value (JSON), NULL if none;
+                             OUTDATED: the changed entry ids (JSON array) */
     char *error;          /* EXIT / LINK_DOWN: NULL = normal exit */
     char *reason;         /* CANCEL: why (NULL: none given) */
     char from[RL_PID_MAX];
@@ -131,6 +132,7 @@ struct rl_lua_inst { /* 320 bytes: one jemalloc class per idle instance, keep it
     unsigned preempt_due : 1, preempted : 1; /* a slice is over / the run yielded for it */
     unsigned user_counted : 1; /* counted in its user's rl_owner_use.procs until torn down */
     unsigned mem_over : 1;     /* went over plugin_memory_limit: its next hook decides (rl_lua.c) */
+    unsigned upgradable : 1;   /* process.set_options({upgradable = true}): gets OUTDATED */
     uint32_t nwaits, wcap, nlinks, nchildren, ntimers; /* ntimers: live timers it owns */
     uint32_t mem_acct; /* its memory account (rl_lua.c), 0 = none */
 };
@@ -304,6 +306,9 @@ void rl_lua_chan_set_data_only(rl_lua_chan *ch, int on);
 void rl_lua_chan_detach(rl_lua_chan *ch);
 /* Unlinks every waiter of I. */
 void rl_lua_unwait(rl_lua_inst *I);
+/* process.upgrade: once the running resume of I unwinds, I runs def's current chunk with the
+   nargs run() arguments of args_json (a JSON array, taken over) instead of ending. */
+void rl_lua_upgrade_request(rl_lua_inst *I, const rl_plugin_def *def, char *args_json, int nargs);
 void rl_lua_event_free(rl_lua_event *e);
 
 /* rl_lua_json.c */

@@ -387,6 +387,34 @@ static int unmon_add(rl_lua_inst *I, const char *pid)
 
 #define SPAWN_ARGS_MAX 64 /* run() arguments of one spawn */
 
+/* Pushes the nargs values from index from as a JSON array (nil as null) and returns 1, or
+   pushes nil and "<what> argument N: <why>" and returns 0. */
+static int push_args_json(lua_State *L, int from, int nargs, const char *what)
+{
+    luaL_Buffer b;
+    luaL_buffinit(L, &b); /* the buffer sits on the stack above the arguments */
+    luaL_addchar(&b, '[');
+    for (int i = 0; i < nargs; i++) {
+        int idx = from + i;
+        if (i)
+            luaL_addchar(&b, ',');
+        if (lua_isnil(L, idx)) {
+            luaL_addstring(&b, "null");
+            continue;
+        }
+        if (!rl_lua_json_encode(L, idx)) {
+            lua_pushfstring(L, "%s argument %d: %s", what, i + 1, lua_tostring(L, -1));
+            lua_pushnil(L);
+            lua_insert(L, -2);
+            return 0;
+        }
+        luaL_addvalue(&b);
+    }
+    luaL_addchar(&b, ']');
+    luaL_pushresult(&b);
+    return 1;
+}
+
 /* process.spawn*(id, host, ...) with the arguments from index `first` (id, host, args...):
    every argument reaches the child's run(...) (as JSON: what json.encode takes, nil as nil).
    id names a relay plugin or a plain process.lua entry. ctx: with_context values (JSON) or
@@ -414,27 +442,8 @@ int rl_lua_proc_spawn(lua_State *L, int first, int monitored, int linked, const 
     int top = lua_gettop(L), nargs = top > first + 1 ? top - (first + 1) : 0;
     if (nargs > SPAWN_ARGS_MAX)
         return fail(L, "too many spawn arguments (at most 64)");
-    luaL_Buffer b;
-    luaL_buffinit(L, &b); /* the buffer sits on the stack above the arguments */
-    luaL_addchar(&b, '[');
-    for (int i = 0; i < nargs; i++) {
-        int idx = first + 2 + i;
-        if (i)
-            luaL_addchar(&b, ',');
-        if (lua_isnil(L, idx)) {
-            luaL_addstring(&b, "null");
-            continue;
-        }
-        if (!rl_lua_json_encode(L, idx)) {
-            lua_pushfstring(L, "spawn argument %d: %s", i + 1, lua_tostring(L, -1));
-            lua_pushnil(L);
-            lua_insert(L, -2);
-            return 2;
-        }
-        luaL_addvalue(&b);
-    }
-    luaL_addchar(&b, ']');
-    luaL_pushresult(&b);
+    if (!push_args_json(L, first + 2, nargs, "spawn"))
+        return 2;
     const char *args = lua_tostring(L, -1);
     char pid[RL_PID_MAX], err[256];
     /* a child acts for the same user (its owner is the parent's); linked-only children are
@@ -464,9 +473,14 @@ static int l_spawn_monitored(lua_State *L) { return do_spawn(L, 1, 0); }
 static int l_spawn_linked(lua_State *L) { return do_spawn(L, 0, 1); }
 static int l_spawn_linked_monitored(lua_State *L) { return do_spawn(L, 1, 1); }
 
+/* process.set_options({trap_links = bool, upgradable = bool}): trap_links is always on;
+   upgradable (kept per instance) opts into OUTDATED events after a reload. */
 static int l_set_options(lua_State *L)
 {
-    luaL_checktype(L, 1, LUA_TTABLE); /* trap_links is always on; upgrades do not exist */
+    rl_lua_inst *I = rl_lua_current(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    if (lua_getfield(L, 1, "upgradable") != LUA_TNIL)
+        I->upgradable = lua_toboolean(L, -1) ? 1 : 0;
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -476,9 +490,37 @@ static int l_get_options(lua_State *L)
     lua_createtable(L, 0, 2);
     lua_pushboolean(L, 1);
     lua_setfield(L, -2, "trap_links");
-    lua_pushboolean(L, 0);
+    lua_pushboolean(L, rl_lua_current(L)->upgradable);
     lua_setfield(L, -2, "upgradable");
     return 1;
+}
+
+/* process.upgrade(id_or_empty, ...): the instance's current run ends (no EXIT, no restart) and
+   the current code of id ("" or nil: its own entry) runs run(...) with these arguments (as
+   JSON, as spawn's) in the same process. Does not return; nil, err when it cannot upgrade. */
+static int l_upgrade(lua_State *L)
+{
+    rl_lua_inst *I = rl_lua_current(L);
+    const rl_plugin_def *def = I->def;
+    if (!lua_isnoneornil(L, 1) && !(lua_type(L, 1) == LUA_TSTRING && lua_rawlen(L, 1) == 0)) {
+        def = rl_lua_find_def(luaL_checkstring(L, 1));
+        if (!def || (def->lua_kind != RL_LUA_ENTRY_PLUGIN && def->lua_kind != RL_LUA_ENTRY_PROCESS))
+            return fail(L, "unknown process id");
+    }
+    if (rl_lua_running(L) != I || L != I->co)
+        return fail(L, "process.upgrade runs from the process's own code, not a coroutine");
+    if (I->deadline)
+        return fail(L, "the process is being cancelled");
+    int nargs = lua_gettop(L) > 1 ? lua_gettop(L) - 1 : 0;
+    if (nargs > SPAWN_ARGS_MAX)
+        return fail(L, "too many upgrade arguments (at most 64)");
+    if (!push_args_json(L, 2, nargs, "upgrade"))
+        return 2;
+    char *args = strdup(lua_tostring(L, -1));
+    if (!args)
+        return luaL_error(L, "not enough memory");
+    rl_lua_upgrade_request(I, def, args, nargs);
+    return luaL_error(L, "%s", rl_lua_doomed(I) ? rl_lua_doomed(I) : "upgrading");
 }
 
 /* ---- registry -------------------------------------------------------------------------- */
@@ -589,6 +631,7 @@ void rl_lua_proc_open(lua_State *L)
         {"spawn_linked_monitored", l_spawn_linked_monitored},
         {"set_options", l_set_options},
         {"get_options", l_get_options},
+        {"upgrade", l_upgrade},
         {NULL, NULL},
     };
     static const luaL_Reg reg[] = {
