@@ -538,11 +538,11 @@ static void *host_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     acct_charge(acct, nsize, old);
     if (nsize > old) {
         H.allocated += nsize - old;
-        if (H.current)
+        if (H.current) {
+            H.current->oom_refusals = 0;
             charge_alloc(H.current, nsize - old);
+        }
     }
-    if (H.current && nsize > old)
-        H.current->oom_refusals = 0;
     rl_metric_set(RL_M_LUA_BYTES, H.bytes);
     return (char *)np + BLK_HDR;
 }
