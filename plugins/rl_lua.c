@@ -82,18 +82,33 @@ static const char prelude[] =
     "for _, k in G.ipairs({'assert', 'error', 'ipairs', 'next', 'pairs', 'pcall', 'rawequal',\n"
     "    'rawget', 'rawlen', 'select', 'tonumber', 'tostring', 'type', 'xpcall',\n"
     "    'getmetatable', '_VERSION'}) do safe[k] = G[k] end\n"
+    /* A hub plugin's run(args) makes user_metadata and user_hub_pid on first use (rl_lua.c,
+       push_hub_args): every way to look at the table without indexing it makes them first. */
+    "local args_fill = host.args_fill\n"
     "safe.setmetatable = function(t, mt)\n"
     "  if type(mt) == 'table' and rawget(mt, '__gc') ~= nil then\n"
     "    error('__gc metamethods are not allowed', 2) end\n"
+    "  if getmetatable(t) == false then args_fill(t) end\n"
     "  return setmetatable(t, mt)\n"
+    "end\n"
+    "safe.getmetatable = function(t)\n"
+    "  local m = getmetatable(t)\n"
+    "  if m == false and args_fill(t) then return getmetatable(t) end\n"
+    "  return m\n"
     "end\n"
     "safe.rawset = function(t, k, v)\n"
     "  if ro[t] then error('attempt to modify a read-only table', 2) end\n"
     "  return rawset(t, k, v)\n"
     "end\n"
     "local rawlen = G.rawlen\n"
-    "safe.next = function(t, k) return next(ro[t] or t, k) end\n"
-    "safe.rawget = function(t, k) return rawget(ro[t] or t, k) end\n"
+    "safe.next = function(t, k)\n"
+    "  if k == nil then args_fill(t) end\n"
+    "  return next(ro[t] or t, k)\n"
+    "end\n"
+    "safe.rawget = function(t, k)\n"
+    "  if k == 'user_metadata' or k == 'user_hub_pid' then args_fill(t) end\n"
+    "  return rawget(ro[t] or t, k)\n"
+    "end\n"
     "safe.rawlen = function(t) return rawlen(ro[t] or t) end\n"
     /* The instruction budget is final: once the running instance is doomed (budget, memory,
        terminate), every function that catches errors raises again instead of returning, so
@@ -1475,22 +1490,121 @@ static void push_config(lua_State *L, const rl_config *c, const rl_plugin_def *d
     }
 }
 
-/* Pushes the run() argument of a plugin started by its hub. */
+/* The run() argument of a plugin started by its hub: {user_id, user_metadata, user_hub_pid,
+   config}. An idle plugin that never reads the middle two would keep them for its life (a
+   table, a string and two hash slots: 176 bytes of an idle user's 5 KiB), so they are made
+   on first use: the table starts with user_id and config and a shared metatable whose
+   __index makes both (rl_lua_args_fill) and then drops itself, leaving the plain table the
+   platform gives. Every other way to look at the table makes them first: pairs (__pairs),
+   next, rawget, getmetatable and setmetatable (the prelude's safe versions), json.encode.
+   They come from the instance itself: its user_meta (the hub's user_metadata, kept anyway)
+   and its first monitor, which is its hub (spawn monitors it before anything can, and the
+   hub outlives its plugins: it exits after the last one). */
+static int args_mt_ref = LUA_NOREF;
+
 static void push_hub_args(lua_State *L, const rl_spawn_args *a)
 {
-    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 2);
     lua_pushstring(L, rl_owner_user(a->owner));
     lua_setfield(L, -2, "user_id");
-    if (!a->user_metadata || !rl_lua_json_decode(L, a->user_metadata->data, a->user_metadata->len)) {
-        if (a->user_metadata)
+    push_config(L, a->cfg, a->def);
+    lua_setfield(L, -2, "config");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, args_mt_ref);
+    lua_setmetatable(L, -2);
+}
+
+/* The pid of I's hub (its first monitor, while it lives), or NULL. */
+static const char *hub_pid_of(const rl_lua_inst *I)
+{
+    rl_proc *hp = I->proc.nmonitors ? rl_proc_by_serial(I->proc.monitors[0]) : NULL;
+    return hp && hp->owner == I->proc.owner && !rl_lua_inst_of(hp->pid) ? hp->pid : NULL;
+}
+
+/* Sets field k of table t (absolute) to the value on top (popped), unless the plugin set one. */
+static void set_missing(lua_State *L, int t, const char *k)
+{
+    lua_pushstring(L, k);
+    if (lua_rawget(L, t) == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_pushstring(L, k);
+        lua_insert(L, -2);
+        lua_rawset(L, t);
+    } else {
+        lua_pop(L, 2);
+    }
+}
+
+int rl_lua_args_fill(lua_State *L, int t)
+{
+    if (args_mt_ref == LUA_NOREF || lua_type(L, t) != LUA_TTABLE || !lua_getmetatable(L, t))
+        return 0;
+    t = lua_absindex(L, t);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, args_mt_ref);
+    int ours = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    rl_lua_inst *I = H.current ? main_of(H.current) : NULL;
+    if (!ours || !I)
+        return 0;
+    lua_pushnil(L); /* plain from here on: the sets below must not come back to __index */
+    lua_setmetatable(L, t);
+    if (!I->user_meta || !rl_lua_json_decode(L, I->user_meta->data, I->user_meta->len)) {
+        if (I->user_meta)
             lua_pop(L, 1); /* the error message */
         lua_newtable(L);
     }
-    lua_setfield(L, -2, "user_metadata");
-    lua_pushstring(L, a->parent->pid);
-    lua_setfield(L, -2, "user_hub_pid");
-    push_config(L, a->cfg, a->def);
-    lua_setfield(L, -2, "config");
+    set_missing(L, t, "user_metadata");
+    const char *hub = hub_pid_of(I);
+    if (hub) {
+        lua_pushstring(L, hub);
+        set_missing(L, t, "user_hub_pid");
+    }
+    return 1;
+}
+
+static int h_args_fill(lua_State *L)
+{
+    lua_pushboolean(L, rl_lua_args_fill(L, 1));
+    return 1;
+}
+
+static int args_index(lua_State *L)
+{
+    if (!rl_lua_args_fill(L, 1))
+        return 0;
+    lua_settop(L, 2);
+    lua_rawget(L, 1);
+    return 1;
+}
+
+static int args_next(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 2);
+    if (lua_next(L, 1))
+        return 2;
+    lua_pushnil(L);
+    return 1;
+}
+
+static int args_pairs(lua_State *L)
+{
+    rl_lua_args_fill(L, 1);
+    lua_pushcfunction(L, args_next);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    return 3;
+}
+
+static void args_mt_make(lua_State *L)
+{
+    lua_createtable(L, 0, 3);
+    lua_pushcfunction(L, args_index);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, args_pairs);
+    lua_setfield(L, -2, "__pairs");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    args_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
 static int spawn_p(lua_State *L)
@@ -1826,6 +1940,8 @@ static int init_p(lua_State *L)
     lua_setfield(L, -2, "block");
     lua_pushcfunction(L, h_block_unblock);
     lua_setfield(L, -2, "unblock");
+    lua_pushcfunction(L, h_args_fill);
+    lua_setfield(L, -2, "args_fill");
     rl_lua_uuid_push(L);
     lua_setfield(L, -2, "uuid");
     rl_lua_pg_push(L);
@@ -1848,6 +1964,7 @@ static int init_p(lua_State *L)
     H.boot_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     H.env_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     H.safe_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    args_mt_make(L);
 
     for (size_t i = 0; i < rl_lua_ndefs(); i++)
         H.chunk_refs[i] = H.config_refs[i] = LUA_NOREF;
@@ -2026,6 +2143,7 @@ int rl_lua_init(const rl_config *c, char *err, size_t errlen)
     if (H.L)
         rl_lua_close();
     memset(&H, 0, sizeof H);
+    args_mt_ref = LUA_NOREF;
     H.cfg = c;
     H.limit = c->lua_memory_limit;
     H.headroom = H.limit / 16;

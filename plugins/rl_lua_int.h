@@ -323,6 +323,9 @@ int rl_lua_json_encode_scratch(lua_State *L, int idx, const char **text, size_t 
 /* Decodes s[0..len) (nothing is read at or past s[len]): pushes the value and returns 1, or
    pushes an error message and returns 0. Raises only on OOM. */
 int rl_lua_json_decode(lua_State *L, const char *s, size_t len);
+/* t is a hub plugin's run() argument whose user_metadata and user_hub_pid are not made yet
+   (rl_lua.c, push_hub_args): makes them, drops its metatable and returns 1; else 0. */
+int rl_lua_args_fill(lua_State *L, int t);
 void rl_lua_json_open(lua_State *L); /* pushes the json module table */
 /* Frees the encode scratch (any state may encode again afterwards: it is allocated anew). */
 void rl_lua_json_close(void);

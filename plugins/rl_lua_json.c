@@ -312,6 +312,7 @@ static const char *encode_table(lua_State *L, int idx, int depth)
 {
     if (depth >= RL_LUA_JSON_DEPTH)
         return "nested too deep (or a cycle)";
+    rl_lua_args_fill(L, idx); /* a hub plugin's args: its lazy fields first */
     /* Room is reserved pair by pair, not for SMALL_OBJECT pairs at once: Lua gives a grown
        stack back only in a collection, so a plugin's coroutine would keep it (see enter()). */
     if (!lua_checkstack(L, 6))

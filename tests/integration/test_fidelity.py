@@ -94,3 +94,41 @@ def test_imports_and_annotations_refused_clearly():
     cfg.write()
     rc, out = run_check(cfg.path)
     check(rc != 0 and "bad_types.lua: line 3: a declared type is used as a value" in out, out)
+
+
+async def test_hub_plugin_args_look_the_same_every_way():
+    """run(args) of a hub's plugin: user_metadata and user_hub_pid are made on first use (an idle
+    plugin does not keep them), so each way of looking at the table is tried first, in an
+    instance of its own: each sees all four fields, and the plugin's own values win."""
+    from harness import jwt_claims, jwt_sign
+    secret = "args-secret-0123456789abcdef0123"
+    cfg = Config(auth={"mode": "jwt", "secret": secret},
+                 plugins=[Plugin("args_plugin", "args_", "args_probe.lua")])
+    every = ["config", "user_hub_pid", "user_id", "user_metadata"]
+    meta = {"plan": "pro", "n": 3}
+    with Node(cfg) as n:
+        async def look(how, user):
+            tok = jwt_sign(jwt_claims(user, meta=meta), secret)
+            ws, _ = await connect_welcomed(n, token=tok)
+            await send_json(ws, {"type": how})
+            f = await recv_json(ws, timeout=10)
+            await ws.close()
+            check(f.get("type") == "seen" and f.get("ok") is True and "args_" + f.get("how", "") == how, f"{how}: {f}")
+            return f["seen"]
+
+        s = await look("args_index", "a1")
+        check(s == {"meta": meta, "hub": "string", "id": "a1", "again": True, "keys": every}, f"index {s}")
+        s = await look("args_pairs", "a2")
+        check(s["keys"] == every, f"pairs {s}")
+        s = await look("args_next", "a3")
+        check(s["keys"] == every, f"next {s}")
+        s = await look("args_rawget", "a4")
+        check(s == {"meta": meta, "hub": "string"}, f"rawget {s}")
+        s = await look("args_json", "a5")
+        check(s["keys"] == every and s["meta"] == meta and s["hub"] == "string", f"json.encode {s}")
+        s = await look("args_getmetatable", "a6")
+        check(s == {"mt": True, "meta": meta}, f"getmetatable {s}")
+        s = await look("args_setmetatable", "a7")
+        check(s == {"meta": meta, "other": "dflt", "keys": every}, f"setmetatable {s}")
+        s = await look("args_own_first", "a8")
+        check(s == {"meta": "mine", "hub": "string"}, f"the plugin's own value {s}")
