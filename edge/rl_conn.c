@@ -252,6 +252,24 @@ static void conn_rehome(rl_conn *c)
                     rl_msg_rehome(c->proc.pid, c->route ? c->route->hub : ""));
 }
 
+/* The "unreachable: re-homing" line, at most once a second for the node: while a hub's node
+   is gone every message of its users' connections comes here (50 lines a second from one
+   busy connection were seen in a failover), so the next line says how many it stood for. */
+static void rehome_log(const rl_conn *c, int rc)
+{
+    static uint64_t next_ms;
+    static unsigned long quiet;
+    uint64_t now = rl_now_ms();
+    if (now < next_ms) {
+        quiet++;
+        return;
+    }
+    rl_warn("gateway", "%s: hub %s unreachable (%d): re-homing (%lu more since the last such line)",
+            c->proc.pid, c->route ? c->route->hub : "none", rc, quiet);
+    quiet = 0;
+    next_ms = now + 1000;
+}
+
 /* Sends a client message to the user hub, tagged with its lease epoch. Takes m. */
 static void conn_forward(rl_conn *c, rl_msg *m)
 {
@@ -267,8 +285,7 @@ static void conn_forward(rl_conn *c, rl_msg *m)
         /* -ENOENT, -EHOSTUNREACH, -EINVAL, -EPERM: the hub is gone or unreachable. The
            connection stays: the central hub places the user again and sends a new WS_CONTROL
            and welcome. */
-        rl_warn("gateway", "%s: hub %s unreachable (%d): re-homing", c->proc.pid,
-                c->route ? c->route->hub : "none", rc);
+        rehome_log(c, rc);
         conn_send_error(c, RL_E_PLUGIN_FAILED, "User hub unavailable, try again", rid, rl);
         conn_rehome(c);
     }

@@ -279,6 +279,44 @@ async def test_fault_forward_lost_with_redis_is_answered():
 test_fault_forward_lost_with_redis_is_answered.timeout = 40
 
 
+async def test_fault_unreachable_hub_answers_each_message_and_logs_once_a_second():
+    """While a node cannot reach Redis, each client message for a hub on another node is
+    answered at once ("try again", with its request_id) and asks for a re-homing; the log says so
+    at most once a second, with how many it stood for (one busy client logged 50 lines a second
+    in a failover before)."""
+    async with fault_cluster(2, proxied=("n1",)) as cl:
+        a, b = cl.nodes
+        wb, _ = await join(b, "rhm")            # rhm's hub lives on n2
+        cl.track(wb)
+        wa, _ = await join(a, "rhm")            # n1 forwards rhm's messages to it
+        cl.track(wa)
+        before = a.log_text().count("re-homing")
+        cl.proxy("n1").drop(4)
+        await asyncio.sleep(0.3)
+        t0 = time.monotonic()
+        rids = ["rh-%d" % i for i in range(40)]
+        answered = set()
+        for rid in rids:
+            await wa.send('{"type":"cl_where","request_id":"%s"}' % rid)
+            await asyncio.sleep(0.03)
+        while time.monotonic() - t0 < 6 and len(answered) < len(rids):
+            try:
+                f = await recv_json(wa, timeout=0.5)
+            except TestFailure:
+                continue
+            if isinstance(f, dict) and f.get("topic") == "error":
+                answered.add(f.get("data", {}).get("request_id"))
+        spent = time.monotonic() - t0
+        lines = [ln for ln in a.log_text().splitlines() if "re-homing" in ln][before:]
+        check(answered >= set(rids), f"unanswered while unreachable: {sorted(set(rids) - answered)}")
+        check(1 <= len(lines) <= int(spent) + 2, f"{len(lines)} re-homing lines in {spent:.1f}s")
+        check("more since the last such line" in lines[0], f"{lines[0]}")
+        note(f"{len(rids)} messages while unreachable: {len(lines)} log lines in {spent:.1f}s")
+
+
+test_fault_unreachable_hub_answers_each_message_and_logs_once_a_second.timeout = 40
+
+
 
 # --------------------------------------------------------------------------------------------
 # Node faults under traffic, and the invariants over what every hub accepted
