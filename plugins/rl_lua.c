@@ -2,9 +2,9 @@
  * _ENV running the plugin's chunk (compiled once per source), scheduled from the node's loop.
  *
  * Shape of an instance: an rl_proc (mailbox, pid) + a coroutine anchored by a registry ref.
- * The coroutine starts in the prelude's boot(chunk, env, method, args), which runs the
- * shared chunk with the instance's env as its only argument ("local _ENV = ...;" is prepended
- * to every source, on the first line so line numbers stay) and then calls method(args).
+ * The coroutine first runs the shared chunk with the instance's env as its only argument
+ * ("local _ENV = ...;" is prepended to every source, on the first line so line numbers stay),
+ * then the prelude's boot(mod, env, method, args), which calls method(args) (boot_method).
  * Resumes happen only from the node's scheduler (ops->run after rl_proc_wake), never nested
  * inside another instance: blocking calls (channel receive/select/send, time.sleep) yield with a continuation
  * and are woken by the channel or timer they wait on. A count hook enforces the instruction
@@ -242,8 +242,8 @@ static const char prelude[] =
     "  if m == nil then error(\"module '\" .. tostring(name) .. \"' not found\", 2) end\n"
     "  return m\n"
     "end\n"
-    "local function boot(chunk, env, method, ...)\n"
-    "  local mod = chunk(env)\n"
+    /* boot(mod, env, method, ...): the second half of an instance's start (inst_resume). */
+    "local function boot(mod, env, method, ...)\n"
     "  local f\n"
     "  if type(mod) == 'table' then f = mod[method] end\n"
     "  if f == nil then f = rawget(env, method) end\n"
@@ -1077,6 +1077,28 @@ static void task_after_resume(rl_lua_inst *T, int st, int nres);
 static int inst_upgrade(rl_lua_inst *I);
 static rl_lua_limit limit_of(const rl_lua_inst *I, int st);
 
+/* An instance starts in two halves in its own coroutine, each its bottom frame: the chunk
+   (chunk(env), with their count, boot, env, method and the arguments waiting on the stack below
+   it), then,
+   once the chunk returned, boot(mod, env, method, ...), which calls method(...) as a tail call.
+   Called as one function, boot would have run the chunk one frame deeper than the plugin's
+   loop ever goes, and Lua keeps a call frame of a coroutine's deepest call for its life (80 B
+   of every idle instance). The chunk's first result is mod; the rest are dropped. */
+static int boot_method(rl_lua_inst *I, lua_State *co, int *nres)
+{
+    I->booting = 0;
+    int below = (int)lua_tointeger(co, 1); /* the count, boot, env, method, the arguments */
+    lua_remove(co, 1);
+    int got = lua_gettop(co) - (below - 1); /* lua_resume counts the whole stack as results */
+    if (got == 0)
+        lua_pushnil(co);
+    else
+        lua_pop(co, got - 1);
+    lua_rotate(co, 2, 1); /* boot, mod, env, method, arguments */
+    *nres = 0;
+    return lua_resume(co, H.L, lua_gettop(co) - 1, nres);
+}
+
 static void inst_resume(rl_lua_inst *I)
 {
     lua_State *co = I->co;
@@ -1089,6 +1111,8 @@ static void inst_resume(rl_lua_inst *I)
     I->oom_refusals = 0;
     H.resumes++;
     int st = lua_resume(co, H.L, I->nargs, &nres);
+    if (st == LUA_OK && I->booting && !I->torn && !I->exit_pending_set && !rl_lua_doomed(I))
+        st = boot_method(I, co, &nres);
     H.current = NULL;
     I->nargs = 0;
     if (I->torn)
@@ -1632,8 +1656,9 @@ static int spawn_p(lua_State *L)
     }
 
     int env = lua_gettop(L);
+    lua_pushinteger(L, 0); /* how many wait below the chunk: set below */
+    int below = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, H.boot_ref);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, s->chunk_ref);
     lua_pushvalue(L, env);
     lua_pushstring(L, I->def->method && I->def->method[0] ? I->def->method : "run");
     int nvals = 1;
@@ -1660,10 +1685,15 @@ static int spawn_p(lua_State *L)
         if (!A || !(A->ctx = rl_body_new(s->ctx, strlen(s->ctx))))
             return luaL_error(L, "not enough memory");
     }
-    if (!lua_checkstack(co, 4 + nvals))
+    lua_pushinteger(L, 4 + nvals);
+    lua_replace(L, below);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->chunk_ref);
+    lua_pushvalue(L, env);
+    if (!lua_checkstack(co, 6 + nvals))
         return luaL_error(L, "not enough memory");
-    lua_xmove(L, co, 4 + nvals);
-    I->nargs = 3 + nvals;
+    lua_xmove(L, co, 6 + nvals);
+    I->nargs = 1; /* chunk(env); boot, env, method and the arguments wait below it */
+    I->booting = 1;
     if (hook_step)
         lua_sethook(co, count_hook, LUA_MASKCOUNT, (int)hook_step);
     return 0;

@@ -133,6 +133,7 @@ struct rl_lua_inst { /* 320 bytes: one jemalloc class per idle instance, keep it
     unsigned user_counted : 1; /* counted in its user's rl_owner_use.procs until torn down */
     unsigned mem_over : 1;     /* went over plugin_memory_limit: its next hook decides (rl_lua.c) */
     unsigned upgradable : 1;   /* process.set_options({upgradable = true}): gets OUTDATED */
+    unsigned booting : 1;      /* its coroutine runs the plugin's chunk (rl_lua.c: boot_method) */
     uint32_t nwaits, wcap, nlinks, nchildren, ntimers; /* ntimers: live timers it owns */
     uint32_t mem_acct; /* its memory account (rl_lua.c), 0 = none */
 };
