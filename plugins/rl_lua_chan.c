@@ -94,16 +94,13 @@ void rl_lua_unwait(rl_lua_inst *I)
 {
     for (size_t i = 0; i < I->nwaits; i++) {
         rl_lua_waiter *w = &I->waits[i];
-        if (!w->ch)
+        if (!w->pprev)
             continue;
-        if (w->prev)
-            w->prev->next = w->next;
-        else
-            w->ch->waiters = w->next;
+        *w->pprev = w->next;
         if (w->next)
-            w->next->prev = w->prev;
-        w->ch = NULL;
-        w->prev = w->next = NULL;
+            w->next->pprev = w->pprev;
+        w->pprev = NULL;
+        w->next = NULL;
     }
     I->nwaits = 0;
 }
@@ -494,13 +491,12 @@ static int chan_do(lua_State *L, int mode)
     I->nwaits = 0;
     for (int i = 0; i < n; i++) {
         rl_lua_waiter *w = &I->waits[I->nwaits++];
-        w->ch = cs[i].ch;
         w->inst = I;
         w->op = cs[i].op;
-        w->prev = NULL;
         w->next = cs[i].ch->waiters;
         if (w->next)
-            w->next->prev = w;
+            w->next->pprev = &w->next;
+        w->pprev = &cs[i].ch->waiters;
         cs[i].ch->waiters = w;
     }
     /* A receiver now waits on an unbuffered channel: a sender already blocked on it (another

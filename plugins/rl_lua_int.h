@@ -70,13 +70,18 @@ typedef struct rl_lua_inst rl_lua_inst;
 typedef struct rl_lua_timer rl_lua_timer;
 typedef struct rl_lua_chan rl_lua_chan;
 
-/* One case of a blocked select: links the instance into the channel's waiter list. */
+/* One case of a blocked select: links the instance into the channel's waiter list. 32 bytes
+   (an idle instance blocked in a select over its inbox and events holds two). */
 typedef struct rl_lua_waiter {
-    struct rl_lua_waiter *prev, *next;
-    rl_lua_chan *ch; /* anchored by the blocked coroutine's stack (the select arguments) */
+    struct rl_lua_waiter *next;
+    /* The pointer that points to this waiter (the channel's head, or the previous waiter's
+       next), NULL while unlinked: unlinking needs no channel pointer (as BSD queue.h's LIST).
+       The channel is anchored by the blocked coroutine's stack (the select arguments). */
+    struct rl_lua_waiter **pprev;
     rl_lua_inst *inst;
     int op; /* 0 receive, 1 send */
 } rl_lua_waiter;
+_Static_assert(sizeof(rl_lua_waiter) <= 32, "two rl_lua_waiter fit the 64-byte class");
 
 typedef enum {
     RL_INST_READY,   /* in the run queue or about to be */
