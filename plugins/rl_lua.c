@@ -748,9 +748,8 @@ static void inst_teardown(rl_lua_inst *I)
         u->procs--;
     I->user_counted = 0;
     rl_lua_unwait(I);
-    while (I->timers)
+    while (I->timers) /* (the cancel deadline among them) */
         rl_lua_timer_close(I->timers);
-    I->deadline = NULL;
     rl_lua_http_release(I);
     rl_lua_names_release(I->proc.pid);
     rl_lua_chan *in = rl_lua_ref_udata(I->inbox_ref);
@@ -775,13 +774,14 @@ static void inst_teardown(rl_lua_inst *I)
 
 int rl_lua_child_add(rl_lua_inst *I, const char *pid)
 {
-    char **nc = realloc(I->children, (I->nchildren + 1) * sizeof *nc);
+    rl_lua_aux *A = rl_lua_aux_of(I);
+    char **nc = A ? realloc(A->children, (A->nchildren + 1) * sizeof *nc) : NULL;
     if (!nc)
         return -ENOMEM;
-    I->children = nc;
-    if (!(nc[I->nchildren] = strdup(pid)))
+    A->children = nc;
+    if (!(nc[A->nchildren] = strdup(pid)))
         return -ENOMEM;
-    I->nchildren++;
+    A->nchildren++;
     rl_lua_inst *C = rl_lua_inst_of(pid);
     if (C)
         C->parent = I->proc.serial;
@@ -794,16 +794,17 @@ static void family_release(rl_lua_inst *I)
 {
     rl_proc *pp = I->parent ? rl_proc_by_serial(I->parent) : NULL;
     rl_lua_inst *P = pp ? rl_lua_inst_of(pp->pid) : NULL;
-    for (size_t i = 0; P && i < P->nchildren; i++) {
-        if (strcmp(P->children[i], I->proc.pid) == 0) {
-            free(P->children[i]);
-            P->children[i] = P->children[--P->nchildren];
+    rl_lua_aux *PA = P ? P->aux : NULL;
+    for (uint32_t i = 0; PA && i < PA->nchildren; i++) {
+        if (strcmp(PA->children[i], I->proc.pid) == 0) {
+            free(PA->children[i]);
+            PA->children[i] = PA->children[--PA->nchildren];
             break;
         }
     }
     I->parent = 0;
-    while (I->nchildren) {
-        char *pid = I->children[--I->nchildren];
+    while (I->aux && I->aux->nchildren) {
+        char *pid = I->aux->children[--I->aux->nchildren];
         rl_lua_inst *C = rl_lua_inst_of(pid);
         free(pid);
         if (C) {
@@ -833,6 +834,15 @@ static void inst_finish(rl_lua_inst *I, const char *error, int quiet)
     rl_proc_exit(&I->proc, error);
 }
 
+/* Takes I's pending exit error (NULL: none, or "terminated"); the caller frees it. */
+static char *exit_pending_take(rl_lua_inst *I)
+{
+    char *why = I->aux ? I->aux->exit_pending : NULL;
+    if (why)
+        I->aux->exit_pending = NULL;
+    return why;
+}
+
 void rl_lua_upgrade_request(rl_lua_inst *I, const rl_plugin_def *def, char *args_json, int nargs)
 {
     upgrade_drop();
@@ -845,7 +855,7 @@ void rl_lua_upgrade_request(rl_lua_inst *I, const rl_plugin_def *def, char *args
     upgrade.args = args_json;
     upgrade.nargs = nargs;
     I->exit_pending_set = 1; /* unwinds as a terminate(self) does; no EXIT, no exit value */
-    I->exit_pending = NULL;
+    free(exit_pending_take(I));
 }
 
 void rl_lua_kill(rl_lua_inst *I, const char *error)
@@ -859,8 +869,10 @@ void rl_lua_kill(rl_lua_inst *I, const char *error)
             I->exit_pending_set = 0;
         }
         if (!I->exit_pending_set) {
+            rl_lua_aux *A = error ? rl_lua_aux_of(I) : NULL;
             I->exit_pending_set = 1;
-            I->exit_pending = error ? strdup(error) : NULL;
+            if (A) /* out of memory: it exits with "terminated" */
+                A->exit_pending = strdup(error);
         }
         return;
     }
@@ -885,7 +897,7 @@ static const char *error_text(lua_State *co, char *buf, size_t n)
 static const char *doomed_self(const rl_lua_inst *I)
 {
     if (I->exit_pending_set)
-        return I->exit_pending ? I->exit_pending : "terminated";
+        return I->aux && I->aux->exit_pending ? I->aux->exit_pending : "terminated";
     if (I->oom)
         return "not enough memory";
     if (I->budget_hit)
@@ -1137,7 +1149,7 @@ static void inst_resume(rl_lua_inst *I)
     if (st == LUA_YIELD || st == LUA_OK)
         lua_pop(co, nres);
     if (I->exit_pending_set) {
-        err = I->exit_pending;
+        err = I->aux ? I->aux->exit_pending : NULL;
     } else if (st == LUA_ERRMEM || rl_lua_doomed(I)) {
         /* a sandbox limit ended it, whatever the plugin made of the error */
         rl_lua_limit k = st == LUA_ERRMEM || I->oom ? RL_LIMIT_MEMORY
@@ -1171,8 +1183,7 @@ static void inst_resume(rl_lua_inst *I)
             snprintf(buf, sizeof buf, "%s", err);
             err = buf;
         }
-        free(I->exit_pending);
-        I->exit_pending = NULL;
+        free(exit_pending_take(I));
         inst_finish(I, err, quiet);
         return;
     }
@@ -1268,8 +1279,7 @@ static void task_after_resume(rl_lua_inst *T, int st, int nres)
     if (M->torn)
         return;
     if (M->exit_pending_set) { /* process.terminate of the instance from the task */
-        char *why = M->exit_pending;
-        M->exit_pending = NULL;
+        char *why = exit_pending_take(M);
         inst_finish(M, why, 1);
         free(why);
     } else if (err) {
@@ -1331,18 +1341,25 @@ static int l_co_spawn(lua_State *L)
 
 static int is_linked(rl_lua_inst *I, const char *pid)
 {
-    for (size_t i = 0; i < I->nlinks; i++)
-        if (strcmp(I->links[i], pid) == 0)
+    for (uint32_t i = 0; I->aux && i < I->aux->nlinks; i++)
+        if (strcmp(I->aux->links[i], pid) == 0)
             return 1;
     return 0;
 }
 
 int rl_lua_unmon_find(const rl_lua_inst *I, const char *pid)
 {
-    for (uint32_t i = 0; I->unmon && i < I->unmon->n; i++)
-        if (strcmp(I->unmon->pid[i], pid) == 0)
+    const rl_lua_unmon *u = I->aux ? I->aux->unmon : NULL;
+    for (uint32_t i = 0; u && i < u->n; i++)
+        if (strcmp(u->pid[i], pid) == 0)
             return (int)i;
     return -1;
+}
+
+void rl_lua_unmon_remove(rl_lua_inst *I, int u)
+{
+    rl_lua_unmon *un = I->aux->unmon;
+    memmove(un->pid[u], un->pid[--un->n], RL_PID_MAX);
 }
 
 static void push_event(rl_lua_inst *I, rl_lua_ev_kind kind, const char *from, const char *error,
@@ -1379,9 +1396,9 @@ static void inst_handle(rl_proc *p, rl_msg *m)
         rl_body *value = rl_lua_exitval_take(I, from);
         if (rl_lua_exec_done(I, from, error, value)) { /* process.exec: its caller's result */
             if (u >= 0)
-                memmove(I->unmon->pid[u], I->unmon->pid[--I->unmon->n], RL_PID_MAX);
+                rl_lua_unmon_remove(I, u);
         } else if (u >= 0) { /* process.unmonitor(from): no EXIT; the report was its last word */
-            memmove(I->unmon->pid[u], I->unmon->pid[--I->unmon->n], RL_PID_MAX);
+            rl_lua_unmon_remove(I, u);
             rl_body_unref(value);
         } else {
             push_event(I, RL_EV_EXIT, from, error, 0, NULL, value);
@@ -1405,9 +1422,10 @@ static void inst_cancel(rl_proc *p, uint64_t deadline_ms)
     if (I->torn)
         return;
     push_event(I, RL_EV_CANCEL, H.cancel_from, NULL, deadline_ms, H.cancel_reason, NULL);
-    if (!I->deadline) {
-        I->deadline = rl_lua_timer_start(I, RL_TIMER_DEADLINE, deadline_ms, 0, LUA_NOREF);
-        if (!I->deadline)
+    if (!I->aux || !I->aux->deadline) {
+        rl_lua_aux *A = rl_lua_aux_of(I);
+        if (!A || !(A->deadline = rl_lua_timer_start(I, RL_TIMER_DEADLINE, deadline_ms, 0,
+                                                     LUA_NOREF)))
             rl_lua_kill(I, "cancelled");
     }
 }
@@ -1420,18 +1438,6 @@ static void inst_free(rl_proc *p)
     list_remove(I);
     free(I->waits);
     rl_body_unref(I->user_meta);
-    free(I->exit_pending);
-    free(I->unmon);
-    for (size_t i = 0; i < I->nlinks; i++)
-        free(I->links[i]);
-    free(I->links);
-    for (size_t i = 0; i < I->nchildren; i++)
-        free(I->children[i]);
-    free(I->children);
-    if (I->chans && --I->chans->refs == 0) {
-        rl_owner_unref(I->chans->owner);
-        free(I->chans);
-    }
     free(I);
 }
 
@@ -1717,15 +1723,13 @@ static int inst_upgrade(rl_lua_inst *I)
     rl_lua_unwait(I);
     while (I->timers) /* (no cancel deadline: process.upgrade refuses while one runs) */
         rl_lua_timer_close(I->timers);
-    I->deadline = NULL;
     rl_lua_http_release(I);
     luaL_unref(H.L, LUA_REGISTRYINDEX, I->co_ref);
     luaL_unref(H.L, LUA_REGISTRYINDEX, I->env_ref);
     I->co_ref = I->env_ref = LUA_NOREF;
     I->co = NULL;
     I->def = upgrade.def;
-    free(I->exit_pending);
-    I->exit_pending = NULL;
+    free(exit_pending_take(I));
     I->exit_pending_set = 0;
     spawn_ctx s = {I, H.chunk_refs[idx], upgrade.args, NULL, upgrade.nargs, NULL};
     H.current = I; /* what the new run's setup allocates is the instance's */

@@ -94,16 +94,13 @@ void rl_lua_unwait(rl_lua_inst *I)
 {
     for (size_t i = 0; i < I->nwaits; i++) {
         rl_lua_waiter *w = &I->waits[i];
-        if (!w->ch)
+        if (!w->pprev)
             continue;
-        if (w->prev)
-            w->prev->next = w->next;
-        else
-            w->ch->waiters = w->next;
+        *w->pprev = w->next;
         if (w->next)
-            w->next->prev = w->prev;
-        w->ch = NULL;
-        w->prev = w->next = NULL;
+            w->next->pprev = w->pprev;
+        w->pprev = NULL;
+        w->next = NULL;
     }
     I->nwaits = 0;
 }
@@ -494,13 +491,12 @@ static int chan_do(lua_State *L, int mode)
     I->nwaits = 0;
     for (int i = 0; i < n; i++) {
         rl_lua_waiter *w = &I->waits[I->nwaits++];
-        w->ch = cs[i].ch;
         w->inst = I;
         w->op = cs[i].op;
-        w->prev = NULL;
         w->next = cs[i].ch->waiters;
         if (w->next)
-            w->next->prev = w;
+            w->next->pprev = &w->next;
+        w->pprev = &cs[i].ch->waiters;
         cs[i].ch->waiters = w;
     }
     /* A receiver now waits on an unbuffered channel: a sender already blocked on it (another
@@ -552,13 +548,16 @@ static int l_new(lua_State *L)
     lua_Integer n = luaL_optinteger(L, 1, 0);
     luaL_argcheck(L, n >= 0 && n <= RL_LUA_CHAN_MAX, 1, "size out of range");
     rl_lua_inst *I = rl_lua_g.current ? rl_lua_current(L) : NULL; /* a task's count is its instance's */
-    if (I && !I->chans) {
-        if (!(I->chans = calloc(1, sizeof *I->chans)))
+    rl_lua_aux *A = I ? rl_lua_aux_of(I) : NULL;
+    if (I && !A)
+        return luaL_error(L, "not enough memory");
+    if (A && !A->chans) {
+        if (!(A->chans = calloc(1, sizeof *A->chans)))
             return luaL_error(L, "not enough memory");
-        I->chans->refs = 1;
-        I->chans->owner = rl_owner_ref(I->proc.owner);
+        A->chans->refs = 1;
+        A->chans->owner = rl_owner_ref(I->proc.owner);
     }
-    if (I && I->chans->live >= rl_lua_g.cfg->plugin_max_channels) {
+    if (A && A->chans->live >= rl_lua_g.cfg->plugin_max_channels) {
         rl_lua_refused(I, RL_LIMIT_CHANNELS);
         return luaL_error(L, "too many channels (plugin_max_channels is %d)",
                           (int)rl_lua_g.cfg->plugin_max_channels);
@@ -567,14 +566,14 @@ static int l_new(lua_State *L)
         return luaL_error(L, "too many channels for the user (plugin_user_max_channels is %d)",
                           (int)rl_lua_g.cfg->plugin_user_max_channels);
     rl_lua_chan_new(L, RL_CH_LUA, (size_t)n);
-    if (I) {
+    if (A) {
         rl_lua_count **tok = lua_newuserdatauv(L, sizeof *tok, 0);
         *tok = NULL;
         luaL_setmetatable(L, COUNT_MT);
-        *tok = I->chans;
-        I->chans->live++;
-        I->chans->refs++;
-        rl_owner_use *u = rl_owner_use_of(I->chans->owner);
+        *tok = A->chans;
+        A->chans->live++;
+        A->chans->refs++;
+        rl_owner_use *u = rl_owner_use_of(A->chans->owner);
         if (u)
             u->chans++;
         lua_setiuservalue(L, -2, 2);

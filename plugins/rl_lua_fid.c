@@ -62,7 +62,19 @@ void rl_lua_aux_free(rl_lua_inst *I)
     rl_body_unref(A->ctx);
     if (H.L && A->imports_ref != LUA_NOREF)
         luaL_unref(H.L, LUA_REGISTRYINDEX, A->imports_ref);
-    free(A);
+    free(A->exit_pending);
+    free(A->unmon);
+    for (uint32_t i = 0; i < A->nlinks; i++)
+        free(A->links[i]);
+    free(A->links);
+    for (uint32_t i = 0; i < A->nchildren; i++)
+        free(A->children[i]);
+    free(A->children);
+    if (A->chans && --A->chans->refs == 0) { /* its channels may outlive it */
+        rl_owner_unref(A->chans->owner);
+        free(A->chans);
+    }
+    free(A); /* (A->deadline: a timer of I->timers, closed before) */
 }
 
 rl_body *rl_lua_exitval_take(rl_lua_inst *I, const char *pid)

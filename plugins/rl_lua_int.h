@@ -70,13 +70,18 @@ typedef struct rl_lua_inst rl_lua_inst;
 typedef struct rl_lua_timer rl_lua_timer;
 typedef struct rl_lua_chan rl_lua_chan;
 
-/* One case of a blocked select: links the instance into the channel's waiter list. */
+/* One case of a blocked select: links the instance into the channel's waiter list. 32 bytes
+   (an idle instance blocked in a select over its inbox and events holds two). */
 typedef struct rl_lua_waiter {
-    struct rl_lua_waiter *prev, *next;
-    rl_lua_chan *ch; /* anchored by the blocked coroutine's stack (the select arguments) */
+    struct rl_lua_waiter *next;
+    /* The pointer that points to this waiter (the channel's head, or the previous waiter's
+       next), NULL while unlinked: unlinking needs no channel pointer (as BSD queue.h's LIST).
+       The channel is anchored by the blocked coroutine's stack (the select arguments). */
+    struct rl_lua_waiter **pprev;
     rl_lua_inst *inst;
     int op; /* 0 receive, 1 send */
 } rl_lua_waiter;
+_Static_assert(sizeof(rl_lua_waiter) <= 32, "two rl_lua_waiter fit the 64-byte class");
 
 typedef enum {
     RL_INST_READY,   /* in the run queue or about to be */
@@ -105,27 +110,26 @@ typedef struct rl_lua_unmon {
     char pid[][RL_PID_MAX];
 } rl_lua_unmon;
 
-struct rl_lua_inst { /* 320 bytes: one jemalloc class per idle instance, keep it there */
+/* 256 bytes: one jemalloc class per idle instance, keep it there. What an idle instance of a
+   typical plugin (one that receives and sends) never uses lives in its aux (rl_lua_fid.c). */
+struct rl_lua_inst {
     rl_proc proc; /* first member: (rl_lua_inst *)p */
     const rl_plugin_def *def;
     lua_State *co; /* the instance's coroutine, anchored by co_ref */
     uint64_t used; /* instructions counted in the current run (preempted slices included) */
     const char *limit_hit; /* static reason text, NULL while within every limit */
-    char *exit_pending;    /* process.terminate(self): exit with this once the resume returns */
     rl_lua_inst *prev, *next; /* host list of instances not yet freed */
     rl_lua_waiter *waits;     /* nwaits linked while BLOCKED */
     rl_lua_timer *timers;     /* every live timer this instance owns */
-    rl_lua_timer *deadline;
     rl_body *user_meta; /* args.user_metadata (JSON object), NULL if none; the user is the owner */
-    char **links;       /* children started linked: their error exits also give LINK_DOWN */
-    char **children;    /* live children it spawned: they end with it (plugin_max_children) */
-    struct rl_lua_count *chans; /* live channels it made (plugin_max_channels) */
-    rl_lua_unmon *unmon;        /* processes it unmonitored, NULL if none */
-    struct rl_lua_aux *aux;     /* what few instances use (rl_lua_fid.c), NULL until then */
-    uint64_t parent;            /* serial of the instance that spawned it, 0 for a hub's plugin */
+    struct rl_lua_aux *aux; /* what few instances use (rl_lua_fid.c), NULL until then */
+    uint64_t parent; /* serial of the instance that spawned it, 0 for a hub's plugin (here, not
+                        in aux: every child has one, and most children need nothing else) */
     int co_ref, env_ref, inbox_ref, events_ref;
     int nargs; /* values on co's stack for the next resume */
-    unsigned budget_hit : 1, oom : 1, torn : 1, listed : 1, exit_pending_set : 1;
+    unsigned budget_hit : 1, oom : 1, torn : 1, listed : 1;
+    unsigned exit_pending_set : 1; /* process.terminate(self): exit (with aux->exit_pending)
+                                      once the resume returns */
     unsigned oom_refusals : 2; /* consecutive refused allocations while running */
     unsigned state : 2;        /* rl_lua_inst_state */
     unsigned limit_kind : 3;   /* rl_lua_limit: with limit_hit, the limit that doomed it */
@@ -134,9 +138,12 @@ struct rl_lua_inst { /* 320 bytes: one jemalloc class per idle instance, keep it
     unsigned mem_over : 1;     /* went over plugin_memory_limit: its next hook decides (rl_lua.c) */
     unsigned upgradable : 1;   /* process.set_options({upgradable = true}): gets OUTDATED */
     unsigned booting : 1;      /* its coroutine runs the plugin's chunk (rl_lua.c: boot_method) */
-    uint32_t nwaits, wcap, nlinks, nchildren, ntimers; /* ntimers: live timers it owns */
+    unsigned nwaits : 7, wcap : 7; /* waits linked / allocated (at most RL_LUA_SELECT_MAX) */
+    uint32_t ntimers;  /* live timers it owns */
     uint32_t mem_acct; /* its memory account (rl_lua.c), 0 = none */
 };
+_Static_assert(sizeof(rl_lua_inst) <= 256, "rl_lua_inst is in the 256-byte class");
+_Static_assert(RL_LUA_SELECT_MAX < 128, "rl_lua_inst.nwaits and wcap are 7-bit fields");
 
 /* The exit value of a process one of its monitors has not handled yet (result.value). */
 typedef struct rl_lua_exitval {
@@ -152,18 +159,26 @@ typedef struct rl_lua_listen {
 } rl_lua_listen;
 #define RL_LUA_LISTEN_MAX 64 /* subscriptions of one instance */
 
-/* Per-instance state of the platform-fidelity parts (rl_lua_fid.c). */
+/* Per-instance state few instances need (made by rl_lua_aux_of on first use, freed when the
+   instance is torn down): the platform-fidelity parts (rl_lua_fid.c), tasks, and what a
+   plugin that only receives and sends never uses. A missing aux reads as all fields zero.
+   120 bytes (the 128 class). */
 typedef struct rl_lua_aux {
     rl_lua_exitval *exitvals;
     rl_body *ctx;     /* process.with_context values it was spawned with (JSON object) */
-    int imports_ref;  /* table: library id -> the module this instance imported */
     struct rl_lua_listen *listens; /* process.listen subscriptions */
-    uint32_t nlistens;
-    struct rl_lua_listen *execs; /* process.exec waits: topic = the child's pid */
-    uint32_t nexecs;
+    struct rl_lua_listen *execs;   /* process.exec waits: topic = the child's pid */
     struct rl_lua_inst *main;   /* a coroutine.spawn task: the instance it belongs to */
     struct rl_lua_inst **tasks; /* an instance: its live tasks */
-    uint32_t ntasks;
+    char *exit_pending; /* with exit_pending_set: the error to exit with, NULL = "terminated" */
+    rl_lua_timer *deadline;     /* the cancel deadline (a timer of timers), NULL if none */
+    struct rl_lua_count *chans; /* live channels it made (plugin_max_channels), NULL if none */
+    rl_lua_unmon *unmon;        /* processes it unmonitored, NULL if none */
+    char **links;    /* children started linked: their error exits also give LINK_DOWN */
+    char **children; /* live children it spawned: they end with it (plugin_max_children) */
+    int imports_ref; /* table: library id -> the module this instance imported */
+    uint32_t nlistens, nexecs, ntasks;
+    uint32_t nlinks, nchildren;
 } rl_lua_aux;
 
 /* A count shared by an instance and the objects it made, freed by whichever goes last. */
@@ -282,6 +297,8 @@ int rl_lua_spawn_child_n(lua_State *L, rl_lua_inst *parent, const rl_plugin_def 
                          char pid_out[RL_PID_MAX], char *err, size_t errlen);
 /* Index of pid in I's unmonitored set, or -1. */
 int rl_lua_unmon_find(const rl_lua_inst *I, const char *pid);
+/* Takes entry u (an index rl_lua_unmon_find gave) out of I's unmonitored set. */
+void rl_lua_unmon_remove(rl_lua_inst *I, int u);
 /* The plugin def whose id or name is s, or NULL. */
 const rl_plugin_def *rl_lua_find_def(const char *s);
 

@@ -257,7 +257,7 @@ static int l_monitor(lua_State *L)
     const char *pid = resolve(I, luaL_checkstring(L, 1));
     int u = rl_lua_unmon_find(I, pid);
     if (u >= 0) { /* monitored again: its report counts once more */
-        memmove(I->unmon->pid[u], I->unmon->pid[--I->unmon->n], RL_PID_MAX);
+        rl_lua_unmon_remove(I, u);
         if (rl_proc_find(pid)) {
             lua_pushboolean(L, 1);
             return 1;
@@ -282,13 +282,14 @@ static int l_unmonitor(lua_State *L)
         lua_pushboolean(L, 1);
         return 1;
     }
-    uint32_t n = I->unmon ? I->unmon->n : 0;
+    rl_lua_aux *A = rl_lua_aux_of(I);
+    uint32_t n = A && A->unmon ? A->unmon->n : 0;
     if (n >= RL_LUA_UNMON_MAX)
         return fail(L, "too many unmonitored processes");
-    rl_lua_unmon *nu = realloc(I->unmon, sizeof *nu + (n + 1) * sizeof nu->pid[0]);
+    rl_lua_unmon *nu = A ? realloc(A->unmon, sizeof *nu + (n + 1) * sizeof nu->pid[0]) : NULL;
     if (!nu)
         return luaL_error(L, "not enough memory");
-    I->unmon = nu;
+    A->unmon = nu;
     nu->n = n + 1;
     snprintf(nu->pid[n], RL_PID_MAX, "%s", pid);
     lua_pushboolean(L, 1);
@@ -300,21 +301,22 @@ static int unmon_add(rl_lua_inst *I, const char *pid);
 
 static int is_linked_pid(const rl_lua_inst *I, const char *pid)
 {
-    for (size_t i = 0; i < I->nlinks; i++)
-        if (strcmp(I->links[i], pid) == 0)
+    for (uint32_t i = 0; I->aux && i < I->aux->nlinks; i++)
+        if (strcmp(I->aux->links[i], pid) == 0)
             return 1;
     return 0;
 }
 
 static int add_link(rl_lua_inst *I, const char *pid)
 {
-    char **nl = realloc(I->links, (I->nlinks + 1) * sizeof *nl);
+    rl_lua_aux *A = rl_lua_aux_of(I);
+    char **nl = A ? realloc(A->links, (A->nlinks + 1) * sizeof *nl) : NULL;
     if (!nl)
         return -ENOMEM;
-    I->links = nl;
-    if (!(nl[I->nlinks] = strdup(pid)))
+    A->links = nl;
+    if (!(nl[A->nlinks] = strdup(pid)))
         return -ENOMEM;
-    I->nlinks++;
+    A->nlinks++;
     return 0;
 }
 
@@ -347,10 +349,11 @@ static int l_unlink(lua_State *L)
 {
     rl_lua_inst *I = rl_lua_current(L);
     const char *pid = resolve(I, luaL_checkstring(L, 1));
-    for (size_t i = 0; i < I->nlinks; i++) {
-        if (strcmp(I->links[i], pid) == 0) {
-            free(I->links[i]);
-            I->links[i] = I->links[--I->nlinks];
+    rl_lua_aux *A = I->aux;
+    for (uint32_t i = 0; A && i < A->nlinks; i++) {
+        if (strcmp(A->links[i], pid) == 0) {
+            free(A->links[i]);
+            A->links[i] = A->links[--A->nlinks];
             break;
         }
     }
@@ -373,13 +376,14 @@ static int unmon_add(rl_lua_inst *I, const char *pid)
 {
     if (rl_lua_unmon_find(I, pid) >= 0)
         return 0;
-    uint32_t n = I->unmon ? I->unmon->n : 0;
+    rl_lua_aux *A = rl_lua_aux_of(I);
+    uint32_t n = A && A->unmon ? A->unmon->n : 0;
     if (n >= RL_LUA_UNMON_MAX)
         return -ENOSPC;
-    rl_lua_unmon *nu = realloc(I->unmon, sizeof *nu + (n + 1) * sizeof nu->pid[0]);
+    rl_lua_unmon *nu = A ? realloc(A->unmon, sizeof *nu + (n + 1) * sizeof nu->pid[0]) : NULL;
     if (!nu)
         return -ENOMEM;
-    I->unmon = nu;
+    A->unmon = nu;
     nu->n = n + 1;
     snprintf(nu->pid[n], RL_PID_MAX, "%s", pid);
     return 0;
@@ -426,7 +430,7 @@ int rl_lua_proc_spawn(lua_State *L, int first, int monitored, int linked, const 
     const rl_plugin_def *def = rl_lua_find_def(id);
     if (!def || (def->lua_kind != RL_LUA_ENTRY_PLUGIN && def->lua_kind != RL_LUA_ENTRY_PROCESS))
         return fail(L, "unknown process id");
-    if (I->nchildren >= rl_lua_g.cfg->plugin_max_children) {
+    if ((I->aux ? I->aux->nchildren : 0) >= rl_lua_g.cfg->plugin_max_children) {
         rl_lua_refused(I, RL_LIMIT_CHILDREN);
         lua_pushnil(L);
         lua_pushfstring(L, "too many children (plugin_max_children is %d)",
@@ -509,7 +513,7 @@ static int l_upgrade(lua_State *L)
     }
     if (rl_lua_running(L) != I || L != I->co)
         return fail(L, "process.upgrade runs from the process's own code, not a coroutine");
-    if (I->deadline)
+    if (I->aux && I->aux->deadline)
         return fail(L, "the process is being cancelled");
     int nargs = lua_gettop(L) > 1 ? lua_gettop(L) - 1 : 0;
     if (nargs > SPAWN_ARGS_MAX)

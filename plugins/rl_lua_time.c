@@ -134,8 +134,8 @@ void rl_lua_timer_close(rl_lua_timer *t)
             I->timers = t->next;
         if (t->next)
             t->next->prev = t->prev;
-        if (I->deadline == t)
-            I->deadline = NULL;
+        if (I->aux && I->aux->deadline == t)
+            I->aux->deadline = NULL;
         I->ntimers--;
         rl_owner_use *u = rl_owner_use_of(I->proc.owner);
         if (u)
