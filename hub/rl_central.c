@@ -428,7 +428,7 @@ static void place(central_user *u)
         refuse_all(u, RL_E_HUB_CREATION_FAILED);
         return;
     }
-    if (rl_hub_start(central.cfg, u->owner, u->metadata, u->scope, 1, r->hub) < 0 ||
+    if (rl_hub_start(central.cfg, u->owner, u->metadata, 1, r->hub) < 0 ||
         rl_monitor(&central.proc, r->hub) < 0) {
         if (r->hub[0])
             rl_cancel(NULL, r->hub, 0);
