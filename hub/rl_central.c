@@ -25,37 +25,55 @@
 
 #define RL_HUB_CANCEL_MS 10000
 
-typedef struct local_conn { /* 24 bytes (a 32-byte class); a pid string would take 72 */
-    rl_pid_local pid;             /* a connection of this node */
-    uint64_t attached;            /* placement_key() of the hub it was last attached to (0 = none) */
+/* An admitted connection: always of this node, so its pid is packed (rl_pid_local's fields; a
+   pid string would take 72 bytes). 16 bytes: the 16 class. */
+typedef struct local_conn {
+    uint64_t serial;
+    uint32_t rnd;
+    char kind;
+    uint8_t attached; /* attached to the placement of central_user.attached_key */
 } local_conn;
 
+/* 96 bytes (the 96 class). The hub's pid is packed inline when it is of this node (a malloc'd
+   copy took the 32 class more), the user id is the owner's, and valid_until and place_at share
+   one field (each means something only in a state the other is 0 in). */
 typedef struct central_user {
-    const char *id;         /* the owner's user id (also the key in central.users) */
-    rl_owner *owner;        /* the user (a reference) */
+    rl_owner *owner;        /* the user (a reference); its id is the key in central.users */
     local_conn *conns;      /* admitted connections on this node */
     uint32_t nconns, capconns;
     uint32_t admitting;     /* admissions in flight */
-    char *hub;              /* the user's hub (no_hub "" = not placed; else malloc'd: set_hub) */
+    uint32_t hub_clients;   /* the hub's client count on all nodes (local hub only; a uint32_t there) */
+    /* The user's hub (set_hub): a pid of this node packed (hub_kind != 0: rl_pid_local's fields),
+       another node's a malloc'd string (hub_kind == 0), none (hub_kind == 0, hub_remote NULL). */
+    union {
+        uint64_t hub_serial;
+        char *hub_remote;
+    };
+    uint32_t hub_rnd;
+    char hub_kind;
+    unsigned hub_local : 1;    /* the hub is ours (we hold its place) */
+    unsigned placing : 1;      /* an acquisition is in flight */
+    unsigned reassert : 2;     /* REASSERT_*: re-asserting its connections after a lapse */
+    unsigned reassert_bad : 1; /* a chunk of the round in flight failed: due again */
+    unsigned place_fails : 2;  /* placements in a row the placement did not answer, up to 3 (the
+                                  backoff tells 0, 1 and more apart) */
+    uint16_t reassert_out;     /* chunks in flight */
     uint64_t epoch;         /* its placement token (the lease epoch; 0 standalone), on messages to it */
-    uint64_t valid_until;   /* local hub: its place is certainly ours until then */
-    uint64_t place_at;      /* loop ms before which it is not placed again (jittered backoff) */
-    uint8_t hub_local;      /* the hub is ours (we hold its place) */
-    uint8_t placing;        /* an acquisition is in flight */
-    uint8_t place_fails;    /* placements in a row the placement did not answer (backoff) */
-    uint8_t reassert;       /* REASSERT_*: re-asserting its connections after a lapse */
-    uint8_t reassert_bad;   /* a chunk of the round in flight failed: due again */
-    uint16_t reassert_out;  /* chunks in flight */
-    size_t hub_clients;     /* the hub's client count on all nodes (local hub only) */
+    union {
+        uint64_t valid_until; /* local hub: its place is certainly ours until then */
+        uint64_t place_at;    /* no hub: loop ms before which it is not placed again (jittered
+                                 backoff); 0 otherwise (a remote hub's) */
+    };
     uint64_t idle_since;    /* loop ms when the last client left */
+    uint64_t attached_key;  /* placement_key() that the connections' attached flags refer to */
     rl_body *metadata;      /* user_metadata of the latest join (JSON) for hub creation */
     rl_body *scope;
 } central_user;
 
-enum { REASSERT_NONE, REASSERT_DUE, REASSERT_SENT };
+_Static_assert(sizeof(local_conn) <= 16, "local_conn: the 16 class");
+_Static_assert(sizeof(central_user) <= 96, "central_user: the 96 class");
 
-/* central_user is 112 bytes (with the hub's pid inline it took the 192 class): */
-static char no_hub[1]; /* u->hub of a user not placed */
+enum { REASSERT_NONE, REASSERT_DUE, REASSERT_SENT };
 
 static const rl_placement *placement; /* rl_central_set_placement; local by default */
 
@@ -108,6 +126,43 @@ static void refuse(const char *conn, rl_err_code e, const char *msg)
 
 /* ---- user records ---- */
 
+static const char *user_of(const central_user *u) { return rl_owner_user(u->owner); }
+
+/* The connection's pid, written to buf. */
+static const char *lconn_pid(const local_conn *c, char buf[RL_PID_MAX])
+{
+    rl_pid_local p = {.serial = c->serial, .rnd = c->rnd, .kind = c->kind};
+    rl_pid_unpack(&p, buf);
+    return buf;
+}
+
+static int lconn_is(const local_conn *c, const char *pid)
+{
+    rl_pid_local p = {.serial = c->serial, .rnd = c->rnd, .kind = c->kind};
+    return rl_pid_local_is(&p, pid);
+}
+
+static int has_hub(const central_user *u) { return u->hub_kind || u->hub_remote; }
+
+/* The user's hub pid ("" = not placed): its string, or buf filled in. Valid until set_hub. */
+static const char *hub_pid(const central_user *u, char buf[RL_PID_MAX])
+{
+    if (!u->hub_kind)
+        return u->hub_remote ? u->hub_remote : "";
+    rl_pid_local p = {.serial = u->hub_serial, .rnd = u->hub_rnd, .kind = u->hub_kind};
+    rl_pid_unpack(&p, buf);
+    return buf;
+}
+
+/* 1 when pid is the user's hub ("" matches a user not placed). */
+static int hub_is(const central_user *u, const char *pid)
+{
+    if (!u->hub_kind)
+        return strcmp(u->hub_remote ? u->hub_remote : "", pid) == 0;
+    rl_pid_local p = {.serial = u->hub_serial, .rnd = u->hub_rnd, .kind = u->hub_kind};
+    return rl_pid_local_is(&p, pid);
+}
+
 static central_user *user_find(const char *id) { return rl_map_get(&central.users, id); }
 
 static central_user *user_get(rl_owner *owner)
@@ -119,10 +174,8 @@ static central_user *user_get(rl_owner *owner)
     u = calloc(1, sizeof *u);
     if (!u)
         return NULL;
-    u->owner = rl_owner_ref(owner);
-    u->id = rl_owner_user(u->owner);
-    u->hub = no_hub;
-    if (rl_map_set(&central.users, u->id, u) < 0) {
+    u->owner = rl_owner_ref(owner); /* the key below stays valid while u is in the map */
+    if (rl_map_set(&central.users, user_of(u), u) < 0) {
         rl_owner_unref(u->owner);
         free(u);
         return NULL;
@@ -133,8 +186,8 @@ static central_user *user_get(rl_owner *owner)
 
 static void user_free(central_user *u)
 {
-    if (u->hub != no_hub)
-        free(u->hub);
+    if (!u->hub_kind)
+        free(u->hub_remote);
     free(u->conns);
     rl_body_unref(u->metadata);
     rl_body_unref(u->scope);
@@ -147,12 +200,12 @@ static void reassert_round_done(void);
 /* Drops the record when nothing refers to it any more. */
 static void user_maybe_drop(central_user *u)
 {
-    if (u->nconns || u->admitting || u->placing || (u->hub[0] && u->hub_local) ||
+    if (u->nconns || u->admitting || u->placing || (has_hub(u) && u->hub_local) ||
         u->reassert == REASSERT_SENT)
         return;
     if (u->reassert == REASSERT_DUE && --central.reassert_left == 0) /* nothing left to re-assert */
         reassert_round_done();
-    rl_map_del(&central.users, u->id);
+    rl_map_del(&central.users, user_of(u));
     user_free(u);
 }
 
@@ -165,23 +218,21 @@ static void set_body(rl_body **dst, rl_body *src)
 
 /* ---- attaching connections to the hub ---- */
 
-/* A fingerprint of the user's placement (hub pid and epoch), so a connection records where it
-   was attached in 8 bytes instead of a pid copy; never 0. */
+/* A fingerprint of the user's placement (hub pid and epoch), so the user records where its
+   connections were attached in 8 bytes instead of a pid copy; never 0. */
 static uint64_t placement_key(const central_user *u)
 {
+    char buf[RL_PID_MAX];
     uint64_t h = 1469598103934665603ULL ^ u->epoch;
-    for (const char *p = u->hub; *p; p++)
+    for (const char *p = hub_pid(u, buf); *p; p++)
         h = (h ^ (unsigned char)*p) * 1099511628211ULL;
     return h ? h : 1;
 }
 
-static void attach(central_user *u, local_conn *lc)
+static void attach(central_user *u, const char *hub, local_conn *lc)
 {
-    uint64_t key = placement_key(u);
-    if (lc->attached == key)
-        return;
     char conn[RL_PID_MAX];
-    rl_pid_unpack(&lc->pid, conn);
+    lconn_pid(lc, conn);
     rl_msg *join = rl_msg_new(RL_T_WS_JOIN);
     if (join) {
         memcpy(join->ctl.join.conn, conn, RL_PID_MAX);
@@ -190,34 +241,52 @@ static void attach(central_user *u, local_conn *lc)
     }
     /* The hub learns of the connection before the connection learns of the hub: the join is
        queued (or streamed) ahead of the connection's first message. */
-    send_ctl(u->hub, join, u->epoch);
+    send_ctl(hub, join, u->epoch);
     rl_msg *ctl = rl_msg_new(RL_T_WS_CONTROL);
     if (ctl) {
-        snprintf(ctl->ctl.control.target, sizeof ctl->ctl.control.target, "%s", u->hub);
+        snprintf(ctl->ctl.control.target, sizeof ctl->ctl.control.target, "%s", hub);
         ctl->ctl.control.epoch = u->epoch;
     }
     send_ctl(conn, ctl, 0);
-    lc->attached = key;
+    lc->attached = 1;
 }
 
+/* Attaches every connection not attached to the current placement yet. Only here do connections
+   get attached, all at once, so a flag per connection and the user's last key say as much as a
+   key per connection would. */
 static void attach_all(central_user *u)
 {
-    if (!u->hub[0])
+    if (!has_hub(u))
         return;
+    uint64_t key = placement_key(u);
+    if (key != u->attached_key) { /* a new placement: no connection is attached to it yet */
+        for (size_t i = 0; i < u->nconns; i++)
+            u->conns[i].attached = 0;
+        u->attached_key = key;
+    }
+    char buf[RL_PID_MAX];
+    const char *hub = hub_pid(u, buf);
     for (size_t i = 0; i < u->nconns; i++)
-        attach(u, &u->conns[i]);
+        if (!u->conns[i].attached)
+            attach(u, hub, &u->conns[i]);
 }
 
 static void place(central_user *u);
 
-/* Sets the user's hub pid ("" = none). Returns 0, or -ENOMEM (the hub is then none). */
+/* Sets the user's hub pid ("" = none): packed when of this node, else copied. Returns 0, or
+   -ENOMEM (the hub is then none). */
 static int set_hub(central_user *u, const char *pid)
 {
-    if (u->hub != no_hub)
-        free(u->hub);
-    u->hub = no_hub;
-    if (pid[0] && !(u->hub = strdup(pid))) {
-        u->hub = no_hub;
+    if (!u->hub_kind)
+        free(u->hub_remote);
+    u->hub_remote = NULL;
+    u->hub_kind = 0;
+    rl_pid_local p;
+    if (rl_pid_pack(pid, &p) == 0) {
+        u->hub_serial = p.serial;
+        u->hub_rnd = p.rnd;
+        u->hub_kind = p.kind;
+    } else if (pid[0] && !(u->hub_remote = strdup(pid))) {
         return -ENOMEM;
     }
     return 0;
@@ -243,13 +312,13 @@ static void place_backoff(central_user *u)
 {
     static uint64_t logged_at, failed;
     uint64_t now = rl_now_ms(), wait = u->place_fails == 0 ? 0 : u->place_fails == 1 ? 1000 : 2000;
-    if (u->place_fails < UINT8_MAX)
+    if (u->place_fails < 3)
         u->place_fails++;
     u->place_at = now + wait / 2 + uv_hrtime() % (wait / 2 + 1);
     failed++;
     if (now - logged_at >= 5000 || !logged_at) {
         rl_warn("central", "user %s: placement unavailable; retrying with backoff (%llu failed "
-                           "placements so far)", u->id, (unsigned long long)failed);
+                           "placements so far)", user_of(u), (unsigned long long)failed);
         logged_at = now;
     }
 }
@@ -263,8 +332,8 @@ static void refuse_all(central_user *u, rl_err_code e)
 {
     while (u->nconns) {
         char conn[RL_PID_MAX];
-        rl_pid_unpack(&u->conns[u->nconns - 1].pid, conn);
-        central.pl->release(u->id, conn);
+        lconn_pid(&u->conns[u->nconns - 1], conn);
+        central.pl->release(user_of(u), conn);
         refuse(conn, e, NULL);
         u->nconns--;
     }
@@ -293,12 +362,12 @@ static void on_place(const rl_place *l, void *ud)
             u->hub_local = 1;
             u->valid_until = l->valid_until;
             if (u->epoch)
-                rl_info("central", "user %s: hub %s here, lease epoch %llu", u->id, u->hub,
+                rl_info("central", "user %s: hub %s here, lease epoch %llu", user_of(u), r->hub,
                         (unsigned long long)u->epoch);
             if (central.pl->hub_info)
-                central.pl->hub_info(u->id, u->hub, u->epoch, 0, 1);
+                central.pl->hub_info(user_of(u), r->hub, u->epoch, 0, 1);
             if (central.pl->purge)
-                central.pl->purge(u->id); /* a previous holder may have died with clients */
+                central.pl->purge(user_of(u)); /* a previous holder may have died with clients */
             attach_all(u);
         } else {
             central.pl->give_up(r->user, r->hub, l->token, 1);
@@ -311,18 +380,18 @@ static void on_place(const rl_place *l, void *ud)
                            : NULL;
         if (l->status == RL_PLACE_MINE && !old) {
             /* Our place names a hub that is gone: give it up and place again next tick. */
-            central.pl->give_up(u->id, l->hub_pid, l->token, 1);
+            central.pl->give_up(user_of(u), l->hub_pid, l->token, 1);
         } else if (l->hub_pid[0] && set_hub(u, l->hub_pid) < 0) {
             place_backoff(u); /* out of memory: placed again later */
         } else if (l->hub_pid[0]) {
             if (l->status == RL_PLACE_OTHER)
-                rl_info("central", "user %s: hub %s on node %s, lease epoch %llu", u->id,
+                rl_info("central", "user %s: hub %s on node %s, lease epoch %llu", user_of(u),
                         l->hub_pid, l->holder, (unsigned long long)l->token);
             u->epoch = l->token;
             u->hub_local = old != NULL;
             u->valid_until = old ? l->valid_until : 0;
             if (old) /* the acquisition refreshed our place: so is the hub's validity */
-                rl_hub_set_valid_until(u->hub, u->valid_until);
+                rl_hub_set_valid_until(l->hub_pid, u->valid_until);
             attach_all(u);
         }
     } else if (u) {
@@ -342,7 +411,7 @@ static void place(central_user *u)
 {
     if (u->placing || central.draining)
         return;
-    if (u->hub[0]) {
+    if (has_hub(u)) {
         attach_all(u);
         return;
     }
@@ -353,25 +422,25 @@ static void place(central_user *u)
         return;
     }
     place_req *r = calloc(1, sizeof *r);
-    if (!r || !(r->user = strdup(u->id))) {
+    if (!r || !(r->user = strdup(user_of(u)))) {
         free(r);
-        rl_error("central", "user %s: hub creation failed", u->id);
+        rl_error("central", "user %s: hub creation failed", user_of(u));
         refuse_all(u, RL_E_HUB_CREATION_FAILED);
         return;
     }
-    if (rl_hub_start(central.cfg, u->owner, u->metadata, u->scope, 1, r->hub) < 0 ||
+    if (rl_hub_start(central.cfg, u->owner, u->metadata, 1, r->hub) < 0 ||
         rl_monitor(&central.proc, r->hub) < 0) {
         if (r->hub[0])
             rl_cancel(NULL, r->hub, 0);
         free(r->user);
         free(r);
-        rl_error("central", "user %s: hub creation failed", u->id);
+        rl_error("central", "user %s: hub creation failed", user_of(u));
         refuse_all(u, RL_E_HUB_CREATION_FAILED);
         return;
     }
     rl_map_set(&central.cancelling, r->hub, (void *)1); /* until it wins, its exit is expected */
     u->placing = 1; /* before the call: the local placement answers inside it */
-    if (central.pl->acquire(u->id, r->hub, on_place, r) < 0) {
+    if (central.pl->acquire(user_of(u), r->hub, on_place, r) < 0) {
         u->placing = 0;
         place_backoff(u);
         rl_cancel(NULL, r->hub, 0);
@@ -395,9 +464,7 @@ static int add_conn(central_user *u, const char *conn, rl_body *meta, rl_body *s
         u->conns = nc;
         u->capconns = ncap;
     }
-    local_conn *lc = &u->conns[u->nconns];
-    memset(lc, 0, sizeof *lc);
-    lc->pid = pid;
+    u->conns[u->nconns] = (local_conn){.serial = pid.serial, .rnd = pid.rnd, .kind = pid.kind};
     u->nconns++;
     if (meta)
         set_body(&u->metadata, meta);
@@ -409,7 +476,7 @@ static int add_conn(central_user *u, const char *conn, rl_body *meta, rl_body *s
 static void remove_conn(central_user *u, const char *conn)
 {
     for (size_t i = 0; i < u->nconns; i++) {
-        if (!rl_pid_local_is(&u->conns[i].pid, conn))
+        if (!lconn_is(&u->conns[i], conn))
             continue;
         u->conns[i] = u->conns[--u->nconns];
         break;
@@ -436,7 +503,7 @@ static void admit_done(central_user *u, const char *conn, rl_body *meta, rl_body
 {
     int rc = add_conn(u, conn, meta, scope);
     if (rc < 0) {
-        central.pl->release(u->id, conn);
+        central.pl->release(user_of(u), conn);
         refuse(conn, RL_E_HUB_CREATION_FAILED, NULL);
         return;
     }
@@ -492,7 +559,7 @@ static void on_join(const rl_msg *m)
         return;
     }
     admit_req *r = calloc(1, sizeof *r);
-    if (!r || !(r->user = strdup(u->id))) {
+    if (!r || !(r->user = strdup(user_of(u)))) {
         free(r);
         refuse(conn, RL_E_HUB_CREATION_FAILED, NULL);
         user_maybe_drop(u);
@@ -503,7 +570,7 @@ static void on_join(const rl_msg *m)
     r->scope = rl_body_ref(m->ctl.join.scope);
     /* Counted before the call: the local placement answers inside it (and u may be gone after). */
     u->admitting++;
-    int rc = central.pl->admit(u->id, conn, central.cfg->max_connections_per_user, on_admit, r);
+    int rc = central.pl->admit(user_of(u), conn, central.cfg->max_connections_per_user, on_admit, r);
     if (rc < 0) {
         u->admitting--;
         admit_req_free(r);
@@ -518,7 +585,7 @@ static central_user *conn_user(const char *user, const char *conn)
 {
     central_user *u = user ? user_find(user) : NULL;
     for (uint32_t i = 0; u && i < u->nconns; i++)
-        if (rl_pid_local_is(&u->conns[i].pid, conn))
+        if (lconn_is(&u->conns[i], conn))
             return u;
     return NULL;
 }
@@ -530,13 +597,14 @@ static void on_leave(const rl_msg *m)
     central_user *u = conn_user(rl_owner_user(m->owner), conn);
     if (!u)
         return; /* never admitted */
-    if (u->hub[0]) {
+    if (has_hub(u)) {
         rl_msg *l = rl_msg_new(RL_T_WS_LEAVE);
         if (l)
             memcpy(l->ctl.conn.conn, conn, RL_PID_MAX);
-        send_ctl(u->hub, l, u->epoch);
+        char buf[RL_PID_MAX];
+        send_ctl(hub_pid(u, buf), l, u->epoch);
     }
-    central.pl->release(u->id, conn);
+    central.pl->release(user_of(u), conn);
     remove_conn(u, conn);
     user_maybe_drop(u);
 }
@@ -548,14 +616,14 @@ static void on_rehome(const rl_msg *m)
     central_user *u = conn_user(rl_owner_user(m->owner), conn);
     if (!u)
         return;
-    if (strcmp(u->hub, m->ctl.rehome.hub) == 0) {
-        rl_info("central", "user %s: hub %s gone, placing again", u->id, u->hub);
+    if (hub_is(u, m->ctl.rehome.hub)) {
+        rl_info("central", "user %s: hub %s gone, placing again", user_of(u), m->ctl.rehome.hub);
         if (u->hub_local)
-            rl_cancel(NULL, u->hub, RL_HUB_CANCEL_MS);
+            rl_cancel(NULL, m->ctl.rehome.hub, RL_HUB_CANCEL_MS);
         clear_placement(u);
     }
     for (size_t i = 0; i < u->nconns; i++)
-        if (rl_pid_local_is(&u->conns[i].pid, conn))
+        if (lconn_is(&u->conns[i], conn))
             u->conns[i].attached = 0;
     place(u);
 }
@@ -564,13 +632,13 @@ static void on_rehome(const rl_msg *m)
 static void on_activity(const rl_msg *m)
 {
     central_user *u = user_find(rl_owner_user(m->owner));
-    if (!u || !u->hub_local || strcmp(u->hub, m->from) != 0)
+    if (!u || !u->hub_local || !hub_is(u, m->from))
         return;
-    u->hub_clients = (size_t)m->ctl.activity.clients;
+    u->hub_clients = (uint32_t)m->ctl.activity.clients; /* a hub's nconns */
     if (u->hub_clients == 0)
         u->idle_since = rl_now_ms();
     if (central.pl->hub_info)
-        central.pl->hub_info(u->id, u->hub, u->epoch, u->hub_clients, 0);
+        central.pl->hub_info(user_of(u), m->from, u->epoch, u->hub_clients, 0);
 }
 
 static void on_hub_exit(const char *pid)
@@ -581,9 +649,9 @@ static void on_hub_exit(const char *pid)
     void *v;
     for (size_t it = 0; rl_map_next(&central.users, &it, &k, &v);) {
         central_user *u = v;
-        if (strcmp(u->hub, pid) == 0) {
-            rl_warn("central", "user %s: hub %s exited unexpectedly", k, u->hub);
-            central.pl->give_up(u->id, u->hub, u->epoch, 1);
+        if (hub_is(u, pid)) {
+            rl_warn("central", "user %s: hub %s exited unexpectedly", k, pid);
+            central.pl->give_up(user_of(u), pid, u->epoch, 1);
             clear_placement(u);
             if (u->nconns)
                 place(u);
@@ -625,10 +693,12 @@ static void central_handle(rl_proc *p, rl_msg *m)
 /* Cancels a local hub (10 s grace for its plugins); a join meanwhile gets a fresh hub. */
 static void retire_hub(central_user *u, const char *why)
 {
-    rl_info("central", "user %s: %s hub %s", u->id, why, u->hub);
-    rl_map_set(&central.cancelling, u->hub, (void *)1);
-    central.pl->give_up(u->id, u->hub, u->epoch, 1);
-    rl_cancel(NULL, u->hub, RL_HUB_CANCEL_MS);
+    char buf[RL_PID_MAX];
+    const char *hub = hub_pid(u, buf);
+    rl_info("central", "user %s: %s hub %s", user_of(u), why, hub);
+    rl_map_set(&central.cancelling, hub, (void *)1);
+    central.pl->give_up(user_of(u), hub, u->epoch, 1);
+    rl_cancel(NULL, hub, RL_HUB_CANCEL_MS);
     clear_placement(u);
 }
 
@@ -637,9 +707,11 @@ static void retire_hub(central_user *u, const char *why)
    the place at once (drain), else it is lost or expired already. */
 static void hand_over_hub(central_user *u, int release)
 {
-    central.pl->give_up(u->id, u->hub, u->epoch, release);
-    rl_map_set(&central.cancelling, u->hub, (void *)1);
-    send_ctl(u->hub, rl_msg_new(RL_T_HUB_HANDOVER), 0);
+    char buf[RL_PID_MAX];
+    const char *hub = hub_pid(u, buf);
+    central.pl->give_up(user_of(u), hub, u->epoch, release);
+    rl_map_set(&central.cancelling, hub, (void *)1);
+    send_ctl(hub, rl_msg_new(RL_T_HUB_HANDOVER), 0);
     clear_placement(u);
 }
 
@@ -654,7 +726,7 @@ static void gc_tick(uv_timer_t *t)
         if (u->nconns > 0 || u->hub_clients > 0 || u->placing || u->admitting ||
             now - u->idle_since <= timeout)
             continue;
-        if (u->hub[0] && u->hub_local) {
+        if (has_hub(u) && u->hub_local) {
             rl_metric_inc(RL_M_HUBS_COLLECTED);
             retire_hub(u, "collecting idle");
         }
@@ -673,12 +745,12 @@ static void on_renew(const rl_place *l, void *ud)
 {
     renew_req *r = ud;
     central_user *u = central.started ? user_find(r->user) : NULL;
-    if (u && strcmp(u->hub, r->hub) == 0 && u->hub_local) {
+    if (u && hub_is(u, r->hub) && u->hub_local) {
         if (l->status == RL_PLACE_WON) {
             u->valid_until = l->valid_until;
-            rl_hub_set_valid_until(u->hub, u->valid_until);
+            rl_hub_set_valid_until(r->hub, u->valid_until);
         } else if (l->status == RL_PLACE_OTHER) {
-            rl_warn("central", "user %s: lease of hub %s lost", u->id, u->hub);
+            rl_warn("central", "user %s: lease of hub %s lost", user_of(u), r->hub);
             hand_over_hub(u, 0);
             place(u);
         }
@@ -743,11 +815,10 @@ static void reassert_send(central_user *u, int retry)
         const char *pids[RL_PLACE_REASSERT_MAX];
         size_t n = u->nconns - at < RL_PLACE_REASSERT_MAX ? u->nconns - at : RL_PLACE_REASSERT_MAX;
         for (size_t i = 0; i < n; i++) {
-            rl_pid_unpack(&u->conns[at + i].pid, bufs[i]);
-            pids[i] = bufs[i];
+            pids[i] = lconn_pid(&u->conns[at + i], bufs[i]);
         }
-        char *user = strdup(u->id);
-        if (!user || central.pl->reassert(u->id, pids, n, retry, on_reassert, user) < 0) {
+        char *user = strdup(user_of(u));
+        if (!user || central.pl->reassert(user_of(u), pids, n, retry, on_reassert, user) < 0) {
             free(user);
             u->reassert_bad = 1; /* due again once the chunks sent (if any) are answered */
             break;
@@ -807,15 +878,18 @@ static void placement_tick(const rl_place_tick *t)
     if (t->lapsed) {
         const char *k0;
         void *v0;
-        for (size_t it = 0; rl_map_next(&central.users, &it, &k0, &v0);)
-            ((central_user *)v0)->place_at = 0; /* Redis answers again: no more waiting */
+        for (size_t it = 0; rl_map_next(&central.users, &it, &k0, &v0);) {
+            central_user *u = v0;
+            if (!has_hub(u)) /* (with a hub the field is valid_until) */
+                u->place_at = 0; /* Redis answers again: no more waiting */
+        }
         reassert_all();
         /* Notices sent during the outage may be lost: look every remote hub up again. */
         const char *k2;
         void *v2;
         for (size_t it = 0; rl_map_next(&central.users, &it, &k2, &v2);) {
             central_user *u = v2;
-            if (u->hub[0] && !u->hub_local && !u->placing)
+            if (has_hub(u) && !u->hub_local && !u->placing)
                 clear_placement(u);
         }
     }
@@ -829,23 +903,25 @@ static void placement_tick(const rl_place_tick *t)
         central_user *u = v;
         if (u->placing)
             continue;
-        if (u->hub[0] && u->hub_local) {
+        char buf[RL_PID_MAX];
+        const char *hub = hub_pid(u, buf); /* "" = none; stale once the placement is cleared */
+        if (hub[0] && u->hub_local) {
             if (now >= u->valid_until) { /* not renewed in time: it may be someone else's now */
-                rl_warn("central", "user %s: lease of hub %s expired", u->id, u->hub);
+                rl_warn("central", "user %s: lease of hub %s expired", user_of(u), hub);
                 hand_over_hub(u, 0);
             } else {
                 for (size_t i = 0; i < ndead; i++) {
                     rl_msg *nd = rl_msg_new(RL_T_NODE_DOWN);
                     if (nd)
                         snprintf(nd->ctl.node.node, sizeof nd->ctl.node.node, "%s", dead[i]);
-                    send_ctl(u->hub, nd, 0);
+                    send_ctl(hub, nd, 0);
                 }
                 if (ndead && central.pl->purge)
-                    central.pl->purge(u->id);
+                    central.pl->purge(user_of(u));
                 renew_req *r = calloc(1, sizeof *r);
-                if (r && (r->user = strdup(u->id))) {
-                    snprintf(r->hub, sizeof r->hub, "%s", u->hub);
-                    if (central.pl->renew(u->id, u->hub, u->epoch, on_renew, r) < 0) {
+                if (r && (r->user = strdup(user_of(u)))) {
+                    snprintf(r->hub, sizeof r->hub, "%s", hub);
+                    if (central.pl->renew(user_of(u), hub, u->epoch, on_renew, r) < 0) {
                         free(r->user);
                         free(r);
                     }
@@ -853,13 +929,13 @@ static void placement_tick(const rl_place_tick *t)
                     free(r);
                 }
             }
-        } else if (u->hub[0] && !central.pl->pid_alive(u->hub)) {
-            rl_warn("central", "user %s: hub %s's node is gone, placing again", u->id, u->hub);
+        } else if (hub[0] && !central.pl->pid_alive(hub)) {
+            rl_warn("central", "user %s: hub %s's node is gone, placing again", user_of(u), hub);
             clear_placement(u);
         }
-        if (!u->hub[0] && u->nconns > 0)
+        if (!has_hub(u) && u->nconns > 0)
             place(u);
-        else if (!u->hub[0])
+        else if (!has_hub(u))
             user_maybe_drop(u);
     }
 }
@@ -886,8 +962,9 @@ int rl_central_locate(const char *user, rl_central_locate_cb cb, void *ud)
     if (!central.started)
         return -ESHUTDOWN;
     central_user *u = user_find(user);
-    if (u && u->hub[0] && !u->placing) {
-        cb(0, u->hub, u->epoch, ud);
+    if (u && has_hub(u) && !u->placing) {
+        char buf[RL_PID_MAX];
+        cb(0, hub_pid(u, buf), u->epoch, ud);
         return 0;
     }
     /* Only the placement says where a user without connections here has a hub. */
@@ -940,7 +1017,7 @@ void rl_central_drain(void)
     void *v;
     for (size_t it = 0; rl_map_next(&central.users, &it, &k, &v);) {
         central_user *u = v;
-        if (!u->hub[0] || !u->hub_local)
+        if (!has_hub(u) || !u->hub_local)
             continue;
         /* Release first, so the connections the hub sends away find the place free. */
         hand_over_hub(u, 1);
@@ -960,8 +1037,9 @@ void rl_central_stop(void)
     void *v;
     for (size_t it = 0; rl_map_next(&central.users, &it, &k, &v);) {
         central_user *u = v;
-        if (u->hub[0] && u->hub_local)
-            rl_cancel(NULL, u->hub, RL_HUB_CANCEL_MS);
+        char buf[RL_PID_MAX];
+        if (has_hub(u) && u->hub_local)
+            rl_cancel(NULL, hub_pid(u, buf), RL_HUB_CANCEL_MS);
         user_free(u);
     }
     rl_map_close(&central.users);

@@ -102,17 +102,25 @@ static void conn_clear(hub_conn *c)
         free(c->remote);
 }
 
+/* One allocation: the hub, its plugins and its first connection's slot (hub_tail). 176 bytes
+   and 16 per configured plugin and 16 for the slot: with two plugins the 224 class (a separate
+   plugins array and slot took 192 + 32 + 16). */
 typedef struct rl_hub {
     rl_proc proc; /* owner: the user */
     const rl_config *cfg;
     rl_body *user_metadata; /* JSON object, or NULL */
-    rl_body *scope;
-    hub_conn *conns; /* at most max_connections_per_user in normal operation */
+    hub_conn *conns; /* hub_tail's slot, or malloc'd past one; at most max_connections_per_user in
+                        normal operation */
     uint32_t nconns;
-    uint32_t capconns : 31, cancelling : 1; /* 192 bytes: an int of its own took the 224 class */
-    hub_plugin *plugins; /* parallel to cfg->plugins */
+    uint32_t capconns : 31, cancelling : 1; /* an int of its own would take 8 bytes more */
     uint64_t valid_until; /* loop ms after which its place may be someone else's: stop accepting */
+    hub_plugin plugins[]; /* parallel to cfg->plugins; then the slot */
 } rl_hub;
+
+_Static_assert(sizeof(rl_hub) <= 176, "rl_hub: with 2 plugins and the slot, the 224 class");
+
+/* The connection slot after the plugins. */
+static hub_conn *hub_tail(rl_hub *h) { return (hub_conn *)&h->plugins[h->cfg->nplugins]; }
 
 static const char *user_of(const rl_hub *h) { return rl_owner_user(h->proc.owner); }
 
@@ -241,11 +249,14 @@ static void on_join(rl_hub *h, const rl_msg *m)
     if (!conn[0])
         return;
     if (find_conn(h, conn) < 0) {
-        if (h->nconns == h->capconns) {
-            uint32_t ncap = h->capconns ? h->capconns * 2 : 1; /* most users hold one */
-            hub_conn *nc = realloc(h->conns, ncap * sizeof *nc);
+        if (h->nconns == h->capconns) { /* past the slot in the hub (most users hold one) */
+            uint32_t ncap = h->capconns * 2;
+            int tail = h->conns == hub_tail(h);
+            hub_conn *nc = tail ? malloc(ncap * sizeof *nc) : realloc(h->conns, ncap * sizeof *nc);
             if (!nc)
                 return;
+            if (tail)
+                memcpy(nc, h->conns, h->nconns * sizeof *nc);
             h->conns = nc;
             h->capconns = ncap;
         }
@@ -735,10 +746,9 @@ static void hub_free(rl_proc *p)
     }
     for (size_t i = 0; i < h->nconns; i++)
         conn_clear(&h->conns[i]);
-    free(h->conns);
-    free(h->plugins);
+    if (h->conns != hub_tail(h))
+        free(h->conns);
     rl_body_unref(h->user_metadata);
-    rl_body_unref(h->scope);
     free(h);
 }
 
@@ -769,25 +779,24 @@ int rl_hub_activate(const char *pid, uint64_t valid_until)
     return 0;
 }
 
-int rl_hub_start(const rl_config *c, rl_owner *owner, rl_body *user_metadata, rl_body *scope,
-                 int deferred, char pid_out[RL_PID_MAX])
+int rl_hub_start(const rl_config *c, rl_owner *owner, rl_body *user_metadata, int deferred,
+                 char pid_out[RL_PID_MAX])
 {
     if (!owner)
         return -EINVAL; /* a hub always belongs to a user */
-    rl_hub *h = calloc(1, sizeof *h);
+    rl_hub *h = calloc(1, sizeof *h + c->nplugins * sizeof h->plugins[0] + sizeof(hub_conn));
     if (!h)
         return -ENOMEM;
     h->cfg = c;
     h->valid_until = UINT64_MAX;
-    h->plugins = calloc(c->nplugins ? c->nplugins : 1, sizeof *h->plugins);
+    h->conns = hub_tail(h);
+    h->capconns = 1;
     size_t qcap = (size_t)c->max_connections_per_user * (size_t)c->queue_multiplier;
-    if (!h->plugins || rl_proc_start(&h->proc, &hub_ops, qcap, owner) < 0) {
-        free(h->plugins);
+    if (rl_proc_start(&h->proc, &hub_ops, qcap, owner) < 0) {
         free(h);
         return -ENOMEM;
     }
     h->user_metadata = rl_body_ref(user_metadata);
-    h->scope = rl_body_ref(scope);
     for (size_t i = 0; i < c->nplugins; i++)
         plugin_counts[RL_PLUGIN_PENDING]++;
     rl_metric_inc(RL_M_HUBS_CREATED);

@@ -11,14 +11,14 @@
 
 typedef enum { RL_PLUGIN_PENDING, RL_PLUGIN_RUNNING, RL_PLUGIN_STOPPED, RL_PLUGIN_FAILED } rl_plugin_status;
 
-/* Starts a user hub for owner's user. user_metadata: a JSON object body or NULL; scope may be
-   NULL (references are taken).
+/* Starts a user hub for owner's user. user_metadata: a JSON object body or NULL (a reference is
+   taken).
    Starts the auto_start plugins, unless deferred: then the hub only has its pid (to be named by
    its placement) and takes no message until rl_hub_activate. c must outlive the hub. Writes its
    pid to pid_out. Returns 0 or negative errno. The hub ends on rl_cancel (after its plugins
    stopped). It reports its client count to the central hub (RL_T_HUB_ACTIVITY). */
-int rl_hub_start(const rl_config *c, rl_owner *owner, rl_body *user_metadata, rl_body *scope,
-                 int deferred, char pid_out[RL_PID_MAX]);
+int rl_hub_start(const rl_config *c, rl_owner *owner, rl_body *user_metadata, int deferred,
+                 char pid_out[RL_PID_MAX]);
 /* A deferred hub won its place: takes messages until valid_until, starts plugins. */
 int rl_hub_activate(const char *pid, uint64_t valid_until);
 
