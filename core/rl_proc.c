@@ -473,6 +473,8 @@ int rl_pid_pack(const char *pid, rl_pid_local *out)
     if (*s < 'a' || *s > 'z')
         return -EINVAL;
     char kind = *s++;
+    if (s[0] == '0' && s[1] != '.') /* a leading zero: not one we made */
+        return -EINVAL;
     uint64_t serial = 0;
     int digits = 0;
     for (; *s >= '0' && *s <= '9' && digits < 19; s++, digits++)
@@ -486,11 +488,7 @@ int rl_pid_pack(const char *pid, rl_pid_local *out)
             return -EINVAL;
         rnd = rnd << 4 | (uint32_t)d;
     }
-    if (*s)
-        return -EINVAL;
-    char again[RL_PID_MAX];
-    pid_format(again, kind, serial, rnd);
-    if (strcmp(again, pid) != 0) /* leading zeros, or longer than a pid: not one we made */
+    if (*s) /* longer than a pid: not one we made (the digits are pid_format's, lowercase hex) */
         return -EINVAL;
     *out = (rl_pid_local){.serial = serial, .rnd = rnd, .kind = kind};
     return 0;
