@@ -1091,8 +1091,8 @@ static rl_lua_limit limit_of(const rl_lua_inst *I, int st);
 
 /* An instance starts in two halves in its own coroutine, each its bottom frame: the chunk
    (chunk(env), with their count, boot, env, method and the arguments waiting on the stack below
-   it), then,
-   once the chunk returned, boot(mod, env, method, ...), which calls method(...) as a tail call.
+   it), then, once the chunk returned, boot(mod, env, method, ...), which calls method(...) as
+   a tail call.
    Called as one function, boot would have run the chunk one frame deeper than the plugin's
    loop ever goes, and Lua keeps a call frame of a coroutine's deepest call for its life (80 B
    of every idle instance). The chunk's first result is mod; the rest are dropped. */
@@ -1564,6 +1564,15 @@ static void set_missing(lua_State *L, int t, const char *k)
     }
 }
 
+void rl_lua_push_user_meta(lua_State *L, const rl_lua_inst *I)
+{
+    if (!I->user_meta || !rl_lua_json_decode(L, I->user_meta->data, I->user_meta->len)) {
+        if (I->user_meta)
+            lua_pop(L, 1); /* the error message */
+        lua_newtable(L);
+    }
+}
+
 int rl_lua_args_fill(lua_State *L, int t)
 {
     if (args_mt_ref == LUA_NOREF || lua_type(L, t) != LUA_TTABLE || !lua_getmetatable(L, t))
@@ -1577,11 +1586,7 @@ int rl_lua_args_fill(lua_State *L, int t)
         return 0;
     lua_pushnil(L); /* plain from here on: the sets below must not come back to __index */
     lua_setmetatable(L, t);
-    if (!I->user_meta || !rl_lua_json_decode(L, I->user_meta->data, I->user_meta->len)) {
-        if (I->user_meta)
-            lua_pop(L, 1); /* the error message */
-        lua_newtable(L);
-    }
+    rl_lua_push_user_meta(L, I);
     set_missing(L, t, "user_metadata");
     const char *hub = hub_pid_of(I);
     if (hub) {

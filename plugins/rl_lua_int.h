@@ -344,6 +344,8 @@ int rl_lua_json_decode(lua_State *L, const char *s, size_t len);
 /* t is a hub plugin's run() argument whose user_metadata and user_hub_pid are not made yet
    (rl_lua.c, push_hub_args): makes them, drops its metatable and returns 1; else 0. */
 int rl_lua_args_fill(lua_State *L, int t);
+/* Pushes I's user_metadata as a table ({} when it has none or it does not decode). */
+void rl_lua_push_user_meta(lua_State *L, const rl_lua_inst *I);
 void rl_lua_json_open(lua_State *L); /* pushes the json module table */
 /* Frees the encode scratch (any state may encode again afterwards: it is allocated anew). */
 void rl_lua_json_close(void);

@@ -718,10 +718,7 @@ static int h_actor(lua_State *L)
     if (!user)
         return 0;
     lua_pushstring(L, user);
-    if (!I->user_meta || !rl_lua_json_decode(L, I->user_meta->data, I->user_meta->len)) {
-        lua_settop(L, 1);
-        lua_newtable(L);
-    }
+    rl_lua_push_user_meta(L, I);
     return 2;
 }
 
