@@ -2258,7 +2258,8 @@ void rl_lua_close(void)
     H.bytes = 0;
 }
 
-void rl_lua_new_class(lua_State *L, const char *name, const luaL_Reg *methods, const luaL_Reg *meta)
+const void *rl_lua_new_class(lua_State *L, const char *name, const luaL_Reg *methods,
+                             const luaL_Reg *meta, int *ref)
 {
     luaL_newmetatable(L, name);
     if (methods) {
@@ -2270,5 +2271,11 @@ void rl_lua_new_class(lua_State *L, const char *name, const luaL_Reg *methods, c
         luaL_setfuncs(L, meta, 0);
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
+    const void *mt = lua_topointer(L, -1);
+    if (ref) {
+        lua_pushvalue(L, -1);
+        *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
     lua_pop(L, 1);
+    return mt;
 }

@@ -17,6 +17,10 @@
 #define MSG_MT "rl.message"
 #define COUNT_MT "rl.count"
 
+/* The classes' metatables, set by rl_lua_chan_open (one Lua state at a time). */
+static const void *chan_mt, *msg_mt;
+static int chan_ref = LUA_NOREF, msg_ref = LUA_NOREF;
+
 enum { OP_RECV = 0, OP_SEND = 1 };
 enum { MODE_SELECT = 0, MODE_RECV = 1, MODE_SEND = 2 };
 
@@ -114,7 +118,7 @@ rl_lua_chan *rl_lua_chan_new(lua_State *L, int kind, size_t cap)
     ch->kind = (unsigned char)kind;
     if (kind == RL_CH_LUA)
         ch->cap = cap;
-    luaL_setmetatable(L, CHAN_MT);
+    rl_lua_set_class(L, chan_ref);
     if (kind == RL_CH_LUA) {
         lua_createtable(L, cap ? (int)(cap < 64 ? cap : 64) : 1, 0);
         lua_setiuservalue(L, -2, 1);
@@ -192,7 +196,7 @@ void rl_lua_chan_fire(rl_lua_chan *ch, int64_t unix_ns)
 
 static rl_lua_chan *check_chan(lua_State *L, int idx)
 {
-    return luaL_checkudata(L, idx, CHAN_MT);
+    return rl_lua_checkudata(L, idx, chan_mt, CHAN_MT);
 }
 
 static int has_recv_waiter(const rl_lua_chan *ch)
@@ -240,7 +244,7 @@ static void push_msg(lua_State *L, const rl_msg *m)
     u->body = rl_body_ref(m->body);
     u->owner = rl_owner_ref(m->owner);
     u->acct = 0;
-    luaL_setmetatable(L, MSG_MT);
+    rl_lua_set_class(L, msg_ref);
 }
 
 static void push_event(lua_State *L, const rl_lua_event *e)
@@ -383,7 +387,7 @@ static int parse_cases(lua_State *L, sel_case *cs, int *dflt)
         luaL_error(L, "select: more than %d cases", RL_LUA_SELECT_MAX);
     for (int i = 0; i < n; i++) {
         int t = lua_rawgeti(L, 1, i + 1);
-        rl_lua_chan *rc = t == LUA_TUSERDATA ? luaL_testudata(L, -1, CHAN_MT) : NULL;
+        rl_lua_chan *rc = t == LUA_TUSERDATA ? rl_lua_toudata(L, -1, chan_mt) : NULL;
         if (rc) { /* a receive case (ch:case_receive() is the channel) */
             lua_pop(L, 1);
             cs[i].ch = rc;
@@ -395,7 +399,7 @@ static int parse_cases(lua_State *L, sel_case *cs, int *dflt)
             luaL_error(L, "select: case %d is not a case (use ch:case_receive() or ch:case_send(v))",
                        i + 1);
         lua_rawgeti(L, -1, 1);
-        rl_lua_chan *ch = luaL_testudata(L, -1, CHAN_MT);
+        rl_lua_chan *ch = rl_lua_toudata(L, -1, chan_mt);
         lua_rawgeti(L, -2, 2);
         int op = (int)lua_tointeger(L, -1);
         lua_pop(L, 3);
@@ -668,7 +672,7 @@ static int l_chan_tostring(lua_State *L)
 }
 
 /* Messages: msg:topic(), msg:from(), msg:payload():data(). */
-static msg_ud *check_msg(lua_State *L) { return luaL_checkudata(L, 1, MSG_MT); }
+static msg_ud *check_msg(lua_State *L) { return rl_lua_checkudata(L, 1, msg_mt, MSG_MT); }
 
 static int l_msg_topic(lua_State *L)
 {
@@ -769,10 +773,10 @@ void rl_lua_chan_open(lua_State *L)
 
     static const luaL_Reg chan_meta[] = {{"__gc", l_chan_gc}, {"__tostring", l_chan_tostring}, {NULL, NULL}};
     static const luaL_Reg msg_meta[] = {{"__gc", l_msg_gc}, {NULL, NULL}};
-    rl_lua_new_class(L, CHAN_MT, chan_methods, chan_meta);
-    rl_lua_new_class(L, MSG_MT, msg_methods, msg_meta);
+    chan_mt = rl_lua_new_class(L, CHAN_MT, chan_methods, chan_meta, &chan_ref);
+    msg_mt = rl_lua_new_class(L, MSG_MT, msg_methods, msg_meta, &msg_ref);
     static const luaL_Reg count_meta[] = {{"__gc", l_count_gc}, {NULL, NULL}};
-    rl_lua_new_class(L, COUNT_MT, NULL, count_meta);
+    rl_lua_new_class(L, COUNT_MT, NULL, count_meta, NULL);
 
     lua_pushcfunction(L, l_new);
     lua_setfield(L, t, "new");

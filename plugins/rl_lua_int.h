@@ -245,8 +245,35 @@ rl_lua_inst *rl_lua_running(lua_State *L);
    comparator); it may be a coroutine the plugin made (rl_lua_block). */
 /* Registers the metatable `name` for a userdata class: methods (may be NULL) as __index, the
    metamethods meta (may be NULL, e.g. __gc, __tostring), and a locked __metatable so plugins
-   cannot read or replace it. Leaves the stack as it was. */
-void rl_lua_new_class(lua_State *L, const char *name, const luaL_Reg *methods, const luaL_Reg *meta);
+   cannot read or replace it. Leaves the stack as it was. Returns the metatable's identity (a
+   table never moves) for rl_lua_toudata and, in *ref when not NULL, a registry reference to it
+   for rl_lua_set_class. */
+const void *rl_lua_new_class(lua_State *L, const char *name, const luaL_Reg *methods,
+                             const luaL_Reg *meta, int *ref);
+/* The userdata at idx when its metatable is mt (rl_lua_new_class), else NULL: what
+   luaL_testudata answers, without looking the class name up in the registry on each call. */
+static inline void *rl_lua_toudata(lua_State *L, int idx, const void *mt)
+{
+    if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx))
+        return NULL;
+    const void *m = lua_topointer(L, -1);
+    lua_pop(L, 1);
+    return m == mt ? lua_touserdata(L, idx) : NULL;
+}
+/* rl_lua_toudata, raising luaL_checkudata's error ("<tname> expected, got ...") otherwise. */
+static inline void *rl_lua_checkudata(lua_State *L, int idx, const void *mt, const char *tname)
+{
+    void *u = rl_lua_toudata(L, idx, mt);
+    if (!u)
+        luaL_typeerror(L, idx, tname);
+    return u;
+}
+/* Sets the metatable held at registry reference ref on the value at the top. */
+static inline void rl_lua_set_class(lua_State *L, int ref)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    lua_setmetatable(L, -2);
+}
 void rl_lua_check_block(lua_State *L, rl_lua_inst *I);
 /* Blocks I (the running unit, rl_lua_running) in a blocking call of L: yields with k as the
    continuation (k retries the call). L is I's coroutine or one the plugin made and resumed

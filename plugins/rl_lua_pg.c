@@ -352,7 +352,7 @@ void rl_lua_pg_push(lua_State *L)
         {NULL, NULL},
     };
     static const luaL_Reg meta[] = {{"__gc", s_gc}, {"__tostring", s_tostring}, {NULL, NULL}};
-    rl_lua_new_class(L, SCOPE_MT, methods, meta);
+    rl_lua_new_class(L, SCOPE_MT, methods, meta, NULL);
     lua_newtable(L);
     lua_pushcfunction(L, l_open);
     lua_setfield(L, -2, "open");

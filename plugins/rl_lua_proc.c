@@ -193,8 +193,11 @@ static int l_send(lua_State *L)
     }
     if (strncmp(dest, "user.", 5) == 0) /* a user's hub, wherever it lives (rl_security.h) */
         return send_each(L, I, t, topic, nlen, deliver_user, dest + 5);
-    char to[RL_PID_MAX];
-    snprintf(to, sizeof to, "%s", resolve(I, dest));
+    char to[RL_PID_MAX]; /* a copy: resolve's answer may not outlive the sends */
+    const char *r = resolve(I, dest);
+    size_t rl = strnlen(r, sizeof to - 1);
+    memcpy(to, r, rl);
+    to[rl] = '\0';
     return send_each(L, I, t, topic, nlen, deliver_pid, to);
 }
 

@@ -360,7 +360,7 @@ void rl_lua_security_push(lua_State *L)
         {"scope", l_scope},         {"named_scope", l_named_scope}, {"policy", l_policy},
         {"new_scope", l_new_scope}, {"can", l_can},                 {NULL, NULL},
     };
-    rl_lua_new_class(L, SCOPE_MT, scope_methods, scope_meta);
-    rl_lua_new_class(L, POLICY_MT, policy_methods, policy_meta);
+    rl_lua_new_class(L, SCOPE_MT, scope_methods, scope_meta, NULL);
+    rl_lua_new_class(L, POLICY_MT, policy_methods, policy_meta, NULL);
     luaL_newlib(L, fns);
 }

@@ -574,8 +574,8 @@ void rl_lua_time_open(lua_State *L)
         {"__le", t_le},             {"__sub", t_sub},  {NULL, NULL},
     };
     static const luaL_Reg timer_meta[] = {{"__gc", l_timer_gc}, {NULL, NULL}};
-    rl_lua_new_class(L, TIME_MT, time_methods, time_meta);
-    rl_lua_new_class(L, TIMER_MT, timer_methods, timer_meta);
+    rl_lua_new_class(L, TIME_MT, time_methods, time_meta, NULL);
+    rl_lua_new_class(L, TIMER_MT, timer_methods, timer_meta, NULL);
 
     luaL_newlib(L, fns);
     static const struct {
