@@ -373,7 +373,12 @@ int rl_lua_json_decode(lua_State *L, const char *s, size_t len);
 int rl_lua_args_fill(lua_State *L, int t);
 /* Pushes I's user_metadata as a table ({} when it has none or it does not decode). */
 void rl_lua_push_user_meta(lua_State *L, const rl_lua_inst *I);
-void rl_lua_json_open(lua_State *L); /* pushes the json module table */
+/* Pushes the json module table; the first call checks whether known objects can be marked in
+   the table's header (else they go to a weak set in each state's registry). */
+void rl_lua_json_open(lua_State *L);
+/* How known objects are kept: 1 the header bit, 0 the registry set, -1 not decided yet. With
+   on >= 0 sets it first (tests run both ways; 1 only where the probe passed). */
+int rl_lua_json_header_bit(int on);
 /* Frees the encode scratch (any state may encode again afterwards: it is allocated anew). */
 void rl_lua_json_close(void);
 

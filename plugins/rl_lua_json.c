@@ -15,11 +15,12 @@
  * the plugin removes. At most RL_LUA_JSON_DEPTH containers nest (C recursion to that depth is
  * fine).
  *
- * Known objects: a weak-keyed set in the state's registry holds every table that is known to be
- * an object: decoded from a JSON object, made by json.object(), or encoded as an object (it had
- * string keys then). An empty table encodes as {} when it is in the set, as [] otherwise. The
- * set holds no table alive and is reachable from no plugin; the tables keep no metatable, so a
- * plugin may still set its own on them.
+ * Known objects: every table that is known to be an object (decoded from a JSON object, made
+ * by json.object(), or encoded as an object: it had string keys then) carries a mark: a spare
+ * bit in its own header where the probe below finds the layout it expects, else its entry in a
+ * weak-keyed set in the state's registry. An empty table encodes as {} when it is marked, as []
+ * otherwise. The mark holds no table alive and is reachable from no plugin; the tables keep no
+ * metatable, so a plugin may still set its own on them.
  *
  * Encoding: nil -> null; integers exact; a float as the first of %.15g, %.16g, %.17g that reads
  * back as the same double, ".0" appended when that looks like an integer so that it decodes as a
@@ -40,6 +41,7 @@
 
 #include "rl_lua_int.h"
 #include "rl_metrics.h"
+#include "rl_swar.h"
 
 /* Registry key (its address) of the weak set of known objects. */
 static const char objects_key;
@@ -154,6 +156,7 @@ static void put_string(lua_State *L, const char *s, size_t n)
     out.p[out.len++] = '"';
     while (u < e) {
         const unsigned char *run = u;
+        u = rl_skip_plain8(u, e);
         while (u < e && plain[*u])
             u++;
         out_add(L, run, (size_t)(u - run));
@@ -281,8 +284,90 @@ static void sort_keys(skey *k, size_t n)
     }
 }
 
+/* Known objects, the fast way: a spare bit of the table's own header. In Lua 5.4 a Table
+   starts with its GC header (next pointer, type tag, GC mark) and a flags byte whose bits 0-5
+   cache absent metamethods and bit 7 marks a non-real array size; bit 6 is unused. Setting it
+   costs one store where the registry set costs a hash insertion into a weak table (2,100
+   instructions a round trip, decode and encode, with the echo plugin). probe_header_bit()
+   checks the layout on the library actually loaded (a fresh table's tag and flags, the bit
+   kept through metamethod caching, resizing and a collection, absent from new tables) before
+   it is used; where it fails the registry set is used instead. The bit dies with the table
+   (a new table's flags are written whole), so it holds nothing alive either. */
+#define TABLE_TAG_OFF 8    /* after the GC list pointer */
+#define TABLE_FLAGS_OFF 10 /* after the tag and the GC mark */
+#define TABLE_VTAG 5       /* LUA_VTABLE: LUA_TTABLE, variant 0 */
+#define TABLE_FRESH 0x3F   /* maskflags: no metamethod (TM_INDEX..TM_EQ) known present */
+#define KNOWN_BIT 0x40
+
+static int header_bit = -1; /* -1 not probed yet, 1 in use, 0 the registry set */
+
+static unsigned char *table_flags(lua_State *L, int idx)
+{
+    return (unsigned char *)lua_topointer(L, idx) + TABLE_FLAGS_OFF;
+}
+
+static int probe_header_bit(lua_State *L)
+{
+#if LUA_VERSION_NUM != 504
+    (void)L;
+    return 0;
+#else
+    if (!lua_checkstack(L, 4))
+        return 0;
+    int top = lua_gettop(L), ok = 1;
+    lua_createtable(L, 0, 0);
+    const unsigned char *t = lua_topointer(L, -1);
+    if (t[TABLE_TAG_OFF] != TABLE_VTAG || t[TABLE_FLAGS_OFF] != TABLE_FRESH)
+        ok = 0;
+    if (ok) {
+        *table_flags(L, -1) |= KNOWN_BIT;
+        lua_createtable(L, 0, 1); /* a metatable with __index: lookups cache absent events */
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, "__index_unused");
+        lua_setmetatable(L, -2);
+        for (int i = 0; i < 2; i++) { /* and the table as two others' metatable */
+            lua_createtable(L, 0, 0);
+            lua_pushvalue(L, top + 1);
+            lua_setmetatable(L, -2);
+        }
+        if (lua_compare(L, -1, -2, LUA_OPEQ)) /* looks up (and caches) __eq in the table */
+            ok = 0;
+        lua_pop(L, 2);
+        lua_getfield(L, -1, "missing");
+        lua_pop(L, 1);
+        for (int i = 1; i <= 40; i++) { /* array and hash growth, a length */
+            lua_pushinteger(L, i);
+            lua_rawseti(L, -2, i);
+            lua_pushinteger(L, i);
+            lua_setfield(L, -2, i & 1 ? "odd" : "even");
+        }
+        lua_len(L, -1);
+        lua_pop(L, 1);
+        lua_pushnil(L);
+        lua_setmetatable(L, -2);
+        lua_gc(L, LUA_GCCOLLECT);
+        ok = ok && (t[TABLE_FLAGS_OFF] & KNOWN_BIT) && t[TABLE_TAG_OFF] == TABLE_VTAG;
+        lua_createtable(L, 4, 4);
+        const unsigned char *f = lua_topointer(L, -1);
+        if (f[TABLE_FLAGS_OFF] & KNOWN_BIT)
+            ok = 0;
+    }
+    lua_settop(L, top);
+    return ok;
+#endif
+}
+
+int rl_lua_json_header_bit(int on)
+{
+    if (on >= 0)
+        header_bit = on;
+    return header_bit;
+}
+
 static int is_object_marked(lua_State *L, int idx)
 {
+    if (header_bit > 0)
+        return (*table_flags(L, idx) & KNOWN_BIT) != 0;
     idx = lua_absindex(L, idx);
     if (lua_rawgetp(L, LUA_REGISTRYINDEX, &objects_key) != LUA_TTABLE) {
         lua_pop(L, 1);
@@ -294,9 +379,14 @@ static int is_object_marked(lua_State *L, int idx)
     return r;
 }
 
-/* Adds the table at idx to the known objects (a no-op in a state without the module). */
+/* Adds the table at idx to the known objects (with the registry set, a no-op in a state
+   without the module). */
 static void mark_object_at(lua_State *L, int idx)
 {
+    if (header_bit > 0) {
+        *table_flags(L, idx) |= KNOWN_BIT;
+        return;
+    }
     idx = lua_absindex(L, idx);
     if (lua_rawgetp(L, LUA_REGISTRYINDEX, &objects_key) == LUA_TTABLE) {
         lua_pushvalue(L, idx);
@@ -540,6 +630,7 @@ static int dec_string_escaped(jdec *d, const unsigned char *run, const unsigned 
     luaL_Buffer b;
     luaL_buffinit(d->L, &b);
     for (;;) {
+        p = rl_skip_plain8(p, e);
         while (p < e && plain[*p])
             p++;
         if (p == e)
@@ -629,6 +720,7 @@ static int dec_string(jdec *d)
 {
     const unsigned char *p = d->p, *e = d->end, *run = p;
     for (;;) {
+        p = rl_skip_plain8(p, e);
         while (p < e && plain[*p])
             p++;
         if (p == e)
@@ -991,6 +1083,8 @@ static int l_object(lua_State *L)
 
 void rl_lua_json_open(lua_State *L)
 {
+    if (header_bit < 0)
+        header_bit = probe_header_bit(L);
     if (lua_rawgetp(L, LUA_REGISTRYINDEX, &objects_key) != LUA_TTABLE) {
         lua_newtable(L); /* the known objects: weak keys */
         lua_createtable(L, 0, 1);

@@ -31,6 +31,15 @@ static int setup(void **state)
     return 0;
 }
 
+/* The same tests with known objects in the registry set, the way where the header probe fails. */
+static int setup_known_set(void **state)
+{
+    setup(state);
+    assert_int_equal(rl_lua_json_header_bit(-1), 1); /* Debian's Lua 5.4: the probe passes */
+    rl_lua_json_header_bit(0);
+    return 0;
+}
+
 static int teardown(void **state)
 {
     (void)state;
@@ -38,6 +47,8 @@ static int teardown(void **state)
     lua_close(L);
     L = NULL;
     rl_lua_json_close();
+    if (rl_lua_json_header_bit(-1) == 0)
+        rl_lua_json_header_bit(1);
     return 0;
 }
 
@@ -379,6 +390,18 @@ static void test_objects(void **state)
              "for i = 1, 20000 do json.encode(json.decode('{\"k\":' .. i .. '}')) end\n"
              "collectgarbage() collectgarbage() return collectgarbage('count') < before + 64");
     lua_true("return json.encode(setmetatable({}, {__metatable = 'json.object'})) == '[]'");
+    /* a known object's memory, reused by a new table, does not make that one known */
+    lua_true("for i = 1, 3000 do\n"
+             "  local t = json.object() t = json.decode('{}') t = nil\n"
+             "  if i % 97 == 0 then collectgarbage() end\n"
+             "  if json.encode({}) ~= '[]' or json.encode({{}}) ~= '[[]]' then return false end\n"
+             "end return true");
+    /* metamethods on and of a known object leave it known */
+    lua_true("local t = json.decode('{\"a\":1}') local u = setmetatable({}, t) t.__index = t\n"
+             "local _ = u.a == 1 and (u == setmetatable({}, t)) t.a = nil t.__index = nil\n"
+             "setmetatable(t, {__len = function() return 0 end}) local _ = #t setmetatable(t, nil)\n"
+             "for i = 1, 40 do t['k' .. i] = i end for i = 1, 40 do t['k' .. i] = nil end\n"
+             "collectgarbage() return json.encode(t) == '{}'");
     /* key order: "type", "topic", then bytes; the spec's example frame byte for byte */
     lua_true("return json.encode({type = 'session_state', data = {status = 'active'}}) ==\n"
              "  '{\"type\":\"session_state\",\"data\":{\"status\":\"active\"}}'");
@@ -683,6 +706,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_float_roundtrip_bits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_strings, setup, teardown),
         cmocka_unit_test_setup_teardown(test_objects, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_objects, setup_known_set, teardown),
         cmocka_unit_test_setup_teardown(test_arrays, setup, teardown),
         cmocka_unit_test_setup_teardown(test_decode_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_depth, setup, teardown),
