@@ -1,5 +1,6 @@
 /* One-pass envelope scanner for client text frames: UTF-8, strict JSON, the top-level keys. */
 #include "rl_envelope.h"
+#include "rl_swar.h"
 
 #include <stdint.h>
 #include <string.h>
@@ -84,42 +85,12 @@ static inline int u8_seq(const uint8_t *p, const uint8_t *end, unsigned c)
     return (int)n + 1;
 }
 
-#define ONES 0x0101010101010101ull
-#define HIGH 0x8080808080808080ull
-
-static inline uint64_t load8(const uint8_t *p)
-{
-    uint64_t x;
-    memcpy(&x, p, sizeof x);
-    return x;
-}
-
-/* Nonzero when one of the 8 bytes of x is not C_PLAIN: below 0x20, '"', '\\' or above 0x7F
-   (the exact "has a byte below n" and "has a zero byte" tests, Hacker's Delight 6-1). */
-static inline uint64_t str_special8(uint64_t x)
-{
-    uint64_t q = x ^ (ONES * '"'), b = x ^ (ONES * '\\');
-    return (((x - ONES * 0x20) & ~x) | ((q - ONES) & ~q) | ((b - ONES) & ~b) | x) & HIGH;
-}
-
-/* The index of the first byte of a word loaded from memory whose high bit is set in m (m != 0).
-   The tests above are exact for the lowest such byte: a borrow only runs upwards. */
-static inline unsigned first_byte(uint64_t m)
-{
-#if defined __BYTE_ORDER__ && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    return (unsigned)__builtin_ctzll(m) >> 3;
-#else
-    (void)m;
-    return 0; /* the byte loop after it finds the byte */
-#endif
-}
-
 /* 0: p[0..end) is valid UTF-8. -1: it is not, *at is the first byte of the bad sequence. 1:
    valid, but the last sequence is cut by end at *at. */
 static int utf8_scan(const uint8_t *p, const uint8_t *end, const uint8_t **at)
 {
     for (;;) {
-        while (end - p >= 16 && !((load8(p) | load8(p + 8)) & HIGH))
+        while (end - p >= 16 && !((rl_load8(p) | rl_load8(p + 8)) & RL_SWAR_HIGH))
             p += 16;
         while (p < end && *p < 0x80)
             p++;
@@ -243,12 +214,7 @@ static inline int scan_str(const uint8_t **pp, const uint8_t *end, unsigned *esc
     const uint8_t *p = *pp;
     *esc = 0;
     for (;;) {
-        for (uint64_t m; end - p >= 8; p += 8) {
-            if ((m = str_special8(load8(p))) != 0) {
-                p += first_byte(m);
-                break;
-            }
-        }
+        p = rl_skip_plain8(p, end);
         while (p < end && cls[*p] == C_PLAIN)
             p++;
         if (p == end) {

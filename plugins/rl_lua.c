@@ -394,12 +394,12 @@ static void acct_put(uint32_t a)
     acct_free = a;
 }
 
-static void acct_charge(uint32_t a, size_t add, size_t sub)
+static inline void acct_charge(uint32_t a, size_t add, size_t sub)
 {
     if (!a || a >= nacct)
         return;
     accts[a].bytes = accts[a].bytes + add - sub;
-    if (!accts[a].live && accts[a].bytes == 0 && sub)
+    if (__builtin_expect(!accts[a].live, 0) && accts[a].bytes == 0 && sub)
         acct_put(a);
 }
 
@@ -516,20 +516,11 @@ static int over_own_cap(size_t would)
     return 1;
 }
 
-static void *host_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+/* An allocation that makes, grows or shrinks a block: the caps, then the bookkeeping. Kept out
+   of host_alloc so that the frees (more than half the calls) run without its register saves. */
+__attribute__((noinline)) static void *host_resize(char *real, size_t old, size_t nsize)
 {
-    (void)ud;
-    size_t old = ptr ? osize : 0;
-    char *real = ptr ? (char *)ptr - BLK_HDR : NULL;
-    uint32_t acct = !BLK_HDR ? 0 : real ? *(uint32_t *)real : current_acct();
-    if (nsize == 0) {
-        if (ptr)
-            block_free(real, osize + BLK_HDR);
-        H.bytes -= old;
-        acct_charge(acct, 0, old);
-        rl_metric_set(RL_M_LUA_BYTES, H.bytes);
-        return NULL;
-    }
+    uint32_t cur = BLK_HDR ? current_acct() : 0, acct = real && BLK_HDR ? *(uint32_t *)real : cur;
     if (nsize > old && H.limit) {
         /* Host work (spawning) gets a little headroom so a plugin at the cap fails first. */
         size_t cap = H.limit + (H.current ? 0 : H.headroom);
@@ -538,7 +529,7 @@ static void *host_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
             return NULL;
         }
     }
-    if (nsize > old && acct && acct == current_acct() && H.cfg->plugin_memory_limit &&
+    if (nsize > old && acct && acct == cur && H.cfg->plugin_memory_limit &&
         accts[acct].bytes - old + nsize > H.cfg->plugin_memory_limit &&
         !over_own_cap(accts[acct].bytes - old + nsize)) {
         refused(1);
@@ -560,6 +551,22 @@ static void *host_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     }
     rl_metric_set(RL_M_LUA_BYTES, H.bytes);
     return (char *)np + BLK_HDR;
+}
+
+
+static void *host_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    (void)ud;
+    if (nsize)
+        return host_resize(ptr ? (char *)ptr - BLK_HDR : NULL, ptr ? osize : 0, nsize);
+    if (ptr) {
+        char *real = (char *)ptr - BLK_HDR;
+        acct_charge(BLK_HDR ? *(uint32_t *)real : 0, 0, osize);
+        block_free(real, osize + BLK_HDR);
+        H.bytes -= osize;
+        rl_metric_set(RL_M_LUA_BYTES, H.bytes);
+    }
+    return NULL;
 }
 
 static int host_panic(lua_State *L)
