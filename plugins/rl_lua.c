@@ -14,11 +14,15 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <lualib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "rl_log.h"
@@ -147,6 +151,7 @@ static const char prelude[] =
     "safe.utf8 = readonly(copy(G.utf8))\n"
     "local colib = copy(G.coroutine)\n"
     "colib.spawn = host.co_spawn\n" /* scheduler-run coroutines (rl_lua.c tasks) */
+    "colib.create = host.co_create\n" /* always counted (see counting long runs) */
     "local resume, coclose, cocreate = colib.resume, colib.close, colib.create\n"
     /* A blocking call inside a coroutine the plugin made yields host.block (rl_lua_block):
        the resume that sees it blocks its own coroutine in turn, up to the instance's, and once
@@ -1027,6 +1032,131 @@ static void doom_raise(lua_State *L, rl_lua_inst *I)
     luaL_error(L, "%s", rl_lua_doomed(I));
 }
 
+/* ---- counting long runs only -----------------------------------------------------------
+ * A count hook makes Lua stop in its debug machinery at every instruction of the hooked thread
+ * (luaG_traceexec and rethook: 1,900 of the 30,000 instructions a routed message costs with
+ * the echo plugin, whose run is some 40 VM instructions). So with a budget of at least
+ * RL_LUA_LAZY_BUDGET an instance's own coroutine (and a task's) runs without a hook, and a
+ * watchdog thread has the node's thread give it one once a single run has gone on for
+ * RL_LUA_WATCH_NS (two of its periods at most; RL_LUA_WATCH_IDLE_NS after 100 ms without any
+ * run). From there the run is counted, preempted and ended as before, so the budget bounds
+ * what a run does after its first milliseconds. A run that was preempted, is doomed or is over
+ * its memory cap keeps its hook into the next resume. Coroutines the plugin makes always have
+ * the hook (host.co_create): they run under plugin code, where the watchdog does not look.
+ * The watchdog only signals the node's thread (SIGRTMIN, to that thread), whose handler sets
+ * the hook of the coroutine being resumed: lua_sethook may be called from a signal handler
+ * (lua.c stops a script on SIGINT the same way). */
+#define RL_LUA_LAZY_BUDGET 1000000
+#define RL_LUA_WATCH_NS 1000000
+#define RL_LUA_WATCH_IDLE_NS 20000000
+
+static int lazy_hook;                 /* instances' own coroutines run without a hook */
+static _Atomic uint64_t watch_seq;    /* odd while a resume runs; written by the node's thread */
+static lua_State *volatile watch_co;  /* the coroutine being resumed, for the handler */
+static pthread_t watch_node;          /* the node's thread, the only one the signal goes to */
+static int watch_started;
+
+static void watch_signal(int sig)
+{
+    (void)sig;
+    lua_State *co = watch_co;
+    if (co)
+        lua_sethook(co, count_hook, LUA_MASKCOUNT, 1);
+}
+
+static void *watch_loop(void *arg)
+{
+    (void)arg;
+    uint64_t last = 0, signalled = 0;
+    unsigned quiet = 0;
+    for (;;) {
+        struct timespec ts = {0, quiet > 100 ? RL_LUA_WATCH_IDLE_NS : RL_LUA_WATCH_NS};
+        nanosleep(&ts, NULL);
+        uint64_t s = atomic_load_explicit(&watch_seq, memory_order_relaxed);
+        if ((s & 1) && s == last && s != signalled) { /* the same run, still going */
+            signalled = s;
+            pthread_kill(watch_node, SIGRTMIN);
+        }
+        quiet = s == last ? quiet + 1 : 0;
+        last = s;
+    }
+    return NULL;
+}
+
+/* Starts the watchdog once per process; 0 when it runs (else every run is counted). */
+static int watch_start(void)
+{
+    if (watch_started)
+        return 0;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = watch_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGRTMIN, &sa, NULL) < 0)
+        return -1;
+    watch_node = pthread_self();
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old); /* the watchdog takes no signal */
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setstacksize(&at, 64 * 1024);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    pthread_t t;
+    int rc = pthread_create(&t, &at, watch_loop, NULL);
+    pthread_attr_destroy(&at);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0)
+        return -1;
+    watch_started = 1;
+    return 0;
+}
+
+/* Around one resume of I's coroutine co. */
+static void watch_begin(lua_State *co)
+{
+    if (!lazy_hook)
+        return;
+    watch_co = co;
+    atomic_signal_fence(memory_order_seq_cst);
+    atomic_store_explicit(&watch_seq, atomic_load_explicit(&watch_seq, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
+static void watch_end(rl_lua_inst *I, lua_State *co, int st)
+{
+    if (!lazy_hook)
+        return;
+    watch_co = NULL; /* first: a late signal then sets nothing */
+    atomic_signal_fence(memory_order_seq_cst);
+    atomic_store_explicit(&watch_seq, atomic_load_explicit(&watch_seq, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    if (lua_gethookmask(co) && !(st == LUA_YIELD && I->preempted) && !rl_lua_doomed(I) &&
+        !main_of(I)->mem_over)
+        lua_sethook(co, NULL, 0, 0);
+}
+
+/* The hook a new coroutine of the instance starts with: none when runs are watched. */
+static void hook_new_thread(lua_State *co)
+{
+    if (hook_step && !lazy_hook)
+        lua_sethook(co, count_hook, LUA_MASKCOUNT, (int)hook_step);
+}
+
+/* host.co_create(f): coroutine.create for plugins, with the count hook whatever the creating
+   thread has (Lua copies the creator's; an unwatched instance's coroutine has none). */
+static int l_co_create(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_State *co = lua_newthread(L);
+    lua_pushvalue(L, 1);
+    lua_xmove(L, co, 1);
+    if (hook_step)
+        lua_sethook(co, count_hook, LUA_MASKCOUNT, (int)hook_step);
+    return 1;
+}
+
 void rl_lua_charge(lua_State *L, uint64_t n)
 {
     rl_lua_inst *I = H.current;
@@ -1129,9 +1259,11 @@ static void inst_resume(rl_lua_inst *I)
     I->preempted = I->preempt_due = 0;
     I->oom_refusals = 0;
     H.resumes++;
+    watch_begin(co);
     int st = lua_resume(co, H.L, I->nargs, &nres);
     if (st == LUA_OK && I->booting && !I->torn && !I->exit_pending_set && !rl_lua_doomed(I))
         st = boot_method(I, co, &nres);
+    watch_end(I, co, st);
     H.current = NULL;
     I->nargs = 0;
     if (I->torn)
@@ -1337,8 +1469,7 @@ static int l_co_spawn(lua_State *L)
         lua_pushvalue(L, i);
     lua_xmove(L, co, n);
     T->nargs = n - 1;
-    if (hook_step)
-        lua_sethook(co, count_hook, LUA_MASKCOUNT, (int)hook_step);
+    hook_new_thread(co);
     runq_push(T);
     lua_pushboolean(L, 1);
     return 1;
@@ -1712,8 +1843,7 @@ static int spawn_p(lua_State *L)
     lua_xmove(L, co, 6 + nvals);
     I->nargs = 1; /* chunk(env); boot, env, method and the arguments wait below it */
     I->booting = 1;
-    if (hook_step)
-        lua_sethook(co, count_hook, LUA_MASKCOUNT, (int)hook_step);
+    hook_new_thread(co);
     return 0;
 }
 
@@ -1982,6 +2112,8 @@ static int init_p(lua_State *L)
     rl_lua_fid_host(L);
     lua_pushcfunction(L, l_co_spawn);
     lua_setfield(L, -2, "co_spawn");
+    lua_pushcfunction(L, l_co_create);
+    lua_setfield(L, -2, "co_create");
     lua_pushlightuserdata(L, &block_token);
     lua_setfield(L, -2, "block");
     lua_pushcfunction(L, h_block_unblock);
@@ -2202,6 +2334,7 @@ int rl_lua_init(const rl_config *c, char *err, size_t errlen)
     H.rng = uv_hrtime() | 1;
     uint64_t budget = c->lua_instruction_budget;
     hook_step = budget == 0 ? 0 : (budget < RL_LUA_HOOK_STEP ? budget : RL_LUA_HOOK_STEP);
+    lazy_hook = budget >= RL_LUA_LAZY_BUDGET && watch_start() == 0;
     size_t ndefs = c->nplugins + c->nlua_entries;
     blk_hdr = c->plugin_memory_limit ? BLK_HDR_SIZE : 0; /* before the state's first block */
     H.chunk_refs = calloc(ndefs ? ndefs : 1, sizeof *H.chunk_refs);

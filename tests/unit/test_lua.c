@@ -622,6 +622,10 @@ static void free_defs(void)
 
 static void tick_cb(uv_timer_t *t) { (void)t; }
 
+/* The instruction budget of the next setup: at this value (>= RL_LUA_LAZY_BUDGET) only long runs
+   are counted; test_budget_small_always_counted sets a smaller one. */
+static uint64_t budget_value = 1000000;
+
 static int setup_with(size_t mem_limit, size_t queue)
 {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/rl_lua_test_XXXXXX");
@@ -643,7 +647,7 @@ static int setup_with(size_t mem_limit, size_t queue)
     cfg.plugin_user_max_channels = defaults.plugin_user_max_channels;
     rl_config_free(&defaults);
     cfg.path = strdup("test.yaml");
-    cfg.lua_instruction_budget = 1000000;
+    cfg.lua_instruction_budget = budget_value;
     cfg.lua_memory_limit = mem_limit;
     cfg.plugin_queue = queue;
     FILE *f = fopen("plugins/lua/session.lua", "r");
@@ -877,6 +881,46 @@ static void test_budget(void **state)
     cJSON *r = reply_json(0);
     assert_true(jtrue(r, "ok"));
     cJSON_Delete(r);
+}
+
+/* Short runs go unhooked (the watchdog gives a long run its count hook); with a budget below
+   RL_LUA_LAZY_BUDGET every run is counted from its first instruction. Both kinds still end a
+   runaway loop, in the instance's own coroutine and in one it made. */
+static void test_short_runs_unhooked(void **state)
+{
+    (void)state;
+    char c[RL_PID_MAX], a[RL_PID_MAX], err[256];
+    spawn(1, c);
+    send_cmd(c, "json", NULL);
+    cJSON *r = reply_json(0);
+    assert_true(jtrue(r, "ok"));
+    cJSON_Delete(r);
+    rl_lua_inst *I = rl_lua_inst_of(c);
+    assert_non_null(I);
+    assert_int_equal(lua_gethookmask(I->co), budget_value >= 1000000 ? 0 : LUA_MASKCOUNT);
+    spawn(1, a);
+    send_cmd(a, "spin", NULL);
+    assert_int_equal(exit_of(a, err, sizeof err, 5000), 1);
+    assert_string_equal(err, "instruction budget exceeded");
+    send_cmd(c, "json", NULL); /* c still answers, and is still unhooked */
+    r = reply_json(1);
+    assert_true(jtrue(r, "ok"));
+    cJSON_Delete(r);
+    assert_int_equal(lua_gethookmask(I->co), budget_value >= 1000000 ? 0 : LUA_MASKCOUNT);
+}
+
+static int teardown(void **state);
+
+static int setup_small_budget(void **state)
+{
+    budget_value = 200000;
+    return setup(state);
+}
+
+static int teardown_small_budget(void **state)
+{
+    budget_value = 1000000;
+    return teardown(state);
 }
 
 /* A long run is preempted every RL_LUA_PREEMPT instructions: another instance answers while the
@@ -1346,6 +1390,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_isolation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crash_and_return, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_short_runs_unhooked, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_short_runs_unhooked, setup_small_budget, teardown_small_budget),
         cmocka_unit_test_setup_teardown(test_preempted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sleep_and_select, setup, teardown),
         cmocka_unit_test_setup_teardown(test_durations, setup, teardown),
