@@ -311,7 +311,7 @@ static void *pool_get(size_t n)
     return b;
 }
 
-static void pool_put(void *p, size_t n)
+static inline void pool_put(void *p, size_t n)
 {
     size_t c = pool_class(n);
     size_t bound = H.bytes < RL_LUA_POOL_MIN ? RL_LUA_POOL_MIN : H.bytes;
@@ -491,7 +491,7 @@ static void hook_soon(rl_lua_inst *I)
    one that computes (8 MiB a run were 2-4 ms without a slice). */
 static void charge_alloc(rl_lua_inst *I, size_t grown)
 {
-    if (!hook_step)
+    if (!hook_step || grown < RL_LUA_ALLOC_INSN) /* most blocks: nothing to count */
         return;
     uint64_t before = I->used;
     I->used += grown / RL_LUA_ALLOC_INSN;
@@ -559,11 +559,45 @@ __attribute__((noinline)) static void *host_resize(char *real, size_t old, size_
 }
 
 
+/* A new block of a pooled size, taken off its free list when every cap has room for it: most
+   of the allocations a message makes. 0 when the general path must decide. */
+static inline void *pool_take(size_t nsize)
+{
+    if (!POOL_ON || nsize > RL_LUA_POOL_MAX - BLK_HDR)
+        return NULL;
+    size_t c = pool_class(nsize + BLK_HDR);
+    pool_block *b = pool[c].head;
+    if (!b || (H.limit && H.bytes + nsize > H.limit))
+        return NULL;
+    uint32_t a = BLK_HDR ? current_acct() : 0;
+    size_t own = H.cfg->plugin_memory_limit;
+    if (a && (a >= nacct || (own && accts[a].bytes + nsize > own)))
+        return NULL;
+    pool[c].head = b->next;
+    pool[c].n--;
+    pool_bytes -= c * POOL_CLASS;
+    if (BLK_HDR)
+        *(uint32_t *)b = a;
+    if (a)
+        accts[a].bytes += nsize;
+    H.bytes += nsize;
+    H.allocated += nsize;
+    if (H.current) {
+        H.current->oom_refusals = 0;
+        if (nsize >= RL_LUA_ALLOC_INSN)
+            charge_alloc(H.current, nsize);
+    }
+    rl_metric_set(RL_M_LUA_BYTES, H.bytes);
+    return (char *)b + BLK_HDR;
+}
+
 static void *host_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     (void)ud;
-    if (nsize)
-        return host_resize(ptr ? (char *)ptr - BLK_HDR : NULL, ptr ? osize : 0, nsize);
+    if (nsize) {
+        void *p = ptr ? NULL : pool_take(nsize);
+        return p ? p : host_resize(ptr ? (char *)ptr - BLK_HDR : NULL, ptr ? osize : 0, nsize);
+    }
     if (ptr) {
         char *real = (char *)ptr - BLK_HDR;
         acct_charge(BLK_HDR ? *(uint32_t *)real : 0, 0, osize);
@@ -1060,8 +1094,10 @@ static void watch_signal(int sig)
 {
     (void)sig;
     lua_State *co = watch_co;
-    if (co)
-        lua_sethook(co, count_hook, LUA_MASKCOUNT, 1);
+    /* counted from here, a hook_step at a time (count_hook adds a whole step each call); a run
+       already hooked (a later slice of a long one) keeps its count */
+    if (co && !lua_gethookmask(co))
+        lua_sethook(co, count_hook, LUA_MASKCOUNT, (int)hook_step);
 }
 
 static void *watch_loop(void *arg)

@@ -138,6 +138,7 @@ static const char probe_src[] =
     "function cmds.crash() error('boom') end\n"
     "function cmds.finish() return 'done' end\n"
     "function cmds.spin() while true do end end\n"
+    "function cmds.busy(p) local t = os.clock() while os.clock() - t < p.ms / 1000 do end reply({ok = true}) end\n"
     "function cmds.spin_pcall() while true do pcall(function() while true do end end) end end\n"
     "function cmds.hog()\n"
     "  local t = {}\n"
@@ -902,8 +903,15 @@ static void test_short_runs_unhooked(void **state)
     send_cmd(a, "spin", NULL);
     assert_int_equal(exit_of(a, err, sizeof err, 5000), 1);
     assert_string_equal(err, "instruction budget exceeded");
-    send_cmd(c, "json", NULL); /* c still answers, and is still unhooked */
+    /* a run longer than the watchdog's period but under the budget ends normally: once hooked
+       it is counted a step at a time (4 ms of a loop around os.clock(): a few 100,000
+       instructions) */
+    send_cmd(c, "busy", "\"ms\":4");
     r = reply_json(1);
+    assert_true(jtrue(r, "ok"));
+    cJSON_Delete(r);
+    send_cmd(c, "json", NULL); /* c still answers, and is still unhooked */
+    r = reply_json(2);
     assert_true(jtrue(r, "ok"));
     cJSON_Delete(r);
     assert_int_equal(lua_gethookmask(I->co), budget_value >= 1000000 ? 0 : LUA_MASKCOUNT);
