@@ -177,6 +177,8 @@ typedef struct rl_lua_aux {
     char **links;    /* children started linked: their error exits also give LINK_DOWN */
     char **children; /* live children it spawned: they end with it (plugin_max_children) */
     int imports_ref; /* table: library id -> the module this instance imported */
+    uint64_t next_slice_ns; /* a long run: its next slice not before this while others work */
+    uint64_t fresh_seen;    /* H.fresh_runs when it last ran or waited for its turn */
     uint32_t nlistens, nexecs, ntasks;
     uint32_t nlinks, nchildren;
 } rl_lua_aux;
@@ -190,6 +192,7 @@ typedef struct rl_lua_count {
 
 typedef struct rl_lua_host {
     lua_State *L;
+    uint64_t fresh_runs; /* runs started from a wait (not the next slice of a long one) */
     const rl_config *cfg;
     size_t bytes, limit, headroom;
     int *chunk_refs;  /* per cfg->plugins[i]: the compiled chunk */
