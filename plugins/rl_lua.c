@@ -299,16 +299,23 @@ static size_t pool_bytes; /* held by every list */
 static int pooled(size_t n) { return POOL_ON && n > 0 && n <= RL_LUA_POOL_MAX; }
 static size_t pool_class(size_t n) { return (n + POOL_CLASS - 1) / POOL_CLASS; }
 
+/* The first block of list c, NULL when it is empty. */
+static inline pool_block *pool_pop(size_t c)
+{
+    pool_block *b = pool[c].head;
+    if (b) {
+        pool[c].head = b->next;
+        pool[c].n--;
+        pool_bytes -= c * POOL_CLASS;
+    }
+    return b;
+}
+
 static void *pool_get(size_t n)
 {
     size_t c = pool_class(n);
-    pool_block *b = pool[c].head;
-    if (!b)
-        return malloc(c * POOL_CLASS);
-    pool[c].head = b->next;
-    pool[c].n--;
-    pool_bytes -= c * POOL_CLASS;
-    return b;
+    pool_block *b = pool_pop(c);
+    return b ? b : malloc(c * POOL_CLASS);
 }
 
 static inline void pool_put(void *p, size_t n)
@@ -521,6 +528,26 @@ static int over_own_cap(size_t would)
     return 1;
 }
 
+/* The books of block np, now nsize bytes for Lua (old before), charged to acct: its header,
+   the host's and the account's bytes, and what the running instance allocated. Returns what
+   Lua gets. */
+static inline void *granted(void *np, uint32_t acct, size_t old, size_t nsize)
+{
+    if (BLK_HDR)
+        *(uint32_t *)np = acct;
+    H.bytes = H.bytes - old + nsize;
+    acct_charge(acct, nsize, old);
+    if (nsize > old) {
+        H.allocated += nsize - old;
+        if (H.current) {
+            H.current->oom_refusals = 0;
+            charge_alloc(H.current, nsize - old);
+        }
+    }
+    rl_metric_set(RL_M_LUA_BYTES, H.bytes);
+    return (char *)np + BLK_HDR;
+}
+
 /* An allocation that makes, grows or shrinks a block: the caps, then the bookkeeping. Kept out
    of host_alloc so that the frees (more than half the calls) run without its register saves. */
 __attribute__((noinline)) static void *host_resize(char *real, size_t old, size_t nsize)
@@ -541,21 +568,7 @@ __attribute__((noinline)) static void *host_resize(char *real, size_t old, size_
         return NULL;
     }
     void *np = block_realloc(real, real ? old + BLK_HDR : 0, nsize + BLK_HDR);
-    if (!np)
-        return NULL;
-    if (BLK_HDR)
-        *(uint32_t *)np = acct;
-    H.bytes = H.bytes - old + nsize;
-    acct_charge(acct, nsize, old);
-    if (nsize > old) {
-        H.allocated += nsize - old;
-        if (H.current) {
-            H.current->oom_refusals = 0;
-            charge_alloc(H.current, nsize - old);
-        }
-    }
-    rl_metric_set(RL_M_LUA_BYTES, H.bytes);
-    return (char *)np + BLK_HDR;
+    return np ? granted(np, acct, old, nsize) : NULL;
 }
 
 
@@ -566,29 +579,13 @@ static inline void *pool_take(size_t nsize)
     if (!POOL_ON || nsize > RL_LUA_POOL_MAX - BLK_HDR)
         return NULL;
     size_t c = pool_class(nsize + BLK_HDR);
-    pool_block *b = pool[c].head;
-    if (!b || (H.limit && H.bytes + nsize > H.limit))
+    if (!pool[c].head || (H.limit && H.bytes + nsize > H.limit))
         return NULL;
     uint32_t a = BLK_HDR ? current_acct() : 0;
     size_t own = H.cfg->plugin_memory_limit;
     if (a && (a >= nacct || (own && accts[a].bytes + nsize > own)))
         return NULL;
-    pool[c].head = b->next;
-    pool[c].n--;
-    pool_bytes -= c * POOL_CLASS;
-    if (BLK_HDR)
-        *(uint32_t *)b = a;
-    if (a)
-        accts[a].bytes += nsize;
-    H.bytes += nsize;
-    H.allocated += nsize;
-    if (H.current) {
-        H.current->oom_refusals = 0;
-        if (nsize >= RL_LUA_ALLOC_INSN)
-            charge_alloc(H.current, nsize);
-    }
-    rl_metric_set(RL_M_LUA_BYTES, H.bytes);
-    return (char *)b + BLK_HDR;
+    return granted(pool_pop(c), a, 0, nsize);
 }
 
 static void *host_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
@@ -1157,15 +1154,21 @@ static int watch_start(void)
     return 0;
 }
 
+/* watch_seq + 1 (only the node's thread writes it), after watch_co is set. */
+static void watch_bump(void)
+{
+    atomic_signal_fence(memory_order_seq_cst);
+    atomic_store_explicit(&watch_seq, atomic_load_explicit(&watch_seq, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
 /* Around one resume of I's coroutine co. */
 static void watch_begin(lua_State *co)
 {
     if (!lazy_hook)
         return;
     watch_co = co;
-    atomic_signal_fence(memory_order_seq_cst);
-    atomic_store_explicit(&watch_seq, atomic_load_explicit(&watch_seq, memory_order_relaxed) + 1,
-                          memory_order_relaxed);
+    watch_bump();
 }
 
 static void watch_end(rl_lua_inst *I, lua_State *co, int st)
@@ -1173,9 +1176,7 @@ static void watch_end(rl_lua_inst *I, lua_State *co, int st)
     if (!lazy_hook)
         return;
     watch_co = NULL; /* first: a late signal then sets nothing */
-    atomic_signal_fence(memory_order_seq_cst);
-    atomic_store_explicit(&watch_seq, atomic_load_explicit(&watch_seq, memory_order_relaxed) + 1,
-                          memory_order_relaxed);
+    watch_bump();
     if (lua_gethookmask(co) && !(st == LUA_YIELD && I->preempted) && !rl_lua_doomed(I) &&
         !main_of(I)->mem_over)
         lua_sethook(co, NULL, 0, 0);
