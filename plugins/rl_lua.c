@@ -305,6 +305,9 @@ static inline pool_block *pool_pop(size_t c)
     pool_block *b = pool[c].head;
     if (b) {
         pool[c].head = b->next;
+        /* the list's blocks were freed by a sweep long ago and are out of the cache: fetch
+           the next one now, while Lua fills this one */
+        __builtin_prefetch(b->next, 1, 3);
         pool[c].n--;
         pool_bytes -= c * POOL_CLASS;
     }
@@ -2341,7 +2344,9 @@ int rl_lua_reload(char *err, size_t errlen)
  * garbage of up to the live heap between collections, so a quiet host (no resume for
  * RL_LUA_GC_QUIET_MS) that allocated since its last collection does a full one: what idle
  * users leave behind while they connect is returned. */
+#ifndef RL_LUA_GC_MINORMUL
 #define RL_LUA_GC_MINORMUL 100
+#endif
 #define RL_LUA_GC_MAJORMUL 300
 #define RL_LUA_GC_QUIET_MS 1000
 #define RL_LUA_GC_QUIET_MIN 65536 /* bytes allocated since the last collection worth one */
