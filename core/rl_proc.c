@@ -188,12 +188,16 @@ int rl_topic_allowed(rl_topic t, const rl_owner *sender, const char *sender_pid,
 {
     if (t >= RL_T_COUNT)
         return 0;
-    char kind = rl_pid_kind(sender_pid);
-    switch (topics[t].rule) {
-    case RULE_SAME_USER:
+    rule r = topics[t].rule;
+    if (r == RULE_SAME_USER) /* most messages: no need to read the sender's kind */
         return !sender || sender == target->owner;
-    case RULE_SYSTEM:
+    if (r == RULE_SYSTEM)
         return !sender;
+    char kind = rl_pid_kind(sender_pid);
+    switch (r) {
+    case RULE_SAME_USER:
+    case RULE_SYSTEM:
+        break; /* answered above */
     case RULE_OWN_CONN:
         return sender && sender == target->owner && kind == 'c';
     case RULE_CONN_SELF:
@@ -600,11 +604,10 @@ static void procs_remove(size_t i)
     }
 }
 
-/* The local process named by pid, or NULL: "<prefix><kind><serial>.<random>". */
-static rl_proc *procs_find(const char *pid)
+/* The local process named by pid, or NULL: "<prefix><kind><serial>.<random>"; pid is known
+   to start with this node's prefix (rl_pid_is_local). */
+static rl_proc *procs_find_local(const char *pid)
 {
-    if (!node.prefix_len || strncmp(pid, node.prefix, node.prefix_len) != 0)
-        return NULL;
     const char *s = pid + node.prefix_len;
     if (*s < 'a' || *s > 'z')
         return NULL;
@@ -619,6 +622,11 @@ static rl_proc *procs_find(const char *pid)
         return NULL;
     rl_proc *p = node.procs.slots[i];
     return strcmp(p->pid, pid) == 0 ? p : NULL;
+}
+
+static rl_proc *procs_find(const char *pid)
+{
+    return rl_pid_is_local(pid) ? procs_find_local(pid) : NULL;
 }
 
 int rl_proc_start(rl_proc *p, const rl_proc_ops *ops, size_t qcap, rl_owner *owner)
@@ -788,6 +796,8 @@ static int refuse(const char *to, const rl_msg *m, const rl_proc *target)
     return -EPERM;
 }
 
+static int deliver_to(rl_proc *p, const char *to, rl_msg *m);
+
 /* Local delivery (or the transport) of a message whose sender fields are set. */
 static int route(const char *to, rl_msg *m)
 {
@@ -799,9 +809,13 @@ static int route(const char *to, rl_msg *m)
             return -EHOSTUNREACH;
         return node.remote(to, m, node.remote_ud);
     }
-    rl_proc *p = procs_find(to);
-    if (!p)
-        return -ENOENT;
+    rl_proc *p = procs_find_local(to);
+    return p ? deliver_to(p, to, m) : -ENOENT;
+}
+
+/* The authority check, then p's mailbox (to: p's pid, for the log). */
+static int deliver_to(rl_proc *p, const char *to, rl_msg *m)
+{
     if (!rl_topic_allowed((rl_topic)m->topic, m->owner, m->from, p) &&
         !rl_sec_send_allowed(m, p)) /* another user's hub or plugin: the sender's policy */
         return refuse(to, m, p);
@@ -855,6 +869,27 @@ int rl_send_or_free(rl_proc *from, const char *to, rl_msg *m)
 }
 
 int rl_send_as(const char *to, rl_msg *m) { return route(to, m); }
+
+int rl_send_as_local(const rl_pid_local *to, rl_msg *m)
+{
+    size_t i = procs_slot(to->serial);
+    if (i == SIZE_MAX)
+        return -ENOENT;
+    rl_proc *p = node.procs.slots[i];
+    /* the serial found it; the kind and the random part (the pid's last 8 digits) must be this
+       process's too. Otherwise, or when the pid was cut to RL_PID_MAX, the string decides. */
+    const char *pid = p->pid + node.prefix_len;
+    size_t n = strlen(pid);
+    static const char hex[] = "0123456789abcdef";
+    int same = pid[0] == to->kind && n >= 10 && pid[n - 9] == '.';
+    for (int k = 0; same && k < 8; k++)
+        same = pid[n - 8 + k] == hex[to->rnd >> (28 - 4 * k) & 15];
+    if (same)
+        return deliver_to(p, p->pid, m);
+    char full[RL_PID_MAX];
+    rl_pid_unpack(to, full);
+    return route(full, m);
+}
 
 int rl_monitor(rl_proc *watcher, const char *target)
 {

@@ -336,6 +336,9 @@ int rl_send_or_free(rl_proc *from, const char *to, rl_msg *m);
    a plugin, the runtime (PID_EXIT). The authority check still applies. Same returns as
    rl_send; on error the caller keeps m. */
 int rl_send_as(const char *to, rl_msg *m);
+/* rl_send_as to a process of this node named by its packed pid (no pid string made and parsed
+   again): -ENOENT unless serial, kind and random part are a live process's. */
+int rl_send_as_local(const rl_pid_local *to, rl_msg *m);
 /* 1 when a sender with this owner and pid may send topic t to target (see RL_TOPICS). */
 int rl_topic_allowed(rl_topic t, const rl_owner *sender, const char *sender_pid,
                      const rl_proc *target);

@@ -52,9 +52,8 @@ static int plugin_is(const hub_plugin *hp, const char *pid)
 /* Sends fwd to the plugin (rl_send_as's contract). */
 static int plugin_send(const hub_plugin *hp, rl_msg *fwd)
 {
-    char pid[RL_PID_MAX];
-    plugin_pid(hp, pid);
-    return rl_send_as(pid, fwd);
+    rl_pid_local p = {.serial = hp->serial, .rnd = hp->rnd, .kind = hp->kind};
+    return rl_send_as_local(&p, fwd);
 }
 
 /* A connection of the user: this node's packed (no allocation), another node's as a string. */

@@ -21,6 +21,15 @@
 static const void *chan_mt, *msg_mt;
 static int chan_ref = LUA_NOREF, msg_ref = LUA_NOREF;
 
+/* Field names set or read for every message, interned once per state and kept in the
+   registry's array part: pushing one is an array read, where lua_setfield and lua_getfield
+   with a C string look its address up in Lua's string cache and strcmp it each call. */
+enum { K_OK, K_VALUE, K_CHANNEL, K_DEFAULT, K_CONN_PID, K_COUNT };
+static const char *const key_names[K_COUNT] = {"ok", "value", "channel", "default", "conn_pid"};
+static int key_ref[K_COUNT];
+
+static inline void push_key(lua_State *L, int k) { lua_rawgeti(L, LUA_REGISTRYINDEX, key_ref[k]); }
+
 enum { OP_RECV = 0, OP_SEND = 1 };
 enum { MODE_SELECT = 0, MODE_RECV = 1, MODE_SEND = 2 };
 
@@ -285,10 +294,10 @@ static void push_event(lua_State *L, const rl_lua_event *e)
     }
 }
 
-/* Receives from ch (userdata at chidx), known ready: pushes value and ok. */
+/* Receives from ch (userdata at chidx), known ready: pushes the value, returns ok. */
 static int push_data(lua_State *L, const msg_ud *m);
 
-static void do_recv(lua_State *L, rl_lua_chan *ch, int chidx)
+static int do_recv(lua_State *L, rl_lua_chan *ch, int chidx)
 {
     switch (ch->kind) {
     case RL_CH_LUA:
@@ -301,9 +310,8 @@ static void do_recv(lua_State *L, rl_lua_chan *ch, int chidx)
         lua_remove(L, -2);
         ch->head = (ch->head + 1) % (ch->cap ? ch->cap : 1);
         ch->count--;
-        lua_pushboolean(L, 1);
         notify(ch); /* senders waiting for room */
-        return;
+        return 1;
     case RL_CH_INBOX:
         if (!ch->mhead)
             break;
@@ -326,8 +334,7 @@ static void do_recv(lua_State *L, rl_lua_chan *ch, int chidx)
                 lua_remove(L, ud);
             }
         }
-        lua_pushboolean(L, 1);
-        return;
+        return 1;
     case RL_CH_EVENTS:
         if (!ch->ehead)
             break;
@@ -339,18 +346,16 @@ static void do_recv(lua_State *L, rl_lua_chan *ch, int chidx)
                 ch->etail = NULL;
             rl_lua_event_free(e);
         }
-        lua_pushboolean(L, 1);
-        return;
+        return 1;
     default:
         if (!ch->fired)
             break;
         rl_lua_time_push(L, ch->fire_ns);
         ch->fired = 0;
-        lua_pushboolean(L, 1);
-        return;
+        return 1;
     }
     lua_pushnil(L); /* closed and drained */
-    lua_pushboolean(L, 0);
+    return 0;
 }
 
 /* Sends the value at vidx into ch (userdata at chidx), known ready. */
@@ -379,7 +384,8 @@ static int chan_k(lua_State *L, int status, lua_KContext ctx)
 static int parse_cases(lua_State *L, sel_case *cs, int *dflt)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
-    lua_getfield(L, 1, "default");
+    push_key(L, K_DEFAULT);
+    lua_gettable(L, 1);
     *dflt = lua_toboolean(L, -1);
     lua_pop(L, 1);
     int n = (int)lua_rawlen(L, 1);
@@ -444,7 +450,7 @@ static int chan_do(lua_State *L, int mode)
         sel_case *c = &cs[i];
         if (mode != MODE_SELECT) {
             if (c->op == OP_RECV) {
-                do_recv(L, c->ch, 1);
+                lua_pushboolean(L, do_recv(L, c->ch, 1));
                 return 2;
             }
             do_send(L, c->ch, 1, 2);
@@ -457,20 +463,21 @@ static int chan_do(lua_State *L, int mode)
             lua_rawgeti(L, -1, 1);
         else
             lua_pushvalue(L, -1); /* a receive case: the channel (again, as slot layout) */
-        int chidx = lua_gettop(L);
+        int chidx = lua_gettop(L), ok = 1;
+        push_key(L, K_VALUE);
         if (c->op == OP_RECV) {
-            do_recv(L, c->ch, chidx);
-            lua_setfield(L, res, "ok");
-            lua_setfield(L, res, "value");
+            ok = do_recv(L, c->ch, chidx);
         } else {
-            lua_rawgeti(L, chidx - 1, 3);
+            lua_rawgeti(L, chidx - 1, 3); /* a send case's result carries what it sent */
             do_send(L, c->ch, chidx, lua_gettop(L));
-            lua_setfield(L, res, "value"); /* a send case's result carries what it sent */
-            lua_pushboolean(L, 1);
-            lua_setfield(L, res, "ok");
         }
+        lua_rawset(L, res);
+        push_key(L, K_OK);
+        lua_pushboolean(L, ok);
+        lua_rawset(L, res);
+        push_key(L, K_CHANNEL);
         lua_pushvalue(L, chidx);
-        lua_setfield(L, res, "channel");
+        lua_rawset(L, res);
         lua_settop(L, res);
         return 1;
     }
@@ -744,8 +751,9 @@ static int push_data(lua_State *L, const msg_ud *m)
         return 1;
     }
     if ((m->flags & RL_MSG_CLIENT) && lua_type(L, -1) == LUA_TTABLE) {
+        push_key(L, K_CONN_PID);
         lua_pushlstring(L, m->s, m->from_len);
-        lua_setfield(L, -2, "conn_pid");
+        lua_rawset(L, -3); /* a table the decoder just made: no metatable */
     }
     return 1;
 }
@@ -770,6 +778,10 @@ void rl_lua_chan_open(lua_State *L)
         {NULL, NULL},
     };
     int t = lua_gettop(L);
+    for (int k = 0; k < K_COUNT; k++) {
+        lua_pushstring(L, key_names[k]);
+        key_ref[k] = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
 
     static const luaL_Reg chan_meta[] = {{"__gc", l_chan_gc}, {"__tostring", l_chan_tostring}, {NULL, NULL}};
     static const luaL_Reg msg_meta[] = {{"__gc", l_msg_gc}, {NULL, NULL}};

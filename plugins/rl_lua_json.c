@@ -148,12 +148,12 @@ static inline void out_addc(lua_State *L, char c)
     out.p[out.len++] = c;
 }
 
-static void put_string(lua_State *L, const char *s, size_t n)
+/* The rest of a string from its first byte that needs a look (put_string), and the closing
+   quote. */
+__attribute__((noinline)) static void put_string_rest(lua_State *L, const unsigned char *u,
+                                                    const unsigned char *e)
 {
     static const char hex[] = "0123456789abcdef";
-    const unsigned char *u = (const unsigned char *)s, *e = u + n;
-    out_reserve(L, n + 2); /* exact unless something needs escaping */
-    out.p[out.len++] = '"';
     while (u < e) {
         const unsigned char *run = u;
         u = rl_skip_plain8(u, e);
@@ -192,6 +192,33 @@ static void put_string(lua_State *L, const char *s, size_t n)
         u++;
     }
     out_addc(L, '"');
+}
+
+/* Most strings need no escape: they are copied whole, then checked eight bytes at a time in
+   the copy (a word of plain padding after it, so that no read passes the buffer), and only
+   from a byte that needs a look on does the byte loop take over. */
+static void put_string(lua_State *L, const char *s, size_t n)
+{
+    out_reserve(L, n + 10); /* the quotes and the padding */
+    char *dst = out.p + out.len + 1;
+    dst[-1] = '"';
+    memcpy(dst, s, n);
+    memcpy(dst + n, "        ", 8);
+    size_t i = 0;
+    for (; i < n; i += 8) {
+        uint64_t m = rl_str_special8(rl_load8((const uint8_t *)dst + i));
+        if (m) {
+            i += rl_first_byte(m);
+            break;
+        }
+    }
+    if (i >= n) {
+        dst[n] = '"';
+        out.len += n + 2;
+        return;
+    }
+    out.len += 1 + i;
+    put_string_rest(L, (const unsigned char *)s + i, (const unsigned char *)s + n);
 }
 
 static void put_integer(lua_State *L, lua_Integer v)
@@ -714,9 +741,53 @@ static int dec_string_escaped(jdec *d, const unsigned char *run, const unsigned 
     }
 }
 
+/* Object keys repeat from message to message ("type", "request_id", "data"): the last few
+   seen, up to KEY_MAX bytes and without escapes, are kept interned in the registry, and a key
+   found here is pushed as an array read instead of Lua hashing and interning its bytes again.
+   Direct-mapped on length and three of the bytes; a miss replaces the slot (a client that
+   sends new keys each time costs one registry store a key). Emptied by rl_lua_json_open, once
+   per state. */
+#define KEY_SLOTS 64
+#define KEY_MAX 22
+static struct {
+    unsigned char len;
+    char s[KEY_MAX];
+    int ref; /* registry reference; 0 while the slot is empty */
+} keys[KEY_SLOTS];
+
+static inline size_t key_slot(const unsigned char *s, size_t n)
+{
+    return (n * 7 + s[0] * 31 + s[n - 1] * 3 + s[n / 2]) & (KEY_SLOTS - 1);
+}
+
+static void push_key(lua_State *L, const unsigned char *s, size_t n)
+{
+    if (n == 0 || n > KEY_MAX) {
+        lua_pushlstring(L, (const char *)s, n);
+        return;
+    }
+    size_t i = key_slot(s, n);
+    if (keys[i].ref && keys[i].len == n && memcmp(keys[i].s, s, n) == 0) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, keys[i].ref);
+        return;
+    }
+    lua_pushlstring(L, (const char *)s, n);
+    lua_pushvalue(L, -1);
+    if (keys[i].ref) {
+        lua_rawseti(L, LUA_REGISTRYINDEX, keys[i].ref);
+    } else {
+        int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        if (ref <= 0)
+            return; /* no slot to be had: the key is pushed, just not kept */
+        keys[i].ref = ref;
+    }
+    keys[i].len = (unsigned char)n;
+    memcpy(keys[i].s, s, n);
+}
+
 /* d->p is just past the opening quote; pushes the string. Without escapes the bytes go to Lua
-   straight from the input. */
-static int dec_string(jdec *d)
+   straight from the input (an object key through push_key). */
+static int dec_str(jdec *d, int key)
 {
     const unsigned char *p = d->p, *e = d->end, *run = p;
     for (;;) {
@@ -727,7 +798,10 @@ static int dec_string(jdec *d)
             return fail(d, p, "unterminated string");
         unsigned c = *p;
         if (c == '"') {
-            lua_pushlstring(d->L, (const char *)run, (size_t)(p - run));
+            if (key)
+                push_key(d->L, run, (size_t)(p - run));
+            else
+                lua_pushlstring(d->L, (const char *)run, (size_t)(p - run));
             d->p = p + 1;
             return 1;
         }
@@ -741,6 +815,8 @@ static int dec_string(jdec *d)
         p += k;
     }
 }
+
+static int dec_string(jdec *d) { return dec_str(d, 0); }
 
 /* A number that is not an int64 literal: strtod on a NUL-terminated copy (the input has no NUL
    at its end, and strtod would read on past the JSON number, e.g. "0x1"). */
@@ -896,7 +972,7 @@ static int dec_object(jdec *d, int depth)
         if (p == e || *p != '"')
             return fail(d, p, p == e ? "unexpected end" : "expected a string key");
         d->p = p + 1;
-        if (dec_string(d) < 0)
+        if (dec_str(d, 1) < 0)
             return -1;
         p = skip_ws(d->p, e);
         if (p == e || *p != ':')
@@ -1083,6 +1159,7 @@ static int l_object(lua_State *L)
 
 void rl_lua_json_open(lua_State *L)
 {
+    memset(keys, 0, sizeof keys); /* a new state: the references were the last one's */
     if (header_bit < 0)
         header_bit = probe_header_bit(L);
     if (lua_rawgetp(L, LUA_REGISTRYINDEX, &objects_key) != LUA_TTABLE) {

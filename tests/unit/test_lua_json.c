@@ -281,6 +281,20 @@ static void test_float_roundtrip_bits(void **state)
 static void test_strings(void **state)
 {
     (void)state;
+    /* a byte to escape at every place of strings of every length up to three words: the
+       whole-copy fast path of the encoder hands over to the byte loop at the right byte */
+    lua_true("local want = {['\"'] = '\\\\\"', ['\\\\'] = '\\\\\\\\', ['\\n'] = '\\\\n',\n"
+             "  ['\\1'] = '\\\\u0001', ['\\195\\169'] = '\\195\\169', ['\\255'] = '\\\\ufffd'}\n"
+             "for n = 0, 24 do\n"
+             "  local plain = string.rep('p', n)\n"
+             "  if json.encode(plain) ~= '\"' .. plain .. '\"' then return false end\n"
+             "  for pos = 1, n do for ch, esc in pairs(want) do\n"
+             "    local s = string.rep('a', pos - 1) .. ch .. string.rep('b', n - pos)\n"
+             "    local e = '\"' .. string.rep('a', pos - 1) .. esc .. string.rep('b', n - pos) .. '\"'\n"
+             "    if json.encode(s) ~= e then return false end\n"
+             "    if ch ~= '\\255' and json.decode(e) ~= s then return false end\n"
+             "  end end\n"
+             "end return true");
     static const struct {
         const char *json, *bytes;
     } cases[] = {
@@ -413,6 +427,32 @@ static void test_objects(void **state)
              "for i = 1, 300 do want[i] = string.format('\"k%03d\":%d', i, i) end\n"
              "t.type = 'big'\n"
              "return json.encode(t) == '{\"type\":\"big\",' .. table.concat(want, ',') .. '}'");
+}
+
+/* Object keys come from a small cache of interned strings (rl_lua_json.c push_key): keys that
+   share a slot, keys on both sides of its length bound, escaped and empty keys all decode to
+   the same strings as Lua's own, pass after pass. */
+static void test_key_cache(void **state)
+{
+    (void)state;
+    lua_true("local keys = {'', 'a', 'b', 'ab', 'ba', 'type', 'request_id', 'data', 'conn_pid',\n"
+             "  string.rep('k', 21), string.rep('k', 22), string.rep('k', 23), string.rep('q', 40),\n"
+             "  string.rep('q', 41), 'caf\\\\u00e9', 'tab\\\\t'}\n"
+             "for i = 1, 300 do keys[#keys + 1] = 'key' .. i end\n"
+             "for pass = 1, 3 do\n"
+             "  for i, k in ipairs(keys) do\n"
+             "    local t = json.decode('{\"' .. k .. '\":' .. i .. ',\"x' .. k .. '\":' .. -i .. '}')\n"
+             "    local plain = json.decode('\"' .. k .. '\"')\n"
+             "    if t[plain] ~= i or t['x' .. plain] ~= -i then return false end\n"
+             "    local n = 0 for key in pairs(t) do n = n + 1 if key ~= plain and key ~= 'x' .. plain then return false end end\n"
+             "    if n ~= 2 then return false end\n"
+             "  end\n"
+             "end\n"
+             "return json.decode('{\"caf\\\\u00e9\":1}')['caf\\xc3\\xa9'] == 1");
+    /* what the cache keeps is bounded: many distinct keys leave no more than its slots alive */
+    lua_true("collectgarbage() local before = collectgarbage('count')\n"
+             "for i = 1, 20000 do json.decode('{\"key' .. i .. '\":1}') end\n"
+             "collectgarbage() collectgarbage() return collectgarbage('count') < before + 16");
 }
 
 static void test_arrays(void **state)
@@ -707,6 +747,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_strings, setup, teardown),
         cmocka_unit_test_setup_teardown(test_objects, setup, teardown),
         cmocka_unit_test_setup_teardown(test_objects, setup_known_set, teardown),
+        cmocka_unit_test_setup_teardown(test_key_cache, setup, teardown),
         cmocka_unit_test_setup_teardown(test_arrays, setup, teardown),
         cmocka_unit_test_setup_teardown(test_decode_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_depth, setup, teardown),

@@ -177,6 +177,43 @@ static void test_pid_pack(void **state)
     uv_run(&loop, UV_RUN_NOWAIT);
 }
 
+/* rl_send_as_local: a packed pid reaches its process only when serial, kind and random part
+   are all its own, and the authority check still applies. */
+static void test_send_as_local(void **state)
+{
+    (void)state;
+    rl_owner *alice = rl_owner_get("alice", 5), *bob = rl_owner_get("bob", 3);
+    rec ap = {0};
+    assert_int_equal(rl_proc_start(&ap.proc, &plugin_ops, 0, alice), 0);
+    rl_pid_local p;
+    assert_int_equal(rl_pid_pack(ap.proc.pid, &p), 0);
+    rl_pid_local wrong[3] = {p, p, p};
+    wrong[0].rnd ^= 0x10000000u; /* the random part's first digit */
+    wrong[1].kind = 'c';
+    wrong[2].serial += 1000;
+    for (int i = 0; i < 3; i++) {
+        rl_msg *m = app("x", "forged");
+        assert_int_equal(rl_send_as_local(&wrong[i], m), -ENOENT);
+        rl_msg_free(m);
+    }
+    rl_msg *m = app("x", "from bob");
+    m->owner = rl_owner_ref(bob); /* another user's message: refused, as by rl_send_as */
+    assert_int_equal(rl_send_as_local(&p, m), -EPERM);
+    rl_msg_free(m);
+    m = app("x", "from alice");
+    m->owner = rl_owner_ref(alice);
+    assert_int_equal(rl_send_as_local(&p, m), 0);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    assert_string_equal(ap.log, "x:from alice;");
+    rl_proc_exit(&ap.proc, NULL);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    m = app("x", "late");
+    assert_int_equal(rl_send_as_local(&p, m), -ENOENT);
+    rl_msg_free(m);
+    rl_owner_unref(alice);
+    rl_owner_unref(bob);
+}
+
 /* The process table under churn: starts and exits in a shuffled order across several growths;
    every live pid is found, every exited one and every altered one is not. */
 static void test_process_table_churn(void **state)
@@ -595,6 +632,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_pids, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pid_pack, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_send_as_local, setup, teardown),
         cmocka_unit_test_setup_teardown(test_process_table_churn, setup, teardown),
         cmocka_unit_test_setup_teardown(test_proc_next, setup, teardown),
         cmocka_unit_test_setup_teardown(test_owners_interned, setup, teardown),
