@@ -188,26 +188,22 @@ int rl_topic_allowed(rl_topic t, const rl_owner *sender, const char *sender_pid,
 {
     if (t >= RL_T_COUNT)
         return 0;
-    rule r = topics[t].rule;
-    if (r == RULE_SAME_USER) /* most messages: no need to read the sender's kind */
-        return !sender || sender == target->owner;
-    if (r == RULE_SYSTEM)
-        return !sender;
-    char kind = rl_pid_kind(sender_pid);
-    switch (r) {
+    /* the sender's kind is read only by the rules that use it (not on most messages) */
+    switch (topics[t].rule) {
     case RULE_SAME_USER:
+        return !sender || sender == target->owner;
     case RULE_SYSTEM:
-        break; /* answered above */
+        return !sender;
     case RULE_OWN_CONN:
-        return sender && sender == target->owner && kind == 'c';
+        return sender && sender == target->owner && rl_pid_kind(sender_pid) == 'c';
     case RULE_CONN_SELF:
         if (!target->owner) /* to the central: a connection speaks for itself only */
-            return sender && kind == 'c';
-        return !sender || (t == RL_T_WS_REHOME && sender == target->owner && kind == 'h');
+            return sender && rl_pid_kind(sender_pid) == 'c';
+        return !sender || (t == RL_T_WS_REHOME && sender == target->owner && rl_pid_kind(sender_pid) == 'h');
     case RULE_HUB_LOCAL:
-        return sender && !target->owner && kind == 'h' && rl_pid_is_local(sender_pid);
+        return sender && !target->owner && rl_pid_kind(sender_pid) == 'h' && rl_pid_is_local(sender_pid);
     case RULE_HUB_ANSWER:
-        return !target->owner && (!sender || kind == 'h');
+        return !target->owner && (!sender || rl_pid_kind(sender_pid) == 'h');
     }
     return 0;
 }
@@ -461,6 +457,13 @@ int rl_pid_is_local(const char *pid)
 /* "<prefix><kind><serial>.<rnd as 8 hex digits>", cut to RL_PID_MAX - 1 bytes as snprintf would
    (written by hand: the hub formats a pid for each message it routes, and printf costs 1,500
    instructions a call). */
+/* A pid's random part: 8 lowercase hex digits. */
+static void put_hex8(char out[8], uint32_t rnd)
+{
+    for (int i = 7; i >= 0; i--)
+        *out++ = "0123456789abcdef"[rnd >> (4 * i) & 15];
+}
+
 static void pid_format(char out[RL_PID_MAX], char kind, uint64_t serial, uint32_t rnd)
 {
     char buf[sizeof node.prefix + 32], dig[20];
@@ -473,8 +476,8 @@ static void pid_format(char out[RL_PID_MAX], char kind, uint64_t serial, uint32_
     while (nd)
         buf[n++] = dig[--nd];
     buf[n++] = '.';
-    for (int i = 7; i >= 0; i--)
-        buf[n++] = "0123456789abcdef"[rnd >> (4 * i) & 15];
+    put_hex8(buf + n, rnd);
+    n += 8;
     if (n > RL_PID_MAX - 1)
         n = RL_PID_MAX - 1;
     memcpy(out, buf, n);
@@ -880,11 +883,9 @@ int rl_send_as_local(const rl_pid_local *to, rl_msg *m)
        process's too. Otherwise, or when the pid was cut to RL_PID_MAX, the string decides. */
     const char *pid = p->pid + node.prefix_len;
     size_t n = strlen(pid);
-    static const char hex[] = "0123456789abcdef";
-    int same = pid[0] == to->kind && n >= 10 && pid[n - 9] == '.';
-    for (int k = 0; same && k < 8; k++)
-        same = pid[n - 8 + k] == hex[to->rnd >> (28 - 4 * k) & 15];
-    if (same)
+    char rnd[8];
+    put_hex8(rnd, to->rnd);
+    if (pid[0] == to->kind && n >= 10 && pid[n - 9] == '.' && memcmp(pid + n - 8, rnd, 8) == 0)
         return deliver_to(p, p->pid, m);
     char full[RL_PID_MAX];
     rl_pid_unpack(to, full);

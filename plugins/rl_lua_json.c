@@ -760,7 +760,7 @@ static inline size_t key_slot(const unsigned char *s, size_t n)
     return (n * 7 + s[0] * 31 + s[n - 1] * 3 + s[n / 2]) & (KEY_SLOTS - 1);
 }
 
-static void push_key(lua_State *L, const unsigned char *s, size_t n)
+static void push_object_key(lua_State *L, const unsigned char *s, size_t n)
 {
     if (n == 0 || n > KEY_MAX) {
         lua_pushlstring(L, (const char *)s, n);
@@ -786,7 +786,7 @@ static void push_key(lua_State *L, const unsigned char *s, size_t n)
 }
 
 /* d->p is just past the opening quote; pushes the string. Without escapes the bytes go to Lua
-   straight from the input (an object key through push_key). */
+   straight from the input (an object key through push_object_key). */
 static int dec_str(jdec *d, int key)
 {
     const unsigned char *p = d->p, *e = d->end, *run = p;
@@ -799,7 +799,7 @@ static int dec_str(jdec *d, int key)
         unsigned c = *p;
         if (c == '"') {
             if (key)
-                push_key(d->L, run, (size_t)(p - run));
+                push_object_key(d->L, run, (size_t)(p - run));
             else
                 lua_pushlstring(d->L, (const char *)run, (size_t)(p - run));
             d->p = p + 1;
