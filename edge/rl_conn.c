@@ -59,8 +59,11 @@ static void want_write(rl_conn *c)
     if (c->pending_write)
         return;
     c->pending_write = 1;
-    c->write_next = gw.writes;
-    gw.writes = c;
+    c->write_next = NULL;
+    if (!gw.writes_tail)
+        gw.writes_tail = &gw.writes;
+    *gw.writes_tail = c;
+    gw.writes_tail = &c->write_next;
     rl_turn_request();
 }
 
@@ -176,6 +179,8 @@ void rl_conn_flush_all(void *ud)
     while (gw.writes) {
         rl_conn *c = gw.writes;
         gw.writes = c->write_next;
+        if (!gw.writes)
+            gw.writes_tail = &gw.writes;
         c->write_next = NULL;
         c->pending_write = 0;
         if (conn_flush(c, 0) < 0 && c->wsi) {
@@ -613,6 +618,8 @@ static void conn_unlist(rl_conn *c)
         for (rl_conn **pp = &gw.writes; *pp; pp = &(*pp)->write_next)
             if (*pp == c) {
                 *pp = c->write_next;
+                if (gw.writes_tail == &c->write_next)
+                    gw.writes_tail = pp;
                 break;
             }
         c->pending_write = 0;

@@ -85,7 +85,9 @@ typedef struct rl_gw {
     int accepting;
     rl_conn *conns;
     size_t nconns;
-    rl_conn *writes; /* pending writes, flushed once per turn */
+    /* Connections with frames to write this turn, flushed once per turn in the order they
+       got them: the one whose message came first is answered first. */
+    rl_conn *writes, **writes_tail;
     char central[RL_PID_MAX]; /* "" = rl_central_pid() */
     char *console;            /* the console page with the WS path filled in */
     size_t console_len;
