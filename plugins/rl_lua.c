@@ -2332,20 +2332,21 @@ int rl_lua_reload(char *err, size_t errlen)
  * Generational. What idle users hold (tables, channels, closures) grows old and the minor
  * collections that take each message's garbage skip it; but Lua 5.4 keeps threads gray, so
  * every minor collection still walks every thread, one per plugin instance. So minor
- * collections come after the heap grew by as much as it holds (genminormul 100 instead of
- * 20): five times fewer walks of the threads. Measured with 15,000 idle users and 100 busy
- * connections: p99 about 3 ms instead of 4-9 ms, the rate the same or better
- * (docs/performance.md). The major threshold must stay well above that: Lua 5.4 does a major
- * collection instead of a minor one when the heap has grown by genmajormul since the last major,
- * and with 100 and 100 both come due at the same size, so every collection was a full one
- * (atomic2gen and sweep2old: 2,400 instructions a round trip at 1 connection instead of 1,800;
- * a full mark of every idle user's objects each cycle). At 300 the old generation may grow to
- * four times what the last major collection left before the next one. The price of both is
- * garbage of up to the live heap between collections, so a quiet host (no resume for
+ * collections come after the heap grew by half of what it holds (genminormul 50 instead of
+ * 20): fewer walks of the threads. Measured with 15,000 idle users and 100 busy connections:
+ * 20 put p99 at 4-12 ms, 50 and 100 at 2-3.5 ms; without idle users 50 beat 100 in rate and
+ * p99 in most interleaved runs (docs/performance.md). The major threshold must stay well above
+ * that: Lua 5.4 does a major collection instead of a minor one when the heap has grown by
+ * genmajormul since the last major, and with 100 and 100 both came due at the same size, so
+ * every collection was a full one (atomic2gen and sweep2old: 2,400 instructions a round trip
+ * at 1 connection instead of 1,800; a full mark of every idle user's objects each cycle). At
+ * 300 the old generation may grow to four times what the last major collection left before
+ * the next one. The price of both is garbage of up to half the live heap between minor
+ * collections, and more between major ones, so a quiet host (no resume for
  * RL_LUA_GC_QUIET_MS) that allocated since its last collection does a full one: what idle
  * users leave behind while they connect is returned. */
 #ifndef RL_LUA_GC_MINORMUL
-#define RL_LUA_GC_MINORMUL 100
+#define RL_LUA_GC_MINORMUL 50
 #endif
 #define RL_LUA_GC_MAJORMUL 300
 #define RL_LUA_GC_QUIET_MS 1000
