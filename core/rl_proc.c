@@ -454,9 +454,6 @@ int rl_pid_is_local(const char *pid)
     return node.prefix_len && strncmp(pid, node.prefix, node.prefix_len) == 0;
 }
 
-/* "<prefix><kind><serial>.<rnd as 8 hex digits>", cut to RL_PID_MAX - 1 bytes as snprintf would
-   (written by hand: the hub formats a pid for each message it routes, and printf costs 1,500
-   instructions a call). */
 /* A pid's random part: 8 lowercase hex digits. */
 static void put_hex8(char out[8], uint32_t rnd)
 {
@@ -464,6 +461,9 @@ static void put_hex8(char out[8], uint32_t rnd)
         *out++ = "0123456789abcdef"[rnd >> (4 * i) & 15];
 }
 
+/* "<prefix><kind><serial>.<rnd as 8 hex digits>", cut to RL_PID_MAX - 1 bytes as snprintf would
+   (written by hand: the hub formats a pid for each message it routes, and printf costs 1,500
+   instructions a call). */
 static void pid_format(char out[RL_PID_MAX], char kind, uint64_t serial, uint32_t rnd)
 {
     char buf[sizeof node.prefix + 32], dig[20];

@@ -60,8 +60,6 @@ static void want_write(rl_conn *c)
         return;
     c->pending_write = 1;
     c->write_next = NULL;
-    if (!gw.writes_tail)
-        gw.writes_tail = &gw.writes;
     *gw.writes_tail = c;
     gw.writes_tail = &c->write_next;
     rl_turn_request();

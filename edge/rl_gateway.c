@@ -25,7 +25,7 @@
 #include "rl_metrics.h"
 #include "rl_proc.h"
 
-rl_gw gw = {.accepting = 1};
+rl_gw gw = {.accepting = 1, .writes_tail = &gw.writes};
 
 const char *rl_gw_central_pid(void) { return gw.central; }
 
@@ -255,6 +255,8 @@ int rl_gateway_start(uv_loop_t *loop, const rl_config *c, char *err, size_t errl
     gw.accepting = 1;
     gw.conns = NULL;
     gw.nconns = 0;
+    gw.writes = NULL;
+    gw.writes_tail = &gw.writes;
     int rc;
     struct sockaddr_in sa;
     if ((rc = listen_resolve(c->listen_host, c->listen_port, &sa, err, errlen)) < 0 ||
