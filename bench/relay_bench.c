@@ -110,6 +110,11 @@ typedef struct bench {
     uint64_t rng;
     uint32_t *hist;      /* round trip latencies */
     uint32_t *open_hist; /* connect start -> welcome, per connection */
+    const char *trace_path; /* --trace: every measured round trip, written at the end */
+    uint64_t *trace;        /* (end - measure start) ns << 24 | latency us (capped) */
+    int32_t *trace_conn;
+    size_t ntrace, trace_cap;
+    uint64_t m0;
 } bench;
 
 static volatile sig_atomic_t got_signal;
@@ -628,6 +633,11 @@ static void conn_on_message(bench *b, conn *c, const uint8_t *p, size_t n)
     } else if (b->measuring) {
         b->msgs++;
         hist_add(b->hist, t - c->sent_ns);
+        if (b->ntrace < b->trace_cap) {
+            uint64_t us = (t - c->sent_ns) / 1000;
+            b->trace[b->ntrace] = (t - b->m0) << 24 | (us < 0xffffff ? us : 0xffffff);
+            b->trace_conn[b->ntrace++] = c->idx;
+        }
     }
     if (!b->stopping && !b->idle_mode)
         conn_send_ping(b, c);
@@ -941,6 +951,8 @@ static void usage(void)
           "  --idle N --hold S  open N connections, wait for welcomes, hold S seconds\n"
           "                   (inf: until SIGTERM/SIGINT); prints a first line once every\n"
           "                   connection is welcomed or failed\n"
+          "  --trace FILE     write \"end_us latency_us conn\" per measured round trip\n"
+          "                   (the first 8M) to FILE at the end\n"
           "  -v               log errors as they happen (-vv: welcomes too)\n"
           "Prints one JSON line (idle mode: two). open_per_sec and open_p50_us/open_p99_us are\n"
           "the connect rate and the time from connect() to the welcome frame. Exit status 0 if\n"
@@ -998,7 +1010,7 @@ int main(int argc, char **argv)
     b->concurrency = BENCH_MAX_PENDING_OPENS;
     b->user_prefix = "bench";
     enum { O_URL = 256, O_URL2, O_CONNS, O_USERS, O_DUR, O_WARM, O_SIZE, O_TYPE, O_TIMEOUT,
-           O_JWT, O_IDLE, O_HOLD, O_UPREFIX, O_UOFFSET, O_SOURCE, O_CONC, O_MARKS };
+           O_JWT, O_IDLE, O_HOLD, O_UPREFIX, O_UOFFSET, O_SOURCE, O_CONC, O_MARKS, O_TRACE };
     static const struct option lo[] = {
         {"url", 1, NULL, O_URL},         {"url2", 1, NULL, O_URL2},
         {"conns", 1, NULL, O_CONNS},     {"users", 1, NULL, O_USERS},
@@ -1008,7 +1020,7 @@ int main(int argc, char **argv)
         {"idle", 1, NULL, O_IDLE},       {"hold", 1, NULL, O_HOLD},
         {"user-prefix", 1, NULL, O_UPREFIX}, {"user-offset", 1, NULL, O_UOFFSET},
         {"source", 1, NULL, O_SOURCE},   {"concurrency", 1, NULL, O_CONC},
-        {"marks", 0, NULL, O_MARKS},
+        {"marks", 0, NULL, O_MARKS},      {"trace", 1, NULL, O_TRACE},
         {"help", 0, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     int opt;
@@ -1034,6 +1046,7 @@ int main(int argc, char **argv)
         case O_SOURCE: parse_sources(b, optarg); break;
         case O_CONC: b->concurrency = (int)arg_num(optarg, "--concurrency"); break;
         case O_MARKS: b->marks = 1; break;
+        case O_TRACE: b->trace_path = optarg; break;
         case 'v': b->verbose++; break;
         default: usage();
         }
@@ -1069,6 +1082,13 @@ int main(int argc, char **argv)
     b->conns = calloc((size_t)b->nconns, sizeof *b->conns);
     b->hist = calloc(BENCH_HIST_FINE + BENCH_HIST_COARSE, sizeof *b->hist);
     b->open_hist = calloc(BENCH_HIST_FINE + BENCH_HIST_COARSE, sizeof *b->open_hist);
+    if (b->trace_path) {
+        b->trace_cap = 8u << 20;
+        b->trace = malloc(b->trace_cap * sizeof *b->trace);
+        b->trace_conn = malloc(b->trace_cap * sizeof *b->trace_conn);
+        if (!b->trace || !b->trace_conn)
+            die("out of memory");
+    }
     if (!b->conns || !b->hist || !b->open_hist)
         die("out of memory");
     for (int i = 0; i < b->nconns; i++) {
@@ -1118,7 +1138,7 @@ int main(int argc, char **argv)
         run_loop(b, deadline_after(b->warmup_s), NULL);
         b->measuring = 1;
         mark(b, "measure_start");
-        uint64_t m0 = now_ns();
+        uint64_t m0 = b->m0 = now_ns();
         run_loop(b, deadline_after(b->duration_s), NULL);
         b->measuring = 0;
         measured = (double)(now_ns() - m0) / 1e9;
@@ -1162,6 +1182,17 @@ int main(int argc, char **argv)
         printf("\"");
     }
     printf("}\n");
+    if (b->trace_path) {
+        FILE *f = fopen(b->trace_path, "w");
+        if (!f)
+            die("--trace %s: %s", b->trace_path, strerror(errno));
+        for (size_t i = 0; i < b->ntrace; i++)
+            fprintf(f, "%" PRIu64 " %" PRIu64 " %d\n", (b->trace[i] >> 24) / 1000,
+                    b->trace[i] & 0xffffff, (int)b->trace_conn[i]);
+        fclose(f);
+    }
+    free(b->trace);
+    free(b->trace_conn);
     free(b->conns);
     free(b->hist);
     free(b->open_hist);
