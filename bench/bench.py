@@ -38,7 +38,7 @@ Environment (all optional):
   BENCH_HOSTILE="loop bomb memory swarm flood"   kinds of the hostile section
   BENCH_QUICK=1            smoke run (~2 min): 1 round, short runs, 2,000 idle users, no cluster
   BENCH_ROUNDS=3           rounds per figure (medians are over rounds)
-  BENCH_RT_ROUNDS=5        rounds of section a (BENCH_ROUNDS when that is set)
+  BENCH_RT_ROUNDS=5        rounds of sections a and b (BENCH_ROUNDS when that is set)
   BENCH_DURATION=4         measured seconds per round-trip run (after BENCH_WARMUP=0.5)
   BENCH_CONNS="1 100 1000" connection counts of section a (and e)
   BENCH_SIZE=100           bytes per client frame
@@ -749,7 +749,7 @@ def section_idle(profile):
             warm(base)
             warm(loaded)
             idle, mem = idle_memory(loaded, IDLE, "idle-", "idle_mem", config="session" if k == "relay" else None)
-            for r in range(1, ROUNDS + 1):
+            for r in range(1, RT_ROUNDS + 1):  # a ratio of two medians: as many rounds as a
                 echo_run(base, ACTIVE, "idle_rt", idle_users=0, round=r)
                 echo_run(loaded, ACTIVE, "idle_rt", idle_users=mem["idle_open"], round=r)
             if k == "relay" and profile:
@@ -1409,8 +1409,8 @@ def report(info, node_ver, ws_ver, pin_note):
     w("")
     w("Two servers of each kind run side by side; one also holds %s idle users (each its own user," % fnum(IDLE))
     w("for Relay each with its hub and its auto-started session plugin) opened by %d client processes from" % IDLE_PROCS)
-    w("127.0.0.2-9; rounds alternate between the two. Targets for Relay: rate at least %.2fx, p99 at" % TARGETS["idle_rate"])
-    w("most %.0fx." % TARGETS["idle_p99"])
+    w("127.0.0.2-9; %d rounds alternate between the two (medians). Targets for Relay: rate at least" % RT_ROUNDS)
+    w("%.2fx, p99 at most %.0fx." % (TARGETS["idle_rate"], TARGETS["idle_p99"]))
     w("")
     w("| server | without: rt/s | p99 | with idle users: rt/s | p99 | rate with/without | p99 with/without |")
     w("|---|---|---|---|---|---|---|")
