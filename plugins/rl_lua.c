@@ -599,6 +599,7 @@ static void *host_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         return p ? p : host_resize(ptr ? (char *)ptr - BLK_HDR : NULL, ptr ? osize : 0, nsize);
     }
     if (ptr) {
+        rl_lua_block_freeing(ptr, osize);
         char *real = (char *)ptr - BLK_HDR;
         acct_charge(BLK_HDR ? *(uint32_t *)real : 0, 0, osize);
         block_free(real, osize + BLK_HDR);
@@ -2464,6 +2465,7 @@ void rl_lua_close(void)
     rl_lua_names_close();
     lua_close(H.L);
     H.L = NULL;
+    rl_lua_msg_freed_mt = NULL; /* the next state's class is checked again */
     free(accts);
     accts = NULL;
     nacct = acct_free = 0;

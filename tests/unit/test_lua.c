@@ -819,6 +819,33 @@ static void test_echo(void **state)
     assert_int_equal(exit_of(pid, err, sizeof err, 3000), 0);
 }
 
+/* A message the plugin received and dropped gives its body back when Lua frees it (no __gc:
+   the allocator releases it, rl_lua_block_freeing), here after the quiet full collection. */
+static void test_msg_released_without_finalizer(void **state)
+{
+    (void)state;
+    char pid[RL_PID_MAX], err[256];
+    assert_non_null(rl_lua_msg_freed_mt); /* the userdata layout held on the Lua loaded */
+    spawn(2, pid);
+    rl_body *b = rl_body_new("{\"x\":1}", 7); /* no conn_pid: the echo drops it */
+    for (int i = 0; i < 2000; i++) {
+        rl_msg *m = rl_msg_new_body(RL_T_APP, "ping", 4, b);
+        assert_non_null(m);
+        if (rl_send(&parent.proc, pid, m) < 0)
+            rl_msg_free(m);
+        uv_run(&loop, UV_RUN_NOWAIT);
+    }
+    uv_timer_start(&tick, tick_cb, 5, 5);
+    uint64_t end = uv_now(&loop) + 4000;
+    while (b->refs > 1 && uv_now(&loop) < end)
+        uv_run(&loop, UV_RUN_ONCE);
+    uv_timer_stop(&tick);
+    assert_int_equal(b->refs, 1);
+    rl_body_unref(b);
+    assert_int_equal(rl_cancel(NULL, pid, 1000), 0);
+    assert_int_equal(exit_of(pid, err, sizeof err, 3000), 0);
+}
+
 static void test_isolation(void **state)
 {
     (void)state;
@@ -1416,6 +1443,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sandbox_patterns, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sandbox_bounds, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sandbox_children_tree, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_msg_released_without_finalizer, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
