@@ -63,6 +63,7 @@ struct rl_lua_chan {
    (272 bytes, freed when it reaches Lua) into the userdata itself. A plugin blocked in its loop
    keeps the last message it read alive in a stack slot, so this is per idle instance. */
 typedef struct msg_ud {
+    uint64_t canary; /* msg_canary ^ its address (rl_lua_msg_freeing) */
     rl_body *body;   /* a reference; NULL = none (control topics) */
     rl_owner *owner; /* the sender's owner (a reference); NULL = the system */
     uint16_t flags;  /* RL_MSG_* */
@@ -71,6 +72,8 @@ typedef struct msg_ud {
     uint32_t acct;   /* the memory account its body is charged to (0: none) */
     char s[]; /* the sender's pid (from_len bytes, NUL), then the topic name (name_len, NUL) */
 } msg_ud;
+
+static uint64_t msg_canary; /* drawn once per process, never seen by Lua (rl_lua_msg_freeing) */
 
 /* Bytes of m's body an instance is charged for holding it. */
 static size_t body_bytes(const rl_msg *m) { return m && m->body ? m->body->len : 0; }
@@ -243,6 +246,7 @@ static void push_msg(lua_State *L, const rl_msg *m)
     size_t nlen, flen = strnlen(m->from, sizeof m->from - 1);
     const char *name = rl_msg_topic_name(m, &nlen);
     msg_ud *u = lua_newuserdatauv(L, sizeof *u + flen + nlen + 2, 0);
+    u->canary = msg_canary ^ (uint64_t)(uintptr_t)u;
     memcpy(u->s, m->from, flen);
     u->s[flen] = 0;
     memcpy(u->s + flen + 1, name, nlen);
@@ -725,7 +729,8 @@ static int l_msg_payload(lua_State *L)
    call frame and its block kept for one more collection: with 15,000 idle users 1.5% of the
    busy users' CPU (separatetobefnz, GCTM), on memory that had gone cold. probe_msg_layout
    checks on the Lua loaded that a userdata's tag and metatable are where that test reads
-   them; where they are not, the class gets the __gc back (l_msg_gc). */
+   them; where they are not, the class gets the __gc back (l_msg_gc). What proves a block a
+   message is its canary (rl_lua_int.h); the tag and the metatable only pick candidates. */
 const void *rl_lua_msg_freed_mt;
 
 static void msg_release(msg_ud *u)
@@ -739,7 +744,15 @@ static void msg_release(msg_ud *u)
     u->owner = NULL;
 }
 
-void rl_lua_msg_freeing(void *mem) { msg_release(mem); }
+void rl_lua_msg_freeing(void *block, size_t osize)
+{
+    msg_ud *u = (msg_ud *)((char *)block + RL_LUA_UDATA_MEM_OFF);
+    if (osize < RL_LUA_UDATA_MEM_OFF + sizeof *u || u->canary != (msg_canary ^ (uint64_t)(uintptr_t)u))
+        return;
+    msg_release(u);
+    u->canary = 0;
+    memset((char *)block + RL_LUA_UDATA_MT_OFF, 0, sizeof(void *));
+}
 
 static int l_msg_gc(lua_State *L)
 {
@@ -818,6 +831,8 @@ void rl_lua_chan_open(lua_State *L)
 
     static const luaL_Reg chan_meta[] = {{"__gc", l_chan_gc}, {"__tostring", l_chan_tostring}, {NULL, NULL}};
     chan_mt = rl_lua_new_class(L, CHAN_MT, chan_methods, chan_meta, &chan_ref);
+    while (!msg_canary)
+        rl_random_bytes((unsigned char *)&msg_canary, sizeof msg_canary);
     msg_mt = rl_lua_new_class(L, MSG_MT, msg_methods, NULL, &msg_ref);
     rl_lua_msg_freed_mt = probe_msg_layout(L) ? msg_mt : NULL;
     if (!rl_lua_msg_freed_mt) {

@@ -283,14 +283,19 @@ static inline void *rl_lua_checkudata(lua_State *L, int idx, const void *mt, con
 #define RL_LUA_UDATA_MEM_OFF 32
 #define RL_LUA_UDATA_VTAG 7 /* LUA_VUSERDATA: LUA_TUSERDATA, variant 0 */
 extern const void *rl_lua_msg_freed_mt;
-void rl_lua_msg_freeing(void *mem);
+/* Releases the message in block (a candidate by its tag and metatable) when its canary proves
+   it one: blocks that are not objects (arrays, buffers) hold bytes a plugin may choose, and a
+   freed block's old bytes stay in its next use, so the tag and the metatable alone are not
+   proof. The canary is a secret of the process mixed with the block's address; a released
+   message's metatable field and canary are wiped. */
+void rl_lua_msg_freeing(void *block, size_t osize);
 static inline void rl_lua_block_freeing(void *ptr, size_t osize)
 {
     const unsigned char *b = ptr;
     if (rl_lua_msg_freed_mt && osize > RL_LUA_UDATA_MEM_OFF &&
         b[RL_LUA_UDATA_TAG_OFF] == RL_LUA_UDATA_VTAG &&
         *(const void *const *)(b + RL_LUA_UDATA_MT_OFF) == rl_lua_msg_freed_mt)
-        rl_lua_msg_freeing((char *)ptr + RL_LUA_UDATA_MEM_OFF);
+        rl_lua_msg_freeing(ptr, osize);
 }
 /* Sets the metatable held at registry reference ref on the value at the top. */
 static inline void rl_lua_set_class(lua_State *L, int ref)

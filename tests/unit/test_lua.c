@@ -841,6 +841,17 @@ static void test_msg_released_without_finalizer(void **state)
         uv_run(&loop, UV_RUN_ONCE);
     uv_timer_stop(&tick);
     assert_int_equal(b->refs, 1);
+    /* A block that only looks like a message (its tag and metatable where a message has them,
+       as a plugin's bytes or a freed message's stale ones could be) without the canary is left
+       alone: the body it names keeps its reference. */
+    _Alignas(16) unsigned char fake[128] = {0};
+    fake[RL_LUA_UDATA_TAG_OFF] = RL_LUA_UDATA_VTAG;
+    memcpy(fake + RL_LUA_UDATA_MT_OFF, &rl_lua_msg_freed_mt, sizeof(void *));
+    uint64_t not_the_canary = 0x5eed;
+    memcpy(fake + RL_LUA_UDATA_MEM_OFF, &not_the_canary, sizeof not_the_canary);
+    memcpy(fake + RL_LUA_UDATA_MEM_OFF + 8, &b, sizeof b); /* where a message keeps its body */
+    rl_lua_block_freeing(fake, sizeof fake);
+    assert_int_equal(b->refs, 1);
     rl_body_unref(b);
     assert_int_equal(rl_cancel(NULL, pid, 1000), 0);
     assert_int_equal(exit_of(pid, err, sizeof err, 3000), 0);
