@@ -770,7 +770,7 @@ static int probe_msg_layout(lua_State *L)
     memset(u, 0, sizeof *u); /* freed as a message later: nothing to release */
     rl_lua_set_class(L, msg_ref);
     const unsigned char *b = (const unsigned char *)u - RL_LUA_UDATA_MEM_OFF;
-    int ok = b[RL_LUA_UDATA_TAG_OFF] == RL_LUA_UDATA_VTAG &&
+    int ok = b[RL_LUA_GC_TAG_OFF] == RL_LUA_UDATA_VTAG &&
              *(const void *const *)(b + RL_LUA_UDATA_MT_OFF) == msg_mt;
     lua_pop(L, 1);
     return ok;

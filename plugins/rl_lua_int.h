@@ -271,14 +271,17 @@ static inline void *rl_lua_checkudata(lua_State *L, int idx, const void *mt, con
         luaL_typeerror(L, idx, tname);
     return u;
 }
+/* Every collectable object of Lua 5.4 starts with its GC list pointer, then its tag byte: where
+   the host's layout checks (the JSON module's table mark, the message blocks below) read it. */
+#define RL_LUA_GC_TAG_OFF 8
+
 /* Messages give back what they hold (body, owner, the body's charge) when Lua frees their
    block, not in a __gc (plugins/rl_lua_chan.c, "Messages without a finalizer"): the host's
    allocator calls rl_lua_msg_freeing for a freed block that is a full userdata of the message
    class. rl_lua_msg_freed_mt is that class's metatable while this holds (set by
    rl_lua_chan_open once it has checked the header layout below on the Lua loaded), else NULL
    and the class has a __gc. The layout is Lua 5.4's Udata with no user values: the GC list
-   pointer, the tag byte, ..., the metatable, then the memory. */
-#define RL_LUA_UDATA_TAG_OFF 8
+   pointer, the tag byte (RL_LUA_GC_TAG_OFF), ..., the metatable, then the memory. */
 #define RL_LUA_UDATA_MT_OFF 24
 #define RL_LUA_UDATA_MEM_OFF 32
 #define RL_LUA_UDATA_VTAG 7 /* LUA_VUSERDATA: LUA_TUSERDATA, variant 0 */
@@ -293,7 +296,7 @@ static inline void rl_lua_block_freeing(void *ptr, size_t osize)
 {
     const unsigned char *b = ptr;
     if (rl_lua_msg_freed_mt && osize > RL_LUA_UDATA_MEM_OFF &&
-        b[RL_LUA_UDATA_TAG_OFF] == RL_LUA_UDATA_VTAG &&
+        b[RL_LUA_GC_TAG_OFF] == RL_LUA_UDATA_VTAG &&
         *(const void *const *)(b + RL_LUA_UDATA_MT_OFF) == rl_lua_msg_freed_mt)
         rl_lua_msg_freeing(ptr, osize);
 }

@@ -320,7 +320,6 @@ static void sort_keys(skey *k, size_t n)
    kept through metamethod caching, resizing and a collection, absent from new tables) before
    it is used; where it fails the registry set is used instead. The bit dies with the table
    (a new table's flags are written whole), so it holds nothing alive either. */
-#define TABLE_TAG_OFF 8    /* after the GC list pointer */
 #define TABLE_FLAGS_OFF 10 /* after the tag and the GC mark */
 #define TABLE_VTAG 5       /* LUA_VTABLE: LUA_TTABLE, variant 0 */
 #define TABLE_FRESH 0x3F   /* maskflags: no metamethod (TM_INDEX..TM_EQ) known present */
@@ -344,7 +343,7 @@ static int probe_header_bit(lua_State *L)
     int top = lua_gettop(L), ok = 1;
     lua_createtable(L, 0, 0);
     const unsigned char *t = lua_topointer(L, -1);
-    if (t[TABLE_TAG_OFF] != TABLE_VTAG || t[TABLE_FLAGS_OFF] != TABLE_FRESH)
+    if (t[RL_LUA_GC_TAG_OFF] != TABLE_VTAG || t[TABLE_FLAGS_OFF] != TABLE_FRESH)
         ok = 0;
     if (ok) {
         *table_flags(L, -1) |= KNOWN_BIT;
@@ -373,7 +372,7 @@ static int probe_header_bit(lua_State *L)
         lua_pushnil(L);
         lua_setmetatable(L, -2);
         lua_gc(L, LUA_GCCOLLECT);
-        ok = ok && (t[TABLE_FLAGS_OFF] & KNOWN_BIT) && t[TABLE_TAG_OFF] == TABLE_VTAG;
+        ok = ok && (t[TABLE_FLAGS_OFF] & KNOWN_BIT) && t[RL_LUA_GC_TAG_OFF] == TABLE_VTAG;
         lua_createtable(L, 4, 4);
         const unsigned char *f = lua_topointer(L, -1);
         if (f[TABLE_FLAGS_OFF] & KNOWN_BIT)

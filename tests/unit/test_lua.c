@@ -845,7 +845,7 @@ static void test_msg_released_without_finalizer(void **state)
        as a plugin's bytes or a freed message's stale ones could be) without the canary is left
        alone: the body it names keeps its reference. */
     _Alignas(16) unsigned char fake[128] = {0};
-    fake[RL_LUA_UDATA_TAG_OFF] = RL_LUA_UDATA_VTAG;
+    fake[RL_LUA_GC_TAG_OFF] = RL_LUA_UDATA_VTAG;
     memcpy(fake + RL_LUA_UDATA_MT_OFF, &rl_lua_msg_freed_mt, sizeof(void *));
     uint64_t not_the_canary = 0x5eed;
     memcpy(fake + RL_LUA_UDATA_MEM_OFF, &not_the_canary, sizeof not_the_canary);
