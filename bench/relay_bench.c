@@ -111,10 +111,13 @@ typedef struct bench {
     uint32_t *hist;      /* round trip latencies */
     uint32_t *open_hist; /* connect start -> welcome, per connection */
     const char *trace_path; /* --trace: every measured round trip, written at the end */
-    uint64_t *trace;        /* (end - measure start) ns << 24 | latency us (capped) */
-    int32_t *trace_conn;
+    struct trace_rt {
+        uint64_t end_ns; /* since measure start */
+        uint32_t us;     /* latency */
+        int32_t conn;
+    } *trace;
     size_t ntrace, trace_cap;
-    uint64_t m0;
+    uint64_t m0; /* measure start */
 } bench;
 
 static volatile sig_atomic_t got_signal;
@@ -633,11 +636,9 @@ static void conn_on_message(bench *b, conn *c, const uint8_t *p, size_t n)
     } else if (b->measuring) {
         b->msgs++;
         hist_add(b->hist, t - c->sent_ns);
-        if (b->ntrace < b->trace_cap) {
-            uint64_t us = (t - c->sent_ns) / 1000;
-            b->trace[b->ntrace] = (t - b->m0) << 24 | (us < 0xffffff ? us : 0xffffff);
-            b->trace_conn[b->ntrace++] = c->idx;
-        }
+        if (b->ntrace < b->trace_cap)
+            b->trace[b->ntrace++] =
+                (struct trace_rt){t - b->m0, (uint32_t)((t - c->sent_ns) / 1000), c->idx};
     }
     if (!b->stopping && !b->idle_mode)
         conn_send_ping(b, c);
@@ -1084,9 +1085,7 @@ int main(int argc, char **argv)
     b->open_hist = calloc(BENCH_HIST_FINE + BENCH_HIST_COARSE, sizeof *b->open_hist);
     if (b->trace_path) {
         b->trace_cap = 8u << 20;
-        b->trace = malloc(b->trace_cap * sizeof *b->trace);
-        b->trace_conn = malloc(b->trace_cap * sizeof *b->trace_conn);
-        if (!b->trace || !b->trace_conn)
+        if (!(b->trace = malloc(b->trace_cap * sizeof *b->trace)))
             die("out of memory");
     }
     if (!b->conns || !b->hist || !b->open_hist)
@@ -1138,10 +1137,10 @@ int main(int argc, char **argv)
         run_loop(b, deadline_after(b->warmup_s), NULL);
         b->measuring = 1;
         mark(b, "measure_start");
-        uint64_t m0 = b->m0 = now_ns();
+        b->m0 = now_ns();
         run_loop(b, deadline_after(b->duration_s), NULL);
         b->measuring = 0;
-        measured = (double)(now_ns() - m0) / 1e9;
+        measured = (double)(now_ns() - b->m0) / 1e9;
         mark(b, "measure_end");
         /* let in-flight replies land so their connections are not reported as broken */
         b->stopping = 1;
@@ -1187,12 +1186,11 @@ int main(int argc, char **argv)
         if (!f)
             die("--trace %s: %s", b->trace_path, strerror(errno));
         for (size_t i = 0; i < b->ntrace; i++)
-            fprintf(f, "%" PRIu64 " %" PRIu64 " %d\n", (b->trace[i] >> 24) / 1000,
-                    b->trace[i] & 0xffffff, (int)b->trace_conn[i]);
+            fprintf(f, "%" PRIu64 " %" PRIu32 " %d\n", b->trace[i].end_ns / 1000, b->trace[i].us,
+                    (int)b->trace[i].conn);
         fclose(f);
     }
     free(b->trace);
-    free(b->trace_conn);
     free(b->conns);
     free(b->hist);
     free(b->open_hist);
